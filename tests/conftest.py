@@ -1,0 +1,55 @@
+"""Shared fixtures: real databases (SQLite always, PostgreSQL when HL7GW_TEST_DATABASE_URL is set)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from gateway.store.db import create_schema, make_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+
+DATABASE_BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("HL7GW_TEST_DATABASE_URL") else [])
+
+
+@pytest.fixture(params=DATABASE_BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database URL: a SQLite file, or a private schema on the test PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.sqlite3'}"
+        return
+    base = os.environ["HL7GW_TEST_DATABASE_URL"]
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on a fresh database with the full schema created."""
+    eng = make_engine(database_url)
+    create_schema(eng)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+
+
+def sample(path: str) -> bytes:
+    """Bytes of a sample message, e.g. ``sample("v2-to-fhir-ig/ADT_A01.hl7")``."""
+    return (SAMPLES / path).read_bytes()
