@@ -101,6 +101,13 @@ def escape(text: str, seps: Separators = DEFAULT_SEPARATORS) -> str:
     }
     if seps.truncation:
         table[seps.truncation] = f"{esc}P{esc}"
-    if not any(c in text for c in table):
+    if text.isprintable() and not any(c in text for c in table):
         return text
-    return "".join(table.get(c, c) for c in text)
+    return "".join(table.get(c) or _escape_control(c, esc) for c in text)
+
+
+def _escape_control(char: str, esc: str) -> str:
+    """Other C0 controls (0x0B, 0x1C would break MLLP framing) as ``\\Xhh\\``; tab stays literal."""
+    if char < " " and char != "\t":
+        return f"{esc}X{ord(char):02X}{esc}"
+    return char

@@ -16,6 +16,7 @@ from gateway.errors import ParseError
 from gateway.hl7.escape import Separators, unescape
 
 _SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
+_LINE_END = re.compile(r"[\r\n]")
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _HEADER_SEGMENTS = ("MSH", "FHS", "BHS")
 
@@ -217,16 +218,27 @@ class Message:
         return terminator.join(seg.raw for seg in self.segments)
 
 
+def _is_delimiter(char: str) -> bool:
+    """Delimiters are printable ASCII punctuation (chapter 2.5.4); control characters would break
+    segment splitting and MLLP framing when echoed back in an ACK."""
+    return char.isascii() and char.isprintable() and not char.isalnum() and char != " "
+
+
 def read_separators(header: str) -> Separators:
     """Read the separators from an MSH/FHS/BHS segment's first characters (4 or 5 encoding chars)."""
+    header = _LINE_END.split(header, 1)[0]
     if len(header) < 8 or header[:3] not in _HEADER_SEGMENTS:
         raise ParseError("message does not start with an MSH segment", field=None, code="100")
     field_sep = header[3]
-    if field_sep.isalnum() or field_sep in "\r\n":
+    if not _is_delimiter(field_sep):
         raise ParseError(f"invalid field separator {field_sep!r} in MSH-1", field=1, code="102")
     end = header.find(field_sep, 4)
     encoding = header[4:] if end < 0 else header[4:end]
-    if len(encoding) not in (4, 5) or len(set(encoding + field_sep)) != len(encoding) + 1:
+    if (
+        len(encoding) not in (4, 5)
+        or len(set(encoding + field_sep)) != len(encoding) + 1
+        or not all(map(_is_delimiter, encoding))
+    ):
         raise ParseError(f"invalid encoding characters {encoding!r} in MSH-2", field=2, code="102")
     return Separators(
         field=field_sep,
@@ -241,7 +253,8 @@ def read_separators(header: str) -> Separators:
 def parse(text: str) -> Message:
     """Split ``text`` (CR, LF or CRLF terminated) into a lazy Message; raises ParseError if the
     header or a segment name is unreadable."""
-    text = text.lstrip("\r\n\t \x0b").rstrip("\r\n\x1c")
+    # A UTF-8 byte order mark decoded as text (several samples start with one) is not content.
+    text = text.lstrip("\ufeff\r\n\t \x0b").rstrip("\r\n\x1c")
     seps = read_separators(text[:32])
     segments: list[Segment] = []
     for line in _SEGMENT_SPLIT.split(text):

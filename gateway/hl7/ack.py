@@ -1,0 +1,292 @@
+"""Acknowledgements (HL7 v2 chapter 2.9: original and enhanced mode; ACK message chapter 2.14.1).
+
+The ACK speaks the sender's dialect: its separators, version (MSH-12) and character set (MSH-18),
+with sender and receiver swapped (chapter 2.9.2). Error reporting follows the version: ERR-1
+(ELD) before v2.5, ERR-2..8 from v2.5 on (chapter 2.15.5); MSA-3 exists only before v2.7.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Sequence
+
+from gateway.errors import ParseError
+from gateway.hl7.charset import codec_for
+from gateway.hl7.escape import DEFAULT_SEPARATORS, Separators, escape
+from gateway.hl7.message import Message, read_separators
+
+#: Table 0008: original mode (AA accept, AE error, AR reject), enhanced mode commit (CA, CE, CR).
+ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
+#: Table 0516 error severity (F fatal since v2.7).
+SEVERITIES = frozenset({"E", "W", "I", "F"})
+#: Table 0357 message error condition codes.
+ERROR_CONDITIONS = {
+    "0": "Message accepted",
+    "100": "Segment sequence error",
+    "101": "Required field missing",
+    "102": "Data type error",
+    "103": "Table value not found",
+    "104": "Value too long",
+    "200": "Unsupported message type",
+    "201": "Unsupported event code",
+    "202": "Unsupported processing id",
+    "203": "Unsupported version id",
+    "204": "Unknown key identifier",
+    "205": "Duplicate key identifier",
+    "206": "Application record locked",
+    "207": "Application internal error",
+}
+#: Version written in an ACK when the incoming one cannot be read.
+DEFAULT_VERSION = "2.5.1"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LINE_END = re.compile(r"[\r\n]")
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+_MAX_SALVAGED = 199  # MSH-10 length in v2.7+; also enough for any HD in MSH-3..6
+_MSA3_LENGTH = 80  # ST length of MSA-3 in v2.3-2.6
+
+
+@dataclass(frozen=True, slots=True)
+class AckError:
+    """One problem to report: ``code`` from table 0357, ``severity`` from table 0516."""
+
+    code: str
+    text: str
+    segment: str = ""
+    field: int | None = None
+    severity: str = "E"
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity {self.severity!r} is not in HL7 table 0516 (E, W, I, F)")
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> "AckError":
+        """An error for ``exc``; a ParseError keeps its code and location, anything else is 207."""
+        if isinstance(exc, ParseError):
+            field = exc.field if isinstance(exc.field, int) else None
+            return cls(str(exc.code), str(exc), str(exc.segment or ""), field)
+        return cls("207", str(exc) or type(exc).__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """The incoming MSH fields an ACK echoes, raw (still escaped) in ``seps``."""
+
+    seps: Separators = DEFAULT_SEPARATORS
+    encoding_characters: str = DEFAULT_SEPARATORS.encoding_characters
+    sending_application: str = ""
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    trigger: str = ""
+    control_id: str = ""
+    processing_id: str = ""
+    version: str = ""
+    charset: str = ""
+
+
+def is_ack(message: Message) -> bool:
+    return message.message_type[0] == "ACK"
+
+
+def build_ack(
+    message: Message,
+    ack_code: str,
+    *,
+    errors: Sequence[AckError] = (),
+    text: str = "",
+    now: datetime | None = None,
+    control_id: str | None = None,
+) -> str:
+    """The ACK for ``message`` as ER7 text, every segment terminated by CR.
+
+    ``text`` goes to MSA-3 (versions before 2.7 only); explain errors with ``errors`` instead.
+    Encode the result with ``charset.codec_for(message.msh.get(18))``: MSH-18 is copied.
+    """
+    msh = message.msh
+    header = _Header(
+        seps=message.separators,
+        encoding_characters=msh.field_raw(2),
+        sending_application=_clean(msh.field_raw(3)),
+        sending_facility=_clean(msh.field_raw(4)),
+        receiving_application=_clean(msh.field_raw(5)),
+        receiving_facility=_clean(msh.field_raw(6)),
+        trigger=_clean(msh.field(9)[2].raw),
+        control_id=_clean(msh.field_raw(10)),
+        processing_id=_clean(msh.field_raw(11)),
+        version=_clean(msh.field_raw(12)),
+        charset=_clean(msh.field_raw(18)),
+    )
+    return _render(header, ack_code, errors, text, now, control_id)
+
+
+def build_reject_for_unreadable(raw: bytes | str, error: BaseException, *, now: datetime | None = None) -> str:
+    """An AR for a message whose MSH cannot be parsed, echoing whatever of the header is readable.
+
+    Never raises: this is the answer of last resort.
+    """
+    try:
+        problem = AckError.from_exception(error)
+    except Exception:
+        problem = AckError("207", "unreadable message")
+    try:
+        header = _salvage_header(raw)
+    except Exception:
+        header = _Header()
+    try:
+        return _render(header, "AR", [problem], "", now, None)
+    except Exception:
+        return _render(_Header(), "AR", [AckError("207", "unreadable message")], "", None, None)
+
+
+def new_control_id() -> str:
+    """20 random hex digits: unique in practice, and within MSH-10's ST(20) of v2.3-2.6."""
+    return secrets.token_hex(10)
+
+
+def _render(
+    header: _Header,
+    ack_code: str,
+    errors: Sequence[AckError],
+    text: str,
+    now: datetime | None,
+    control_id: str | None,
+) -> str:
+    if ack_code not in ACK_CODES:
+        raise ValueError(f"acknowledgment code {ack_code!r} is not in HL7 table 0008")
+    seps = header.seps
+    version = _version_tuple(header.version, seps)
+    c = seps.component
+    message_type = f"ACK{c}{header.trigger}" if version < (2, 3, 1) else f"ACK{c}{header.trigger}{c}ACK"
+    msh = [
+        "MSH",
+        header.encoding_characters,
+        header.receiving_application,  # MSH-3..6: sender and receiver swapped (chapter 2.9.2)
+        header.receiving_facility,
+        header.sending_application,
+        header.sending_facility,
+        _timestamp(now, seps),
+        "",
+        message_type,
+        control_id if control_id is not None else new_control_id(),
+        header.processing_id or "P",
+        header.version or escape(DEFAULT_VERSION, seps),
+    ]
+    if header.charset:
+        msh += [""] * 5 + [header.charset]  # MSH-13..17 empty, MSH-18
+    msa = ["MSA", ack_code, header.control_id]
+    if version < (2, 7):  # MSA-3 withdrawn in v2.7
+        message_text = text or (errors[0].text if errors and version < (2, 5) else "")
+        if message_text:
+            msa.append(escape(message_text[:_MSA3_LENGTH], seps))
+    segments = [msh, msa]
+    if errors and version < (2, 5):
+        # v2.3/2.4: one ERR whose ERR-1 (ELD) repeats; the ACK structure allows a single ERR.
+        segments.append(["ERR", seps.repetition.join(_error_location_and_code(e, seps) for e in errors)])
+    else:
+        segments.extend(_err_segment(e, seps) for e in errors)
+    return "".join(seps.field.join(_trim(s)) + "\r" for s in segments)
+
+
+def _trim(fields: list[str]) -> list[str]:
+    """Drop trailing empty fields (an absent field and an empty one are the same in ER7)."""
+    end = len(fields)
+    while end > 1 and not fields[end - 1]:
+        end -= 1
+    return fields[:end]
+
+
+def _err_segment(error: AckError, seps: Separators) -> list[str]:
+    """ERR for v2.5+: ERR-2 location (ERL), ERR-3 code (CWE, table 0357), ERR-4 severity, ERR-8 text."""
+    c = seps.component
+    location = ""
+    if error.segment:
+        location = f"{escape(error.segment, seps)}{c}1"
+        if error.field is not None:
+            location += f"{c}{error.field}"
+    code = escape(error.code, seps)
+    condition = f"{code}{c}{ERROR_CONDITIONS.get(error.code, '')}{c}HL70357"
+    return ["ERR", "", location, condition, error.severity, "", "", "", escape(error.text, seps)]
+
+
+def _error_location_and_code(error: AckError, seps: Separators) -> str:
+    """ERR-1 (ELD) for v2.3/2.4: segment^sequence^field^code&text&HL70357."""
+    c, s = seps.component, seps.subcomponent
+    position = "" if error.field is None else str(error.field)
+    code = escape(error.code, seps)
+    return c.join(
+        [escape(error.segment, seps), "", position, f"{code}{s}{ERROR_CONDITIONS.get(error.code, '')}{s}HL70357"]
+    )
+
+
+def _salvage_header(raw: bytes | str) -> _Header:
+    """Read what is readable of a broken MSH: separators, MSH-3..6, 9.2, 10, 11, 12 and 18."""
+    text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8", errors="replace")
+    line = _LINE_END.split(text.lstrip("\ufeff\r\n\t \x0b")[:8192], 1)[0]
+    if len(line) < 4 or not line.startswith("MSH"):
+        return _Header()
+    try:
+        seps = read_separators(line)
+        encoding_characters = seps.encoding_characters
+    except ParseError:
+        try:  # the field separator may still be usable with the default encoding characters
+            seps = read_separators(f"MSH{line[3]}{DEFAULT_SEPARATORS.encoding_characters}")
+        except ParseError:
+            return _Header()
+        encoding_characters = seps.encoding_characters
+    fields = ["", *line.split(seps.field)]  # fields[n] is MSH-n, shifted by one for MSH-1 (2.14.9)
+    fields[1] = seps.field
+
+    def at(n: int) -> str:
+        return _clean(fields[n])[:_MAX_SALVAGED] if n < len(fields) else ""
+
+    trigger_parts = at(9).split(seps.component)
+    charset = at(18).split(seps.repetition)[0]
+    try:
+        codec_for(charset)
+    except ParseError:
+        charset = ""  # do not declare, in our own reply, a character set we cannot use
+    return _Header(
+        seps=seps,
+        encoding_characters=encoding_characters,
+        sending_application=at(3),
+        sending_facility=at(4),
+        receiving_application=at(5),
+        receiving_facility=at(6),
+        trigger=trigger_parts[1] if len(trigger_parts) > 1 else "",
+        control_id=at(10),
+        processing_id=at(11),
+        version=at(12),
+        charset=charset,
+    )
+
+
+def _clean(value: str) -> str:
+    """Drop control characters from an echoed raw value: 0x0B and 0x1C would break MLLP framing."""
+    return _CONTROL.sub("", value)
+
+
+def _version_tuple(raw_version: str, seps: Separators) -> tuple[int, ...]:
+    """(major, minor, patch) from MSH-12.1; an unreadable version counts as the default one."""
+    match = _VERSION.match(raw_version.split(seps.component, 1)[0].strip())
+    if match is None:
+        match = _VERSION.match(DEFAULT_VERSION)
+        assert match is not None
+    return tuple(int(part or 0) for part in match.groups())
+
+
+def _timestamp(now: datetime | None, seps: Separators) -> str:
+    """DTM with four fractional digits and the UTC offset, e.g. 20240101120000.1234+0100; a part
+    whose punctuation is one of the sender's delimiters is left out (both are optional in DTM)."""
+    moment = now if now is not None and now.tzinfo is not None else (now or datetime.now()).astimezone()
+    stamp = f"{moment:%Y%m%d%H%M%S}"
+    if "." not in seps.specials:
+        stamp += f".{moment.microsecond // 100:04d}"
+    offset = f"{moment:%z}"[:5]
+    if offset[:1] not in seps.specials:
+        stamp += offset
+    return stamp

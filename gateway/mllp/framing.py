@@ -1,0 +1,174 @@
+"""MLLP release 1 framing, without I/O: ``<VT> payload <FS><CR>``.
+
+HL7 Version 3 Standard: Transport Specification - MLLP, Release 1 (also HL7 v2.5 Appendix C.4).
+The payload cannot contain the block characters, so a frame ends at the first 0x1C.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+START_BLOCK = b"\x0b"
+END_BLOCK = b"\x1c"
+CARRIAGE_RETURN = b"\r"
+_CR = CARRIAGE_RETURN[0]
+
+
+class FramingError(Exception):
+    """The byte stream broke MLLP framing. A transport problem, not an HL7 one: no ACK can be tied
+    to it. ``frames`` holds the payloads completed by the same ``feed`` call, in order."""
+
+    def __init__(self, message: str, frames: Sequence[bytes] = ()):
+        super().__init__(message)
+        self.frames = list(frames)
+
+
+class FrameTooLarge(FramingError):
+    """A frame grew beyond ``max_frame_bytes``; it is dropped up to its end block."""
+
+
+def encode_frame(payload: bytes) -> bytes:
+    if START_BLOCK in payload or END_BLOCK in payload:
+        raise ValueError("an MLLP payload cannot contain the block characters 0x0B or 0x1C")
+    return START_BLOCK + payload + END_BLOCK + CARRIAGE_RETURN
+
+
+class FrameDecoder:
+    """Incremental MLLP decoder: feed it bytes as they arrive, get back complete payloads.
+
+    Policy for bad streams (dropped bytes are counted in ``discarded_bytes``, dropped frames in
+    ``dropped_frames``):
+
+    - bytes outside a frame (before a start block) are dropped;
+    - a start block inside a frame abandons the unfinished frame: the sender started over;
+    - a frame longer than ``max_frame_bytes`` is dropped up to its end block and ``feed`` raises
+      FrameTooLarge; the decoder carries on with the next frame;
+    - a CR after the end block is optional, unless ``require_trailing_cr``: then a frame whose end
+      block is followed by anything else is dropped and ``feed`` raises FramingError. A payload
+      is only returned once its CR has arrived.
+
+    ``feed`` raises at most once per call, for the first problem in ``data``; the exception's
+    ``frames`` holds the payloads that call completed, which are not returned otherwise.
+    """
+
+    def __init__(self, max_frame_bytes: int = 10 * 1024 * 1024, require_trailing_cr: bool = False):
+        if max_frame_bytes < 1:
+            raise ValueError("max_frame_bytes must be positive")
+        self.max_frame_bytes = max_frame_bytes
+        self.require_trailing_cr = require_trailing_cr
+        self.discarded_bytes = 0
+        self.dropped_frames = 0
+        self._buffer = bytearray()
+        self._in_frame = False
+        self._oversized = False  # dropping the rest of a frame that grew too large
+        self._after_end = False  # the previous byte was an end block
+        self._held: bytes | None = None  # payload waiting for its CR (require_trailing_cr)
+
+    @property
+    def in_frame(self) -> bool:
+        """A frame has started and is not finished (for the listener's frame timeout)."""
+        return self._in_frame or self._held is not None
+
+    @property
+    def pending_bytes(self) -> int:
+        """Payload bytes buffered for the unfinished frame."""
+        return len(self._buffer) + len(self._held or b"")
+
+    def reset(self) -> None:
+        """Forget any unfinished frame (its bytes count as discarded)."""
+        if self._in_frame and not self._oversized:
+            self.discarded_bytes += 1 + len(self._buffer)
+            self.dropped_frames += 1
+        if self._held is not None:
+            self.discarded_bytes += 2 + len(self._held)
+            self.dropped_frames += 1
+        self._buffer.clear()
+        self._in_frame = self._oversized = self._after_end = False
+        self._held = None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The payloads completed by ``data``, in order."""
+        if not isinstance(data, (bytes, bytearray)):
+            data = bytes(data)
+        frames: list[bytes] = []
+        problem: FramingError | None = None
+        pos, size = 0, len(data)
+        while pos < size:
+            if self._after_end:
+                self._after_end = False
+                held, self._held = self._held, None
+                if data[pos] == _CR:
+                    pos += 1
+                    if held is not None:
+                        frames.append(held)
+                    continue
+                if held is not None:
+                    self.discarded_bytes += 2 + len(held)
+                    self.dropped_frames += 1
+                    problem = problem or FramingError(
+                        f"MLLP end block not followed by CR (0x{data[pos]:02X} instead); frame dropped"
+                    )
+            if not self._in_frame:
+                start = data.find(START_BLOCK, pos)
+                if start < 0:
+                    self.discarded_bytes += size - pos
+                    break
+                self.discarded_bytes += start - pos
+                self._in_frame = True
+                pos = start + 1
+                continue
+            end = data.find(END_BLOCK, pos)
+            stop = size if end < 0 else end
+            restart = data.find(START_BLOCK, pos, stop)
+            if restart >= 0:
+                self._abandon(restart - pos)
+                pos = restart + 1
+                continue
+            if self._take(data, pos, stop) and problem is None:
+                problem = FrameTooLarge(f"MLLP frame larger than {self.max_frame_bytes} bytes; dropped")
+            if end < 0:
+                break
+            pos = end + 1
+            self._finish_frame(frames)
+        if problem is not None:
+            problem.frames = frames
+            raise problem
+        return frames
+
+    def _take(self, data: bytes | bytearray, pos: int, stop: int) -> bool:
+        """Buffer ``data[pos:stop]`` as payload, or drop it if the frame is too large; True when
+        this call found the frame too large."""
+        if self._oversized:
+            self.discarded_bytes += stop - pos
+        elif len(self._buffer) + (stop - pos) > self.max_frame_bytes:
+            self.discarded_bytes += 1 + len(self._buffer) + (stop - pos)
+            self.dropped_frames += 1
+            self._buffer.clear()
+            self._oversized = True
+            return True
+        else:
+            self._buffer += memoryview(data)[pos:stop]
+        return False
+
+    def _abandon(self, unfinished_bytes: int) -> None:
+        """A start block arrived inside a frame: drop the unfinished frame and start a new one."""
+        if not self._oversized:  # an oversized frame was already counted as dropped
+            self.discarded_bytes += 1 + len(self._buffer)
+            self.dropped_frames += 1
+        self.discarded_bytes += unfinished_bytes
+        self._buffer.clear()
+        self._oversized = False
+
+    def _finish_frame(self, frames: list[bytes]) -> None:
+        self._in_frame = False
+        if self._oversized:
+            self._oversized = False
+            self.discarded_bytes += 1  # its end block; a CR after it counts as stray too
+            return
+        self._after_end = True
+        payload = bytes(self._buffer)
+        self._buffer.clear()
+        if self.require_trailing_cr:
+            self._held = payload
+        else:
+            frames.append(payload)
