@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import Role, load_settings, parse_tokens
+from gateway.errors import ConfigError
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("HL7GW_REDIS_URL", "HL7GW_DATABASE_URL", "HL7GW_MLLP_PORT", "HL7GW_HTTP_PORT", "HL7GW_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    s = load_settings()
+    assert s.embedded_redis
+    assert (s.mllp_host, s.mllp_port, s.http_host, s.http_port) == ("127.0.0.1", 2575, "127.0.0.1", 8080)
+    assert s.resolved_database_url.startswith("sqlite:///") and s.resolved_database_url.endswith("data/hl7gw.sqlite3")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("HL7GW_MLLP_PORT", "not-a-port"),
+        ("HL7GW_HTTP_PORT", "70000"),
+        ("HL7GW_REDIS_URL", "http://localhost"),
+        ("HL7GW_API_TOKENS", "abc:superuser"),
+        ("HL7GW_API_TOKENS", "no-role-here"),
+        ("HL7GW_WORKER_THREADS", "0"),
+    ],
+)
+def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=variable):
+        load_settings()
+
+
+def test_tokens() -> None:
+    assert parse_tokens("a:reader, b:operator,c:admin") == {"a": Role.reader, "b": Role.operator, "c": Role.admin}
+    # A token may itself contain a colon; the role is after the last one.
+    assert parse_tokens("x:y:admin") == {"x:y": Role.admin}
