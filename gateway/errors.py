@@ -63,6 +63,15 @@ class IntakeUnavailable(GatewayError):
     retryable = True
 
 
+class StageCrash(GatewayError):
+    """An unexpected exception inside a stage (a bug or an environment fault), tagged with the stage."""
+
+    def __init__(self, stage: str, exc: BaseException):
+        super().__init__(f"{type(exc).__name__}: {exc}")
+        self.stage = stage
+        self.__cause__ = exc
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Decide, in one place, whether an exception raised by a stage is worth another attempt."""
     if isinstance(exc, GatewayError):

@@ -1,0 +1,43 @@
+"""Build the FastAPI application: FHIR REST under /fhir, health, errors as OperationOutcome."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+
+from gateway.api import fhir, health
+from gateway.api.auth import TokenRegistry, ensure_admin_token
+from gateway.api.capability import software_version
+from gateway.api.outcome import install_error_handlers
+from gateway.config import Settings
+from gateway.store.db import create_schema, make_engine
+from gateway.store.resources import ResourceStore
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """The API app. Without ``engine``, opens ``settings.resolved_database_url`` and creates the schema."""
+    owns_engine = engine is None
+    if engine is None:
+        engine = make_engine(settings.resolved_database_url)
+        create_schema(engine)
+    ensure_admin_token(settings)
+    tokens = TokenRegistry.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_engine:
+            engine.dispose()
+
+    app = FastAPI(title="hl7gw", version=software_version(), lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.store = ResourceStore(engine)
+    app.state.tokens = tokens
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(fhir.router)
+    return app

@@ -1,0 +1,197 @@
+"""The FHIR REST API: metadata, read, vread, search, and OperationOutcome for every error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+
+from gateway.api.app import create_app
+from gateway.config import Settings, load_settings
+from gateway.store.db import make_engine
+from gateway.store.search_params import COMMON_PARAMETERS, SEARCH_PARAMETERS, supported_types
+from tests.asgi_client import AsgiClient
+from tests.fhir_bundles import delete, observation, patient, put, transaction
+
+READER = "reader-token"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(data_dir=tmp_path, api_tokens=f"{READER}:reader,op-token:operator")
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    app = create_app(settings)
+    app.state.store.apply_bundle(
+        transaction(
+            put(patient("p1", "MRN1", family="Doe", birthDate="1970-06-01")),
+            put(patient("p2", "MRN2", family="Roe")),
+            put(patient("p3", "MRN3", family="Doerr")),
+            put(observation("o1", "p1", effectiveDateTime="2020-01-01T10:00:00Z")),
+            put(observation("o2", "p1", effectiveDateTime="2021-01-01T10:00:00Z")),
+        )
+    )
+    return app
+
+
+@pytest.fixture
+def client(app: FastAPI) -> AsgiClient:
+    return AsgiClient(app, token=READER)
+
+
+def assert_outcome(response: httpx.Response, status: int, code: str, diagnostics: str = "") -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/fhir+json"
+    body = response.json()
+    OperationOutcome.model_validate(body)
+    issue = body["issue"][0]
+    assert issue["severity"] == "error" and issue["code"] == code
+    assert diagnostics in issue["diagnostics"]
+    return body
+
+
+def test_metadata_lists_exactly_what_is_supported(client: AsgiClient) -> None:
+    response = client.get("/fhir/metadata", token="")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/fhir+json"
+    statement = response.json()
+    CapabilityStatement.model_validate(statement)
+    assert statement["fhirVersion"] == "4.0.1"
+    assert statement["kind"] == "instance"
+    resources = statement["rest"][0]["resource"]
+    assert [r["type"] for r in resources] == supported_types()
+    for resource in resources:
+        assert [i["code"] for i in resource["interaction"]] == ["read", "vread", "search-type"]
+        names = {p["name"]: p["type"] for p in resource["searchParam"]}
+        expected = {name: p.kind for name, p in SEARCH_PARAMETERS[resource["type"]].items()} | dict(COMMON_PARAMETERS)
+        assert names == expected
+
+
+def test_read(client: AsgiClient) -> None:
+    response = client.get("/fhir/Patient/p1")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/fhir+json"
+    assert response.headers["etag"] == 'W/"1"'
+    assert response.headers["last-modified"].endswith(" GMT")
+    body = response.json()
+    assert body["id"] == "p1" and body["meta"]["versionId"] == "1"
+
+
+def test_read_missing_deleted_and_unknown_type(app: FastAPI, client: AsgiClient) -> None:
+    app.state.store.apply_bundle(transaction(delete("Patient", "p2")))
+
+    assert_outcome(client.get("/fhir/Patient/nope"), 404, "not-found", "Patient/nope is not known")
+    assert_outcome(client.get("/fhir/Patient/p2"), 410, "deleted", "Patient/p2 was deleted")
+    assert_outcome(client.get("/fhir/Spaceship/1"), 404, "not-supported", "'Spaceship' is not supported")
+    assert_outcome(client.get("/fhir/Spaceship"), 404, "not-supported")
+
+
+def test_vread(app: FastAPI, client: AsgiClient) -> None:
+    app.state.store.apply_bundle(transaction(put(patient("p1", "MRN1", family="Changed"))))
+    app.state.store.apply_bundle(transaction(delete("Patient", "p1")))
+
+    first = client.get("/fhir/Patient/p1/_history/1")
+    second = client.get("/fhir/Patient/p1/_history/2")
+
+    assert first.status_code == 200 and first.json()["name"][0]["family"] == "Doe"
+    assert second.status_code == 200 and second.json()["name"][0]["family"] == "Changed"
+    assert second.headers["etag"] == 'W/"2"'
+    assert_outcome(client.get("/fhir/Patient/p1/_history/3"), 410, "deleted")
+    assert_outcome(client.get("/fhir/Patient/p1/_history/4"), 404, "not-found")
+    assert_outcome(client.get("/fhir/Patient/p1/_history/x"), 400, "invalid", "version_id")
+
+
+def test_search_returns_a_searchset_bundle(client: AsgiClient) -> None:
+    response = client.get("/fhir/Patient", params={"family": "doe"})
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/fhir+json"
+    bundle = response.json()
+    Bundle.model_validate(bundle)
+    assert bundle["type"] == "searchset"
+    assert bundle["total"] == 2
+    assert bundle["link"] == [{"relation": "self", "url": "http://testserver/fhir/Patient?family=doe"}]
+    assert [e["fullUrl"] for e in bundle["entry"]] == [
+        "http://testserver/fhir/Patient/p1",
+        "http://testserver/fhir/Patient/p3",
+    ]
+    assert all(e["search"] == {"mode": "match"} for e in bundle["entry"])
+    assert [e["resource"]["id"] for e in bundle["entry"]] == ["p1", "p3"]
+
+
+def test_search_observations_by_patient_and_date(client: AsgiClient) -> None:
+    encoded = client.get("/fhir/Observation?patient=Patient/p1&date=ge2020-12-31T23:00:00%2B01:00")
+    unencoded_plus = client.get("/fhir/Observation?patient=p1&date=ge2020-12-31T23:00:00+01:00")
+    everything = client.get("/fhir/Observation", params={"subject": "Patient/p1"})
+
+    assert [e["resource"]["id"] for e in encoded.json()["entry"]] == ["o2"]
+    assert [e["resource"]["id"] for e in unencoded_plus.json()["entry"]] == ["o2"]
+    assert everything.json()["total"] == 2
+
+
+def test_search_pages_with_next_and_previous_links(client: AsgiClient) -> None:
+    first = client.get("/fhir/Patient?_count=2").json()
+    links = {link["relation"]: link["url"] for link in first["link"]}
+    assert first["total"] == 3 and len(first["entry"]) == 2 and "previous" not in links
+
+    second = client.get(links["next"]).json()
+    second_links = {link["relation"]: link["url"] for link in second["link"]}
+
+    assert [e["resource"]["id"] for e in second["entry"]] == ["p3"]
+    assert "next" not in second_links
+    assert [e["resource"]["id"] for e in client.get(second_links["previous"]).json()["entry"]] == ["p1", "p2"]
+    count_only = client.get("/fhir/Patient?_count=0").json()
+    assert count_only["total"] == 3 and count_only["entry"] == []
+
+
+def test_search_errors_are_operation_outcomes(client: AsgiClient) -> None:
+    assert_outcome(
+        client.get("/fhir/Patient?shoe-size=42"), 400, "not-supported", "unknown search parameter 'shoe-size'"
+    )
+    assert_outcome(client.get("/fhir/Patient?birthdate=1970-02-30"), 400, "invalid", "not a valid date")
+    assert_outcome(client.get("/fhir/Patient?birthdate=soon"), 400, "invalid")
+    assert_outcome(client.get("/fhir/Patient?_count=many"), 400, "invalid", "_count")
+    assert_outcome(client.get("/fhir/Patient?_format=xml"), 406, "not-supported", "only JSON")
+    assert client.get("/fhir/Patient?_format=json&_pretty=true").status_code == 200
+    assert client.get("/fhir/Patient?_format=application/fhir+json").status_code == 200
+
+
+def test_framework_errors_are_operation_outcomes(client: AsgiClient) -> None:
+    not_allowed = client.request("DELETE", "/fhir/Patient/p1")
+    assert_outcome(not_allowed, 405, "not-supported")
+    assert not_allowed.headers["allow"] == "GET"
+    assert_outcome(client.request("POST", "/fhir/Patient", json={}), 405, "not-supported")
+    assert_outcome(client.get("/nowhere"), 404, "not-found")
+    assert_outcome(client.get("/fhir"), 404, "not-found")
+
+
+def test_unexpected_errors_are_operation_outcomes(app: FastAPI, client: AsgiClient) -> None:
+    def explode() -> None:
+        raise RuntimeError("secret internals")
+
+    app.add_api_route("/explode", explode)
+
+    body = assert_outcome(client.get("/explode"), 500, "exception", "internal server error")
+    assert "secret" not in str(body)
+
+
+def test_an_unreachable_database_answers_503(settings: Settings) -> None:
+    engine = make_engine("postgresql://postgres@127.0.0.1:1/none")
+    try:
+        client = AsgiClient(create_app(settings, engine), token=READER)
+        response = client.get("/fhir/Patient/p1")
+    finally:
+        engine.dispose()
+
+    assert_outcome(response, 503, "transient", "database is unavailable")
+    assert response.headers["retry-after"] == "5"
