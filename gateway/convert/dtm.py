@@ -1,0 +1,120 @@
+"""HL7 v2 DTM/DT/TS values (chapter 2A.22 DTM) as FHIR date, dateTime and instant.
+
+A DTM is ``YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]``. FHIR (R4 datatypes) allows a date at
+year, month or day precision, and a dateTime with a time only when it carries seconds *and* a zone
+("If hours and minutes are specified, a time zone SHALL be populated"). So:
+
+* precision is kept down to the day; a time is kept (minutes and seconds padded with zeros, the
+  fraction kept) only when the value has an offset;
+* a value with a time but no offset is truncated to its date: we do not guess the sender's zone;
+* an instant needs a time and a zone: ``to_instant`` returns None without an offset, and
+  ``to_instant_assume_utc`` reads a value without one as UTC (used only for Provenance.recorded).
+
+Every function returns None for text that is not a valid DTM (bad digits, month 13, 30 February,
+offset beyond +/-14:00), so an invalid value is dropped instead of producing invalid FHIR.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from typing import NamedTuple
+
+_DTM = re.compile(
+    r"^(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(\.\d{1,9})?)?)?)?)?)?([+-]\d{4})?$"
+)
+
+
+class Dtm(NamedTuple):
+    year: str
+    month: str | None
+    day: str | None
+    hour: str | None
+    minute: str | None
+    second: str | None
+    fraction: str | None  # ".1234" or None
+    offset: str | None  # "+01:00" or None
+
+
+def parse_dtm(text: str) -> Dtm | None:
+    """Split and range-check a DTM; None when it is not one."""
+    m = _DTM.match(text.strip())
+    if m is None:
+        return None
+    year, month, day, hour, minute, second, fraction, offset = m.groups()
+    if year == "0000":
+        return None
+    if month is not None and not 1 <= int(month) <= 12:
+        return None
+    if day is not None and not 1 <= int(day) <= calendar.monthrange(int(year), int(month))[1]:
+        return None
+    if hour is not None and int(hour) > 23:
+        return None
+    if minute is not None and int(minute) > 59:
+        return None
+    if second is not None and int(second) > 59:
+        return None
+    zone = None
+    if offset is not None:
+        hh, mm = int(offset[1:3]), int(offset[3:5])
+        # FHIR's zone pattern: (0[0-9]|1[0-3]):[0-5][0-9] or 14:00.
+        if mm > 59 or hh > 14 or (hh == 14 and mm):
+            return None
+        zone = f"{offset[0]}{offset[1:3]}:{offset[3:5]}"
+    return Dtm(year, month, day, hour, minute, second, fraction, zone)
+
+
+def _date_part(d: Dtm) -> str:
+    text = d.year
+    if d.month is not None:
+        text += f"-{d.month}"
+        if d.day is not None:
+            text += f"-{d.day}"
+    return text
+
+
+def _time_part(d: Dtm) -> str:
+    return f"T{d.hour}:{d.minute or '00'}:{d.second or '00'}{d.fraction or ''}"
+
+
+def to_date(text: str) -> str | None:
+    """FHIR ``date``: year, year-month or full date; any time is dropped."""
+    d = parse_dtm(text)
+    return None if d is None else _date_part(d)
+
+
+def to_datetime(text: str) -> str | None:
+    """FHIR ``dateTime``: the time is kept only with an offset, otherwise the value becomes a date."""
+    d = parse_dtm(text)
+    if d is None:
+        return None
+    if d.hour is None or d.offset is None or d.day is None:
+        return _date_part(d)
+    return _date_part(d) + _time_part(d) + d.offset
+
+
+def to_datetime_with_time(text: str) -> str | None:
+    """A dateTime only when it keeps a time of day (for extensions such as patient-birthTime)."""
+    value = to_datetime(text)
+    return value if value is not None and "T" in value else None
+
+
+def _instant(text: str, default_zone: str | None) -> str | None:
+    d = parse_dtm(text)
+    if d is None or d.day is None:
+        return None
+    zone = d.offset or default_zone
+    if zone is None:
+        return None
+    hour = d.hour or "00"
+    return f"{_date_part(d)}T{hour}:{d.minute or '00'}:{d.second or '00'}{d.fraction or ''}{zone}"
+
+
+def to_instant(text: str) -> str | None:
+    """FHIR ``instant`` (seconds and zone required); None when the DTM has no offset."""
+    return _instant(text, None)
+
+
+def to_instant_assume_utc(text: str) -> str | None:
+    """FHIR ``instant``, reading a DTM without offset as UTC (documented in docs/mappings.md)."""
+    return _instant(text, "Z")

@@ -1,0 +1,174 @@
+"""Named functions a mapping may call. Mappings stay data: they name these, never contain code.
+
+Three kinds, each in its own registry, checked at load:
+
+* ``transform: name`` turns the text of a value into a FHIR primitive (``dtm_to_date``);
+* ``function: name`` (or a datatype map implemented in Python) builds a FHIR value from a v2
+  element: ``(element, context, table) -> value | None``;
+* ``when: {name: ...}`` conditions test v2 values: ``(element, *arguments) -> bool``.
+
+A function returns None (never "", {} or []) when it has nothing to say.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from gateway.convert import dtm
+from gateway.convert.context import Context
+from gateway.convert.tables import Table
+from gateway.hl7.message import Element
+
+Transform = Callable[[str], Any]
+Builder = Callable[[Element | None, Context, Table | None], Any]
+Condition = Callable[..., bool]
+
+TRANSFORMS: dict[str, Transform] = {}
+BUILDERS: dict[str, Builder] = {}
+CONDITIONS: dict[str, Condition] = {}
+
+
+def transform(fn: Transform) -> Transform:
+    TRANSFORMS[fn.__name__] = fn
+    return fn
+
+
+#: What a builder reads besides its element, its separators and its table: "segment" (the segment
+#: being mapped) or "message" (anything in the message). Results are memoized only on what they read.
+BUILDER_READS: dict[str, str] = {}
+
+
+def builder(fn: Builder | None = None, *, reads: str = "element") -> Any:
+    """Register a builder; ``reads`` says how far beyond its element it looks."""
+    if reads not in ("element", "segment", "message"):
+        raise ValueError(f"reads is element, segment or message, not {reads!r}")
+
+    def register(fn: Builder) -> Builder:
+        BUILDERS[fn.__name__] = fn
+        BUILDER_READS[fn.__name__] = reads
+        return fn
+
+    return register(fn) if fn is not None else register
+
+
+def condition(name: str) -> Callable[[Condition], Condition]:
+    def register(fn: Condition) -> Condition:
+        CONDITIONS[name] = fn
+        return fn
+
+    return register
+
+
+def text_of(element: Element | None) -> str:
+    """The text of a primitive: the first component's first subcomponent, unescaped, trimmed."""
+    if element is None or not element.raw:
+        return ""
+    return element.first.strip() if element else ""
+
+
+# --- transforms: text -> FHIR primitive ----------------------------------------------------------
+
+transform_dtm = {
+    "dtm_to_date": dtm.to_date,
+    "dtm_to_datetime": dtm.to_datetime,
+    "dtm_to_datetime_with_time": dtm.to_datetime_with_time,
+    "dtm_to_instant": dtm.to_instant,
+    "dtm_to_instant_assume_utc": dtm.to_instant_assume_utc,
+}
+TRANSFORMS.update(transform_dtm)
+
+_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)$")
+
+
+@transform
+def to_decimal(text: str) -> int | float | None:
+    """v2 NM (chapter 2A.47) to a JSON number; integers stay integers. Trailing zeros are not kept."""
+    text = text.strip()
+    if not _NUMBER.match(text):
+        return None
+    if "." not in text:
+        return int(text)
+    return float(text)
+
+
+@transform
+def to_integer(text: str) -> int | None:
+    value = to_decimal(text)
+    return value if isinstance(value, int) and -(2**31) <= value < 2**31 else None
+
+
+@transform
+def to_positive_int(text: str) -> int | None:
+    value = to_integer(text)
+    return value if value is not None and value > 0 else None
+
+
+@transform
+def oid_to_urn(text: str) -> str | None:
+    """An ISO OID (HD.2 with HD.3 "ISO") as a FHIR system URI."""
+    return f"urn:oid:{text}" if re.fullmatch(r"[0-2](\.(0|[1-9]\d*))+", text) else None
+
+
+@transform
+def uuid_to_urn(text: str) -> str | None:
+    return f"urn:uuid:{text.lower()}" if re.fullmatch(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}", text) else None
+
+
+@transform
+def uri(text: str) -> str | None:
+    """The text when it already is an absolute URI (HD.2 of type "URI")."""
+    return text if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*:\S+", text) else None
+
+
+# --- conditions (arguments arrive normalized: text as str, lists as frozensets, lengths as int) --
+
+@condition("valued")
+def _valued(element: Element) -> bool:
+    return bool(element) and bool(element.value.strip())
+
+
+@condition("not_valued")
+def _not_valued(element: Element) -> bool:
+    return not _valued(element)
+
+
+@condition("equals")
+def _equals(element: Element, value: str) -> bool:
+    return text_of(element) == value
+
+
+@condition("not_equals")
+def _not_equals(element: Element, value: str) -> bool:
+    return text_of(element) != value
+
+
+@condition("in")
+def _in(element: Element, values: frozenset[str]) -> bool:
+    return text_of(element) in values
+
+
+@condition("not_in")
+def _not_in(element: Element, values: frozenset[str]) -> bool:
+    return text_of(element) not in values
+
+
+@condition("longer_than")
+def _longer_than(element: Element, length: int) -> bool:
+    return len(text_of(element)) > length
+
+
+#: Each condition's extra argument and how to normalize it at load (None: no argument).
+CONDITION_ARGUMENT: dict[str, Callable[[Any], Any] | None] = {
+    "valued": None,
+    "not_valued": None,
+    "equals": str,
+    "not_equals": str,
+    "in": lambda values: frozenset(str(v) for v in values),
+    "not_in": lambda values: frozenset(str(v) for v in values),
+    "longer_than": int,
+}
+
+
+# The element builders live in their own module; importing it registers them in BUILDERS.
+from gateway.convert import builders  # noqa: E402,F401

@@ -1,0 +1,141 @@
+"""Message structures (HL7 abstract message syntax, chapter 2.12) and grouping segments by them.
+
+A structure is written in the message mapping file as a list whose entries are segments in the
+standard's notation, ``MSH``, ``[PD1]`` (optional), ``{OBX}`` (repeating), ``[{NTE}]``, or groups,
+``"[{OBSERVATION}]": [OBX, "[{NTE}]"]``.
+
+Grouping is lenient, as receivers must be: a segment goes to the first slot, at or after the current
+position, of the innermost open group that can take it, else of an enclosing group (which closes the
+inner ones), else a new repetition of a repeating group. Required segments that are missing are
+skipped; a segment that fits nowhere is kept aside as unplaced and reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from gateway.hl7.message import Segment
+
+_SYNTAX = re.compile(r"^(\[)?\s*(\{)?\s*([A-Z][A-Z0-9_]*)\s*(\})?\s*(\])?$")
+
+
+class StructureError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A segment (``children`` is None) or a group in a structure."""
+
+    name: str
+    optional: bool
+    repeat: bool
+    children: tuple["Slot", ...] | None = None
+    #: Names of the segments that can start this slot.
+    first: frozenset[str] = frozenset()
+
+    @property
+    def is_group(self) -> bool:
+        return self.children is not None
+
+
+def parse_syntax(text: str) -> tuple[str, bool, bool]:
+    """``"[{NTE}]"`` -> ("NTE", optional=True, repeat=True)."""
+    m = _SYNTAX.match(text.strip())
+    if not m or bool(m.group(1)) != bool(m.group(5)) or bool(m.group(2)) != bool(m.group(4)):
+        raise StructureError(f"{text!r} is not a segment or group in HL7 syntax (e.g. PID, [PD1], [{{NTE}}])")
+    return m.group(3), bool(m.group(1)), bool(m.group(2))
+
+
+def build_slot(name: str, optional: bool, repeat: bool, children: list[Slot] | None) -> Slot:
+    if children is None:
+        return Slot(name, optional, repeat, None, frozenset({name}))
+    if not children:
+        raise StructureError(f"group {name} has no segments")
+    first: set[str] = set()
+    for child in children:
+        first |= child.first
+        if not child.optional:
+            break
+    return Slot(name, optional, repeat, tuple(children), frozenset(first))
+
+
+@dataclass(eq=False)
+class GroupNode:
+    """One instance of a group: its segments and subgroups in message order."""
+
+    slot: Slot
+    parent: "GroupNode | None" = None
+    items: list["Segment | GroupNode"] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.slot.name
+
+    def first_segment(self, name: str) -> Segment | None:
+        """The first segment ``name`` directly in this group, else anywhere below it."""
+        for item in self.items:
+            if isinstance(item, Segment) and item.name == name:
+                return item
+        for item in self.items:
+            if isinstance(item, GroupNode):
+                found = item.first_segment(name)
+                if found is not None:
+                    return found
+        return None
+
+    def walk(self) -> Iterator[tuple[Segment, "GroupNode"]]:
+        """Every segment below this group with the group instance that holds it, in message order."""
+        for item in self.items:
+            if isinstance(item, GroupNode):
+                yield from item.walk()
+            else:
+                yield item, self
+
+    def ancestors(self) -> Iterator["GroupNode"]:
+        """This group, then each enclosing group up to the message."""
+        node: GroupNode | None = self
+        while node is not None:
+            yield node
+            node = node.parent
+
+
+def _find(children: tuple[Slot, ...], start: int, name: str) -> int | None:
+    for j in range(start, len(children)):
+        if name in children[j].first:
+            return j
+    return None
+
+
+def group_segments(structure: Slot, segments: list[Segment]) -> tuple[GroupNode, list[Segment]]:
+    """Place ``segments`` in ``structure``; returns the message's group tree and unplaced segments."""
+    assert structure.children is not None
+    root = GroupNode(structure)
+    # Each frame: [slot, group instance, index of the next child slot that may still be filled].
+    stack: list[list] = [[structure, root, 0]]
+    unplaced: list[Segment] = []
+    for seg in segments:
+        depth = len(stack) - 1
+        while depth >= 0 and _find(stack[depth][0].children, stack[depth][2], seg.name) is None:
+            depth -= 1
+        if depth < 0:
+            unplaced.append(seg)
+            continue
+        del stack[depth + 1 :]
+        frame = stack[depth]
+        while True:
+            slot, node, start = frame
+            j = _find(slot.children, start, seg.name)
+            assert j is not None
+            child = slot.children[j]
+            frame[2] = j if child.repeat else j + 1
+            if child.children is None:
+                node.items.append(seg)
+                break
+            sub = GroupNode(child, node)
+            node.items.append(sub)
+            frame = [child, sub, 0]
+            stack.append(frame)
+    return root, unplaced

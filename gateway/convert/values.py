@@ -1,0 +1,78 @@
+"""Small helpers for the values rules make: emptiness, copies, choice types, repetitions."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import orjson
+
+from gateway.convert import functions
+from gateway.convert.context import Context
+from gateway.convert.paths import SourcePath
+from gateway.hl7.message import Element
+
+
+def choice_suffix(fhir_type: str) -> str:
+    """FHIR type -> value[x] suffix: "dateTime" -> "DateTime", "Identifier-Extension" -> "Identifier"."""
+    base = fhir_type.split("-", 1)[0]
+    return base[:1].upper() + base[1:]
+
+
+def is_empty(value: Any) -> bool:
+    return value is None or value == "" or value == {} or value == []
+
+
+def clone(value: Any) -> Any:
+    """A copy of JSON-like data (dicts, lists, scalars, and a choice's (type, value) pair);
+    a JSON round trip in C is faster than copying in Python."""
+    kind = type(value)
+    if kind is dict or kind is list:
+        return orjson.loads(orjson.dumps(value))
+    if kind is tuple:
+        return value[0], clone(value[1])
+    return value
+
+
+def fresh(value: Any) -> Callable[[], Any]:
+    """A constant that is safe to hand out repeatedly (objects are copied each time)."""
+    if isinstance(value, (dict, list)):
+        return lambda: clone(value)
+    return lambda: value
+
+
+def join_repetitions(values: list[Any], ctx: Context, label: str) -> Any:
+    """``repeats: join``: text repetitions become one text, one per line (FT/TX, chapter 2A.79);
+    other values keep the first repetition."""
+    if all(isinstance(v, str) for v in values):
+        return "\n".join(values)
+    if all(isinstance(v, tuple) and isinstance(v[1], str) for v in values):
+        return (values[0][0], "\n".join(v[1] for v in values))
+    if len(values) > 1:
+        ctx.note(f"{label}: only the first of {len(values)} repetitions was mapped")
+    return values[0]
+
+
+def value_writer(out: dict, value: Any) -> None:
+    """``to: $value``: the first rule with a value gives the datatype its value."""
+    if "$value" not in out:
+        out["$value"] = value
+
+
+class Dispatch:
+    """Chooses a datatype map by the text at ``selector`` (e.g. OBX-2 value type, chapter 7.4.2.2)."""
+
+    __slots__ = ("selector", "choices")
+
+    def __init__(self, selector: SourcePath, choices: dict[str, Callable[[Element | None, Context], Any]]):
+        self.selector = selector
+        self.choices = choices
+
+    def __call__(self, element: Element | None, ctx: Context) -> Any:
+        segment = ctx.segment
+        kind = functions.text_of(segment.field(self.selector.field)) if segment is not None else ""
+        produce = self.choices.get(kind)
+        if produce is None:
+            if element:
+                ctx.note(f"value type {kind!r} is not mapped; value left out")
+            return None
+        return produce(element, ctx)

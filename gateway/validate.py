@@ -1,0 +1,237 @@
+"""Validate a transaction Bundle before it is delivered.
+
+Each resource is checked with the fhir.resources R4B models (structure, cardinality, primitive
+formats), plus what those models do not check: no empty elements, codes of a few required
+bindings, unique entries, and references that resolve inside the bundle or name a FHIR resource
+type. Model validation is slow, so its outcome is cached per resource content (canonical JSON) in
+a bounded LRU: a resource already seen costs one serialization and one hash.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import threading
+from collections import OrderedDict
+from typing import Any, Iterator, NamedTuple
+
+import orjson
+import pydantic
+from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.resource import Resource
+
+from gateway.errors import ValidationError
+
+CACHE_SIZE = 8192
+
+_RELATIVE_REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
+_ABSOLUTE_REFERENCE = re.compile(r"^https?://\S+$")
+
+# Required bindings fhir.resources does not enforce, for the elements the gateway writes (FHIR R4).
+_REQUIRED_CODES: dict[tuple[str, ...], frozenset[str]] = {
+    ("Observation", "status"): frozenset(
+        "registered preliminary final amended corrected cancelled entered-in-error unknown".split()
+    ),
+    ("DiagnosticReport", "status"): frozenset(
+        "registered partial preliminary final amended corrected appended cancelled entered-in-error unknown".split()
+    ),
+    ("Encounter", "status"): frozenset(
+        "planned arrived triaged in-progress onleave finished cancelled entered-in-error unknown".split()
+    ),
+    ("Patient", "gender"): frozenset("male female other unknown".split()),
+    ("Patient", "telecom", "system"): frozenset("phone fax email pager url sms other".split()),
+    ("Patient", "telecom", "use"): frozenset("home work temp old mobile".split()),
+    ("Patient", "name", "use"): frozenset("usual official temp nickname anonymous old maiden".split()),
+    ("Patient", "address", "use"): frozenset("home work temp old billing".split()),
+    ("Patient", "address", "type"): frozenset("postal physical both".split()),
+    ("Observation", "valueQuantity", "comparator"): frozenset("< <= >= >".split()),
+}
+
+
+class _LRU:
+    """A small thread-safe LRU of validation outcomes."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._data: OrderedDict[bytes, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> tuple[bool, Any]:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return True, self._data[key]
+        return False, None
+
+    def put(self, key: bytes, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+_cache = _LRU(CACHE_SIZE)
+
+
+def clear_cache() -> None:
+    _cache.clear()
+
+
+@functools.lru_cache(maxsize=None)
+def is_resource_type(name: str) -> bool:
+    try:
+        model = get_fhir_model_class(name)
+    except ValueError:
+        return False
+    return isinstance(model, type) and issubclass(model, Resource)
+
+
+def _model_problem(resource: dict) -> str | None:
+    """What the R4B model says is wrong with ``resource`` (None when it validates)."""
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str) or not is_resource_type(rtype):
+        return f"resourceType {rtype!r} is not a FHIR resource type"
+    model = get_fhir_model_class(rtype)
+    try:
+        model.model_validate(resource)
+    except pydantic.ValidationError as exc:
+        problems = []
+        for err in exc.errors()[:5]:
+            location = ".".join(str(p) for p in err["loc"]) or "(resource)"
+            problems.append(f"{location}: {err['msg']}")
+        return "; ".join(problems)
+    except (TypeError, ValueError) as exc:  # fhir.resources raises these for some malformed input
+        return str(exc)
+    return None
+
+
+def _content_problem(resource: dict) -> str | None:
+    """Everything wrong with the resource on its own: empty elements, the model, required codes."""
+    empty = next(_empty_elements(resource, ""), None)
+    if empty is not None:
+        return f"element {empty} is empty"
+    problem = _model_problem(resource)
+    if problem is not None:
+        return problem
+    rtype = resource["resourceType"]
+    for (owner, *keys), allowed in _REQUIRED_CODES.items():
+        if owner == rtype:
+            for code in _values_at(resource, tuple(keys)):
+                if code not in allowed:
+                    return f"{'.'.join(keys)} {code!r} is not one of {sorted(allowed)}"
+    return None
+
+
+class _Outcome(NamedTuple):
+    problem: str | None
+    #: (element path, reference) for every Reference.reference in the resource.
+    references: tuple[tuple[str, Any], ...]
+
+
+def check_resource(resource: dict) -> _Outcome:
+    """The content checks for one resource, from the cache when this content was seen before."""
+    digest = hashlib.blake2b(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    hit, outcome = _cache.get(digest)
+    if hit:
+        return outcome
+    outcome = _Outcome(_content_problem(resource), tuple(_references(resource, "")))
+    _cache.put(digest, outcome)
+    return outcome
+
+
+def _empty_elements(value: Any, path: str) -> Iterator[str]:
+    if isinstance(value, dict):
+        if not value:
+            yield path
+        for key, item in value.items():
+            yield from _empty_elements(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        if not value:
+            yield path
+        for n, item in enumerate(value):
+            yield from _empty_elements(item, f"{path}[{n}]")
+    elif value is None or (isinstance(value, str) and not value.strip()):
+        yield path
+
+
+def _values_at(value: Any, keys: tuple[str, ...]) -> Iterator[Any]:
+    if not keys:
+        yield value
+        return
+    if isinstance(value, list):
+        for item in value:
+            yield from _values_at(item, keys)
+    elif isinstance(value, dict) and keys[0] in value:
+        yield from _values_at(value[keys[0]], keys[1:])
+
+
+def _references(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            if key == "reference":
+                yield where, item
+            else:
+                yield from _references(item, where)
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            yield from _references(item, f"{path}[{n}]")
+
+
+def _check_reference(reference: Any, local: set[str], full_urls: set[str]) -> str | None:
+    if not isinstance(reference, str):
+        return "is not a string"
+    if reference in local or reference in full_urls:
+        return None
+    if reference.startswith("urn:uuid:"):
+        return "names no entry of this bundle"
+    if reference.startswith("#") or _ABSOLUTE_REFERENCE.match(reference):
+        return None
+    m = _RELATIVE_REFERENCE.match(reference)
+    if m is None:
+        return "is not Type/id, an absolute URL or a bundle entry"
+    if not is_resource_type(m.group(1)):
+        return f"names {m.group(1)!r}, which is not a FHIR resource type"
+    return None
+
+
+def validate_bundle(bundle: dict) -> None:
+    """Raise ValidationError naming the resource and element of the first problem found."""
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise ValidationError("not a Bundle")
+    if bundle.get("type") != "transaction":
+        raise ValidationError(f"Bundle.type is {bundle.get('type')!r}, expected 'transaction'")
+    entries = bundle.get("entry")
+    if not isinstance(entries, list) or not entries:
+        raise ValidationError("Bundle has no entries")
+    local: set[str] = set()
+    full_urls: set[str] = set()
+    for n, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            raise ValidationError(f"Bundle.entry[{n}] has no resource")
+        name = f"{resource.get('resourceType')}/{resource.get('id')}"
+        if name in local:
+            raise ValidationError(f"{name} appears twice in the bundle (Bundle.entry[{n}])")
+        local.add(name)
+        request = entry.get("request") or {}
+        if request.get("method") != "PUT" or request.get("url") != name:
+            raise ValidationError(f"{name}: Bundle.entry[{n}].request must be PUT {name}")
+        if entry.get("fullUrl"):
+            full_urls.add(entry["fullUrl"])
+    for entry in entries:
+        resource = entry["resource"]
+        name = f"{resource.get('resourceType')}/{resource.get('id')}"
+        outcome = check_resource(resource)
+        if outcome.problem is not None:
+            raise ValidationError(f"{name}: {outcome.problem}")
+        for where, reference in outcome.references:
+            problem = _check_reference(reference, local, full_urls)
+            if problem is not None:
+                raise ValidationError(f"{name}: {where} {reference!r} {problem}")

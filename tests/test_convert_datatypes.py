@@ -1,0 +1,256 @@
+"""Datatype conversions, tested on generated input: timestamps, escaped text, numbers, grouping."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.convert import dtm
+from gateway.convert.builders import structured_numeric
+from gateway.convert.context import Context
+from gateway.convert.functions import to_decimal
+from gateway.convert.paths import PathError, compile_writer, parse_target
+from gateway.convert.structure import build_slot, group_segments
+from gateway.errors import MappingError
+from gateway.hl7.escape import DEFAULT_SEPARATORS, escape
+from gateway.hl7.message import Element, parse
+from gateway.validate import validate_bundle
+from tests.test_convert_helpers import MSH_ADT, PV1, converter, message, only, segment
+
+# The FHIR R4 primitive patterns (http://hl7.org/fhir/R4/datatypes.html).
+FHIR_DATE = re.compile(r"^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?$")
+FHIR_DATETIME = re.compile(
+    r"^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])"
+    r"(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]{1,9})?)?)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00)?)?)?$"
+)
+FHIR_INSTANT = re.compile(
+    r"^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[1-2][0-9]|3[0-1])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]{1,9})?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))$"
+)
+
+EXAMPLES = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def dtms(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    """A valid DTM and its parts; every precision from year to fraction, with or without offset."""
+    parts: dict[str, Any] = {"year": draw(st.integers(1, 9999))}
+    depth = draw(st.integers(0, 6))
+    text = f"{parts['year']:04d}"
+    if depth >= 1:
+        parts["month"] = draw(st.integers(1, 12))
+        text += f"{parts['month']:02d}"
+    if depth >= 2:
+        parts["day"] = draw(st.integers(1, 28))
+        text += f"{parts['day']:02d}"
+    for name, limit, level in (("hour", 23, 3), ("minute", 59, 4), ("second", 59, 5)):
+        if depth >= level:
+            parts[name] = draw(st.integers(0, limit))
+            text += f"{parts[name]:02d}"
+    if depth >= 6:
+        parts["fraction"] = draw(st.from_regex(r"\A[0-9]{1,4}\Z"))
+        text += "." + parts["fraction"]
+    if draw(st.booleans()):
+        hours, minutes = draw(st.integers(0, 13)), draw(st.sampled_from([0, 15, 30, 45]))
+        sign = draw(st.sampled_from("+-"))
+        parts["offset"] = f"{sign}{hours:02d}:{minutes:02d}"
+        text += f"{sign}{hours:02d}{minutes:02d}"
+    return text, parts
+
+
+@EXAMPLES
+@given(dtms())
+def test_dtm_to_fhir_keeps_what_fhir_can_hold(case: tuple[str, dict[str, Any]]) -> None:
+    text, parts = case
+    date = dtm.to_date(text)
+    assert date is not None and FHIR_DATE.match(date)
+    assert date == "-".join(f"{parts[k]:0{4 if k == 'year' else 2}d}" for k in ("year", "month", "day") if k in parts)
+    value = dtm.to_datetime(text)
+    assert value is not None and FHIR_DATETIME.match(value)
+    if "hour" in parts and "offset" in parts:
+        # The time survives with its zone, minutes and seconds padded, the fraction kept.
+        assert value.startswith(f"{date}T{parts['hour']:02d}:{parts.get('minute', 0):02d}:{parts.get('second', 0):02d}")
+        assert value.endswith(parts["offset"])
+        if "fraction" in parts:
+            assert f".{parts['fraction']}" in value
+    else:
+        assert value == date  # no zone: the date alone (docs/mappings.md)
+    instant = dtm.to_instant(text)
+    if "day" in parts and "offset" in parts:
+        assert instant is not None and FHIR_INSTANT.match(instant)
+    else:
+        assert instant is None
+    utc = dtm.to_instant_assume_utc(text)
+    assert (utc is None) == ("day" not in parts)
+    assert utc is None or FHIR_INSTANT.match(utc)
+
+
+@EXAMPLES
+@given(st.text(max_size=30))
+def test_dtm_garbage_is_none_or_valid(text: str) -> None:
+    for fn, pattern in ((dtm.to_date, FHIR_DATE), (dtm.to_datetime, FHIR_DATETIME), (dtm.to_instant, FHIR_INSTANT)):
+        value = fn(text)
+        assert value is None or pattern.match(value)
+
+
+def test_dtm_edges() -> None:
+    assert dtm.to_date("20230229") is None  # not a leap year
+    assert dtm.to_date("20240229") == "2024-02-29"
+    assert dtm.to_datetime("202401011230+1500") is None  # offset beyond +14:00
+    assert dtm.to_datetime("2024010112+0000") == "2024-01-01T12:00:00+00:00"
+    assert dtm.to_datetime("20240101123045.1234-0500") == "2024-01-01T12:30:45.1234-05:00"
+    assert dtm.to_datetime("202401") == "2024-01"
+    assert dtm.to_datetime_with_time("20240101") is None
+    assert dtm.to_date("0000") is None and dtm.to_date("2024-01-01") is None
+
+
+# --- text that needs escaping never crashes the converter nor yields empty strings -----------------
+
+ANY_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from("|^~\\&#"), max_size=20)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+@EXAMPLES
+@given(ANY_TEXT, ANY_TEXT, ANY_TEXT, ANY_TEXT)
+def test_escaped_identifiers_and_names_survive(value: str, authority: str, family: str, given_name: str) -> None:
+    esc = lambda text: escape(text, DEFAULT_SEPARATORS)  # noqa: E731
+    cx = f"{esc(value)}^^^{esc(authority)}^MR"
+    pid = segment("PID", {3: cx, 5: f"{esc(family)}^{esc(given_name)}", 8: "F"})
+    try:
+        bundle = converter().convert(message(MSH_ADT, pid, PV1))
+    except MappingError as exc:
+        assert not value.strip() and "no business identifier" in str(exc)
+        return
+    assert all(s.strip() for s in _strings(bundle))
+    validate_bundle(bundle)
+    patient = only(bundle, "Patient")
+    assert patient["identifier"][0]["value"] == value.strip()
+    name = patient.get("name", [{}])[0]
+    assert name.get("family", "") == family.strip()
+    assert name.get("given", [""])[0] == given_name.strip()
+
+
+@EXAMPLES
+@given(st.text(alphabet="|^~\\&ABC 12.<>=-:/+", max_size=40))
+def test_raw_field_content_never_crashes(raw: str) -> None:
+    """Whatever a sender puts in the fields the maps read, the answer is a bundle or MappingError."""
+    oru = "MSH|^~\\&|Lab|LabFac|A|B|20240101120000+0100||ORU^R01^ORU_R01|9|P|2.5.1"
+    lines = [oru, f"PID|1||{raw}^^^H^MR~1^^^H^MR||{raw}", f"OBR|1|{raw}|{raw}|X^x", f"OBX|1|SN|Y^y||{raw}|{raw}|{raw}"]
+    try:
+        bundle = converter().convert(message(*lines))
+    except MappingError:
+        return
+    assert all(s.strip() for s in _strings(bundle))
+    validate_bundle(bundle)
+
+
+# --- numbers -------------------------------------------------------------------------------------
+
+def _context() -> Context:
+    return Context(parse(MSH_ADT), converter().mappings.systems)
+
+
+def _sn(text: str) -> Any:
+    return structured_numeric(Element(text, DEFAULT_SEPARATORS, 0), _context(), None)
+
+
+@EXAMPLES
+@given(st.sampled_from(["", "<", ">", "<=", ">=", "="]), st.decimals(allow_nan=False, allow_infinity=False, places=3))
+def test_sn_quantity_with_comparator(comparator: str, number: Any) -> None:
+    kind, quantity = _sn(f"{comparator}^{number}")
+    assert kind == "Quantity"
+    assert quantity["value"] == to_decimal(str(number))
+    assert quantity.get("comparator", "") == ("" if comparator in ("", "=") else comparator)
+
+
+def test_sn_forms() -> None:
+    assert _sn("<0.10") == ("Quantity", {"value": 0.1, "comparator": "<"})  # sent in one component
+    assert _sn("^1^-^5") == ("Range", {"low": {"value": 1}, "high": {"value": 5}})
+    assert _sn("^1^:^128") == ("Ratio", {"numerator": {"value": 1}, "denominator": {"value": 128}})
+    assert _sn("<^1^/^2") == ("Ratio", {"numerator": {"value": 1, "comparator": "<"}, "denominator": {"value": 2}})
+    assert _sn("<>^1^+") == ("String", "<> 1 +")
+    assert _sn("^abc") == ("String", "abc")
+    assert _sn("") is None
+
+
+def test_decimal_text() -> None:
+    assert to_decimal("190") == 190 and isinstance(to_decimal("190"), int)
+    assert to_decimal("-0.5") == -0.5 and to_decimal(".5") == 0.5 and to_decimal("+3.") == 3.0
+    for bad in ("", "1e5", "nan", "1,5", "--1", "1.2.3"):
+        assert to_decimal(bad) is None
+
+
+# --- target paths and grouping ----------------------------------------------------------------------
+
+def test_target_paths() -> None:
+    out: dict = {}
+    compile_writer(parse_target("extension[+url=http://x.org/a.b].valueString"))(out, "one")
+    compile_writer(parse_target("extension[url=http://x.org/a.b].valueCode"))(out, "two")
+    compile_writer(parse_target("identifier[]"))(out, {"value": "1"})
+    compile_writer(parse_target("value[x]"))(out, ("Quantity", {"value": 1}))
+    compile_writer(parse_target("value[x]"))(out, ("String", "ignored: first write wins"))
+    assert out == {
+        "extension": [{"url": "http://x.org/a.b", "valueString": "one", "valueCode": "two"}],
+        "identifier": [{"value": "1"}],
+        "valueQuantity": {"value": 1},
+    }
+    for bad in ("", "a..b", "a[", "a[x].b", "a[url]", "1a", "a b"):
+        try:
+            parse_target(bad)
+        except PathError:
+            continue
+        raise AssertionError(f"{bad!r} parsed")
+
+
+STRUCTURE = build_slot("M", False, False, [
+    build_slot("MSH", False, False, None),
+    build_slot("PID", False, False, None),
+    build_slot("ORDER", False, True, [
+        build_slot("ORC", True, False, None),
+        build_slot("OBR", False, False, None),
+        build_slot("NTE", True, True, None),
+        build_slot("OBS", True, True, [build_slot("OBX", False, False, None), build_slot("NTE", True, True, None)]),
+    ]),
+])
+
+
+@EXAMPLES
+@given(st.lists(st.sampled_from(["PID", "ORC", "OBR", "NTE", "OBX", "ZZZ"]), max_size=25))
+def test_grouping_keeps_every_segment_once_in_order(names: list[str]) -> None:
+    msg = parse("\r".join(["MSH|^~\\&|A"] + [f"{n}|{i}" for i, n in enumerate(names)]))
+    root, unplaced = group_segments(STRUCTURE, msg.segments)
+    placed = [seg for seg, _ in root.walk()]
+    assert sorted(map(id, placed + unplaced)) == sorted(map(id, msg.segments))
+    assert placed == [s for s in msg.segments if any(s is p for p in placed)]  # message order
+    assert all(any(s is u for u in unplaced) for s in msg.segments if s.name == "ZZZ")
+    for seg, group in root.walk():
+        if seg.name == "OBX":
+            assert group.name == "OBS"
+        if seg.name in ("ORC", "OBR"):
+            assert group.name == "ORDER"
+
+
+def test_grouping_notes_follow_their_segment() -> None:
+    msg = parse("\r".join(["MSH|^~\\&|A", "PID|1", "OBR|1", "NTE|r1", "OBX|1", "NTE|o1", "NTE|o2", "OBX|2", "ORC|2", "OBR|2", "NTE|r2"]))
+    root, unplaced = group_segments(STRUCTURE, msg.segments)
+    assert not unplaced
+    where = [(seg.raw, group.name) for seg, group in root.walk()]
+    assert where == [
+        ("MSH|^~\\&|A", "M"), ("PID|1", "M"), ("OBR|1", "ORDER"), ("NTE|r1", "ORDER"), ("OBX|1", "OBS"),
+        ("NTE|o1", "OBS"), ("NTE|o2", "OBS"), ("OBX|2", "OBS"), ("ORC|2", "ORDER"), ("OBR|2", "ORDER"), ("NTE|r2", "ORDER"),
+    ]
+    orders = [item for item in root.items if not hasattr(item, "raw")]
+    assert len(orders) == 2 and len([i for i in orders[0].items if not hasattr(i, "raw")]) == 2

@@ -1,0 +1,152 @@
+"""Bundle validation: the R4B models, our own checks, and the validation cache."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+
+from gateway import validate
+from gateway.errors import ValidationError
+from gateway.validate import validate_bundle
+from tests.test_convert_helpers import converter, sample_message
+
+
+@pytest.fixture
+def bundle() -> dict:
+    return copy.deepcopy(converter().convert(sample_message("v2-to-fhir-ig/ORU_R01.hl7")))
+
+
+def _resource(bundle: dict, resource_type: str) -> dict:
+    return next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == resource_type)
+
+
+def test_converted_bundle_is_valid(bundle: dict) -> None:
+    validate_bundle(bundle)
+
+
+def test_model_error_names_resource_and_element(bundle: dict) -> None:
+    patient = _resource(bundle, "Patient")
+    patient["birthDate"] = "1970-06-01T09:12"
+    with pytest.raises(ValidationError, match=rf"Patient/{patient['id']}: birthDate: .*Date value"):
+        validate_bundle(bundle)
+
+
+def test_missing_required_element(bundle: dict) -> None:
+    report = _resource(bundle, "DiagnosticReport")
+    del report["code"]
+    with pytest.raises(ValidationError, match=rf"DiagnosticReport/{report['id']}: code: .*required"):
+        validate_bundle(bundle)
+
+
+def test_unknown_element(bundle: dict) -> None:
+    _resource(bundle, "Observation")["colour"] = "blue"
+    with pytest.raises(ValidationError, match="colour: Extra inputs are not permitted"):
+        validate_bundle(bundle)
+
+
+@pytest.mark.parametrize("empty", ["", "   ", {}, [], None])
+def test_empty_elements_are_refused(bundle: dict, empty: object) -> None:
+    observation = _resource(bundle, "Observation")
+    observation["code"]["coding"][0]["display"] = empty
+    with pytest.raises(ValidationError, match=rf"Observation/{observation['id']}: element code.coding\[0\].display is empty"):
+        validate_bundle(bundle)
+
+
+def test_required_binding_codes(bundle: dict) -> None:
+    _resource(bundle, "Observation")["status"] = "done"
+    with pytest.raises(ValidationError, match="status 'done' is not one of"):
+        validate_bundle(bundle)
+
+
+def test_telecom_system_code(bundle: dict) -> None:
+    _resource(bundle, "Patient")["telecom"][0]["system"] = "mobile"
+    with pytest.raises(ValidationError, match="telecom.system 'mobile'"):
+        validate_bundle(bundle)
+
+
+@pytest.mark.parametrize(
+    ("reference", "reason"),
+    [
+        ("urn:uuid:00000000-0000-0000-0000-000000000000", "names no entry of this bundle"),
+        ("Patient", "is not Type/id"),
+        ("Patients/123", "names .Patients., which is not a FHIR resource type"),
+        ("HumanName/123", "names .HumanName., which is not a FHIR resource type"),
+    ],
+)
+def test_bad_references(bundle: dict, reference: str, reason: str) -> None:
+    _resource(bundle, "Observation")["subject"] = {"reference": reference}
+    with pytest.raises(ValidationError, match=rf"subject.reference '{reference}' {reason}"):
+        validate_bundle(bundle)
+
+
+def test_references_to_known_types_outside_the_bundle_are_accepted(bundle: dict) -> None:
+    report = _resource(bundle, "DiagnosticReport")
+    report["performer"] = [{"reference": "Organization/lab-1"}, {"reference": "https://example.org/fhir/Practitioner/7"}]
+    validate_bundle(bundle)
+    entry = next(e for e in bundle["entry"] if e["resource"] is report)
+    report["basedOn"] = [{"reference": entry["fullUrl"]}]
+    validate_bundle(bundle)
+
+
+def test_duplicate_entries_and_request_mismatch(bundle: dict) -> None:
+    duplicated = copy.deepcopy(bundle)
+    duplicated["entry"].append(copy.deepcopy(duplicated["entry"][0]))
+    with pytest.raises(ValidationError, match="appears twice in the bundle"):
+        validate_bundle(duplicated)
+    bundle["entry"][0]["request"]["method"] = "POST"
+    with pytest.raises(ValidationError, match="request must be PUT"):
+        validate_bundle(bundle)
+
+
+@pytest.mark.parametrize("broken", [{}, {"resourceType": "Bundle", "type": "batch", "entry": []}, {"resourceType": "Bundle", "type": "transaction"}])
+def test_not_a_transaction_bundle(broken: dict) -> None:
+    with pytest.raises(ValidationError):
+        validate_bundle(broken)
+
+
+def test_unknown_resource_type(bundle: dict) -> None:
+    bundle["entry"][0]["resource"]["resourceType"] = "Patients"
+    bundle["entry"][0]["request"]["url"] = "Patients/" + bundle["entry"][0]["resource"]["id"]
+    with pytest.raises(ValidationError, match="'Patients' is not a FHIR resource type"):
+        validate_bundle(bundle)
+
+
+def test_cache_returns_the_same_outcome_faster(bundle: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    validate.clear_cache()
+    calls: list[str] = []
+    real = validate._content_problem
+
+    def counting(resource: dict) -> str | None:
+        calls.append(resource["resourceType"])
+        return real(resource)
+
+    monkeypatch.setattr(validate, "_content_problem", counting)
+    start = time.perf_counter()
+    validate_bundle(bundle)
+    cold = time.perf_counter() - start
+    assert len(calls) == len(bundle["entry"])
+    start = time.perf_counter()
+    validate_bundle(copy.deepcopy(bundle))  # equal content, new objects: served from the cache
+    warm = time.perf_counter() - start
+    assert len(calls) == len(bundle["entry"])
+    assert warm < cold
+    # A failing outcome is cached too, and the error still names the resource.
+    _resource(bundle, "Patient")["birthDate"] = "1970-13-01"
+    for _ in range(2):
+        with pytest.raises(ValidationError, match="birthDate"):
+            validate_bundle(bundle)
+    assert len(calls) == len(bundle["entry"]) + 1
+
+
+def test_cache_is_bounded() -> None:
+    lru = validate._LRU(3)
+    for n in range(5):
+        lru.put(bytes([n]), None)
+    assert lru.get(bytes([0])) == (False, None)
+    assert lru.get(bytes([4])) == (True, None)
+    lru.get(bytes([2]))
+    lru.put(b"new", "problem")
+    assert lru.get(bytes([3])) == (False, None)  # least recently used went first
+    assert lru.get(bytes([2])) == (True, None)
