@@ -33,14 +33,16 @@ def make_broker(
     extra_middleware: list[dramatiq.Middleware] | None = None,
 ) -> RedisBroker:
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10)
+    # Dramatiq runs after_* hooks in reverse list order: middleware listed before Retries sees
+    # a message after Retries has decided whether it failed for good.
     middleware: list[dramatiq.Middleware] = [
+        *(extra_middleware or []),
         AgeLimit(),
         TimeLimit(time_limit=300_000),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
         Retries(max_retries=max_retries, min_backoff=500, max_backoff=60_000),
-        *(extra_middleware or []),
     ]
     broker = RedisBroker(
         client=client,
