@@ -1,0 +1,214 @@
+"""``hl7gw run``: one supervisor that starts every part, restarts what dies, and stops in order.
+
+Start: embedded Redis (unless HL7GW_REDIS_URL is set), schema, admin token, then the worker, API
+and MLLP listener as child processes. Stop (SIGTERM or Ctrl-C): intake first, so nothing new is
+acknowledged; then the workers drain; then the API; the embedded Redis last.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.api.auth import ensure_admin_token
+from gateway.config import Settings
+from gateway.errors import ConfigError
+from gateway.procutil import die_with_parent
+from gateway.queue.broker import forget_all_workers
+from gateway.queue.embedded import EmbeddedRedis, free_port
+from gateway.store.db import create_schema, make_engine
+
+log = logging.getLogger(__name__)
+
+#: Order in which children are stopped; started in reverse.
+STOP_ORDER = ("mllp", "worker", "api")
+RESTART_BACKOFF_S = 2.0
+
+
+@dataclass
+class Child:
+    role: str
+    index: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    last_start: float = 0.0
+    stopping: bool = field(default=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.index}" if self.role == "worker" else self.role
+
+
+class Supervisor:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.redis: EmbeddedRedis | None = None
+        self.children: list[Child] = []
+        self.env: dict[str, str] = {}
+        self._stop_requested = False
+
+    # -- start -----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_data_dir(s.data_dir)
+        if s.embedded_redis:
+            self.redis = EmbeddedRedis(s.data_dir / "redis")
+            redis_url = self.redis.start()
+            # Nothing else can be connected to a Redis we just started: whatever a previous run
+            # had in flight goes straight back on the queue instead of waiting for a heartbeat.
+            forget_all_workers(redis_url, s.redis_namespace)
+        else:
+            assert s.redis_url is not None
+            redis_url = s.redis_url
+        engine = make_engine(s.resolved_database_url)
+        try:
+            create_schema(engine)
+        finally:
+            engine.dispose()
+        mllp_port = s.mllp_port or free_port(s.mllp_host)
+        http_port = s.http_port or free_port(s.http_host)
+        self.mllp_port, self.http_port = mllp_port, http_port
+        self.env = {
+            **os.environ,
+            "HL7GW_DATA_DIR": str(s.data_dir.resolve()),
+            "HL7GW_REDIS_URL": redis_url,
+            "HL7GW_DATABASE_URL": s.resolved_database_url,
+            "HL7GW_MLLP_PORT": str(mllp_port),
+            "HL7GW_HTTP_PORT": str(http_port),
+        }
+        token_file = ensure_admin_token(s)
+        if token_file is not None:
+            print(f"hl7gw: admin API token is in {token_file.resolve()}", flush=True)
+        self.children = [Child("api"), *(Child("worker", i) for i in range(s.worker_processes)), Child("mllp")]
+
+    def _spawn(self, child: Child) -> None:
+        child.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", child.role],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            # Own session: a terminal's Ctrl-C reaches only us, and we stop children in order.
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        child.last_start = time.monotonic()
+        log.info("started %s (pid %d)", child.name, child.process.pid)
+
+    def start(self) -> None:
+        self.prepare()
+        for child in self.children:
+            self._spawn(child)
+        self._wait_ready()
+        s = self.settings
+        print(
+            f"hl7gw: ready: MLLP on {s.mllp_host}:{self.mllp_port}, "
+            f"FHIR API on http://{s.http_host}:{self.http_port}/fhir",
+            flush=True,
+        )
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        s = self.settings
+        deadline = time.monotonic() + timeout
+        health = f"http://{_connect_host(s.http_host)}:{self.http_port}/health"
+        while time.monotonic() < deadline:
+            self._reap()
+            if _port_open(_connect_host(s.mllp_host), self.mllp_port) and _http_ok(health):
+                return
+            time.sleep(0.1)
+        log.warning("gateway not ready after %.0fs; still waiting in the background", timeout)
+
+    # -- run -------------------------------------------------------------------------------
+    def _reap(self) -> None:
+        """Restart any child that exited while we were not stopping it."""
+        for child in self.children:
+            proc = child.process
+            if proc is None or child.stopping or proc.poll() is None:
+                continue
+            log.error("%s exited with code %s; restarting", child.name, proc.returncode)
+            if time.monotonic() - child.last_start < RESTART_BACKOFF_S:
+                time.sleep(RESTART_BACKOFF_S)
+            child.restarts += 1
+            self._spawn(child)
+
+    def run_forever(self) -> None:
+        def request_stop(signum: int, _frame: object) -> None:
+            self._stop_requested = True
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        try:
+            self.start()
+            while not self._stop_requested:
+                self._reap()
+                time.sleep(0.2)
+        finally:
+            self.stop()
+
+    # -- stop ------------------------------------------------------------------------------
+    def stop(self) -> None:
+        timeouts = {"mllp": 35.0, "worker": 75.0, "api": 15.0}
+        for role in STOP_ORDER:
+            group = [c for c in self.children if c.role == role and c.process is not None]
+            for child in group:
+                child.stopping = True
+                if child.process and child.process.poll() is None:
+                    child.process.terminate()
+            for child in group:
+                assert child.process is not None
+                try:
+                    child.process.wait(timeouts[role])
+                except subprocess.TimeoutExpired:
+                    log.error("%s did not stop in %.0fs; killing it", child.name, timeouts[role])
+                    child.process.kill()
+                    child.process.wait()
+            log.info("stopped %s", role)
+        if self.redis is not None:
+            self.redis.stop()
+            log.info("stopped embedded redis")
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data dir for our lifetime: one gateway per data dir."""
+    fd = os.open(data_dir / "hl7gw.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"another hl7gw is already running on data dir {data_dir.resolve()}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - our own loopback URL
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def run(settings: Settings) -> None:
+    Supervisor(settings).run_forever()
+

@@ -1,0 +1,237 @@
+"""End to end: ``hl7gw run`` as a subprocess, real MLLP clients over TCP, FHIR read back over HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import hl7
+import pytest
+from hl7.client import MLLPClient
+
+from tests.conftest import SAMPLES
+from tests.gateway_process import GatewayProcess, clean_env
+
+pytestmark = pytest.mark.slow
+
+ADT_A01 = SAMPLES / "v2-to-fhir-ig" / "ADT_A01.hl7"
+ORU_R01 = SAMPLES / "v2-to-fhir-ig" / "ORU_R01.hl7"
+
+
+def mllp_send_loose(path: Path, port: int) -> str:
+    """Send with python-hl7's own command-line client, as an interface engineer would."""
+    mllp_send = Path(sys.executable).parent / "mllp_send"
+    result = subprocess.run(
+        [str(mllp_send), "--loose", "--file", str(path), "--port", str(port), "127.0.0.1"],
+        capture_output=True,
+        timeout=30,
+        env=clean_env(),
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def send_raw(raw: bytes, port: int) -> hl7.Message:
+    """Send one message as received (5 encoding characters and all) with python-hl7's MLLPClient."""
+    text = raw.decode("utf-8").replace("\r\n", "\r").replace("\n", "\r").strip()
+    with MLLPClient("127.0.0.1", port) as client:
+        ack = client.send_message(text)
+    return hl7.parse(ack.decode("utf-8"))
+
+
+def msa(ack_text: str) -> list[str]:
+    for segment in ack_text.replace("\n", "\r").split("\r"):
+        if segment.startswith("MSA"):
+            return segment.split("|")
+    raise AssertionError(f"no MSA in {ack_text!r}")
+
+
+def find_patient(gateway: GatewayProcess, identifier: str) -> dict:
+    bundle = gateway.wait_for(f"/fhir/Patient?identifier={identifier}", lambda b: b.get("total", 0) >= 1)
+    assert bundle["total"] == 1
+    return bundle["entry"][0]["resource"]
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, redis_url: str):  # type: ignore[no-untyped-def]
+    # On machines with an external Redis the gateway uses it (under a namespace of its own);
+    # elsewhere this is the embedded default that a user gets from `hl7gw run`.
+    external = os.environ.get("HL7GW_REDIS_URL")
+    namespace = f"hl7gw-e2e-{uuid.uuid4().hex[:8]}" if external else None
+    process = GatewayProcess(tmp_path / "data", redis_url=external, namespace=namespace).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def test_adt_and_oru_in_fhir_out(gateway: GatewayProcess) -> None:
+    ack = mllp_send_loose(ADT_A01, gateway.mllp_port)
+    fields = msa(ack)
+    assert fields[1] == "AA" and fields[2] == "4637382"
+
+    patient = find_patient(gateway, "1032702")
+    assert patient["name"][0]["family"] == "Everywoman"
+    assert patient["name"][0]["given"][0] == "Eve"
+    assert patient["birthDate"] == "1970-06-01"
+    assert patient["gender"] == "female"
+    assert patient["meta"]["versionId"] == "1"
+
+    oru_ack = send_raw(ORU_R01.read_bytes(), gateway.mllp_port)
+    assert str(oru_ack.segment("MSA")[1]) == "AA"
+    assert str(oru_ack.segment("MSA")[2]) == "20251014154001-425"
+    assert str(oru_ack.segment("MSH")[9]) == "ACK^R01^ACK"
+
+    # The ORU names the same patient under another assigning authority; find its Patient, then
+    # its Observations by reference.
+    bundle = gateway.wait_for("/fhir/Observation?code=6153-1", lambda b: b.get("total", 0) >= 1)
+    observation = bundle["entry"][0]["resource"]
+    assert observation["valueQuantity"]["value"] == 3.9
+    subject = observation["subject"]["reference"]
+    patient_id = subject.split("/")[1]
+    observations = gateway.wait_for(f"/fhir/Observation?patient={patient_id}", lambda b: b.get("total", 0) >= 3)
+    codes = sorted(o["resource"]["code"]["coding"][0]["code"] for o in observations["entry"])
+    assert codes == ["6041-8", "6153-1", "6265-3"]
+
+
+def wait_processed(gateway: GatewayProcess, count: int, timeout: float = 15.0) -> list[str]:
+    """Wait until ``count`` archived messages finished the pipeline; returns their statuses."""
+    from sqlalchemy import select
+
+    from gateway.store.db import make_engine
+    from gateway.store.messages import message_archive
+
+    engine = make_engine(f"sqlite:///{gateway.data_dir / 'hl7gw.sqlite3'}")
+    try:
+        deadline = time.monotonic() + timeout
+        statuses: list[str] = []
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                statuses = [r.status for r in conn.execute(select(message_archive.c.status))]
+            if len([s for s in statuses if s != "received"]) >= count:
+                return statuses
+            time.sleep(0.05)
+        raise AssertionError(f"only {statuses} after {timeout}s\n{gateway.log()}")
+    finally:
+        engine.dispose()
+
+
+def test_same_message_twice_is_one_version(gateway: GatewayProcess) -> None:
+    for _ in range(2):
+        assert msa(mllp_send_loose(ADT_A01, gateway.mllp_port))[1] == "AA"
+    assert wait_processed(gateway, 2) == ["processed", "processed"]
+    patient = find_patient(gateway, "1032702")
+    assert patient["meta"]["versionId"] == "1"
+
+
+def test_unreadable_frame_gets_ar_with_err(gateway: GatewayProcess) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", gateway.mllp_port), timeout=10) as sock:
+        sock.sendall(b"\x0bthis is not hl7\x1c\x0d")
+        reply = b""
+        while not reply.endswith(b"\x1c\x0d"):
+            chunk = sock.recv(4096)
+            assert chunk, "connection closed without an answer"
+            reply += chunk
+    text = reply.strip(b"\x0b\x1c\x0d").decode()
+    assert msa(text)[1] == "AR"
+    assert "\rERR|" in text
+
+
+def test_nothing_acknowledged_is_lost_on_kill_9(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    gateway = GatewayProcess(data).start()  # embedded Redis: this test kills it too
+    try:
+        # Stop the workers first, so the acknowledged message is certainly still only queued
+        # when everything dies.
+        for pid in gateway.descendants():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"gateway.cli\x00worker" in cmdline:
+                os.kill(pid, 19)  # SIGSTOP
+        assert msa(mllp_send_loose(ADT_A01, gateway.mllp_port))[1] == "AA"
+        gateway.kill_tree()
+    finally:
+        if gateway.process and gateway.process.poll() is None:
+            gateway.kill_tree()
+
+    restarted = GatewayProcess(data)
+    restarted.mllp_port, restarted.http_port = gateway.mllp_port, gateway.http_port
+    restarted.env.update(HL7GW_MLLP_PORT=str(gateway.mllp_port), HL7GW_HTTP_PORT=str(gateway.http_port))
+    restarted.start()
+    try:
+        patient = find_patient(restarted, "1032702")
+        assert patient["name"][0]["family"] == "Everywoman"
+    finally:
+        restarted.stop()
+
+
+def test_unconvertible_message_becomes_a_dead_letter(gateway: GatewayProcess) -> None:
+    # Accepted at intake (the header is fine), but there is no patient to convert.
+    raw = b"MSH|^~\\&|LAB|HOSP|GW|GW|20240101120000||ADT^A01^ADT_A01|DL-1|P|2.5.1\rEVN|A01|20240101120000\r"
+    ack = send_raw(raw, gateway.mllp_port)
+    assert str(ack.segment("MSA")[1]) == "AA"
+    assert wait_processed(gateway, 1) == ["failed"]
+
+    listing = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "dlq", "list"],
+        capture_output=True,
+        timeout=60,
+        env=clean_env(HL7GW_DATA_DIR=str(gateway.data_dir)),
+    )
+    assert listing.returncode == 0, listing.stderr.decode()
+    lines = [line for line in listing.stdout.decode().splitlines() if "DL-1" in line]
+    assert len(lines) == 1
+    assert " convert " in lines[0]
+    assert "LAB|HOSP" in lines[0]
+
+
+def test_sigterm_stops_cleanly_and_loses_nothing(tmp_path: Path) -> None:
+    import asyncio
+
+    from hl7.mllp import open_hl7_connection
+
+    data = tmp_path / "data"
+    gateway = GatewayProcess(data).start()
+    count = 40
+
+    async def send_all() -> list[str]:
+        reader, writer = await open_hl7_connection("127.0.0.1", gateway.mllp_port)
+        for i in range(count):
+            writer.writemessage(
+                hl7.parse(
+                    f"MSH|^~\\&|SND|FAC|GW|GWF|20240101120000||ADT^A04^ADT_A01|TERM-{i}|P|2.5.1\r"
+                    f"PID|1||TERM{i}^^^HOSP^MR||Doe^Jane||19800101|F\r"
+                )
+            )
+        await writer.drain()
+        codes = [str((await reader.readmessage()).segment("MSA")[1]) for _ in range(count)]
+        writer.close()
+        return codes
+
+    try:
+        assert asyncio.run(send_all()) == ["AA"] * count
+        children = gateway.descendants()
+        assert len(children) >= 4  # redis-server, api, worker, mllp
+        assert gateway.stop() == 0
+        time.sleep(0.5)
+        alive = [pid for pid in children if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+        assert alive == [], "children outlived the gateway"
+    finally:
+        if gateway.process and gateway.process.poll() is None:
+            gateway.kill_tree()
+
+    restarted = GatewayProcess(data).start()
+    try:
+        for i in (0, count // 2, count - 1):
+            assert find_patient(restarted, f"TERM{i}")["name"][0]["family"] == "Doe"
+        assert wait_processed(restarted, count) == ["processed"] * count
+    finally:
+        restarted.stop()
