@@ -10,7 +10,6 @@ a bounded LRU: a resource already seen costs one serialization and one hash.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 import threading
 from collections import OrderedDict
@@ -56,6 +55,10 @@ class _LRU:
         self.size = size
         self._data: OrderedDict[bytes, Any] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def data(self) -> "OrderedDict[bytes, Any]":
+        return self._data
 
     def get(self, key: bytes) -> tuple[bool, Any]:
         with self._lock:
@@ -136,7 +139,11 @@ class _Outcome(NamedTuple):
 
 def check_resource(resource: dict) -> _Outcome:
     """The content checks for one resource, from the cache when this content was seen before."""
-    digest = hashlib.blake2b(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    # The canonical JSON itself is the key: hashing it again would cost more than the lookup saves.
+    digest = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+    outcome = _cache.data.get(digest)  # lock-free read of a dict (atomic in CPython); the LRU order is kept on writes
+    if outcome is not None:
+        return outcome  # type: ignore[no-any-return]
     hit, outcome = _cache.get(digest)
     if hit:
         return outcome
@@ -212,7 +219,19 @@ def validate_bundle(bundle: dict) -> None:
         raise ValidationError("Bundle has no entries")
     local: set[str] = set()
     full_urls: set[str] = set()
+    resources: list[tuple[str, dict]] = []
     for n, entry in enumerate(entries):
+        request = (entry.get("request") if isinstance(entry, dict) else None) or {}
+        if request.get("method") == "DELETE" and isinstance(entry, dict) and "resource" not in entry:
+            # A DELETE entry (an ADT^A29, a problem delete) names what it deletes and carries nothing.
+            url = request.get("url")
+            m = _RELATIVE_REFERENCE.match(url) if isinstance(url, str) else None
+            if m is None or not isinstance(url, str) or m.group(3) or not is_resource_type(m.group(1)):
+                raise ValidationError(f"Bundle.entry[{n}].request: DELETE needs a url Type/id, not {url!r}")
+            if url in local:
+                raise ValidationError(f"{url} appears twice in the bundle (Bundle.entry[{n}])")
+            local.add(url)
+            continue
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             raise ValidationError(f"Bundle.entry[{n}] has no resource")
@@ -220,18 +239,18 @@ def validate_bundle(bundle: dict) -> None:
         if name in local:
             raise ValidationError(f"{name} appears twice in the bundle (Bundle.entry[{n}])")
         local.add(name)
-        request = entry.get("request") or {}
         if request.get("method") != "PUT" or request.get("url") != name:
             raise ValidationError(f"{name}: Bundle.entry[{n}].request must be PUT {name}")
         if entry.get("fullUrl"):
             full_urls.add(entry["fullUrl"])
-    for entry in entries:
-        resource = entry["resource"]
-        name = f"{resource.get('resourceType')}/{resource.get('id')}"
+        resources.append((name, resource))
+    for name, resource in resources:
         outcome = check_resource(resource)
         if outcome.problem is not None:
             raise ValidationError(f"{name}: {outcome.problem}")
         for where, reference in outcome.references:
+            if reference in local or reference in full_urls:
+                continue
             problem = _check_reference(reference, local, full_urls)
             if problem is not None:
                 raise ValidationError(f"{name}: {where} {reference!r} {problem}")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import re
+from datetime import datetime
 from typing import Any, Iterator
+from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.convert import dtm
 from gateway.convert.builders import structured_numeric
+from gateway.convert.builders_values import composite_quantity, encapsulated_attachment, tm_to_time
+from gateway.convert.elements import CachedElement
 from gateway.convert.context import Context
 from gateway.convert.functions import to_decimal
 from gateway.convert.paths import PathError, compile_writer, parse_target
@@ -105,6 +110,83 @@ def test_dtm_edges() -> None:
     assert dtm.to_datetime("202401") == "2024-01"
     assert dtm.to_datetime_with_time("20240101") is None
     assert dtm.to_date("0000") is None and dtm.to_date("2024-01-01") is None
+
+
+ZONES = st.sampled_from(["Europe/Berlin", "America/Chicago", "Asia/Kolkata", "Pacific/Chatham", "UTC"])
+
+
+@EXAMPLES
+@given(dtms(), ZONES)
+def test_dtm_in_a_sender_time_zone(case: tuple[str, dict[str, Any]], zone: str) -> None:
+    """With HL7GW_DEFAULT_TZ: a time without offset gets the zone's offset at that local time; an
+    offset sent is kept; a date stays a date."""
+    text, parts = case
+    tz = ZoneInfo(zone)
+    value = dtm.to_datetime(text, tz)
+    assert value is not None and FHIR_DATETIME.match(value)
+    if "hour" not in parts or "day" not in parts:
+        assert "T" not in value
+        return
+    if "offset" in parts:
+        assert value.endswith(parts["offset"])
+        return
+    local = datetime(parts["year"], parts["month"], parts["day"], parts["hour"], parts.get("minute", 0), parts.get("second", 0))
+    offset = tz.utcoffset(local)
+    assert offset is not None
+    minutes = int(offset.total_seconds()) // 60
+    assert value.endswith(f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}")
+    instant = dtm.to_instant(text, tz)
+    assert instant is not None and FHIR_INSTANT.match(instant) and instant[-6:] == value[-6:]
+
+
+@EXAMPLES
+@given(st.integers(0, 23), st.integers(0, 59), st.integers(0, 59), st.from_regex(r"\A(\.[0-9]{1,4})?\Z"),
+       st.sampled_from(["", "+0100", "-0500"]))
+def test_tm_to_fhir_time(hour: int, minute: int, second: int, fraction: str, offset: str) -> None:
+    value = tm_to_time(f"{hour:02d}{minute:02d}{second:02d}{fraction}{offset}")
+    assert value == f"{hour:02d}:{minute:02d}:{second:02d}{fraction}"  # FHIR time has no zone
+    assert tm_to_time(f"{hour:02d}") == f"{hour:02d}:00:00"
+    assert tm_to_time("2460") is None and tm_to_time("noon") is None
+
+
+@EXAMPLES
+@given(st.binary(max_size=64), st.sampled_from(["Base64", "Hex", "A"]))
+def test_encapsulated_data_becomes_base64(data: bytes, encoding: str) -> None:
+    """ED (chapter 2A.24) data in any of its encodings becomes the Attachment's base64 data."""
+    if encoding == "Base64":
+        raw = base64.b64encode(data).decode()
+    elif encoding == "Hex":
+        raw = data.hex().upper()
+    else:
+        data = data.decode("latin-1").encode("utf-8")
+        raw = data.decode("utf-8")
+    esc = escape(raw, DEFAULT_SEPARATORS)
+    element = CachedElement(f"^AP^PDF^{encoding}^{esc}", DEFAULT_SEPARATORS, 0)
+    ctx = Context(parse("MSH|^~\\&|A"), converter().mappings.systems)
+    attachment = encapsulated_attachment(element, ctx, None)
+    if not data:
+        assert attachment == {"contentType": "application/pdf"}
+        return
+    assert attachment is not None and attachment["contentType"] == "application/pdf"
+    assert base64.b64decode(attachment["data"]) == data
+
+
+def test_encapsulated_data_that_is_not_what_it_says_is_left_out() -> None:
+    ctx = Context(parse("MSH|^~\\&|A"), converter().mappings.systems)
+    attachment = encapsulated_attachment(CachedElement("^AP^PDF^Base64^<Base64 encoded>", DEFAULT_SEPARATORS, 0), ctx, None)
+    assert attachment == {"contentType": "application/pdf"}
+    assert ctx.notes and "could not be read" in ctx.notes[0]
+
+
+def test_composite_quantity_and_z_segments() -> None:
+    ctx = Context(parse("MSH|^~\\&|A"), converter().mappings.systems)
+    cq = composite_quantity(CachedElement("2^mL&milliliter&UCUM", DEFAULT_SEPARATORS, 0), ctx, None)
+    assert cq == {"value": 2, "unit": "milliliter", "system": "http://unitsofmeasure.org", "code": "mL"}
+    # A Z-segment joins the group of the segment before it (chapter 2.8), so a site map can include it.
+    msg = parse("\r".join(["MSH|^~\\&|A", "PID|1", "OBR|1", "ZBR|x", "OBX|1", "ZBX|y"]))
+    root, unplaced = group_segments(STRUCTURE, msg.segments)
+    assert not unplaced
+    assert [(seg.name, group.name) for seg, group in root.walk()][-3:] == [("ZBR", "ORDER"), ("OBX", "OBS"), ("ZBX", "OBS")]
 
 
 # --- text that needs escaping never crashes the converter nor yields empty strings -----------------
@@ -228,14 +310,19 @@ STRUCTURE = build_slot("M", False, False, [
 
 
 @EXAMPLES
-@given(st.lists(st.sampled_from(["PID", "ORC", "OBR", "NTE", "OBX", "ZZZ"]), max_size=25))
+@given(st.lists(st.sampled_from(["PID", "ORC", "OBR", "NTE", "OBX", "ZZZ", "QQQ"]), max_size=25))
 def test_grouping_keeps_every_segment_once_in_order(names: list[str]) -> None:
     msg = parse("\r".join(["MSH|^~\\&|A"] + [f"{n}|{i}" for i, n in enumerate(names)]))
     root, unplaced = group_segments(STRUCTURE, msg.segments)
     placed = [seg for seg, _ in root.walk()]
     assert sorted(map(id, placed + unplaced)) == sorted(map(id, msg.segments))
     assert placed == [s for s in msg.segments if any(s is p for p in placed)]  # message order
-    assert all(any(s is u for u in unplaced) for s in msg.segments if s.name == "ZZZ")
+    # A segment the structure does not know is unplaced; a Z-segment joins the one before it.
+    assert "ZZZ" not in {s.name for s in unplaced} and all(s in unplaced for s in msg.segments if s.name == "QQQ")
+    where = {id(seg): group for seg, group in root.walk()}
+    for before, seg in zip(msg.segments, msg.segments[1:]):
+        if seg.name == "ZZZ" and before.name != "QQQ" and id(before) in where:
+            assert where[id(seg)] is where[id(before)] or where[id(seg)] in list(where[id(before)].ancestors())
     for seg, group in root.walk():
         if seg.name == "OBX":
             assert group.name == "OBS"

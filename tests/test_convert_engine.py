@@ -23,10 +23,11 @@ ALL_SAMPLES = [
 def test_load_defaults_to_the_repository_mappings() -> None:
     assert default_mappings_dir().name == "mappings" and default_mappings_dir().is_dir()
     loaded = Converter.load()
-    for code, trigger in (("ADT", "A01"), ("ADT", "A04"), ("ADT", "A08"), ("ORU", "R01")):
+    for code, trigger in (("ADT", "A01"), ("ADT", "A03"), ("ADT", "A40"), ("ORU", "R01"), ("SIU", "S26"), ("PPR", "PC3")):
         assert loaded.supports(code, trigger)
-    assert not loaded.supports("ADT", "A03")
+    assert not loaded.supports("ADT", "A99")
     assert not loaded.supports("_common", "")  # an abstract map is no message type
+    assert not loaded.supports("", "patient")
 
 
 def test_missing_mappings_dir_is_a_config_error(tmp_path) -> None:
@@ -35,8 +36,8 @@ def test_missing_mappings_dir_is_a_config_error(tmp_path) -> None:
 
 
 def test_unsupported_message_type() -> None:
-    msg = message("MSH|^~\\&|A|B|C|D|20240101||SIU^S12|1|P|2.5", PID)
-    with pytest.raises(MappingError, match=r"no mapping for message type SIU\^S12 \(supported: ADT\^A01"):
+    msg = message("MSH|^~\\&|A|B|C|D|20240101||ZZZ^Z12|1|P|2.5", PID)
+    with pytest.raises(MappingError, match=r"no mapping for message type ZZZ\^Z12 \(supported: ADT\^A01"):
         converter().convert(msg)
 
 
@@ -185,15 +186,19 @@ def test_value_types() -> None:
     assert values[6] == {"valueDateTime": "2024-01-02T10:30:00+01:00"}
     assert values[7] == {"valueQuantity": {
         "value": -0.5, "unit": "millimole per liter", "system": "http://unitsofmeasure.org", "code": "mmol/L"}}
-    assert values[8] == {}
-    assert any("value type 'ED' is not mapped" in note for note in conversion.notes)
+    assert values[8] == {}  # R4 Observation has no valueAttachment: the data is a DocumentReference
+    document = only(conversion.bundle, "DocumentReference")
+    assert document["content"] == [{"attachment": {"contentType": "application/pdf", "data": "AAAA"}}]
+    assert resources(conversion.bundle, "Observation")[8]["derivedFrom"] == [{"reference": f"DocumentReference/{document['id']}"}]
     assert resources(conversion.bundle, "Observation")[7]["status"] == "corrected"
 
 
 def test_unused_segments_are_reported() -> None:
-    conversion = converter().convert_with_report(sample_message("v2-to-fhir-ig/ADT_A01.hl7"))
-    assert "AL1#9" in conversion.unused_segments
-    assert not any(s.startswith(("MSH", "PID", "PV1#", "OBX")) for s in conversion.unused_segments)
+    conversion = converter().convert_with_report(sample_message("ms-fhir-converter/ADT-A01-01.hl7"))
+    assert {"SFT#2", "GT1#19", "PDA#24"} <= set(conversion.unused_segments)
+    assert not any(s.startswith(("MSH", "PID", "PV1#", "OBX", "AL1")) for s in conversion.unused_segments)
+    # The IG's ADT_A01 uses every segment it maps (IG message map ADT_A01).
+    assert converter().convert_with_report(sample_message("v2-to-fhir-ig/ADT_A01.hl7")).unused_segments == []
 
 
 def test_segments_out_of_structure_are_unused_not_lost() -> None:
@@ -230,3 +235,15 @@ def test_memo_keys_on_separators() -> None:
     other = loaded.convert(message(other_msh, "PID|1||12345###HOSP#MR||Doe#Jane^X", PV1))
     assert only(standard, "Patient")["name"][0] == {"family": "Doe#Jane", "given": ["X"]}
     assert only(other, "Patient")["name"][0] == {"family": "Doe", "given": ["Jane^X"]}
+
+
+def test_structure_from_msh_9_3_else_from_the_trigger() -> None:
+    """MSH-9.3 names the structure (chapter 2.14.9.9); without it, or when it names no structure we
+    know (the MS samples' ADT_A04), the trigger's structure (ADT_A01 for A04) groups the segments."""
+    lines = [PID, PV1, "OBX|1|NM|8302-2^Height^LN||170|cm|||||F", "AL1|1|DA|1605^Penicillin^L"]
+    for msh_9 in ("ADT^A04", "ADT^A04^ADT_A01", "ADT^A04^ADT_A04"):
+        msh = MSH_ADT.replace("ADT^A01^ADT_A01", msh_9)
+        conversion = converter().convert_with_report(message(msh, "EVN|A04", *lines))
+        assert conversion.unused_segments == [], msh_9
+        assert only(conversion.bundle, "Encounter")["status"] == "planned"  # A04 (IG Event[EncounterStatus])
+        assert only(conversion.bundle, "AllergyIntolerance")["code"]["coding"][0]["code"] == "1605"

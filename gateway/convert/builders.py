@@ -199,7 +199,7 @@ def practitioner_name_text(element: Element | None, ctx: Context, table: Table |
     return _name_text(element, 2)
 
 
-@builder(reads="segment")
+@builder(reads="segment", fields=("OBX-6",))
 def reference_range(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
     """OBX-7 -> Observation.referenceRange: the text as sent (IG), plus low/high for ``a-b`` or
     ``>a``/``<b`` with OBX-6's unit."""
@@ -269,7 +269,7 @@ def _sender(msh: Segment) -> str:
     return f"{msh.field(3)[1].value}|{msh.field(4)[1].value}"
 
 
-@builder(reads="segment")
+@builder(reads="segment", fields=("MSH-3", "MSH-4", "MSH-9", "MSH-10"))
 def source_message_entity(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
     """Provenance.entity: the v2 message (role source), named by sender and MSH-10 control id."""
     msh = _header(ctx)
@@ -281,7 +281,7 @@ def source_message_entity(element: Element | None, ctx: Context, table: Table | 
     return {"role": "source", "what": {"identifier": {"system": MESSAGE_SYSTEM, "value": value}, "display": display}}
 
 
-@builder(reads="segment")
+@builder(reads="segment", fields=("MSH-3", "MSH-4", "MSH-9", "MSH-10"))
 def sender_agent(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
     """Provenance.agent: the sending facility MSH-4 (else application MSH-3) as author."""
     msh = _header(ctx)
@@ -299,7 +299,7 @@ def sender_agent(element: Element | None, ctx: Context, table: Table | None) -> 
     return {"type": agent_type, "who": who}
 
 
-@builder(reads="segment")
+@builder(reads="segment", fields=("MSH-3", "MSH-4", "MSH-9", "MSH-10"))
 def message_activity(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
     """Provenance.activity: a v2-to-FHIR transformation of the message type in MSH-9."""
     msh = _header(ctx)
@@ -307,3 +307,27 @@ def message_activity(element: Element | None, ctx: Context, table: Table | None)
         return None
     coding = {"system": _V2_TO_FHIR_ACTIVITY, "code": "v2-fhir-transformation", "display": "v2 to FHIR transformation"}
     return {"coding": [coding], "text": f"message - {_message_type(msh)}"}
+
+
+@builder
+def coded_text(element: Element | None, ctx: Context, table: Table | None) -> str | None:
+    """CWE -> string (IG CWE[string]): the original text CWE.9, else the text CWE.2, else the code."""
+    if not element:
+        return None
+    return text_of(element[9]) or text_of(element[2]) or text_of(element[1]) or None
+
+
+@builder
+def coded_identifier(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+    """CWE -> Identifier (IG CWE[Identifier]): the code as value, its coding system as system."""
+    if not element:
+        return None
+    value = text_of(element[1])
+    if not value:
+        return None
+    identifier: dict[str, Any] = {}
+    system = ctx.systems.system(text_of(element[3]))
+    if system:
+        identifier["system"] = system
+    identifier["value"] = value
+    return identifier

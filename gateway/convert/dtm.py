@@ -5,9 +5,12 @@ year, month or day precision, and a dateTime with a time only when it carries se
 ("If hours and minutes are specified, a time zone SHALL be populated"). So:
 
 * precision is kept down to the day; a time is kept (minutes and seconds padded with zeros, the
-  fraction kept) only when the value has an offset;
-* a value with a time but no offset is truncated to its date: we do not guess the sender's zone;
-* an instant needs a time and a zone: ``to_instant`` returns None without an offset, and
+  fraction kept) only when the value has an offset, or when the sender's time zone is configured
+  (HL7GW_DEFAULT_TZ, per sender overridable): then the offset that zone had at that local time is
+  written (daylight saving time included);
+* a value with a time but no offset and no configured zone is truncated to its date: we do not
+  guess the sender's zone;
+* an instant needs a time and a zone: ``to_instant`` returns None without either, and
   ``to_instant_assume_utc`` reads a value without one as UTC (used only for Provenance.recorded).
 
 Every function returns None for text that is not a valid DTM (bad digits, month 13, 30 February,
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import calendar
 import re
+from datetime import datetime, tzinfo
 from typing import NamedTuple
 
 _DTM = re.compile(
@@ -77,44 +81,59 @@ def _time_part(d: Dtm) -> str:
     return f"T{d.hour}:{d.minute or '00'}:{d.second or '00'}{d.fraction or ''}"
 
 
-def to_date(text: str) -> str | None:
-    """FHIR ``date``: year, year-month or full date; any time is dropped."""
+def _zone_at(d: Dtm, tz: tzinfo | None) -> str | None:
+    """The offset of ``d``: its own, else the one ``tz`` had at that local time, else None."""
+    if d.offset is not None or tz is None or d.day is None:
+        return d.offset
+    local = datetime(int(d.year), int(d.month or 1), int(d.day), int(d.hour or 0), int(d.minute or 0), int(d.second or 0))
+    offset = tz.utcoffset(local)
+    if offset is None:
+        return None
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    hours, minutes = divmod(abs(minutes), 60)
+    return f"{sign}{hours:02d}:{minutes:02d}"
+
+
+def to_date(text: str, tz: tzinfo | None = None) -> str | None:
+    """FHIR ``date``: year, year-month or full date; any time is dropped (the zone does not matter)."""
     d = parse_dtm(text)
     return None if d is None else _date_part(d)
 
 
-def to_datetime(text: str) -> str | None:
-    """FHIR ``dateTime``: the time is kept only with an offset, otherwise the value becomes a date."""
+def to_datetime(text: str, tz: tzinfo | None = None) -> str | None:
+    """FHIR ``dateTime``: the time is kept only with a zone (its own or ``tz``), else it becomes a date."""
     d = parse_dtm(text)
     if d is None:
         return None
-    if d.hour is None or d.offset is None or d.day is None:
+    zone = _zone_at(d, tz)
+    if d.hour is None or zone is None or d.day is None:
         return _date_part(d)
-    return _date_part(d) + _time_part(d) + d.offset
+    return _date_part(d) + _time_part(d) + zone
 
 
-def to_datetime_with_time(text: str) -> str | None:
+def to_datetime_with_time(text: str, tz: tzinfo | None = None) -> str | None:
     """A dateTime only when it keeps a time of day (for extensions such as patient-birthTime)."""
-    value = to_datetime(text)
+    value = to_datetime(text, tz)
     return value if value is not None and "T" in value else None
 
 
-def _instant(text: str, default_zone: str | None) -> str | None:
+def _instant(text: str, tz: tzinfo | None, default_zone: str | None) -> str | None:
     d = parse_dtm(text)
     if d is None or d.day is None:
         return None
-    zone = d.offset or default_zone
+    zone = _zone_at(d, tz) or default_zone
     if zone is None:
         return None
     hour = d.hour or "00"
     return f"{_date_part(d)}T{hour}:{d.minute or '00'}:{d.second or '00'}{d.fraction or ''}{zone}"
 
 
-def to_instant(text: str) -> str | None:
-    """FHIR ``instant`` (seconds and zone required); None when the DTM has no offset."""
-    return _instant(text, None)
+def to_instant(text: str, tz: tzinfo | None = None) -> str | None:
+    """FHIR ``instant`` (seconds and zone required); None when neither the DTM nor ``tz`` gives a zone."""
+    return _instant(text, tz, None)
 
 
-def to_instant_assume_utc(text: str) -> str | None:
-    """FHIR ``instant``, reading a DTM without offset as UTC (documented in docs/mappings.md)."""
-    return _instant(text, "Z")
+def to_instant_assume_utc(text: str, tz: tzinfo | None = None) -> str | None:
+    """FHIR ``instant``, reading a DTM without offset in ``tz``, else as UTC (docs/mappings.md)."""
+    return _instant(text, tz, "Z")

@@ -57,6 +57,3 @@ def cached(element: Element, seps: Separators) -> CachedElement:
     return element if isinstance(element, CachedElement) else CachedElement(element.raw, seps, 0)
 
 
-def memo_key(element: CachedElement, seps_key: str) -> tuple:
-    """What a value's conversion depends on: its text, its level and the message's separators."""
-    return element.raw, element._depth, seps_key

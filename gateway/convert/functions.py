@@ -25,8 +25,12 @@ Builder = Callable[[Element | None, Context, Table | None], Any]
 Condition = Callable[..., bool]
 
 TRANSFORMS: dict[str, Transform] = {}
+#: Transforms that also take the sender's time zone: ``fn(text, tz)``.
+ZONED_TRANSFORMS: set[str] = set()
 BUILDERS: dict[str, Builder] = {}
 CONDITIONS: dict[str, Condition] = {}
+#: Conditions that look at a whole field, every repetition: ``fn(raw_field, repetition_separator)``.
+FIELD_CONDITIONS: set[str] = set()
 
 
 def transform(fn: Transform) -> Transform:
@@ -37,24 +41,30 @@ def transform(fn: Transform) -> Transform:
 #: What a builder reads besides its element, its separators and its table: "segment" (the segment
 #: being mapped) or "message" (anything in the message). Results are memoized only on what they read.
 BUILDER_READS: dict[str, str] = {}
+#: Fields a builder reads besides its element ("OBX-6"), for the unused-field report.
+BUILDER_FIELDS: dict[str, tuple[str, ...]] = {}
 
 
-def builder(fn: Builder | None = None, *, reads: str = "element") -> Any:
-    """Register a builder; ``reads`` says how far beyond its element it looks."""
+def builder(fn: Builder | None = None, *, reads: str = "element", fields: tuple[str, ...] = ()) -> Any:
+    """Register a builder; ``reads`` says how far beyond its element it looks, ``fields`` which
+    fields of the segment (or message) it reads there."""
     if reads not in ("element", "segment", "message"):
         raise ValueError(f"reads is element, segment or message, not {reads!r}")
 
     def register(fn: Builder) -> Builder:
         BUILDERS[fn.__name__] = fn
         BUILDER_READS[fn.__name__] = reads
+        BUILDER_FIELDS[fn.__name__] = fields
         return fn
 
     return register(fn) if fn is not None else register
 
 
-def condition(name: str) -> Callable[[Condition], Condition]:
+def condition(name: str, whole_field: bool = False) -> Callable[[Condition], Condition]:
     def register(fn: Condition) -> Condition:
         CONDITIONS[name] = fn
+        if whole_field:
+            FIELD_CONDITIONS.add(name)
         return fn
 
     return register
@@ -77,6 +87,7 @@ transform_dtm = {
     "dtm_to_instant_assume_utc": dtm.to_instant_assume_utc,
 }
 TRANSFORMS.update(transform_dtm)
+ZONED_TRANSFORMS.update(transform_dtm)
 
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)$")
 
@@ -158,6 +169,33 @@ def _longer_than(element: Element, length: int) -> bool:
     return len(text_of(element)) > length
 
 
+@condition("in_table")
+def _in_table(element: Element, table: Table) -> bool:
+    """The code is one the table maps (``{in_table: [MSH-9.2, Event_EncounterStatus]}``)."""
+    return table.lookup(text_of(element)) is not None
+
+
+@condition("not_in_table")
+def _not_in_table(element: Element, table: Table) -> bool:
+    return table.lookup(text_of(element)) is None
+
+
+def _count_repetitions(raw: str, separator: str) -> int:
+    return sum(1 for rep in raw.split(separator) if rep and rep != '""') if raw else 0
+
+
+@condition("repeated", whole_field=True)
+def _repeated(raw: str, separator: str) -> bool:
+    """The field holds more than one (non-empty) repetition."""
+    return _count_repetitions(raw, separator) > 1
+
+
+@condition("single", whole_field=True)
+def _single(raw: str, separator: str) -> bool:
+    """The field holds at most one (non-empty) repetition."""
+    return _count_repetitions(raw, separator) <= 1
+
+
 #: Each condition's extra argument and how to normalize it at load (None: no argument).
 CONDITION_ARGUMENT: dict[str, Callable[[Any], Any] | None] = {
     "valued": None,
@@ -167,8 +205,13 @@ CONDITION_ARGUMENT: dict[str, Callable[[Any], Any] | None] = {
     "in": lambda values: frozenset(str(v) for v in values),
     "not_in": lambda values: frozenset(str(v) for v in values),
     "longer_than": int,
+    "in_table": str,  # the table's name; the compiler resolves it
+    "not_in_table": str,
+    "repeated": None,
+    "single": None,
 }
 
 
 # The element builders live in their own module; importing it registers them in BUILDERS.
 from gateway.convert import builders  # noqa: E402,F401
+from gateway.convert import builders_values  # noqa: E402,F401

@@ -8,18 +8,25 @@ does not carry one (the engine then raises MappingError naming the rule).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from typing import Callable, Protocol
 
+import orjson
+
+from gateway.convert.elements import CachedElement, cached
 from gateway.convert.functions import text_of
+from gateway.convert.paths import SourcePath
 from gateway.hl7.message import Element, Message, Segment
 
 #: Our namespace for UUIDv5 resource ids. Never change it: every stored id depends on it.
 NAMESPACE = uuid.UUID("e2358645-5bb8-4d1d-8236-b3839736ea11")
 
 
+@functools.lru_cache(maxsize=65536)
 def resource_id(resource_type: str, key: str) -> str:
+    """The UUIDv5 of ``"<type>/<key>"`` (cached: feeds name the same patients and providers again)."""
     return str(uuid.uuid5(NAMESPACE, f"{resource_type}/{key}"))
 
 
@@ -42,11 +49,36 @@ class IdScope(Protocol):
 
 KeyFunction = Callable[[IdScope], "str | None"]
 ID_KEYS: dict[str, KeyFunction] = {}
+#: The fields each key function reads (for the unused-field report).
+ID_KEY_FIELDS: dict[str, tuple[str, ...]] = {}
 
 
-def id_key(fn: KeyFunction) -> KeyFunction:
-    ID_KEYS[fn.__name__] = fn
-    return fn
+def id_key(*fields: str) -> Callable[[KeyFunction], KeyFunction]:
+    """Register a key function under its name; ``fields`` are the fields it reads ("PID-3")."""
+
+    def register(fn: KeyFunction) -> KeyFunction:
+        ID_KEYS[fn.__name__] = fn
+        ID_KEY_FIELDS[fn.__name__] = fields
+        return fn
+
+    return register
+
+
+def _repetitions(segment: Segment, field: int, message: Message) -> list[Element]:
+    """The repetitions of a field, each splitting itself once (the keys read several components)."""
+    raw = segment.field_raw(field)
+    if not raw:
+        return []
+    seps = message.separators
+    if field <= 2 and segment.name in ("MSH", "FHS", "BHS"):
+        return [cached(segment.field(field), seps)]
+    return [CachedElement(rep, seps, 0) for rep in raw.split(seps.repetition)]
+
+
+def _field(segment: Segment, field: int, message: Message) -> Element:
+    """The first repetition of a field (empty when absent)."""
+    reps = _repetitions(segment, field, message)
+    return reps[0] if reps else CachedElement("", message.separators, 0)
 
 
 def _authority(hd: Element) -> str:
@@ -64,29 +96,29 @@ def normalized_message(message: Message) -> str:
     return "\r".join(seg.raw.rstrip().rstrip(sep) for seg in message.segments)
 
 
-@id_key
+@id_key("PID-2", "PID-3")
 def patient(scope: IdScope) -> str | None:
     """PID-3 (chapter 3.4.2.3): the MR-type identifier if any, else the first; key "authority|id".
     v2.3 senders that leave PID-3 empty but fill PID-2 (external id) are keyed on PID-2."""
     pid = scope.segment
     for field in (3, 2):
-        reps = [r for r in pid.repetitions(field) if text_of(r[1])]
+        reps = [r for r in _repetitions(pid, field, scope.message) if text_of(r[1])]
         if reps:
             chosen = next((r for r in reps if text_of(r[5]) == "MR"), reps[0])
             return _cx_key(chosen)
     return None
 
 
-@id_key
+@id_key("PV1-19", "PV1-44")
 def encounter(scope: IdScope) -> str | None:
     """PV1-19 visit number with its authority; else the patient and PV1-44 admit time; else the
     patient and the PV1 segment's content."""
     pv1 = scope.segment
-    visit = pv1.field(19)
+    visit = _field(pv1, 19, scope.message)
     if text_of(visit[1]):
         return "visit|" + _cx_key(visit)
     patient_id = scope.nearest_id("Patient") or ""
-    admitted = text_of(pv1.field(44))
+    admitted = text_of(_field(pv1, 44, scope.message))
     if admitted:
         return f"admit|{patient_id}|{admitted}"
     digest = hashlib.sha256(pv1.raw.rstrip().encode()).hexdigest()[:16]
@@ -97,7 +129,7 @@ def _ei_key(ei: Element) -> str:
     return f"{text_of(ei[2]) or text_of(ei[3])}|{text_of(ei[1])}"
 
 
-@id_key
+@id_key("ORC-2", "ORC-3", "OBR-2", "OBR-3", "OBR-4")
 def order(scope: IdScope) -> str | None:
     """The filler order number (ORC-3, else OBR-3) with its namespace, else the placer order number
     (ORC-2, else OBR-2); else the patient, the service code OBR-4 and the position."""
@@ -105,13 +137,15 @@ def order(scope: IdScope) -> str | None:
     orc = scope.other_segment("ORC")
     for kind, field in (("filler", 3), ("placer", 2)):
         for source in (orc, seg):
-            if source is not None and text_of(source.field(field)[1]):
-                return f"{kind}|{_ei_key(source.field(field))}"
+            if source is not None:
+                number = _field(source, field, scope.message)
+                if text_of(number[1]):
+                    return f"{kind}|{_ei_key(number)}"
     patient_id = scope.nearest_id("Patient") or ""
-    return f"order|{patient_id}|{text_of(seg.field(4)[1])}|{scope.position}"
+    return f"order|{patient_id}|{text_of(_field(seg, 4, scope.message)[1])}|{scope.position}"
 
 
-@id_key
+@id_key("OBX-1", "OBX-4")
 def observation(scope: IdScope) -> str | None:
     """The report (else encounter, else patient) id and the OBX's group, with OBX-1 set id and OBX-4
     sub-id; without a set id, the OBX's position."""
@@ -120,15 +154,85 @@ def observation(scope: IdScope) -> str | None:
         scope.nearest_id("DiagnosticReport") or scope.nearest_id("Encounter") or scope.nearest_id("Patient") or ""
     )
     place = f"{context}|{scope.group_name}"
-    set_id = text_of(obx.field(1))
+    set_id = text_of(_field(obx, 1, scope.message))
     if set_id:
-        return f"{place}|{set_id}|{obx.field(4).value.strip()}"
+        return f"{place}|{set_id}|{_field(obx, 4, scope.message).value.strip()}"
     return f"{place}|#{scope.position}"
 
 
-@id_key
+@id_key("MRG-1")
+def merged_patient(scope: IdScope) -> str | None:
+    """MRG-1 prior patient identifier list (chapter 3.4.9.1), keyed like PID-3: the Patient the
+    merge retires is the one an earlier message made from that identifier."""
+    mrg = scope.segment
+    reps = [r for r in _repetitions(mrg, 1, scope.message) if text_of(r[1])]
+    if not reps:
+        return None
+    chosen = next((r for r in reps if text_of(r[5]) == "MR"), reps[0])
+    return _cx_key(chosen)
+
+
+@id_key("MSH-10")
 def provenance(scope: IdScope) -> str | None:
     """The sender, MSH-10 control id and a digest of the normalized message."""
     message = scope.message
     digest = hashlib.sha256(normalized_message(message).encode()).hexdigest()[:32]
     return f"{message.sender}|{message.control_id}|{digest}"
+
+
+def identifier_key(element: Element) -> str:
+    """The key of a business identifier (CX, EI): its first four components, which hold the id and
+    who assigned it (CX.4 authority; EI.2-4 namespace, universal id and its type)."""
+    if not text_of(element[1]):
+        return ""
+    return "|".join(element[n].value.strip() for n in (1, 2, 3, 4)).rstrip("|")
+
+
+def declared_key(identifiers: tuple[SourcePath, ...], within: tuple[str, ...], fields: tuple[SourcePath, ...]) -> KeyFunction:
+    """A key declared in a message map (``id: {identifier: [...], within: [Encounter, Patient],
+    fields: [...]}``): the first valued business identifier; else the id of the nearest resource of
+    the first ``within`` type found, with the text of ``fields`` (the resource's natural key); else
+    that id and the position."""
+
+    def key(scope: IdScope) -> str | None:
+        for path in identifiers:
+            seg = scope.other_segment(path.segment or "")
+            if seg is None:
+                continue
+            for rep in _repetitions(seg, path.field, scope.message):
+                found = identifier_key(path.pick(rep) if path.positions else rep)
+                if found:
+                    return f"id|{found}"
+        context = next((found for found in map(scope.nearest_id, within) if found), "")
+        parts = []
+        for path in fields:
+            seg = scope.other_segment(path.segment or "")
+            parts.append(path.pick(_field(seg, path.field, scope.message)).value.strip() if seg is not None else "")
+        if any(parts):
+            return f"{context}|{scope.group_name}|" + "|".join(parts)
+        return f"{context}|{scope.group_name}|#{scope.position}"
+
+    return key
+
+
+# --- ids of resources the datatype maps make (a Practitioner from an XCN) --------------------------
+
+MadeKey = Callable[[dict], str]
+MADE_KEYS: dict[str, MadeKey] = {}
+
+
+def _content_key(resource: dict) -> str:
+    return "content|" + hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+def _identifier_key(resource: dict) -> str:
+    """The first identifier with a value ("system|value"), else the content."""
+    for identifier in resource.get("identifier") or ():
+        if identifier.get("value"):
+            return f"identifier|{identifier.get('system', '')}|{identifier['value']}"
+    return _content_key(resource)
+
+
+MADE_KEYS["identifier"] = _identifier_key
+MADE_KEYS["content"] = _content_key
+

@@ -1,81 +1,26 @@
-"""Read mappings/ (tables, datatype maps, segment maps, message maps) and compile them once.
+"""Read mappings/ (tables, structures, datatype maps, segment maps) and compile them once.
 
 Every file is checked when it is loaded: unknown keys, malformed paths, and names of tables,
 datatype maps, segment maps and functions that do not exist all raise ConfigError naming the file
 and line, so a broken mapping stops the gateway at start instead of failing a message later.
+Several roots may be given: a later root's file replaces the earlier root's file of the same name
+(how a site overlays the shipped maps, see gateway.convert.overlay).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import yaml
-
-from gateway.convert import functions
-from gateway.convert.compiler import DatatypeMap, MappingSpecError, Resolver, RuleCompiler
-from gateway.convert.values import is_empty
-from gateway.convert.context import Context
-from gateway.convert.memo import memoized, memoized_segment
-from gateway.convert.paths import PathError, compile_writer, parse_target
+from gateway.convert.compiler import MappingSpecError
+from gateway.convert.maps import Mappings
+from gateway.convert.structure import MESSAGE_GROUP, Slot, StructureError, build_slot, parse_syntax
 from gateway.convert.tables import CodingSystems, Table
+from gateway.convert.yamlfiles import LineDict, check_keys, mapping_files, read_yaml, where
 from gateway.errors import ConfigError
-from gateway.hl7.message import Segment
 
+STRUCTURE_KEYS = {"structure", "segments", "source", "note"}
 
-class LineDict(dict):
-    """A YAML mapping that remembers the file and line it started on, and each key's line."""
-
-    where: str = "?"
-    key_where: dict[str, str]
-
-    def at(self, key: str) -> str:
-        """"file:line" of ``key`` (of the mapping when the key is absent)."""
-        return self.key_where.get(key, self.where)
-
-
-def _loader_for(path: Path) -> type[yaml.SafeLoader]:
-    class LineLoader(yaml.SafeLoader):
-        pass
-
-    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> LineDict:
-        mapping = LineDict(loader.construct_mapping(node, deep=True))
-        mapping.where = f"{path}:{node.start_mark.line + 1}"
-        mapping.key_where = {
-            str(key.value): f"{path}:{key.start_mark.line + 1}" for key, _ in node.value if isinstance(key, yaml.ScalarNode)
-        }
-        return mapping
-
-    LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
-    return LineLoader
-
-
-def read_yaml(path: Path) -> LineDict:
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_loader_for(path))  # noqa: S506 (SafeLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, LineDict):
-        raise ConfigError(f"{path}:1: a mapping file holds a YAML mapping at the top")
-    return data
-
-
-def where(node: Any, fallback: str) -> str:
-    return node.where if isinstance(node, LineDict) else fallback
-
-
-def check_keys(node: dict, allowed: set[str], required: set[str], fallback: str) -> None:
-    at = where(node, fallback)
-    unknown = set(node) - allowed
-    if unknown:
-        raise MappingSpecError(at, f"unknown key(s) {sorted(unknown)} (known: {sorted(allowed)})")
-    missing = required - set(node)
-    if missing:
-        raise MappingSpecError(at, f"missing key(s) {sorted(missing)}")
-
-
-# --- tables ------------------------------------------------------------------------------------------
 
 def load_table(data: LineDict, path: Path) -> Table | CodingSystems:
     if "systems" in data:
@@ -106,182 +51,64 @@ def load_table(data: LineDict, path: Path) -> Table | CodingSystems:
     return Table(str(data["table"]), str(v2_table) if v2_table is not None else None, codes)
 
 
-# --- segment maps ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class SegmentMap:
-    """``PID[Patient]``: fills a resource of type ``resource`` from one segment.
-
-    ``fill`` makes the elements for a new resource (memoized on the segment's text when the map
-    reads nothing but its segments); ``apply`` adds to a resource another map already filled.
-    """
-
-    name: str
-    segment: str
-    resource: str
-    fill: Callable[[Segment, Context], dict]
-    apply: Callable[[Segment, Context, dict], None]
-
-
-SEGMENT_MAP_KEYS = {"segment", "resource", "name", "rules", "when", "base", "source", "note"}
-DATATYPE_FILE_KEYS = {"datatype", "maps", "source", "note"}
-DATATYPE_MAP_KEYS = {"rules", "function", "choice", "source", "note"}
-
-
-@dataclass
-class Mappings:
-    """Everything under mappings/, compiled."""
-
-    root: Path
-    tables: dict[str, Table] = field(default_factory=dict)
-    systems: CodingSystems = field(default_factory=lambda: CodingSystems({}))
-    datatype_maps: dict[str, DatatypeMap] = field(default_factory=dict)
-    segment_maps: dict[str, SegmentMap] = field(default_factory=dict)
-    #: The memo stores of the compiled maps (see gateway.convert.memo), for clear_caches().
-    memo_stores: list[dict] = field(default_factory=list)
-    _datatype_specs: dict[str, tuple[str, str, LineDict]] = field(default_factory=dict)
-    _compiling: set[str] = field(default_factory=set)
-
-    # -- datatype maps (compiled on first use, so maps may use each other in any file order) ------
-    def datatype_map(self, name: str, at: str) -> DatatypeMap:
-        found = self.datatype_maps.get(name)
-        if found is not None:
-            return found
-        spec = self._datatype_specs.get(name)
-        if spec is None:
-            raise MappingSpecError(at, f"unknown datatype map {name!r} (expected e.g. CX[Identifier] from mappings/datatypes/CX.yaml)")
-        if name in self._compiling:
-            raise MappingSpecError(at, f"datatype map {name} uses itself")
-        self._compiling.add(name)
+def structure_slot(entries: Any, at: str, name: str = MESSAGE_GROUP, optional: bool = False, repeat: bool = False) -> Slot:
+    """A structure written as YAML: segments (``PID``, ``[{NTE}]``, ``<OBR|RXO>``) and single-key
+    group mappings (``"[{OBSERVATION}]": [OBX, "[{NTE}]"]``)."""
+    if not isinstance(entries, list) or not entries:
+        raise MappingSpecError(at, f"structure of {name} is a non-empty list")
+    children: list[Slot] = []
+    for entry in entries:
         try:
-            compiled = self._compile_datatype_map(name, *spec)
-        finally:
-            self._compiling.discard(name)
-        self.datatype_maps[name] = compiled
-        return compiled
-
-    def _compile_datatype_map(self, name: str, datatype: str, fhir_type: str, spec: LineDict) -> DatatypeMap:
-        at = spec.where
-        check_keys(spec, DATATYPE_MAP_KEYS, set(), at)
-        choice = bool(spec.get("choice", False))
-        if ("rules" in spec) == ("function" in spec):
-            raise MappingSpecError(at, f"{name} has either `rules` or `function`")
-        if "function" in spec:
-            fn = functions.BUILDERS.get(str(spec["function"]))
-            if fn is None:
-                raise MappingSpecError(at, f"unknown function {spec['function']!r} (not in gateway/convert/functions.py)")
-            pure = functions.BUILDER_READS[str(spec["function"])] == "element"
-            return DatatypeMap(name, fhir_type, memoized(fn, self.memo_stores) if pure else fn, accepts_table=True, choice=choice, pure=pure)
-        if choice:
-            raise MappingSpecError(at, "only a function map can choose among FHIR types")
-        rules_spec = spec["rules"]
-        if not isinstance(rules_spec, list) or not rules_spec:
-            raise MappingSpecError(at, f"{name}: rules is a non-empty list")
-        compiler = RuleCompiler(self._resolver(), datatype, in_segment=False, map_name=name)
-        rules = [compiler.rule(r, where(r, at), fhir_type) for r in rules_spec]
-        to_value = [str(r.get("to")) == "$value" for r in rules_spec]
-        if any(to_value) and not all(to_value):
-            raise MappingSpecError(at, f"{name}: either every rule writes $value or none does")
-        primitive = all(to_value)
-
-        def build(element: Any, ctx: Context, table: Table | None) -> Any:
-            out: dict = {}
-            for rule in rules:
-                rule(element, ctx, out)
-            if primitive:
-                return out.get("$value")
-            return out or None
-
-        pure = compiler.reads == "element"
-        return DatatypeMap(name, fhir_type, memoized(build, self.memo_stores) if pure else build, accepts_table=False, pure=pure)
-
-    def _resolver(self) -> Resolver:
-        return Resolver(self.tables, self.datatype_map)
-
-    def load_datatype_file(self, data: LineDict, path: Path) -> None:
-        check_keys(data, DATATYPE_FILE_KEYS, {"datatype", "maps"}, str(path))
-        datatype = str(data["datatype"])
-        if datatype != path.stem:
-            raise MappingSpecError(data.at("datatype"), f"datatype {datatype!r} must match the file name {path.stem!r}")
-        if not isinstance(data["maps"], dict) or not data["maps"]:
-            raise MappingSpecError(data.where, "maps is a mapping of FHIR type -> map")
-        for fhir_type, spec in data["maps"].items():
-            if not isinstance(spec, LineDict):
-                raise MappingSpecError(data.where, f"map {fhir_type!r} must be a mapping")
-            self._datatype_specs[f"{datatype}[{fhir_type}]"] = (datatype, str(fhir_type), spec)
-
-    def load_segment_map(self, data: LineDict, path: Path) -> None:
-        check_keys(data, SEGMENT_MAP_KEYS, {"segment", "resource", "rules"}, str(path))
-        segment, resource = str(data["segment"]), str(data["resource"])
-        name = str(data.get("name") or f"{segment}[{resource}]")
-        if name in self.segment_maps:
-            raise MappingSpecError(data.where, f"segment map {name} is defined twice")
-        if not isinstance(data["rules"], list) or not data["rules"]:
-            raise MappingSpecError(data.where, "rules is a non-empty list")
-        compiler = RuleCompiler(self._resolver(), segment, in_segment=True, map_name=name)
-        rules = [compiler.rule(r, where(r, data.where), resource) for r in data["rules"]]
-        checks = compiler.conditions(data.get("when"), data.where, None)
-        base_writer = None
-        if "base" in data:
-            try:
-                base_writer = compile_writer(parse_target(data["base"]))
-            except PathError as exc:
-                raise MappingSpecError(data.where, str(exc)) from None
-
-        def run(seg: Segment, ctx: Context) -> dict:
-            part: dict = {}
-            for rule in rules:
-                rule(seg, ctx, part)
-            return part
-
-        # Memoized unless a rule reads the wider message (then the segments are not the whole input).
-        build = run if compiler.reads == "message" else memoized_segment(
-            run, tuple(compiler.other_segments), self.memo_stores
-        )
-
-        def apply(seg: Segment, ctx: Context, resource_out: dict) -> None:
-            if checks and not all(check(seg, None, ctx) for check in checks):
-                return
-            if base_writer is None:
-                for rule in rules:  # straight into the resource: rules see what is already there
-                    rule(seg, ctx, resource_out)
-                return
-            part = build(seg, ctx)
-            if not is_empty(part):
-                base_writer(resource_out, part)
-
-        def fill(seg: Segment, ctx: Context) -> dict:
-            if base_writer is not None:
-                out: dict = {}
-                apply(seg, ctx, out)
-                return out
-            if checks and not all(check(seg, None, ctx) for check in checks):
-                return {}
-            return build(seg, ctx)
-
-        self.segment_maps[name] = SegmentMap(name, segment, resource, fill, apply)
-
-
-def load_mappings(root: Path) -> Mappings:
-    """Read and compile every file under ``root`` (tables, datatypes, segments); message files are
-    compiled by gateway.convert.messages on top of the result."""
-    mappings = Mappings(root)
+            if isinstance(entry, str):
+                seg, opt, rep = parse_syntax(entry)
+                if len(seg) != 3 and not seg.startswith("<"):
+                    raise StructureError(f"{entry!r}: a segment name has 3 characters (a group needs its segments)")
+                children.append(build_slot(seg, opt, rep, None))
+            elif isinstance(entry, dict) and len(entry) == 1:
+                ((syntax, members),) = entry.items()
+                group, opt, rep = parse_syntax(str(syntax))
+                if group.startswith("<"):
+                    raise StructureError(f"{syntax!r}: a choice holds segments, not groups")
+                children.append(structure_slot(members, where(entry, at), group, opt, rep))
+            else:
+                raise StructureError(f"{entry!r} is neither a segment nor a single-key group")
+        except StructureError as exc:
+            raise MappingSpecError(where(entry, at), str(exc)) from None
     try:
-        for path in sorted((root / "tables").glob("*.yaml")):
-            loaded = load_table(read_yaml(path), path)
+        return build_slot(name, optional, repeat, children)
+    except StructureError as exc:
+        raise MappingSpecError(at, str(exc)) from None
+
+
+def load_structure(data: LineDict, path: Path) -> Slot:
+    check_keys(data, STRUCTURE_KEYS, {"structure", "segments"}, str(path))
+    if str(data["structure"]) != path.stem:
+        raise MappingSpecError(data.at("structure"), f"structure {data['structure']!r} must match the file name {path.stem!r}")
+    return structure_slot(data["segments"], data.at("segments"))
+
+
+def load_mappings(roots: Path | list[Path]) -> Mappings:
+    """Read and compile every file under ``roots`` (tables, structures, datatypes, segments); message
+    files are compiled by gateway.convert.messages on top of the result."""
+    roots = [roots] if isinstance(roots, Path) else list(roots)
+    mappings = Mappings(roots)
+    try:
+        for path in mapping_files(roots, "tables"):
+            data = read_yaml(path)
+            loaded = load_table(data, path)
             if isinstance(loaded, CodingSystems):
                 mappings.systems = CodingSystems({**mappings.systems.names, **loaded.names})
                 continue
             if loaded.name != path.stem:
-                at = read_yaml(path).at("table")
-                raise MappingSpecError(at, f"table {loaded.name!r} must match the file name {path.stem!r}")
+                raise MappingSpecError(data.at("table"), f"table {loaded.name!r} must match the file name {path.stem!r}")
             mappings.tables[loaded.name] = loaded
-        for path in sorted((root / "datatypes").glob("*.yaml")):
-            mappings.load_datatype_file(read_yaml(path), path)
-        for name in sorted(mappings._datatype_specs):  # compile all, so unused maps are checked too
-            mappings.datatype_map(name, name)
-        for path in sorted((root / "segments").glob("*.yaml")):
-            mappings.load_segment_map(read_yaml(path), path)
+        for path in mapping_files(roots, "structures"):
+            mappings.structures[path.stem] = load_structure(read_yaml(path), path)
+        for path in mapping_files(roots, "datatypes"):
+            mappings.add_datatype_file(read_yaml(path), path)
+        mappings.compile_datatype_maps()
+        for path in mapping_files(roots, "segments"):
+            mappings.add_segment_map(read_yaml(path), path)
     except MappingSpecError as exc:
         raise ConfigError(f"mapping error at {exc}") from None
     return mappings

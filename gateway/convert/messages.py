@@ -6,21 +6,30 @@ mapping matches another's says ``extends: ADT_A01`` and lists only what differs.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-from gateway.convert.compiler import MappingSpecError
-from gateway.convert.ids import ID_KEYS, KeyFunction
-from gateway.convert.loader import LineDict, Mappings, SegmentMap, check_keys, read_yaml, where
-from gateway.convert.paths import PathError, Writer, compile_writer, parse_target
-from gateway.convert.structure import Slot, StructureError, build_slot, parse_syntax
+from gateway.convert.compiler import Check, MappingSpecError, RuleCompiler, post_processor
+from gateway.convert.ids import ID_KEY_FIELDS, ID_KEYS, KeyFunction, declared_key
+from gateway.convert.loader import structure_slot
+from gateway.convert.maps import Mappings, SegmentMap
+from gateway.convert.paths import PathError, SourcePath, Writer, compile_reader, compile_writer, parse_source, parse_target
+from gateway.convert.structure import Slot
+from gateway.convert.yamlfiles import LineDict, check_keys, read_yaml, where
 from gateway.errors import ConfigError
 
 MESSAGE_KEYS = {"message", "extends", "abstract", "structure", "resources", "source", "note"}
-RESOURCE_KEYS = {"segment", "groups", "map", "include", "id", "required", "on_duplicate", "references", "note"}
-REFERENCE_KEYS = {"to", "resource", "scope", "note"}
+RESOURCE_KEYS = {
+    "segment", "groups", "map", "include", "id", "required", "on_duplicate", "references", "when",
+    "unless_with", "request", "note",
+}
+INCLUDE_KEYS = {"segment", "map", "scope", "note"}
+REFERENCE_KEYS = {"to", "resource", "scope", "wrap", "set", "if_empty", "note"}
+ID_SPEC_KEYS = {"identifier", "within", "fields", "note"}
 SCOPES = ("nearest", "group", "message")
+INCLUDE_SCOPES = ("group", "up", "subtree")
 DUPLICATE_POLICIES = ("number", "keep_first")
+REQUESTS = ("put", "delete")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +38,27 @@ class Reference:
 
     ``nearest``: the one closest to this resource's segment (same group, then enclosing groups);
     ``group``: every one made inside this resource's group; ``message``: every one in the message.
+    ``post`` wraps the Reference (``wrap: actor``) and adds constants (``set``); with ``if_empty``
+    the reference is written only when the element is still empty (a fallback).
     """
 
     to: str
     write: Writer
     resource: str
     scope: str
+    post: Callable[[Any], Any] | None = None
+    filled: Callable[[dict], Any] | None = None
+    where: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Include:
+    """Segments whose map adds to the resource: those directly in its group (``group``), else in the
+    nearest enclosing group that has one (``up``), or anywhere below its group (``subtree``)."""
+
+    segment: str
+    map: SegmentMap
+    scope: str = "group"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +69,23 @@ class ResourcePlan:
     #: Only segments placed directly in one of these groups make this resource (None: anywhere).
     groups: frozenset[str] | None
     map: SegmentMap
-    #: Segments of the same group instance whose maps add to this resource (e.g. NTE notes).
-    includes: tuple[tuple[str, SegmentMap], ...]
+    includes: tuple[Include, ...]
     id_name: str
     id_key: KeyFunction
     required: bool
     on_duplicate: str
     references: tuple[Reference, ...]
+    #: Conditions on the segment; a segment failing one makes no resource.
+    when: tuple[Check, ...] = ()
+    #: No resource when the segment's group (or a group below it) holds one of these segments.
+    unless_with: frozenset[str] = frozenset()
+    #: "put" (the resource) or "delete" (a DELETE entry for the id, e.g. ADT^A29).
+    request: str = "put"
+    #: What the maps made of the segments (before references), memoized on their text when every
+    #: map is pure (gateway.convert.memo); None otherwise.
+    memo: dict | None = None
+    #: Fields the id key function reads, as (segment, field).
+    id_fields: frozenset[tuple[str, int]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,31 +93,15 @@ class MessagePlan:
     name: str
     structure: Slot
     resources: tuple[ResourcePlan, ...]
+    #: segment name -> the resource plans that start from it, in map order.
+    by_segment: dict[str, tuple[ResourcePlan, ...]] = field(default_factory=dict, compare=False, hash=False)
 
 
-def _structure(entries: Any, at: str, name: str = "message", optional: bool = False, repeat: bool = False) -> Slot:
-    if not isinstance(entries, list) or not entries:
-        raise MappingSpecError(at, f"structure of {name} is a non-empty list")
-    children: list[Slot] = []
-    for entry in entries:
-        try:
-            if isinstance(entry, str):
-                seg, opt, rep = parse_syntax(entry)
-                if len(seg) != 3:
-                    raise StructureError(f"{entry!r}: a segment name has 3 characters (a group needs its segments)")
-                children.append(build_slot(seg, opt, rep, None))
-            elif isinstance(entry, dict) and len(entry) == 1:
-                (syntax, members), = entry.items()
-                group, opt, rep = parse_syntax(str(syntax))
-                children.append(_structure(members, where(entry, at), group, opt, rep))
-            else:
-                raise StructureError(f"{entry!r} is neither a segment nor a single-key group")
-        except StructureError as exc:
-            raise MappingSpecError(where(entry, at), str(exc)) from None
-    try:
-        return build_slot(name, optional, repeat, children)
-    except StructureError as exc:
-        raise MappingSpecError(at, str(exc)) from None
+def _by_segment(resources: tuple[ResourcePlan, ...]) -> dict[str, tuple[ResourcePlan, ...]]:
+    found: dict[str, list[ResourcePlan]] = {}
+    for resource in resources:
+        found.setdefault(resource.segment, []).append(resource)
+    return {name: tuple(plans) for name, plans in found.items()}
 
 
 def _segment_map(mappings: Mappings, name: Any, segment: str, at: str) -> SegmentMap:
@@ -95,33 +113,37 @@ def _segment_map(mappings: Mappings, name: Any, segment: str, at: str) -> Segmen
     return found
 
 
-def _resource(mappings: Mappings, name: str, spec: Any, at: str) -> ResourcePlan:
-    if not isinstance(spec, dict):
-        raise MappingSpecError(at, f"resource {name} is a mapping")
-    at = where(spec, at)
-    check_keys(spec, RESOURCE_KEYS, {"segment", "map", "id"}, at)
-    segment = str(spec["segment"])
-    seg_map = _segment_map(mappings, spec["map"], segment, at)
-    includes = []
-    for item in spec.get("include") or []:
-        item_at = where(item, at)
-        if not isinstance(item, dict) or set(item) - {"segment", "map", "note"} or not {"segment", "map"} <= set(item):
-            raise MappingSpecError(item_at, "an include is {segment: NTE, map: NTE[Observation]}")
-        inc = _segment_map(mappings, item["map"], str(item["segment"]), item_at)
-        if inc.resource != seg_map.resource:
-            raise MappingSpecError(item_at, f"{inc.name} fills a {inc.resource}, but {name} is a {seg_map.resource}")
-        includes.append((str(item["segment"]), inc))
-    id_key = ID_KEYS.get(str(spec["id"]))
-    if id_key is None:
-        raise MappingSpecError(at, f"unknown id function {spec['id']!r} (known: {', '.join(sorted(ID_KEYS))})")
-    on_duplicate = str(spec.get("on_duplicate", "number"))
-    if on_duplicate not in DUPLICATE_POLICIES:
-        raise MappingSpecError(at, f"on_duplicate is one of {DUPLICATE_POLICIES}")
-    groups = spec.get("groups")
-    if groups is not None and (not isinstance(groups, list) or not groups):
-        raise MappingSpecError(at, "groups is a non-empty list of group names")
+def _paths(value: Any, at: str, what: str) -> tuple[SourcePath, ...]:
+    items = value if isinstance(value, list) else [value]
+    try:
+        paths = tuple(parse_source(str(v)) for v in items)
+    except PathError as exc:
+        raise MappingSpecError(at, f"{what}: {exc}") from None
+    if any(p.segment is None for p in paths):
+        raise MappingSpecError(at, f"{what} are segment paths such as DG1-20")
+    return paths
+
+
+def _id_key(spec: Any, at: str) -> tuple[str, KeyFunction, frozenset[tuple[str, int]]]:
+    if isinstance(spec, dict):
+        check_keys(spec, ID_SPEC_KEYS, set(), at)
+        identifiers = _paths(spec.get("identifier", []), at, "id identifier") if spec.get("identifier") else ()
+        fields = _paths(spec.get("fields", []), at, "id fields") if spec.get("fields") else ()
+        within_spec = spec.get("within") or []
+        within = tuple(str(w) for w in (within_spec if isinstance(within_spec, list) else [within_spec]))
+        used = frozenset((p.segment or "", p.field) for p in identifiers + fields)
+        return "declared", declared_key(identifiers, within, fields), used
+    found = ID_KEYS.get(str(spec))
+    if found is None:
+        raise MappingSpecError(at, f"unknown id function {spec!r} (known: {', '.join(sorted(ID_KEYS))}, or a mapping "
+                                   "{identifier: [...], within: Type, fields: [...]})")
+    used = frozenset((p.segment or "", p.field) for p in map(parse_source, ID_KEY_FIELDS.get(str(spec), ())))
+    return str(spec), found, used
+
+
+def _references(spec: Any, at: str) -> tuple[Reference, ...]:
     references = []
-    for ref in spec.get("references") or []:
+    for ref in spec or []:
         ref_at = where(ref, at)
         if not isinstance(ref, dict):
             raise MappingSpecError(ref_at, "a reference is {to: subject, resource: patient}")
@@ -135,7 +157,53 @@ def _resource(mappings: Mappings, name: str, spec: Any, at: str) -> ResourcePlan
             raise MappingSpecError(ref_at, str(exc)) from None
         if scope != "nearest" and not target.appends:
             raise MappingSpecError(ref_at, f"scope {scope} can name several resources, so `to` must end in []")
-        references.append(Reference(str(ref["to"]), compile_writer(target), str(ref["resource"]), scope))
+        post = post_processor(ref.get("wrap"), ref.get("set"), None, ref_at, "set" in ref, False)
+        filled = None
+        if ref.get("if_empty"):
+            filled = compile_reader(parse_target(str(ref["to"]).removesuffix("[]")))
+        references.append(Reference(str(ref["to"]), compile_writer(target), str(ref["resource"]), scope, post, filled, ref_at))
+    return tuple(references)
+
+
+def _resource(mappings: Mappings, name: str, spec: Any, at: str) -> ResourcePlan:
+    if not isinstance(spec, dict):
+        raise MappingSpecError(at, f"resource {name} is a mapping")
+    at = where(spec, at)
+    check_keys(spec, RESOURCE_KEYS, {"segment", "map", "id"}, at)
+    segment = str(spec["segment"])
+    seg_map = _segment_map(mappings, spec["map"], segment, at)
+    includes = []
+    for item in spec.get("include") or []:
+        item_at = where(item, at)
+        if not isinstance(item, dict) or set(item) - INCLUDE_KEYS or not {"segment", "map"} <= set(item):
+            raise MappingSpecError(item_at, "an include is {segment: NTE, map: NTE[Observation], scope: group|up|subtree}")
+        inc = _segment_map(mappings, item["map"], str(item["segment"]), item_at)
+        if inc.resource != seg_map.resource:
+            raise MappingSpecError(item_at, f"{inc.name} fills a {inc.resource}, but {name} is a {seg_map.resource}")
+        scope = str(item.get("scope", "group"))
+        if scope not in INCLUDE_SCOPES:
+            raise MappingSpecError(item_at, f"an include's scope is one of {INCLUDE_SCOPES}")
+        includes.append(Include(str(item["segment"]), inc, scope))
+    id_name, id_key, id_fields = _id_key(spec["id"], at)
+    on_duplicate = str(spec.get("on_duplicate", "number"))
+    if on_duplicate not in DUPLICATE_POLICIES:
+        raise MappingSpecError(at, f"on_duplicate is one of {DUPLICATE_POLICIES}")
+    groups = spec.get("groups")
+    if groups is not None and (not isinstance(groups, list) or not groups):
+        raise MappingSpecError(at, "groups is a non-empty list of group names")
+    request = str(spec.get("request", "put"))
+    if request not in REQUESTS:
+        raise MappingSpecError(at, f"request is one of {REQUESTS}")
+    unless = spec.get("unless_with") or []
+    if not isinstance(unless, list) or not all(isinstance(s, str) and len(s) == 3 for s in unless):
+        raise MappingSpecError(at, "unless_with is a list of segment names")
+    compiler = RuleCompiler(mappings._resolver(), segment, in_segment=True, map_name=f"{name} (when)")
+    when = tuple(compiler.conditions(spec.get("when"), at, None))
+    mappings.path_uses.extend(compiler.path_uses)
+    memo: dict | None = None
+    if seg_map.pure and all(inc.map.pure for inc in includes):
+        memo = {}
+        mappings.memo_stores.append(memo)
     return ResourcePlan(
         name=name,
         resource_type=seg_map.resource,
@@ -143,12 +211,33 @@ def _resource(mappings: Mappings, name: str, spec: Any, at: str) -> ResourcePlan
         groups=frozenset(str(g) for g in groups) if groups else None,
         map=seg_map,
         includes=tuple(includes),
-        id_name=str(spec["id"]),
+        id_name=id_name,
         id_key=id_key,
         required=bool(spec.get("required", False)),
         on_duplicate=on_duplicate,
-        references=tuple(references),
+        references=_references(spec.get("references"), at),
+        when=when,
+        unless_with=frozenset(unless),
+        request=request,
+        memo=memo,
+        id_fields=id_fields,
     )
+
+
+def _merge_resource(parent: dict, child: dict) -> dict:
+    """A derived map's resource entry: the parent's keys, replaced by the child's; ``key: null``
+    removes an inherited key; ``add_include`` and ``add_references`` add to the inherited lists."""
+    merged = LineDict({**parent, **child})
+    merged.where = getattr(child, "where", getattr(parent, "where", "?"))
+    merged.key_where = {**getattr(parent, "key_where", {}), **getattr(child, "key_where", {})}
+    for key, value in child.items():
+        if value is None:
+            merged.pop(key, None)
+    for key in ("include", "references"):
+        added = merged.pop(f"add_{key}", None)
+        if added:
+            merged[key] = list(merged.get(key) or []) + list(added)
+    return merged
 
 
 def _resolve_extends(name: str, raw: dict[str, LineDict], seen: tuple[str, ...] = ()) -> dict:
@@ -169,13 +258,25 @@ def _resolve_extends(name: str, raw: dict[str, LineDict], seen: tuple[str, ...] 
             for res_name, res_spec in (value or {}).items():
                 if res_spec is None:
                     resources.pop(res_name, None)  # `name: null` removes an inherited resource
+                elif res_name in resources and isinstance(res_spec, dict):
+                    resources[res_name] = _merge_resource(resources[res_name], res_spec)
                 else:
                     resources[res_name] = res_spec
             merged["resources"] = resources
         else:
             merged[key] = value
     merged["_where"] = data.where
+    merged["_structure_at"] = data.at("structure") if "structure" in data else merged.get("_structure_at", data.where)
     return merged
+
+
+def _structure(mappings: Mappings, spec: Any, at: str) -> Slot:
+    if isinstance(spec, str):
+        found = mappings.structures.get(spec)
+        if found is None:
+            raise MappingSpecError(at, f"unknown structure {spec!r} (no mappings/structures/{spec}.yaml)")
+        return found
+    return structure_slot(spec, at)
 
 
 def load_messages(mappings: Mappings) -> dict[str, MessagePlan]:
@@ -183,20 +284,30 @@ def load_messages(mappings: Mappings) -> dict[str, MessagePlan]:
     raw: dict[str, LineDict] = {}
     plans: dict[str, MessagePlan] = {}
     try:
-        for path in sorted((mappings.root / "messages").glob("*.yaml")):
-            data = read_yaml(path)
-            check_keys(data, MESSAGE_KEYS, {"message"}, str(path))
-            if str(data["message"]) != path.stem:
-                raise MappingSpecError(data.at("message"), f"message {data['message']!r} must match the file name {path.stem!r}")
-            raw[path.stem] = data
-        for name, data in raw.items():
+        for root in mappings.roots:
+            for path in sorted((root / "messages").glob("*.yaml")):
+                data = read_yaml(path)
+                check_keys(data, MESSAGE_KEYS, {"message"}, str(path))
+                if str(data["message"]) != path.stem:
+                    raise MappingSpecError(data.at("message"), f"message {data['message']!r} must match the file name {path.stem!r}")
+                if path.stem in raw and str(data.get("extends")) == path.stem:
+                    # An overlay that extends the map of its own name adds to it instead of replacing it.
+                    earlier = f"{path.stem}@{sum(1 for n in raw if n.startswith(path.stem + '@')) + 1}"
+                    raw[earlier] = raw[path.stem]
+                    extended = LineDict({**data, "extends": earlier})
+                    if raw[earlier].get("abstract") and "abstract" not in data:
+                        extended["abstract"] = True
+                    extended.where, extended.key_where = data.where, data.key_where
+                    data = extended
+                raw[path.stem] = data
+        for name in raw:
             merged = _resolve_extends(name, raw)
-            if merged.get("abstract"):
+            if merged.get("abstract") or "@" in name:
                 continue
             at = merged["_where"]
             if "structure" not in merged:
                 raise MappingSpecError(at, f"{name} has no structure (give one or extend a map that has)")
-            structure = _structure(merged["structure"], at)
+            structure = _structure(mappings, merged["structure"], merged["_structure_at"])
             resources_spec = merged.get("resources") or {}
             if not isinstance(resources_spec, dict) or not resources_spec:
                 raise MappingSpecError(at, f"{name} makes no resources")
@@ -205,9 +316,8 @@ def load_messages(mappings: Mappings) -> dict[str, MessagePlan]:
             for plan in resources:
                 for ref in plan.references:
                     if ref.resource not in known:
-                        raise MappingSpecError(at, f"{name}: {plan.name} references unknown resource {ref.resource!r}")
-            plans[name] = MessagePlan(name, structure, resources)
+                        raise MappingSpecError(ref.where or at, f"{name}: {plan.name} references unknown resource {ref.resource!r}")
+            plans[name] = MessagePlan(name, structure, resources, _by_segment(resources))
     except MappingSpecError as exc:
         raise ConfigError(f"mapping error at {exc}") from None
     return plans
-

@@ -9,6 +9,8 @@ Target paths point into the FHIR resource (or datatype) being built, in FHIR ele
 
 * ``birthDate``, ``period.start``: plain elements, created as needed;
 * ``identifier[]``: append a new item to a repeating element;
+* ``dosageInstruction[0]``: the first item of a repeating element, created if missing (so that
+  several rules fill one item);
 * ``extension[url=http://...]``: the item whose ``url`` has that value, created if missing;
 * ``extension[+url=http://...]``: always a new item with that ``url``;
 * ``value[x]``: a choice element (last step only); the value carries its FHIR type;
@@ -84,7 +86,8 @@ def parse_source(text: str) -> SourcePath:
 @dataclass(frozen=True, slots=True)
 class Step:
     name: str
-    #: "" plain element, "append" new list item, "keyed" find-or-create by key, "choice" value[x].
+    #: "" plain element, "append" new list item, "first" the first item (created if missing),
+    #: "keyed" find-or-create by key, "choice" value[x].
     kind: str = ""
     key: str = ""
     key_value: str = ""
@@ -129,13 +132,15 @@ def parse_target(text: str) -> TargetPath:
             pos = end + 1
             if inner == "":
                 step = Step(name, "append")
+            elif inner == "0":
+                step = Step(name, "first")
             elif inner == "x":
                 step = Step(name, "choice")
             else:
                 new = inner.startswith("+")
                 key, eq, value = inner.lstrip("+").partition("=")
                 if not eq or not _NAME.fullmatch(key) or not value:
-                    raise PathError(f"{text!r}: selector [{inner}] must be [], [x], [key=value] or [+key=value]")
+                    raise PathError(f"{text!r}: selector [{inner}] must be [], [0], [x], [key=value] or [+key=value]")
                 step = Step(name, "keyed", key, value, new)
         steps.append(step)
         if pos == n:
@@ -168,6 +173,11 @@ def _descend(obj: dict, step: Step) -> dict:
         new: dict = {}
         obj.setdefault(step.name, []).append(new)
         return new
+    if step.kind == "first":
+        items = obj.setdefault(step.name, [])
+        if not items:
+            items.append({})
+        return items[0]  # type: ignore[no-any-return]
     if step.kind == "keyed":
         items = obj.setdefault(step.name, [])
         if not step.new:
@@ -186,16 +196,38 @@ def _descend(obj: dict, step: Step) -> dict:
 Writer = Callable[[dict, Any], None]
 
 
-def compile_writer(path: TargetPath) -> Writer:
-    """A function that writes a (non-empty) value at ``path`` inside a dict."""
+def compile_writer(path: TargetPath, exclusive: tuple[frozenset[str] | None, ...] | None = None) -> Writer:
+    """A function that writes a (non-empty) value at ``path`` inside a dict. ``exclusive`` gives, per
+    step, the other variants of a FHIR choice element (occurrencePeriod: occurrenceDateTime, ...):
+    when one of them is already there, nothing is written, so a choice keeps the type it got first."""
     *parents, last = path.steps
+    guards = [(n, names) for n, names in enumerate(exclusive or ()) if names]
 
     def write(obj: dict, value: Any) -> None:
+        if guards:
+            node: Any = obj
+            for n, step in enumerate(path.steps):
+                if not isinstance(node, dict):
+                    break
+                names = next((g for i, g in guards if i == n), None)
+                if names and any(name in node for name in names):
+                    return
+                node = node.get(step.name)
+                if isinstance(node, list):
+                    if step.kind == "first":
+                        node = node[0] if node else None
+                    elif step.kind == "keyed" and not step.new:
+                        node = next((i for i in node if i.get(step.key) == step.key_value), None)
+                    else:
+                        node = None  # a new item: nothing there yet
+        _write(obj, value)
+
+    def _write(obj: dict, value: Any) -> None:
         for step in parents:
             obj = _descend(obj, step)
         if last.kind == "append":
             obj.setdefault(last.name, []).append(value)
-        elif last.kind == "keyed":
+        elif last.kind in ("keyed", "first"):
             target = _descend(obj, last)
             if isinstance(value, dict):
                 merge(target, value)
@@ -213,7 +245,29 @@ def compile_writer(path: TargetPath) -> Writer:
             elif isinstance(current, dict) and isinstance(value, dict):
                 merge(current, value)
 
-    return write
+    name = last.name
+    if not parents and last.kind == "append":
+
+        def _write_append(obj: dict, value: Any) -> None:
+            items = obj.get(name)
+            if items is None:
+                obj[name] = [value]
+            else:
+                items.append(value)
+
+        _write = _write_append  # noqa: F811 - the common case, without the general walk
+    elif not parents and last.kind == "":
+
+        def _write_plain(obj: dict, value: Any) -> None:
+            current = obj.get(name)
+            if current is None:
+                obj[name] = value
+            elif isinstance(current, dict) and isinstance(value, dict):
+                merge(current, value)
+
+        _write = _write_plain  # noqa: F811
+
+    return write if guards else _write
 
 
 def compile_reader(path: TargetPath) -> Callable[[dict], Any]:
@@ -228,6 +282,9 @@ def compile_reader(path: TargetPath) -> Callable[[dict], Any]:
             elif step.kind == "append":
                 items = obj.get(step.name)
                 obj = items[-1] if items else None
+            elif step.kind == "first":
+                items = obj.get(step.name)
+                obj = items[0] if items else None
             else:
                 obj = obj.get(step.name)
         return obj

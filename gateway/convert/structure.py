@@ -1,13 +1,16 @@
 """Message structures (HL7 abstract message syntax, chapter 2.12) and grouping segments by them.
 
-A structure is written in the message mapping file as a list whose entries are segments in the
-standard's notation, ``MSH``, ``[PD1]`` (optional), ``{OBX}`` (repeating), ``[{NTE}]``, or groups,
-``"[{OBSERVATION}]": [OBX, "[{NTE}]"]``.
+A structure is written (in mappings/structures/*.yaml, or inline in a message map) as a list whose
+entries are segments in the standard's notation, ``MSH``, ``[PD1]`` (optional), ``{OBX}``
+(repeating), ``[{NTE}]``, a choice of segments ``<OBR|RQD|RXO>``, or groups,
+``"[{OBSERVATION}]": [OBX, "[{NTE}]"]``. The message itself is the group ``MESSAGE``.
 
 Grouping is lenient, as receivers must be: a segment goes to the first slot, at or after the current
 position, of the innermost open group that can take it, else of an enclosing group (which closes the
 inner ones), else a new repetition of a repeating group. Required segments that are missing are
-skipped; a segment that fits nowhere is kept aside as unplaced and reported, never silently dropped.
+skipped, also the first segment of a group (an OBR whose order has no ORC still opens the order);
+a Z-segment that fits nowhere joins the group of the segment before it (a site maps it by an include);
+any other segment that fits nowhere is kept aside as unplaced and reported, never silently dropped.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from typing import Iterator
 
 from gateway.hl7.message import Segment
 
-_SYNTAX = re.compile(r"^(\[)?\s*(\{)?\s*([A-Z][A-Z0-9_]*)\s*(\})?\s*(\])?$")
+_SYNTAX = re.compile(r"^(\[)?\s*(\{)?\s*([A-Z][A-Z0-9_]*|<[A-Z][A-Z0-9]{2}(?:\|[A-Z][A-Z0-9]{2})+>)\s*(\})?\s*(\])?$")
+
+#: The name of the group that is the whole message (for ``groups:`` in message maps).
+MESSAGE_GROUP = "MESSAGE"
 
 
 class StructureError(ValueError):
@@ -35,6 +41,8 @@ class Slot:
     children: tuple["Slot", ...] | None = None
     #: Names of the segments that can start this slot.
     first: frozenset[str] = frozenset()
+    #: Names of every segment the slot can hold (a group entered without its required first segment).
+    anywhere: frozenset[str] = frozenset()
 
     @property
     def is_group(self) -> bool:
@@ -42,16 +50,17 @@ class Slot:
 
 
 def parse_syntax(text: str) -> tuple[str, bool, bool]:
-    """``"[{NTE}]"`` -> ("NTE", optional=True, repeat=True)."""
+    """``"[{NTE}]"`` -> ("NTE", optional=True, repeat=True); a choice keeps its ``<A|B>`` form."""
     m = _SYNTAX.match(text.strip())
     if not m or bool(m.group(1)) != bool(m.group(5)) or bool(m.group(2)) != bool(m.group(4)):
-        raise StructureError(f"{text!r} is not a segment or group in HL7 syntax (e.g. PID, [PD1], [{{NTE}}])")
+        raise StructureError(f"{text!r} is not a segment or group in HL7 syntax (e.g. PID, [PD1], [{{NTE}}], <OBR|RXO>)")
     return m.group(3), bool(m.group(1)), bool(m.group(2))
 
 
 def build_slot(name: str, optional: bool, repeat: bool, children: list[Slot] | None) -> Slot:
     if children is None:
-        return Slot(name, optional, repeat, None, frozenset({name}))
+        names = frozenset(name[1:-1].split("|") if name.startswith("<") else [name])
+        return Slot(name, optional, repeat, None, names, names)
     if not children:
         raise StructureError(f"group {name} has no segments")
     first: set[str] = set()
@@ -59,7 +68,8 @@ def build_slot(name: str, optional: bool, repeat: bool, children: list[Slot] | N
         first |= child.first
         if not child.optional:
             break
-    return Slot(name, optional, repeat, tuple(children), frozenset(first))
+    anywhere = frozenset().union(*(child.anywhere for child in children))
+    return Slot(name, optional, repeat, tuple(children), frozenset(first), anywhere)
 
 
 @dataclass(eq=False)
@@ -102,9 +112,29 @@ class GroupNode:
             node = node.parent
 
 
+def segment_names(slot: Slot) -> set[str]:
+    """Every segment a structure can hold."""
+    if slot.children is None:
+        return set(slot.first)
+    names: set[str] = set()
+    for child in slot.children:
+        names |= segment_names(child)
+    return names
+
+
 def _find(children: tuple[Slot, ...], start: int, name: str) -> int | None:
+    """The first child slot, at or after ``start``, that the segment can start."""
     for j in range(start, len(children)):
         if name in children[j].first:
+            return j
+    return None
+
+
+def _find_within(children: tuple[Slot, ...], start: int, name: str) -> int | None:
+    """The first child slot, at or after ``start``, that can hold the segment somewhere in it (a
+    group whose required first segment the sender left out)."""
+    for j in range(start, len(children)):
+        if name in children[j].anywhere:
             return j
     return None
 
@@ -121,6 +151,14 @@ def group_segments(structure: Slot, segments: list[Segment]) -> tuple[GroupNode,
         while depth >= 0 and _find(stack[depth][0].children, stack[depth][2], seg.name) is None:
             depth -= 1
         if depth < 0:
+            # No group can start with it: open the outermost group that holds it further in.
+            depth = next((d for d in range(len(stack)) if _find_within(stack[d][0].children, stack[d][2], seg.name) is not None), -1)
+        if depth < 0:
+            if seg.name.startswith("Z") and (root.items or len(stack) > 1):
+                # A Z-segment (chapter 2.8) the structure does not name belongs with the segment
+                # before it: it joins that segment's group, so a site's map can include it.
+                stack[-1][1].items.append(seg)
+                continue
             unplaced.append(seg)
             continue
         del stack[depth + 1 :]
@@ -128,6 +166,8 @@ def group_segments(structure: Slot, segments: list[Segment]) -> tuple[GroupNode,
         while True:
             slot, node, start = frame
             j = _find(slot.children, start, seg.name)
+            if j is None:
+                j = _find_within(slot.children, start, seg.name)
             assert j is not None
             child = slot.children[j]
             frame[2] = j if child.repeat else j + 1

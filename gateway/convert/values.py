@@ -6,10 +6,7 @@ from typing import Any, Callable
 
 import orjson
 
-from gateway.convert import functions
 from gateway.convert.context import Context
-from gateway.convert.paths import SourcePath
-from gateway.hl7.message import Element
 
 
 def choice_suffix(fhir_type: str) -> str:
@@ -56,23 +53,3 @@ def value_writer(out: dict, value: Any) -> None:
     """``to: $value``: the first rule with a value gives the datatype its value."""
     if "$value" not in out:
         out["$value"] = value
-
-
-class Dispatch:
-    """Chooses a datatype map by the text at ``selector`` (e.g. OBX-2 value type, chapter 7.4.2.2)."""
-
-    __slots__ = ("selector", "choices")
-
-    def __init__(self, selector: SourcePath, choices: dict[str, Callable[[Element | None, Context], Any]]):
-        self.selector = selector
-        self.choices = choices
-
-    def __call__(self, element: Element | None, ctx: Context) -> Any:
-        segment = ctx.segment
-        kind = functions.text_of(segment.field(self.selector.field)) if segment is not None else ""
-        produce = self.choices.get(kind)
-        if produce is None:
-            if element:
-                ctx.note(f"value type {kind!r} is not mapped; value left out")
-            return None
-        return produce(element, ctx)

@@ -1,0 +1,344 @@
+"""One conversion: place the segments, make the resources, write references, build the bundle.
+
+For a message the run (1) places the segments in the structure, (2) finds the segments the message
+map makes resources from, (3) gives each resource a deterministic id from its business identifiers,
+(4) fills it by its segment map and the maps of segments included with it, (5) writes the
+references between resources, and (6) returns them, with the resources the maps made on the way
+(Practitioners, Organizations, Locations), as ``PUT`` (or ``DELETE``) entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from typing import Iterator
+
+from gateway.convert.context import Context, segment_beside
+from gateway.convert.ids import resource_id
+from gateway.convert.maps import Mappings
+from gateway.convert.memo import MEMO_SIZE, Entry, other_fields_key
+from gateway.convert.messages import Include, MessagePlan, ResourcePlan
+from gateway.convert.structure import GroupNode, Slot, group_segments
+from gateway.errors import GatewayError, MappingError
+from gateway.hl7.message import Message, Segment
+
+
+@dataclass(eq=False)
+class _Instance:
+    """One resource to make: the rule, the segment that makes it, and where that segment sits."""
+
+    plan: ResourcePlan
+    segment: Segment
+    group: GroupNode
+    position: int
+    id: str | None = None
+    #: For on_duplicate: keep_first, the instance whose resource this one's id already names.
+    alias_of: "_Instance | None" = None
+    computing: bool = False
+
+
+@dataclass
+class Conversion:
+    """A bundle with what the conversion could not use (for logs, tests, operators and --report)."""
+
+    bundle: dict
+    #: Segments the map did not use, as "NAME#n" (n: 1-based position in the message).
+    unused_segments: list[str] = field(default_factory=list)
+    #: Values the maps could not carry over (unmapped codes, unsupported value types).
+    notes: list[str] = field(default_factory=list)
+    #: Fields present in used segments that no map reads, as "PID-10" per "NAME#n".
+    unused_fields: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _agree(a: object, b: object) -> bool:
+    """Two objects that say the same where both say something (one name with a use, one without)."""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return False
+    shared = a.keys() & b.keys()
+    return bool(shared) and all(a[k] == b[k] for k in shared)
+
+
+def merge_resource(into: dict, other: dict) -> None:
+    """Merge what ``other`` knows into ``into`` (two mentions of one Practitioner): objects merge,
+    a list item that agrees with one already there completes it, other items are added, a value
+    already there stays."""
+    for key, value in other.items():
+        current = into.get(key)
+        if current is None:
+            into[key] = value
+        elif isinstance(current, dict) and isinstance(value, dict):
+            merge_resource(current, value)
+        elif isinstance(current, list) and isinstance(value, list):
+            for item in value:
+                if item in current:
+                    continue
+                same = next((c for c in current if _agree(c, item)), None)
+                if same is not None:
+                    merge_resource(same, item)
+                else:
+                    current.append(item)
+
+
+def _order_has(group: GroupNode, names: frozenset[str]) -> bool:
+    """Whether the segment's group, or an enclosing group below the message, holds one of ``names``
+    (an ORC whose ORDER group has an OBR; an RXO whose ORDER has an RXE)."""
+    node: GroupNode | None = group
+    while node is not None and node.parent is not None:
+        if any(seg.name in names for seg, _ in node.walk()):
+            return True
+        node = node.parent
+    return False
+
+
+class Run:
+    """The state of one conversion."""
+
+    def __init__(self, mappings: Mappings, message: Message, plan: MessagePlan, structure: Slot, tz: tzinfo | None):
+        self.mappings = mappings
+        self.message = message
+        self.plan = plan
+        self.tz = tz
+        self.root, self.unplaced = group_segments(structure, message.segments)
+        self.instances: list[_Instance] = []
+        # Instances made inside each group instance's subtree, in message order.
+        self.below: dict[int, list[_Instance]] = {}
+        # The same, by (group, ("n", rule name)) and (group, ("t", resource type)), for nearest().
+        self.index: dict[tuple[int, tuple[str, str]], list[_Instance]] = {}
+        self.keys: dict[tuple[str, str], list[_Instance]] = {}
+        self.notes: list[str] = []
+        self.made: list[dict] = []
+        seps = message.separators
+        self.memo_key = f"{seps.field}{seps.encoding_characters}|{tz or ''}"
+
+    def context(self, segment: Segment | None, group: GroupNode | None) -> Context:
+        return Context(self.message, self.mappings.systems, segment, group, self.notes, self.made, self.tz, self.memo_key)
+
+    # -- finding the resources ------------------------------------------------------------------------
+    def collect(self) -> None:
+        counts: dict[str, int] = {}
+        by_segment = self.plan.by_segment
+        for seg, group in self.root.walk():
+            for plan in by_segment.get(seg.name, ()):
+                if plan.groups is not None and group.name not in plan.groups:
+                    continue
+                if plan.unless_with and _order_has(group, plan.unless_with):
+                    continue
+                if plan.when:
+                    ctx = self.context(seg, group)
+                    if not all(check(seg, None, ctx) for check in plan.when):
+                        continue
+                counts[plan.name] = counts.get(plan.name, 0) + 1
+                inst = _Instance(plan, seg, group, counts[plan.name])
+                self.instances.append(inst)
+                by_name, by_type = ("n", plan.name), ("t", plan.resource_type)
+                for node in group.ancestors():
+                    key = id(node)
+                    self.below.setdefault(key, []).append(inst)
+                    self.index.setdefault((key, by_name), []).append(inst)
+                    self.index.setdefault((key, by_type), []).append(inst)
+        for plan in self.plan.resources:
+            if plan.required and plan.name not in counts:
+                raise MappingError(
+                    f"{self.plan.name}: the message has no {plan.segment} segment, so no {plan.resource_type} "
+                    f"can be made ({plan.name} is required)"
+                )
+
+    def nearest(self, inst: _Instance, match: str, by_type: bool) -> _Instance | None:
+        """The resource of that rule name (or type) closest to ``inst``: in its group, else in the
+        enclosing groups, first in message order."""
+        kind = ("t" if by_type else "n", match)
+        index = self.index
+        node: GroupNode | None = inst.group
+        while node is not None:
+            for other in index.get((id(node), kind), ()):
+                if other is not inst:
+                    return other
+            node = node.parent
+        return None
+
+    # -- ids ------------------------------------------------------------------------------------------
+    def resolve_id(self, inst: _Instance) -> str:
+        if inst.id is not None:
+            return inst.id
+        if inst.computing:
+            raise MappingError(f"{inst.plan.name}: its id depends on itself (id function {inst.plan.id_name})")
+        inst.computing = True
+        try:
+            key = inst.plan.id_key(_IdScope(self, inst))
+        finally:
+            inst.computing = False
+        if not key:
+            raise MappingError(
+                f"{inst.segment.name}: no business identifier to derive the {inst.plan.resource_type} id from "
+                f"(id function {inst.plan.id_name}; e.g. PID-3 must hold a patient identifier)"
+            )
+        rtype = inst.plan.resource_type
+        same = self.keys.setdefault((rtype, key), [])
+        if same and inst.plan.on_duplicate == "keep_first":
+            inst.alias_of = same[0]
+            inst.id = same[0].id
+        else:
+            same.append(inst)
+            inst.id = resource_id(rtype, key if len(same) == 1 else f"{key}#{len(same)}")
+        return inst.id  # type: ignore[return-value]
+
+    # -- resources ------------------------------------------------------------------------------------
+    def included(self, inst: _Instance, include: Include) -> list[Segment]:
+        """The segments ``include`` adds to ``inst``'s resource."""
+        group = inst.group
+        if include.scope == "subtree":
+            return [seg for seg, _ in group.walk() if seg.name == include.segment]
+        node: GroupNode | None = group
+        while node is not None:
+            found = [item for item in node.items if isinstance(item, Segment) and item.name == include.segment]
+            if found or include.scope == "group":
+                return found
+            node = node.parent
+        return []
+
+    def build(self, inst: _Instance) -> dict:
+        plan = inst.plan
+        resource: dict = {"resourceType": plan.resource_type, "id": self.resolve_id(inst)}
+        resource.update(self.content(inst))
+        for ref in plan.references:
+            if ref.filled is not None and ref.filled(resource):
+                continue
+            seen: set[str] = set()
+            for reference in self.targets(inst, ref.resource, ref.scope):
+                if reference not in seen:
+                    seen.add(reference)
+                    value = {"reference": reference}
+                    ref.write(resource, value if ref.post is None else ref.post(value))
+        return resource
+
+    def content(self, inst: _Instance) -> dict:
+        """What the resource's map and the maps of its included segments make of them; memoized on
+        the segments' text (and the other fields the maps read) when the maps are pure."""
+        plan = inst.plan
+        ctx = self.context(inst.segment, inst.group)
+        included = [(include, self.included(inst, include)) for include in plan.includes]
+        store = plan.memo
+        key: tuple = ()
+        if store is not None:
+            key = (inst.segment.raw, self.memo_key) + other_fields_key(ctx, plan.map.other_fields)
+            for include, items in included:
+                for item in items:
+                    ctx.segment = item
+                    key += (item.raw,) + other_fields_key(ctx, include.map.other_fields)
+                key += (None,)
+            hit = store.get(key)
+            if hit is not None:
+                return hit.replay(ctx)  # type: ignore[no-any-return]
+            ctx.segment = inst.segment
+        notes_mark, made_mark = len(self.notes), len(self.made)
+        content = plan.map.fill(inst.segment, ctx)
+        for include, items in included:
+            for item in items:
+                ctx.segment = item
+                include.map.apply(item, ctx, content)
+        if store is not None:
+            if len(store) >= MEMO_SIZE:
+                store.clear()
+            store[key] = Entry(ctx, content, notes_mark, made_mark)
+        return content
+
+    def targets(self, inst: _Instance, name: str, scope: str) -> Iterator[str]:
+        if scope == "nearest":
+            found = self.nearest(inst, name, by_type=False)
+            if found is not None:
+                yield f"{found.plan.resource_type}/{self.resolve_id(found)}"
+            return
+        pool = self.below.get(id(self.root if scope == "message" else inst.group), [])
+        for other in pool:
+            if other is not inst and (name == "*" or other.plan.name == name):
+                yield f"{other.plan.resource_type}/{self.resolve_id(other)}"
+        if name == "*" and scope == "message":
+            for made in self.made:
+                yield f"{made['resourceType']}/{made['id']}"
+
+    def run(self) -> Conversion:
+        self.collect()
+        for inst in self.instances:
+            self.resolve_id(inst)
+        made = [i for i in self.instances if i.alias_of is None]
+        last = [i for i in made if any(r.resource == "*" for r in i.plan.references)]
+        first = [i for i in made if i not in last]
+        entries: dict[tuple[str, str], dict] = {}
+        for inst in first:
+            self._add(entries, inst)
+        self._add_made(entries, 0)
+        mark = len(self.made)
+        tail: dict[tuple[str, str], dict] = {}
+        for inst in last:
+            self._add(tail, inst)
+        self._add_made(entries, mark)
+        entries.update(tail)
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": list(entries.values())}
+        return Conversion(bundle, [], list(dict.fromkeys(self.notes)))
+
+    def _add_made(self, entries: dict[tuple[str, str], dict], start: int) -> None:
+        """Add the resources the maps made (from ``start`` on): one entry per id, mentions merged."""
+        for resource in self.made[start:]:
+            key = (resource["resourceType"], resource["id"])
+            if key not in entries:
+                entries[key] = _put(resource)
+            elif "resource" in entries[key]:
+                merge_resource(entries[key]["resource"], resource)
+
+    def _add(self, entries: dict[tuple[str, str], dict], inst: _Instance) -> None:
+        rtype, rid = inst.plan.resource_type, self.resolve_id(inst)
+        if inst.plan.request == "delete":
+            entries[(rtype, rid)] = {"request": {"method": "DELETE", "url": f"{rtype}/{rid}"}}
+            return
+        try:
+            resource = self.build(inst)
+        except GatewayError:
+            raise
+        except Exception as exc:  # a function failed on content it did not expect: say where
+            raise MappingError(
+                f"{inst.plan.map.name} failed on {inst.segment.name} segment #{self._index(inst.segment)}: {exc!r}"
+            ) from exc
+        entries[(rtype, rid)] = _put(resource)
+
+    def _index(self, seg: Segment) -> int:
+        return next(n for n, s in enumerate(self.message.segments, 1) if s is seg)
+
+    def used_segments(self) -> dict[int, set[tuple[str, int]]]:
+        """id(segment) -> the fields the maps applied to it read (MSH: the header fields)."""
+        used: dict[int, set[tuple[str, int]]] = {id(self.message.msh): {("MSH", n) for n in (1, 2, 9, 10, 12)}}
+        for inst in self.instances:
+            used.setdefault(id(inst.segment), set()).update(inst.plan.map.fields | inst.plan.id_fields)
+            for include in inst.plan.includes:
+                for seg in self.included(inst, include):
+                    used.setdefault(id(seg), set()).update(include.map.fields)
+        return used
+
+    def unused(self) -> list[str]:
+        used = self.used_segments()
+        return [f"{s.name}#{n}" for n, s in enumerate(self.message.segments, 1) if id(s) not in used]
+
+
+def _put(resource: dict) -> dict:
+    name = f"{resource['resourceType']}/{resource['id']}"
+    return {"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource, "request": {"method": "PUT", "url": name}}
+
+
+class _IdScope:
+    """What an id key function sees (gateway.convert.ids.IdScope)."""
+
+    __slots__ = ("_run", "_inst", "message", "segment", "position", "group_name")
+
+    def __init__(self, run: Run, inst: _Instance):
+        self._run = run
+        self._inst = inst
+        self.message = run.message
+        self.segment = inst.segment
+        self.position = inst.position
+        self.group_name = inst.group.name
+
+    def other_segment(self, name: str) -> Segment | None:
+        return segment_beside(self.message, self.segment, self._inst.group, name)
+
+    def nearest_id(self, resource_type: str) -> str | None:
+        found = self._run.nearest(self._inst, resource_type, by_type=True)
+        return self._run.resolve_id(found) if found is not None else None
