@@ -208,3 +208,43 @@ def test_generated_values_never_collide_with_unusual_delimiters():
     assert ack.separators.field == "+" and ack.separators.repetition == "."
     assert ack.msh.field_raw(7) == "20240102030405" and ack.version == "2.5.1"
     assert is_ack(ack) and ack.get("MSH-5") == "A"
+
+
+# -- acknowledgement modes (chapter 2.9) -------------------------------------------------------
+
+from gateway.hl7.ackmode import ORIGINAL, AckMode  # noqa: E402
+
+
+def mode_of(msh15: str, msh16: str) -> AckMode:
+    return AckMode.of(parse(f"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5|||{msh15}|{msh16}\r").msh)
+
+
+@pytest.mark.parametrize("msh15, msh16", [("", ""), (" ", ""), ('""', '""')])
+def test_both_fields_empty_is_original_mode(msh15, msh16):
+    mode = mode_of(msh15, msh16)
+    assert mode == ORIGINAL and not mode.enhanced
+    assert [mode.code(o) for o in ("AA", "AE", "AR")] == ["AA", "AE", "AR"]
+    assert all(mode.wants(o) for o in ("AA", "AE", "AR"))  # original mode: always exactly one ACK
+
+
+@pytest.mark.parametrize(
+    "msh15, sent_for",
+    [
+        ("AL", {"AA", "AE", "AR"}),
+        ("NE", set()),
+        ("ER", {"AE", "AR"}),
+        ("SU", {"AA"}),
+        ("", {"AA", "AE", "AR"}),  # MSH-16 alone makes it enhanced; empty MSH-15 answers always
+        ("XX", {"AA", "AE", "AR"}),  # not in table 0155
+        ("su", {"AA"}),
+    ],
+)
+def test_enhanced_mode_accept_ack_follows_msh15(msh15, sent_for):
+    mode = mode_of(msh15, "AL" if msh15 in ("", "XX") else "NE")
+    assert mode.enhanced
+    assert {o for o in ("AA", "AE", "AR") if mode.wants(o)} == sent_for
+    assert [mode.code(o) for o in ("AA", "AE", "AR")] == ["CA", "CE", "CR"]
+
+
+def test_msh16_alone_or_msh15_alone_is_enhanced():
+    assert mode_of("", "AL").enhanced and mode_of("NE", "").enhanced

@@ -158,3 +158,35 @@ def test_large_frame_in_small_chunks_is_linear():
     elapsed = time.perf_counter() - started
     assert out == [payload]
     assert elapsed < 2.0, f"{elapsed:.2f}s for 8192 chunks: quadratic buffering?"
+
+
+def test_dropped_payloads_are_handed_over_for_keeping():
+    decoder = FrameDecoder(max_frame_bytes=10)
+    with pytest.raises(FrameTooLarge) as caught:
+        decoder.feed(b"\x0bMSH|0123456789abc")
+    assert caught.value.dropped == b"MSH|0123456789abc"  # the head of an oversized frame
+    assert decoder.unfinished() == b""  # what remains of it is not a frame to keep
+    strict = FrameDecoder(require_trailing_cr=True)
+    with pytest.raises(FramingError) as caught:
+        strict.feed(b"\x0bpayload\x1cX")
+    assert caught.value.dropped == b"payload"
+
+
+def test_oversized_head_is_bounded():
+    from gateway.mllp.framing import OVERSIZED_HEAD_BYTES
+
+    decoder = FrameDecoder(max_frame_bytes=OVERSIZED_HEAD_BYTES * 2)
+    with pytest.raises(FrameTooLarge) as caught:
+        decoder.feed(b"\x0b" + b"x" * (OVERSIZED_HEAD_BYTES * 3))
+    assert len(caught.value.dropped) == OVERSIZED_HEAD_BYTES
+
+
+@PROPERTY
+@given(payloads, st.integers(min_value=0))
+def test_unfinished_is_what_arrived_of_the_open_frame(payload, cut):
+    decoder = FrameDecoder()
+    part = payload[: cut % (len(payload) + 1)]
+    decoder.feed(b"junk\x0b" + part)
+    assert decoder.unfinished() == part and decoder.in_frame
+    decoder.feed(payload[len(part) :] + b"\x1c\r")
+    assert decoder.unfinished() == b"" and not decoder.in_frame

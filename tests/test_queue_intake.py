@@ -13,16 +13,26 @@ from dramatiq import Message
 from gateway.envelope import Envelope
 from gateway.errors import IntakeUnavailable
 from gateway.queue.embedded import free_port
-from gateway.queue.intake import Intake
+from gateway.queue.intake import Intake, Receipt
 from gateway.queue.keys import ACTOR, QUEUE, Keys
 
 
-def _envelope(sender: str = "App|Fac", control_id: str = "1", raw: bytes = b"MSH|^~\\&|App|Fac\r") -> Envelope:
-    return Envelope(id=str(uuid.uuid4()), raw=raw, received_at=int(time.time() * 1000), sender=sender, control_id=control_id)
+def envelope(
+    sender: str = "App|Fac", control_id: str = "1", raw: bytes = b"MSH|^~\\&|App|Fac\r", stage: str = "convert"
+) -> Envelope:
+    return Envelope(
+        id=str(uuid.uuid4()),
+        raw=raw,
+        received_at=int(time.time() * 1000),
+        sender=sender,
+        control_id=control_id,
+        start_stage=stage,
+        meta={} if stage == "convert" else {"reason": "AR: 203 MSH-12 version"},
+    )
 
 
-async def _submit_all(redis_url: str, namespace: str, envelopes: list[Envelope], batch_max: int = 256) -> list[int]:
-    intake = Intake(redis_url, namespace=namespace, batch_max=batch_max)
+async def submit_all(redis_url: str, namespace: str, envelopes: list[Envelope], **options: int) -> list[Receipt]:
+    intake = Intake(redis_url, namespace=namespace, **options)
     await intake.start()
     try:
         return list(await asyncio.gather(*(intake.submit(e) for e in envelopes)))
@@ -30,10 +40,18 @@ async def _submit_all(redis_url: str, namespace: str, envelopes: list[Envelope],
         await intake.close()
 
 
+def queued(redis_url: str, namespace: str) -> list[Envelope]:
+    keys = Keys(namespace)
+    client = redis.Redis.from_url(redis_url)
+    ids = client.lrange(keys.queue(), 0, -1)
+    return [Envelope.from_json(Message.decode(client.hget(keys.queue_messages(), i)).args[0]) for i in ids]
+
+
 def test_committed_messages_are_dramatiq_messages(redis_url: str, redis_namespace: str) -> None:
     raw = "MSH|^~\\&|App|Fac|||20240101||ADT^A01|1|P|2.5\rPID|1||x^^^A\xe9\r".encode("latin-1")
-    envelope = _envelope(raw=raw, control_id="42")
-    asyncio.run(_submit_all(redis_url, redis_namespace, [envelope]))
+    sent = envelope(raw=raw, control_id="42")
+    (receipt,) = asyncio.run(submit_all(redis_url, redis_namespace, [sent]))
+    assert receipt == Receipt(1)
 
     keys = Keys(redis_namespace)
     client = redis.Redis.from_url(redis_url)
@@ -41,26 +59,33 @@ def test_committed_messages_are_dramatiq_messages(redis_url: str, redis_namespac
     assert len(ids) == 1
     message = Message.decode(client.hget(keys.queue_messages(), ids[0]))
     assert message.queue_name == QUEUE and message.actor_name == ACTOR
-    assert message.message_id == envelope.id
+    assert message.message_id == sent.id
     assert message.options["redis_message_id"] == ids[0].decode()
     decoded = Envelope.from_json(message.args[0])
     assert decoded.raw == raw  # bytes survive exactly, whatever their charset
-    assert decoded.control_id == "42" and decoded.seq == 1
+    assert decoded.control_id == "42" and decoded.seq == 1 and decoded.start_stage == "convert"
 
 
-def test_sequence_numbers_are_per_sender_and_gapless(redis_url: str, redis_namespace: str) -> None:
-    envelopes = [_envelope(sender=f"S{i % 3}|F", control_id=str(i)) for i in range(90)]
-    seqs = asyncio.run(_submit_all(redis_url, redis_namespace, envelopes, batch_max=7))
+def test_sequence_numbers_are_per_sender_gapless_and_in_submission_order(redis_url: str, redis_namespace: str) -> None:
+    # Small batches: many commits are in flight at once on the pipelined connection.
+    envelopes = [envelope(sender=f"S{i % 3}|F", control_id=str(i)) for i in range(300)]
+    receipts = asyncio.run(submit_all(redis_url, redis_namespace, envelopes, batch_max=7))
     by_sender: dict[str, list[int]] = {}
-    for envelope, seq in zip(envelopes, seqs):
-        by_sender.setdefault(envelope.sender, []).append(seq)
-    for sender_seqs in by_sender.values():
-        assert sorted(sender_seqs) == list(range(1, 31))
-    # Submission order within a sender is commit order.
-    for sender_seqs in by_sender.values():
-        assert sender_seqs == sorted(sender_seqs)
-    client = redis.Redis.from_url(redis_url)
-    assert client.llen(Keys(redis_namespace).queue()) == 90
+    for sent, receipt in zip(envelopes, receipts):
+        by_sender.setdefault(sent.sender, []).append(receipt.seq)
+    for seqs in by_sender.values():
+        assert seqs == list(range(1, 101))  # gapless, and submission order is commit order
+    assert [e.control_id for e in queued(redis_url, redis_namespace)] == [str(i) for i in range(300)]
+
+
+def test_kept_envelopes_have_no_sequence_number_and_are_never_deduplicated(redis_url: str, redis_namespace: str) -> None:
+    envelopes = [envelope(control_id="R1", stage="rejected"), envelope(control_id="R1", stage="rejected"),
+                 envelope(control_id="K1", stage="ack"), envelope(control_id="P1")]
+    receipts = asyncio.run(submit_all(redis_url, redis_namespace, envelopes))
+    assert receipts == [Receipt(0), Receipt(0), Receipt(0), Receipt(1)]
+    stored = queued(redis_url, redis_namespace)
+    assert [(e.start_stage, e.seq) for e in stored] == [("rejected", 0), ("rejected", 0), ("ack", 0), ("convert", 1)]
+    assert stored[0].meta == {"reason": "AR: 203 MSH-12 version"}
 
 
 def test_unreachable_redis_refuses_instead_of_accepting() -> None:
@@ -71,8 +96,28 @@ def test_unreachable_redis_refuses_instead_of_accepting() -> None:
         await intake.start()
         try:
             with pytest.raises(IntakeUnavailable):
-                await intake.submit(_envelope())
+                await intake.submit(envelope())
+            assert not await intake.ping()
         finally:
             await intake.close()
 
     asyncio.run(scenario())
+
+
+def test_not_started_intake_refuses(redis_url: str) -> None:
+    async def scenario() -> None:
+        with pytest.raises(IntakeUnavailable):
+            await Intake(redis_url).submit(envelope())
+
+    asyncio.run(scenario())
+
+
+def test_ping(redis_url: str, redis_namespace: str) -> None:
+    async def scenario() -> bool:
+        intake = Intake(redis_url, namespace=redis_namespace)
+        try:
+            return await intake.ping()
+        finally:
+            await intake.close()
+
+    assert asyncio.run(scenario())

@@ -7,8 +7,11 @@ with sender and receiver swapped (chapter 2.9.2). Error reporting follows the ve
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Sequence
@@ -16,7 +19,7 @@ from typing import Sequence
 from gateway.errors import ParseError
 from gateway.hl7.charset import codec_for
 from gateway.hl7.escape import DEFAULT_SEPARATORS, Separators, escape
-from gateway.hl7.message import Message, read_separators
+from gateway.hl7.message import Message, Segment, read_separators
 
 #: Table 0008: original mode (AA accept, AE error, AR reject), enhanced mode commit (CA, CE, CR).
 ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
@@ -73,7 +76,7 @@ class AckError:
 
 
 @dataclass(frozen=True, slots=True)
-class _Header:
+class AckHeader:
     """The incoming MSH fields an ACK echoes, raw (still escaped) in ``seps``."""
 
     seps: Separators = DEFAULT_SEPARATORS
@@ -107,21 +110,71 @@ def build_ack(
     ``text`` goes to MSA-3 (versions before 2.7 only); explain errors with ``errors`` instead.
     Encode the result with ``charset.codec_for(message.msh.get(18))``: MSH-18 is copied.
     """
-    msh = message.msh
-    header = _Header(
-        seps=message.separators,
-        encoding_characters=msh.field_raw(2),
-        sending_application=_clean(msh.field_raw(3)),
-        sending_facility=_clean(msh.field_raw(4)),
-        receiving_application=_clean(msh.field_raw(5)),
-        receiving_facility=_clean(msh.field_raw(6)),
-        trigger=_clean(msh.field(9)[2].raw),
-        control_id=_clean(msh.field_raw(10)),
-        processing_id=_clean(msh.field_raw(11)),
-        version=_clean(msh.field_raw(12)),
-        charset=_clean(msh.field_raw(18)),
+    header = header_of(message.msh, message.separators)
+    return render_ack(header, ack_code, errors=errors, text=text, now=now, control_id=control_id)
+
+
+def header_of(msh: Segment, seps: Separators) -> AckHeader:
+    """What an ACK echoes of a parsed MSH segment written with ``seps``."""
+    return header_from_fields([msh.field_raw(n) for n in range(19)], seps)
+
+
+def header_from_fields(fields: Sequence[str], seps: Separators) -> AckHeader:
+    """What an ACK echoes of an MSH split into raw fields, ``fields[n]`` being MSH-n."""
+
+    def at(n: int) -> str:
+        return _clean(fields[n]) if n < len(fields) else ""
+
+    return AckHeader(
+        seps=seps,
+        encoding_characters=fields[2] if len(fields) > 2 else seps.encoding_characters,
+        sending_application=at(3),
+        sending_facility=at(4),
+        receiving_application=at(5),
+        receiving_facility=at(6),
+        trigger=_second_component(at(9), seps),
+        control_id=at(10),
+        processing_id=at(11),
+        version=at(12),
+        charset=at(18),
     )
-    return _render(header, ack_code, errors, text, now, control_id)
+
+
+def _second_component(raw: str, seps: Separators) -> str:
+    """MSH-9.2 (the trigger event) of a raw MSH-9."""
+    parts = raw.split(seps.repetition, 1)[0].split(seps.component, 2)
+    return parts[1] if len(parts) > 1 else ""
+
+
+def render_ack(
+    header: AckHeader,
+    ack_code: str,
+    *,
+    errors: Sequence[AckError] = (),
+    text: str = "",
+    now: datetime | None = None,
+    control_id: str | None = None,
+) -> str:
+    """The ACK answering the message ``header`` was read from, as ER7 text (see ``build_ack``)."""
+    if errors or text:
+        return _render(header, ack_code, errors, text, now, control_id)
+    # The common case, an ACK without errors, differs from the last one for this header only in
+    # MSH-7 and MSH-10: render it once, then fill those in.
+    before, between, after = _template(header, ack_code)
+    stamp = _timestamp(now, header.seps)
+    return f"{before}{stamp}{between}{control_id if control_id is not None else new_control_id()}{after}"
+
+
+_STAMP, _ID = "\x00stamp\x00", "\x00id\x00"
+
+
+@functools.lru_cache(maxsize=1024)
+def _template(header: AckHeader, ack_code: str) -> tuple[str, str, str]:
+    """An ACK without errors for ``header``, cut where its timestamp and control id go."""
+    text = _render(header, ack_code, (), "", None, _ID, stamp=_STAMP)
+    before, rest = text.split(_STAMP, 1)
+    between, after = rest.split(_ID, 1)
+    return before, between, after
 
 
 def build_reject_for_unreadable(raw: bytes | str, error: BaseException, *, now: datetime | None = None) -> str:
@@ -133,28 +186,32 @@ def build_reject_for_unreadable(raw: bytes | str, error: BaseException, *, now: 
         problem = AckError.from_exception(error)
     except Exception:
         problem = AckError("207", "unreadable message")
-    try:
-        header = _salvage_header(raw)
-    except Exception:
-        header = _Header()
+    header = salvage_header(raw)
     try:
         return _render(header, "AR", [problem], "", now, None)
     except Exception:
-        return _render(_Header(), "AR", [AckError("207", "unreadable message")], "", None, None)
+        return _render(AckHeader(), "AR", [AckError("207", "unreadable message")], "", None, None)
 
 
 def new_control_id() -> str:
-    """20 random hex digits: unique in practice, and within MSH-10's ST(20) of v2.3-2.6."""
-    return secrets.token_hex(10)
+    """20 hex digits, unique in practice and within MSH-10's ST(20) of v2.3-2.6: 8 random ones
+    drawn once per process, then a counter (cheaper than 20 random digits per ACK)."""
+    return f"{_CONTROL_PREFIX}{next(_control_numbers) & _CONTROL_MASK:012x}"
+
+
+_CONTROL_PREFIX = secrets.token_hex(4)
+_CONTROL_MASK = (1 << 48) - 1
+_control_numbers = itertools.count(secrets.randbelow(1 << 40))
 
 
 def _render(
-    header: _Header,
+    header: AckHeader,
     ack_code: str,
     errors: Sequence[AckError],
     text: str,
     now: datetime | None,
     control_id: str | None,
+    stamp: str | None = None,
 ) -> str:
     if ack_code not in ACK_CODES:
         raise ValueError(f"acknowledgment code {ack_code!r} is not in HL7 table 0008")
@@ -169,7 +226,7 @@ def _render(
         header.receiving_facility,
         header.sending_application,
         header.sending_facility,
-        _timestamp(now, seps),
+        stamp if stamp is not None else _timestamp(now, seps),
         "",
         message_type,
         control_id if control_id is not None else new_control_id(),
@@ -223,12 +280,20 @@ def _error_location_and_code(error: AckError, seps: Separators) -> str:
     )
 
 
-def _salvage_header(raw: bytes | str) -> _Header:
-    """Read what is readable of a broken MSH: separators, MSH-3..6, 9.2, 10, 11, 12 and 18."""
+def salvage_header(raw: bytes | str) -> AckHeader:
+    """What is readable of a broken MSH (separators, MSH-3..6, 9.2, 10, 11, 12 and 18), for an
+    answer to a message that cannot be parsed; the default header when nothing is. Never raises."""
+    try:
+        return _salvage_header(raw)
+    except Exception:
+        return AckHeader()
+
+
+def _salvage_header(raw: bytes | str) -> AckHeader:
     text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8", errors="replace")
     line = _LINE_END.split(text.lstrip("\ufeff\r\n\t \x0b")[:8192], 1)[0]
     if len(line) < 4 or not line.startswith("MSH"):
-        return _Header()
+        return AckHeader()
     try:
         seps = read_separators(line)
         encoding_characters = seps.encoding_characters
@@ -236,7 +301,7 @@ def _salvage_header(raw: bytes | str) -> _Header:
         try:  # the field separator may still be usable with the default encoding characters
             seps = read_separators(f"MSH{line[3]}{DEFAULT_SEPARATORS.encoding_characters}")
         except ParseError:
-            return _Header()
+            return AckHeader()
         encoding_characters = seps.encoding_characters
     fields = ["", *line.split(seps.field)]  # fields[n] is MSH-n, shifted by one for MSH-1 (2.14.9)
     fields[1] = seps.field
@@ -250,7 +315,7 @@ def _salvage_header(raw: bytes | str) -> _Header:
         codec_for(charset)
     except ParseError:
         charset = ""  # do not declare, in our own reply, a character set we cannot use
-    return _Header(
+    return AckHeader(
         seps=seps,
         encoding_characters=encoding_characters,
         sending_application=at(3),
@@ -267,12 +332,17 @@ def _salvage_header(raw: bytes | str) -> _Header:
 
 def _clean(value: str) -> str:
     """Drop control characters from an echoed raw value: 0x0B and 0x1C would break MLLP framing."""
-    return _CONTROL.sub("", value)
+    return value if value.isprintable() else _CONTROL.sub("", value)
 
 
 def _version_tuple(raw_version: str, seps: Separators) -> tuple[int, ...]:
     """(major, minor, patch) from MSH-12.1; an unreadable version counts as the default one."""
-    match = _VERSION.match(raw_version.split(seps.component, 1)[0].strip())
+    return _parse_version(raw_version.split(seps.component, 1)[0].strip())
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_version(version: str) -> tuple[int, ...]:
+    match = _VERSION.match(version)
     if match is None:
         match = _VERSION.match(DEFAULT_VERSION)
         assert match is not None
@@ -282,11 +352,24 @@ def _version_tuple(raw_version: str, seps: Separators) -> tuple[int, ...]:
 def _timestamp(now: datetime | None, seps: Separators) -> str:
     """DTM with four fractional digits and the UTC offset, e.g. 20240101120000.1234+0100; a part
     whose punctuation is one of the sender's delimiters is left out (both are optional in DTM)."""
-    moment = now if now is not None and now.tzinfo is not None else (now or datetime.now()).astimezone()
-    stamp = f"{moment:%Y%m%d%H%M%S}"
-    if "." not in seps.specials:
-        stamp += f".{moment.microsecond // 100:04d}"
-    offset = f"{moment:%z}"[:5]
-    if offset[:1] not in seps.specials:
+    if now is None:
+        seconds, fraction = divmod(time.time(), 1.0)
+        stamp, offset = _local_second(int(seconds))
+        tenths_of_ms = min(int(fraction * 10_000), 9_999)
+    else:
+        moment = now if now.tzinfo is not None else now.astimezone()
+        stamp, offset = f"{moment:%Y%m%d%H%M%S}", f"{moment:%z}"[:5]
+        tenths_of_ms = moment.microsecond // 100
+    specials = seps.specials
+    if "." not in specials:
+        stamp += f".{tenths_of_ms:04d}"
+    if offset[:1] not in specials:
         stamp += offset
     return stamp
+
+
+@functools.lru_cache(maxsize=4)
+def _local_second(epoch_second: int) -> tuple[str, str]:
+    """``YYYYMMDDHHMMSS`` and ``+ZZZZ`` of a second in local time (ACKs in one second share it)."""
+    moment = datetime.fromtimestamp(epoch_second).astimezone()
+    return f"{moment:%Y%m%d%H%M%S}", f"{moment:%z}"[:5]

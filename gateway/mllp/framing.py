@@ -1,7 +1,8 @@
-"""MLLP release 1 framing, without I/O: ``<VT> payload <FS><CR>``.
+"""MLLP framing, without I/O: ``<VT> payload <FS><CR>``.
 
 HL7 Version 3 Standard: Transport Specification - MLLP, Release 1 (also HL7 v2.5 Appendix C.4).
 The payload cannot contain the block characters, so a frame ends at the first 0x1C.
+MLLP Release 2 adds commit acknowledgements: a frame whose whole payload is ACK (0x06) or NAK (0x15).
 """
 
 from __future__ import annotations
@@ -12,15 +13,23 @@ START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c"
 CARRIAGE_RETURN = b"\r"
 _CR = CARRIAGE_RETURN[0]
+#: MLLP Release 2 commit acknowledgement payloads: stored safely (ACK) / not stored (NAK).
+COMMIT_ACK = b"\x06"
+COMMIT_NAK = b"\x15"
+#: How much of an oversized frame is kept for operators (its header and the start of its body).
+OVERSIZED_HEAD_BYTES = 64 * 1024
 
 
 class FramingError(Exception):
     """The byte stream broke MLLP framing. A transport problem, not an HL7 one: no ACK can be tied
     to it. ``frames`` holds the payloads completed by the same ``feed`` call, in order."""
 
-    def __init__(self, message: str, frames: Sequence[bytes] = ()):
+    def __init__(self, message: str, frames: Sequence[bytes] = (), dropped: bytes = b""):
         super().__init__(message)
         self.frames = list(frames)
+        #: The payload this problem made the decoder drop (for an oversized frame: its first
+        #: OVERSIZED_HEAD_BYTES), so that the listener can keep it for operators.
+        self.dropped = dropped
 
 
 class FrameTooLarge(FramingError):
@@ -48,7 +57,8 @@ class FrameDecoder:
       is only returned once its CR has arrived.
 
     ``feed`` raises at most once per call, for the first problem in ``data``; the exception's
-    ``frames`` holds the payloads that call completed, which are not returned otherwise.
+    ``frames`` holds the payloads that call completed, which are not returned otherwise, and its
+    ``dropped`` the start of the dropped payload.
     """
 
     def __init__(self, max_frame_bytes: int = 10 * 1024 * 1024, require_trailing_cr: bool = False):
@@ -73,6 +83,12 @@ class FrameDecoder:
     def pending_bytes(self) -> int:
         """Payload bytes buffered for the unfinished frame."""
         return len(self._buffer) + len(self._held or b"")
+
+    def unfinished(self) -> bytes:
+        """The payload bytes received so far of the frame not yet finished (b"" when none)."""
+        if self._held is not None:
+            return self._held
+        return bytes(self._buffer) if self._in_frame and not self._oversized else b""
 
     def reset(self) -> None:
         """Forget any unfinished frame (its bytes count as discarded)."""
@@ -106,7 +122,8 @@ class FrameDecoder:
                     self.discarded_bytes += 2 + len(held)
                     self.dropped_frames += 1
                     problem = problem or FramingError(
-                        f"MLLP end block not followed by CR (0x{data[pos]:02X} instead); frame dropped"
+                        f"MLLP end block not followed by CR (0x{data[pos]:02X} instead); frame dropped",
+                        dropped=held,
                     )
             if not self._in_frame:
                 start = data.find(START_BLOCK, pos)
@@ -124,8 +141,9 @@ class FrameDecoder:
                 self._abandon(restart - pos)
                 pos = restart + 1
                 continue
-            if self._take(data, pos, stop) and problem is None:
-                problem = FrameTooLarge(f"MLLP frame larger than {self.max_frame_bytes} bytes; dropped")
+            head = self._take(data, pos, stop)
+            if head is not None and problem is None:
+                problem = FrameTooLarge(f"MLLP frame larger than {self.max_frame_bytes} bytes; dropped", dropped=head)
             if end < 0:
                 break
             pos = end + 1
@@ -135,20 +153,23 @@ class FrameDecoder:
             raise problem
         return frames
 
-    def _take(self, data: bytes | bytearray, pos: int, stop: int) -> bool:
-        """Buffer ``data[pos:stop]`` as payload, or drop it if the frame is too large; True when
-        this call found the frame too large."""
+    def _take(self, data: bytes | bytearray, pos: int, stop: int) -> bytes | None:
+        """Buffer ``data[pos:stop]`` as payload, or drop it if the frame is too large; when this
+        call found the frame too large, returns the start of the dropped payload."""
         if self._oversized:
             self.discarded_bytes += stop - pos
         elif len(self._buffer) + (stop - pos) > self.max_frame_bytes:
             self.discarded_bytes += 1 + len(self._buffer) + (stop - pos)
             self.dropped_frames += 1
+            head = bytes(self._buffer[:OVERSIZED_HEAD_BYTES])
+            if len(head) < OVERSIZED_HEAD_BYTES:
+                head += bytes(data[pos : min(stop, pos + OVERSIZED_HEAD_BYTES - len(head))])
             self._buffer.clear()
             self._oversized = True
-            return True
+            return head
         else:
             self._buffer += memoryview(data)[pos:stop]
-        return False
+        return None
 
     def _abandon(self, unfinished_bytes: int) -> None:
         """A start block arrived inside a frame: drop the unfinished frame and start a new one."""

@@ -1,170 +1,195 @@
-"""The asyncio MLLP listener: frames in, durable commit, ACK out, in order per connection.
+"""The asyncio MLLP listener: limits, TLS, statistics, and an orderly stop.
 
-Each frame is handled as its own task so that one connection's pipelined messages and all other
-connections' messages share a group commit; ACKs are still written in the order frames arrived.
+Each connection (gateway/mllp/connection.py) judges its frames and hands them to the shared group
+commit; this module owns what spans connections: the connection limit, the timeout sweep, the
+counters, and draining every read frame's ACK before stopping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 
-from gateway.envelope import Envelope
-from gateway.errors import CharsetError, IntakeUnavailable, ParseError
-from gateway.hl7.ack import AckError, build_ack, build_reject_for_unreadable
-from gateway.hl7.charset import codec_for, decode_message
-from gateway.hl7.message import Message, parse
-from gateway.mllp.framing import FrameDecoder, FramingError, encode_frame
-from gateway.queue.intake import Intake
+from gateway.hl7.ack import build_reject_for_unreadable
+from gateway.mllp.answer import answer
+from gateway.mllp.framing import encode_frame
+from gateway.mllp.connection import MllpConnection
+from gateway.mllp.triage import PROCESS, STORED_ACK, Triage, Verdict
+from gateway.queue.intake import Intake, Receipt
 
 log = logging.getLogger(__name__)
 
-#: HL7 table 0357 code 207: application internal error (our storage is unavailable).
-_ERR_INTERNAL = "207"
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection and per-listener limits (HL7GW_MLLP_* settings)."""
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    #: Seconds a started frame may take to finish (also the TLS handshake timeout).
+    frame_timeout_s: float = 30.0
+    #: Seconds without a byte after which a connection with nothing in flight is closed; 0: never.
+    idle_timeout_s: float = 3600.0
+    max_connections: int = 500
+    require_trailing_cr: bool = False
+    #: Frames read but not yet answered on one connection before reading pauses.
+    max_outstanding: int = 1024
 
 
 @dataclass
 class ListenerStats:
     connections: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    discarded_bytes: int = 0
     open_connections: int = 0
-    _started: float = field(default_factory=time.monotonic)
+    refused_connections: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    acks_received: int = 0
+    storage_failures: int = 0
+    discarded_bytes: int = 0
+    oversized: int = 0
+    frame_timeouts: int = 0
+    idle_timeouts: int = 0
+    commit_acks_received: int = 0
+    empty_frames: int = 0
 
 
 class MllpServer:
-    def __init__(self, intake: Intake, *, max_frame_bytes: int = 10 * 1024 * 1024, read_size: int = 65536):
+    def __init__(
+        self,
+        intake: Intake,
+        *,
+        triage: Triage | None = None,
+        limits: Limits | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        commit_acks: bool = False,
+    ):
         self.intake = intake
-        self.max_frame_bytes = max_frame_bytes
-        self.read_size = read_size
+        self.triage = triage or Triage()
+        self.limits = limits or Limits()
+        self.ssl_context = ssl_context
+        self.commit_acks = commit_acks
         self.stats = ListenerStats()
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-        self._closing = False
+        self.connections: set[MllpConnection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self._last_refusal_log = 0.0
+        self._ready: set[MllpConnection] = set()
+        self._flush_scheduled = False
+        intake.after_batch.append(self.flush)
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (port 0 picks a free one); returns the bound port."""
-        self._server = await asyncio.start_server(self._on_connection, host, port, limit=self.read_size * 4)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: MllpConnection(self),
+            host,
+            port,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=self.limits.frame_timeout_s if self.ssl_context else None,
+            backlog=min(1024, self.limits.max_connections * 2),
+        )
+        self._sweeper = asyncio.create_task(self._sweep(), name="hl7gw-mllp-timeouts")
         bound = int(self._server.sockets[0].getsockname()[1])
-        log.info("MLLP listening on %s:%d", host, bound)
+        log.info("MLLP%s listening on %s:%d", " over TLS" if self.ssl_context else "", host, bound)
         return bound
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
-        """Stop accepting, let every started frame get its ACK, then close connections."""
-        self._closing = True
+        """Stop accepting, let every frame already read get its ACK, then close connections."""
         if self._server is not None:
             self._server.close()
-        tasks = list(self._connections)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=drain_timeout)
-            for task in pending:
-                task.cancel()
+        for conn in list(self.connections):
+            conn.begin_close()
+        deadline = time.monotonic() + drain_timeout
+        while self.connections and time.monotonic() < deadline:
+            self._closed.clear()
+            try:
+                await asyncio.wait_for(self._closed.wait(), timeout=max(0.01, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+        for conn in list(self.connections):
+            log.warning("closing %s with answers still pending after %.0f s", conn.peer, drain_timeout)
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             await self._server.wait_closed()
+        log.info("MLLP listener stopped: %s", asdict(self.stats))
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        self.stats.connections += 1
-        self.stats.open_connections += 1
-        peer = writer.get_extra_info("peername")
-        peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+    # -- called by connections --------------------------------------------------------------
+    def admit(self, conn: MllpConnection) -> bool:
+        """Register a new connection, or refuse it when the listener is full or stopping."""
+        stats = self.stats
+        if len(self.connections) >= self.limits.max_connections or (self._server and not self._server.is_serving()):
+            stats.refused_connections += 1
+            now = time.monotonic()
+            if now - self._last_refusal_log > 10:
+                self._last_refusal_log = now
+                log.warning(
+                    "refused connection from %s: %d connections open (HL7GW_MLLP_MAX_CONNECTIONS); %d refused so far",
+                    conn.peer,
+                    len(self.connections),
+                    stats.refused_connections,
+                )
+            return False
+        self.connections.add(conn)
+        stats.connections += 1
+        stats.open_connections = len(self.connections)
+        return True
+
+    def ready(self, conn: MllpConnection) -> None:
+        """``conn`` has an answer ready: written at the end of the intake batch (``flush``), or on
+        the next event-loop turn when the answer came outside a batch."""
+        self._ready.add(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the ready answers of every connection, each connection's in one write."""
+        self._flush_scheduled = False
+        ready, self._ready = self._ready, set()
+        for conn in ready:
+            conn.release()
+
+    def forget(self, conn: MllpConnection) -> None:
+        self.connections.discard(conn)
+        self.stats.open_connections = len(self.connections)
+        self._closed.set()
+
+    def settle(self, verdict: Verdict, receipt: Receipt | None, error: BaseException | None) -> bytes:
+        """Count the outcome of one frame and return its answer bytes."""
+        stats = self.stats
+        if error is not None:
+            stats.storage_failures += 1
+        elif verdict.stage == PROCESS:
+            if receipt is not None and receipt.duplicate:
+                stats.duplicates += 1
+            else:
+                stats.accepted += 1
+        elif verdict.stage == STORED_ACK:
+            stats.acks_received += 1
+            log.info(
+                "stored incoming %s %s from %s (not answered)", verdict.message_type, verdict.control_id, verdict.sender
+            )
+        else:
+            stats.rejected += 1
+            log.info("rejected %s from %s: %s", verdict.control_id or "message", verdict.sender or "?", verdict.reason)
         try:
-            await self._serve(reader, writer, peer_text)
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            log.info("connection %s dropped: %s", peer_text, exc)
-        finally:
-            self.stats.open_connections -= 1
-            self._connections.discard(task)
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
+            return answer(verdict, stored=error is None, commit_acks=self.commit_acks, storage_problem=str(error or ""))
+        except Exception:  # noqa: BLE001 - a bug here must not leave the sender (and its later ACKs) waiting
+            log.exception("could not build the answer for %s", verdict.control_id)
+            return encode_frame(build_reject_for_unreadable(b"", RuntimeError("internal error")).encode())
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
-        decoder = FrameDecoder(max_frame_bytes=self.max_frame_bytes)
-        replies: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue()
-        sender = asyncio.create_task(self._write_replies(replies, writer))
-        try:
-            while not self._closing:
-                reading = asyncio.ensure_future(reader.read(self.read_size))
-                done, _ = await asyncio.wait({reading, sender}, return_when=asyncio.FIRST_COMPLETED)
-                if sender in done:  # the peer stopped reading our ACKs
-                    reading.cancel()
-                    break
-                data = reading.result()
-                if not data:
-                    break
-                before = decoder.discarded_bytes
-                failure: FramingError | None = None
-                try:
-                    frames = decoder.feed(data)
-                except FramingError as exc:
-                    failure, frames = exc, exc.frames
-                self.stats.discarded_bytes += decoder.discarded_bytes - before
-                # Frames completed before a framing error still get their answers.
-                for frame in frames:
-                    await replies.put(asyncio.create_task(self._handle_frame(frame, peer)))
-                if failure is not None:
-                    log.warning("closing %s: %s", peer, failure)
-                    break
-        finally:
-            await replies.put(None)
-            await sender
-
-    async def _write_replies(self, replies: asyncio.Queue[asyncio.Task[bytes] | None], writer: asyncio.StreamWriter) -> None:
+    async def _sweep(self) -> None:
+        limits = self.limits
+        candidates = [limits.frame_timeout_s / 4, 1.0] + ([limits.idle_timeout_s / 4] if limits.idle_timeout_s else [])
+        tick = max(0.02, min(candidates))
         while True:
-            task = await replies.get()
-            if task is None:
-                return
-            ack = await task
-            writer.write(encode_frame(ack))
-            await writer.drain()
-
-    async def _handle_frame(self, frame: bytes, peer: str) -> bytes:
-        """Commit one message and return its ACK bytes; never raises."""
-        try:
-            text = decode_message(frame)
-            message = parse(text)
-        except ParseError as exc:  # includes CharsetError
-            self.stats.rejected += 1
-            log.info("rejected unreadable message from %s: %s", peer, exc)
-            return _encode(build_reject_for_unreadable(frame, exc))
-        envelope = Envelope(
-            id=str(uuid.uuid4()),
-            raw=frame,
-            received_at=int(time.time() * 1000),
-            sender=message.sender,
-            control_id=message.control_id,
-            peer=peer,
-        )
-        try:
-            await self.intake.submit(envelope)
-        except IntakeUnavailable as exc:
-            self.stats.rejected += 1
-            error = AckError(code=_ERR_INTERNAL, text=f"message not stored, resend later: {exc}")
-            return _encode(build_ack(message, "AR", errors=[error]), message)
-        except Exception as exc:  # noqa: BLE001 - a bug here must still answer, and answer "not accepted"
-            log.exception("intake failed unexpectedly")
-            self.stats.rejected += 1
-            error = AckError(code=_ERR_INTERNAL, text=f"internal error: {type(exc).__name__}")
-            return _encode(build_ack(message, "AR", errors=[error]), message)
-        self.stats.accepted += 1
-        return _encode(build_ack(message, "AA"), message)
-
-
-def _encode(ack: str, message: Message | None = None) -> bytes:
-    """Encode an ACK in the character set of the message it answers (its MSH-18 is echoed)."""
-    codec = "utf-8"
-    if message is not None:
-        try:
-            codec = codec_for(message.msh.get(18))
-        except CharsetError:
-            pass
-    return ack.encode(codec, errors="replace")
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                conn.check_timeouts(now)

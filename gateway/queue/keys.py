@@ -33,3 +33,25 @@ class Keys:
     def sequence(self, sender: str) -> str:
         """Per-sender counter giving each accepted message its order number."""
         return f"{self.namespace}:seq:{sender}"
+
+    def dedup(self, sender: str, control_id: str) -> str:
+        """Marks a message accepted from ``sender`` ("app|facility") with MSH-10 ``control_id``,
+        for the duplicate window; the value is "<content digest>:<sequence number>". The length
+        prefix keeps "a|b" + "c" apart from "a" + "b|c"."""
+        return f"{self.namespace}:dedup:{len(sender)}:{sender}:{control_id}"
+
+    def duplicates(self) -> str:
+        """Counter of resent messages answered again but not enqueued again."""
+        return f"{self.namespace}:stats:duplicates"
+
+    def control_id_reused(self) -> str:
+        """Counter of messages whose sender and MSH-10 came before with other content."""
+        return f"{self.namespace}:stats:control_id_reused"
+
+    def sink_breaker(self, sink: str) -> str:
+        """Hash of a remote sink's circuit breaker: ``failures`` in a row, ``open_until`` (ms)."""
+        return f"{self.namespace}:breaker:{sink}"
+
+    def sink_probe(self, sink: str) -> str:
+        """Held (with an expiry) by the one worker trying a half-open sink."""
+        return f"{self.namespace}:breaker:{sink}:probe"

@@ -1,0 +1,263 @@
+"""One MLLP connection: bytes in, a verdict and a commit per frame, ACKs out in arrival order.
+
+A plain asyncio Protocol: no task or coroutine per frame. Each frame is judged at once and handed
+to the shared group commit; its answer is written when it and every frame before it on this
+connection are committed, all ready answers in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import socket
+import time
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING
+
+from gateway.envelope import Envelope
+from gateway.hl7.ack import AckError
+from gateway.mllp.framing import COMMIT_ACK, COMMIT_NAK, FrameDecoder, FrameTooLarge, FramingError
+from gateway.mllp.triage import PROCESS, Verdict
+from gateway.queue.intake import Receipt
+
+if TYPE_CHECKING:
+    from gateway.mllp.server import MllpServer
+
+log = logging.getLogger(__name__)
+
+
+class _Slot:
+    """One frame waiting for its commit; ``reply`` is set (maybe to b"") once the outcome is known."""
+
+    __slots__ = ("conn", "verdict", "reply")
+
+    def __init__(self, conn: "MllpConnection", verdict: Verdict):
+        self.conn = conn
+        self.verdict = verdict
+        self.reply: bytes | None = None
+
+    def __call__(self, receipt: Receipt | None, error: BaseException | None) -> None:
+        conn = self.conn
+        self.reply = conn.server.settle(self.verdict, receipt, error)
+        conn.server.ready(conn)
+
+
+class MllpConnection(asyncio.Protocol):
+    def __init__(self, server: "MllpServer"):
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        limits = server.limits
+        self.decoder = FrameDecoder(limits.max_message_bytes, limits.require_trailing_cr)
+        self.slots: deque[_Slot] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.last_activity = time.monotonic()
+        #: When the unfinished frame started (None: between frames), for the frame timeout.
+        self.frame_started: float | None = None
+        #: No more frames are read; the connection closes once every answer is written.
+        self.closing = False
+        self.lost = False
+        self._reading_paused = False
+        self._writing_paused = False
+
+    # -- asyncio callbacks ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = writable = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        if not self.server.admit(self):
+            self.lost = True
+            writable.abort()  # type: ignore[attr-defined]
+            return
+        _keepalive(transport.get_extra_info("socket"))
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        now = time.monotonic()
+        self.last_activity = now
+        was_in_frame = self.decoder.in_frame
+        discarded = self.decoder.discarded_bytes
+        problem: FramingError | None = None
+        try:
+            frames = self.decoder.feed(data)
+        except FramingError as exc:
+            frames, problem = exc.frames, exc
+        self.server.stats.discarded_bytes += self.decoder.discarded_bytes - discarded
+        for frame in frames:
+            self._receive(frame)
+        if problem is not None:
+            self._framing_problem(problem)
+            return
+        if self.decoder.in_frame:
+            if frames or not was_in_frame:
+                self.frame_started = now
+        else:
+            self.frame_started = None
+        self._update_reading()
+
+    def eof_received(self) -> bool:
+        # The peer sent everything it will send: answer what was read, then close. (TLS cannot
+        # half-close: there the transport closes itself.)
+        self.begin_close()
+        return self.transport is not None and self.transport.get_extra_info("sslcontext") is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.closing = True
+        unfinished = self.decoder.unfinished()
+        if unfinished:
+            self._keep(unfinished, "connection closed in the middle of a frame")
+        self.server.forget(self)
+
+    def pause_writing(self) -> None:
+        # The peer does not read its ACKs: stop reading its messages until it does.
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+
+    # -- frames -----------------------------------------------------------------------------
+    def _receive(self, frame: bytes) -> None:
+        if frame == COMMIT_ACK or frame == COMMIT_NAK:
+            # MLLP release 2: the peer's commit acknowledgement of one of our ACKs.
+            self.server.stats.commit_acks_received += 1
+            return
+        if not frame.strip():  # an empty frame: some senders' keepalive, nothing to answer or keep
+            self.server.stats.empty_frames += 1
+            return
+        self._submit(frame, self.server.triage.decide(frame))
+
+    def _submit(self, raw: bytes, verdict: Verdict) -> None:
+        slot = _Slot(self, verdict)
+        self.slots.append(slot)
+        self.server.intake.enqueue(self._envelope(raw, verdict), slot)
+
+    def _envelope(self, raw: bytes, verdict: Verdict) -> Envelope:
+        meta: dict[str, str] = {}
+        if verdict.stage != PROCESS:
+            meta = {"reason": verdict.reason, "message_type": verdict.message_type}
+        return Envelope(
+            id=new_envelope_id(),
+            raw=raw,
+            received_at=int(time.time() * 1000),
+            sender=verdict.sender,
+            control_id=verdict.control_id,
+            peer=self.peer,
+            start_stage=verdict.stage,
+            meta=meta,
+        )
+
+    def _keep(self, raw: bytes, why: str) -> None:
+        """Keep bytes that cannot be answered (an unfinished frame) where operators see them."""
+        verdict = self.server.triage.kept(raw, AckError("100", why))
+        log.warning("%s: %s; %d byte(s) kept as a dead letter", self.peer, why, len(raw))
+        self.server.intake.enqueue(self._envelope(raw, verdict), _log_failure)
+
+    def _framing_problem(self, problem: FramingError) -> None:
+        """Answer the broken frame when it can be answered, then close: the stream is out of step."""
+        if isinstance(problem, FrameTooLarge):
+            self.server.stats.oversized += 1
+            limit = self.server.limits.max_message_bytes
+            error = AckError("104", f"message larger than {limit} bytes (HL7GW_MLLP_MAX_MESSAGE_BYTES); first "
+                             f"{len(problem.dropped)} bytes kept", "MSH")
+        else:
+            error = AckError("100", f"MLLP framing: {problem}", "MSH")
+        log.warning("closing %s: %s", self.peer, problem)
+        if problem.dropped:
+            self._submit(problem.dropped, self.server.triage.kept(problem.dropped, error))
+        self.begin_close()
+
+    # -- answers ----------------------------------------------------------------------------
+    def release(self) -> None:
+        """Write every answer that is ready and has no unanswered frame before it."""
+        slots = self.slots
+        ready: list[bytes] = []
+        while slots and slots[0].reply is not None:
+            ready.append(slots.popleft().reply)  # type: ignore[arg-type]
+        if self.lost or self.transport is None:
+            return
+        if ready:
+            self.transport.write(b"".join(ready))
+        if self.closing and not slots:
+            self.transport.close()
+        else:
+            self._update_reading()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def begin_close(self) -> None:
+        """Read nothing more; close once every frame already read is answered."""
+        self.closing = True
+        self._update_reading()
+        if not self.slots and self.transport is not None and not self.lost:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
+
+    def check_timeouts(self, now: float) -> None:
+        """Close a connection whose frame takes too long, or that has been idle too long."""
+        if self.closing:
+            return
+        limits = self.server.limits
+        if self.frame_started is not None and now - self.frame_started > limits.frame_timeout_s:
+            self.server.stats.frame_timeouts += 1
+            unfinished = self.decoder.unfinished()
+            self.decoder.reset()
+            self.frame_started = None
+            if unfinished:
+                self._keep(unfinished, f"frame not finished within {limits.frame_timeout_s:g} s")
+            log.warning("closing %s: frame not finished within %g s", self.peer, limits.frame_timeout_s)
+            self.begin_close()
+        elif limits.idle_timeout_s and not self.slots and now - self.last_activity > limits.idle_timeout_s:
+            self.server.stats.idle_timeouts += 1
+            log.info("closing %s: idle for %g s", self.peer, limits.idle_timeout_s)
+            self.begin_close()
+
+    def _update_reading(self) -> None:
+        if self.transport is None or self.lost:
+            return
+        want = not self.closing and not self._writing_paused and len(self.slots) < self.server.limits.max_outstanding
+        if want == self._reading_paused:
+            self._reading_paused = not want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
+
+_ID_PREFIX = uuid.uuid4().hex[:20]  # version 4 and variant digits included
+_ID_NUMBERS = itertools.count(secrets.randbelow(1 << 40))
+
+
+def new_envelope_id() -> str:
+    """A version-4-shaped UUID: 80 random bits drawn once per process, then a 48-bit counter
+    (a quarter of the cost of ``uuid.uuid4()``, which shows at thousands of messages a second)."""
+    digits = f"{_ID_PREFIX}{next(_ID_NUMBERS) & 0xFFFF_FFFF_FFFF:012x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def _log_failure(receipt: Receipt | None, error: BaseException | None) -> None:
+    if error is not None:
+        log.error("could not keep unanswerable bytes: %s", error)
+
+
+def _keepalive(sock: socket.socket | None) -> None:
+    """TCP keepalive finds peers that vanished (a firewall dropped the connection) in about two minutes."""
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+    except (OSError, AttributeError):
+        pass
+

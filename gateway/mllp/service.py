@@ -1,0 +1,79 @@
+"""The MLLP listener process: settings in, listener and group commit running until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Callable
+
+from gateway.config import Settings
+from gateway.mllp.server import Limits, MllpServer
+from gateway.mllp.tls import server_context
+from gateway.mllp.triage import IntakeRules, Triage
+from gateway.queue.intake import Intake
+
+log = logging.getLogger(__name__)
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_message_bytes=settings.mllp_max_message_bytes,
+        frame_timeout_s=settings.mllp_frame_timeout_s,
+        idle_timeout_s=settings.mllp_idle_timeout_s,
+        max_connections=settings.mllp_max_connections,
+        require_trailing_cr=settings.mllp_require_trailing_cr,
+    )
+
+
+def rules_from(
+    settings: Settings, supports: Callable[[str, str], bool] | None, known_codes: frozenset[str] = frozenset()
+) -> IntakeRules:
+    return IntakeRules(
+        versions=settings.versions,
+        processing_ids=settings.processing_ids,
+        supports=supports,
+        known_codes=known_codes,
+        reject_unsupported=settings.unsupported_types == "reject",
+        honour_enhanced_mode=settings.ack_mode == "standard",
+    )
+
+
+def build(settings: Settings, redis_url: str, rules: IntakeRules) -> tuple[Intake, MllpServer]:
+    intake = Intake(
+        redis_url,
+        namespace=settings.redis_namespace,
+        batch_max=settings.commit_batch_max,
+        timeout=settings.commit_timeout_s,
+        dedup_window_s=settings.dedup_window_s,
+    )
+    tls = None
+    if settings.mllp_tls_cert is not None:
+        tls = server_context(settings.mllp_tls_cert, settings.mllp_tls_key, settings.mllp_tls_client_ca)
+    server = MllpServer(
+        intake,
+        triage=Triage(rules),
+        limits=limits_from(settings),
+        ssl_context=tls,
+        commit_acks=settings.mllp_commit_acks,
+    )
+    return intake, server
+
+
+async def serve(settings: Settings, redis_url: str, rules: IntakeRules) -> None:
+    """Run until SIGTERM/SIGINT, then stop intake in order: no new frames, every read frame answered."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    intake, server = build(settings, redis_url, rules)
+    await intake.start()
+    await server.start(settings.mllp_host, settings.mllp_port)
+    await stop.wait()
+    log.info("MLLP listener stopping: no new connections, draining ACKs")
+    await server.stop()
+    await intake.close()
+
+
+def run(settings: Settings, redis_url: str, rules: IntakeRules) -> None:
+    asyncio.run(serve(settings, redis_url, rules))
