@@ -15,7 +15,7 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from gateway.api.app import create_app
 from gateway.config import Settings, load_settings
 from gateway.store.db import make_engine
-from gateway.store.search_params import COMMON_PARAMETERS, SEARCH_PARAMETERS, supported_types
+from gateway.store.search_registry import COMMON_PARAMETERS, SEARCH_PARAMETERS, supported_types
 from tests.asgi_client import AsgiClient
 from tests.fhir_bundles import delete, observation, patient, put, transaction
 
@@ -67,13 +67,44 @@ def test_metadata_lists_exactly_what_is_supported(client: AsgiClient) -> None:
     CapabilityStatement.model_validate(statement)
     assert statement["fhirVersion"] == "4.0.1"
     assert statement["kind"] == "instance"
+    assert statement["format"] == ["application/fhir+json", "application/json", "json"]
     resources = statement["rest"][0]["resource"]
     assert [r["type"] for r in resources] == supported_types()
     for resource in resources:
-        assert [i["code"] for i in resource["interaction"]] == ["read", "vread", "search-type"]
+        codes = [i["code"] for i in resource["interaction"]]
+        assert codes == ["read", "vread", "history-instance", "history-type", "search-type"]
+        assert resource["conditionalRead"] == "full-support"
         names = {p["name"]: p["type"] for p in resource["searchParam"]}
         expected = {name: p.kind for name, p in SEARCH_PARAMETERS[resource["type"]].items()} | dict(COMMON_PARAMETERS)
         assert names == expected
+    by_type = {resource["type"]: resource for resource in resources}
+    assert {"Observation:patient", "Observation:subject", "Observation:encounter"} <= set(
+        by_type["Observation"]["searchInclude"]
+    )
+    assert "DiagnosticReport:result" in by_type["DiagnosticReport"]["searchInclude"]
+    assert "Encounter:subject" in by_type["Encounter"]["searchInclude"]
+    assert {"Provenance:target", "Observation:patient", "Encounter:subject"} <= set(
+        by_type["Patient"]["searchRevInclude"]
+    )
+    assert "Observation:encounter" not in by_type["Patient"]["searchRevInclude"]  # it points at Encounters only
+    assert {p["name"] for p in statement["rest"][0]["searchParam"]} >= {"_count", "_sort", "_include", "_total"}
+
+
+_SAMPLE_VALUES = {"token": "x", "string": "x", "date": "ge2020", "reference": "x"}
+
+
+def test_every_advertised_parameter_and_include_is_accepted(client: AsgiClient) -> None:
+    statement = client.get("/fhir/metadata").json()
+    for resource in statement["rest"][0]["resource"]:
+        path = f"/fhir/{resource['type']}"
+        for param in resource["searchParam"]:
+            response = client.get(path, params={param["name"]: _SAMPLE_VALUES[param["type"]], "_count": "1"})
+            assert response.status_code == 200, (path, param, response.text)
+        for name, values in (("_include", "searchInclude"), ("_revinclude", "searchRevInclude")):
+            for value in resource.get(values, []):
+                response = client.get(path, params={name: value, "_count": "1"})
+                assert response.status_code == 200, (path, name, value, response.text)
+        assert client.get(path, params={"not-a-parameter": "x"}).status_code == 400
 
 
 def test_read(client: AsgiClient) -> None:
@@ -162,6 +193,7 @@ def test_search_errors_are_operation_outcomes(client: AsgiClient) -> None:
     assert_outcome(client.get("/fhir/Patient?birthdate=soon"), 400, "invalid")
     assert_outcome(client.get("/fhir/Patient?_count=many"), 400, "invalid", "_count")
     assert_outcome(client.get("/fhir/Patient?_format=xml"), 406, "not-supported", "only JSON")
+    assert_outcome(client.get("/fhir/Patient?_pretty=maybe"), 400, "invalid", "_pretty")
     assert client.get("/fhir/Patient?_format=json&_pretty=true").status_code == 200
     assert client.get("/fhir/Patient?_format=application/fhir+json").status_code == 200
 
@@ -195,3 +227,72 @@ def test_an_unreachable_database_answers_503(settings: Settings) -> None:
 
     assert_outcome(response, 503, "transient", "database is unavailable")
     assert response.headers["retry-after"] == "5"
+
+
+def test_search_includes_referenced_resources(app: FastAPI, client: AsgiClient) -> None:
+    provenance = {
+        "resourceType": "Provenance",
+        "id": "prov1",
+        "recorded": "2020-01-01T00:00:00Z",
+        "target": [{"reference": "Observation/o1"}],
+        "agent": [{"who": {"display": "hl7gw"}}],
+    }
+    app.state.store.apply_bundle(transaction(put(provenance)))
+
+    bundle = client.get(
+        "/fhir/Observation?_id=o1&_include=Observation:patient&_revinclude=Provenance:target&_sort=-date"
+    ).json()
+
+    Bundle.model_validate(bundle)
+    assert [(e["fullUrl"], e["search"]["mode"]) for e in bundle["entry"]] == [
+        ("http://testserver/fhir/Observation/o1", "match"),
+        ("http://testserver/fhir/Patient/p1", "include"),
+        ("http://testserver/fhir/Provenance/prov1", "include"),
+    ]
+    assert bundle["total"] == 1  # matches only
+
+
+def test_sort_by_date_through_the_api(client: AsgiClient) -> None:
+    newest_first = client.get("/fhir/Observation?_sort=-date").json()
+    oldest_first = client.get("/fhir/Observation", params={"_sort": "date"}).json()
+
+    assert [e["resource"]["id"] for e in newest_first["entry"]] == ["o2", "o1"]
+    assert [e["resource"]["id"] for e in oldest_first["entry"]] == ["o1", "o2"]
+    assert_outcome(client.get("/fhir/Observation?_sort=code"), 400, "not-supported", "cannot sort by 'code'")
+
+
+def test_summary_count_and_total_none(client: AsgiClient) -> None:
+    counted = client.get("/fhir/Patient?_summary=count").json()
+    uncounted = client.get("/fhir/Patient?_total=none").json()
+
+    assert counted["total"] == 3 and counted["entry"] == []
+    assert "total" not in uncounted and len(uncounted["entry"]) == 3
+
+
+def test_unknown_parameters_are_refused_unless_lenient(client: AsgiClient) -> None:
+    assert_outcome(client.get("/fhir/Patient?family=doe&shoe-size=42"), 400, "not-supported", "shoe-size")
+
+    response = client.get(
+        "/fhir/Patient?family=doe&shoe-size=42&_count=1", headers={"Prefer": "return=representation, handling=lenient"}
+    )
+
+    assert response.status_code == 200
+    bundle = response.json()
+    links = {link["relation"]: link["url"] for link in bundle["link"]}
+    assert links["self"] == "http://testserver/fhir/Patient?family=doe&_count=1"
+    assert "shoe-size" not in links["next"]
+    assert bundle["total"] == 2
+    following = client.get(links["next"], headers={"Prefer": "handling=lenient"}).json()
+    assert [e["resource"]["id"] for e in following["entry"]] == ["p3"]
+
+
+def test_a_cursor_link_survives_writes_between_pages(app: FastAPI, client: AsgiClient) -> None:
+    first = client.get("/fhir/Patient?_count=2&_sort=-_lastUpdated").json()
+    app.state.store.apply_bundle(transaction(put(patient("p0", "MRN0")), put(patient("p9", "MRN9"))))
+    links = {link["relation"]: link["url"] for link in first["link"]}
+
+    second = client.get(links["next"]).json()
+
+    seen = [e["resource"]["id"] for e in first["entry"] + second["entry"]]
+    assert sorted(seen) == ["p1", "p2", "p3"]  # the new ones sort before the cursor; nothing repeats
+    assert_outcome(client.get(links["next"].replace("_count=2", "_count=2&family=x")), 400, "invalid", "_cursor")

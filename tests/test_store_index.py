@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from gateway.store.fhir_dates import MAX_DATETIME, MIN_DATETIME, InvalidDate, date_range, format_instant, period_range
 from gateway.store.index import MAX_INDEXED, index_rows, normalize_text, parse_reference, walk
-from gateway.store.search_params import SEARCH_PARAMETERS, SearchParam, _registry, reference
+from gateway.store.search_params import SearchParam, reference, registry
+from gateway.store.search_registry import SEARCH_PARAMETERS
 
 
 @pytest.mark.parametrize(
@@ -163,7 +164,7 @@ def test_normalize_text() -> None:
 
 def test_registry_rejects_a_shared_parameter_with_other_paths() -> None:
     with pytest.raises(AssertionError, match="stored_as"):
-        _registry({"X": (reference("subject", "subject"), reference("patient", "other", stored_as="subject"))})
+        registry({"X": (reference("subject", "subject"), reference("patient", "other", stored_as="subject"))})
 
 
 def test_every_registered_parameter_is_well_formed() -> None:

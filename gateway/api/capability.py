@@ -1,4 +1,4 @@
-"""The CapabilityStatement: exactly the types, interactions and search parameters the API serves."""
+"""The CapabilityStatement: exactly the types, interactions, search parameters and includes the API serves."""
 
 from __future__ import annotations
 
@@ -6,19 +6,40 @@ from datetime import datetime, timezone
 from importlib import metadata as package_metadata
 from typing import Any
 
-from gateway.store.search_params import COMMON_PARAMETERS, SEARCH_PARAMETERS, SearchParam, supported_types
+from gateway.store.history import HISTORY_PARAMETERS
+from gateway.store.search_params import SearchParam
+from gateway.store.search_registry import (
+    COMMON_PARAMETERS,
+    SEARCH_PARAMETERS,
+    can_refer_to,
+    reference_parameters,
+    supported_types,
+)
 
 FHIR_VERSION = "4.0.1"
-INTERACTIONS = ("read", "vread", "search-type")
+INTERACTIONS = ("read", "vread", "history-instance", "history-type", "search-type")
+FORMATS = ("application/fhir+json", "application/json", "json")
 
 _COMMON_DOCS = {
     "_id": "Logical id of the resource (Resource.id)",
     "_lastUpdated": "When the stored version was written (Resource.meta.lastUpdated)",
 }
+# Parameters of every search (search.html#return), listed once for all types.
 _RESULT_PARAMETERS = [
-    {"name": "_count", "type": "number", "documentation": "Page size (default 50, at most 1000; 0 counts only)"},
-    {"name": "_offset", "type": "number", "documentation": "Matches to skip, for paging (next/previous links)"},
+    ("_count", "number", "Page size (default 50, at most 1000; 0 gives the total only)"),
+    ("_sort", "string", "Sort keys, '-' for descending: _id, _lastUpdated, or a date or string parameter"),
+    ("_include", "special", "[type]:[parameter](:[target]) for the reference parameters listed per type"),
+    ("_revinclude", "special", "[type]:[parameter](:[target]) for the reference parameters listed per type"),
+    ("_total", "token", "none | estimate | accurate (estimate counts exactly); default accurate"),
+    ("_totalMethod", "token", "Read as _total (what fhirpy's count() sends)"),
+    ("_summary", "token", "count (the total, no entries) or false"),
+    ("_cursor", "string", "Opaque page position from the next/previous links; keyset paging, stable under writes"),
 ]
+_HISTORY_DOCS = {
+    "_count": "Versions per page (default 50, at most 1000)",
+    "_since": "Only versions written at or after this instant",
+    "_cursor": "Opaque page position from the next link",
+}
 
 
 def software_version() -> str:
@@ -30,6 +51,7 @@ def software_version() -> str:
 
 def capability_statement(base_url: str) -> dict[str, Any]:
     """Build the server's CapabilityStatement (capabilitystatement.html) for the API at ``base_url``."""
+    history = "; ".join(f"{name}: {_HISTORY_DOCS[name]}" for name in HISTORY_PARAMETERS)
     return {
         "resourceType": "CapabilityStatement",
         "id": "hl7gw",
@@ -40,16 +62,37 @@ def capability_statement(base_url: str) -> dict[str, Any]:
         "software": {"name": "hl7gw", "version": software_version()},
         "implementation": {"description": "hl7gw built-in FHIR store (read-only API)", "url": base_url},
         "fhirVersion": FHIR_VERSION,
-        "format": ["application/fhir+json", "json"],
+        "format": list(FORMATS),
         "rest": [
             {
                 "mode": "server",
+                "documentation": (
+                    f"Read-only. History parameters: {history}. Unknown search parameters are refused "
+                    "(400) unless the request says 'Prefer: handling=lenient'."
+                ),
                 "security": {"description": "Send 'Authorization: Bearer <token>'; /metadata needs no token."},
                 "resource": [_resource(resource_type) for resource_type in supported_types()],
-                "searchParam": _RESULT_PARAMETERS,
+                "searchParam": [
+                    {"name": name, "type": kind, "documentation": docs} for name, kind, docs in _RESULT_PARAMETERS
+                ],
             }
         ],
     }
+
+
+def search_includes(resource_type: str) -> list[str]:
+    """``_include`` values a search of ``resource_type`` accepts."""
+    return [f"{resource_type}:{param.name}" for param in reference_parameters(resource_type)]
+
+
+def search_revincludes(resource_type: str) -> list[str]:
+    """``_revinclude`` values: reference parameters of any type that can point at ``resource_type``."""
+    return [
+        f"{source}:{param.name}"
+        for source in supported_types()
+        for param in reference_parameters(source)
+        if can_refer_to(param, resource_type)
+    ]
 
 
 def _resource(resource_type: str) -> dict[str, Any]:
@@ -60,13 +103,20 @@ def _resource(resource_type: str) -> dict[str, Any]:
         {"name": param.name, "type": param.kind, "documentation": _documentation(resource_type, param)}
         for param in SEARCH_PARAMETERS[resource_type].values()
     ]
-    return {
+    resource: dict[str, Any] = {
         "type": resource_type,
         "interaction": [{"code": code} for code in INTERACTIONS],
         "versioning": "versioned",
         "readHistory": True,
-        "searchParam": common + specific,
+        "conditionalRead": "full-support",  # If-None-Match and If-Modified-Since (http.html#cread)
     }
+    includes, revincludes = search_includes(resource_type), search_revincludes(resource_type)
+    if includes:
+        resource["searchInclude"] = includes
+    if revincludes:
+        resource["searchRevInclude"] = revincludes
+    resource["searchParam"] = common + specific
+    return resource
 
 
 def _documentation(resource_type: str, param: SearchParam) -> str:

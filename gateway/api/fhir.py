@@ -1,109 +1,94 @@
-"""FHIR REST API over the built-in store: capabilities, read, vread, search (http.html)."""
+"""FHIR REST API over the built-in store (http.html): capabilities, read, vread, history, search.
+
+Routes are thin: the store answers, ``read``/``bundles`` shape the answer, ``negotiation`` picks the
+format. Order matters: ``[type]/_history`` must be tried before ``[type]/[id]``.
+"""
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime, timezone
-from email.utils import format_datetime
-from typing import Any
-
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
 
+from gateway.api import bundles
 from gateway.api.auth import require_role
 from gateway.api.capability import capability_statement
+from gateway.api.negotiation import FORMAT_PARAMETERS, is_lenient, negotiate, respond
 from gateway.api.outcome import FHIRError, FHIRResponse
+from gateway.api.read import resource_response
 from gateway.config import Role
-from gateway.store.fhir_dates import format_instant
-from gateway.store.resources import ResourceStore, SearchResult, StoredResource
+from gateway.store.resources import ResourceStore
 from gateway.store.search import SearchError
-from gateway.store.search_params import SEARCH_PARAMETERS
+from gateway.store.search_registry import SEARCH_PARAMETERS
 
-router = APIRouter(prefix="/fhir", tags=["fhir"])
+router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(negotiate)])
 
 _reader = [Depends(require_role(Role.reader))]
-# Parameters about the response format, not the search (http.html#parameters).
-_FORMATS = {"json", "application/json", "application/fhir+json"}
-_FORMAT_PARAMETERS = ("_format", "_pretty")
 
 
 @router.get("/metadata", response_class=FHIRResponse)
-def metadata(request: Request) -> FHIRResponse:
+def metadata(request: Request) -> Response:
     """The CapabilityStatement (http.html#capabilities); needs no token."""
-    return FHIRResponse(capability_statement(_base_url(request)))
+    return respond(request, capability_statement(bundles.base_url(request)))
+
+
+@router.get("/{resource_type}/_history", dependencies=_reader, response_class=FHIRResponse)
+def type_history(resource_type: str, request: Request) -> Response:
+    """history-type: every version of every resource of a type, newest first."""
+    _check_type(resource_type)
+    return _history(request, resource_type, None)
+
+
+@router.get("/{resource_type}/{resource_id}/_history", dependencies=_reader, response_class=FHIRResponse)
+def instance_history(resource_type: str, resource_id: str, request: Request) -> Response:
+    """history-instance: every version of one resource, deletions included, newest first."""
+    _check_type(resource_type)
+    if _store(request).fetch(resource_type, resource_id) is None:
+        raise FHIRError(404, f"{resource_type}/{resource_id} is not known")
+    return _history(request, resource_type, resource_id)
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}", dependencies=_reader, response_class=FHIRResponse)
-def vread(resource_type: str, resource_id: str, version_id: int, request: Request) -> FHIRResponse:
+def vread(resource_type: str, resource_id: str, version_id: int, request: Request) -> Response:
     _check_type(resource_type)
     stored = _store(request).vread(resource_type, resource_id, version_id)
-    if stored is None:
-        raise FHIRError(404, f"{resource_type}/{resource_id} has no version {version_id}")
-    if stored.deleted:
+    if stored is not None and stored.deleted:
         raise FHIRError(410, f"version {version_id} of {resource_type}/{resource_id} is a deletion")
-    return _resource_response(stored)
+    return resource_response(request, stored, f"{resource_type}/{resource_id} version {version_id}")
 
 
 @router.get("/{resource_type}/{resource_id}", dependencies=_reader, response_class=FHIRResponse)
-def read(resource_type: str, resource_id: str, request: Request) -> FHIRResponse:
+def read(resource_type: str, resource_id: str, request: Request) -> Response:
     _check_type(resource_type)
     stored = _store(request).fetch(resource_type, resource_id)
-    if stored is None:
-        raise FHIRError(404, f"{resource_type}/{resource_id} is not known")
-    if stored.deleted:  # http.html#read: a deleted resource answers 410 Gone
-        raise FHIRError(410, f"{resource_type}/{resource_id} was deleted")
-    return _resource_response(stored)
+    return resource_response(request, stored, f"{resource_type}/{resource_id}")
 
 
 @router.get("/{resource_type}", dependencies=_reader, response_class=FHIRResponse)
-def search(resource_type: str, request: Request) -> FHIRResponse:
+def search(resource_type: str, request: Request) -> Response:
+    """search-type (search.html); errors are 400 OperationOutcomes, unknown parameters too unless lenient."""
     _check_type(resource_type)
-    params: dict[str, list[str]] = {}
-    for name, value in request.query_params.multi_items():
-        if name in _FORMAT_PARAMETERS:
-            if name == "_format" and value.replace(" ", "+") not in _FORMATS:  # "+" may arrive as a space
-                raise FHIRError(406, f"_format {value!r} is not supported; only JSON is", "not-supported")
-            continue
-        params.setdefault(name, []).append(value)
     try:
-        result = _store(request).find(resource_type, params)
+        result = _store(request).find(resource_type, _query(request), lenient=is_lenient(request))
     except SearchError as exc:
         raise FHIRError(400, str(exc), exc.code) from None
-    return FHIRResponse(_searchset(request, resource_type, result))
+    return respond(request, bundles.searchset(request, result))
 
 
-def _searchset(request: Request, resource_type: str, result: SearchResult) -> dict[str, Any]:
-    """A searchset Bundle with self, next and previous links (bundle.html#searchset, search.html#paging)."""
-    links = [{"relation": "self", "url": str(request.url)}]
-    if result.count and result.offset + result.count < result.total:
-        links.append({"relation": "next", "url": _page_url(request, result.count, result.offset + result.count)})
-    if result.offset and result.count:
-        links.append(
-            {"relation": "previous", "url": _page_url(request, result.count, max(0, result.offset - result.count))}
-        )
-    base = _base_url(request)
-    return {
-        "resourceType": "Bundle",
-        "id": str(uuid.uuid4()),
-        "meta": {"lastUpdated": format_instant(datetime.now(timezone.utc).replace(tzinfo=None))},
-        "type": "searchset",
-        "total": result.total,
-        "link": links,
-        "entry": [
-            {"fullUrl": f"{base}/{resource_type}/{resource['id']}", "resource": resource, "search": {"mode": "match"}}
-            for resource in result.resources
-        ],
-    }
+def _history(request: Request, resource_type: str, resource_id: str | None) -> Response:
+    try:
+        page = _store(request).history(resource_type, resource_id, _query(request), lenient=is_lenient(request))
+    except SearchError as exc:
+        raise FHIRError(400, str(exc), exc.code) from None
+    return respond(request, bundles.history(request, page.versions, page.next_cursor, page.ignored))
 
 
-def _page_url(request: Request, count: int, offset: int) -> str:
-    return str(request.url.include_query_params(_count=count, _offset=offset))
-
-
-def _resource_response(stored: StoredResource) -> FHIRResponse:
-    # ETag and Last-Modified carry the version (http.html#versioning).
-    last_modified = format_datetime(stored.last_updated.replace(tzinfo=timezone.utc), usegmt=True)
-    headers = {"ETag": f'W/"{stored.version_id}"', "Last-Modified": last_modified}
-    return FHIRResponse(stored.resource, headers=headers)
+def _query(request: Request) -> dict[str, list[str]]:
+    """Query parameters by name, without the ones about the response format."""
+    params: dict[str, list[str]] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in FORMAT_PARAMETERS:
+            params.setdefault(name, []).append(value)
+    return params
 
 
 def _check_type(resource_type: str) -> None:
@@ -114,7 +99,3 @@ def _check_type(resource_type: str) -> None:
 def _store(request: Request) -> ResourceStore:
     store: ResourceStore = request.app.state.store
     return store
-
-
-def _base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + router.prefix

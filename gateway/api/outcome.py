@@ -36,8 +36,19 @@ class FHIRResponse(Response):
 
     media_type = FHIR_JSON
 
+    def __init__(
+        self,
+        content: Any = None,
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        media_type: str | None = None,
+        pretty: bool = False,
+    ):
+        self._options = orjson.OPT_INDENT_2 if pretty else 0  # set first: Response.__init__ renders
+        super().__init__(content, status_code, headers, media_type)
+
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return orjson.dumps(content, option=self._options)
 
 
 class FHIRError(Exception):

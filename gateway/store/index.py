@@ -1,4 +1,4 @@
-"""Extract search index values from a resource, by the paths in ``search_params``.
+"""Extract search index values from a resource, by the paths in ``search_registry``.
 
 Values are read by the shape of the element found (FHIR R4 search.html, "Search parameter types"):
 a string or code, a Coding or CodeableConcept, an Identifier, a HumanName or Address, a Period,
@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime
 from typing import Any, Iterator
 
 from gateway.store.fhir_dates import InvalidDate, date_range, period_range
-from gateway.store.search_params import SearchParam, indexed_parameters
+from gateway.store.search_params import SearchParam
+from gateway.store.search_registry import indexed_parameters
 
 #: Longest text kept in an index column; longer values are cut the same way when searched.
 MAX_INDEXED = 256
@@ -22,6 +24,8 @@ MAX_INDEXED = 256
 # Keys of complex types that hold codes or metadata, not searchable text (HumanName.use, Address.type).
 _NOT_TEXT = frozenset({"id", "use", "type", "system", "period", "extension"})
 
+# A path step keeping list items whose key equals a value: telecom.where(system=phone).
+_WHERE = re.compile(r"where\((\w+)=(\w+)\)")
 # A literal reference, relative or absolute, optionally versioned (references.html#literal).
 _REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 
@@ -60,7 +64,9 @@ def index_rows(resource_type: str, resource_id: str, resource: dict[str, Any]) -
     rows = IndexRows()
     key = {"type": resource_type, "id": resource_id}
     for param in indexed_parameters(resource_type):
-        values = [value for path in param.paths for value in walk(resource, path)]
+        values = [value for path in param.paths if _present(resource, path) for value in walk(resource, path)]
+        if not values:
+            continue
         if param.kind == "token":
             rows.tokens += [{**key, "param": param.name, "system": s, "code": c} for s, c in _unique(_tokens(values))]
         elif param.kind == "string":
@@ -79,22 +85,49 @@ def index_rows(resource_type: str, resource_id: str, resource: dict[str, Any]) -
 
 
 def walk(node: Any, path: str) -> list[Any]:
-    """Values at a dotted ``path`` below ``node``, descending into lists; ``x[x]`` is any choice of x."""
+    """Values at a dotted ``path`` below ``node``, descending into lists.
+
+    ``x[x]`` is any choice of x (FHIR choice types); ``where(k=v)`` keeps the items whose k is v.
+    """
     current = [node]
-    for step in path.split("."):
+    for step, choice, where in _steps(path):
+        if where:
+            key, wanted = where
+            current = [item for item in current if isinstance(item, dict) and item.get(key) == wanted]
+            continue
         found: list[Any] = []
         for item in current:
             if not isinstance(item, dict):
                 continue
-            if step.endswith("[x]"):
-                stem = step[:-3]
-                children = [v for k, v in item.items() if k.startswith(stem) and k[len(stem) : len(stem) + 1].isupper()]
+            if choice:
+                children = [v for k, v in item.items() if k.startswith(step) and k[len(step) : len(step) + 1].isupper()]
             else:
                 children = [item[step]] if step in item else []
             for child in children:
                 found.extend(child if isinstance(child, list) else [child])
         current = found
     return [value for value in current if value is not None]
+
+
+@lru_cache(maxsize=None)
+def _steps(path: str) -> tuple[tuple[str, bool, tuple[str, str] | None], ...]:
+    """``path`` parsed once: (element or choice stem, is a choice, where-filter) per step."""
+    steps = []
+    for step in path.split("."):
+        where = _WHERE.fullmatch(step)
+        if where:
+            steps.append(("", False, (where.group(1), where.group(2))))
+        elif step.endswith("[x]"):
+            steps.append((step[:-3], True, None))
+        else:
+            steps.append((step, False, None))
+    return tuple(steps)
+
+
+def _present(resource: dict[str, Any], path: str) -> bool:
+    """A cheap first check: does the resource have the path's first element at all?"""
+    step, choice, _ = _steps(path)[0]
+    return choice or step in resource
 
 
 def _tokens(values: list[Any]) -> Iterator[tuple[str, str]]:

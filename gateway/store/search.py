@@ -1,39 +1,46 @@
-"""Turn FHIR search parameters into one SQL query over the resource table and the search index.
+"""Turn FHIR search parameters into one SQL query over the resource table and the search index, and run it.
 
-Semantics follow FHIR R4 search.html: repeated parameters are ANDed, comma-separated values ORed;
-token ``[system]|[code]``; string prefix match ignoring case and accents (``:exact``, ``:contains``);
-date prefixes against the value's implicit range; references ``[type]/id``, ``id``, ``:Type``.
+Semantics follow FHIR R4 search.html: repeated parameters are ANDed, comma-separated values ORed
+(value syntax in ``search_values``); result parameters ``_count``, ``_sort``, ``_include``,
+``_revinclude``, ``_total``, ``_summary=count``; pages are keyset pages (``search_paging``).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from datetime import datetime
+import hashlib
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, exists, false, func, or_, select
+import orjson
+from sqlalchemy import ColumnElement, Select, exists, false, func, or_, select
+from sqlalchemy.engine import Connection
 
-from gateway.store.fhir_dates import InvalidDate, date_range
-from gateway.store.index import MAX_INDEXED, normalize_text, parse_reference
 from gateway.store.resource_tables import SEARCH_TABLES, fhir_resource
-from gateway.store.search_params import COMMON_PARAMETERS, RESULT_PARAMETERS, SEARCH_PARAMETERS, SearchParam
+from gateway.store.search_includes import Include, fetch_included, parse_include
+from gateway.store.search_paging import Cursor, SortKey, after, decode_cursor, encode_cursor, order_by, parse_sort
+from gateway.store.search_params import SearchParam
+from gateway.store.search_registry import COMMON_PARAMETERS, SEARCH_PARAMETERS
+from gateway.store.search_values import (
+    SearchError,
+    point_in_range,
+    range_match,
+    reference_match,
+    split,
+    string_match,
+    token_match,
+)
+
+__all__ = ["SearchError", "SearchQuery", "SearchResult", "UnknownResourceType", "UnsupportedParameter", "build_search"]
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 1000
 
-_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
-_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
+#: Parameters that shape the result rather than select resources (search.html#return). ``_totalMethod``
+#: is what fhirpy's ``count()`` sends (an Aidbox name); it is read like ``_total``.
+RESULT_PARAMETERS = ("_count", "_sort", "_cursor", "_include", "_revinclude", "_total", "_totalMethod", "_summary")
+_TOTAL_MODES = ("none", "estimate", "accurate", "count")
 # Which kind of condition should pick the candidate rows; the rest are checked per candidate.
 _SELECTIVITY = {"_id": 0, "reference": 1, "token": 2, "string": 3, "date": 4, "_lastUpdated": 5}
-
-
-class SearchError(ValueError):
-    """A search the store cannot run; ``code`` is the OperationOutcome issue type (valueset-issue-type)."""
-
-    def __init__(self, message: str, code: str = "invalid"):
-        super().__init__(message)
-        self.code = code
 
 
 class UnknownResourceType(SearchError):
@@ -41,56 +48,135 @@ class UnknownResourceType(SearchError):
         super().__init__(f"resource type {resource_type!r} is not supported", code="not-supported")
 
 
+class UnsupportedParameter(SearchError):
+    """A parameter or modifier the server does not know; ignored under ``Prefer: handling=lenient``."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code="not-supported")
+
+
 @dataclass(frozen=True)
 class SearchQuery:
-    """A parsed search: the matching rows, and the page asked for."""
+    """A parsed search: the matching rows, their order, and the page asked for."""
 
-    where: list[ColumnElement[bool]]
+    resource_type: str
+    where: tuple[ColumnElement[bool], ...]
     count: int
-    offset: int
+    sort: tuple[SortKey, ...]
+    cursor: Cursor | None
+    includes: tuple[Include, ...]
+    with_total: bool
+    fingerprint: str
+    #: Parameter names dropped under lenient handling, in request order.
+    ignored: tuple[str, ...] = ()
 
     def page(self) -> Select[Any]:
-        stmt = select(fhir_resource.c.content).where(*self.where).order_by(fhir_resource.c.id)
-        return stmt.limit(self.count).offset(self.offset)
+        """One row more than the page, to tell whether another page follows."""
+        forward = self.cursor.forward if self.cursor else True
+        keys = [key.expression.label(f"sort_{n}") for n, key in enumerate(self.sort)]
+        stmt = select(fhir_resource.c.content, *keys).where(*self.where)
+        if self.cursor:
+            stmt = stmt.where(after(self.sort, self.cursor))
+        return stmt.order_by(*order_by(self.sort, forward)).limit(self.count + 1)
 
     def total(self) -> Select[Any]:
         return select(func.count()).select_from(fhir_resource).where(*self.where)
 
 
-def build_search(resource_type: str, params: dict[str, list[str]]) -> SearchQuery:
-    """Parse ``params`` (name[:modifier] -> raw values) for ``resource_type``; raises SearchError."""
+@dataclass(frozen=True)
+class SearchResult:
+    """One page of matches, in sort order, with what it included and the cursors of its neighbours."""
+
+    resources: list[dict[str, Any]]
+    total: int | None
+    count: int
+    included: list[dict[str, Any]] = field(default_factory=list)
+    next_cursor: str | None = None
+    previous_cursor: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    ignored: tuple[str, ...] = ()
+
+
+def build_search(resource_type: str, params: dict[str, list[str]], lenient: bool = False) -> SearchQuery:
+    """Parse ``params`` (name[:modifier] -> raw values) for ``resource_type``; raises SearchError.
+
+    With ``lenient``, unknown parameters and unsupported modifiers are dropped (http.html#prefer).
+    """
     if resource_type not in SEARCH_PARAMETERS:
         raise UnknownResourceType(resource_type)
     definitions = SEARCH_PARAMETERS[resource_type]
-    count, offset = DEFAULT_COUNT, 0
+    result = {name: values for name, values in params.items() if name.partition(":")[0] in RESULT_PARAMETERS}
     conditions: list[tuple[int, _Condition]] = []
+    used: list[tuple[str, list[str]]] = []
+    ignored: list[str] = []
     for key, raw_values in params.items():
-        name, _, modifier = key.partition(":")
-        if name in RESULT_PARAMETERS:
-            number = _integer(key, raw_values)
-            if name == "_count":
-                count = min(number, MAX_COUNT)
-            else:
-                offset = number
+        if key in result:
             continue
-        for raw in raw_values:
-            if not _split(raw):
-                continue  # an empty value is ignored (search.html#errors)
-            if name in COMMON_PARAMETERS:
-                condition = _common_condition(name, modifier, raw)
-            elif name in definitions:
-                condition = _index_condition(resource_type, definitions[name], modifier, raw)
-            else:
-                known = ", ".join(sorted([*definitions, *COMMON_PARAMETERS, *RESULT_PARAMETERS]))
-                raise SearchError(
-                    f"unknown search parameter {name!r} for {resource_type} (supported: {known})", "not-supported"
-                )
-            conditions.append((_SELECTIVITY[condition.kind], condition))
+        try:
+            found = [_condition(resource_type, definitions, key, raw) for raw in raw_values if split(raw)]
+        except UnsupportedParameter:
+            if not lenient:
+                raise
+            ignored.append(key)
+            continue
+        conditions += [(_SELECTIVITY[condition.kind], condition) for condition in found]
+        used.append((key, raw_values))
+    includes = []
+    for key, values in result.items():
+        name, _, modifier = key.partition(":")
+        if modifier:  # _include:iterate, _sort:..., none supported
+            if not lenient:
+                raise UnsupportedParameter(f"modifier :{modifier} is not supported on {name!r}")
+            ignored.append(key)
+            continue
+        if name in ("_include", "_revinclude"):
+            includes += [parse_include(resource_type, name == "_revinclude", value) for value in values if value]
+    sort = parse_sort(result.get("_sort", []), definitions)
+    fingerprint = _fingerprint(resource_type, used, result.get("_sort", []))
+    count, with_total = _page_size(result)
+    cursor = decode_cursor(_single("_cursor", result["_cursor"]), fingerprint, sort) if result.get("_cursor") else None
     where: list[ColumnElement[bool]] = [fhir_resource.c.type == resource_type, fhir_resource.c.deleted == false()]
     conditions.sort(key=lambda item: item[0])
     for position, (_, condition) in enumerate(conditions):
         where.append(condition.driving() if position == 0 else condition.correlated())
-    return SearchQuery(where, count, offset)
+    return SearchQuery(
+        resource_type, tuple(where), count, sort, cursor, tuple(includes), with_total, fingerprint, tuple(ignored)
+    )
+
+
+def run_search(conn: Connection, query: SearchQuery) -> SearchResult:
+    """Fetch one page, its neighbours' cursors, the total when asked for, and the included resources."""
+    if query.count == 0:
+        total = conn.execute(query.total()).scalar_one() if query.with_total else None
+        return SearchResult([], total, 0, ignored=query.ignored)
+    rows = conn.execute(query.page()).all()
+    more = len(rows) > query.count
+    rows = rows[: query.count]
+    forward = query.cursor.forward if query.cursor else True
+    if not forward:
+        rows.reverse()
+    key_count = len(query.sort)
+
+    def cursor_at(row: Any, towards_next: bool) -> str:
+        return encode_cursor(query.fingerprint, towards_next, tuple(row[1 : 1 + key_count]))
+
+    # Going forward, "more" means a next page; going back, a previous one. A page reached going
+    # back always has the page it came from after it; one reached going forward from a cursor has
+    # the page it came from before it.
+    has_next = more if forward else True
+    has_previous = query.cursor is not None if forward else more
+    next_cursor = cursor_at(rows[-1], True) if rows and has_next else None
+    previous_cursor = cursor_at(rows[0], False) if rows and has_previous else None
+    total = None
+    if query.with_total:
+        whole = query.cursor is None and not more  # the first page holds every match
+        total = len(rows) if whole else conn.execute(query.total()).scalar_one()
+    resources = [orjson.loads(row.content) for row in rows]
+    included, truncated = fetch_included(conn, query.resource_type, [r["id"] for r in resources], query.includes)
+    warnings = ["more resources were included than one page may hold; some were left out"] if truncated else []
+    return SearchResult(
+        resources, total, query.count, included, next_cursor, previous_cursor, warnings, query.ignored
+    )
 
 
 @dataclass(frozen=True)
@@ -123,124 +209,67 @@ class _Condition:
         )
 
 
-def _common_condition(name: str, modifier: str, raw: str) -> _Condition:
-    _no_modifier(name, modifier)
-    if name == "_id":
-        return _Condition("_id", fhir_resource.c.id.in_(_split(raw)))
-    column = fhir_resource.c.last_updated  # _lastUpdated: a point in time
-    return _Condition("_lastUpdated", or_(*(_point_in_range(column, value) for value in _split(raw))))
-
-
-def _index_condition(resource_type: str, param: SearchParam, modifier: str, raw: str) -> _Condition:
+def _condition(resource_type: str, definitions: dict[str, SearchParam], key: str, raw: str) -> _Condition:
+    name, _, modifier = key.partition(":")
+    values = split(raw)
+    if name in COMMON_PARAMETERS:
+        _no_modifier(name, modifier)
+        if name == "_id":
+            return _Condition("_id", fhir_resource.c.id.in_(values))
+        return _Condition("_lastUpdated", _any(point_in_range(fhir_resource.c.last_updated, v) for v in values))
+    param = definitions.get(name)
+    if param is None:
+        known = ", ".join(sorted([*definitions, *COMMON_PARAMETERS, *RESULT_PARAMETERS]))
+        raise UnsupportedParameter(f"unknown search parameter {name!r} for {resource_type} (supported: {known})")
     table = SEARCH_TABLES[param.kind]
-    values = _split(raw)
     if param.kind == "token":
-        _no_modifier(param.name, modifier)
-        match = or_(*(_token_match(table, value) for value in values))
+        _no_modifier(name, modifier)
+        match = _any(token_match(table, value) for value in values)
     elif param.kind == "string":
         if modifier not in ("", "exact", "contains"):
-            raise SearchError(
-                f"modifier :{modifier} is not supported on string parameter {param.name!r}", "not-supported"
-            )
-        match = or_(*(_string_match(table, value, modifier) for value in values))
+            raise UnsupportedParameter(f"modifier :{modifier} is not supported on string parameter {name!r}")
+        match = _any(string_match(table, value, modifier) for value in values)
     elif param.kind == "date":
-        _no_modifier(param.name, modifier)
-        match = or_(*(_range_match(table.c.low, table.c.high, value) for value in values))
+        _no_modifier(name, modifier)
+        match = _any(range_match(table.c.low, table.c.high, value) for value in values)
     else:
-        match = or_(*(_reference_match(table, param, modifier, value) for value in values))
+        match = _any(reference_match(table, param, modifier, value) for value in values)
     return _Condition(param.kind, match, resource_type, param.index_name)
 
 
-def _token_match(table: Table, value: str) -> ColumnElement[bool]:
-    parts = [_unescape(part)[:MAX_INDEXED] for part in _split(value, "|", limit=1)]
-    if len(parts) == 1:  # code : in any system, or none
-        return table.c.code == parts[0]
-    system, code = parts
-    if not code:  # system| : any code in that system
-        return table.c.system == system
-    return and_(table.c.system == system, table.c.code == code)  # |code : code with no system
+def _page_size(result: dict[str, list[str]]) -> tuple[int, bool]:
+    """``_count`` (capped), and whether to count all matches (``_total``, ``_summary=count``)."""
+    count = min(_integer("_count", result["_count"]), MAX_COUNT) if "_count" in result else DEFAULT_COUNT
+    with_total = True
+    for name in ("_total", "_totalMethod"):
+        if name in result:
+            mode = _single(name, result[name])
+            if mode not in _TOTAL_MODES:
+                raise SearchError(f"{name} must be one of none, estimate, accurate, got {mode!r}")
+            with_total = mode != "none"
+    if "_summary" in result:
+        summary = _single("_summary", result["_summary"])
+        if summary not in ("count", "false"):
+            raise UnsupportedParameter(f"_summary={summary} is not supported (only count and false)")
+        if summary == "count":  # search.html#summary: the total, no entries
+            return 0, True
+    return count, with_total
 
 
-def _string_match(table: Table, value: str, modifier: str) -> ColumnElement[bool]:
-    text = _unescape(value)
-    normalized = normalize_text(text)
-    if modifier == "contains":
-        return table.c.value.contains(normalized, autoescape=True)
-    if modifier == "exact":
-        return and_(table.c.value == normalized, table.c.exact == text[:MAX_INDEXED])
-    # A prefix as a b-tree range: value >= "smi" AND value < "smj".
-    if not normalized:
-        return table.c.value == ""
-    following = normalized[:-1] + chr(ord(normalized[-1]) + 1) if ord(normalized[-1]) < 0x10FFFF else None
-    lower = table.c.value >= normalized
-    return and_(lower, table.c.value < following) if following else lower
+def _fingerprint(resource_type: str, used: list[tuple[str, list[str]]], sort: list[str]) -> str:
+    """Identifies the filters and sort of a search, so a cursor cannot be replayed on another one."""
+    canonical = orjson.dumps([resource_type, sorted(used), sort])
+    return hashlib.sha256(canonical).hexdigest()[:16]
 
 
-def _reference_match(table: Table, param: SearchParam, modifier: str, value: str) -> ColumnElement[bool]:
-    target_types = param.targets
-    if modifier:
-        if not _TYPE_NAME.fullmatch(modifier) or (target_types and modifier not in target_types):
-            raise SearchError(f"modifier :{modifier} is not a resource type {param.name!r} can refer to")
-        target_types = (modifier,)
-    value = _unescape(value)
-    if "/" in value:
-        target = parse_reference(value)
-        if target is None:
-            raise SearchError(f"{value!r} is not a reference ([type]/[id] or [id]) for {param.name!r}")
-        if target_types and target[0] not in target_types:
-            raise SearchError(f"{param.name!r} refers to {', '.join(target_types)}, not {target[0]}")
-        return and_(table.c.target_type == target[0], table.c.target_id == target[1])
-    if target_types:
-        return and_(table.c.target_type.in_(target_types), table.c.target_id == value)
-    return table.c.target_id == value
+def _any(matches: Any) -> ColumnElement[bool]:
+    return or_(*matches)
 
 
-def _range_match(low: ColumnElement[datetime], high: ColumnElement[datetime], value: str) -> ColumnElement[bool]:
-    """Stored range [low, high) against the search range [start, end) under a prefix (search.html#prefix)."""
-    prefix, start, end = _date_value(value)
-    if prefix == "eq":  # the search range contains the value's range
-        return and_(low >= start, high <= end)
-    if prefix == "ne":
-        return or_(low < start, high > end)
-    if prefix == "gt":  # the range above the search value overlaps the value
-        return high > end
-    if prefix == "lt":
-        return low < start
-    if prefix == "ge":  # gt, or contained: reduces to this for any non-empty range
-        return or_(low >= start, high > end)
-    if prefix == "le":
-        return or_(low < start, high <= end)
-    if prefix == "sa":
-        return low >= end
-    return high <= start  # eb
-
-
-def _point_in_range(column: ColumnElement[datetime], value: str) -> ColumnElement[bool]:
-    """Like ``_range_match`` for a stored instant (a range one tick long)."""
-    prefix, start, end = _date_value(value)
-    if prefix == "eq":
-        return and_(column >= start, column < end)
-    if prefix == "ne":
-        return or_(column < start, column >= end)
-    if prefix in ("gt", "sa"):
-        return column >= end
-    if prefix in ("lt", "eb"):
-        return column < start
-    if prefix == "ge":
-        return column >= start
-    return column < end  # le
-
-
-def _date_value(value: str) -> tuple[str, datetime, datetime]:
-    prefix = value[:2] if value[:2] in _PREFIXES else ""
-    text = value[len(prefix) :].replace(" ", "+")  # an unencoded "+" in a query string arrives as a space
-    if value[:2].isalpha() and not prefix:
-        raise SearchError(f"date prefix {value[:2]!r} is not supported (use one of {', '.join(_PREFIXES)})")
-    try:
-        start, end = date_range(text)
-    except InvalidDate as exc:
-        raise SearchError(str(exc)) from None
-    return prefix or "eq", start, end
+def _single(name: str, values: list[str]) -> str:
+    if len(values) != 1:
+        raise SearchError(f"{name} must be given once, got {values!r}")
+    return values[0]
 
 
 def _integer(name: str, values: list[str]) -> int:
@@ -251,28 +280,4 @@ def _integer(name: str, values: list[str]) -> int:
 
 def _no_modifier(name: str, modifier: str) -> None:
     if modifier:
-        raise SearchError(f"modifier :{modifier} is not supported on {name!r}", "not-supported")
-
-
-def _split(value: str, separator: str = ",", limit: int = -1) -> list[str]:
-    """Split on ``separator`` unless escaped with a backslash (search.html#escaping)."""
-    parts, current, escaped = [], [], False
-    for char in value:
-        if escaped:
-            current.append("\\" + char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == separator and limit != 0:
-            parts.append("".join(current))
-            current, limit = [], limit - 1
-        else:
-            current.append(char)
-    if escaped:
-        current.append("\\")
-    parts.append("".join(current))
-    return [part for part in parts if part] if separator == "," else parts
-
-
-def _unescape(value: str) -> str:
-    return re.sub(r"\\([\\|,$])", r"\1", value)
+        raise UnsupportedParameter(f"modifier :{modifier} is not supported on {name!r}")

@@ -1,9 +1,9 @@
-"""The search parameters the store indexes, per resource type, as data: name -> kind and FHIR paths.
+"""What a search parameter is: a name, a kind, the paths its values come from, and registry checks.
 
-To support a new resource type, add an entry to ``SEARCH_PARAMETERS`` (an empty one is enough to
-store, read and search it by ``_id``). Names, kinds and paths follow the FHIR R4 search parameter
-registry (searchparameter-registry.html); paths are relative to the resource, ``x[x]`` matches every
-choice type of ``x``. Resources stored before a parameter was added need ``ResourceStore.reindex``.
+The parameters each resource type has are data in ``search_registry``. Paths are relative to the
+resource; ``x[x]`` matches every choice type of ``x``; ``x.where(k=v)`` keeps the items of ``x``
+whose ``k`` equals ``v`` (the FHIRPath ``where`` the R4 registry uses for telecom). A reference
+parameter whose R4 expression ends in ``.where(resolve() is T)`` is written with ``targets=(T,)``.
 """
 
 from __future__ import annotations
@@ -45,84 +45,63 @@ def reference(name: str, *paths: str, targets: tuple[str, ...] = (), stored_as: 
     return SearchParam(name, "reference", paths, targets, stored_as)
 
 
-def _patient_of(base: str, *paths: str) -> SearchParam:
-    """The usual ``patient`` parameter: ``base`` restricted to Patient targets, sharing its rows."""
-    return reference("patient", *paths, targets=("Patient",), stored_as=base)
+def restricted(base: SearchParam, name: str, *targets: str) -> SearchParam:
+    """``base`` limited to some target types, sharing its index rows (e.g. ``patient`` of ``subject``)."""
+    if base.kind != "reference":
+        raise AssertionError(f"{name}: only reference parameters can be restricted")
+    return SearchParam(name, "reference", base.paths, targets, base.name)
 
 
-_DEFINITIONS: dict[str, tuple[SearchParam, ...]] = {
-    "Patient": (
-        token("identifier", "identifier"),
-        string("family", "name.family"),
-        string("given", "name.given"),
-        # HumanName: family, given, prefix, suffix and text (Patient.name search parameter).
-        string("name", "name"),
-        date("birthdate", "birthDate"),
-        token("gender", "gender"),
-    ),
-    "Encounter": (
-        token("identifier", "identifier"),
-        reference("subject", "subject"),
-        _patient_of("subject", "subject"),
-        date("date", "period"),
-        token("status", "status"),
-        token("class", "class"),
-    ),
-    "Observation": (
-        token("identifier", "identifier"),
-        reference("subject", "subject"),
-        _patient_of("subject", "subject"),
-        reference("encounter", "encounter"),
-        token("code", "code"),
-        token("status", "status"),
-        date("date", "effective[x]"),
-    ),
-    "DiagnosticReport": (
-        token("identifier", "identifier"),
-        reference("subject", "subject"),
-        _patient_of("subject", "subject"),
-        reference("encounter", "encounter"),
-        reference("result", "result"),
-        token("code", "code"),
-        token("status", "status"),
-        date("date", "effective[x]"),
-    ),
-    "Provenance": (
-        reference("target", "target"),
-        _patient_of("target", "target"),
-        date("recorded", "recorded"),
-    ),
-}
-
-
-def _registry(definitions: dict[str, tuple[SearchParam, ...]]) -> dict[str, dict[str, SearchParam]]:
-    registry: dict[str, dict[str, SearchParam]] = {}
+def registry(definitions: dict[str, tuple[SearchParam, ...]]) -> dict[str, dict[str, SearchParam]]:
+    """Index ``definitions`` by type and name; a parameter that shares rows must share paths too."""
+    checked: dict[str, dict[str, SearchParam]] = {}
     for resource_type, params in definitions.items():
         by_name = {param.name: param for param in params}
+        if len(by_name) != len(params):
+            raise AssertionError(f"{resource_type}: a search parameter is defined twice")
         for param in params:
             shared = by_name.get(param.stored_as) if param.stored_as else param
             if shared is None or shared.stored_as or (shared.kind, shared.paths) != (param.kind, param.paths):
                 raise AssertionError(
                     f"{resource_type}.{param.name}: stored_as must name a parameter with the same paths"
                 )
-        registry[resource_type] = by_name
-    return registry
+            if param.stored_as and shared.targets and not set(param.targets) <= set(shared.targets):
+                raise AssertionError(f"{resource_type}.{param.name}: targets must be among {shared.name}'s")
+        checked[resource_type] = by_name
+    return checked
 
 
-#: resource type -> parameter name -> definition.
-SEARCH_PARAMETERS: dict[str, dict[str, SearchParam]] = _registry(_DEFINITIONS)
-
-#: Parameters every type supports, answered from the resource table itself (search.html#all).
-COMMON_PARAMETERS: dict[str, Kind] = {"_id": "token", "_lastUpdated": "date"}
-
-#: Result parameters (search.html#return): page size and position.
-RESULT_PARAMETERS = ("_count", "_offset")
+# Groups of parameters several types share, as the R4 registry defines them.
 
 
-def supported_types() -> list[str]:
-    return sorted(SEARCH_PARAMETERS)
+def address_params() -> tuple[SearchParam, ...]:
+    """The address parameters of Patient, Practitioner, RelatedPerson, Organization, Location."""
+    parts = [("city", "city"), ("country", "country"), ("postalcode", "postalCode"), ("state", "state")]
+    return (
+        string("address", "address"),
+        *(string(f"address-{name}", f"address.{element}") for name, element in parts),
+        token("address-use", "address.use"),
+    )
 
 
-def indexed_parameters(resource_type: str) -> list[SearchParam]:
-    """Parameters of ``resource_type`` that own index rows (``stored_as`` ones share another's)."""
-    return [param for param in SEARCH_PARAMETERS.get(resource_type, {}).values() if param.stored_as is None]
+def telecom_params() -> tuple[SearchParam, ...]:
+    return (
+        token("telecom", "telecom"),
+        token("phone", "telecom.where(system=phone)"),
+        token("email", "telecom.where(system=email)"),
+    )
+
+
+def human_name_params() -> tuple[SearchParam, ...]:
+    # HumanName search covers family, given, prefix, suffix and text (Patient.name, Practitioner.name).
+    return string("name", "name"), string("family", "name.family"), string("given", "name.given")
+
+
+def subject_params(*targets: str) -> tuple[SearchParam, ...]:
+    """``subject`` and ``patient`` = subject.where(resolve() is Patient), sharing index rows."""
+    subject = reference("subject", "subject", targets=targets)
+    return subject, restricted(subject, "patient", "Patient")
+
+
+def encounter_param() -> SearchParam:
+    return reference("encounter", "encounter", targets=("Encounter",))

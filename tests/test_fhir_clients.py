@@ -1,0 +1,258 @@
+"""The FHIR API as real clients use it: fhirpy (sync and async) and fhirclient (SMART on FHIR) over HTTP.
+
+A real uvicorn server runs in a thread over the app, on SQLite and (when HL7GW_TEST_DATABASE_URL is
+set) PostgreSQL. Paging tests write resources between page fetches to show the links stay stable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from fhirclient import client as smart_client
+from fhirclient.models.bundle import Bundle as SmartBundle
+from fhirclient.models.observation import Observation as SmartObservation
+from fhirclient.models.patient import Patient as SmartPatient
+from fhirclient.models.provenance import Provenance as SmartProvenance
+from fhirpy import AsyncFHIRClient, SyncFHIRClient
+from fhirpy.base.exceptions import AuthorizationError, OperationOutcome, ResourceNotFound
+from sqlalchemy.engine import Engine
+
+from gateway.api.app import create_app
+from gateway.config import load_settings
+from gateway.store.resources import ResourceStore
+from tests.fhir_bundles import delete, observation, patient, put, transaction
+
+TOKEN = "client-test-token"
+MRN = "urn:oid:1.2.3.4"
+PATIENTS = [f"p{n:03d}" for n in range(12)]
+
+
+class ServerThread:
+    """uvicorn serving ``app`` on a free loopback port, in a background thread."""
+
+    def __init__(self, app: Any):
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._socket.close()
+
+
+@dataclass
+class Served:
+    base: str
+    store: ResourceStore
+
+
+@pytest.fixture
+def served(engine: Engine, tmp_path: Path) -> Iterator[Served]:
+    app = create_app(load_settings(data_dir=tmp_path, api_tokens=f"{TOKEN}:reader"), engine)
+    store: ResourceStore = app.state.store
+    store.apply_bundle(
+        transaction(*(put(patient(pid, f"MRN{n}", family=f"Family{n % 3}")) for n, pid in enumerate(PATIENTS)))
+    )
+    encounter = {"resourceType": "Encounter", "id": "e1", "status": "finished", "class": {"code": "IMP"}}
+    encounter["subject"] = {"reference": "Patient/p001"}
+    at_e1 = {"encounter": {"reference": "Encounter/e1"}}
+    observations = [
+        observation(f"o{month}", "p001", effectiveDateTime=f"2024-{month:02d}-01T08:00:00Z", **at_e1)
+        for month in range(1, 8)
+    ]
+    report = {
+        "resourceType": "DiagnosticReport",
+        "id": "r1",
+        "status": "final",
+        "code": {"text": "panel"},
+        "subject": {"reference": "Patient/p001"},
+        "result": [{"reference": "Observation/o1"}, {"reference": "Observation/o2"}],
+    }
+    provenance = {
+        "resourceType": "Provenance",
+        "id": "prov1",
+        "recorded": "2024-01-01T08:00:01Z",
+        "target": [{"reference": "Patient/p001"}, {"reference": "Encounter/e1"}],
+        "agent": [{"who": {"display": "hl7gw"}}],
+    }
+    store.apply_bundle(transaction(put(encounter), *(put(o) for o in observations), put(report), put(provenance)))
+    store.apply_bundle(transaction(put(patient("p001", "MRN1", family="Renamed"))))  # p001 has two versions
+    with ServerThread(app) as server:
+        yield Served(f"http://127.0.0.1:{server.port}/fhir", store)
+
+
+def add_patients(store: ResourceStore, *ids: str) -> None:
+    store.apply_bundle(transaction(*(put(patient(pid, f"NEW-{pid}")) for pid in ids)))
+
+
+# fhirpy, synchronous
+
+
+def test_fhirpy_search_read_vread(served: Served) -> None:
+    client = SyncFHIRClient(served.base, authorization=f"Bearer {TOKEN}")
+
+    found = client.resources("Patient").search(identifier=f"{MRN}|MRN3").fetch()
+    assert [p["id"] for p in found] == ["p003"]
+    assert client.resources("Patient").search(family="family1").count() == 3  # p001 was renamed
+    renamed = client.reference("Patient", "p001").to_resource()
+    assert renamed["name"][0]["family"] == "Renamed" and renamed["meta"]["versionId"] == "2"
+    first = client.execute("Patient/p001/_history/1", method="get")
+    assert first["name"][0]["family"] == "Family1"
+    renamed.refresh()  # sends If-None-Match; the server answers 304 and the copy stays
+    assert renamed["meta"]["versionId"] == "2"
+    newest_first = client.resources("Observation").search(patient="p001").sort("-date").fetch_all()
+    dates = [o["effectiveDateTime"][:7] for o in newest_first]
+    assert dates == [f"2024-{m:02d}" for m in range(7, 0, -1)]
+    with pytest.raises(ResourceNotFound):
+        client.reference("Patient", "nobody").to_resource()
+    with pytest.raises(OperationOutcome):
+        client.resources("Patient").search(shoe_size="42").fetch()
+
+
+def test_fhirpy_pages_stay_stable_while_resources_are_written(served: Served) -> None:
+    client = SyncFHIRClient(served.base, authorization=f"Bearer {TOKEN}")
+    seen: list[str] = []
+    for resource in client.resources("Patient").limit(5):  # follows next links page by page
+        seen.append(resource["id"])
+        if len(seen) in (1, 6):  # while a page is being read: one id before the cursor, one after
+            add_patients(served.store, f"p-early-{len(seen)}", f"pz-late-{len(seen)}")
+            served.store.apply_bundle(transaction(delete("Patient", "p011")))
+
+    # Pages continue after the last id shown: nothing repeats or is skipped, earlier ids stay behind,
+    # later ones show up, and the deleted p011 is gone by the time its page is read.
+    assert seen == PATIENTS[:11] + ["pz-late-1", "pz-late-6"]
+
+
+def test_fhirpy_include_and_revinclude(served: Served) -> None:
+    client = SyncFHIRClient(served.base, authorization=f"Bearer {TOKEN}")
+
+    search = client.resources("Observation").search(_id="o1")
+    bundle = search.include("Observation", "patient").include("Observation", "encounter").fetch_raw()
+    modes = {(e["resource"]["resourceType"], e["search"]["mode"]) for e in bundle["entry"]}
+    assert modes == {("Observation", "match"), ("Patient", "include"), ("Encounter", "include")}
+
+    reports = client.resources("DiagnosticReport").include("DiagnosticReport", "result").fetch_raw()
+    assert sorted(e["resource"]["id"] for e in reports["entry"]) == ["o1", "o2", "r1"]
+
+    patients = client.resources("Patient").search(_id="p001").revinclude("Provenance", "target").fetch_raw()
+    assert [e["resource"]["id"] for e in patients["entry"]] == ["p001", "prov1"]
+    assert client.resources("Patient").search(_id="p001").revinclude("Provenance", "target").fetch()[0]["id"] == "p001"
+
+
+def test_fhirpy_needs_the_token(served: Served) -> None:
+    with pytest.raises(AuthorizationError):
+        SyncFHIRClient(served.base).resources("Patient").fetch()
+    with pytest.raises(AuthorizationError):
+        SyncFHIRClient(served.base, authorization="Bearer wrong").reference("Patient", "p001").to_resource()
+
+
+# fhirpy, asynchronous
+
+
+def test_fhirpy_async(served: Served) -> None:
+    async def scenario() -> None:
+        client = AsyncFHIRClient(served.base, authorization=f"Bearer {TOKEN}")
+        found = await client.resources("Patient").search(identifier="MRN5").fetch()
+        assert [p["id"] for p in found] == ["p005"]
+        assert (await client.reference("Patient", "p002").to_resource())["id"] == "p002"
+        version = await client.execute("Patient/p001/_history/2", method="get")
+        assert version["meta"]["versionId"] == "2"
+
+        seen: list[str] = []
+        async for resource in client.resources("Patient").sort("_lastUpdated").limit(4):
+            seen.append(resource["id"])
+            if len(seen) == 2:  # newer than everything: sorts after the cursor, shows up once at the end
+                await asyncio.to_thread(add_patients, served.store, "a-new")
+        assert len(seen) == len(set(seen)) == 13 and seen[-1] == "a-new"
+        assert seen[-2] == "p001"  # updated after the others, so last of the originals
+
+        since_may = client.resources("Observation").search(patient="Patient/p001", date="ge2024-05")
+        assert sorted(o["id"] for o in await since_may.fetch_all()) == ["o5", "o6", "o7"]
+        encounters = client.resources("Encounter").include("Encounter", "subject")
+        raw = await encounters.revinclude("Provenance", "target").fetch_raw()
+        assert sorted(e["resource"]["id"] for e in raw["entry"]) == ["e1", "p001", "prov1"]
+
+    asyncio.run(scenario())
+
+
+# fhirclient (SMART on FHIR)
+
+
+def smart(served: Served) -> Any:
+    client = smart_client.FHIRClient(settings={"app_id": "hl7gw-tests", "api_base": served.base})
+    client.server.session.headers["Authorization"] = f"Bearer {TOKEN}"
+    return client
+
+
+def test_fhirclient_reads_the_capability_statement(served: Served) -> None:
+    server = smart(served).server
+    server.get_capability()
+    resources = {resource.type: resource for resource in server.capabilityStatement.rest[0].resource}
+    assert {"Patient", "Observation", "Provenance", "MedicationAdministration"} <= set(resources)
+    assert "Observation:patient" in resources["Observation"].searchInclude
+
+
+def test_fhirclient_read_vread_history(served: Served) -> None:
+    server = smart(served).server
+
+    current = SmartPatient.read("p001", server)
+    assert current.name[0].family == "Renamed"
+    first = SmartPatient.read_from("Patient/p001/_history/1", server)
+    assert first.name[0].family == "Family1" and first.meta.versionId == "1"
+    history = SmartBundle.read_from("Patient/p001/_history", server)
+    assert history.type == "history"
+    assert [entry.response.etag for entry in history.entry] == ['W/"2"', 'W/"1"']
+
+
+def test_fhirclient_search_and_paging_under_writes(served: Served) -> None:
+    server = smart(served).server
+
+    by_identifier = SmartPatient.where(struct={"identifier": "MRN7"}).perform_resources_iter(server)
+    assert [p.id for p in by_identifier] == ["p007"]
+    by_date = SmartObservation.where(struct={"patient": "p001", "date": {"$gte": "2024-06-01"}})
+    assert sorted(o.id for o in by_date.perform_resources_iter(server)) == ["o6", "o7"]
+
+    pages: list[list[str]] = []
+    for bundle in SmartPatient.where(struct={"_count": "5"}).perform_iter(server):
+        pages.append([entry.resource.id for entry in bundle.entry])
+        if len(pages) == 1:
+            add_patients(served.store, "p-before", "pz-after")
+    ids = [pid for page in pages for pid in page]
+    assert ids == sorted(PATIENTS + ["pz-after"])
+    assert [len(page) for page in pages] == [5, 5, 3]
+
+
+def test_fhirclient_include(served: Served) -> None:
+    server = smart(served).server
+
+    search = SmartObservation.where(struct={"_id": "o3"}).include("subject")
+    bundle = next(search.perform_iter(server))
+    assert [(e.resource.resource_type, e.search.mode) for e in bundle.entry] == [
+        ("Observation", "match"),
+        ("Patient", "include"),
+    ]
+    reverse = SmartPatient.where(struct={"_id": "p001"}).include("target", SmartProvenance, reverse=True)
+    assert [r.id for r in reverse.perform_resources_iter(server)] == ["p001", "prov1"]
