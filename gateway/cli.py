@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
@@ -40,31 +41,22 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_mllp(settings: Settings, _args: argparse.Namespace) -> int:
-    from gateway.mllp.server import MllpServer
-    from gateway.queue.intake import Intake
+    from gateway.mllp import service
 
     redis_url = _require_redis(settings, "mllp")
+    # Intake answers AR 200/201 for message types no mapping converts (HL7GW_UNSUPPORTED_TYPES).
+    # Broken mappings must not stop intake: messages then wait in the queue for a fixed worker.
+    try:
+        from gateway.convert.engine import Converter
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        intake = Intake(
-            redis_url,
-            namespace=settings.redis_namespace,
-            batch_max=settings.commit_batch_max,
-            timeout=settings.commit_timeout_s,
-        )
-        await intake.start()
-        server = MllpServer(intake)
-        await server.start(settings.mllp_host, settings.mllp_port)
-        await stop.wait()
-        logging.getLogger(__name__).info("MLLP listener stopping: no new connections, draining ACKs")
-        await server.stop()
-        await intake.close()
-
-    asyncio.run(main())
+        converter = Converter.load()
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger(__name__).error("mappings do not load (%s); accepting every message type", exc)
+        rules = service.rules_from(settings, None)
+    else:
+        known_codes = frozenset(name.split("_", 1)[0] for name in converter.plans)
+        rules = service.rules_from(settings, converter.supports, known_codes)
+    service.run(settings, redis_url, rules)
     return 0
 
 
@@ -93,8 +85,11 @@ def cmd_dlq_list(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.store.db import create_schema, make_engine
 
     engine = make_engine(settings.resolved_database_url)
-    create_schema(engine)
-    letters = DeadLetterStore(engine).list(status=None if args.all else "open", limit=args.limit)
+    try:
+        create_schema(engine)
+        letters = DeadLetterStore(engine).list(status=None if args.all else "open", limit=args.limit)
+    finally:
+        engine.dispose()
     if not letters:
         print("no dead letters")
         return 0
@@ -111,8 +106,11 @@ def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.store.db import create_schema, make_engine
 
     engine = make_engine(settings.resolved_database_url)
-    create_schema(engine)
-    letter = DeadLetterStore(engine).get(args.id)
+    try:
+        create_schema(engine)
+        letter = DeadLetterStore(engine).get(args.id)
+    finally:
+        engine.dispose()
     if letter is None:
         print(f"no dead letter {args.id}", file=sys.stderr)
         return 1
@@ -121,6 +119,46 @@ def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
     print(f"reason: {letter.reason}\n--- raw message ---")
     print(letter.raw.decode("utf-8", errors="replace").replace("\r", "\n"))
     return 0
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    """Send every message in the files; exit 1 if any got AE/AR/CE/CR, a NAK, or no ACK in time."""
+    from gateway.mllp.client import send_messages, split_messages
+    from gateway.mllp.tls import client_context
+
+    messages: list[tuple[str, bytes]] = []
+    for name in args.files:
+        try:
+            data = Path(name).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {name}: {exc.strerror}") from None
+        messages += [(f"{name}#{n}", m) for n, m in enumerate(split_messages(data), start=1)]
+    if not messages:
+        print("hl7gw send: no HL7 messages in the given files", file=sys.stderr)
+        return 1
+    tls = None
+    if args.tls or args.ca or args.cert:
+        tls = client_context(args.ca, args.cert, args.key, verify=not args.insecure)
+    host = args.host or settings.mllp_host
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    port = args.port or settings.mllp_port
+    results = asyncio.run(send_messages([m for _, m in messages], host, port, ssl_context=tls, timeout=args.timeout))
+    for (where, _), result in zip(messages, results):
+        outcome = result.problem or result.code or ("no ACK wanted (MSH-15 NE)" if result.unanswered else "?")
+        print(f"{where} MSH-10 {result.control_id or '(none)'}: {outcome}")
+        if result.ack is not None:
+            text = result.ack.decode("utf-8", errors="replace").replace("\r\n", "\r").replace("\n", "\r")
+            print("".join(f"  {segment}\n" for segment in text.split("\r") if segment), end="")
+    failed = sum(1 for r in results if not r.ok)
+    print(f"{len(results) - failed} accepted, {failed} not accepted")
+    return 1 if failed else 0
+
+
+def cmd_convert(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the FHIR Bundle of each message in the files; --report lists what the maps left unused."""
+    from gateway.convert.offline import convert_files
+
+    return convert_files(args.files, args.report, sys.stdout, sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_show = dlq.add_parser("show", help="show one dead letter with its raw message")
     dlq_show.add_argument("id")
     dlq_show.set_defaults(func=cmd_dlq_show)
+    send = sub.add_parser("send", help="send the HL7 messages in files over MLLP and print each ACK")
+    send.add_argument("files", nargs="+", metavar="FILE", help="one or many messages per file (CR, LF or CRLF)")
+    send.add_argument("--host", help="default: HL7GW_MLLP_HOST")
+    send.add_argument("--port", type=int, help="default: HL7GW_MLLP_PORT")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK")
+    send.add_argument("--tls", action="store_true", help="connect with TLS (implied by --ca/--cert)")
+    send.add_argument("--ca", type=Path, help="CA certificate(s) to verify the listener (default: system store)")
+    send.add_argument("--cert", type=Path, help="client certificate for mutual TLS (PEM)")
+    send.add_argument("--key", type=Path, help="key of the client certificate, if not in --cert")
+    send.add_argument("--insecure", action="store_true", help="do not verify the listener's certificate")
+    send.set_defaults(func=cmd_send)
+    convert = sub.add_parser("convert", help="print the FHIR Bundle of each HL7 message in the files (offline)")
+    convert.add_argument("files", nargs="+", metavar="FILE", help="one or many messages per file (CR, LF or CRLF)")
+    convert.add_argument("--report", action="store_true", help="list segments and fields present but not used, and notes")
+    convert.set_defaults(func=cmd_convert)
     return parser
 
 

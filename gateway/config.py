@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.errors import ConfigError
+from gateway.sinkspec import SinkSpec, parse_sinks
 
 
 class Role(str, Enum):
@@ -49,6 +51,62 @@ class Settings(BaseSettings):
     commit_batch_max: int = Field(default=256, ge=1, le=10_000)
     commit_timeout_s: float = Field(default=5.0, gt=0)
 
+    # MLLP receiver (docs/mllp.md).
+    mllp_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    mllp_frame_timeout_s: float = Field(default=30.0, gt=0)
+    mllp_idle_timeout_s: float = Field(default=3600.0, ge=0)  # 0: never close an idle connection
+    mllp_max_connections: int = Field(default=500, ge=1)
+    mllp_require_trailing_cr: bool = False
+    mllp_commit_acks: bool = False  # MLLP release 2 commit acknowledgements
+    mllp_tls_cert: Path | None = None
+    mllp_tls_key: Path | None = None
+    mllp_tls_client_ca: Path | None = None  # set: mutual TLS, clients without a certificate are refused
+    dedup_window_s: int = Field(default=7 * 86_400, ge=0)  # 0: no duplicate detection
+    accepted_processing_ids: str = Field(default="P,T,D", pattern=r"^[A-Za-z]{1,3}(,[A-Za-z]{1,3})*$")
+    accepted_versions: str = Field(
+        default="2.1,2.2,2.3,2.3.1,2.4,2.5,2.5.1,2.6,2.7,2.7.1,2.8,2.8.1,2.8.2",
+        pattern=r"^\d+\.\d+(\.\d+)?(,\d+\.\d+(\.\d+)?)*$",
+    )
+    unsupported_types: Literal["reject", "accept"] = "reject"
+    # standard: MSH-15/16 choose original or enhanced mode (chapter 2.9); original: always AA/AE/AR.
+    ack_mode: Literal["standard", "original"] = "standard"
+
+    # Remote FHIR servers every message is also delivered to (gateway/sinkspec.py, docs/delivery.md).
+    fhir_sinks: str | None = None
+    # A message not delivered to a sink after this long becomes a dead letter (below 7 days:
+    # retries wait in the queue's delay set).
+    sink_max_age_s: float = Field(default=3 * 86_400, gt=0, lt=7 * 86_400)
+    # Retries: exponential backoff with full jitter up to this many seconds (a Retry-After may say more).
+    sink_max_backoff_s: float = Field(default=300.0, ge=1)
+    # Circuit breaker per sink: open after this many failures in a row; stay open this long at first.
+    sink_breaker_failures: int = Field(default=5, ge=1)
+    sink_breaker_cooldown_s: float = Field(default=10.0, gt=0)
+
+    # Conversion (docs/mappings.md): a site's mapping overlay (and per-sender maps in its senders/),
+    # and the IANA time zone of v2 timestamps without an offset, for all senders and per sender
+    # ("APP|FACILITY=Zone,APP|FACILITY=Zone", MSH-3.1|MSH-4.1).
+    mappings_dir: Path | None = None
+    default_tz: str | None = None
+    sender_tz: str | None = None
+
+    @field_validator("default_tz")
+    @classmethod
+    def _check_default_tz(cls, value: str | None) -> str | None:
+        if value:
+            _zone(value)
+        return value or None
+
+    @field_validator("sender_tz")
+    @classmethod
+    def _check_sender_tz(cls, value: str | None) -> str | None:
+        if value:
+            parse_sender_zones(value)
+        return value or None
+
+    @property
+    def sender_time_zones(self) -> dict[str, str]:
+        return parse_sender_zones(self.sender_tz) if self.sender_tz else {}
+
     @field_validator("api_tokens")
     @classmethod
     def _check_tokens(cls, value: str | None) -> str | None:
@@ -56,12 +114,45 @@ class Settings(BaseSettings):
             parse_tokens(value)
         return value
 
+    @field_validator("fhir_sinks")
+    @classmethod
+    def _check_sinks(cls, value: str | None) -> str | None:
+        if value:
+            parse_sinks(value)
+        return value or None
+
+    @property
+    def sinks(self) -> tuple[SinkSpec, ...]:
+        return parse_sinks(self.fhir_sinks) if self.fhir_sinks else ()
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
+
+    @field_validator("accepted_processing_ids", "accepted_versions", mode="before")
+    @classmethod
+    def _strip_list(cls, value: object) -> object:
+        return ",".join(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
+
+    @field_validator("mllp_tls_key", "mllp_tls_client_ca")
+    @classmethod
+    def _check_tls(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("mllp_tls_cert") is None:
+            raise ValueError("needs HL7GW_MLLP_TLS_CERT too")
+        return value
+
+    @property
+    def processing_ids(self) -> frozenset[str]:
+        """MSH-11.1 values accepted at intake (table 0103)."""
+        return frozenset(self.accepted_processing_ids.upper().split(","))
+
+    @property
+    def versions(self) -> frozenset[str]:
+        """MSH-12.1 values accepted at intake."""
+        return frozenset(self.accepted_versions.split(","))
 
     @property
     def embedded_redis(self) -> bool:
@@ -74,6 +165,27 @@ class Settings(BaseSettings):
     @property
     def admin_token_file(self) -> Path:
         return self.data_dir / "admin.token"
+
+
+def _zone(name: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (expected an IANA name such as Europe/Berlin)") from None
+
+
+def parse_sender_zones(value: str) -> dict[str, str]:
+    """Parse ``APP|FACILITY=Zone,...`` into {sender: zone}; raises ValueError naming the bad entry."""
+    zones: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        sender, sep, zone = entry.rpartition("=")
+        if not sep or "|" not in sender:
+            raise ValueError(f"entry {entry!r} is not APPLICATION|FACILITY=Zone")
+        _zone(zone.strip())
+        zones[sender.strip()] = zone.strip()
+    return zones
 
 
 def parse_tokens(value: str) -> dict[str, Role]:

@@ -63,6 +63,12 @@ class IntakeUnavailable(GatewayError):
     retryable = True
 
 
+class RejectedAtIntake(GatewayError):
+    """The MLLP listener answered AR/AE (or could not answer) and kept the raw message for operators."""
+
+    stage = "intake"
+
+
 class StageCrash(GatewayError):
     """An unexpected exception inside a stage (a bug or an environment fault), tagged with the stage."""
 

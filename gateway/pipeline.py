@@ -1,18 +1,26 @@
-"""The stages a received message goes through in a worker: decode, parse, convert, validate, deliver."""
+"""The stages a received message goes through in a worker: decode, parse, convert, validate, deliver.
+
+Delivery is two steps: the built-in store commits the message's resources together with its
+archive row and its pending remote deliveries (gateway/deliver/store_sink.py); then the message is
+handed to each remote sink's own queue (gateway/deliver/fanout.py), so a slow or failing remote
+server never holds up the store or the other sinks.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 from gateway.convert.engine import Converter
+from gateway.deliver.source import source_of
 from gateway.deliver.store_sink import StoreSink
 from gateway.envelope import Envelope
-from gateway.errors import GatewayError, StageCrash
+from gateway.errors import GatewayError, RejectedAtIntake, StageCrash
 from gateway.hl7.charset import decode_message
 from gateway.hl7.message import Message, parse
 from gateway.store.messages import MessageArchive
+from gateway.store.ordering import Source
 from gateway.validate import validate_bundle
 
 log = logging.getLogger(__name__)
@@ -29,26 +37,37 @@ def run_stage(stage: str, fn: Callable[..., T], *args: object) -> T:
         raise StageCrash(stage, exc) from exc
 
 
+class Fanout(Protocol):
+    """Hands a stored message to the remote sinks' queues."""
+
+    @property
+    def sink_names(self) -> tuple[str, ...]: ...
+
+    def enqueue(self, envelope: Envelope, source: Source, bundle: dict[str, Any]) -> None: ...
+
+
 @dataclass
 class Pipeline:
     converter: Converter
     sink: StoreSink
     archive: MessageArchive
+    fanout: Fanout | None = None
 
     def process(self, envelope: Envelope) -> None:
         """Run every stage; raises a GatewayError (with its stage) when one fails."""
-        self.archive.record_attempt(envelope)
+        if envelope.start_stage == "rejected":  # answered AR/AE at intake: a dead letter as it is
+            raise RejectedAtIntake(envelope.meta.get("reason") or "rejected at intake")
+        if envelope.start_stage == "ack":  # an incoming acknowledgement: archived, never converted
+            self.archive.record_outcome(envelope, "ack", envelope.meta.get("message_type", "ACK"))
+            return
         text = run_stage("parse", decode_message, envelope.raw)
         message: Message = run_stage("parse", parse, text)
         bundle = run_stage("convert", self.converter.convert, message)
         run_stage("validate", validate_bundle, bundle)
-        result = run_stage("deliver", self.sink.deliver, bundle)
-        self.archive.mark(envelope.id, "processed", _summary(result))
+        source = run_stage("deliver", source_of, envelope, message)
+        sinks = self.fanout.sink_names if self.fanout else ()
+        message_type = "^".join(part for part in message.message_type if part)
+        run_stage("deliver", self.sink.deliver, bundle, source, envelope, message_type, sinks)
+        if self.fanout is not None and sinks:
+            run_stage("deliver", self.fanout.enqueue, envelope, source, bundle)
         log.debug("processed %s from %s", envelope.control_id, envelope.sender)
-
-
-def _summary(result: object) -> str:
-    entries = getattr(result, "entries", None)
-    if entries is None:
-        return str(result)[:4000]
-    return ", ".join(f"{e.type}/{e.id} v{e.version_id} {e.outcome}" for e in entries)[:4000]

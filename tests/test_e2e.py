@@ -72,7 +72,7 @@ def gateway(tmp_path: Path, redis_url: str):  # type: ignore[no-untyped-def]
 def test_adt_and_oru_in_fhir_out(gateway: GatewayProcess) -> None:
     ack = mllp_send_loose(ADT_A01, gateway.mllp_port)
     fields = msa(ack)
-    assert fields[1] == "AA" and fields[2] == "4637382"
+    assert fields[1] == "CA" and fields[2] == "4637382"  # MSH-15 AL: enhanced mode
 
     patient = find_patient(gateway, "1032702")
     assert patient["name"][0]["family"] == "Everywoman"
@@ -82,7 +82,7 @@ def test_adt_and_oru_in_fhir_out(gateway: GatewayProcess) -> None:
     assert patient["meta"]["versionId"] == "1"
 
     oru_ack = send_raw(ORU_R01.read_bytes(), gateway.mllp_port)
-    assert str(oru_ack.segment("MSA")[1]) == "AA"
+    assert str(oru_ack.segment("MSA")[1]) == "CA"
     assert str(oru_ack.segment("MSA")[2]) == "20251014154001-425"
     assert str(oru_ack.segment("MSH")[9]) == "ACK^R01^ACK"
 
@@ -121,8 +121,12 @@ def wait_processed(gateway: GatewayProcess, count: int, timeout: float = 15.0) -
 
 
 def test_same_message_twice_is_one_version(gateway: GatewayProcess) -> None:
+    # Resent as is: a duplicate at intake (the same ACK again, not enqueued again).
     for _ in range(2):
-        assert msa(mllp_send_loose(ADT_A01, gateway.mllp_port))[1] == "AA"
+        assert msa(mllp_send_loose(ADT_A01, gateway.mllp_port))[1] == "CA"
+    # The same content under a new MSH-10 is a new message: applied idempotently downstream.
+    resent = ADT_A01.read_bytes().replace(b"|4637382|", b"|4637382-2|")
+    assert str(send_raw(resent, gateway.mllp_port).segment("MSA")[1]) == "CA"
     assert wait_processed(gateway, 2) == ["processed", "processed"]
     patient = find_patient(gateway, "1032702")
     assert patient["meta"]["versionId"] == "1"
@@ -156,7 +160,7 @@ def test_nothing_acknowledged_is_lost_on_kill_9(tmp_path: Path) -> None:
                 continue
             if b"gateway.cli\x00worker" in cmdline:
                 os.kill(pid, 19)  # SIGSTOP
-        assert msa(mllp_send_loose(ADT_A01, gateway.mllp_port))[1] == "AA"
+        assert msa(mllp_send_loose(ADT_A01, gateway.mllp_port))[1] == "CA"
         gateway.kill_tree()
     finally:
         if gateway.process and gateway.process.poll() is None:

@@ -124,7 +124,7 @@ def test_transient_failures_are_retried_then_parked(
 ) -> None:
     calls: list[str] = []
 
-    def always_busy(self, bundle):  # type: ignore[no-untyped-def]
+    def always_busy(self, bundle, *args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(bundle["entry"][0]["resource"]["id"])
         raise TransientDeliveryError("database is locked")
 

@@ -124,7 +124,9 @@ class QueueMaintenance(threading.Thread):
         while not self._stop_event.is_set():
             try:
                 self.broker.client.zadd(heartbeats, {self.broker.broker_id: int(time.time() * 1000)})
-                requeue_orphans(self.broker)
+                # Every queue: the pipeline's and each remote sink's (their delay queues too).
+                for queue in sorted(q for q in self.broker.get_declared_queues() if not q.endswith(".DQ")):
+                    requeue_orphans(self.broker, queue)
             except redis.RedisError as exc:
                 log.warning("queue maintenance failed, will retry: %s", exc)
             self._stop_event.wait(self.interval)

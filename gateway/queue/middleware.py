@@ -10,6 +10,7 @@ from dramatiq.broker import Broker, MessageProxy
 from gateway.deadletter import DeadLetterStore
 from gateway.envelope import Envelope
 from gateway.errors import stage_of
+from gateway.queue.keys import ACTOR
 from gateway.store.messages import MessageArchive
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ class DeadLetters(dramatiq.Middleware):
     def after_process_message(
         self, broker: Broker, message: MessageProxy, *, result: object = None, exception: BaseException | None = None
     ) -> None:
-        if exception is None or not message.failed:
-            return
+        if exception is None or not message.failed or message.actor_name != ACTOR:
+            return  # remote sink deliveries park their own dead letters (gateway/deliver/sink_worker.py)
         try:
             envelope = Envelope.from_json(message.args[0])
         except Exception:  # noqa: BLE001 - a message we cannot even read stays in dramatiq's XQ
@@ -58,7 +59,7 @@ class DeadLetters(dramatiq.Middleware):
                 error_type=type(exception).__name__,
                 attempts=attempts,
             )
-            self.archive.mark(envelope.id, "failed", f"{stage}: {exception}")
+            self.archive.record_outcome(envelope, "failed", f"{stage}: {exception}")
         except Exception:  # noqa: BLE001
             # The database is unreachable: dramatiq keeps the message in its own dead-letter set.
             log.critical("could not record dead letter for %s; it stays in the queue's XQ", envelope.id, exc_info=True)

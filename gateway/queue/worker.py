@@ -1,31 +1,61 @@
-"""The worker process: Dramatiq threads running the pipeline on queued envelopes."""
+"""The worker process: Dramatiq threads running the pipeline on queued envelopes, and delivering
+stored messages to each remote FHIR sink from that sink's own queue."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
 from gateway.convert.engine import Converter
 from gateway.deadletter import DeadLetterStore
+from gateway.deliver.breaker import CircuitBreaker
+from gateway.deliver.fanout import SinkFanout, SinkMessage, actor_name
+from gateway.deliver.remote import RemoteSink
+from gateway.deliver.sink_worker import SinkWorker
 from gateway.deliver.store_sink import StoreSink
 from gateway.envelope import Envelope
 from gateway.errors import is_retryable
 from gateway.pipeline import Pipeline
 from gateway.queue.broker import QueueMaintenance, make_broker
-from gateway.queue.keys import ACTOR, QUEUE
+from gateway.queue.keys import ACTOR, QUEUE, Keys
 from gateway.queue.middleware import DeadLetters, PermanentFailure
 from gateway.store.db import create_schema, make_engine
+from gateway.store.deliveries import DeliveryStates
 from gateway.store.messages import MessageArchive
+from gateway.store.resources import ResourceStore
 
 log = logging.getLogger(__name__)
 
 
-def build_broker(settings: Settings, redis_url: str, pipeline: Pipeline, engine) -> RedisBroker:  # type: ignore[no-untyped-def]
-    """A broker with our middleware and the one actor bound to ``pipeline``."""
+class _OneBrokerManyWorkers(logging.Filter):
+    """Several dramatiq Workers share our broker on purpose (one per queue family); each adds
+    its own consumer middleware, which dramatiq warns about."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_WorkerMiddleware" not in record.getMessage()
+
+
+logging.getLogger("dramatiq.broker.RedisBroker").addFilter(_OneBrokerManyWorkers())
+
+#: A sink actor failing unexpectedly (its database or Redis unreachable) retries this often; its
+#: messages become dead letters by age once the database answers again.
+SINK_ACTOR_RETRIES = 10_000
+
+
+def build_broker(
+    settings: Settings,
+    redis_url: str,
+    pipeline: Pipeline,
+    engine: Engine,
+    sink_workers: dict[str, SinkWorker] | None = None,
+) -> RedisBroker:
+    """A broker with our middleware, the pipeline actor, and one actor per remote sink."""
     broker = make_broker(
         redis_url,
         namespace=settings.redis_namespace,
@@ -35,7 +65,7 @@ def build_broker(settings: Settings, redis_url: str, pipeline: Pipeline, engine)
     )
     max_retries = settings.max_retries
 
-    def process_message(envelope: dict) -> None:
+    def process_message(envelope: dict[str, Any]) -> None:
         try:
             pipeline.process(Envelope.from_json(envelope))
         except Exception as exc:
@@ -44,14 +74,57 @@ def build_broker(settings: Settings, redis_url: str, pipeline: Pipeline, engine)
             raise PermanentFailure(exc) from exc
 
     dramatiq.actor(
-        process_message,
         actor_name=ACTOR,
         queue_name=QUEUE,
         broker=broker,
         throws=(PermanentFailure,),
         retry_when=lambda retries, exc: is_retryable(exc) and retries < max_retries,
-    )
+    )(process_message)
+    workers = sink_workers if sink_workers is not None else {}
+    for spec in settings.sinks:
+
+        def deliver(payload: dict[str, Any], _name: str = spec.name) -> None:
+            workers[_name].handle(SinkMessage.from_json(payload))
+
+        dramatiq.actor(
+            actor_name=actor_name(spec),
+            queue_name=spec.queue,
+            broker=broker,
+            retry_when=lambda retries, exc: retries < SINK_ACTOR_RETRIES,
+            min_backoff=1_000,
+            max_backoff=300_000,
+        )(deliver)
     return broker
+
+
+def sink_workers_for(settings: Settings, engine: Engine, broker: RedisBroker, fanout: SinkFanout) -> dict[str, SinkWorker]:
+    """A SinkWorker per configured remote sink, sharing the database and Redis of this process."""
+    keys = Keys(settings.redis_namespace)
+    states, store = DeliveryStates(engine), ResourceStore(engine)
+    archive, dead_letters = MessageArchive(engine), DeadLetterStore(engine)
+    workers = {}
+    for spec in settings.sinks:
+        breaker = CircuitBreaker(
+            broker.client,
+            keys,
+            spec.name,
+            threshold=settings.sink_breaker_failures,
+            cooldown_s=settings.sink_breaker_cooldown_s,
+            max_cooldown_s=settings.sink_max_backoff_s,
+            probe_s=spec.timeout * 3,
+        )
+        workers[spec.name] = SinkWorker(
+            RemoteSink(spec),
+            breaker,
+            states,
+            store,
+            archive,
+            dead_letters,
+            fanout.send,
+            max_age_s=settings.sink_max_age_s,
+            max_backoff_s=settings.sink_max_backoff_s,
+        )
+    return workers
 
 
 def run_worker(settings: Settings, redis_url: str, stop: threading.Event) -> None:
@@ -59,18 +132,33 @@ def run_worker(settings: Settings, redis_url: str, stop: threading.Event) -> Non
     engine = make_engine(settings.resolved_database_url)
     create_schema(engine)
     pipeline = Pipeline(Converter.load(), StoreSink(engine), MessageArchive(engine))
-    broker = build_broker(settings, redis_url, pipeline, engine)
-    worker = dramatiq.Worker(broker, worker_threads=settings.worker_threads, worker_timeout=500)
+    sink_workers: dict[str, SinkWorker] = {}
+    broker = build_broker(settings, redis_url, pipeline, engine, sink_workers)
+    if settings.sinks:
+        pipeline.fanout = fanout = SinkFanout(broker, settings.sinks)
+        sink_workers.update(sink_workers_for(settings, engine, broker, fanout))
+    # One dramatiq Worker per queue family: the pipeline's threads never wait on a remote server,
+    # and each sink's threads only on its own.
+    workers = [dramatiq.Worker(broker, queues={QUEUE}, worker_threads=settings.worker_threads, worker_timeout=500)]
+    workers += [
+        dramatiq.Worker(broker, queues={spec.queue}, worker_threads=spec.concurrency, worker_timeout=500)
+        for spec in settings.sinks
+    ]
     maintenance = QueueMaintenance(broker)
-    worker.start()
+    for worker in workers:
+        worker.start()
     maintenance.start()
-    log.info("worker started: %d thread(s)", settings.worker_threads)
+    log.info("worker started: %d thread(s), %d remote sink(s)", settings.worker_threads, len(settings.sinks))
     try:
         stop.wait()
     finally:
         log.info("worker draining")
         maintenance.stop()
-        worker.stop(timeout=60_000)
+        for worker in workers:
+            worker.stop(timeout=60_000)
         broker.close()
+        pipeline.sink.close()
+        for sink_worker in sink_workers.values():
+            sink_worker.remote.close()
         engine.dispose()
         log.info("worker stopped")

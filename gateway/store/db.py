@@ -40,7 +40,7 @@ def make_engine(url: str) -> Engine:
 def create_schema(engine: Engine) -> None:
     """Create every table declared on ``metadata`` (idempotent)."""
     # Import the modules that declare tables so they are registered before create_all.
-    from gateway.store import messages, resources  # noqa: F401
+    from gateway.store import deliveries, messages, resources  # noqa: F401
     from gateway import deadletter  # noqa: F401
 
     metadata.create_all(engine)

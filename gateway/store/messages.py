@@ -1,12 +1,33 @@
-"""Message archive: every received message, raw, with where it is in the pipeline."""
+"""Message archive: every received message, raw, with where it is in the pipeline.
+
+A worker writes a message's row in the same database transaction as the resources it produced
+(``record``), so "processed" and the data are committed together; failures and acknowledgements
+are recorded on their own (``record_outcome``). Rows are keyed by the envelope id: a redelivery
+updates the row and counts the attempt.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, String, Table, Text, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from gateway.envelope import Envelope
@@ -23,7 +44,7 @@ message_archive = Table(
     Column("peer", String(256), nullable=False, default=""),
     Column("received_at", BigInteger, nullable=False),
     Column("raw", LargeBinary, nullable=False),
-    # received -> processed | failed
+    # received -> processed | failed (| ack: an incoming acknowledgement, kept for operators)
     Column("status", String(16), nullable=False, default="received"),
     Column("attempts", Integer, nullable=False, default=0),
     Column("updated_at", BigInteger, nullable=False),
@@ -85,6 +106,76 @@ class MessageArchive:
                 )
             except IntegrityError:  # a concurrent redelivery inserted it first
                 pass
+
+    def record(self, conn: Connection, outcomes: Iterable[tuple[Envelope, str, str, str]]) -> None:
+        """Archive (envelope, status, detail, message type) rows in ``conn``'s open transaction.
+
+        A row already there (a redelivery, a replay) gets the new status and one more attempt.
+        """
+        now = _now_ms()
+        rows = [
+            {
+                "id": envelope.id,
+                "sender": envelope.sender,
+                "control_id": envelope.control_id,
+                "seq": envelope.seq,
+                "message_type": message_type[:64],
+                "peer": envelope.peer,
+                "received_at": envelope.received_at,
+                "raw": envelope.raw,
+                "status": status,
+                "attempts": 1,
+                "updated_at": now,
+                "detail": detail[:4000],
+            }
+            for envelope, status, detail, message_type in outcomes
+        ]
+        if not rows:
+            return
+        table = message_archive
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        stmt = dialect_insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.id],
+            set_={
+                "status": stmt.excluded.status,
+                "detail": stmt.excluded.detail,
+                "message_type": stmt.excluded.message_type,
+                "updated_at": stmt.excluded.updated_at,
+                "attempts": table.c.attempts + 1,
+            },
+        )
+        conn.execute(stmt, rows)
+
+    def record_outcome(self, envelope: Envelope, status: str, detail: str = "", message_type: str = "") -> None:
+        """``record`` one envelope in a transaction of its own."""
+        with self.engine.begin() as conn:
+            self.record(conn, [(envelope, status, detail, message_type)])
+
+    @staticmethod
+    def first_sequences(conn: Connection, envelopes: list[Envelope]) -> dict[str, int]:
+        """Per envelope id: the sequence number its message got on its first arrival.
+
+        A message resent after the intake's duplicate window arrives with a new sequence number;
+        ordering uses the first one (same sender and MSH-10, chapter 2.14.9.10: the control id
+        identifies the message), so a resend never looks newer than what came in between.
+        """
+        first = {e.id: e.seq for e in envelopes}
+        pairs = sorted({(e.sender, e.control_id) for e in envelopes if e.control_id})
+        table, earliest = message_archive, {}
+        for start in range(0, len(pairs), 200):
+            chunk = pairs[start : start + 200]
+            stmt = (
+                select(table.c.sender, table.c.control_id, func.min(table.c.seq))
+                .where(tuple_(table.c.sender, table.c.control_id).in_(chunk), table.c.seq > 0)
+                .group_by(table.c.sender, table.c.control_id)
+            )
+            earliest.update({(row[0], row[1]): int(row[2]) for row in conn.execute(stmt)})
+        for envelope in envelopes:
+            known = earliest.get((envelope.sender, envelope.control_id))
+            if known is not None and (envelope.seq <= 0 or known < envelope.seq):
+                first[envelope.id] = known
+        return first
 
     def mark(self, envelope_id: str, status: str, detail: str = "") -> None:
         with self.engine.begin() as conn:

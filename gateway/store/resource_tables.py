@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, DateTime, Index, Integer, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, String, Table, Text
 
 from gateway.store.db import metadata
 
@@ -26,6 +26,14 @@ fhir_resource = Table(
     Column("content_hash", String(64), nullable=False),
     # The resource JSON with meta.versionId/lastUpdated; NULL when deleted.
     Column("content", Text, nullable=True),
+    # The message that last wrote it (gateway/store/ordering.py): source timestamp (naive UTC),
+    # sender, per-sender sequence and archive id; NULL for writes not from a message.
+    # version_id 0 (deleted, no history) is a tombstone: a DELETE that found nothing, kept so that
+    # an older message cannot create the resource afterwards.
+    Column("source_time", DateTime, nullable=True),
+    Column("source_sender", String(512), nullable=True),
+    Column("source_seq", BigInteger, nullable=True),
+    Column("source_message", String(64), nullable=True),
 )
 Index("ix_fhir_resource_updated", fhir_resource.c.type, fhir_resource.c.last_updated)
 
@@ -39,6 +47,8 @@ fhir_resource_history = Table(
     Column("deleted", Boolean, nullable=False, default=False),
     Column("content", Text, nullable=True),
 )
+# Type history (GET [type]/_history) reads newest first within a type.
+Index("ix_fhir_resource_history_updated", fhir_resource_history.c.type, fhir_resource_history.c.last_updated)
 
 # Search index: one row per (resource, parameter, value). Each table has a lookup index that
 # starts with (type, param, value...) and ends with id, so a search reads only the index, and an

@@ -15,26 +15,23 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from gateway.errors import DeliveryError, TransientDeliveryError
+from gateway.store.history import build_history, run_history
 from gateway.store.index import IndexRows, index_rows
 from gateway.store.resource_tables import fhir_resource, fhir_resource_history
-from gateway.store.search import build_search
-from gateway.store.transaction import (
-    AppliedEntry,
-    ApplyResult,
-    Outcome,
-    content_hash,
-    drop_index_rows,
-    insert_index_rows,
-    plan_changes,
-    write_changes,
-)
+from gateway.store.search import SearchResult, build_search, run_search
+from gateway.store.ordering import Source, is_older, stored_key
+from gateway.store.transaction import AppliedEntry, ApplyResult, Outcome, content_hash, plan_changes
+from gateway.store.writer import Job, drop_index_rows, insert_index_rows, write_batch
 
 __all__ = [
     "AppliedEntry",
     "ApplyResult",
+    "HistoryPage",
+    "Job",
     "Outcome",
     "ResourceStore",
     "SearchResult",
+    "Source",
     "StoredResource",
     "content_hash",
 ]
@@ -52,11 +49,12 @@ class StoredResource:
 
 
 @dataclass(frozen=True, slots=True)
-class SearchResult:
-    total: int
-    resources: list[dict[str, Any]]
-    count: int
-    offset: int
+class HistoryPage:
+    #: Newest first.
+    versions: list[StoredResource]
+    next_cursor: str | None
+    #: Parameter names dropped under lenient handling.
+    ignored: tuple[str, ...]
 
 
 class ResourceStore:
@@ -64,22 +62,39 @@ class ResourceStore:
         self.engine = engine
         self._sqlite = engine.dialect.name == "sqlite"
 
-    def apply_bundle(self, bundle: dict[str, Any]) -> ApplyResult:
+    def apply_bundle(self, bundle: dict[str, Any], source: Source | None = None) -> ApplyResult:
         """Apply a transaction Bundle of PUT/DELETE entries, all or nothing, in one database transaction.
 
-        Raises DeliveryError for a bundle the store cannot apply, TransientDeliveryError when the
-        database is busy or unreachable (retrying may succeed).
+        ``source`` is the message the bundle was converted from: with it, an entry older than the
+        stored data is skipped as superseded (gateway/store/ordering.py). Raises DeliveryError for a
+        bundle the store cannot apply, TransientDeliveryError when the database is busy or
+        unreachable (retrying may succeed).
         """
-        changes = plan_changes(bundle)
-        if not changes:
+        job = Job(plan_changes(bundle), source)
+        if not job.changes:
             return ApplyResult(())
         try:
-            with self._write() as conn:
-                applied = write_changes(conn, changes, _now())
+            with self.transaction() as conn:
+                (result,) = self.write(conn, [job])
                 conn.commit()
         except SQLAlchemyError as exc:
-            raise _delivery_error(exc) from exc
-        return ApplyResult(tuple(applied[change.position] for change in changes))
+            raise delivery_error(exc) from exc
+        return result
+
+    def write(self, conn: Connection, jobs: list[Job]) -> list[ApplyResult]:
+        """Apply ``jobs`` in ``conn``'s open write transaction (see ``transaction``); the caller commits."""
+        return write_batch(conn, jobs, _now())
+
+    def superseding(self, keys: list[tuple[str, str]], source: Source) -> set[tuple[str, str]]:
+        """The keys whose stored data comes from a message newer than ``source``."""
+        table, newer = fhir_resource, set[tuple[str, str]]()
+        columns = (table.c.type, table.c.id, table.c.source_time, table.c.source_sender, table.c.source_seq)
+        with self.engine.connect() as conn:
+            for resource_type in sorted({t for t, _ in keys}):
+                ids = sorted({i for t, i in keys if t == resource_type})
+                stmt = select(*columns).where(table.c.type == resource_type, table.c.id.in_(ids))
+                newer.update((row.type, row.id) for row in conn.execute(stmt) if is_older(source, stored_key(row)))
+        return newer
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
         """The current resource, or None when it does not exist or is deleted."""
@@ -92,7 +107,7 @@ class ResourceStore:
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(table.c.version_id, table.c.last_updated, table.c.deleted, table.c.content).where(
-                    table.c.type == resource_type, table.c.id == resource_id
+                    table.c.type == resource_type, table.c.id == resource_id, table.c.version_id > 0
                 )
             ).one_or_none()
         return _stored(resource_type, resource_id, row) if row else None
@@ -111,13 +126,22 @@ class ResourceStore:
         """Resources of ``resource_type`` matching FHIR search ``params``; raises search.SearchError."""
         return self.find(resource_type, params).resources
 
-    def find(self, resource_type: str, params: dict[str, list[str]]) -> SearchResult:
-        """Like ``search``, with the total number of matches and the page bounds."""
-        query = build_search(resource_type, {k: [v] if isinstance(v, str) else list(v) for k, v in params.items()})
+    def find(self, resource_type: str, params: dict[str, list[str]], lenient: bool = False) -> SearchResult:
+        """Like ``search``: one page with the total, included resources and cursors of the next/previous page."""
+        query = build_search(
+            resource_type, {k: [v] if isinstance(v, str) else list(v) for k, v in params.items()}, lenient
+        )
         with self.engine.connect() as conn:
-            total = conn.execute(query.total()).scalar_one()
-            contents = conn.execute(query.page()).scalars().all() if query.count and total > query.offset else []
-        return SearchResult(total, [orjson.loads(content) for content in contents], query.count, query.offset)
+            return run_search(conn, query)
+
+    def history(
+        self, resource_type: str, resource_id: str | None, params: dict[str, list[str]], lenient: bool = False
+    ) -> HistoryPage:
+        """Versions of one resource (or, without ``resource_id``, of a type), newest first; raises SearchError."""
+        query = build_history(resource_type, resource_id, params, lenient)
+        with self.engine.connect() as conn:
+            rows, next_cursor = run_history(conn, query)
+        return HistoryPage([_stored(row.type, row.id, row) for row in rows], next_cursor, query.ignored)
 
     def reindex(self, resource_type: str | None = None, batch: int = 500) -> int:
         """Rebuild the search index rows (after search parameters changed); returns resources indexed."""
@@ -145,6 +169,12 @@ class ResourceStore:
             after = (rows[-1].type, rows[-1].id)
 
     @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection in a write transaction (the caller commits; leaving without commit rolls back)."""
+        with self._write() as conn:
+            yield conn
+
+    @contextmanager
     def _write(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             if self._sqlite:
@@ -164,7 +194,7 @@ def _now() -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-def _delivery_error(exc: SQLAlchemyError) -> DeliveryError:
+def delivery_error(exc: SQLAlchemyError) -> DeliveryError:
     """Busy, locked, deadlocked, serialization-failed or unreachable: retryable. Anything else: not."""
     reason = str(exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc).strip().splitlines()[0][:300]
     connection_lost = isinstance(exc, DBAPIError) and exc.connection_invalidated

@@ -1,0 +1,137 @@
+"""Delivery state per message per remote sink: pending until delivered, or dead with its reason.
+
+A message's rows are written with its resources, in the same transaction (``open``), so every
+message the built-in store holds has a row for each remote sink configured at the time. The
+sink's worker updates its row on every attempt. Operators read ``summary`` and ``pending``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+from sqlalchemy import BigInteger, Column, Index, Integer, String, Table, Text, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from gateway.store.db import metadata
+
+#: pending -> delivered | dead
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+
+sink_delivery = Table(
+    "sink_delivery",
+    metadata,
+    Column("message_id", String(64), primary_key=True),
+    Column("sink", String(64), primary_key=True),
+    Column("status", String(16), nullable=False, default=PENDING),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=False, default=""),
+    # Milliseconds since the epoch: when the gateway received the message (its age counts from
+    # there), when the next attempt is due, when the row last changed.
+    Column("received_at", BigInteger, nullable=False),
+    Column("next_attempt_at", BigInteger, nullable=False, default=0),
+    Column("updated_at", BigInteger, nullable=False),
+)
+Index("ix_sink_delivery_status", sink_delivery.c.sink, sink_delivery.c.status, sink_delivery.c.received_at)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    message_id: str
+    sink: str
+    status: str
+    attempts: int
+    last_error: str
+    received_at: int
+    next_attempt_at: int
+    updated_at: int
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def open_deliveries(conn: Connection, rows: Iterable[tuple[str, str, int]]) -> None:
+    """Add pending rows (message id, sink, received at) in ``conn``'s transaction; existing rows stay."""
+    now = _now_ms()
+    batch = [
+        {"message_id": m, "sink": s, "status": PENDING, "attempts": 0, "last_error": ""}
+        | {"received_at": r, "next_attempt_at": now, "updated_at": now}
+        for m, s, r in rows
+    ]
+    if batch:
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        conn.execute(dialect_insert(sink_delivery).on_conflict_do_nothing(), batch)
+
+
+class DeliveryStates:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def get(self, message_id: str, sink: str) -> DeliveryState | None:
+        table = sink_delivery
+        with self.engine.connect() as conn:
+            row = conn.execute(select(table).where(table.c.message_id == message_id, table.c.sink == sink)).first()
+        return _state(row) if row is not None else None
+
+    def attempted(self, message_id: str, sink: str, error: str, next_attempt_at: int) -> None:
+        """One more failed attempt; the next is due at ``next_attempt_at``."""
+        self._update(
+            message_id,
+            sink,
+            PENDING,
+            last_error=error[:4000],
+            next_attempt_at=next_attempt_at,
+            attempts=sink_delivery.c.attempts + 1,
+        )
+
+    def delivered(self, message_id: str, sink: str) -> None:
+        self._update(message_id, sink, DELIVERED, attempts=sink_delivery.c.attempts + 1, last_error="")
+
+    def dead(self, message_id: str, sink: str, reason: str, attempted: bool) -> None:
+        attempts = sink_delivery.c.attempts + (1 if attempted else 0)
+        self._update(message_id, sink, DEAD, last_error=reason[:4000], attempts=attempts)
+
+    def summary(self) -> dict[tuple[str, str], int]:
+        """(sink, status) -> number of messages."""
+        table = sink_delivery
+        stmt = select(table.c.sink, table.c.status, func.count()).group_by(table.c.sink, table.c.status)
+        with self.engine.connect() as conn:
+            return {(row[0], row[1]): int(row[2]) for row in conn.execute(stmt)}
+
+    def pending(self, sink: str, limit: int = 100) -> list[DeliveryState]:
+        """The oldest messages still waiting for ``sink``."""
+        table = sink_delivery
+        stmt = (
+            select(table)
+            .where(table.c.sink == sink, table.c.status == PENDING)
+            .order_by(table.c.received_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [_state(row) for row in conn.execute(stmt)]
+
+    def _update(self, message_id: str, sink: str, status: str, **values: object) -> None:
+        table = sink_delivery
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(table)
+                .where(table.c.message_id == message_id, table.c.sink == sink)
+                .values(status=status, updated_at=_now_ms(), **values)
+            )
+
+
+def _state(row: object) -> DeliveryState:
+    r = row._mapping  # type: ignore[attr-defined]
+    return DeliveryState(
+        r["message_id"],
+        r["sink"],
+        r["status"],
+        r["attempts"],
+        r["last_error"],
+        r["received_at"],
+        r["next_attempt_at"],
+        r["updated_at"],
+    )

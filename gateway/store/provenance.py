@@ -1,0 +1,94 @@
+"""Which received message produced or changed which resource versions, and which writes were superseded.
+
+One row per (message, resource, version): ``created``, ``updated``, ``deleted`` (the version the
+message made), ``moved`` (a version made by a Patient merge re-pointing references), or
+``superseded`` (the message's data for the resource was older than the stored data: the row names
+the version that stayed and, in ``superseded_by``, the message that wrote it). A write that
+changed nothing (a redelivery) leaves no row. The message itself is in the message archive under
+the same id, with its sender and control id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable
+
+from sqlalchemy import Column, DateTime, Index, Integer, String, Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from gateway.store.db import metadata
+
+resource_provenance = Table(
+    "resource_provenance",
+    metadata,
+    Column("message_id", String(64), primary_key=True),
+    Column("type", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("version_id", Integer, primary_key=True),
+    Column("outcome", String(16), nullable=False),
+    Column("superseded_by", String(64), nullable=True),
+    Column("recorded_at", DateTime, nullable=False),
+)
+Index("ix_resource_provenance_resource", resource_provenance.c.type, resource_provenance.c.id)
+# Operators list superseded writes, newest first; a partial index keeps the common rows out of it.
+Index(
+    "ix_resource_provenance_superseded",
+    resource_provenance.c.recorded_at,
+    sqlite_where=resource_provenance.c.outcome == "superseded",
+    postgresql_where=resource_provenance.c.outcome == "superseded",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProvenanceRecord:
+    message_id: str
+    type: str
+    id: str
+    version_id: int
+    outcome: str
+    superseded_by: str | None
+    recorded_at: datetime
+
+
+def record(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
+    """Insert provenance rows in ``conn``'s transaction; a row already there (a redelivery) is kept."""
+    batch = list(rows)
+    if not batch:
+        return
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    conn.execute(dialect_insert(resource_provenance).on_conflict_do_nothing(), batch)
+
+
+def for_message(engine: Engine, message_id: str) -> list[ProvenanceRecord]:
+    """What one message did, by resource."""
+    table = resource_provenance
+    stmt = select(table).where(table.c.message_id == message_id).order_by(table.c.type, table.c.id, table.c.version_id)
+    return _query(engine, stmt)
+
+
+def for_resource(engine: Engine, resource_type: str, resource_id: str) -> list[ProvenanceRecord]:
+    """Which messages made (or tried to change) one resource, oldest version first."""
+    table = resource_provenance
+    stmt = (
+        select(table)
+        .where(table.c.type == resource_type, table.c.id == resource_id)
+        .order_by(table.c.version_id, table.c.recorded_at)
+    )
+    return _query(engine, stmt)
+
+
+def superseded(engine: Engine, limit: int = 100) -> list[ProvenanceRecord]:
+    """The latest writes skipped because newer data was already stored, newest first."""
+    table = resource_provenance
+    stmt = select(table).where(table.c.outcome == "superseded").order_by(table.c.recorded_at.desc()).limit(limit)
+    return _query(engine, stmt)
+
+
+def _query(engine: Engine, stmt: Any) -> list[ProvenanceRecord]:
+    with engine.connect() as conn:
+        return [
+            ProvenanceRecord(r.message_id, r.type, r.id, r.version_id, r.outcome, r.superseded_by, r.recorded_at)
+            for r in conn.execute(stmt)
+        ]

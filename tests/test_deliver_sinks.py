@@ -1,0 +1,204 @@
+"""Remote FHIR sinks against a real FHIR server (sekmet-fhir, started by the tests), through outages.
+
+Acceptance: a remote sink outage of any length loses nothing. After recovery every message is
+delivered once in effect, or is a dead letter with its reason; meanwhile the built-in store and the
+other sinks keep flowing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from gateway.config import Settings
+from gateway.convert.engine import Converter
+from gateway.deadletter import DeadLetterStore
+from gateway.deliver.remote import RemoteRejected, RemoteSink
+from gateway.envelope import Envelope
+from gateway.hl7.message import parse
+from gateway.queue.embedded import free_port
+from gateway.sinkspec import parse_sinks
+from gateway.store.deliveries import DeliveryStates, sink_delivery
+from gateway.store.messages import MessageArchive
+from gateway.store.resources import ResourceStore
+from tests.conftest import sample
+from tests.sekmet_server import SekmetServer, SekmetUnavailable, sekmet_executable
+from tests.test_queue_worker import RunningWorker, _enqueue
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def sekmet_installed() -> None:
+    try:
+        sekmet_executable()
+    except SekmetUnavailable as exc:
+        pytest.skip(f"sekmet-fhir is not installable here: {exc}")
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, sekmet_installed: None) -> Iterator[Callable[[str], SekmetServer]]:
+    servers: list[SekmetServer] = []
+
+    def make(name: str) -> SekmetServer:
+        server = SekmetServer(tmp_path / name).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def a04(number: int) -> bytes:
+    return (
+        f"MSH|^~\\&|REG|HOSP|GW|GW|20240501{number:06d}||ADT^A04^ADT_A01|SINK-{number}|P|2.5.1\r"
+        f"EVN|A04|20240501{number:06d}\r"
+        f"PID|1||SINK{number}^^^HOSP^MR||Patient{number}^Pat||19800101|F\r"
+    ).encode()
+
+
+def envelope(raw: bytes) -> Envelope:
+    message = parse(raw.decode())
+    return Envelope(str(uuid.uuid4()), raw, int(time.time() * 1000), message.sender, message.control_id)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not reached in {timeout}s")
+
+
+def statuses(engine: Engine, sink: str) -> dict[str, int]:
+    table = sink_delivery
+    with engine.connect() as conn:
+        rows = conn.execute(select(table.c.status, func.count()).where(table.c.sink == sink).group_by(table.c.status))
+        return {row[0]: int(row[1]) for row in rows}
+
+
+def patient_on(server: SekmetServer, patient_id: str) -> dict[str, Any] | None:
+    with server.client() as client:
+        response = client.get(f"Patient/{patient_id}")
+    return response.json() if response.status_code == 200 else None
+
+
+def test_both_modes_store_on_the_server_and_a_refusal_keeps_its_outcome(
+    server_factory: Callable[[str], SekmetServer],
+) -> None:
+    server = server_factory("fhir")
+    bundle = Converter.load().convert(parse(sample("v2-to-fhir-ig/ADT_A01.hl7").decode()))
+    (patient,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
+
+    for mode in ("transaction", "put"):
+        (spec,) = parse_sinks(f"fhir={server.sink_spec};mode={mode}")
+        remote = RemoteSink(spec)
+        try:
+            remote.send(bundle)
+        finally:
+            remote.close()
+        stored = patient_on(server, patient["id"])
+        assert stored is not None and stored["name"] == patient["name"]
+
+    (spec,) = parse_sinks(f"fhir={server.sink_spec}")
+    bad = {**bundle, "entry": [{**bundle["entry"][0], "resource": {**patient, "gender": 5}}]}
+    remote = RemoteSink(spec)
+    try:
+        with pytest.raises(RemoteRejected) as caught:
+            remote.send(bad)
+    finally:
+        remote.close()
+    assert caught.value.status == 400
+    assert caught.value.outcome is not None and caught.value.outcome["resourceType"] == "OperationOutcome"
+    (wrong_token,) = parse_sinks(f"fhir={server.base_url};auth=Bearer nope")
+    remote = RemoteSink(wrong_token)
+    try:
+        with pytest.raises(RemoteRejected, match="HTTP 401"):
+            remote.send(bundle)
+    finally:
+        remote.close()
+
+
+def _settings(tmp_path: Path, database_url: str, namespace: str, sinks: str, **kw: Any) -> Settings:
+    options: dict[str, Any] = {
+        "sink_breaker_failures": 2,
+        "sink_breaker_cooldown_s": 0.5,
+        "sink_max_backoff_s": 1.5,
+    }
+    options.update(kw)
+    return Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        redis_namespace=namespace,
+        worker_threads=4,
+        fhir_sinks=sinks,
+        **options,
+    )
+
+
+def test_an_outage_loses_nothing_and_holds_up_nobody_else(
+    tmp_path: Path,
+    engine: Engine,
+    database_url: str,
+    redis_url: str,
+    redis_namespace: str,
+    server_factory: Callable[[str], SekmetServer],
+) -> None:
+    flaky, steady = server_factory("flaky"), server_factory("steady")
+    sinks = f"flaky={flaky.sink_spec};timeout=1;concurrency=2, steady={steady.sink_spec};mode=put"
+    settings = _settings(tmp_path, database_url, redis_namespace, sinks)
+    first, second = [envelope(a04(n)) for n in range(12)], [envelope(a04(n)) for n in range(12, 24)]
+    store = ResourceStore(engine)
+
+    with RunningWorker(settings, redis_url):
+        flaky.pause()  # hangs: every request to it times out
+        _enqueue(redis_url, redis_namespace, first)
+        wait_until(lambda: statuses(engine, "steady").get("delivered") == 12, 60, "steady sink flows")
+        processed = [MessageArchive(engine).get(e.id) for e in first]
+        assert all(m is not None and m.status == "processed" for m in processed)  # the store flows too
+        assert statuses(engine, "flaky") == {"pending": 12}
+
+        flaky.kill()  # then gone altogether: connections refused
+        _enqueue(redis_url, redis_namespace, second)
+        wait_until(lambda: statuses(engine, "steady").get("delivered") == 24, 60, "steady sink still flows")
+        assert statuses(engine, "flaky") == {"pending": 24}
+        assert max(s.attempts for s in DeliveryStates(engine).pending("flaky")) >= 1
+
+        flaky.start()  # recovery, same port, same data
+        wait_until(lambda: statuses(engine, "flaky").get("delivered") == 24, 90, "flaky sink catches up")
+
+    assert DeadLetterStore(engine).list() == []
+    for number in range(24):
+        (ours,) = store.search("Patient", {"identifier": [f"SINK{number}"]})
+        for server in (flaky, steady):
+            theirs = patient_on(server, ours["id"])
+            assert theirs is not None, f"Patient {number} missing on {server.data_dir.name}"
+            assert theirs["name"] == ours["name"] and theirs["identifier"] == ours["identifier"]
+
+
+def test_an_outage_longer_than_the_max_age_ends_in_dead_letters_with_the_reason(
+    tmp_path: Path, engine: Engine, database_url: str, redis_url: str, redis_namespace: str
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/fhir"
+    settings = _settings(tmp_path, database_url, redis_namespace, f"gone={nowhere};timeout=1", sink_max_age_s=3)
+    messages = [envelope(a04(n)) for n in range(5)]
+
+    with RunningWorker(settings, redis_url):
+        _enqueue(redis_url, redis_namespace, messages)
+        wait_until(lambda: statuses(engine, "gone").get("dead") == 5, 60, "every message a dead letter")
+
+    letters = DeadLetterStore(engine).list()
+    assert sorted(letter.envelope_id for letter in letters) == sorted(e.id for e in messages)
+    for letter in letters:
+        assert letter.stage == "deliver:gone"
+        assert "not delivered to gone within 3 s" in letter.reason and nowhere in letter.reason
+        assert letter.raw.startswith(b"MSH|")
+    assert all(MessageArchive(engine).get(e.id).status == "processed" for e in messages)  # type: ignore[union-attr]
