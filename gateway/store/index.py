@@ -112,7 +112,7 @@ def walk(node: Any, path: str) -> list[Any]:
 @lru_cache(maxsize=None)
 def _steps(path: str) -> tuple[tuple[str, bool, tuple[str, str] | None], ...]:
     """``path`` parsed once: (element or choice stem, is a choice, where-filter) per step."""
-    steps = []
+    steps: list[tuple[str, bool, tuple[str, str] | None]] = []
     for step in path.split("."):
         where = _WHERE.fullmatch(step)
         if where:

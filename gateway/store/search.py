@@ -149,7 +149,7 @@ def run_search(conn: Connection, query: SearchQuery) -> SearchResult:
     if query.count == 0:
         total = conn.execute(query.total()).scalar_one() if query.with_total else None
         return SearchResult([], total, 0, ignored=query.ignored)
-    rows = conn.execute(query.page()).all()
+    rows = list(conn.execute(query.page()).all())
     more = len(rows) > query.count
     rows = rows[: query.count]
     forward = query.cursor.forward if query.cursor else True

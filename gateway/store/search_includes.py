@@ -120,7 +120,8 @@ def _contents(conn: Connection, keys: list[tuple[str, str]]) -> list[dict[str, A
     by_type: dict[str, list[str]] = {}
     for resource_type, resource_id in keys:
         by_type.setdefault(resource_type, []).append(resource_id)
-    table, found = fhir_resource, {}
+    table = fhir_resource
+    found: dict[tuple[str, str], str] = {}
     for resource_type, ids in by_type.items():
         for chunk in _chunks(ids):
             stmt = select(table.c.id, table.c.content).where(
