@@ -101,7 +101,9 @@ def templates() -> list[Template]:
             validate_bundle(bundle)
         except Exception:  # noqa: BLE001 - a sample the gateway would not store is not used here
             continue
-        patients = [e["resource"] for e in bundle["entry"] if e["request"]["url"].startswith("Patient/") and "resource" in e]
+        patients = [
+            e["resource"] for e in bundle["entry"] if e["request"]["url"].startswith("Patient/") and "resource" in e
+        ]
         if any(identifier == i.get("value") for p in patients for i in p.get("identifier", [])):
             found.append(template)
     return found
@@ -117,7 +119,9 @@ class Run:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-async def send_all(port: int, messages: list[tuple[bytes, str, str]], connections: int, rate: float | None, run: Run) -> None:
+async def send_all(
+    port: int, messages: list[tuple[bytes, str, str]], connections: int, rate: float | None, run: Run
+) -> None:
     """Each connection sends a message, waits for its ACK, sends the next (paced when ``rate``)."""
     interval = connections / rate if rate else 0.0
     run.sent_first = time.perf_counter()
@@ -177,7 +181,9 @@ def poll(api: httpx.Client, run: Run, stop: threading.Event, chunk: int = 50) ->
             time.sleep(0.01)
 
 
-def measure(port: int, api: httpx.Client, messages: list[tuple[bytes, str, str]], connections: int, rate: float | None) -> Run:
+def measure(
+    port: int, api: httpx.Client, messages: list[tuple[bytes, str, str]], connections: int, rate: float | None
+) -> Run:
     run = Run()
     stop = threading.Event()
     poller = threading.Thread(target=poll, args=(api, run, stop), daemon=True)
@@ -210,7 +216,9 @@ def start_gateway(data: Path, args: argparse.Namespace) -> tuple[subprocess.Pope
     if args.database_url:
         env["HL7GW_DATABASE_URL"] = args.database_url
     log = open(data.parent / "gateway.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -241,7 +249,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         process, mllp_port, http_port = start_gateway(Path(tmp) / "data", args)
-        api = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", headers={"Authorization": "Bearer bench-token"}, timeout=30)
+        api = httpx.Client(
+            base_url=f"http://127.0.0.1:{http_port}", headers={"Authorization": "Bearer bench-token"}, timeout=30
+        )
         try:
             measure(mllp_port, api, batch("w", 200), args.connections, None)  # warm up
 

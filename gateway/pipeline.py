@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import Any, Callable, Protocol, TypeVar
 
 from gateway.convert.engine import Converter
@@ -52,6 +53,8 @@ class Pipeline:
     sink: StoreSink
     archive: MessageArchive
     fanout: Fanout | None = None
+    #: The time zone of a sender's timestamps without an offset (None: read them as UTC).
+    zone_of: Callable[[str], tzinfo | None] = lambda sender: None
 
     def process(self, envelope: Envelope) -> None:
         """Run every stage; raises a GatewayError (with its stage) when one fails."""
@@ -64,7 +67,7 @@ class Pipeline:
         message: Message = run_stage("parse", parse, text)
         bundle = run_stage("convert", self.converter.convert, message)
         run_stage("validate", validate_bundle, bundle)
-        source = run_stage("deliver", source_of, envelope, message)
+        source = run_stage("deliver", source_of, envelope, message, self.zone_of(message.sender))
         sinks = self.fanout.sink_names if self.fanout else ()
         message_type = "^".join(part for part in message.message_type if part)
         run_stage("deliver", self.sink.deliver, bundle, source, envelope, message_type, sinks)

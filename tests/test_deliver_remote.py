@@ -17,10 +17,15 @@ from gateway.sinkspec import SinkSpec
 from tests.fhir_bundles import delete, patient, put, transaction
 
 BUNDLE = transaction(put(patient("p1", "M1")), delete("Observation", "o9"))
-OUTCOME = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid", "diagnostics": "bad"}]}
+OUTCOME = {
+    "resourceType": "OperationOutcome",
+    "issue": [{"severity": "error", "code": "invalid", "diagnostics": "bad"}],
+}
 
 
-def sink(handler: Callable[[httpx.Request], httpx.Response], mode: str = "transaction") -> tuple[RemoteSink, list[httpx.Request]]:
+def sink(
+    handler: Callable[[httpx.Request], httpx.Response], mode: str = "transaction"
+) -> tuple[RemoteSink, list[httpx.Request]]:
     seen: list[httpx.Request] = []
 
     def record(request: httpx.Request) -> httpx.Response:
@@ -122,5 +127,3 @@ def test_retry_after_forms() -> None:
     assert retry_after_seconds(email.utils.formatdate(now - 30, usegmt=True), now) == 0.0
     for bad in (None, "", "soon", "-5"):
         assert retry_after_seconds(bad) is None
-
-

@@ -186,3 +186,20 @@ def test_a_message_entirely_superseded_sends_nothing(harness: Harness) -> None:
     assert harness.worker.handle(older) == "superseded"
 
     assert harness.requests == [] and harness.state(older).status == "delivered"
+
+
+def test_a_queue_failure_after_the_store_commit_is_retried_not_parked(harness: Harness) -> None:
+    from gateway.deliver.fanout import SinkFanout
+    from gateway.errors import is_retryable
+    from gateway.queue.broker import make_broker
+    from gateway.queue.embedded import free_port
+
+    broker = make_broker(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    message = harness.stored(BUNDLE)
+    envelope = Envelope(message.message_id, RAW, message.received_at, "ADT|HOSP", "C1")
+    try:
+        with pytest.raises(Exception) as caught:
+            SinkFanout(broker, (SinkSpec("hapi", "http://fhir.test/fhir"),)).enqueue(envelope, message.source, BUNDLE)
+    finally:
+        broker.close()
+    assert is_retryable(caught.value) and "could not queue" in str(caught.value)

@@ -202,3 +202,25 @@ def test_an_outage_longer_than_the_max_age_ends_in_dead_letters_with_the_reason(
         assert "not delivered to gone within 3 s" in letter.reason and nowhere in letter.reason
         assert letter.raw.startswith(b"MSH|")
     assert all(MessageArchive(engine).get(e.id).status == "processed" for e in messages)  # type: ignore[union-attr]
+
+
+def test_hl7gw_run_delivers_to_a_configured_server(
+    tmp_path: Path, server_factory: Callable[[str], SekmetServer]
+) -> None:
+    from tests.gateway_process import GatewayProcess
+    from tests.test_e2e import send_raw
+
+    server = server_factory("remote")
+    gateway = GatewayProcess(tmp_path / "data")
+    gateway.env["HL7GW_FHIR_SINKS"] = f"remote={server.sink_spec};mode=put"
+    gateway.start()
+    try:
+        ack = send_raw(sample("v2-to-fhir-ig/ADT_A01.hl7"), gateway.mllp_port)
+        assert str(ack.segment("MSA")[1]) in ("AA", "CA")
+        found = gateway.wait_for("/fhir/Patient?identifier=1032702", lambda b: b.get("total", 0) >= 1)
+        ours = found["entry"][0]["resource"]
+        wait_until(lambda: patient_on(server, ours["id"]) is not None, 30, "the Patient on the remote server")
+        theirs = patient_on(server, ours["id"])
+        assert theirs is not None and theirs["name"] == ours["name"]
+    finally:
+        gateway.stop()

@@ -10,7 +10,9 @@ from gateway.sinkspec import SinkSpec, parse_sinks
 
 
 def test_compact_syntax() -> None:
-    sinks = parse_sinks("hapi=https://hapi.example/fhir/;auth=Bearer s3cr3t;timeout=2.5, lab=http://lab:8080/fhir;mode=put")
+    sinks = parse_sinks(
+        "hapi=https://hapi.example/fhir/;auth=Bearer s3cr3t;timeout=2.5, lab=http://lab:8080/fhir;mode=put"
+    )
 
     assert sinks == (
         SinkSpec("hapi", "https://hapi.example/fhir", "transaction", "Bearer s3cr3t", 2.5, 4),

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from gateway.config import load_settings
 from gateway.convert.engine import Converter
 from gateway.deliver.source import dtm_to_utc, source_of
 from gateway.deliver.store_sink import StoreSink
@@ -19,6 +20,7 @@ from gateway.envelope import Envelope
 from gateway.errors import DeliveryError
 from gateway.hl7.message import parse
 from gateway.pipeline import Pipeline
+from gateway.queue.worker import sender_zones
 from gateway.store import provenance
 from gateway.store.deliveries import DeliveryStates, sink_delivery
 from gateway.store.messages import MessageArchive
@@ -79,6 +81,15 @@ def test_dtm_to_utc(text: str, expected: datetime | None) -> None:
     assert dtm_to_utc(text) == expected
 
 
+def test_a_time_without_offset_is_in_the_senders_zone() -> None:
+    settings = load_settings(default_tz="America/New_York", sender_tz="LAB|HOSP=Europe/Berlin")
+    zone_of = sender_zones(settings)
+    assert dtm_to_utc("202405011200", zone_of("LAB|HOSP")) == datetime(2024, 5, 1, 10, 0)  # CEST, +02:00
+    assert dtm_to_utc("202401151200", zone_of("ADT|HOSP")) == datetime(2024, 1, 15, 17, 0)  # EST, -05:00
+    assert dtm_to_utc("202401151200+0100", zone_of("ADT|HOSP")) == datetime(2024, 1, 15, 11, 0)  # its own
+    assert sender_zones(load_settings())("ADT|HOSP") is None
+
+
 # -- one commit -----------------------------------------------------------------------------------------
 @pytest.fixture
 def store_sink(engine: Engine) -> Any:
@@ -137,7 +148,9 @@ def test_a_resend_after_the_dedup_window_keeps_its_first_place(engine: Engine, s
 def test_remote_sinks_get_a_pending_row_in_the_same_commit(engine: Engine, store_sink: StoreSink) -> None:
     received = envelope(adt("C1", "Doe"))
     message = parse(received.raw.decode())
-    store_sink.deliver(Converter.load().convert(message), source_of(received, message), received, "ADT", ("hapi", "lab"))
+    store_sink.deliver(
+        Converter.load().convert(message), source_of(received, message), received, "ADT", ("hapi", "lab")
+    )
 
     with engine.connect() as conn:
         rows = conn.execute(select(sink_delivery.c.sink, sink_delivery.c.status, sink_delivery.c.received_at)).all()

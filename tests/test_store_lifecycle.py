@@ -159,7 +159,9 @@ def test_a_merge_moves_references_to_the_survivor_in_the_same_transaction(engine
 
 def test_messages_about_a_merged_away_patient_follow_the_merge(engine: Engine) -> None:
     store = ResourceStore(engine)
-    store.apply_bundle(transaction(put(survivor("new", "old", "M2")), put(merged_away("old", "new", "M1"))), src("a40", 5))
+    store.apply_bundle(
+        transaction(put(survivor("new", "old", "M2")), put(merged_away("old", "new", "M1"))), src("a40", 5)
+    )
 
     # Sent before the merge, delivered after it: its Patient is older, its Encounter is re-pointed.
     late = store.apply_bundle(
@@ -244,7 +246,9 @@ class Feed:
             text = re.sub(r"(?m)^(EVN\|[^|\r\n]*\|)[^|\r\n]*", lambda m: m.group(1) + recorded, text)
         message = parse(text)
         self.seq += 1
-        envelope = Envelope(str(uuid.uuid4()), raw, int(time.time() * 1000), message.sender, message.control_id, seq=self.seq)
+        envelope = Envelope(
+            str(uuid.uuid4()), raw, int(time.time() * 1000), message.sender, message.control_id, seq=self.seq
+        )
         return self.converter.convert(message), source_of(envelope, message)
 
     def send(self, raw: bytes, recorded: str | None = None) -> Any:
@@ -270,6 +274,21 @@ def test_samples_admit_discharge_cancel(engine: Engine, converter: Converter) ->
     stored = feed.store.read("Encounter", encounter_id)
     assert stored is not None and stored["status"] == "in-progress"
     assert len(feed.store.search("Encounter", {"_id": [encounter_id]})) == 1
+
+
+def test_sample_update_before_its_admission_ends_right(engine: Engine, converter: Converter) -> None:
+    feed = Feed(engine, converter)
+    update, update_source = feed.bundle(sample("ms-fhir-converter/ADT-A08-01.hl7"), "20290801090000+0115")
+    (patient_id,) = [r["id"] for r in _resources(update, "Patient")]
+    feed.store.apply_bundle(update, update_source)
+    expected = feed.store.read("Patient", patient_id)
+
+    # The admission, sent earlier under the name before the update, arrives last.
+    admit = sample("ms-fhir-converter/ADT-A01-01.hl7").replace(b"|EVERYMAN&", b"|BEFORE-UPDATE&")
+    late_admit = feed.send(admit, "20290801070000+0115")
+
+    assert [e.outcome for e in late_admit if e.type == "Patient"] == ["superseded"]
+    assert feed.store.read("Patient", patient_id) == expected
 
 
 def test_sample_cancel_admit(engine: Engine, converter: Converter) -> None:
@@ -320,7 +339,9 @@ def test_sample_merge_in_both_arrival_orders(engine: Engine, converter: Converte
         new_reference = old["link"][0]["other"]["reference"]
         for raw in order:
             feed.send(raw)
-        (visit,) = feed.store.search("Encounter", {"_id": [r["id"] for r in _resources(feed.bundle(OLD_PATIENT_ADMIT)[0], "Encounter")]})
+        (visit,) = feed.store.search(
+            "Encounter", {"_id": [r["id"] for r in _resources(feed.bundle(OLD_PATIENT_ADMIT)[0], "Encounter")]}
+        )
         assert visit["subject"]["reference"] == new_reference
         stored_old = feed.store.read("Patient", old["id"])
         assert stored_old is not None and stored_old["active"] is False
@@ -330,14 +351,22 @@ def test_sample_merge_in_both_arrival_orders(engine: Engine, converter: Converte
 
 def _clear(engine: Engine) -> None:
     with engine.begin() as conn:
-        for table in (fhir_resource, fhir_resource_history, *SEARCH_TABLES.values(), resource_provenance, patient_merge):
+        for table in (
+            fhir_resource,
+            fhir_resource_history,
+            *SEARCH_TABLES.values(),
+            resource_provenance,
+            patient_merge,
+        ):
             conn.execute(sql_delete(table))
 
 
 def _current(engine: Engine) -> list[Any]:
     """Current content without meta, of resources other than Provenance (each message has its own)."""
     with engine.connect() as conn:
-        rows = conn.execute(select(fhir_resource.c.type, fhir_resource.c.content).where(fhir_resource.c.type != "Provenance"))
+        rows = conn.execute(
+            select(fhir_resource.c.type, fhir_resource.c.content).where(fhir_resource.c.type != "Provenance")
+        )
         out = []
         for row in rows:
             content = orjson.loads(row.content) if row.content else None

@@ -76,7 +76,9 @@ def test_same_timestamp_from_two_senders_ends_the_same_in_either_order(engine: E
 
     store.apply_bundle(transaction(delete("Patient", "p1")), src("c", 59))  # start over
     store.apply_bundle(transaction(put(patient("p2", "MRN2", family="FromAdt"))), src("b2", 10, seq=1))
-    store.apply_bundle(transaction(put(patient("p2", "MRN2", family="FromLab"))), src("a2", 10, seq=9, sender="LAB|HOSP"))
+    store.apply_bundle(
+        transaction(put(patient("p2", "MRN2", family="FromLab"))), src("a2", 10, seq=9, sender="LAB|HOSP")
+    )
 
     assert one_way == family(store, "p2") == "FromLab"  # "LAB|HOSP" > "ADT|HOSP": the tie-break
 

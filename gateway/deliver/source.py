@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 
 from gateway.convert.dtm import parse_dtm
 from gateway.envelope import Envelope
@@ -10,14 +10,15 @@ from gateway.hl7.message import Message
 from gateway.store.ordering import Source
 
 
-def source_of(envelope: Envelope, message: Message) -> Source:
+def source_of(envelope: Envelope, message: Message, zone: tzinfo | None = None) -> Source:
     """The Source of ``message``: its timestamp is EVN-2 (recorded date/time, chapter 3.4.1.2),
-    else MSH-7 (date/time of message, chapter 2.14.9.7), else when the gateway received it."""
+    else MSH-7 (date/time of message, chapter 2.14.9.7), else when the gateway received it.
+    A timestamp without an offset is in ``zone`` (the sender's, HL7GW_SENDER_TZ / HL7GW_DEFAULT_TZ)."""
     moment = None
     if message.segment("EVN") is not None:
-        moment = dtm_to_utc(message.get("EVN-2.1"))
+        moment = dtm_to_utc(message.get("EVN-2.1"), zone)
     if moment is None:
-        moment = dtm_to_utc(message.get("MSH-7.1"))
+        moment = dtm_to_utc(message.get("MSH-7.1"), zone)
     if moment is None:
         moment = datetime.fromtimestamp(envelope.received_at / 1000, timezone.utc).replace(tzinfo=None)
     return Source(
@@ -29,8 +30,9 @@ def source_of(envelope: Envelope, message: Message) -> Source:
     )
 
 
-def dtm_to_utc(text: str) -> datetime | None:
-    """A DTM (chapter 2A.22) as naive UTC at its own precision; no offset is read as UTC; None if invalid."""
+def dtm_to_utc(text: str, zone: tzinfo | None = None) -> datetime | None:
+    """A DTM (chapter 2A.22) as naive UTC at its own precision; None if invalid. Without an offset
+    it is read in ``zone``, else as UTC (the same for every message of a sender, so they compare)."""
     dtm = parse_dtm(text) if text else None
     if dtm is None:
         return None
@@ -45,7 +47,9 @@ def dtm_to_utc(text: str) -> datetime | None:
         micros,
     )
     if dtm.offset is None:
-        return local
+        if zone is None:
+            return local
+        return local.replace(tzinfo=zone).astimezone(timezone.utc).replace(tzinfo=None)
     sign = -1 if dtm.offset[0] == "-" else 1
     offset = timedelta(hours=int(dtm.offset[1:3]), minutes=int(dtm.offset[4:6]))
     return local - sign * offset

@@ -118,6 +118,3 @@ def summary(result: ApplyResult) -> str:
             text += f" by message {entry.superseded_by}"
         parts.append(text)
     return ", ".join(parts)[:4000]
-
-
-

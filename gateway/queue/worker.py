@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from datetime import tzinfo
+from typing import Any, Callable
+from zoneinfo import ZoneInfo
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -97,7 +99,9 @@ def build_broker(
     return broker
 
 
-def sink_workers_for(settings: Settings, engine: Engine, broker: RedisBroker, fanout: SinkFanout) -> dict[str, SinkWorker]:
+def sink_workers_for(
+    settings: Settings, engine: Engine, broker: RedisBroker, fanout: SinkFanout
+) -> dict[str, SinkWorker]:
     """A SinkWorker per configured remote sink, sharing the database and Redis of this process."""
     keys = Keys(settings.redis_namespace)
     states, store = DeliveryStates(engine), ResourceStore(engine)
@@ -127,11 +131,18 @@ def sink_workers_for(settings: Settings, engine: Engine, broker: RedisBroker, fa
     return workers
 
 
+def sender_zones(settings: Settings) -> Callable[[str], tzinfo | None]:
+    """A sender's time zone for timestamps without an offset: HL7GW_SENDER_TZ, else HL7GW_DEFAULT_TZ."""
+    zones = {sender: ZoneInfo(name) for sender, name in settings.sender_time_zones.items()}
+    default = ZoneInfo(settings.default_tz) if settings.default_tz else None
+    return lambda sender: zones.get(sender, default)
+
+
 def run_worker(settings: Settings, redis_url: str, stop: threading.Event) -> None:
     """Consume until ``stop`` is set, then drain: finish running messages, requeue prefetched ones."""
     engine = make_engine(settings.resolved_database_url)
     create_schema(engine)
-    pipeline = Pipeline(Converter.load(), StoreSink(engine), MessageArchive(engine))
+    pipeline = Pipeline(Converter.load(), StoreSink(engine), MessageArchive(engine), zone_of=sender_zones(settings))
     sink_workers: dict[str, SinkWorker] = {}
     broker = build_broker(settings, redis_url, pipeline, engine, sink_workers)
     if settings.sinks:

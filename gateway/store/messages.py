@@ -24,11 +24,9 @@ from sqlalchemy import (
     func,
     select,
     tuple_,
-    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
 
 from gateway.envelope import Envelope
 from gateway.store.db import metadata
@@ -75,37 +73,6 @@ def _now_ms() -> int:
 class MessageArchive:
     def __init__(self, engine: Engine):
         self.engine = engine
-
-    def record_attempt(self, envelope: Envelope, message_type: str = "") -> None:
-        """Archive the envelope on its first attempt; count later attempts (redeliveries)."""
-        now = _now_ms()
-        with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(message_archive)
-                .where(message_archive.c.id == envelope.id)
-                .values(attempts=message_archive.c.attempts + 1, updated_at=now)
-            ).rowcount
-            if changed:
-                return
-            try:
-                conn.execute(
-                    message_archive.insert().values(
-                        id=envelope.id,
-                        sender=envelope.sender,
-                        control_id=envelope.control_id,
-                        seq=envelope.seq,
-                        message_type=message_type,
-                        peer=envelope.peer,
-                        received_at=envelope.received_at,
-                        raw=envelope.raw,
-                        status="received",
-                        attempts=1,
-                        updated_at=now,
-                        detail="",
-                    )
-                )
-            except IntegrityError:  # a concurrent redelivery inserted it first
-                pass
 
     def record(self, conn: Connection, outcomes: Iterable[tuple[Envelope, str, str, str]]) -> None:
         """Archive (envelope, status, detail, message type) rows in ``conn``'s open transaction.
@@ -176,14 +143,6 @@ class MessageArchive:
             if known is not None and (envelope.seq <= 0 or known < envelope.seq):
                 first[envelope.id] = known
         return first
-
-    def mark(self, envelope_id: str, status: str, detail: str = "") -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(message_archive)
-                .where(message_archive.c.id == envelope_id)
-                .values(status=status, detail=detail[:4000], updated_at=_now_ms())
-            )
 
     def get(self, envelope_id: str) -> ArchivedMessage | None:
         with self.engine.connect() as conn:

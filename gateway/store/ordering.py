@@ -5,7 +5,8 @@ message that last wrote it, and compares an incoming write's source with it:
 
 * the source timestamp decides: EVN-2 (recorded date/time, chapter 3.4.1.2), else MSH-7 (date/time
   of message, chapter 2.14.9.7), else the time the gateway received the message; a value without
-  a UTC offset is read as UTC (consistently, so one sender's messages compare correctly);
+  a UTC offset is read in the sender's configured zone (HL7GW_SENDER_TZ, HL7GW_DEFAULT_TZ), else
+  as UTC (consistently, so one sender's messages compare correctly);
 * at the same timestamp, the per-sender sequence number (the order in which the gateway first
   accepted the sender's messages) decides between messages of one sender;
 * at the same timestamp from different senders, the sender name breaks the tie: arbitrary, but

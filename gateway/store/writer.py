@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -157,7 +157,7 @@ class _Batch:
     def lock(self, provisional: dict[Key, _Row]) -> None:
         """Claim the rows of ``provisional``'s keys and read the ones that already existed."""
         keys = sorted(provisional)
-        inserted = _claim(self.conn, [{"type": k[0], "id": k[1], **asdict(provisional[k])} for k in keys])
+        inserted = _claim(self.conn, [{"type": k[0], "id": k[1], **_columns(provisional[k])} for k in keys])
         existing = _read_rows(self.conn, [k for k in keys if k not in inserted])
         for key in keys:
             if key in inserted:
@@ -288,11 +288,14 @@ class _Batch:
                 if self.stored[key] is not None:  # our placeholder for a DELETE of nothing
                     dropped.append(key)
             elif final != self.stored[key]:
-                changed.append({"key_type": key[0], "key_id": key[1]} | {f"new_{k}": v for k, v in asdict(final).items()})
+                new = {f"new_{name}": value for name, value in _columns(final).items()}
+                changed.append({"key_type": key[0], "key_id": key[1], **new})
         _update_rows(self.conn, changed)
         _delete_rows(self.conn, dropped)
         if self.history:
-            self.conn.execute(insert(fhir_resource_history), [{k: v[k] for k in _HISTORY_COLUMNS} for v in self.history])
+            self.conn.execute(
+                insert(fhir_resource_history), [{k: v[k] for k in _HISTORY_COLUMNS} for v in self.history]
+            )
         drop_index_rows(self.conn, [key for key in self.reindex if key in self.existed])
         rows = IndexRows()
         for key in sorted(self.reindex):
@@ -328,6 +331,11 @@ def _move_references(
         moved.append(mover._write(change, state, rewritten, digest, None, "moved", keep_source=True, credit=message_id))
     mover.flush()
     return moved
+
+
+def _columns(row: _Row) -> dict[str, Any]:
+    """The row as column values (dataclasses.asdict would deep-copy the content)."""
+    return {name: getattr(row, name) for name in _ROW_COLUMNS}
 
 
 def _source_columns(source: Source | None) -> dict[str, Any]:
