@@ -128,7 +128,14 @@ class Supervisor:
 
     # -- run -------------------------------------------------------------------------------
     def _reap(self) -> None:
-        """Restart any child that exited while we were not stopping it."""
+        """Restart any child that exited while we were not stopping it, the embedded Redis first."""
+        redis_proc = self.redis.process if self.redis is not None else None
+        if self.redis is not None and (redis_proc is None or redis_proc.poll() is not None) and not self._stop_requested:
+            # Same port and files: the AOF replays every committed message, and the listener and
+            # workers reconnect by themselves (until then intake answers AR 207).
+            log.error("embedded redis-server exited; restarting it")
+            time.sleep(RESTART_BACKOFF_S)
+            self.redis.start()
         for child in self.children:
             proc = child.process
             if proc is None or child.stopping or proc.poll() is None:

@@ -239,3 +239,34 @@ def test_sigterm_stops_cleanly_and_loses_nothing(tmp_path: Path) -> None:
         assert wait_processed(restarted, count) == ["processed"] * count
     finally:
         restarted.stop()
+
+
+def test_embedded_redis_crash_is_restarted_and_nothing_acknowledged_is_lost(tmp_path: Path) -> None:
+    gateway = GatewayProcess(tmp_path / "data").start()
+    try:
+        before = send_raw(ADT_A01.read_bytes(), gateway.mllp_port)
+        assert str(before.segment("MSA")[1]) in ("AA", "CA")
+        (redis_pid,) = [
+            pid for pid in gateway.descendants() if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        os.kill(redis_pid, 9)
+
+        # Until Redis is back the answer is "not accepted" (AR/CR 207); then it is accepted again.
+        raw = (
+            b"MSH|^~\\&|SND|FAC|GW|GWF|20240101120000||ADT^A04^ADT_A01|AFTER-CRASH|P|2.5.1\r"
+            b"PID|1||CRASH1^^^HOSP^MR||Doe^John||19800101|M\r"
+        )
+        deadline = time.monotonic() + 60
+        codes = []
+        while time.monotonic() < deadline:
+            code = str(send_raw(raw, gateway.mllp_port).segment("MSA")[1])
+            codes.append(code)
+            if code == "AA":
+                break
+            assert code == "AR", codes
+            time.sleep(0.5)
+        assert codes[-1] == "AA", f"never accepted again: {codes}\n{gateway.log()}"
+        assert find_patient(gateway, "CRASH1")["name"][0]["family"] == "Doe"
+        assert find_patient(gateway, "1032702")["name"][0]["family"] == "Everywoman"
+    finally:
+        gateway.stop()
