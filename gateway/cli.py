@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -11,9 +12,13 @@ import sys
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.deadletter import DeadLetterStore
 
 
 def _setup_logging() -> None:
@@ -80,16 +85,23 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dlq_list(settings: Settings, args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _dead_letter_store(settings: Settings) -> Iterator["DeadLetterStore"]:
+    """The dead-letter store on the configured database, closed afterwards."""
     from gateway.deadletter import DeadLetterStore
     from gateway.store.db import create_schema, make_engine
 
     engine = make_engine(settings.resolved_database_url)
     try:
         create_schema(engine)
-        letters = DeadLetterStore(engine).list(status=None if args.all else "open", limit=args.limit)
+        yield DeadLetterStore(engine)
     finally:
         engine.dispose()
+
+
+def cmd_dlq_list(settings: Settings, args: argparse.Namespace) -> int:
+    with _dead_letter_store(settings) as store:
+        letters = store.list(status=None if args.all else "open", limit=args.limit)
     if not letters:
         print("no dead letters")
         return 0
@@ -102,15 +114,8 @@ def cmd_dlq_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.deadletter import DeadLetterStore
-    from gateway.store.db import create_schema, make_engine
-
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        create_schema(engine)
-        letter = DeadLetterStore(engine).get(args.id)
-    finally:
-        engine.dispose()
+    with _dead_letter_store(settings) as store:
+        letter = store.get(args.id)
     if letter is None:
         print(f"no dead letter {args.id}", file=sys.stderr)
         return 1

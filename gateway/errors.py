@@ -75,7 +75,6 @@ class StageCrash(GatewayError):
     def __init__(self, stage: str, exc: BaseException):
         super().__init__(f"{type(exc).__name__}: {exc}")
         self.stage = stage
-        self.__cause__ = exc
 
 
 def is_retryable(exc: BaseException) -> bool:
