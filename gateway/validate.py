@@ -3,8 +3,9 @@
 Each resource is checked with the fhir.resources R4B models (structure, cardinality, primitive
 formats), plus what those models do not check: no empty elements, codes of a few required
 bindings, unique entries, and references that resolve inside the bundle or name a FHIR resource
-type. Model validation is slow, so its outcome is cached per resource content (canonical JSON) in
-a bounded LRU: a resource already seen costs one serialization and one hash.
+type. Model validation is slow: a resource whose shape the model accepted before only has its
+primitive values checked, each with the model's own schema for its element (gateway/shapecheck.py),
+and every outcome is cached per resource content (canonical JSON) in a bounded LRU.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
 
 from gateway.errors import ValidationError
+from gateway.shapecheck import Shape, ShapeRegistry, Walk
 
 CACHE_SIZE = 8192
 
@@ -80,10 +82,12 @@ class _LRU:
 
 
 _cache = _LRU(CACHE_SIZE)
+_shapes = ShapeRegistry()
 
 
 def clear_cache() -> None:
     _cache.clear()
+    _shapes.clear()
 
 
 @functools.lru_cache(maxsize=None)
@@ -122,6 +126,11 @@ def _content_problem(resource: dict) -> str | None:
     problem = _model_problem(resource)
     if problem is not None:
         return problem
+    return _code_problem(resource)
+
+
+def _code_problem(resource: dict) -> str | None:
+    """A code of a required binding the R4B models leave unchecked that is not in its value set."""
     rtype = resource["resourceType"]
     for (owner, *keys), allowed in _REQUIRED_CODES.items():
         if owner == rtype:
@@ -133,8 +142,9 @@ def _content_problem(resource: dict) -> str | None:
 
 class _Outcome(NamedTuple):
     problem: str | None
-    #: (element path, reference) for every Reference.reference in the resource.
-    references: tuple[tuple[str, Any], ...]
+    #: Every Reference.reference value in the resource.
+    references: tuple[Any, ...]
+
 
 
 def check_resource(resource: dict) -> _Outcome:
@@ -147,9 +157,23 @@ def check_resource(resource: dict) -> _Outcome:
     hit, outcome = _cache.get(digest)
     if hit:
         return outcome
-    outcome = _Outcome(_content_problem(resource), tuple(_references(resource, "")))
+    walk = Walk()
+    shape = walk.shape(resource)
+    outcome = _Outcome(_shape_problem(resource, walk, shape), tuple(walk.references))
     _cache.put(digest, outcome)
     return outcome
+
+
+def _shape_problem(resource: dict, walk: Walk, shape: Shape) -> str | None:
+    """``_content_problem``, with the R4B model run only for a shape it has not accepted before."""
+    if not walk.empty:
+        checkers = _shapes.checkers(shape)
+        if checkers is not None and all(check(value) for check, value in zip(checkers, walk.values)):
+            return _code_problem(resource)
+    problem = _content_problem(resource)  # an unknown shape, or a problem to explain: the model decides
+    if problem is None:
+        _shapes.accept(shape, resource)
+    return problem
 
 
 def _empty_elements(value: Any, path: str) -> Iterator[str]:
@@ -248,9 +272,10 @@ def validate_bundle(bundle: dict) -> None:
         outcome = check_resource(resource)
         if outcome.problem is not None:
             raise ValidationError(f"{name}: {outcome.problem}")
-        for where, reference in outcome.references:
+        for reference in outcome.references:
             if reference in local or reference in full_urls:
                 continue
             problem = _check_reference(reference, local, full_urls)
             if problem is not None:
+                where = next(w for w, r in _references(resource, "") if r == reference)
                 raise ValidationError(f"{name}: {where} {reference!r} {problem}")
