@@ -18,6 +18,8 @@ from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from gateway.deadletter import DeadLetterStore
 
 
@@ -86,17 +88,24 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _dead_letter_store(settings: Settings) -> Iterator["DeadLetterStore"]:
-    """The dead-letter store on the configured database, closed afterwards."""
-    from gateway.deadletter import DeadLetterStore
+def _database(settings: Settings) -> Iterator["Engine"]:
+    """The configured database (its tables created if missing), disposed of afterwards."""
     from gateway.store.db import create_schema, make_engine
 
     engine = make_engine(settings.resolved_database_url)
     try:
         create_schema(engine)
-        yield DeadLetterStore(engine)
+        yield engine
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def _dead_letter_store(settings: Settings) -> Iterator["DeadLetterStore"]:
+    from gateway.deadletter import DeadLetterStore
+
+    with _database(settings) as engine:
+        yield DeadLetterStore(engine)
 
 
 def cmd_dlq_list(settings: Settings, args: argparse.Namespace) -> int:
@@ -124,6 +133,34 @@ def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
     print(f"reason: {letter.reason}\n--- raw message ---")
     print(letter.raw.decode("utf-8", errors="replace").replace("\r", "\n"))
     return 0
+
+
+def cmd_message(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.operator_views import show_message
+
+    with _database(settings) as engine:
+        return show_message(engine, args.key, sys.stdout, raw=args.raw)
+
+
+def cmd_trail(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.operator_views import show_trail
+
+    with _database(settings) as engine:
+        return show_trail(engine, args.reference, sys.stdout)
+
+
+def cmd_superseded(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.operator_views import list_superseded
+
+    with _database(settings) as engine:
+        return list_superseded(engine, args.limit, sys.stdout)
+
+
+def cmd_sinks(settings: Settings, _args: argparse.Namespace) -> int:
+    from gateway.operator_views import sink_status
+
+    with _database(settings) as engine:
+        return sink_status(engine, sys.stdout)
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
@@ -181,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_show = dlq.add_parser("show", help="show one dead letter with its raw message")
     dlq_show.add_argument("id")
     dlq_show.set_defaults(func=cmd_dlq_show)
+    message = sub.add_parser("message", help="one message's journey: status, resource versions, sink deliveries")
+    message.add_argument("key", help="the message's archive id, or its MSH-10")
+    message.add_argument("--raw", action="store_true", help="print the raw message too")
+    message.set_defaults(func=cmd_message)
+    trail = sub.add_parser("trail", help="the messages that wrote (or were superseded on) one resource")
+    trail.add_argument("reference", help="Type/id, e.g. Patient/0c4a...")
+    trail.set_defaults(func=cmd_trail)
+    superseded = sub.add_parser("superseded", help="writes skipped because newer data was stored, newest first")
+    superseded.add_argument("--limit", type=int, default=100)
+    superseded.set_defaults(func=cmd_superseded)
+    sub.add_parser("sinks", help="remote sinks: messages by delivery state, oldest pending").set_defaults(func=cmd_sinks)
     send = sub.add_parser("send", help="send the HL7 messages in files over MLLP and print each ACK")
     send.add_argument("files", nargs="+", metavar="FILE", help="one or many messages per file (CR, LF or CRLF)")
     send.add_argument("--host", help="default: HL7GW_MLLP_HOST")

@@ -1,0 +1,106 @@
+"""What operators see: a message's journey, a resource's trail, superseded writes, sink backlog."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from gateway import cli
+from gateway.convert.engine import Converter
+from gateway.deliver.source import source_of
+from gateway.deliver.store_sink import StoreSink
+from gateway.hl7.message import parse
+from gateway.operator_views import list_superseded, show_message, show_trail, sink_status
+from gateway.pipeline import Pipeline
+from gateway.store import provenance
+from gateway.store.deliveries import DeliveryStates
+from gateway.store.messages import MessageArchive
+from tests.test_pipeline import adt, envelope
+
+
+@pytest.fixture
+def store_sink(engine: Engine) -> Iterator[StoreSink]:
+    sink = StoreSink(engine)
+    yield sink
+    sink.close()
+
+
+def _text(view: Any, *args: Any, **kw: Any) -> tuple[int, str]:
+    out = io.StringIO()
+    code = view(*args, out, **kw)
+    return code, out.getvalue()
+
+
+def test_an_older_message_shows_as_superseded_everywhere(engine: Engine, store_sink: StoreSink) -> None:
+    pipeline = Pipeline(Converter.load(), store_sink, MessageArchive(engine))
+    newer = envelope(adt("NEW-1", "Newer", evn2="20240501130000"), seq=2)
+    older = envelope(adt("OLD-1", "Older", evn2="20240501120000"), seq=1)
+    pipeline.process(newer)
+    pipeline.process(older)
+    (patient,) = [r for r in provenance.for_message(engine, newer.id) if r.type == "Patient"]
+
+    code, text = _text(show_message, engine, "OLD-1")  # found by MSH-10
+    assert code == 0
+    assert f"message {older.id}" in text and "MSH-10 OLD-1" in text and "status processed" in text
+    assert f"Patient/{patient.id} v1 superseded (kept version by message {newer.id})" in text
+
+    code, text = _text(list_superseded, engine, 10)
+    assert code == 0 and f"Patient/{patient.id} v1" in text and older.id in text and newer.id in text
+
+    code, text = _text(show_trail, engine, f"Patient/{patient.id}")
+    lines = text.splitlines()
+    assert code == 0 and len(lines) == 2
+    assert "created" in lines[0] and "MSH-10 NEW-1" in lines[0]
+    assert "superseded" in lines[1] and "MSH-10 OLD-1" in lines[1] and newer.id in lines[1]
+
+
+def test_a_message_by_its_id_with_raw_text(engine: Engine, store_sink: StoreSink) -> None:
+    pipeline = Pipeline(Converter.load(), store_sink, MessageArchive(engine))
+    received = envelope(adt("C-RAW", "Doe"))
+    pipeline.process(received)
+    code, text = _text(show_message, engine, received.id, raw=True)
+    assert code == 0 and "v1 created" in text and "--- raw message ---" in text and "PID|1||M1^^^HOSP^MR" in text
+
+
+def test_unknown_message_and_resource(engine: Engine) -> None:
+    assert _text(show_message, engine, "nope") == (1, "no message with id or MSH-10 'nope'\n")
+    assert _text(show_trail, engine, "Patient/nope")[0] == 1
+    assert _text(show_trail, engine, "nonsense")[0] == 2
+    assert _text(list_superseded, engine, 10) == (0, "no superseded writes\n")
+    assert _text(sink_status, engine) == (0, "no remote sink deliveries recorded\n")
+
+
+def test_sink_backlog_and_a_message_per_sink(engine: Engine, store_sink: StoreSink) -> None:
+    received = envelope(adt("C-SINK", "Doe"))
+    message = parse(received.raw.decode())
+    store_sink.deliver(
+        Converter.load().convert(message), source_of(received, message), received, "ADT^A08^ADT_A01", ("hapi", "lab")
+    )
+    states = DeliveryStates(engine)
+    states.delivered(received.id, "lab")
+    states.attempted(received.id, "hapi", "503 Service Unavailable", 0)
+
+    code, text = _text(sink_status, engine)
+    assert code == 0
+    assert "sink hapi: pending 1" in text and "sink lab: delivered 1" in text
+    assert f"message {received.id}, 1 attempt(s), last error: 503 Service Unavailable" in text
+
+    code, text = _text(show_message, engine, received.id)
+    assert "sink hapi: pending, 1 attempt(s): 503 Service Unavailable" in text and "sink lab: delivered" in text
+
+
+def test_the_commands_read_the_configured_database(
+    database_url: str, engine: Engine, store_sink: StoreSink, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = Pipeline(Converter.load(), store_sink, MessageArchive(engine))
+    pipeline.process(envelope(adt("C-CLI", "Doe")))
+    monkeypatch.setenv("HL7GW_DATABASE_URL", database_url)
+    assert cli.main(["message", "C-CLI"]) == 0
+    assert "MSH-10 C-CLI" in capsys.readouterr().out
+    assert cli.main(["superseded"]) == 0
+    assert "no superseded writes" in capsys.readouterr().out
+    assert cli.main(["sinks"]) == 0
+    assert cli.main(["message", "missing"]) == 1
