@@ -187,6 +187,7 @@ def main() -> None:
                 f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; redis appendfsync always",
                 flush=True,
             )
+            print("event loop: asyncio's own (stdlib) in the echo server, in hl7gw mllp and in the client", flush=True)
             run(run_clients(echo_port, 4, 100, args.window, None))  # warm up both
             run(run_clients(gw_port, 4, 100, args.window, None))
             base = report("echo ACK server (no storage)", run(run_clients(echo_port, args.connections, args.messages, args.window, None)))

@@ -81,6 +81,39 @@ def test_oversized_frames_are_dropped_and_reported(frames, cuts):
     assert not decoder.in_frame
 
 
+def feed_recording(decoder: FrameDecoder, chunks: list[bytes]) -> list[tuple[list[bytes], str]]:
+    """Per chunk: the payloads returned (or carried by the exception) and the exception type."""
+    out: list[tuple[list[bytes], str]] = []
+    for chunk in chunks:
+        try:
+            out.append((decoder.feed(chunk), ""))
+        except FramingError as exc:
+            out.append((exc.frames, type(exc).__name__))
+    return out
+
+
+@PROPERTY
+@given(
+    st.lists(st.one_of(payloads.map(lambda p: (True, encode_frame(p))), st.binary(max_size=30).map(lambda b: (False, b)))),
+    st.integers(min_value=1, max_value=40),
+    st.booleans(),
+)
+def test_a_chunk_that_is_one_whole_frame_decodes_as_byte_by_byte(chunks, limit, require_cr):
+    # A chunk holding exactly one frame, read between frames, takes a shortcut; it must change
+    # nothing: same payloads, same problems, same counters and state as its bytes one at a time.
+    whole, bytewise = FrameDecoder(limit, require_cr), FrameDecoder(limit, require_cr)
+    for is_frame, chunk in chunks:
+        if not is_frame or whole.in_frame:
+            assert feed_recording(whole, [chunk]) == feed_recording(bytewise, [chunk])
+            continue
+        got = feed_recording(whole, [chunk])[0]
+        one_by_one = feed_recording(bytewise, [chunk[i : i + 1] for i in range(len(chunk))])
+        assert got[0] == [p for frames, _ in one_by_one for p in frames]
+        assert got[1] == next((problem for _, problem in one_by_one if problem), "")
+        assert (whole.discarded_bytes, whole.dropped_frames) == (bytewise.discarded_bytes, bytewise.dropped_frames)
+        assert (whole.in_frame, whole.unfinished()) == (bytewise.in_frame, bytewise.unfinished())
+
+
 def test_encode_frame():
     assert encode_frame(b"MSH|x") == b"\x0bMSH|x\x1c\r"
     for bad in (b"a\x0bb", b"a\x1cb"):

@@ -168,6 +168,17 @@ def render_ack(
 _STAMP, _ID = "\x00stamp\x00", "\x00id\x00"
 
 
+def ack_template(header: AckHeader, ack_code: str) -> tuple[str, str, str]:
+    """``render_ack`` without errors, cut where MSH-7 (``timestamp``) and MSH-10 (``new_control_id``)
+    go: ``before + timestamp + between + control id + after`` is the ACK."""
+    return _template(header, ack_code)
+
+
+def timestamp(seps: Separators, now: datetime | None = None) -> str:
+    """MSH-7 of an ACK written now (or at ``now``) with ``seps``."""
+    return _timestamp(now, seps)
+
+
 @functools.lru_cache(maxsize=1024)
 def _template(header: AckHeader, ack_code: str) -> tuple[str, str, str]:
     """An ACK without errors for ``header``, cut where its timestamp and control id go."""

@@ -8,18 +8,15 @@ connection are committed, all ready answers in one write.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import secrets
 import socket
 import time
-import uuid
 from collections import deque
 from typing import TYPE_CHECKING
 
-from gateway.envelope import Envelope
 from gateway.hl7.ack import AckError
 from gateway.mllp.framing import COMMIT_ACK, COMMIT_NAK, FrameDecoder, FrameTooLarge, FramingError
+from gateway.mllp.profiles import Profile
 from gateway.mllp.triage import PROCESS, Verdict
 from gateway.queue.intake import Receipt
 
@@ -45,13 +42,33 @@ class _Slot:
         conn.server.ready(conn)
 
 
+class _ProfiledSlot:
+    """A ``_Slot`` for a frame the fast path judged (gateway/mllp/profiles.py): no Verdict built."""
+
+    __slots__ = ("conn", "profile", "control_id", "reply")
+
+    def __init__(self, conn: "MllpConnection", profile: Profile, control_id: str):
+        self.conn = conn
+        self.profile = profile
+        self.control_id = control_id
+        self.reply: bytes | None = None
+
+    def __call__(self, receipt: Receipt | None, error: BaseException | None) -> None:
+        conn = self.conn
+        self.reply = conn.server.settle_profiled(self.profile, self.control_id, receipt, error)
+        conn.server.ready(conn)
+
+
 class MllpConnection(asyncio.Protocol):
     def __init__(self, server: "MllpServer"):
         self.server = server
         self.loop = asyncio.get_running_loop()
+        #: The intake lane this connection's frames are committed on, in arrival order; chosen
+        #: again only when every earlier frame is answered.
+        self.lane = 0
         limits = server.limits
         self.decoder = FrameDecoder(limits.max_message_bytes, limits.require_trailing_cr)
-        self.slots: deque[_Slot] = deque()
+        self.slots: deque[_Slot | _ProfiledSlot] = deque()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.last_activity = time.monotonic()
@@ -124,40 +141,44 @@ class MllpConnection(asyncio.Protocol):
 
     # -- frames -----------------------------------------------------------------------------
     def _receive(self, frame: bytes) -> None:
-        if frame == COMMIT_ACK or frame == COMMIT_NAK:
+        if len(frame) == 1 and (frame == COMMIT_ACK or frame == COMMIT_NAK):
             # MLLP release 2: the peer's commit acknowledgement of one of our ACKs.
             self.server.stats.commit_acks_received += 1
             return
-        if not frame.strip():  # an empty frame: some senders' keepalive, nothing to answer or keep
+        if not frame or (frame[0] in _BLANK and not frame.strip()):
+            # An empty frame: some senders' keepalive, nothing to answer or keep.
             self.server.stats.empty_frames += 1
             return
-        self._submit(frame, self.server.triage.decide(frame))
+        server = self.server
+        judged = server.profiles.judge(frame)
+        if isinstance(judged, Verdict):
+            self._submit(frame, judged)
+            return
+        profile, control_id = judged
+        if not self.slots:
+            self.lane = server.intake.pick_lane()
+        slot = _ProfiledSlot(self, profile, control_id)
+        self.slots.append(slot)
+        server.intake.enqueue_message(frame, profile.sender, control_id, self.peer, PROCESS, None, slot, self.lane)
 
     def _submit(self, raw: bytes, verdict: Verdict) -> None:
+        if not self.slots:
+            self.lane = self.server.intake.pick_lane()
         slot = _Slot(self, verdict)
         self.slots.append(slot)
-        self.server.intake.enqueue(self._envelope(raw, verdict), slot)
-
-    def _envelope(self, raw: bytes, verdict: Verdict) -> Envelope:
-        meta: dict[str, str] = {}
-        if verdict.stage != PROCESS:
-            meta = {"reason": verdict.reason, "message_type": verdict.message_type}
-        return Envelope(
-            id=new_envelope_id(),
-            raw=raw,
-            received_at=int(time.time() * 1000),
-            sender=verdict.sender,
-            control_id=verdict.control_id,
-            peer=self.peer,
-            start_stage=verdict.stage,
-            meta=meta,
+        meta = None if verdict.stage == PROCESS else {"reason": verdict.reason, "message_type": verdict.message_type}
+        self.server.intake.enqueue_message(
+            raw, verdict.sender, verdict.control_id, self.peer, verdict.stage, meta, slot, self.lane
         )
 
     def _keep(self, raw: bytes, why: str) -> None:
         """Keep bytes that cannot be answered (an unfinished frame) where operators see them."""
         verdict = self.server.triage.kept(raw, AckError("100", why))
         log.warning("%s: %s; %d byte(s) kept as a dead letter", self.peer, why, len(raw))
-        self.server.intake.enqueue(self._envelope(raw, verdict), _log_failure)
+        meta = {"reason": verdict.reason, "message_type": verdict.message_type}
+        self.server.intake.enqueue_message(
+            raw, verdict.sender, verdict.control_id, self.peer, verdict.stage, meta, _log_failure, self.lane
+        )
 
     def _framing_problem(self, problem: FramingError) -> None:
         """Answer the broken frame when it can be answered, then close: the stream is out of step."""
@@ -232,15 +253,8 @@ class MllpConnection(asyncio.Protocol):
                 self.transport.pause_reading()
 
 
-_ID_PREFIX = uuid.uuid4().hex[:20]  # version 4 and variant digits included
-_ID_NUMBERS = itertools.count(secrets.randbelow(1 << 40))
-
-
-def new_envelope_id() -> str:
-    """A version-4-shaped UUID: 80 random bits drawn once per process, then a 48-bit counter
-    (a quarter of the cost of ``uuid.uuid4()``, which shows at thousands of messages a second)."""
-    digits = f"{_ID_PREFIX}{next(_ID_NUMBERS) & 0xFFFF_FFFF_FFFF:012x}"
-    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+#: What ``bytes.strip`` removes: a frame starting with anything else is not blank.
+_BLANK = b" \t\n\r\x0b\x0c"
 
 
 def _log_failure(receipt: Receipt | None, error: BaseException | None) -> None:

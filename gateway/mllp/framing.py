@@ -106,6 +106,17 @@ class FrameDecoder:
         """The payloads completed by ``data``, in order."""
         if not isinstance(data, (bytes, bytearray)):
             data = bytes(data)
+        if (
+            # The usual case: between frames, ``data`` is exactly one whole frame, CR included.
+            not self._in_frame
+            and not self._after_end
+            and data[:1] == START_BLOCK
+            and data.find(END_BLOCK) == len(data) - 2
+            and data[-1] == _CR
+            and data.find(START_BLOCK, 1) < 0
+            and len(data) - 3 <= self.max_frame_bytes
+        ):
+            return [bytes(data[1:-2])]
         frames: list[bytes] = []
         problem: FramingError | None = None
         pos, size = 0, len(data)

@@ -17,6 +17,7 @@ from gateway.hl7.ack import build_reject_for_unreadable
 from gateway.mllp.answer import answer
 from gateway.mllp.framing import encode_frame
 from gateway.mllp.connection import MllpConnection
+from gateway.mllp.profiles import Profile, Profiles
 from gateway.mllp.triage import PROCESS, STORED_ACK, Triage, Verdict
 from gateway.queue.intake import Intake, Receipt
 
@@ -68,6 +69,7 @@ class MllpServer:
     ):
         self.intake = intake
         self.triage = triage or Triage()
+        self.profiles = Profiles(self.triage, commit_acks=commit_acks)
         self.limits = limits or Limits()
         self.ssl_context = ssl_context
         self.commit_acks = commit_acks
@@ -182,6 +184,22 @@ class MllpServer:
             return answer(verdict, stored=error is None, commit_acks=self.commit_acks, storage_problem=str(error or ""))
         except Exception:  # noqa: BLE001 - a bug here must not leave the sender (and its later ACKs) waiting
             log.exception("could not build the answer for %s", verdict.control_id)
+            return encode_frame(build_reject_for_unreadable(b"", RuntimeError("internal error")).encode())
+
+    def settle_profiled(
+        self, profile: Profile, control_id: str, receipt: Receipt | None, error: BaseException | None
+    ) -> bytes:
+        """``settle`` for a frame judged by its header profile: the same counts and answer, faster."""
+        if error is not None or receipt is None:
+            return self.settle(profile.verdict_for(control_id), receipt, error)
+        if receipt.duplicate:
+            self.stats.duplicates += 1
+        else:
+            self.stats.accepted += 1
+        try:
+            return profile.accepted(control_id)
+        except Exception:  # noqa: BLE001 - as in ``settle``: the sender must not be left waiting
+            log.exception("could not build the answer for %s", control_id)
             return encode_frame(build_reject_for_unreadable(b"", RuntimeError("internal error")).encode())
 
     async def _sweep(self) -> None:
