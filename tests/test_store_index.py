@@ -95,19 +95,19 @@ def test_patient_index_rows() -> None:
 
     rows = index_rows("Patient", "p1", resource)
 
-    assert {(r["param"], r["system"], r["code"]) for r in rows.tokens} == {
+    assert {(param, system, code) for _, _, param, system, code in rows.tokens} == {
         ("identifier", "urn:a", "1"),
         ("identifier", "", "2"),
         ("gender", "", "male"),
     }
     assert len(rows.tokens) == 3  # duplicates dropped
-    assert {(r["param"], r["value"], r["exact"]) for r in rows.strings} == {
+    assert {(param, value, exact) for _, _, param, value, exact in rows.strings} == {
         ("family", "ørsted", "Ørsted"),
         ("given", "hans christian", "Hans Christian"),
         ("name", "ørsted", "Ørsted"),
         ("name", "hans christian", "Hans Christian"),  # "official" (HumanName.use) is a code, not text
     }
-    assert [(r["param"], r["low"], r["high"]) for r in rows.dates] == [
+    assert [row[2:] for row in rows.dates] == [
         ("birthdate", datetime(1777, 8, 14), datetime(1777, 8, 15))
     ]
     assert rows.references == []
@@ -128,18 +128,18 @@ def test_observation_index_rows_share_subject_rows_with_patient() -> None:
 
     rows = index_rows("Observation", "o1", resource)
 
-    assert {(r["system"], r["code"]) for r in rows.tokens if r["param"] == "code"} == {
+    assert {(system, code) for _, _, param, system, code in rows.tokens if param == "code"} == {
         ("http://loinc.org", "1"),
         ("urn:local", "x"),
     }
-    assert [(r["param"], r["target_type"], r["target_id"]) for r in rows.references] == [("subject", "Patient", "p1")]
+    assert rows.references == [("Observation", "o1", "subject", "Patient", "p1")]
     assert rows.dates == []
 
 
 def test_long_values_are_cut_to_the_index_width() -> None:
     rows = index_rows("Patient", "p1", {"identifier": [{"value": "x" * 1000}], "name": [{"family": "y" * 1000}]})
-    assert len(rows.tokens[0]["code"]) == MAX_INDEXED
-    assert all(len(r["value"]) == MAX_INDEXED for r in rows.strings)
+    assert len(rows.tokens[0][4]) == MAX_INDEXED  # code
+    assert all(len(value) == MAX_INDEXED for _, _, _, value, _ in rows.strings)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     # queue forget its message, so the commit must survive power loss.
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
+    # A commit of a batch dirties ~150 index pages per message; checkpointing every 1000 WAL pages
+    # (the default) copied each commit's pages into the database file right away. Every 10000
+    # (~40 MB) copies a page rewritten by several commits once. Durability is the WAL's fsync either way.
+    cur.execute("PRAGMA wal_autocheckpoint=10000")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

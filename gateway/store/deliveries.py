@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from sqlalchemy import BigInteger, Column, Index, Integer, String, Table, Text, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from gateway.store.bulk import BulkInsert
 from gateway.store.db import metadata
 
 #: pending -> delivered | dead
@@ -53,17 +53,17 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_OPEN = BulkInsert(
+    sink_delivery,
+    ("message_id", "sink", "status", "attempts", "last_error", "received_at", "next_attempt_at", "updated_at"),
+    conflict="ON CONFLICT DO NOTHING",
+)
+
+
 def open_deliveries(conn: Connection, rows: Iterable[tuple[str, str, int]]) -> None:
     """Add pending rows (message id, sink, received at) in ``conn``'s transaction; existing rows stay."""
     now = _now_ms()
-    batch = [
-        {"message_id": m, "sink": s, "status": PENDING, "attempts": 0, "last_error": ""}
-        | {"received_at": r, "next_attempt_at": now, "updated_at": now}
-        for m, s, r in rows
-    ]
-    if batch:
-        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        conn.execute(dialect_insert(sink_delivery).on_conflict_do_nothing(), batch)
+    _OPEN.run(conn, [(m, s, PENDING, 0, "", r, now, now) for m, s, r in rows])
 
 
 class DeliveryStates:

@@ -12,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 from gateway.store.fhir_dates import InvalidDate, date_range, period_range
 from gateway.store.search_params import SearchParam
@@ -32,12 +32,16 @@ _REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_his
 
 @dataclass
 class IndexRows:
-    """Rows for the four search tables, ready for an executemany insert."""
+    """Rows for the four search tables, as tuples in the order of ``COLUMNS`` (for bulk inserts)."""
 
-    tokens: list[dict[str, Any]] = field(default_factory=list)
-    strings: list[dict[str, Any]] = field(default_factory=list)
-    dates: list[dict[str, Any]] = field(default_factory=list)
-    references: list[dict[str, Any]] = field(default_factory=list)
+    #: (type, id, param, system, code)
+    tokens: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    #: (type, id, param, value, exact)
+    strings: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    #: (type, id, param, low, high)
+    dates: list[tuple[str, str, str, datetime, datetime]] = field(default_factory=list)
+    #: (type, id, param, target_type, target_id)
+    references: list[tuple[str, str, str, str, str]] = field(default_factory=list)
 
     def extend(self, other: "IndexRows") -> None:
         self.tokens += other.tokens
@@ -46,8 +50,19 @@ class IndexRows:
         self.references += other.references
 
 
+#: The columns of each search table, in the order of the IndexRows tuples.
+COLUMNS = {
+    "token": ("type", "id", "param", "system", "code"),
+    "string": ("type", "id", "param", "value", "exact"),
+    "date": ("type", "id", "param", "low", "high"),
+    "reference": ("type", "id", "param", "target_type", "target_id"),
+}
+
+
 def normalize_text(text: str) -> str:
     """Lower case without accents, for string search (search.html#string: case and accent insensitive)."""
+    if text.isascii():  # NFKD changes nothing and nothing is combining; casefold is lower
+        return " ".join(text.lower().split())[:MAX_INDEXED]
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(char for char in decomposed if not unicodedata.combining(char))
     return " ".join(stripped.casefold().split())[:MAX_INDEXED]
@@ -62,26 +77,75 @@ def parse_reference(value: str) -> tuple[str, str] | None:
 def index_rows(resource_type: str, resource_id: str, resource: dict[str, Any]) -> IndexRows:
     """Every index row ``resource`` needs for the search parameters of ``resource_type``."""
     rows = IndexRows()
-    key = {"type": resource_type, "id": resource_id}
-    for param in indexed_parameters(resource_type):
-        values = [value for path in param.paths if _present(resource, path) for value in walk(resource, path)]
+    plan = _plan(resource_type)
+    present = set(plan.always)
+    for element in resource:
+        found = plan.by_element.get(element)
+        if found:
+            present.update(found)
+    for position in sorted(present):
+        param = plan.params[position]
+        values = _values(resource, param.paths)
         if not values:
             continue
+        name = param.name
         if param.kind == "token":
-            rows.tokens += [{**key, "param": param.name, "system": s, "code": c} for s, c in _unique(_tokens(values))]
+            tokens = dict.fromkeys(_tokens(values, []))
+            rows.tokens += [(resource_type, resource_id, name, system, code) for system, code in tokens]
         elif param.kind == "string":
+            texts = dict.fromkeys(_strings(values, []))
             rows.strings += [
-                {**key, "param": param.name, "value": normalize_text(text), "exact": text[:MAX_INDEXED]}
-                for text in _unique(_strings(values))
+                (resource_type, resource_id, name, normalize_text(text), text[:MAX_INDEXED]) for text in texts
             ]
         elif param.kind == "date":
-            rows.dates += [{**key, "param": param.name, "low": lo, "high": hi} for lo, hi in _unique(_dates(values))]
+            rows.dates += [(resource_type, resource_id, name, low, high) for low, high in dict.fromkeys(_dates(values))]
         else:
-            rows.references += [
-                {**key, "param": param.name, "target_type": t, "target_id": i}
-                for t, i in _unique(_references(values, param))
-            ]
+            targets = dict.fromkeys(_references(values, param))
+            rows.references += [(resource_type, resource_id, name, kind, target) for kind, target in targets]
     return rows
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which indexed parameters of a type can have values, by the resource's top-level elements."""
+
+    params: list[SearchParam]
+    #: Top-level element -> positions in ``params`` of the parameters with a path starting there.
+    by_element: dict[str, tuple[int, ...]]
+    #: Parameters with a path starting at a choice element (x[x]): always looked at.
+    always: tuple[int, ...]
+
+
+@lru_cache(maxsize=None)
+def _plan(resource_type: str) -> _Plan:
+    params = indexed_parameters(resource_type)
+    by_element: dict[str, list[int]] = {}
+    always: list[int] = []
+    for position, param in enumerate(params):
+        for path in param.paths:
+            step, choice, _ = _steps(path)[0]
+            if choice:
+                always.append(position)
+            else:
+                by_element.setdefault(step, []).append(position)
+    return _Plan(params, {k: tuple(v) for k, v in by_element.items()}, tuple(always))
+
+
+def _values(resource: dict[str, Any], paths: tuple[str, ...]) -> list[Any]:
+    """The values of every path, in order (``walk``, with the common one-element path done inline)."""
+    values: list[Any] = []
+    for path in paths:
+        steps = _steps(path)
+        step, choice, where = steps[0]
+        if len(steps) == 1 and not choice and not where:
+            child = resource.get(step)
+            if isinstance(child, list):
+                values += [value for value in child if value is not None]
+            elif child is not None:
+                values.append(child)
+        elif choice or step in resource:
+            values += walk(resource, path)
+    return values
 
 
 def walk(node: Any, path: str) -> list[Any]:
@@ -124,57 +188,68 @@ def _steps(path: str) -> tuple[tuple[str, bool, tuple[str, str] | None], ...]:
     return tuple(steps)
 
 
-def _present(resource: dict[str, Any], path: str) -> bool:
-    """A cheap first check: does the resource have the path's first element at all?"""
-    step, choice, _ = _steps(path)[0]
-    return choice or step in resource
-
-
-def _tokens(values: list[Any]) -> Iterator[tuple[str, str]]:
+def _tokens(values: list[Any], out: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(system, code) of each value, appended to ``out``."""
     for value in values:
-        if isinstance(value, bool):
-            yield "", "true" if value else "false"
-        elif isinstance(value, str):
-            yield "", value[:MAX_INDEXED]
-        elif isinstance(value, dict):
-            if isinstance(value.get("coding"), list):  # CodeableConcept
-                yield from _tokens(value["coding"])
+        if isinstance(value, dict):
+            coding = value.get("coding")
+            if isinstance(coding, list):  # CodeableConcept
+                _tokens(coding, out)
             # Coding.system|code; Identifier.system|value; ContactPoint.system|value
             code = value.get("code", value.get("value"))
             if isinstance(code, str) and code:
                 system = value.get("system")
-                yield (system if isinstance(system, str) else "")[:MAX_INDEXED], code[:MAX_INDEXED]
+                out.append(((system if isinstance(system, str) else "")[:MAX_INDEXED], code[:MAX_INDEXED]))
+        elif isinstance(value, bool):
+            out.append(("", "true" if value else "false"))
+        elif isinstance(value, str):
+            out.append(("", value[:MAX_INDEXED]))
+    return out
 
 
-def _strings(values: list[Any]) -> Iterator[str]:
+def _strings(values: list[Any], out: list[str]) -> list[str]:
+    """The non-blank texts in each value (the text parts of a HumanName or Address), appended to ``out``."""
     for value in values:
         if isinstance(value, str):
             if value.strip():
-                yield value
+                out.append(value)
         elif isinstance(value, list):
-            yield from _strings(value)
-        elif isinstance(value, dict):  # HumanName, Address: their text parts
-            yield from _strings([v for k, v in value.items() if k not in _NOT_TEXT and not k.startswith("_")])
+            _strings(value, out)
+        elif isinstance(value, dict):
+            _strings([v for k, v in value.items() if k not in _NOT_TEXT and not k.startswith("_")], out)
+    return out
 
 
-def _dates(values: list[Any]) -> Iterator[tuple[datetime, datetime]]:
+def _dates(values: list[Any]) -> list[tuple[datetime, datetime]]:
+    out = []
     for value in values:
         try:
             if isinstance(value, str):
-                yield date_range(value)
+                out.append(_date_range(value))
             elif isinstance(value, dict) and ("start" in value or "end" in value):  # Period
-                yield period_range(value.get("start"), value.get("end"))
+                start, end = value.get("start"), value.get("end")
+                if isinstance(start, (str, type(None))) and isinstance(end, (str, type(None))):
+                    out.append(_period_range(start, end))
+                else:
+                    out.append(period_range(start, end))
         except InvalidDate:
             continue  # validation reports bad dates; the index just cannot use them
+    return out
 
 
-def _references(values: list[Any], param: SearchParam) -> Iterator[tuple[str, str]]:
+def _references(values: list[Any], param: SearchParam) -> list[tuple[str, str]]:
+    out = []
     for value in values:
-        if isinstance(value, dict) and isinstance(value.get("reference"), str):
-            target = parse_reference(value["reference"])
-            if target and (not param.targets or target[0] in param.targets):
-                yield target
+        if isinstance(value, dict):
+            reference = value.get("reference")
+            if isinstance(reference, str):
+                target = _reference_target(reference)
+                if target and (not param.targets or target[0] in param.targets):
+                    out.append(target)
+    return out
 
 
-def _unique(items: Iterator[Any]) -> list[Any]:
-    return list(dict.fromkeys(items))
+# The same dates and references recur across a batch's resources: parse each once.
+_date_range = lru_cache(maxsize=8192)(date_range)
+_period_range = lru_cache(maxsize=4096)(period_range)
+_reference_target = lru_cache(maxsize=8192)(parse_reference)

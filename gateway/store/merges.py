@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-from sqlalchemy import Column, String, Table, delete, select
+from sqlalchemy import Column, String, Table, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -36,6 +36,10 @@ patient_merge = Table(
     Column("message_id", String(64), nullable=True),
 )
 
+_LOAD = select(patient_merge.c.old_id, patient_merge.c.new_id).where(
+    patient_merge.c.old_id.in_(bindparam("ids", expanding=True))
+)
+
 #: Types whose references record the past; a merge does not rewrite them.
 HISTORICAL_TYPES = frozenset({"Provenance", "AuditEvent"})
 _MAX_CHAIN = 16
@@ -45,6 +49,8 @@ _PATIENT_REFERENCE = re.compile(rb'"reference":"Patient/([A-Za-z0-9\-.]{1,64})"'
 
 def referenced_patients(body: bytes) -> set[str]:
     """Ids of Patients referenced (relative ``Patient/id``) in a resource's JSON."""
+    if b'"reference":"Patient/' not in body:  # most resources: no regex needed
+        return set()
     return {match.decode() for match in _PATIENT_REFERENCE.findall(body)}
 
 
@@ -70,10 +76,7 @@ class MergeMap:
         for _ in range(_MAX_CHAIN):
             if not wanted:
                 return
-            found = {
-                row.old_id: row.new_id
-                for row in conn.execute(select(patient_merge).where(patient_merge.c.old_id.in_(sorted(wanted))))
-            }
+            found = {row.old_id: row.new_id for row in conn.execute(_LOAD, {"ids": sorted(wanted)})}
             self.direct.update(found)
             wanted = {new for new in found.values() if new not in self.direct}
 

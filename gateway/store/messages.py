@@ -21,14 +21,15 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     func,
     select,
     tuple_,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.envelope import Envelope
+from gateway.store.bulk import BulkInsert
 from gateway.store.db import metadata
 
 message_archive = Table(
@@ -50,6 +51,24 @@ message_archive = Table(
 )
 Index("ix_message_archive_sender_control", message_archive.c.sender, message_archive.c.control_id)
 Index("ix_message_archive_status", message_archive.c.status, message_archive.c.received_at)
+
+
+_RECORD = BulkInsert(
+    message_archive,
+    ("id", "sender", "control_id", "seq", "message_type", "peer", "received_at", "raw")
+    + ("status", "attempts", "updated_at", "detail"),
+    conflict="ON CONFLICT (id) DO UPDATE SET status = excluded.status, detail = excluded.detail,"
+    " message_type = excluded.message_type, updated_at = excluded.updated_at,"
+    " attempts = message_archive.attempts + 1",
+)
+_FIRST_SEQ = (
+    select(message_archive.c.sender, message_archive.c.control_id, func.min(message_archive.c.seq))
+    .where(
+        tuple_(message_archive.c.sender, message_archive.c.control_id).in_(bindparam("pairs", expanding=True)),
+        message_archive.c.seq > 0,
+    )
+    .group_by(message_archive.c.sender, message_archive.c.control_id)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,38 +100,15 @@ class MessageArchive:
         """
         now = _now_ms()
         rows = [
-            {
-                "id": envelope.id,
-                "sender": envelope.sender,
-                "control_id": envelope.control_id,
-                "seq": envelope.seq,
-                "message_type": message_type[:64],
-                "peer": envelope.peer,
-                "received_at": envelope.received_at,
-                "raw": envelope.raw,
-                "status": status,
-                "attempts": 1,
-                "updated_at": now,
-                "detail": detail[:4000],
-            }
-            for envelope, status, detail, message_type in outcomes
+            (e.id, e.sender, e.control_id, e.seq, message_type[:64], e.peer, e.received_at, e.raw)
+            + (status, 1, now, detail[:4000])
+            for e, status, detail, message_type in outcomes
         ]
-        if not rows:
-            return
-        table = message_archive
-        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        stmt = dialect_insert(table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[table.c.id],
-            set_={
-                "status": stmt.excluded.status,
-                "detail": stmt.excluded.detail,
-                "message_type": stmt.excluded.message_type,
-                "updated_at": stmt.excluded.updated_at,
-                "attempts": table.c.attempts + 1,
-            },
-        )
-        conn.execute(stmt, rows)
+        if len({row[0] for row in rows}) == len(rows):
+            _RECORD.run(conn, rows)
+        else:  # one statement must not update a row twice (PostgreSQL refuses): one row at a time
+            for row in rows:
+                _RECORD.run(conn, [row])
 
     def record_outcome(self, envelope: Envelope, status: str, detail: str = "", message_type: str = "") -> None:
         """``record`` one envelope in a transaction of its own."""
@@ -129,15 +125,10 @@ class MessageArchive:
         """
         first = {e.id: e.seq for e in envelopes}
         pairs = sorted({(e.sender, e.control_id) for e in envelopes if e.control_id})
-        table, earliest = message_archive, {}
+        earliest = {}
         for start in range(0, len(pairs), 200):
             chunk = pairs[start : start + 200]
-            stmt = (
-                select(table.c.sender, table.c.control_id, func.min(table.c.seq))
-                .where(tuple_(table.c.sender, table.c.control_id).in_(chunk), table.c.seq > 0)
-                .group_by(table.c.sender, table.c.control_id)
-            )
-            earliest.update({(row[0], row[1]): int(row[2]) for row in conn.execute(stmt)})
+            earliest.update({(row[0], row[1]): int(row[2]) for row in conn.execute(_FIRST_SEQ, {"pairs": chunk})})
         for envelope in envelopes:
             known = earliest.get((envelope.sender, envelope.control_id))
             if known is not None and (envelope.seq <= 0 or known < envelope.seq):

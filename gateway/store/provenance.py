@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Sequence
 
 from sqlalchemy import Column, DateTime, Index, Integer, String, Table, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from gateway.store.bulk import BulkInsert
 from gateway.store.db import metadata
 
 resource_provenance = Table(
@@ -52,13 +52,15 @@ class ProvenanceRecord:
     recorded_at: datetime
 
 
-def record(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
-    """Insert provenance rows in ``conn``'s transaction; a row already there (a redelivery) is kept."""
-    batch = list(rows)
-    if not batch:
-        return
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    conn.execute(dialect_insert(resource_provenance).on_conflict_do_nothing(), batch)
+#: The columns of a provenance row, in the order ``record`` takes them.
+COLUMNS = ("message_id", "type", "id", "version_id", "outcome", "superseded_by", "recorded_at")
+_INSERT = BulkInsert(resource_provenance, COLUMNS, conflict="ON CONFLICT DO NOTHING")
+
+
+def record(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert provenance rows (tuples in ``COLUMNS`` order) in ``conn``'s transaction; a row
+    already there (a redelivery) is kept."""
+    _INSERT.run(conn, rows)
 
 
 def for_message(engine: Engine, message_id: str) -> list[ProvenanceRecord]:

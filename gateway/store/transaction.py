@@ -26,8 +26,6 @@ Outcome = Literal["created", "updated", "unchanged", "deleted", "superseded", "m
 
 # Bundle.entry.request.url of a PUT or DELETE: [type]/[id] (http.html#update, datatypes.html#id).
 _REQUEST_URL = re.compile(r"/?([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})")
-_HISTORY_COLUMNS = ("type", "id", "version_id", "last_updated", "deleted", "content")
-_SOURCE_COLUMNS = ("source_time", "source_sender", "source_seq", "source_message")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,18 +142,16 @@ def _check_entry(position: int, entry: Any) -> Change:
 
 def stamped(resource: dict[str, Any], version: int, now: datetime) -> str:
     """The stored JSON: the resource with meta.versionId and meta.lastUpdated set (resource.html#Meta)."""
-    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-    out: dict[str, Any] = {"resourceType": resource["resourceType"], "id": resource["id"]}
-    out["meta"] = {"versionId": str(version), "lastUpdated": format_instant(now), **meta}
-    out.update((k, v) for k, v in resource.items() if k not in out)
+    return stamp(resource, version, format_instant(now))
+
+
+def stamp(resource: dict[str, Any], version: int, last_updated: str) -> str:
+    """``stamped`` with meta.lastUpdated already formatted (a batch formats its one timestamp once)."""
+    meta = {"versionId": str(version), "lastUpdated": last_updated}
+    kept = resource.get("meta")
+    if kept:
+        meta.update((k, v) for k, v in kept.items() if k not in ("versionId", "lastUpdated"))
+    out: dict[str, Any] = {"resourceType": resource["resourceType"], "id": resource["id"], "meta": meta}
+    out.update(resource)
+    out["meta"] = meta  # where the stored order puts it: after resourceType and id
     return orjson.dumps(out).decode()
-
-
-def _first_version(change: Change, now: datetime) -> dict[str, Any]:
-    """The fhir_resource row a new resource gets from ``change`` when no message source is given."""
-    row: dict[str, Any] = {"type": change.type, "id": change.id, "version_id": 1, "last_updated": now}
-    if change.method == "DELETE":
-        row.update(version_id=0, deleted=True, content_hash="", content=None)
-    else:
-        row.update(deleted=False, content_hash=change.content_hash, content=stamped(change.resource or {}, 1, now))
-    return row | dict.fromkeys(_SOURCE_COLUMNS)

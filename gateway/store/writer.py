@@ -4,14 +4,16 @@
 from) and applies them in order, in the caller's open transaction, with a constant number of
 statements per batch rather than per entry:
 
-1. claim every touched row in (type, id) order with one ``INSERT ... ON CONFLICT DO UPDATE ...
-   WHERE false``: a missing row is inserted (provisionally, as its first change would make it),
-   an existing one is locked (PostgreSQL locks rows the ON CONFLICT action skips). Taking all row
-   locks of a batch in one global order keeps concurrent batches from deadlocking; on SQLite the
-   caller's BEGIN IMMEDIATE already serializes writers;
-2. read the claimed rows, then decide every change in memory: created, updated, deleted,
-   unchanged (same content), or superseded (gateway/store/ordering.py);
-3. write the differences: changed rows, new versions, search index rows, provenance rows;
+1. on PostgreSQL, claim every touched row in (type, id) order with one ``INSERT ... ON CONFLICT
+   DO UPDATE ... WHERE false``: a missing row is inserted (provisionally, as its first change
+   would make it), an existing one is locked (PostgreSQL locks rows the ON CONFLICT action
+   skips). Taking all row locks of a batch in one global order keeps concurrent batches from
+   deadlocking. On SQLite the caller's BEGIN IMMEDIATE already serializes writers: nothing is
+   claimed, and missing rows are inserted in step 3;
+2. read the rows, then decide every change in memory: created, updated, deleted, unchanged
+   (same content), or superseded (gateway/store/ordering.py);
+3. write the differences: changed rows, new versions, search index rows, provenance rows
+   (gateway/store/resource_rows.py);
 4. when a Patient was merged away (gateway/store/merges.py), give every resource that references
    it a new version pointing at the survivor.
 
@@ -22,45 +24,24 @@ database error fails the whole batch (the caller retries the jobs one by one) an
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, false, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from gateway.store import merges as merge_rules
 from gateway.store import provenance
+from gateway.store import resource_rows
+from gateway.store.fhir_dates import format_instant
 from gateway.store.index import IndexRows, index_rows
 from gateway.store.ordering import Source, is_newer, is_older, stored_key
-from gateway.store.resource_tables import SEARCH_TABLES, fhir_resource, fhir_resource_history
-from gateway.store.transaction import (
-    _HISTORY_COLUMNS,
-    AppliedEntry,
-    ApplyResult,
-    Change,
-    Outcome,
-    canonical_json,
-    stamped,
-)
+from gateway.store.resource_rows import StoredRow, drop_index_rows, insert_index_rows
+from gateway.store.transaction import AppliedEntry, ApplyResult, Change, Outcome, canonical_json, stamp
 
 Key = tuple[str, str]
-# Ids per IN list: well under SQLite's and PostgreSQL's bound-parameter limits.
-_CHUNK = 500
-_ROW_COLUMNS = (
-    "version_id",
-    "last_updated",
-    "deleted",
-    "content_hash",
-    "content",
-    "source_time",
-    "source_sender",
-    "source_seq",
-    "source_message",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,21 +50,6 @@ class Job:
 
     changes: list[Change]
     source: Source | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Row:
-    """A fhir_resource row without its key. version_id 0 is a placeholder or a tombstone."""
-
-    version_id: int
-    last_updated: datetime
-    deleted: bool
-    content_hash: str
-    content: str | None
-    source_time: datetime | None = None
-    source_sender: str | None = None
-    source_seq: int | None = None
-    source_message: str | None = None
 
 
 @dataclass
@@ -105,12 +71,11 @@ def write_batch(conn: Connection, jobs: list[Job], now: datetime) -> list[ApplyR
     merges.load(conn, candidates)
 
     batch = _Batch(conn, now, merges)
-    provisional: dict[Key, _Row] = {}
+    first: dict[Key, tuple[Change, Source | None]] = {}
     for job in jobs:
         for change in job.changes:
-            if change.key not in provisional:
-                provisional[change.key] = batch.first_row(change, job.source)
-    batch.lock(provisional)
+            first.setdefault(change.key, (change, job.source))
+    batch.lock(list(first), lambda key: batch.first_row(*first[key]))
     results = [batch.apply(job) for job in jobs]
     batch.flush()
 
@@ -128,39 +93,49 @@ class _Batch:
         self.now = now
         self.merges = merges
         self.generation = 0
-        #: What the database row holds now (our provisional insert for claimed keys).
-        self.stored: dict[Key, _Row | None] = {}
+        #: What the database row holds now (our provisional insert for claimed keys; None: no row).
+        self.stored: dict[Key, StoredRow | None] = {}
         #: The row as the jobs applied so far leave it; None: the resource does not exist.
-        self.state: dict[Key, _Row | None] = {}
+        self.state: dict[Key, StoredRow | None] = {}
         #: Keys whose row existed before this batch (they may have index rows to drop).
         self.existed: set[Key] = set()
         self.resources: dict[Key, dict[str, Any]] = {}
         self.reindex: set[Key] = set()
-        self.history: list[dict[str, Any]] = []
-        self.provenance: list[dict[str, Any]] = []
+        self.history: list[tuple[Any, ...]] = []
+        self.provenance: list[tuple[Any, ...]] = []
         self.merged: dict[str, tuple[str, str | None]] = {}
         self.unmerged: set[str] = set()
         #: Job index -> (message id, Patients it merged away): references to move after the flush.
         self.moves: dict[int, tuple[str | None, set[str]]] = {}
         self._prepared: dict[int, _Prepared] = {}
+        #: id(resource) -> (resource, version, its stored JSON): the claim's and the write's are one.
+        self._contents: dict[int, tuple[dict[str, Any], int, str]] = {}
+        self._last_updated = format_instant(now)
         self._job_index = 0
 
     # -- reading ----------------------------------------------------------------------------------
-    def first_row(self, change: Change, source: Source | None) -> _Row:
+    def first_row(self, change: Change, source: Source | None) -> StoredRow:
         """The row ``change`` makes when it finds nothing: what the claim inserts for a new key."""
         if change.method == "DELETE":
-            return _Row(0, self.now, True, "", None, **_source_columns(source))
+            return StoredRow(0, self.now, True, "", None, *_source_values(source))
         prepared = self.prepare(change)
-        content = stamped(prepared.resource, 1, self.now)
-        return _Row(1, self.now, False, prepared.digest, content, **_source_columns(source))
+        content = self.content(prepared.resource, 1)
+        return StoredRow(1, self.now, False, prepared.digest, content, *_source_values(source))
 
-    def lock(self, provisional: dict[Key, _Row]) -> None:
-        """Claim the rows of ``provisional``'s keys and read the ones that already existed."""
-        keys = sorted(provisional)
-        inserted = _claim(self.conn, [{"type": k[0], "id": k[1], **_columns(provisional[k])} for k in keys])
-        existing = _read_rows(self.conn, [k for k in keys if k not in inserted])
+    def lock(self, keys: list[Key], first_row: Callable[[Key], StoredRow]) -> None:
+        """Read the rows of ``keys``, after claiming them on PostgreSQL (``first_row`` of a missing key
+        is what the claim inserts). Taking every row lock of a batch in (type, id) order keeps
+        concurrent batches from deadlocking; on SQLite the caller's BEGIN IMMEDIATE already
+        serializes writers, so missing rows are only inserted by ``flush``."""
+        keys = sorted(keys)
+        provisional: dict[Key, StoredRow] = {}
+        if self.conn.dialect.name == "postgresql":
+            provisional = {key: first_row(key) for key in keys}
+            inserted = resource_rows.claim(self.conn, list(provisional.items()))
+            provisional = {key: provisional[key] for key in inserted}
+        existing = resource_rows.read_rows(self.conn, [k for k in keys if k not in provisional])
         for key in keys:
-            if key in inserted:
+            if key in provisional:
                 self.stored[key], self.state[key] = provisional[key], None
             else:
                 row = existing.get(key)
@@ -181,6 +156,15 @@ class _Batch:
         prepared = _Prepared(self.generation, resource, digest)
         self._prepared[id(change)] = prepared
         return prepared
+
+    def content(self, resource: dict[str, Any], version: int) -> str:
+        """The stored JSON of ``resource`` as ``version`` (made once per resource and version)."""
+        cached = self._contents.get(id(resource))
+        if cached is not None and cached[0] is resource and cached[1] == version:
+            return cached[2]
+        content = stamp(resource, version, self._last_updated)
+        self._contents[id(resource)] = (resource, version, content)
+        return content
 
     # -- deciding ---------------------------------------------------------------------------------
     def apply(self, job: Job) -> ApplyResult:
@@ -203,7 +187,7 @@ class _Batch:
         prepared = self.prepare(change)
         if live is not None and live.content_hash == prepared.digest:
             if is_newer(source, stored_source):
-                self.state[change.key] = replace(live, **_source_columns(source))
+                self.state[change.key] = live.with_source(_source_values(source))
             return AppliedEntry(change.type, change.id, live.version_id, "unchanged")
         if state is not None and is_older(source, stored_source):
             return self._superseded(change, state, source)
@@ -213,18 +197,18 @@ class _Batch:
             self._track_merge(change.id, prepared.resource, source)
         return entry
 
-    def _delete_nothing(self, change: Change, state: _Row | None, source: Source | None) -> AppliedEntry:
+    def _delete_nothing(self, change: Change, state: StoredRow | None, source: Source | None) -> AppliedEntry:
         """A DELETE of what is not there. The tombstone keeps the newest source, so that an older
         message cannot create the resource afterwards."""
         if is_newer(source, stored_key(state) if state is not None else None):
-            base = state or _Row(0, self.now, True, "", None)
-            self.state[change.key] = replace(base, **_source_columns(source))
+            base = state or StoredRow(0, self.now, True, "", None)
+            self.state[change.key] = base.with_source(_source_values(source))
         return AppliedEntry(change.type, change.id, state.version_id if state else 0, "unchanged")
 
     def _write(
         self,
         change: Change,
-        state: _Row | None,
+        state: StoredRow | None,
         resource: dict[str, Any] | None,
         digest: str,
         source: Source | None,
@@ -236,13 +220,10 @@ class _Batch:
         """Make a new version: ``resource`` None deletes."""
         key = change.key
         version = (state.version_id if state else 0) + 1
-        content = stamped(resource, version, self.now) if resource is not None else None
-        columns = _source_columns(source) if not keep_source else _kept_source(state)
-        self.state[key] = _Row(version, self.now, resource is None, digest, content, **columns)
-        self.history.append(
-            {"type": change.type, "id": change.id, "version_id": version, "last_updated": self.now}
-            | {"deleted": resource is None, "content": content}
-        )
+        content = self.content(resource, version) if resource is not None else None
+        sources = _source_values(source) if not keep_source else _kept_source(state)
+        self.state[key] = StoredRow(version, self.now, resource is None, digest, content, *sources)
+        self.history.append((change.type, change.id, version, self.now, resource is None, content))
         self.reindex.add(key)
         if resource is not None:
             self.resources[key] = resource
@@ -251,16 +232,13 @@ class _Batch:
             self._record(message, change, version, outcome, None)
         return AppliedEntry(change.type, change.id, version, outcome)
 
-    def _superseded(self, change: Change, state: _Row, source: Source | None) -> AppliedEntry:
+    def _superseded(self, change: Change, state: StoredRow, source: Source | None) -> AppliedEntry:
         if source is not None:
             self._record(source.message_id, change, state.version_id, "superseded", state.source_message)
         return AppliedEntry(change.type, change.id, state.version_id, "superseded", state.source_message)
 
     def _record(self, message_id: str, change: Change, version: int, outcome: Outcome, by: str | None) -> None:
-        self.provenance.append(
-            {"message_id": message_id, "type": change.type, "id": change.id, "version_id": version}
-            | {"outcome": outcome, "superseded_by": by, "recorded_at": self.now}
-        )
+        self.provenance.append((message_id, change.type, change.id, version, outcome, by, self.now))
 
     def _track_merge(self, patient_id: str, patient: dict[str, Any], source: Source | None) -> None:
         survivor = merge_rules.merge_target(patient)
@@ -282,20 +260,8 @@ class _Batch:
 
     # -- writing ----------------------------------------------------------------------------------
     def flush(self) -> None:
-        changed, dropped = [], []
-        for key, final in self.state.items():
-            if final is None:
-                if self.stored[key] is not None:  # our placeholder for a DELETE of nothing
-                    dropped.append(key)
-            elif final != self.stored[key]:
-                new = {f"new_{name}": value for name, value in _columns(final).items()}
-                changed.append({"key_type": key[0], "key_id": key[1], **new})
-        _update_rows(self.conn, changed)
-        _delete_rows(self.conn, dropped)
-        if self.history:
-            self.conn.execute(
-                insert(fhir_resource_history), [{k: v[k] for k in _HISTORY_COLUMNS} for v in self.history]
-            )
+        resource_rows.write_rows(self.conn, self.stored, self.state)
+        resource_rows.insert_history(self.conn, self.history)
         drop_index_rows(self.conn, [key for key in self.reindex if key in self.existed])
         rows = IndexRows()
         for key in sorted(self.reindex):
@@ -316,7 +282,7 @@ def _move_references(
     if not keys:
         return []
     mover = _Batch(conn, now, merges)
-    mover.lock({key: _Row(0, now, True, "", None) for key in keys})
+    mover.lock(keys, lambda key: StoredRow(0, now, True, "", None))
     moved = []
     for key in keys:
         state = mover.state[key]
@@ -333,100 +299,14 @@ def _move_references(
     return moved
 
 
-def _columns(row: _Row) -> dict[str, Any]:
-    """The row as column values (dataclasses.asdict would deep-copy the content)."""
-    return {name: getattr(row, name) for name in _ROW_COLUMNS}
-
-
-def _source_columns(source: Source | None) -> dict[str, Any]:
+def _source_values(source: Source | None) -> tuple[Any, Any, Any, Any]:
+    """(source_time, source_sender, source_seq, source_message) of a write from ``source``."""
     if source is None:
-        return {"source_time": None, "source_sender": None, "source_seq": None, "source_message": None}
-    return {
-        "source_time": source.time,
-        "source_sender": source.sender,
-        "source_seq": source.seq,
-        "source_message": source.message_id,
-    }
+        return None, None, None, None
+    return source.time, source.sender, source.seq, source.message_id
 
 
-def _kept_source(state: _Row | None) -> dict[str, Any]:
+def _kept_source(state: StoredRow | None) -> tuple[Any, Any, Any, Any]:
     if state is None:
-        return _source_columns(None)
-    return {
-        "source_time": state.source_time,
-        "source_sender": state.source_sender,
-        "source_seq": state.source_seq,
-        "source_message": state.source_message,
-    }
-
-
-def _claim(conn: Connection, rows: list[dict[str, Any]]) -> set[Key]:
-    """Insert missing rows and lock existing ones, in the given order; returns the keys inserted."""
-    if not rows:
-        return set()
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = dialect_insert(fhir_resource)
-    # DO UPDATE ... WHERE false changes nothing, but PostgreSQL locks the conflicting row
-    # (sql-insert.html, ON CONFLICT: "all rows will be locked when the DO UPDATE action is taken").
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[fhir_resource.c.type, fhir_resource.c.id],
-        set_={"version_id": fhir_resource.c.version_id},
-        where=false(),
-    )
-    result = conn.execute(stmt.returning(fhir_resource.c.type, fhir_resource.c.id), rows)
-    return {(row.type, row.id) for row in result}
-
-
-def _read_rows(conn: Connection, keys: list[Key]) -> dict[Key, _Row]:
-    table, found = fhir_resource, {}
-    for resource_type, ids in _by_type(keys):
-        stmt = select(table.c.id, *(table.c[name] for name in _ROW_COLUMNS)).where(
-            table.c.type == resource_type, table.c.id.in_(ids)
-        )
-        for row in conn.execute(stmt):
-            found[(resource_type, row.id)] = _Row(*(row._mapping[name] for name in _ROW_COLUMNS))
-    return found
-
-
-def _update_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    table = fhir_resource
-    stmt = (
-        update(table)
-        .where(table.c.type == bindparam("key_type"), table.c.id == bindparam("key_id"))
-        .values({name: bindparam(f"new_{name}") for name in _ROW_COLUMNS})
-    )
-    conn.execute(stmt, rows)
-
-
-def _delete_rows(conn: Connection, keys: list[Key]) -> None:
-    for resource_type, ids in _by_type(keys):
-        conn.execute(delete(fhir_resource).where(fhir_resource.c.type == resource_type, fhir_resource.c.id.in_(ids)))
-
-
-def drop_index_rows(conn: Connection, keys: list[Key]) -> None:
-    for resource_type, ids in _by_type(keys):
-        for table in SEARCH_TABLES.values():
-            conn.execute(delete(table).where(table.c.type == resource_type, table.c.id.in_(ids)))
-
-
-def insert_index_rows(conn: Connection, rows: IndexRows) -> None:
-    for kind, batch in (
-        ("token", rows.tokens),
-        ("string", rows.strings),
-        ("date", rows.dates),
-        ("reference", rows.references),
-    ):
-        if batch:
-            conn.execute(insert(SEARCH_TABLES[kind]), batch)
-
-
-def _by_type(keys: Iterable[Key]) -> Iterator[tuple[str, list[str]]]:
-    """Group keys by type, sorted, in chunks small enough for one IN list."""
-    grouped: dict[str, list[str]] = {}
-    for resource_type, resource_id in sorted(set(keys)):
-        grouped.setdefault(resource_type, []).append(resource_id)
-    for resource_type, ids in grouped.items():
-        for start in range(0, len(ids), _CHUNK):
-            yield resource_type, ids[start : start + _CHUNK]
+        return None, None, None, None
+    return state.source_time, state.source_sender, state.source_seq, state.source_message
