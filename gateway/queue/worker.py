@@ -3,6 +3,7 @@ stored messages to each remote FHIR sink from that sink's own queue."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from datetime import tzinfo
@@ -138,11 +139,21 @@ def sender_zones(settings: Settings) -> Callable[[str], tzinfo | None]:
     return lambda sender: zones.get(sender, default)
 
 
+def tune_garbage_collector() -> None:
+    """Move what is loaded once (mappings, models, compiled maps) out of the collector's sight and
+    collect young objects less often: with the defaults the cyclic collector took ~20% of the
+    worker's CPU, walking the same long-lived objects again and again. Cycles are still collected."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def run_worker(settings: Settings, redis_url: str, stop: threading.Event) -> None:
     """Consume until ``stop`` is set, then drain: finish running messages, requeue prefetched ones."""
     engine = make_engine(settings.resolved_database_url)
     create_schema(engine)
     pipeline = Pipeline(Converter.load(), StoreSink(engine), MessageArchive(engine), zone_of=sender_zones(settings))
+    tune_garbage_collector()
     sink_workers: dict[str, SinkWorker] = {}
     broker = build_broker(settings, redis_url, pipeline, engine, sink_workers)
     if settings.sinks:
