@@ -160,28 +160,18 @@ def render_ack(
         return _render(header, ack_code, errors, text, now, control_id)
     # The common case, an ACK without errors, differs from the last one for this header only in
     # MSH-7 and MSH-10: render it once, then fill those in.
-    before, between, after = _template(header, ack_code)
-    stamp = _timestamp(now, header.seps)
+    before, between, after = ack_template(header, ack_code)
+    stamp = timestamp(now, header.seps)
     return f"{before}{stamp}{between}{control_id if control_id is not None else new_control_id()}{after}"
 
 
 _STAMP, _ID = "\x00stamp\x00", "\x00id\x00"
 
 
+@functools.lru_cache(maxsize=1024)
 def ack_template(header: AckHeader, ack_code: str) -> tuple[str, str, str]:
     """``render_ack`` without errors, cut where MSH-7 (``timestamp``) and MSH-10 (``new_control_id``)
     go: ``before + timestamp + between + control id + after`` is the ACK."""
-    return _template(header, ack_code)
-
-
-def timestamp(seps: Separators, now: datetime | None = None) -> str:
-    """MSH-7 of an ACK written now (or at ``now``) with ``seps``."""
-    return _timestamp(now, seps)
-
-
-@functools.lru_cache(maxsize=1024)
-def _template(header: AckHeader, ack_code: str) -> tuple[str, str, str]:
-    """An ACK without errors for ``header``, cut where its timestamp and control id go."""
     text = _render(header, ack_code, (), "", None, _ID, stamp=_STAMP)
     before, rest = text.split(_STAMP, 1)
     between, after = rest.split(_ID, 1)
@@ -237,7 +227,7 @@ def _render(
         header.receiving_facility,
         header.sending_application,
         header.sending_facility,
-        stamp if stamp is not None else _timestamp(now, seps),
+        stamp if stamp is not None else timestamp(now, seps),
         "",
         message_type,
         control_id if control_id is not None else new_control_id(),
@@ -360,9 +350,10 @@ def _parse_version(version: str) -> tuple[int, ...]:
     return tuple(int(part or 0) for part in match.groups())
 
 
-def _timestamp(now: datetime | None, seps: Separators) -> str:
-    """DTM with four fractional digits and the UTC offset, e.g. 20240101120000.1234+0100; a part
-    whose punctuation is one of the sender's delimiters is left out (both are optional in DTM)."""
+def timestamp(now: datetime | None, seps: Separators) -> str:
+    """MSH-7 of an ACK written at ``now`` (None: now) with ``seps``: DTM with four fractional digits
+    and the UTC offset, e.g. 20240101120000.1234+0100; a part whose punctuation is one of the
+    sender's delimiters is left out (both are optional in DTM)."""
     if now is None:
         seconds, fraction = divmod(time.time(), 1.0)
         stamp, offset = _local_second(int(seconds))

@@ -63,7 +63,7 @@ class Profile:
         tick = int(time.time() * 10_000)
         last, stamp = self._stamp
         if tick != last:
-            stamp = timestamp(self.verdict.header.seps).encode()
+            stamp = timestamp(None, self.verdict.header.seps).encode()
             self._stamp = (tick, stamp)
         return b"".join(
             (
