@@ -11,7 +11,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 
 from gateway.store import provenance
-from gateway.store.deliveries import PENDING, DeliveryStates, sink_delivery
+from gateway.store.deliveries import PENDING, DeliveryStates
 from gateway.store.messages import ArchivedMessage, MessageArchive, message_archive
 
 
@@ -53,20 +53,13 @@ def show_message(engine: Engine, key: str, out: TextIO, raw: bool = False) -> in
             print(f"    {r.type}/{r.id} v{r.version_id} {r.outcome}{by}", file=out)
         if not records and message.detail:
             print(f"  detail: {message.detail}", file=out)
-        for state in _deliveries(engine, message.id):
+        for state in DeliveryStates(engine).for_message(message.id):
             error = f": {state.last_error[:200]}" if state.last_error else ""
             print(f"  sink {state.sink}: {state.status}, {state.attempts} attempt(s){error}", file=out)
         if raw:
             print("  --- raw message ---", file=out)
             print(message.raw.decode("utf-8", errors="replace").replace("\r", "\n"), file=out)
     return 0
-
-
-def _deliveries(engine: Engine, message_id: str) -> list:
-    states = DeliveryStates(engine)
-    with engine.connect() as conn:
-        sinks = [row.sink for row in conn.execute(select(sink_delivery.c.sink).where(sink_delivery.c.message_id == message_id))]
-    return [s for s in (states.get(message_id, sink) for sink in sorted(sinks)) if s is not None]
 
 
 def show_trail(engine: Engine, reference: str, out: TextIO) -> int:

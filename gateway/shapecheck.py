@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import types
 import typing
 from typing import Any, Callable
 
@@ -70,7 +71,7 @@ def _unwrap(annotation: Any) -> Any:
     """The element type of a field annotation: Optional and List removed, Annotated kept."""
     while True:
         origin = typing.get_origin(annotation)
-        if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+        if origin is typing.Union or origin is types.UnionType:
             options = [a for a in typing.get_args(annotation) if a is not type(None)]
             if len(options) != 1:
                 return annotation

@@ -76,6 +76,13 @@ class DeliveryStates:
             row = conn.execute(select(table).where(table.c.message_id == message_id, table.c.sink == sink)).first()
         return _state(row) if row is not None else None
 
+    def for_message(self, message_id: str) -> list[DeliveryState]:
+        """The message's state at every sink, by sink name."""
+        table = sink_delivery
+        stmt = select(table).where(table.c.message_id == message_id).order_by(table.c.sink)
+        with self.engine.connect() as conn:
+            return [_state(row) for row in conn.execute(stmt)]
+
     def attempted(self, message_id: str, sink: str, error: str, next_attempt_at: int) -> None:
         """One more failed attempt; the next is due at ``next_attempt_at``."""
         self._update(
