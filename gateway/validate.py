@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 import re
-import threading
-from collections import OrderedDict
 from typing import Any, Iterator, NamedTuple
 
 import orjson
@@ -22,6 +20,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
 
 from gateway.errors import ValidationError
+from gateway.lru import LRU
 from gateway.shapecheck import Shape, ShapeRegistry, Walk
 
 CACHE_SIZE = 8192
@@ -50,38 +49,7 @@ _REQUIRED_CODES: dict[tuple[str, ...], frozenset[str]] = {
 }
 
 
-class _LRU:
-    """A small thread-safe LRU of validation outcomes."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._data: OrderedDict[bytes, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @property
-    def data(self) -> "OrderedDict[bytes, Any]":
-        return self._data
-
-    def get(self, key: bytes) -> tuple[bool, Any]:
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return True, self._data[key]
-        return False, None
-
-    def put(self, key: bytes, value: Any) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
-_cache = _LRU(CACHE_SIZE)
+_cache = LRU(CACHE_SIZE)
 _shapes = ShapeRegistry()
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.store.fhir_dates import MAX_DATETIME, MIN_DATETIME, InvalidDate, date_range, format_instant, period_range
-from gateway.store.index import MAX_INDEXED, index_rows, normalize_text, parse_reference, walk
+from gateway.store.index import MAX_INDEXED, index_rows, normalize_text, parse_reference, rows_for_content, walk
 from gateway.store.search_params import SearchParam, reference, registry
 from gateway.store.search_registry import SEARCH_PARAMETERS
 
@@ -134,6 +134,17 @@ def test_observation_index_rows_share_subject_rows_with_patient() -> None:
     }
     assert rows.references == [("Observation", "o1", "subject", "Patient", "p1")]
     assert rows.dates == []
+
+
+def test_rows_for_content_are_remembered_by_content_hash() -> None:
+    first = {"resourceType": "Patient", "id": "p-rem", "gender": "female"}
+    second = {"resourceType": "Patient", "id": "p-rem", "gender": "male"}
+    rows = rows_for_content("Patient", "p-rem", "hash-1", first)
+    assert rows == index_rows("Patient", "p-rem", first)
+    assert rows_for_content("Patient", "p-rem", "hash-1", first) is rows  # made once
+    changed = rows_for_content("Patient", "p-rem", "hash-2", second)  # new content, new rows
+    assert changed.tokens == [("Patient", "p-rem", "gender", "", "male")]
+    assert changed == index_rows("Patient", "p-rem", second)
 
 
 def test_long_values_are_cut_to_the_index_width() -> None:

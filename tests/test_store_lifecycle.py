@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from gateway.convert.engine import Converter
+from gateway.deliver.store_sink import StoreSink
 from gateway.deliver.source import source_of
 from gateway.envelope import Envelope
 from gateway.hl7.charset import decode_message
@@ -177,6 +178,22 @@ def test_messages_about_a_merged_away_patient_follow_the_merge(engine: Engine) -
     observation_now = store.read("Observation", "o9")
     assert observation_now is not None and observation_now["subject"]["reference"] == "Patient/new"
     assert [e.outcome for e in newer] == ["created"]
+
+
+def test_a_resource_re_pointed_by_a_merge_is_indexed_as_stored_not_as_sent(engine: Engine) -> None:
+    """StoreSink.deliver makes index rows for each resource as sent, before the write transaction;
+    one that the merge re-points must be indexed as it is stored."""
+    store = ResourceStore(engine)
+    store.apply_bundle(
+        transaction(put(survivor("new", "old", "M2")), put(merged_away("old", "new", "M1"))), src("a40", 5)
+    )
+    sink = StoreSink(engine)
+    try:
+        sink.deliver(transaction(put(observation("o9", "old"))), src("oru", 9))
+    finally:
+        sink.close()
+    assert [found["id"] for found in store.search("Observation", {"subject": ["Patient/new"]})] == ["o9"]
+    assert store.search("Observation", {"subject": ["Patient/old"]}) == []
 
 
 def test_merge_chains_lead_to_the_last_survivor(engine: Engine) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from gateway import validate
 from gateway.errors import ValidationError
+from gateway.lru import LRU
 from gateway.shapecheck import Walk
 from gateway.validate import validate_bundle
 from tests.test_convert_helpers import converter, sample_message
@@ -144,7 +145,7 @@ def test_cache_returns_the_same_outcome_faster(bundle: dict, monkeypatch: pytest
 
 
 def test_cache_is_bounded() -> None:
-    lru = validate._LRU(3)
+    lru = LRU(3)
     for n in range(5):
         lru.put(bytes([n]), None)
     assert lru.get(bytes([0])) == (False, None)

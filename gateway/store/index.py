@@ -14,6 +14,7 @@ from functools import lru_cache
 from datetime import datetime
 from typing import Any
 
+from gateway.lru import LRU
 from gateway.store.fhir_dates import InvalidDate, date_range, period_range
 from gateway.store.search_params import SearchParam
 from gateway.store.search_registry import indexed_parameters
@@ -102,6 +103,23 @@ def index_rows(resource_type: str, resource_id: str, resource: dict[str, Any]) -
         else:
             targets = dict.fromkeys(_references(values, param))
             rows.references += [(resource_type, resource_id, name, kind, target) for kind, target in targets]
+    return rows
+
+
+#: Index rows by (type, id, content hash): see ``rows_for_content``.
+_remembered = LRU(8192)
+
+
+def rows_for_content(resource_type: str, resource_id: str, digest: str, resource: dict[str, Any]) -> IndexRows:
+    """``index_rows`` remembered by content: ``digest`` (the sha256 of the resource without ``meta``,
+    which no search parameter reads) fixes the rows. Worker threads call it before the write
+    transaction, so the writer, holding the database's one write lock, finds them made. The result
+    is shared: extend another IndexRows with it, never change it."""
+    key = (resource_type, resource_id, digest)
+    known, rows = _remembered.get(key)
+    if not known:
+        rows = index_rows(resource_type, resource_id, resource)
+        _remembered.put(key, rows)
     return rows
 
 

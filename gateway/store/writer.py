@@ -36,7 +36,7 @@ from gateway.store import merges as merge_rules
 from gateway.store import provenance
 from gateway.store import resource_rows
 from gateway.store.fhir_dates import format_instant
-from gateway.store.index import IndexRows, index_rows
+from gateway.store.index import IndexRows, rows_for_content
 from gateway.store.ordering import Source, is_newer, is_older, stored_key
 from gateway.store.resource_rows import StoredRow, drop_index_rows, insert_index_rows
 from gateway.store.transaction import AppliedEntry, ApplyResult, Change, Outcome, canonical_json, stamp
@@ -267,7 +267,7 @@ class _Batch:
         for key in sorted(self.reindex):
             final = self.state[key]
             if final is not None and not final.deleted:
-                rows.extend(index_rows(key[0], key[1], self.resources[key]))
+                rows.extend(rows_for_content(key[0], key[1], final.content_hash, self.resources[key]))
         insert_index_rows(self.conn, rows)
         provenance.record(self.conn, self.provenance)
         if self.merged or self.unmerged:
