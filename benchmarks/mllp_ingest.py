@@ -150,6 +150,26 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pids: dict[str, int], work):
+    """Run ``work()``; return its result and the CPU seconds each named process (and this one) used."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    own = time.process_time()
+    result = work()
+    used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    used["client"] = time.process_time() - own
+    return result, used
+
+
+def report_cpu(used: dict[str, float], messages: int) -> None:
+    print("    CPU us/message: " + ", ".join(f"{name} {seconds * 1e6 / messages:.0f}" for name, seconds in used.items()))
+
+
 def report(name: str, result: Result) -> float:
     rate = len(result.latencies) / result.elapsed
     q = statistics.quantiles(result.latencies, n=100)
@@ -190,8 +210,16 @@ def main() -> None:
             print("event loop: asyncio's own (stdlib) in the echo server, in hl7gw mllp and in the client", flush=True)
             run(run_clients(echo_port, 4, 100, args.window, None))  # warm up both
             run(run_clients(gw_port, 4, 100, args.window, None))
-            base = report("echo ACK server (no storage)", run(run_clients(echo_port, args.connections, args.messages, args.window, None)))
-            ours = report("hl7gw mllp (durable commit)", run(run_clients(gw_port, args.connections, args.messages, args.window, None)))
+            redis_pid = int(redis_server.pidfile.read_text())
+            result, used = measured({"echo": echo.pid}, lambda: run(run_clients(echo_port, args.connections, args.messages, args.window, None)))
+            base = report("echo ACK server (no storage)", result)
+            report_cpu(used, total)
+            result, used = measured(
+                {"hl7gw mllp": gateway.pid, "redis": redis_pid},
+                lambda: run(run_clients(gw_port, args.connections, args.messages, args.window, None)),
+            )
+            ours = report("hl7gw mllp (durable commit)", result)
+            report_cpu(used, total)
             print(f"ratio hl7gw / echo baseline: {ours / base:.2f}")
             if args.rate:
                 per = max(1, int(args.rate * args.seconds / args.connections))

@@ -1,0 +1,131 @@
+"""Store write throughput: converted sample messages applied by one or more worker processes.
+
+    python benchmarks/store_write.py [--messages 1500] [--threads 8] [--processes 1 2] [--database-url URL]
+
+The part of ``benchmarks/e2e.py`` that every worker process shares: the database. The messages
+(unique copies of the samples, as e2e.py makes them) are converted and validated before the clock
+starts; then each process applies its share through StoreSink.deliver from ``--threads`` threads,
+the worker's own path (group commit, one transaction per batch), into one fresh database: a SQLite
+file (default) or a temporary schema of ``--database-url`` (PostgreSQL). For each process count it
+prints messages/s, CPU ms/message and messages per commit. Comparing the counts shows what a second
+writer process adds: on SQLite it mostly waits for the one write lock, and each transaction finds
+its page cache emptied by the other process's commits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from e2e import templates  # noqa: E402
+from search import postgres_schema  # noqa: E402
+
+from gateway.convert.engine import Converter  # noqa: E402
+from gateway.deliver.source import source_of  # noqa: E402
+from gateway.deliver.store_sink import StoreSink  # noqa: E402
+from gateway.envelope import Envelope  # noqa: E402
+from gateway.hl7.charset import decode_message  # noqa: E402
+from gateway.hl7.message import parse  # noqa: E402
+from gateway.store.db import create_schema, make_engine  # noqa: E402
+from gateway.validate import validate_bundle  # noqa: E402
+
+
+def child(url: str, start: int, count: int, threads: int, run_id: str, go: Path) -> None:
+    """Convert messages start..start+count, wait for ``go``, apply them; print a JSON result."""
+    found, converter = templates(), Converter.load()
+    work = []
+    for n in range(start, start + count):
+        raw, _, _ = found[n % len(found)].render(f"{run_id}{n}")
+        message = parse(decode_message(raw))
+        bundle = converter.convert(message)
+        validate_bundle(bundle)
+        envelope = Envelope(f"{run_id}{n}", raw, int(time.time() * 1000), "BENCH|FAC", f"{run_id}{n}", seq=n + 1)
+        work.append((bundle, source_of(envelope, message)))
+    engine = make_engine(url)
+    sink = StoreSink(engine)
+    pending = list(reversed(work))
+    lock = threading.Lock()
+
+    def deliver() -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                bundle, source = pending.pop()
+            sink.deliver(bundle, source)
+
+    (go.parent / f"ready.{os.getpid()}").touch()
+    while not go.exists():
+        time.sleep(0.005)
+    started, cpu = time.perf_counter(), time.process_time()
+    pool = [threading.Thread(target=deliver) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    sink.close()
+    print(json.dumps({"elapsed": elapsed, "cpu": cpu, "commits": sink.commits}), flush=True)
+
+
+def run(url: str, processes: int, args: argparse.Namespace, run_id: str) -> None:
+    create_schema(make_engine(url))
+    go = Path(tempfile.mkdtemp()) / "go"
+    share = args.messages // processes
+    children = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--child", url, str(p * share), str(share), str(args.threads), run_id, str(go)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for p in range(processes)
+    ]
+    while len(list(go.parent.glob("ready.*"))) < processes and all(c.poll() is None for c in children):
+        time.sleep(0.05)
+    go.touch()
+    results = [json.loads(c.communicate()[0].strip().splitlines()[-1]) for c in children]
+    total = share * processes
+    elapsed = max(r["elapsed"] for r in results)
+    cpu = sum(r["cpu"] for r in results)
+    per_commit = total / max(1, sum(r["commits"] for r in results))
+    print(
+        f"{processes} process(es) x {args.threads} threads: {total / elapsed:6.0f} msg/s   "
+        f"CPU {cpu * 1000 / total:5.1f} ms/message   {per_commit:4.1f} messages/commit",
+        flush=True,
+    )
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        url, start, count, threads, run_id, go = sys.argv[2:8]
+        child(url, int(start), int(count), int(threads), run_id, Path(go))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=1500)
+    parser.add_argument("--threads", type=int, default=8, help="delivering threads per process")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--database-url", default=None, help="PostgreSQL base URL (default: SQLite files)")
+    args = parser.parse_args()
+    print(f"{args.messages} messages per run, converted before the clock starts; {os.cpu_count()} CPUs", flush=True)
+    for processes in args.processes:
+        run_id = f"sw{os.getpid()}p{processes}-"
+        with tempfile.TemporaryDirectory() as tmp:
+            context = postgres_schema(args.database_url) if args.database_url else nullcontext(f"sqlite:///{tmp}/store.db")
+            with context as url:
+                run(url, processes, args, run_id)
+
+
+if __name__ == "__main__":
+    main()
