@@ -80,9 +80,11 @@ def child(url: str, start: int, count: int, threads: int, run_id: str, go: Path)
     print(json.dumps({"elapsed": elapsed, "cpu": cpu, "commits": sink.commits}), flush=True)
 
 
-def run(url: str, processes: int, args: argparse.Namespace, run_id: str) -> None:
-    create_schema(make_engine(url))
-    go = Path(tempfile.mkdtemp()) / "go"
+def run(url: str, processes: int, args: argparse.Namespace, run_id: str, signals: Path) -> None:
+    engine = make_engine(url)
+    create_schema(engine)
+    engine.dispose()
+    go = signals / "go"
     share = args.messages // processes
     children = [
         subprocess.Popen(
@@ -92,7 +94,7 @@ def run(url: str, processes: int, args: argparse.Namespace, run_id: str) -> None
         )
         for p in range(processes)
     ]
-    while len(list(go.parent.glob("ready.*"))) < processes and all(c.poll() is None for c in children):
+    while len(list(signals.glob("ready.*"))) < processes and all(c.poll() is None for c in children):
         time.sleep(0.05)
     go.touch()
     results = [json.loads(c.communicate()[0].strip().splitlines()[-1]) for c in children]
@@ -124,7 +126,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             context = postgres_schema(args.database_url) if args.database_url else nullcontext(f"sqlite:///{tmp}/store.db")
             with context as url:
-                run(url, processes, args, run_id)
+                run(url, processes, args, run_id, Path(tmp))
 
 
 if __name__ == "__main__":
