@@ -114,7 +114,6 @@ class _Outcome(NamedTuple):
     references: tuple[Any, ...]
 
 
-
 def check_resource(resource: dict) -> _Outcome:
     """The content checks for one resource, from the cache when this content was seen before."""
     # The canonical JSON itself is the key: hashing it again would cost more than the lookup saves.

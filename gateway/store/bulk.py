@@ -214,19 +214,21 @@ def _as_arrays(rows: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...]:
     return tuple(map(list, zip(*rows)))
 
 
+#: Column type -> the PostgreSQL array type its values are sent as, most specific first (a
+#: BigInteger is an Integer); text, not varchar(n), so that a value too long still fails.
+_ARRAY_TYPES = (
+    (DateTime, "timestamp[]"),
+    (Boolean, "boolean[]"),
+    (BigInteger, "bigint[]"),
+    (Integer, "integer[]"),
+    (LargeBinary, "bytea[]"),
+    (String, "text[]"),
+)
+
+
 def _array_type(table: Table, name: str) -> str:
-    """The PostgreSQL array type a column's values are sent as (text, not varchar(n): too long must fail)."""
     column_type = table.c[name].type
-    if isinstance(column_type, DateTime):
-        return "timestamp[]"
-    if isinstance(column_type, Boolean):
-        return "boolean[]"
-    if isinstance(column_type, BigInteger):
-        return "bigint[]"
-    if isinstance(column_type, Integer):
-        return "integer[]"
-    if isinstance(column_type, LargeBinary):
-        return "bytea[]"
-    if isinstance(column_type, String):
-        return "text[]"
+    for python_type, array_type in _ARRAY_TYPES:
+        if isinstance(column_type, python_type):
+            return array_type
     raise TypeError(f"{table.name}.{name}: no bulk array type for {column_type!r}")

@@ -11,13 +11,11 @@ import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
 
 import orjson
 
 from gateway.errors import DeliveryError
-from gateway.store.fhir_dates import format_instant
 
 #: created / updated / deleted: the entry made a new version. unchanged: the store already held
 #: that content (a redelivery). superseded: the stored data came from a newer message, so the
@@ -140,13 +138,9 @@ def _check_entry(position: int, entry: Any) -> Change:
     return Change(position, resource_type, resource_id, "PUT", resource, hashlib.sha256(body).hexdigest(), body)
 
 
-def stamped(resource: dict[str, Any], version: int, now: datetime) -> str:
-    """The stored JSON: the resource with meta.versionId and meta.lastUpdated set (resource.html#Meta)."""
-    return stamp(resource, version, format_instant(now))
-
-
 def stamp(resource: dict[str, Any], version: int, last_updated: str) -> str:
-    """``stamped`` with meta.lastUpdated already formatted (a batch formats its one timestamp once)."""
+    """The stored JSON: the resource with meta.versionId and meta.lastUpdated set (resource.html#Meta);
+    ``last_updated`` comes formatted (a batch formats its one timestamp once)."""
     meta = {"versionId": str(version), "lastUpdated": last_updated}
     kept = resource.get("meta")
     if kept:
