@@ -1,6 +1,7 @@
 """Store write throughput: converted sample messages applied by one or more worker processes.
 
     python benchmarks/store_write.py [--messages 1500] [--threads 8] [--processes 1 2] [--database-url URL]
+    python benchmarks/store_write.py --wal [--messages 400] [--threads 16]
 
 The part of ``benchmarks/e2e.py`` that every worker process shares: the database. The messages
 (unique copies of the samples, as e2e.py makes them) are converted and validated before the clock
@@ -10,13 +11,20 @@ file (default) or a temporary schema of ``--database-url`` (PostgreSQL). For eac
 prints messages/s, CPU ms/message and messages per commit. Comparing the counts shows what a second
 writer process adds: on SQLite it mostly waits for the one write lock, and each transaction finds
 its page cache emptied by the other process's commits.
+
+``--wal`` (SQLite) shows where a commit's bytes go instead: the write-ahead log frames per message,
+by the table or index whose page each frame holds. On SQLite every commit fsyncs its frames while
+holding the one write lock, so this is the volume that sets how long the lock is held.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
@@ -24,6 +32,9 @@ import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -39,11 +50,15 @@ from gateway.envelope import Envelope  # noqa: E402
 from gateway.hl7.charset import decode_message  # noqa: E402
 from gateway.hl7.message import parse  # noqa: E402
 from gateway.store.db import create_schema, make_engine  # noqa: E402
+from gateway.store.ordering import Source  # noqa: E402
 from gateway.validate import validate_bundle  # noqa: E402
 
 
-def child(url: str, start: int, count: int, threads: int, run_id: str, go: Path) -> None:
-    """Convert messages start..start+count, wait for ``go``, apply them; print a JSON result."""
+Work = list[tuple[dict[str, Any], Source]]
+
+
+def converted(start: int, count: int, run_id: str) -> Work:
+    """Unique copies number start..start+count of the samples, converted and validated."""
     found, converter = templates(), Converter.load()
     work = []
     for n in range(start, start + count):
@@ -53,8 +68,11 @@ def child(url: str, start: int, count: int, threads: int, run_id: str, go: Path)
         validate_bundle(bundle)
         envelope = Envelope(f"{run_id}{n}", raw, int(time.time() * 1000), "BENCH|FAC", f"{run_id}{n}", seq=n + 1)
         work.append((bundle, source_of(envelope, message)))
-    engine = make_engine(url)
-    sink = StoreSink(engine)
+    return work
+
+
+def deliver_all(sink: StoreSink, work: Work, threads: int) -> None:
+    """Apply ``work`` through ``sink`` from ``threads`` threads, as a worker's threads do."""
     pending = list(reversed(work))
     lock = threading.Lock()
 
@@ -66,18 +84,62 @@ def child(url: str, start: int, count: int, threads: int, run_id: str, go: Path)
                 bundle, source = pending.pop()
             sink.deliver(bundle, source)
 
-    (go.parent / f"ready.{os.getpid()}").touch()
-    while not go.exists():
-        time.sleep(0.005)
-    started, cpu = time.perf_counter(), time.process_time()
     pool = [threading.Thread(target=deliver) for _ in range(threads)]
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
+
+
+def child(url: str, start: int, count: int, threads: int, run_id: str, go: Path) -> None:
+    """Convert messages start..start+count, wait for ``go``, apply them; print a JSON result."""
+    work = converted(start, count, run_id)
+    sink = StoreSink(make_engine(url))
+    (go.parent / f"ready.{os.getpid()}").touch()
+    while not go.exists():
+        time.sleep(0.005)
+    started, cpu = time.perf_counter(), time.process_time()
+    deliver_all(sink, work, threads)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     sink.close()
     print(json.dumps({"elapsed": elapsed, "cpu": cpu, "commits": sink.commits}), flush=True)
+
+
+def wal_by_btree(args: argparse.Namespace, directory: Path) -> None:
+    """Where a commit's bytes go on SQLite: the WAL frames the measured messages append, by table
+    and index. The first half of the messages fills the database (so its b-trees have some depth),
+    then a checkpoint empties the WAL; the second half is applied with checkpoints off, and each
+    WAL frame is attributed to the b-tree that owns its page (SQLite's ``dbstat`` table)."""
+    path = directory / "store.db"
+    engine = make_engine(f"sqlite:///{path}")
+    event.listen(engine, "connect", lambda dbapi, _record: dbapi.execute("PRAGMA wal_autocheckpoint=0"))
+    create_schema(engine)
+    fill, measured = args.messages // 2, args.messages - args.messages // 2
+    work = converted(0, args.messages, f"wal{os.getpid()}-")
+    sink = StoreSink(engine)
+    deliver_all(sink, work[:fill], args.threads)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    commits = sink.commits
+    deliver_all(sink, work[fill:], args.threads)
+    commits = sink.commits - commits
+    sink.close()
+    wal = (directory / "store.db-wal").read_bytes()
+    page_size = struct.unpack(">I", wal[8:12])[0]
+    pages = [struct.unpack(">I", wal[at : at + 4])[0] for at in range(32, len(wal) - page_size - 23, page_size + 24)]
+    with sqlite3.connect(path) as db:
+        try:
+            owner = dict(db.execute("SELECT pageno, name FROM dbstat"))
+        except sqlite3.OperationalError:
+            owner = {}  # this SQLite was built without dbstat: totals only
+    by_btree = collections.Counter(owner.get(page, "(not attributed)") for page in pages)
+    print(
+        f"WAL of {measured} messages after {fill} ({measured / max(1, commits):.1f} messages/commit): "
+        f"{len(pages) / measured:.0f} frames = {len(wal) / measured / 1024:.0f} KB per message "
+        f"({page_size}-byte pages)"
+    )
+    for name, frames in by_btree.most_common(args.top):
+        print(f"  {frames / measured:6.1f} frames/message  {name}")
 
 
 def run(url: str, processes: int, args: argparse.Namespace, run_id: str, signals: Path) -> None:
@@ -119,7 +181,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8, help="delivering threads per process")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--database-url", default=None, help="PostgreSQL base URL (default: SQLite files)")
+    parser.add_argument("--wal", action="store_true", help="SQLite: the WAL frames per message, by table and index")
+    parser.add_argument("--top", type=int, default=15, help="with --wal: how many tables and indexes to list")
     args = parser.parse_args()
+    if args.wal:
+        if args.database_url:
+            parser.error("--wal measures SQLite's write-ahead log; leave out --database-url")
+        with tempfile.TemporaryDirectory() as tmp:
+            wal_by_btree(args, Path(tmp))
+        return
     print(f"{args.messages} messages per run, converted before the clock starts; {os.cpu_count()} CPUs", flush=True)
     for processes in args.processes:
         run_id = f"sw{os.getpid()}p{processes}-"
