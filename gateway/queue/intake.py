@@ -196,24 +196,18 @@ class Intake:
         sequence number, no duplicate check. ``done`` gets IntakeUnavailable when the commit
         failed: nothing may then be acknowledged.
         """
-        if not self._running:
-            done(None, IntakeUnavailable("intake is not running"))
-            return
-        try:
-            entry = self._encoder.encode(
-                envelope.id,
-                envelope.raw,
-                envelope.received_at,
-                envelope.sender,
-                envelope.control_id,
-                envelope.peer,
-                envelope.start_stage,
-                envelope.meta,
-            )
-        except Exception as exc:  # noqa: BLE001 - a message we cannot encode must still be answered
-            _cannot_encode(done, exc)
-            return
-        self._lanes[lane % len(self._lanes)].push(entry, done)
+        self._push(
+            done,
+            lane,
+            envelope.id,
+            envelope.raw,
+            envelope.received_at,
+            envelope.sender,
+            envelope.control_id,
+            envelope.peer,
+            envelope.start_stage,
+            envelope.meta,
+        )
 
     def enqueue_message(
         self,
@@ -227,14 +221,29 @@ class Intake:
         lane: int = 0,
     ) -> None:
         """``enqueue`` of a message received now, without building its Envelope (the listener's way)."""
+        now = int(time.time() * 1000)
+        self._push(done, lane, new_envelope_id(), raw, now, sender, control_id, peer, start_stage, meta)
+
+    def _push(
+        self,
+        done: Done,
+        lane: int,
+        id: str,
+        raw: bytes,
+        received_at: int,
+        sender: str,
+        control_id: str,
+        peer: str,
+        start_stage: str,
+        meta: Mapping[str, str] | None,
+    ) -> None:
+        """Encode one message and queue it on ``lane``; ``done`` hears at once when that cannot be done."""
         if not self._running:
             done(None, IntakeUnavailable("intake is not running"))
             return
         try:
-            entry = self._encoder.encode(
-                new_envelope_id(), raw, int(time.time() * 1000), sender, control_id, peer, start_stage, meta
-            )
-        except Exception as exc:  # noqa: BLE001
+            entry = self._encoder.encode(id, raw, received_at, sender, control_id, peer, start_stage, meta)
+        except Exception as exc:  # noqa: BLE001 - a message we cannot encode must still be answered
             _cannot_encode(done, exc)
             return
         self._lanes[lane % len(self._lanes)].push(entry, done)
