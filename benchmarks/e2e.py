@@ -1,9 +1,10 @@
 """End to end: sample messages over MLLP from many connections until every one is searchable.
 
     python benchmarks/e2e.py [--messages 20000] [--connections 32] [--rate 200] [--seconds 20]
-                             [--workers 2] [--threads 16] [--database-url URL]
+                             [--workers N] [--threads N] [--database-url URL]
 
-Starts ``hl7gw run`` (embedded Redis, SQLite unless --database-url) in a temporary directory. Each
+Starts ``hl7gw run`` (embedded Redis, SQLite unless --database-url, its default worker processes and
+threads unless --workers/--threads) in a temporary directory. Each
 sent message is a sample from samples/ (those the converter turns into a Patient; merges left out)
 with a unique MSH-10 and unique PID-3 identifiers, so each one makes a new Patient. A message is
 "searchable" when ``GET /fhir/Patient?identifier=<its identifier>`` finds it; latency is from its
@@ -247,11 +248,13 @@ def start_gateway(data: Path, args: argparse.Namespace) -> tuple[subprocess.Pope
         HL7GW_DATA_DIR=str(data),
         HL7GW_MLLP_PORT=str(mllp_port),
         HL7GW_HTTP_PORT=str(http_port),
-        HL7GW_WORKER_PROCESSES=str(args.workers),
-        HL7GW_WORKER_THREADS=str(args.threads),
         HL7GW_LOG_LEVEL="WARNING",
         HL7GW_API_TOKENS="bench-token:reader",
     )
+    if args.workers:
+        env["HL7GW_WORKER_PROCESSES"] = str(args.workers)
+    if args.threads:
+        env["HL7GW_WORKER_THREADS"] = str(args.threads)
     if args.database_url:
         env["HL7GW_DATABASE_URL"] = args.database_url
     log = open(data.parent / "gateway.log", "wb")
@@ -274,13 +277,14 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=float, default=200, help="msg/s of the latency run (0: skip it)")
     parser.add_argument("--seconds", type=float, default=20, help="length of the latency run")
-    parser.add_argument("--workers", type=int, default=2, help="HL7GW_WORKER_PROCESSES")
-    parser.add_argument("--threads", type=int, default=16, help="HL7GW_WORKER_THREADS")
+    parser.add_argument("--workers", type=int, default=None, help="HL7GW_WORKER_PROCESSES (default: the gateway's)")
+    parser.add_argument("--threads", type=int, default=None, help="HL7GW_WORKER_THREADS (default: the gateway's)")
     parser.add_argument("--database-url", default=None, help="HL7GW_DATABASE_URL (default: SQLite in the temp dir)")
     args = parser.parse_args()
 
     found = templates()
-    print(f"{len(found)} sample messages in rotation; {os.cpu_count()} CPUs", flush=True)
+    print(f"{len(found)} sample messages in rotation; {os.cpu_count()} CPUs; worker processes {args.workers or 'default'}, "
+          f"threads {args.threads or 'default'}", flush=True)
     run_id = uuid.uuid4().hex[:6]
 
     def batch(name: str, count: int) -> list[tuple[bytes, str, str]]:
