@@ -3,10 +3,11 @@
     python benchmarks/e2e.py [--messages 20000] [--connections 32] [--rate 200] [--seconds 20]
                              [--workers N] [--threads N] [--database-url URL]
 
-Starts ``hl7gw run`` (embedded Redis, SQLite unless --database-url, its default worker processes and
-threads unless --workers/--threads) in a temporary directory. Each
-sent message is a sample from samples/ (those the converter turns into a Patient; merges left out)
-with a unique MSH-10 and unique PID-3 identifiers, so each one makes a new Patient. A message is
+Starts ``hl7gw run`` in a temporary directory: embedded Redis; a SQLite file, or a fresh schema of
+the --database-url PostgreSQL, dropped afterwards; the gateway's default worker processes and
+threads unless --workers/--threads. Each sent message is a sample from samples/ (those the
+converter turns into a Patient; merges left out) with a unique MSH-10 and unique PID-3
+identifiers, so each one makes a new Patient. A message is
 "searchable" when ``GET /fhir/Patient?identifier=<its identifier>`` finds it; latency is from its
 ACK to the poll that found it (the 100 oldest pending per search, every 50 ms while some are
 missing). Each run waits until every message is searchable (or none became so for 60 s), so no
@@ -30,6 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +46,7 @@ from gateway.hl7.message import parse  # noqa: E402
 from gateway.mllp.framing import FrameDecoder, encode_frame  # noqa: E402
 from gateway.queue.embedded import free_port  # noqa: E402
 from gateway.validate import validate_bundle  # noqa: E402
+from search import postgres_schema  # noqa: E402
 
 SAMPLES = ROOT / "samples"
 #: Seconds without a message becoming searchable after which a run stops waiting.
@@ -241,7 +244,9 @@ def latencies_ms(run: Run) -> list[float]:
     return [(run.found[i] - run.acked[i]) * 1000 for i in run.found]
 
 
-def start_gateway(data: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int, int]:
+def start_gateway(
+    data: Path, args: argparse.Namespace, database_url: str | None
+) -> tuple[subprocess.Popen[bytes], int, int]:
     mllp_port, http_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_")}
     env.update(
@@ -255,8 +260,8 @@ def start_gateway(data: Path, args: argparse.Namespace) -> tuple[subprocess.Pope
         env["HL7GW_WORKER_PROCESSES"] = str(args.workers)
     if args.threads:
         env["HL7GW_WORKER_THREADS"] = str(args.threads)
-    if args.database_url:
-        env["HL7GW_DATABASE_URL"] = args.database_url
+    if database_url:
+        env["HL7GW_DATABASE_URL"] = database_url
     log = open(data.parent / "gateway.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "run"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
@@ -279,7 +284,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20, help="length of the latency run")
     parser.add_argument("--workers", type=int, default=None, help="HL7GW_WORKER_PROCESSES (default: the gateway's)")
     parser.add_argument("--threads", type=int, default=None, help="HL7GW_WORKER_THREADS (default: the gateway's)")
-    parser.add_argument("--database-url", default=None, help="HL7GW_DATABASE_URL (default: SQLite in the temp dir)")
+    parser.add_argument(
+        "--database-url", default=None, help="PostgreSQL base URL: a temporary schema in it (default: SQLite in the temp dir)"
+    )
     args = parser.parse_args()
 
     found = templates()
@@ -290,8 +297,11 @@ def main() -> None:
     def batch(name: str, count: int) -> list[tuple[bytes, str, str]]:
         return [found[n % len(found)].render(f"{run_id}{name}{n}") for n in range(count)]
 
-    with tempfile.TemporaryDirectory() as tmp:
-        process, mllp_port, http_port = start_gateway(Path(tmp) / "data", args)
+    # PostgreSQL: a fresh schema per run, dropped afterwards, so runs do not slow down as the
+    # database grows from one to the next and compare with SQLite's fresh file.
+    database = postgres_schema(args.database_url) if args.database_url else nullcontext(None)
+    with tempfile.TemporaryDirectory() as tmp, database as database_url:
+        process, mllp_port, http_port = start_gateway(Path(tmp) / "data", args, database_url)
         api = httpx.Client(
             base_url=f"http://127.0.0.1:{http_port}", headers={"Authorization": "Bearer bench-token"}, timeout=30
         )
