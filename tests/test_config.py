@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from gateway.config import Role, load_settings, parse_tokens
@@ -13,6 +15,16 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.embedded_redis
     assert (s.mllp_host, s.mllp_port, s.http_host, s.http_port) == ("127.0.0.1", 2575, "127.0.0.1", 8080)
     assert s.resolved_database_url.startswith("sqlite:///") and s.resolved_database_url.endswith("data/hl7gw.sqlite3")
+
+
+def test_worker_processes_default_to_the_cores_at_most_four(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HL7GW_WORKER_PROCESSES", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert load_settings().worker_processes == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert load_settings().worker_processes == 1
+    monkeypatch.setenv("HL7GW_WORKER_PROCESSES", "6")
+    assert load_settings().worker_processes == 6
 
 
 @pytest.mark.parametrize(
