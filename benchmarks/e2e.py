@@ -285,13 +285,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="HL7GW_WORKER_PROCESSES (default: the gateway's)")
     parser.add_argument("--threads", type=int, default=None, help="HL7GW_WORKER_THREADS (default: the gateway's)")
     parser.add_argument(
-        "--database-url", default=None, help="PostgreSQL base URL: a temporary schema in it (default: SQLite in the temp dir)"
+        "--database-url", default=None, help="PostgreSQL base URL: a temporary schema in it (default: SQLite)"
     )
     args = parser.parse_args()
 
     found = templates()
-    print(f"{len(found)} sample messages in rotation; {os.cpu_count()} CPUs; worker processes {args.workers or 'default'}, "
-          f"threads {args.threads or 'default'}", flush=True)
+    print(
+        f"{len(found)} sample messages in rotation; {os.cpu_count()} CPUs; "
+        f"worker processes {args.workers or 'default'}, threads {args.threads or 'default'}",
+        flush=True,
+    )
     run_id = uuid.uuid4().hex[:6]
 
     def batch(name: str, count: int) -> list[tuple[bytes, str, str]]:
