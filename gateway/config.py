@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Literal
@@ -46,6 +48,10 @@ class Settings(BaseSettings):
 
     # "token:role,token:role"; roles reader < operator < admin.
     api_tokens: str | None = None
+    # /docs and /openapi.json without a token (they describe the API, not its data).
+    public_docs: bool = False
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     # Worker tuning. A worker process converts on one core (the GIL), so by default there is one
     # per core, at most 4 (more only help with PostgreSQL on a bigger machine). Its threads mostly
@@ -54,7 +60,11 @@ class Settings(BaseSettings):
     # (docs/delivery.md) 64 threads per process gave 184 msg/s on SQLite where 16 gave 130.
     worker_processes: int = Field(default_factory=lambda: _cores(limit=4), ge=1, le=64)
     worker_threads: int = Field(default=64, ge=1, le=256)
+    # A failure that may pass (gateway/errors.py Policy.RETRY) is tried again this many times, then
+    # becomes a dead letter. Outages of the database or Redis never count: a worker waits them out,
+    # probing with backoff up to outage_max_backoff_s (gateway/queue/outages.py).
     max_retries: int = Field(default=5, ge=0, le=100)
+    outage_max_backoff_s: float = Field(default=10.0, ge=0.5, le=600)
     # Milliseconds without a heartbeat after which a worker's in-flight messages are requeued.
     heartbeat_timeout_ms: int = Field(default=15_000, ge=1_000)
 
@@ -99,6 +109,11 @@ class Settings(BaseSettings):
     mappings_dir: Path | None = None
     default_tz: str | None = None
     sender_tz: str | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("default_tz")
     @classmethod
@@ -211,6 +226,18 @@ def parse_tokens(value: str) -> dict[str, Role]:
         except ValueError:
             raise ValueError(f"role {role!r} is not one of reader, operator, admin") from None
     return tokens
+
+
+#: HL7GW_* variables that are not settings but are read elsewhere: the test suite's database, and
+#: what ``hl7gw run`` hands its children.
+OTHER_VARIABLES = frozenset({"HL7GW_TEST_DATABASE_URL", "HL7GW_READY_FD"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """HL7GW_* variables no setting reads, each with the closest known name (None: nothing close)."""
+    known = {f"HL7GW_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    unknown = sorted(name for name in environ if name.upper().startswith("HL7GW_") and name.upper() not in known)
+    return [(name, next(iter(difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)), None)) for name in unknown]
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,16 +1,27 @@
-"""Dead-letter store: messages a stage gave up on, with the stage and the reason, kept until handled."""
+"""Dead-letter store: messages a stage gave up on, with the stage and the reason, kept until handled.
+
+A dead letter's id is derived from the message and the stage (or sink) it failed at, so writing
+the same letter twice (a redelivered message failing the same way again, a letter moved from its
+Redis parking place after a crash) leaves one letter. It is written in one transaction with what
+it means elsewhere: the archive row says "failed" (pipeline letters), the remote sink's delivery
+row says "dead" (sink letters).
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, String, Table, Text, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, String, Table, Text, select, update
+from sqlalchemy.engine import Connection, Engine
 
 from gateway.envelope import Envelope
+from gateway.store.bulk import BulkInsert
 from gateway.store.db import metadata
+from gateway.store.deliveries import DEAD, sink_delivery
+from gateway.store.messages import MessageArchive
 
 dead_letter = Table(
     "dead_letter",
@@ -31,6 +42,16 @@ dead_letter = Table(
 Index("ix_dead_letter_status_created", dead_letter.c.status, dead_letter.c.created_at)
 Index("ix_dead_letter_envelope", dead_letter.c.envelope_id)
 
+#: Namespace of dead-letter ids (UUIDv5 of "<envelope id>/<stage>"). Never change it.
+LETTER_NAMESPACE = uuid.UUID("5b0e3f0c-8f0e-4a55-9d2f-3c1f8a4e6d21")
+
+_INSERT = BulkInsert(
+    dead_letter,
+    ("id", "envelope_id", "sender", "control_id", "stage", "reason", "error_type", "attempts", "created_at")
+    + ("status", "raw"),
+    conflict="ON CONFLICT (id) DO NOTHING",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -47,30 +68,82 @@ class DeadLetter:
     raw: bytes
 
 
+@dataclass(frozen=True)
+class Letter:
+    """A dead letter to write: the message, where and why it failed."""
+
+    envelope: Envelope
+    stage: str
+    reason: str
+    error_type: str = ""
+    attempts: int = 1
+    created_at: int = field(default_factory=lambda: int(time.time() * 1000))
+    #: A remote sink's name: the letter is that sink's, and its delivery row becomes "dead".
+    sink: str | None = None
+    #: Whether the sink was called for this message (counts as an attempt on the delivery row).
+    sink_attempted: bool = False
+
+    @property
+    def id(self) -> str:
+        return str(uuid.uuid5(LETTER_NAMESPACE, f"{self.envelope.id}/{self.stage}"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "envelope": self.envelope.to_json(),
+            "stage": self.stage,
+            "reason": self.reason,
+            "error_type": self.error_type,
+            "attempts": self.attempts,
+            "created_at": self.created_at,
+            "sink": self.sink,
+            "sink_attempted": self.sink_attempted,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Letter":
+        return cls(**{**data, "envelope": Envelope.from_json(data["envelope"])})
+
+
 class DeadLetterStore:
     def __init__(self, engine: Engine):
         self.engine = engine
+        self.archive = MessageArchive(engine)
 
-    def park(self, envelope: Envelope, *, stage: str, reason: str, error_type: str = "", attempts: int = 1) -> str:
-        """Record ``envelope`` as a dead letter; returns the dead letter's id."""
-        letter_id = str(uuid.uuid4())
+    def park(self, letter: Letter) -> bool:
+        """Write ``letter`` with what it implies; False when it was there already (nothing changed)."""
         with self.engine.begin() as conn:
+            return self.write(conn, letter)
+
+    def write(self, conn: Connection, letter: Letter) -> bool:
+        """``park`` in ``conn``'s open transaction."""
+        exists = conn.execute(select(dead_letter.c.id).where(dead_letter.c.id == letter.id)).first()
+        if exists is not None:
+            return False
+        e = letter.envelope
+        _INSERT.run(
+            conn,
+            [
+                # Truncated to the columns' sizes: a letter is never refused for a long field.
+                (letter.id, e.id, e.sender[:512], e.control_id[:256], letter.stage[:32], letter.reason[:8000])
+                + (letter.error_type[:128],)
+                + (letter.attempts, letter.created_at, "open", e.raw)
+            ],
+        )
+        if letter.sink is None:
+            self.archive.record(conn, [(e, "failed", f"{letter.stage}: {letter.reason}", e.meta.get("message_type", ""))])
+        else:
+            table = sink_delivery
             conn.execute(
-                dead_letter.insert().values(
-                    id=letter_id,
-                    envelope_id=envelope.id,
-                    sender=envelope.sender,
-                    control_id=envelope.control_id,
-                    stage=stage,
-                    reason=reason[:8000],
-                    error_type=error_type,
-                    attempts=attempts,
-                    created_at=int(time.time() * 1000),
-                    status="open",
-                    raw=envelope.raw,
+                update(table)
+                .where(table.c.message_id == e.id, table.c.sink == letter.sink)
+                .values(
+                    status=DEAD,
+                    last_error=letter.reason[:4000],
+                    attempts=table.c.attempts + (1 if letter.sink_attempted else 0),
+                    updated_at=int(time.time() * 1000),
                 )
             )
-        return letter_id
+        return True
 
     def list(self, *, status: str | None = "open", limit: int = 100) -> list[DeadLetter]:
         query = select(dead_letter).order_by(dead_letter.c.created_at.desc()).limit(limit)

@@ -1,14 +1,48 @@
-"""One exception tree. ``retryable`` says whether trying the same work again may succeed."""
+"""One exception tree, and one failure policy per exception class.
+
+A failure either belongs to the message or to the infrastructure:
+
+* ``PERMANENT``: the message's fault (unreadable, unmappable, invalid FHIR, refused by a server,
+  too old): a dead letter at once;
+* ``RETRY``: may pass on another attempt (a remote server's 5xx, a blip): tried again with backoff
+  a bounded number of times, then a dead letter;
+* ``OUTAGE``: a dependency of the gateway (the database, Redis, the disk) does not answer. Not the
+  message's fault: the worker holds the message and waits for the dependency, however long,
+  without counting an attempt (gateway/queue/outages.py).
+
+``policy_of`` decides for any exception, ours or a library's; it is the only place that does.
+Exception texts never quote message content (names, identifiers, dates, free text): they name
+segment and field positions, so they can go to logs and dead letters as they are.
+"""
 
 from __future__ import annotations
+
+import enum
+import os
+import traceback
+
+
+class Policy(enum.Enum):
+    PERMANENT = "permanent"
+    RETRY = "retry"
+    OUTAGE = "outage"
 
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
 
-    retryable = False
+    policy = Policy.PERMANENT
     #: Pipeline stage that failed, as recorded in dead letters.
     stage = "gateway"
+
+    @property
+    def retryable(self) -> bool:
+        return self.policy is not Policy.PERMANENT
+
+    def safe_text(self) -> str:
+        """The text for logs. Ours name positions, not values, so it is ``str(self)``; an error that
+        carries someone else's words (a remote server's OperationOutcome) leaves them out."""
+        return str(self)
 
 
 class ConfigError(GatewayError):
@@ -51,16 +85,37 @@ class DeliveryError(GatewayError):
 
 
 class TransientDeliveryError(DeliveryError):
-    """Storing or sending failed in a way that may pass on retry (database busy, 5xx, timeout)."""
+    """Sending failed in a way that may pass on retry (a remote 5xx, a timeout)."""
 
-    retryable = True
+    policy = Policy.RETRY
 
 
-class IntakeUnavailable(GatewayError):
+class Unavailable(GatewayError):
+    """A dependency of the gateway does not answer: never the message's fault."""
+
+    policy = Policy.OUTAGE
+    #: Which dependency: "database" or "redis" (gateway/queue/outages.py probes it).
+    dependency = "database"
+
+
+class StoreUnavailable(Unavailable):
+    """The database is unreachable, locked, read-only or out of disk."""
+
+    stage = "deliver"
+    dependency = "database"
+
+
+class QueueUnavailable(Unavailable):
+    """Redis is unreachable or refuses writes (its disk full, loading, read-only)."""
+
+    stage = "queue"
+    dependency = "redis"
+
+
+class IntakeUnavailable(QueueUnavailable):
     """The durable queue cannot take the message now; nothing was accepted."""
 
     stage = "intake"
-    retryable = True
 
 
 class RejectedAtIntake(GatewayError):
@@ -70,20 +125,123 @@ class RejectedAtIntake(GatewayError):
 
 
 class StageCrash(GatewayError):
-    """An unexpected exception inside a stage (a bug or an environment fault), tagged with the stage."""
+    """An unexpected exception inside a stage (a bug), tagged with the stage; its text is
+    ``describe(exc)``: the type and where it was raised, never the exception's own words."""
 
     def __init__(self, stage: str, exc: BaseException):
-        super().__init__(f"{type(exc).__name__}: {exc}")
+        super().__init__(describe(exc))
         self.stage = stage
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Decide, in one place, whether an exception raised by a stage is worth another attempt."""
+def policy_of(exc: BaseException) -> Policy:
+    """The one decision: what a failure means for the message that met it."""
     if isinstance(exc, GatewayError):
-        return exc.retryable
-    # Unknown exceptions are bugs or environment faults; do not hammer, park them instead.
-    return False
+        return exc.policy
+    if unavailable_dependency(exc) is not None:
+        return Policy.OUTAGE
+    # Anything else is a bug or content nobody expected: park it, do not hammer.
+    return Policy.PERMANENT
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return policy_of(exc) is not Policy.PERMANENT
 
 
 def stage_of(exc: BaseException, default: str = "process") -> str:
     return exc.stage if isinstance(exc, GatewayError) else default
+
+
+def unavailable_dependency(exc: BaseException) -> str | None:
+    """"database" or "redis" when ``exc`` says that dependency does not answer; None otherwise."""
+    if isinstance(exc, Unavailable):
+        return exc.dependency
+    from dramatiq.errors import BrokerConnectionError
+    from redis import exceptions as redis_errors
+    from sqlalchemy import exc as sql
+
+    if isinstance(exc, (sql.OperationalError, sql.InterfaceError, sql.DisconnectionError, sql.TimeoutError)):
+        return "database"
+    if isinstance(exc, sql.DBAPIError) and exc.connection_invalidated:
+        return "database"
+    if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, BrokerConnectionError)):
+        return "redis"
+    if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(_REDIS_REFUSING):
+        return "redis"
+    return None
+
+
+#: Replies of a Redis that is up but cannot take writes: AOF or RDB write failed (disk full),
+#: a replica, still loading its data, out of memory under noeviction.
+_REDIS_REFUSING = ("MISCONF", "READONLY", "LOADING", "OOM", "MASTERDOWN", "NOREPLICAS")
+
+
+def as_unavailable(exc: BaseException, doing: str) -> Unavailable | None:
+    """``exc`` as a StoreUnavailable/QueueUnavailable when it is an outage, else None."""
+    dependency = unavailable_dependency(exc)
+    if dependency is None:
+        return None
+    cls = StoreUnavailable if dependency == "database" else QueueUnavailable
+    return cls(f"{dependency} unavailable while {doing}: {describe(exc)}")
+
+
+def describe(exc: BaseException) -> str:
+    """A text for logs and dead letters that never quotes data: our own errors' ``safe_text`` (they
+    name positions, not values); a database error by its SQLSTATE, class and constraint;
+    a connection error by its words (they name hosts and ports); anything else by its type and
+    the place in our code where it was raised."""
+    if isinstance(exc, GatewayError):
+        return exc.safe_text()
+    from redis import exceptions as redis_errors
+    from sqlalchemy import exc as sql
+
+    if isinstance(exc, sql.DBAPIError) and exc.orig is not None:
+        return _database_error(exc.orig)
+    if isinstance(exc, sql.SQLAlchemyError):
+        return type(exc).__name__
+    if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
+        return f"{type(exc).__name__}: {_first_line(exc)}"
+    if isinstance(exc, redis_errors.ResponseError):
+        return f"{type(exc).__name__}: {str(exc).split(' ', 1)[0]}"  # the error code only
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{type(exc).__name__}: [Errno {exc.errno}] {os.strerror(exc.errno)}"
+    return f"{type(exc).__name__} at {_where(exc)}"
+
+
+def _database_error(orig: BaseException) -> str:
+    """A driver error without its values: PostgreSQL's detail lines quote keys and inputs, so only
+    the SQLSTATE and the names of what was involved; SQLite's words name tables and columns only."""
+    diag = getattr(orig, "diag", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if diag is not None and sqlstate:
+        names = [
+            f"{label} {value}"
+            for label, value in (
+                ("table", diag.table_name),
+                ("column", diag.column_name),
+                ("constraint", diag.constraint_name),
+            )
+            if value
+        ]
+        return f"{type(orig).__name__} SQLSTATE {sqlstate}" + (f" ({', '.join(names)})" if names else "")
+    if type(orig).__module__.startswith("sqlite3"):
+        return f"{type(orig).__name__}: {_first_line(orig)}"
+    # A driver error without a SQLSTATE comes from the client side: a connection refused, closed or
+    # timed out. Its words are libpq's or the socket's, about hosts and ports, not about rows.
+    return f"{type(orig).__name__}: {_first_line(orig)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _where(exc: BaseException) -> str:
+    """file:line (function) of the innermost frame of ours, else of the innermost frame."""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    if not frames:
+        return "an unknown place"
+    ours = [f for f in frames if "/gateway/" in f.filename.replace("\\", "/")]
+    frame = (ours or frames)[-1]
+    path = frame.filename.replace("\\", "/")
+    short = path[path.rfind("/gateway/") + 1 :] if "/gateway/" in path else path.rsplit("/", 1)[-1]
+    return f"{short}:{frame.lineno} ({frame.name})"

@@ -17,7 +17,7 @@ from gateway.convert.engine import Converter
 from gateway.deliver.source import source_of
 from gateway.deliver.store_sink import StoreSink
 from gateway.envelope import Envelope
-from gateway.errors import GatewayError, RejectedAtIntake, StageCrash
+from gateway.errors import GatewayError, RejectedAtIntake, StageCrash, as_unavailable
 from gateway.hl7.charset import decode_message
 from gateway.hl7.message import Message, parse
 from gateway.store.messages import MessageArchive
@@ -29,12 +29,16 @@ T = TypeVar("T")
 
 
 def run_stage(stage: str, fn: Callable[..., T], *args: object) -> T:
-    """Call one stage; an unexpected exception becomes a StageCrash naming the stage."""
+    """Call one stage; an outage of the database or Redis becomes StoreUnavailable/QueueUnavailable,
+    any other unexpected exception a StageCrash naming the stage."""
     try:
         return fn(*args)
     except GatewayError:
         raise
     except Exception as exc:  # noqa: BLE001 - anything else is tagged, not swallowed
+        outage = as_unavailable(exc, stage)
+        if outage is not None:
+            raise outage from exc
         raise StageCrash(stage, exc) from exc
 
 
@@ -61,7 +65,7 @@ class Pipeline:
         if envelope.start_stage == "rejected":  # answered AR/AE at intake: a dead letter as it is
             raise RejectedAtIntake(envelope.meta.get("reason") or "rejected at intake")
         if envelope.start_stage == "ack":  # an incoming acknowledgement: archived, never converted
-            self.archive.record_outcome(envelope, "ack", envelope.meta.get("message_type", "ACK"))
+            run_stage("archive", self.archive.record_outcome, envelope, "ack", envelope.meta.get("message_type", "ACK"))
             return
         text = run_stage("parse", decode_message, envelope.raw)
         message: Message = run_stage("parse", parse, text)

@@ -52,7 +52,7 @@ class Harness:
             DeliveryStates(engine),
             ResourceStore(engine),
             MessageArchive(engine),
-            DeadLetterStore(engine),
+            DeadLetterStore(engine).park,
             lambda message, delay: self.rescheduled.append((message, delay)),
             max_age_s=max_age_s,
             max_backoff_s=60,

@@ -18,7 +18,7 @@ from dramatiq.broker import Broker
 from dramatiq.errors import BrokerError
 
 from gateway.envelope import Envelope
-from gateway.errors import TransientDeliveryError
+from gateway.errors import QueueUnavailable, describe
 from gateway.sinkspec import SinkSpec
 from gateway.store.ordering import Source
 
@@ -83,13 +83,14 @@ class SinkFanout:
         return tuple(self.specs)
 
     def enqueue(self, envelope: Envelope, source: Source, bundle: dict[str, Any]) -> None:
-        """Queue the message for every sink; raises TransientDeliveryError when the queue cannot take it
-        (the pipeline then runs again: the store finds nothing to change, the sinks get the message)."""
+        """Queue the message for every sink; raises QueueUnavailable when the queue cannot take it
+        (the worker waits for Redis and runs the pipeline again: the store finds nothing to change,
+        the sinks get the message)."""
         try:
             for spec in self.specs.values():
                 self.send(SinkMessage.of(spec, envelope, source, bundle))
         except (redis.RedisError, BrokerError) as exc:
-            raise TransientDeliveryError(f"could not queue the message for remote sinks: {exc}") from exc
+            raise QueueUnavailable(f"could not queue the message for remote sinks: {describe(exc)}") from exc
 
     def send(self, message: SinkMessage, delay_ms: int | None = None) -> None:
         """Put ``message`` on its sink's queue, now or after ``delay_ms`` (below 7 days)."""

@@ -29,22 +29,31 @@ _MAX_REASON = 6000
 class RemoteUnavailable(TransientDeliveryError):
     """The server did not take the Bundle now: down, overloaded, timed out."""
 
-    def __init__(self, message: str, *, stage: str, retry_after: float | None = None):
+    def __init__(self, message: str, *, stage: str, retry_after: float | None = None, summary: str = ""):
         super().__init__(message)
         self.stage = stage
         #: Seconds the server asked us to wait (Retry-After), if it did.
         self.retry_after = retry_after
+        self.summary = summary or message
+
+    def safe_text(self) -> str:
+        return self.summary
 
 
 class RemoteRejected(DeliveryError):
     """The server refused the Bundle (a 4xx): sending it again cannot help."""
 
-    def __init__(self, message: str, *, stage: str, status: int, outcome: dict[str, Any] | None):
+    def __init__(self, message: str, *, stage: str, status: int, outcome: dict[str, Any] | None, summary: str = ""):
         super().__init__(message)
         self.stage = stage
         self.status = status
         #: The OperationOutcome the server returned, if any.
         self.outcome = outcome
+        self.summary = summary or message
+
+    def safe_text(self) -> str:
+        """Without the server's words: an OperationOutcome may quote the data it refused."""
+        return self.summary
 
 
 class RemoteSink:
@@ -86,11 +95,12 @@ class RemoteSink:
         if 200 <= status < 300 or (method == "DELETE" and status in (404, 410)):
             return
         outcome, text = _outcome(response)
-        reason = f"{where}: HTTP {status}: {text}"[:_MAX_REASON]
+        summary = f"{where}: HTTP {status}"
+        reason = f"{summary}: {text}"[:_MAX_REASON]
         if status in _RETRYABLE_STATUS:
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-            raise RemoteUnavailable(reason, stage=self.spec.stage, retry_after=retry_after)
-        raise RemoteRejected(reason, stage=self.spec.stage, status=status, outcome=outcome)
+            raise RemoteUnavailable(reason, stage=self.spec.stage, retry_after=retry_after, summary=summary)
+        raise RemoteRejected(reason, stage=self.spec.stage, status=status, outcome=outcome, summary=summary)
 
 
 def _outcome(response: httpx.Response) -> tuple[dict[str, Any] | None, str]:

@@ -21,11 +21,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.deadletter import DeadLetterStore
+from gateway.deadletter import Letter
 from gateway.deliver.breaker import CircuitBreaker
 from gateway.deliver.fanout import SinkMessage
 from gateway.deliver.remote import RemoteRejected, RemoteSink, RemoteUnavailable
 from gateway.envelope import Envelope
+from gateway.errors import describe
 from gateway.store.deliveries import PENDING, DeliveryState, DeliveryStates
 from gateway.store.messages import MessageArchive
 from gateway.store.resources import ResourceStore
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 BASE_BACKOFF_MS = 1_000
 
 Reschedule = Callable[[SinkMessage, int], None]
+#: Writes a dead letter (gateway/queue/letters.py: to the database, or parked in Redis).
+PostLetter = Callable[[Letter], object]
 
 
 class SinkWorker:
@@ -46,7 +49,7 @@ class SinkWorker:
         states: DeliveryStates,
         store: ResourceStore,
         archive: MessageArchive,
-        dead_letters: DeadLetterStore,
+        post_letter: PostLetter,
         reschedule: Reschedule,
         *,
         max_age_s: float,
@@ -59,7 +62,7 @@ class SinkWorker:
         self.states = states
         self.store = store
         self.archive = archive
-        self.dead_letters = dead_letters
+        self.post_letter = post_letter
         self.reschedule = reschedule
         self.max_age_ms = int(max_age_s * 1000)
         self.max_backoff_ms = int(max_backoff_s * 1000)
@@ -93,7 +96,14 @@ class SinkWorker:
             failures = self.breaker.failure(str(exc))
             delay = self._backoff_ms(message.attempts, exc.retry_after)
             self.states.attempted(message.message_id, self.spec.name, str(exc), _now_ms() + delay)
-            log.info("%s: attempt %d failed (%d in a row): %s", self.spec.name, message.attempts + 1, failures, exc)
+            log.info(
+                "%s: message %s, attempt %d failed (%d in a row): %s",
+                self.spec.name,
+                message.message_id,
+                message.attempts + 1,
+                failures,
+                describe(exc),
+            )
             self._later(message.next_attempt(), delay, deadline)
             return "retry"
         self.breaker.success()
@@ -131,6 +141,20 @@ class SinkWorker:
         self.reschedule(message, delay_ms)
 
     def _park(self, message: SinkMessage, reason: str, error_type: str, *, attempted: bool) -> None:
+        letter = self.letter(message, reason, error_type, attempted=attempted)
+        self.post_letter(letter)
+        log.warning(
+            "dead letter %s: message %s, MSH-10 %s from %s, not delivered to %s: %s",
+            letter.id,
+            message.message_id,
+            message.control_id or "?",
+            message.sender or "?",
+            self.spec.name,
+            error_type,
+        )
+
+    def letter(self, message: SinkMessage, reason: str, error_type: str, *, attempted: bool) -> Letter:
+        """The dead letter of ``message`` for this sink (its raw message from the archive)."""
         archived = self.archive.get(message.message_id)
         if archived is not None:
             envelope = Envelope(
@@ -145,11 +169,15 @@ class SinkWorker:
             envelope = Envelope(message.message_id, b"", message.received_at, message.sender, message.control_id)
         state = self.states.get(message.message_id, self.spec.name)
         attempts = (state.attempts if state else 0) + (1 if attempted else 0)
-        letter = self.dead_letters.park(
-            envelope, stage=self.spec.stage, reason=reason, error_type=error_type, attempts=max(1, attempts)
+        return Letter(
+            envelope,
+            self.spec.stage,
+            reason,
+            error_type,
+            max(1, attempts),
+            sink=self.spec.name,
+            sink_attempted=attempted,
         )
-        self.states.dead(message.message_id, self.spec.name, reason, attempted)
-        log.warning("dead letter %s: %s for %s: %s", letter, message.message_id, self.spec.name, reason[:300])
 
 
 def _key(entry: dict[str, Any]) -> tuple[str, str] | None:

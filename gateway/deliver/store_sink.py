@@ -61,7 +61,7 @@ class StoreSink:
         message_type: str = "",
         sinks: tuple[str, ...] = (),
     ) -> ApplyResult:
-        """Apply ``bundle``; raises DeliveryError, or TransientDeliveryError when a retry may succeed."""
+        """Apply ``bundle``; raises DeliveryError, or StoreUnavailable when the database does not answer."""
         changes = plan_changes(bundle)
         for change in changes:
             if change.resource is not None:  # made here, in parallel, not under the write lock

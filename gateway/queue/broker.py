@@ -10,17 +10,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
+from collections.abc import Callable
 
 import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.errors import BrokerConnectionError
 
+from gateway.errors import describe
 from gateway.queue.keys import QUEUE, Keys
+from gateway.queue.outages import Gate
 
 log = logging.getLogger(__name__)
 
-#: Dramatiq keeps its own dead-letter copies for this long; ours live in the database.
+#: How long dramatiq would keep messages in its own dead-letter set; the gateway puts none there.
 DRAMATIQ_DEAD_MESSAGE_TTL_MS = 7 * 86_400_000
 
 
@@ -29,25 +33,16 @@ def make_broker(
     *,
     namespace: str = "hl7gw",
     heartbeat_timeout_ms: int = 15_000,
-    max_retries: int = 5,
-    extra_middleware: list[dramatiq.Middleware] | None = None,
-) -> RedisBroker:
+    middleware: list[dramatiq.Middleware] | None = None,
+) -> "GatewayBroker":
+    """A Redis broker with only ``middleware``: failures are handled by gateway/queue/middleware.py,
+    not by dramatiq's Retries (whose exhausted messages end in ``.XQ``), and there is no TimeLimit
+    (it raises into a thread that may be waiting out an outage, or holding a database connection)."""
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10)
-    # Dramatiq runs after_* hooks in reverse list order: middleware listed before Retries sees
-    # a message after Retries has decided whether it failed for good.
-    middleware: list[dramatiq.Middleware] = [
-        *(extra_middleware or []),
-        AgeLimit(),
-        TimeLimit(time_limit=300_000),
-        ShutdownNotifications(),
-        Callbacks(),
-        Pipelines(),
-        Retries(max_retries=max_retries, min_backoff=500, max_backoff=60_000),
-    ]
-    broker = RedisBroker(
+    broker = GatewayBroker(
         client=client,
         namespace=namespace,
-        middleware=middleware,
+        middleware=list(middleware or []),
         heartbeat_timeout=heartbeat_timeout_ms,
         dead_message_ttl=DRAMATIQ_DEAD_MESSAGE_TTL_MS,
         # Maintenance runs on our schedule (QueueMaintenance), not by chance on every command.
@@ -55,6 +50,28 @@ def make_broker(
     )
     broker.declare_queue(QUEUE)
     return broker
+
+
+class GatewayBroker(RedisBroker):
+    """dramatiq's Redis broker, told when a consumer lost its connection (``identity_lost``)."""
+
+    #: Set when a consumer met a connection error; QueueMaintenance then starts a new identity.
+    identity_lost = False
+
+    @property
+    def consumer_class(self) -> type:
+        return _WatchedConsumer
+
+
+class _WatchedConsumer(_RedisConsumer):
+    """dramatiq's consumer drops what it held locally on a connection error: say so."""
+
+    def __next__(self):  # type: ignore[no-untyped-def]
+        try:
+            return super().__next__()
+        except BrokerConnectionError:
+            self.broker.identity_lost = True
+            raise
 
 
 def _maintain(broker: RedisBroker, queue: str) -> None:
@@ -111,25 +128,64 @@ def forget_all_workers(redis_url: str, namespace: str) -> int:
 
 
 class QueueMaintenance(threading.Thread):
-    """Heartbeat for this process's broker and sweep dead peers, every ``interval`` seconds."""
+    """Every ``interval`` seconds: heartbeat for this process's broker, give dead peers' messages
+    back, and move parked dead letters to the database (``move_parked``). A Redis failure here is
+    reported to ``redis_gate``, which logs the outage once and probes until Redis answers."""
 
-    def __init__(self, broker: RedisBroker, interval: float = 2.0):
+    def __init__(
+        self,
+        broker: RedisBroker,
+        interval: float = 2.0,
+        *,
+        redis_gate: Gate | None = None,
+        move_parked: Callable[[], object] | None = None,
+    ):
         super().__init__(name="hl7gw-queue-maintenance", daemon=True)
         self.broker = broker
         self.interval = interval
+        self.redis_gate = redis_gate
+        self.move_parked = move_parked
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         heartbeats = Keys(self.broker.namespace).heartbeats()
         while not self._stop_event.is_set():
-            try:
-                self.broker.client.zadd(heartbeats, {self.broker.broker_id: int(time.time() * 1000)})
-                # Every queue: the pipeline's and each remote sink's (their delay queues too).
-                for queue in sorted(q for q in self.broker.get_declared_queues() if not q.endswith(".DQ")):
-                    requeue_orphans(self.broker, queue)
-            except redis.RedisError as exc:
-                log.warning("queue maintenance failed, will retry: %s", exc)
+            if self.redis_gate is None or self.redis_gate.is_open:
+                try:
+                    self.broker.client.zadd(heartbeats, {self.broker.broker_id: int(time.time() * 1000)})
+                    # Every queue: the pipeline's and each remote sink's (their delay queues too).
+                    for queue in sorted(q for q in self.broker.get_declared_queues() if not q.endswith(".DQ")):
+                        requeue_orphans(self.broker, queue)
+                except redis.RedisError as exc:
+                    if self.redis_gate is None:
+                        log.warning("queue maintenance failed, will retry: %s", exc)
+                    else:
+                        self.redis_gate.report(exc)
+                else:
+                    if getattr(self.broker, "identity_lost", False):
+                        self.broker.identity_lost = False  # type: ignore[attr-defined]
+                        new_consumer_identity(self.broker)
+                    self._move_parked()
             self._stop_event.wait(self.interval)
+
+    def _move_parked(self) -> None:
+        if self.move_parked is None:
+            return
+        try:
+            self.move_parked()
+        except Exception as exc:  # noqa: BLE001 - tried again next round
+            log.debug("parked dead letters not moved yet: %s", describe(exc))
 
     def stop(self) -> None:
         self._stop_event.set()
+
+
+def new_consumer_identity(broker: RedisBroker) -> None:
+    """After Redis was unreachable, go on as a new consumer. What the old identity held may be
+    lost to this process (dramatiq drops its local delay queue on a connection error; a fetch
+    whose reply never came still moved messages into its in-flight set), so it is left to die: its
+    heartbeat stops, and after the heartbeat timeout every in-flight message of it goes back on
+    its queue. Messages this process still holds are processed, and some again later: the
+    pipeline and the sinks are idempotent, so that costs time, not correctness."""
+    old, broker.broker_id = broker.broker_id, str(uuid.uuid4())
+    log.warning("reconnected to Redis as consumer %s; messages held as %s will be given back", broker.broker_id, old)

@@ -23,10 +23,10 @@ from typing import Callable, Mapping
 from redis.exceptions import RedisError
 
 from gateway.envelope import Envelope
-from gateway.errors import IntakeUnavailable
+from gateway.errors import IntakeUnavailable, describe
 from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, new_envelope_id
 from gateway.queue.keys import Keys
-from gateway.queue.lane import CommitLane, Done, Receipt, report
+from gateway.queue.lane import CommitLane, Done, OutageLog, Receipt, report
 from gateway.queue.resp import bulk
 
 __all__ = ["Done", "Intake", "Receipt"]
@@ -130,6 +130,7 @@ class Intake:
         ]
         # EVALSHA <sha> <numkeys> <keys...> <window>: the part of every commit command that never changes.
         head: list[str | int] = ["EVALSHA", _COMMIT_SHA, len(script_keys), *script_keys, dedup_window_s]
+        outages = OutageLog()
         self._lanes = [
             CommitLane(
                 redis_url,
@@ -141,6 +142,7 @@ class Intake:
                 max_in_flight=max_in_flight,
                 timeout=timeout,
                 on_batch=self._batch_done,
+                outages=outages,
             )
             for _ in range(max(1, lanes))
         ]
@@ -278,4 +280,4 @@ class Intake:
 def _cannot_encode(done: Done, exc: Exception) -> None:
     """A message we cannot encode must still be answered (AR 207), and never acknowledged."""
     log.error("cannot encode a message for the intake script", exc_info=exc)
-    report(done, None, IntakeUnavailable(f"message cannot be queued: {exc!r}"))
+    report(done, None, IntakeUnavailable(f"message cannot be queued: {describe(exc)}"))

@@ -23,6 +23,10 @@ class Keys:
     def queue_messages(self, queue: str = QUEUE) -> str:
         return f"{self.namespace}:{queue}.msgs"
 
+    def dead_messages(self, queue: str = QUEUE) -> str:
+        """Dramatiq's own dead-letter set (``.XQ``); the gateway never lets a message end there."""
+        return f"{self.namespace}:{queue}.XQ"
+
     def heartbeats(self) -> str:
         return f"{self.namespace}:__heartbeats__"
 
@@ -47,6 +51,14 @@ class Keys:
     def control_id_reused(self) -> str:
         """Counter of messages whose sender and MSH-10 came before with other content."""
         return f"{self.namespace}:stats:control_id_reused"
+
+    def parked_letters(self) -> str:
+        """Hash of dead letters waiting for the database to answer: letter id -> letter JSON."""
+        return f"{self.namespace}:parked-letters"
+
+    def probe(self) -> str:
+        """Written by a worker to see whether Redis takes writes (gateway/queue/outages.py)."""
+        return f"{self.namespace}:probe"
 
     def sink_breaker(self, sink: str) -> str:
         """Hash of a remote sink's circuit breaker: ``failures`` in a row, ``open_until`` (ms)."""

@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 
 from redis.exceptions import RedisError
 
-from gateway.errors import IntakeUnavailable
+from gateway.errors import IntakeUnavailable, describe
 from gateway.queue.resp import PipelinedRedis
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,26 @@ Done = Callable[[Receipt | None, BaseException | None], None]
 Pending = tuple[bytes, Done]
 
 
+class OutageLog:
+    """Logs an outage of the durable queue once when it starts and once when it ends, however
+    many batches fail in between (the lanes of one intake share one)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def failed(self, count: int, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("durable queue unavailable (%s): answering AR/CR 207 until it answers", describe(exc))
+        else:
+            log.debug("intake commit of %d message(s) failed: %s", count, describe(exc))
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            log.warning("durable queue answers again after %.0f s: accepting messages", time.monotonic() - self.since)
+            self.since = None
+
+
 class CommitLane:
     def __init__(
         self,
@@ -53,8 +73,10 @@ class CommitLane:
         max_in_flight: int,
         timeout: float,
         on_batch: Callable[[int, int], None],
+        outages: OutageLog | None = None,
     ):
         self.redis = PipelinedRedis(redis_url, timeout=timeout)
+        self.outages = outages or OutageLog()
         #: The encoded start of every commit command, and how many arguments it holds.
         self._command, self._command_args = command, command_args
         self._args_per_message = args_per_message
@@ -149,6 +171,8 @@ class CommitLane:
             self._fail(batch, error)
             self._on_batch(0, 0)
             return
+        if self.outages.since is not None:
+            self.outages.succeeded()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("committed %d message(s) in %.2f ms", len(batch), (time.perf_counter() - started) * 1e3)
         flags = values[1::2]
@@ -165,8 +189,8 @@ class CommitLane:
         absorbs; a lost message is worse."""
         if not batch:
             return
-        log.error("intake commit of %d message(s) failed: %s", len(batch), exc or type(exc).__name__)
-        error = IntakeUnavailable(f"durable queue unavailable: {exc or type(exc).__name__}")
+        self.outages.failed(len(batch), exc)
+        error = IntakeUnavailable(f"durable queue unavailable: {describe(exc)}")
         for _, done in batch:
             report(done, None, error)
 

@@ -1,74 +1,161 @@
-"""Dramatiq middleware: dead-lettering, in one place instead of in every actor."""
+"""The failure policy (gateway/errors.py) as one dramatiq middleware, for every actor alike.
+
+* Each actor's function runs through outages: when it fails because the database or Redis does
+  not answer, the thread waits for it (gateway/queue/outages.py) and does the work again. The
+  message stays in flight, owned by this worker, and no attempt is counted, however long it takes.
+* While a dependency is down no thread starts a new message.
+* Any other failure: a retryable one (and an outage-class one whose dependency did answer) is
+  tried again with exponential backoff, ``max_retries`` times; then, or at once for a permanent
+  one, the message becomes a dead letter (gateway/queue/letters.py).
+* The message is acknowledged only once its retry is queued or its dead letter written; it is
+  never rejected into dramatiq's own dead-letter set (``.XQ``).
+
+This replaces dramatiq's Retries middleware: there are no per-actor retry rules.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
 
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 
-from gateway.deadletter import DeadLetterStore
+from gateway.deadletter import Letter
 from gateway.envelope import Envelope
-from gateway.errors import stage_of
-from gateway.queue.keys import ACTOR
-from gateway.store.messages import MessageArchive
+from gateway.errors import GatewayError, Policy, StageCrash, describe, policy_of, stage_of
+from gateway.queue.letters import LetterBox
+from gateway.queue.outages import Outages
 
 log = logging.getLogger(__name__)
 
-
-class PermanentFailure(Exception):
-    """Wraps a non-retryable failure so that dramatiq aborts it at once (the actor's ``throws``)
-    and logs it as expected instead of with a traceback; ``cause`` is the real error."""
-
-    def __init__(self, cause: BaseException):
-        super().__init__(str(cause))
-        self.cause = cause
+#: Builds the dead letter of one actor's message: (message, exception, attempts) -> Letter.
+LetterFor = Callable[[MessageProxy, BaseException, int], Letter]
 
 
-class DeadLetters(dramatiq.Middleware):
-    """When a message has failed for good (not retryable, or retries used up), park it.
+def reason_of(exc: BaseException) -> str:
+    """A dead letter's reason: our own error's text, else ``describe`` (never the words of a
+    foreign exception, which may quote data)."""
+    return str(exc) if isinstance(exc, GatewayError) else describe(exc)
 
-    Runs after dramatiq's Retries middleware has decided, and before the message is acknowledged,
-    so a message is only forgotten by the queue once its dead letter is committed.
-    """
 
-    def __init__(self, store: DeadLetterStore, archive: MessageArchive):
-        self.store = store
-        self.archive = archive
+def envelope_letter(message: MessageProxy, exc: BaseException, attempts: int) -> Letter:
+    """The dead letter of a pipeline message (its argument is an Envelope)."""
+    return Letter(Envelope.from_json(message.args[0]), stage_of(exc), reason_of(exc), type(exc).__name__, attempts)
+
+
+def unreadable_letter(message: MessageProxy, exc: BaseException, attempts: int) -> Letter:
+    """The dead letter of a queue message nobody can read: its whole queue entry is the raw."""
+    envelope = Envelope(message.message_id, message.encode(), int(message.message_timestamp))
+    return Letter(envelope, "queue", reason_of(exc), type(exc).__name__, attempts)
+
+
+class FailurePolicy(dramatiq.Middleware):
+    def __init__(
+        self,
+        outages: Outages,
+        letters: LetterBox,
+        letter_for: dict[str, LetterFor],
+        *,
+        max_retries: int,
+        min_backoff_ms: int = 500,
+        max_backoff_ms: int = 60_000,
+    ):
+        self.outages = outages
+        self.letters = letters
+        self.letter_for = letter_for
+        self.max_retries = max_retries
+        self.min_backoff_ms = min_backoff_ms
+        self.max_backoff_ms = max_backoff_ms
+
+    @property
+    def actor_options(self) -> set[str]:
+        # dramatiq's worker logs an actor's failure at INFO without a traceback for these types;
+        # every actor declares Exception: this middleware logs what it decides.
+        return {"throws"}
+
+    def before_declare_actor(self, broker: Broker, actor: Any) -> None:
+        actor.fn = self._through_outages(actor.fn)
+
+    def _through_outages(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        outages = self.outages
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            while True:
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    if not outages.hold(exc):
+                        raise
+
+        return run
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        self.outages.wait_all()
 
     def after_process_message(
         self, broker: Broker, message: MessageProxy, *, result: object = None, exception: BaseException | None = None
     ) -> None:
-        if exception is None or not message.failed or message.actor_name != ACTOR:
-            return  # remote sink deliveries park their own dead letters (gateway/deliver/sink_worker.py)
-        try:
-            envelope = Envelope.from_json(message.args[0])
-        except Exception:  # noqa: BLE001 - a message we cannot even read stays in dramatiq's XQ
-            log.critical("undecodable queue message %s failed: %s", message.message_id, exception)
+        if exception is None:
             return
-        if isinstance(exception, PermanentFailure):
-            exception = exception.cause
-        stage = stage_of(exception)
-        # Retries has counted this attempt already; an aborted first attempt has no count.
-        attempts = max(1, int(message.options.get("retries", 0)))
-        try:
-            letter_id = self.store.park(
-                envelope,
-                stage=stage,
-                reason=str(exception) or type(exception).__name__,
-                error_type=type(exception).__name__,
-                attempts=attempts,
+        retries = int(message.options.get("retries", 0))
+        if policy_of(exception) is not Policy.PERMANENT and retries < self.max_retries:
+            message.options["retries"] = retries + 1
+            delay = self._backoff_ms(retries)
+            self._until_done(lambda: broker.enqueue(message.copy(), delay=delay), "queue a retry")
+            log.info(
+                "message %s: attempt %d of %d failed (%s); again in %.1f s",
+                message.message_id,
+                retries + 1,
+                self.max_retries + 1,
+                describe(exception),
+                delay / 1000,
             )
-            self.archive.record_outcome(envelope, "failed", f"{stage}: {exception}")
-        except Exception:  # noqa: BLE001
-            # The database is unreachable: dramatiq keeps the message in its own dead-letter set.
-            log.critical("could not record dead letter for %s; it stays in the queue's XQ", envelope.id, exc_info=True)
             return
-        log.warning(
-            "dead letter %s: %s from %s failed at %s: %s",
-            letter_id,
-            envelope.control_id,
-            envelope.sender,
-            stage,
-            exception,
+        letter = self._letter(message, exception, retries + 1)
+        where = self._until_done(lambda: self.letters.post(letter), "write a dead letter")
+        e = letter.envelope
+        log.log(
+            logging.ERROR if isinstance(exception, StageCrash) else logging.WARNING,
+            "dead letter %s (%s): message %s, MSH-10 %s from %s, failed at %s after %d attempt(s): %s",
+            letter.id,
+            where,
+            e.id,
+            e.control_id or "?",
+            e.sender or "?",
+            letter.stage,
+            letter.attempts,
+            describe(exception),
+            exc_info=exception if isinstance(exception, StageCrash) else None,
         )
+
+    def _letter(self, message: MessageProxy, exc: BaseException, attempts: int) -> Letter:
+        make = self.letter_for.get(message.actor_name, unreadable_letter)
+        try:
+            return make(message, exc, attempts)
+        except Exception:  # noqa: BLE001 - an argument we cannot read still becomes a letter
+            return unreadable_letter(message, exc, attempts)
+
+    def _until_done(self, action: Callable[[], Any], what: str) -> Any:
+        """Run ``action`` until it succeeds: through outages, and with backoff after anything
+        else, since giving up would acknowledge a message that is stored nowhere."""
+        delay = 1.0
+        while True:
+            try:
+                return action()
+            except Exception as exc:  # noqa: BLE001
+                if self.outages.hold(exc):
+                    continue
+                log.error("could not %s (%s); trying again in %.0f s", what, describe(exc), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 60.0)
+
+    def _backoff_ms(self, retries: int) -> int:
+        """Exponential with jitter: the n-th retry waits between half and all of min * 2**n."""
+        ceiling = min(self.max_backoff_ms, self.min_backoff_ms * 2 ** min(retries, 20))
+        return int(random.uniform(ceiling / 2, ceiling))

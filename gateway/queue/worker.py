@@ -3,32 +3,37 @@ stored messages to each remote FHIR sink from that sink's own queue."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gc
 import logging
 import threading
+import time
 from datetime import tzinfo
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
 from gateway.convert.engine import Converter
-from gateway.deadletter import DeadLetterStore
+from gateway.deadletter import DeadLetterStore, Letter
 from gateway.deliver.breaker import CircuitBreaker
 from gateway.deliver.fanout import SinkFanout, SinkMessage, actor_name
 from gateway.deliver.remote import RemoteSink
 from gateway.deliver.sink_worker import SinkWorker
 from gateway.deliver.store_sink import StoreSink
 from gateway.envelope import Envelope
-from gateway.errors import is_retryable
 from gateway.pipeline import Pipeline
-from gateway.queue.broker import QueueMaintenance, make_broker
+from gateway.queue.broker import GatewayBroker, QueueMaintenance, make_broker
 from gateway.queue.keys import ACTOR, QUEUE, Keys
-from gateway.queue.middleware import DeadLetters, PermanentFailure
-from gateway.store.db import create_schema, make_engine
+from gateway.queue.letters import LetterBox
+from gateway.queue.middleware import FailurePolicy, LetterFor, envelope_letter, reason_of
+from gateway.queue.outages import Gate, Outages
+from gateway.store.db import create_schema, make_engine, write_probe
 from gateway.store.deliveries import DeliveryStates
 from gateway.store.messages import MessageArchive
 from gateway.store.resources import ResourceStore
@@ -44,12 +49,7 @@ class _OneBrokerManyWorkers(logging.Filter):
         return "_WorkerMiddleware" not in record.getMessage()
 
 
-logging.getLogger("dramatiq.broker.RedisBroker").addFilter(_OneBrokerManyWorkers())
-
-#: A sink actor failing unexpectedly (its database or Redis unreachable) retries this often; its
-#: messages become dead letters by age once the database answers again.
-SINK_ACTOR_RETRIES = 10_000
-
+logging.getLogger("dramatiq.broker.GatewayBroker").addFilter(_OneBrokerManyWorkers())
 
 def build_broker(
     settings: Settings,
@@ -57,56 +57,57 @@ def build_broker(
     pipeline: Pipeline,
     engine: Engine,
     sink_workers: dict[str, SinkWorker] | None = None,
-) -> RedisBroker:
-    """A broker with our middleware, the pipeline actor, and one actor per remote sink."""
+) -> tuple[GatewayBroker, Outages, LetterBox]:
+    """A broker with the failure policy, the pipeline actor, and one actor per remote sink; the
+    outage gates and the letter box the policy uses."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+    keys = Keys(settings.redis_namespace)
+    letters = LetterBox(DeadLetterStore(engine), client, keys)
+    outages = Outages(
+        [
+            Gate("database", lambda: write_probe(engine), max_backoff_s=settings.outage_max_backoff_s),
+            Gate("redis", lambda: client.set(keys.probe(), int(time.time() * 1000)), max_backoff_s=settings.outage_max_backoff_s),
+        ]
+    )
+    workers = sink_workers if sink_workers is not None else {}
+    letter_for: dict[str, LetterFor] = {ACTOR: envelope_letter}
+    for spec in settings.sinks:
+        letter_for[actor_name(spec)] = functools.partial(_sink_letter, workers, spec.name)
+    policy = FailurePolicy(outages, letters, letter_for, max_retries=settings.max_retries)
     broker = make_broker(
         redis_url,
         namespace=settings.redis_namespace,
         heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
-        max_retries=settings.max_retries,
-        extra_middleware=[DeadLetters(DeadLetterStore(engine), pipeline.archive)],
+        middleware=[policy],
     )
-    max_retries = settings.max_retries
+    outages.gates["redis"].on_recovery.append(lambda: setattr(broker, "identity_lost", True))
 
     def process_message(envelope: dict[str, Any]) -> None:
-        try:
-            pipeline.process(Envelope.from_json(envelope))
-        except Exception as exc:
-            if is_retryable(exc):
-                raise
-            raise PermanentFailure(exc) from exc
+        pipeline.process(Envelope.from_json(envelope))
 
-    dramatiq.actor(
-        actor_name=ACTOR,
-        queue_name=QUEUE,
-        broker=broker,
-        throws=(PermanentFailure,),
-        retry_when=lambda retries, exc: is_retryable(exc) and retries < max_retries,
-    )(process_message)
-    workers = sink_workers if sink_workers is not None else {}
+    dramatiq.actor(actor_name=ACTOR, queue_name=QUEUE, broker=broker, throws=(Exception,))(process_message)
     for spec in settings.sinks:
 
         def deliver(payload: dict[str, Any], _name: str = spec.name) -> None:
             workers[_name].handle(SinkMessage.from_json(payload))
 
-        dramatiq.actor(
-            actor_name=actor_name(spec),
-            queue_name=spec.queue,
-            broker=broker,
-            retry_when=lambda retries, exc: retries < SINK_ACTOR_RETRIES,
-            min_backoff=1_000,
-            max_backoff=300_000,
-        )(deliver)
-    return broker
+        dramatiq.actor(actor_name=actor_name(spec), queue_name=spec.queue, broker=broker, throws=(Exception,))(deliver)
+    return broker, outages, letters
+
+
+def _sink_letter(workers: dict[str, SinkWorker], sink: str, message: Any, exc: BaseException, attempts: int) -> Letter:
+    """The dead letter of a sink message whose delivery failed in an unexpected way (a bug)."""
+    letter = workers[sink].letter(SinkMessage.from_json(message.args[0]), reason_of(exc), type(exc).__name__, attempted=False)
+    return dataclasses.replace(letter, attempts=max(letter.attempts, attempts))
 
 
 def sink_workers_for(
-    settings: Settings, engine: Engine, broker: RedisBroker, fanout: SinkFanout
+    settings: Settings, engine: Engine, broker: RedisBroker, fanout: SinkFanout, letters: LetterBox
 ) -> dict[str, SinkWorker]:
     """A SinkWorker per configured remote sink, sharing the database and Redis of this process."""
     keys = Keys(settings.redis_namespace)
     states, store = DeliveryStates(engine), ResourceStore(engine)
-    archive, dead_letters = MessageArchive(engine), DeadLetterStore(engine)
+    archive = MessageArchive(engine)
     workers = {}
     for spec in settings.sinks:
         breaker = CircuitBreaker(
@@ -124,7 +125,7 @@ def sink_workers_for(
             states,
             store,
             archive,
-            dead_letters,
+            letters.post,
             fanout.send,
             max_age_s=settings.sink_max_age_s,
             max_backoff_s=settings.sink_max_backoff_s,
@@ -148,17 +149,18 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def run_worker(settings: Settings, redis_url: str, stop: threading.Event) -> None:
-    """Consume until ``stop`` is set, then drain: finish running messages, requeue prefetched ones."""
+def run_worker(settings: Settings, redis_url: str, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
+    """Consume until ``stop`` is set, then drain: finish running messages, requeue prefetched ones.
+    ``ready`` is called once every consumer runs."""
     engine = make_engine(settings.resolved_database_url)
     create_schema(engine)
     pipeline = Pipeline(Converter.load(), StoreSink(engine), MessageArchive(engine), zone_of=sender_zones(settings))
     tune_garbage_collector()
     sink_workers: dict[str, SinkWorker] = {}
-    broker = build_broker(settings, redis_url, pipeline, engine, sink_workers)
+    broker, outages, letters = build_broker(settings, redis_url, pipeline, engine, sink_workers)
     if settings.sinks:
         pipeline.fanout = fanout = SinkFanout(broker, settings.sinks)
-        sink_workers.update(sink_workers_for(settings, engine, broker, fanout))
+        sink_workers.update(sink_workers_for(settings, engine, broker, fanout, letters))
     # One dramatiq Worker per queue family: the pipeline's threads never wait on a remote server,
     # and each sink's threads only on its own.
     workers = [dramatiq.Worker(broker, queues={QUEUE}, worker_threads=settings.worker_threads, worker_timeout=500)]
@@ -166,21 +168,28 @@ def run_worker(settings: Settings, redis_url: str, stop: threading.Event) -> Non
         dramatiq.Worker(broker, queues={spec.queue}, worker_threads=spec.concurrency, worker_timeout=500)
         for spec in settings.sinks
     ]
-    maintenance = QueueMaintenance(broker)
+    maintenance = QueueMaintenance(broker, redis_gate=outages.gates["redis"], move_parked=letters.move_parked)
     for worker in workers:
         worker.start()
     maintenance.start()
     log.info("worker started: %d thread(s), %d remote sink(s)", settings.worker_threads, len(settings.sinks))
+    if ready is not None:
+        ready()
     try:
         stop.wait()
     finally:
         log.info("worker draining")
         maintenance.stop()
+        # Threads waiting out an outage hold their messages in flight: they are not waited for
+        # long, and go back on the queue after the heartbeat timeout.
+        timeout_ms = 60_000 if outages.all_open else 5_000
         for worker in workers:
-            worker.stop(timeout=60_000)
+            worker.stop(timeout=timeout_ms)
+        outages.stop()
         broker.close()
         pipeline.sink.close()
         for sink_worker in sink_workers.values():
             sink_worker.remote.close()
+        letters.client.close()
         engine.dispose()
         log.info("worker stopped")

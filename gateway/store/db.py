@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import MetaData, event
+import time
+
+from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy import create_engine
 
 metadata = MetaData()
+
+#: One row a worker writes to see whether the database takes writes (gateway/queue/outages.py).
+write_probe_table = Table(
+    "write_probe",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", BigInteger, nullable=False),
+)
+_WRITE_PROBE = text("INSERT INTO write_probe (id, at) VALUES (1, :at) ON CONFLICT (id) DO UPDATE SET at = excluded.at")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -32,13 +43,29 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # hide_parameters: an error's text never carries the values of a statement (PHI) to a log.
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args)
+    connect_args: dict[str, object] = {}
+    if parsed.get_backend_name() == "postgresql":
+        # TCP keepalives: a server that vanished from the network is noticed in ~25 s, not hours.
+        connect_args = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10}
+        connect_args |= {"keepalives_interval": 5, "keepalives_count": 3}
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args, hide_parameters=True
+    )
+
+
+def write_probe(engine: Engine) -> None:
+    """Commit a one-row write; raises when the database cannot take writes now (unreachable,
+    locked beyond the busy timeout, read-only, out of disk)."""
+    with engine.begin() as conn:
+        conn.execute(_WRITE_PROBE, {"at": int(time.time() * 1000)})
 
 
 def create_schema(engine: Engine) -> None:

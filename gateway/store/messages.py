@@ -100,7 +100,7 @@ class MessageArchive:
         """
         now = _now_ms()
         rows = [
-            (e.id, e.sender, e.control_id, e.seq, message_type[:64], e.peer, e.received_at, e.raw)
+            (e.id, e.sender[:512], e.control_id[:256], e.seq, message_type[:64], e.peer[:256], e.received_at, e.raw)
             + (status, 1, now, detail[:4000])
             for e, status, detail, message_type in outcomes
         ]

@@ -11,10 +11,9 @@ from typing import Any
 import orjson
 from sqlalchemy import and_, false, or_, select
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.errors import DeliveryError, TransientDeliveryError
+from gateway.errors import DeliveryError, GatewayError, as_unavailable, describe
 from gateway.store.history import build_history, run_history
 from gateway.store.index import IndexRows, index_rows
 from gateway.store.resource_tables import fhir_resource, fhir_resource_history
@@ -67,7 +66,7 @@ class ResourceStore:
 
         ``source`` is the message the bundle was converted from: with it, an entry older than the
         stored data is skipped as superseded (gateway/store/ordering.py). Raises DeliveryError for a
-        bundle the store cannot apply, TransientDeliveryError when the database is busy or
+        bundle the store cannot apply, StoreUnavailable when the database is busy or
         unreachable (retrying may succeed).
         """
         job = Job(plan_changes(bundle), source)
@@ -194,10 +193,10 @@ def _now() -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-def delivery_error(exc: SQLAlchemyError) -> DeliveryError:
-    """Busy, locked, deadlocked, serialization-failed or unreachable: retryable. Anything else: not."""
-    reason = str(exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc).strip().splitlines()[0][:300]
-    connection_lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
-    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)) or connection_lost:
-        return TransientDeliveryError(f"database busy or unavailable: {reason}")
-    return DeliveryError(f"database rejected the bundle: {reason}")
+def delivery_error(exc: SQLAlchemyError) -> GatewayError:
+    """Busy, locked, deadlocked, unreachable, out of disk: StoreUnavailable (an outage, waited out).
+    Anything else the database refused: a DeliveryError. Neither quotes a value."""
+    outage = as_unavailable(exc, "storing")
+    if outage is not None:
+        return outage
+    return DeliveryError(f"database rejected the bundle: {describe(exc)}")

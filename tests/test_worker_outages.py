@@ -1,0 +1,204 @@
+"""A worker through outages of its database and of Redis: it holds its messages and waits, however
+long; nothing is dead-lettered for an outage, nothing ends in dramatiq's ``.XQ``, and a dead letter
+the database cannot take waits in Redis.
+
+The servers are real (the test PostgreSQL, SQLite, Redis); the outages are real connection losses,
+made by a proxy that cuts the network (tests/faults.py) or, for SQLite, a lock another connection holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import redis
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
+
+from gateway.config import Settings
+from gateway.deadletter import DeadLetterStore, Letter
+from gateway.envelope import Envelope
+from gateway.hl7.message import parse
+from gateway.queue.keys import Keys
+from gateway.queue.letters import LetterBox
+from gateway.store.db import create_schema, make_engine
+from gateway.store.messages import MessageArchive
+from tests.faults import CuttableProxy
+from tests.test_queue_worker import RunningWorker, _enqueue, _wait
+
+pytestmark = pytest.mark.slow
+
+
+def a04(number: int) -> bytes:
+    return (
+        f"MSH|^~\\&|REG|HOSP|GW|GW|20240501{number:06d}||ADT^A04^ADT_A01|OUT-{number}|P|2.5.1\r"
+        f"EVN|A04|20240501{number:06d}\r"
+        f"PID|1||OUT{number}^^^HOSP^MR||Patient{number}^Pat||19800101|F\r"
+    ).encode()
+
+
+def envelope(raw: bytes) -> Envelope:
+    message = parse(raw.decode())
+    return Envelope(str(uuid.uuid4()), raw, int(time.time() * 1000), message.sender, message.control_id)
+
+
+def statuses(engine: Engine, envelopes: list[Envelope]) -> list[str]:
+    archive = MessageArchive(engine)
+    return [getattr(archive.get(e.id), "status", "missing") for e in envelopes]
+
+
+def dead_queue_sizes(redis_url: str, namespace: str) -> int:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sum(int(client.zcard(key)) for key in client.scan_iter(match=f"{namespace}:*.XQ"))
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    base = os.environ.get("HL7GW_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("needs HL7GW_TEST_DATABASE_URL (a PostgreSQL to cut the connection to)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def test_a_database_outage_is_waited_out_with_nothing_dead_lettered(
+    tmp_path: Path, postgres_url: str, redis_url: str, redis_namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_engine(postgres_url)  # direct, for the test's own reads
+    create_schema(engine)
+    proxy = CuttableProxy.for_url(postgres_url)
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=proxy.url(postgres_url),
+        redis_namespace=redis_namespace,
+        worker_threads=4,
+        max_retries=1,  # the old behaviour: two failed attempts, then the message was gone
+        outage_max_backoff_s=0.5,
+    )
+    caplog.set_level(logging.WARNING, logger="gateway.queue.outages")
+    before = [envelope(a04(n)) for n in range(3)]
+    during = [envelope(a04(n)) for n in range(3, 23)]
+    try:
+        _enqueue(redis_url, redis_namespace, before)
+        with RunningWorker(settings, redis_url):
+            _wait(lambda: statuses(engine, before) == ["processed"] * 3, timeout=30)
+            proxy.cut()
+            _enqueue(redis_url, redis_namespace, during)
+            time.sleep(6)  # far longer than 1 retry's backoff
+            assert statuses(engine, during) == ["missing"] * len(during)
+            assert DeadLetterStore(engine).list() == []
+            proxy.restore()
+            _wait(lambda: statuses(engine, during) == ["processed"] * len(during), timeout=60)
+        assert DeadLetterStore(engine).list() == []
+        assert dead_queue_sizes(redis_url, redis_namespace) == 0
+        outage = [r.getMessage() for r in caplog.records if r.name == "gateway.queue.outages"]
+        assert len([m for m in outage if "database unavailable" in m]) == 1, outage  # once, not per message
+        assert len([m for m in outage if "database answers again" in m]) == 1, outage
+    finally:
+        proxy.close()
+        engine.dispose()
+
+
+def test_a_redis_outage_is_waited_out_and_each_message_is_processed(
+    tmp_path: Path, engine: Engine, database_url: str, redis_url: str, redis_namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = CuttableProxy.for_url(redis_url)
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        redis_namespace=redis_namespace,
+        worker_threads=4,
+        max_retries=1,
+        heartbeat_timeout_ms=2_000,  # what the old identity held comes back quickly
+        outage_max_backoff_s=0.5,
+    )
+    caplog.set_level(logging.WARNING, logger="gateway.queue")
+    envelopes = [envelope(a04(n)) for n in range(40)]
+    try:
+        with RunningWorker(settings, proxy.url(redis_url)):
+            _enqueue(redis_url, redis_namespace, envelopes[:20])
+            time.sleep(0.5)
+            proxy.cut()  # mid-stream: some processed, some held, some still queued
+            _enqueue(redis_url, redis_namespace, envelopes[20:])
+            time.sleep(5)
+            proxy.restore()
+            _wait(lambda: statuses(engine, envelopes) == ["processed"] * len(envelopes), timeout=60)
+            keys = Keys(redis_namespace)
+            client = redis.Redis.from_url(redis_url)
+            _wait(lambda: client.llen(keys.queue()) == 0 and client.hlen(keys.queue_messages()) == 0, timeout=30)
+            client.close()
+        assert DeadLetterStore(engine).list() == []
+        assert dead_queue_sizes(redis_url, redis_namespace) == 0
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("redis unavailable" in m for m in messages), messages
+        assert any("reconnected to Redis as consumer" in m for m in messages), messages
+    finally:
+        proxy.close()
+
+
+@contextlib.contextmanager
+def database_down(engine: Engine, database_url: str) -> Iterator[Engine]:
+    """An engine on the same database that cannot write now: SQLite locked by another connection
+    (and a short busy timeout), PostgreSQL behind a cut proxy. Writing works again on exit."""
+    if engine.dialect.name == "sqlite":
+        impatient = make_engine(database_url)
+
+        @event.listens_for(impatient, "connect")
+        def _short_wait(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.execute("PRAGMA busy_timeout=50")
+
+        blocker = engine.connect()
+        blocker.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield impatient
+        finally:
+            blocker.rollback()
+            blocker.close()
+        return
+    proxy = CuttableProxy.for_url(database_url)
+    proxied = make_engine(proxy.url(database_url))
+    proxy.cut()
+    try:
+        yield proxied
+    finally:
+        proxy.restore()
+    proxy.close()
+
+
+def test_a_dead_letter_the_database_cannot_take_waits_in_redis(
+    engine: Engine, database_url: str, redis_url: str, redis_namespace: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(redis_namespace)
+    raw = a04(1)
+    letter = Letter(envelope(raw), "convert", "ADT_A04: no PID segment", "MappingError", 1)
+    with database_down(engine, database_url) as down:
+        box = LetterBox(DeadLetterStore(down), client, keys)
+        assert box.post(letter) == "parked"
+        assert box.parked() == 1 and DeadLetterStore(engine).list() == []
+        assert box.move_parked() == 0 and box.parked() == 1  # still down: it stays
+    box = LetterBox(DeadLetterStore(engine), client, keys)
+    assert box.move_parked() == 1 and box.parked() == 0
+    (stored,) = DeadLetterStore(engine).list()
+    assert (stored.id, stored.stage, stored.raw, stored.status) == (letter.id, "convert", raw, "open")
+    assert MessageArchive(engine).get(letter.envelope.id).status == "failed"  # type: ignore[union-attr]
+    assert box.post(letter) == "stored" and len(DeadLetterStore(engine).list()) == 1  # the same letter, once
+    client.close()
+
