@@ -14,21 +14,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from gateway.config import Settings, load_settings
+from gateway import logs
+from gateway.config import Settings, load_settings, unknown_variables
 from gateway.errors import ConfigError
+from gateway.procutil import signal_ready, supervised
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from gateway.deadletter import DeadLetterStore
-
-
-def _setup_logging() -> None:
-    level = os.environ.get("HL7GW_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(processName)s[%(process)d] %(name)s: %(message)s",
-    )
 
 
 def _require_redis(settings: Settings, role: str) -> str:
@@ -74,7 +68,7 @@ def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run_worker(settings, redis_url, stop)
+    run_worker(settings, redis_url, stop, ready=signal_ready)
     return 0
 
 
@@ -83,7 +77,30 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
 
     from gateway.api.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port, log_level="warning")
+    # log_config=None: uvicorn's records go through our handler (gateway/logs.py) like all others;
+    # no access log, since a query string can carry a name or a birth date.
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+
+    async def serve() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            logging.getLogger("gateway.api").info(
+                "FHIR API listening on http://%s:%d/fhir", settings.http_host, settings.http_port
+            )
+            signal_ready()
+        await task
+
+    asyncio.run(serve())
     return 0
 
 
@@ -249,15 +266,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging()
     try:
         settings = load_settings()
+        logs.setup(settings.log_level)
+        if not supervised():  # the supervisor warned already; its children would repeat it
+            for name, suggestion in unknown_variables(os.environ):
+                hint = f" (did you mean {suggestion}?)" if suggestion else ""
+                logging.getLogger("gateway.config").warning("%s is not an hl7gw setting%s; it is ignored", name, hint)
         return int(args.func(settings, args) or 0)
     except ConfigError as exc:
         print(f"hl7gw: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``hl7gw message X | head``): not an error. Point stdout at
+        # /dev/null so that flushing it at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

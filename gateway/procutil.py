@@ -1,9 +1,13 @@
-"""Process helpers: children that never outlive the gateway."""
+"""Process helpers: children that never outlive the gateway, and tell it when they are ready."""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
+
+#: Set by ``hl7gw run`` for each child: the file descriptor to write to once the child is ready.
+READY_FD = "HL7GW_READY_FD"
 
 _PR_SET_PDEATHSIG = 1
 
@@ -14,4 +18,21 @@ def die_with_parent() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:  # not Linux: children are still stopped by the normal shutdown path
+        pass
+
+
+def supervised() -> bool:
+    """Whether this process is a child of ``hl7gw run``."""
+    return READY_FD in os.environ
+
+
+def signal_ready() -> None:
+    """Tell the supervisor (if any) that this child is serving; only the first call writes."""
+    fd = os.environ.pop(READY_FD, None)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), b"ready\n")
+        os.close(int(fd))
+    except (OSError, ValueError):
         pass

@@ -10,19 +10,18 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import select
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.api.auth import ensure_admin_token
 from gateway.config import Settings
 from gateway.errors import ConfigError
-from gateway.procutil import die_with_parent
+from gateway.procutil import READY_FD, die_with_parent
 from gateway.queue.broker import forget_all_workers
 from gateway.queue.embedded import EmbeddedRedis, free_port
 from gateway.store.db import create_schema, make_engine
@@ -42,6 +41,9 @@ class Child:
     restarts: int = 0
     last_start: float = 0.0
     stopping: bool = field(default=False)
+    #: Read end of the pipe the child writes to once it serves (gateway/procutil.py).
+    ready_fd: int | None = None
+    ready: bool = False
 
     @property
     def name(self) -> str:
@@ -92,14 +94,22 @@ class Supervisor:
         self.children = [Child("api"), *(Child("worker", i) for i in range(s.worker_processes)), Child("mllp")]
 
     def _spawn(self, child: Child) -> None:
-        child.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", child.role],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            # Own session: a terminal's Ctrl-C reaches only us, and we stop children in order.
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        if child.ready_fd is not None:
+            os.close(child.ready_fd)
+        child.ready_fd, write_end = os.pipe()
+        child.ready = False
+        try:
+            child.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", child.role],
+                env={**self.env, READY_FD: str(write_end)},
+                stdin=subprocess.DEVNULL,
+                pass_fds=(write_end,),
+                # Own session: a terminal's Ctrl-C reaches only us, and we stop children in order.
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        finally:
+            os.close(write_end)
         child.last_start = time.monotonic()
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
@@ -115,16 +125,27 @@ class Supervisor:
             flush=True,
         )
 
-    def _wait_ready(self, timeout: float = 60.0) -> None:
-        s = self.settings
+    def _wait_ready(self, timeout: float = 120.0) -> None:
+        """Until every child said it serves: the listener listens, the API answers, and every
+        worker consumes (so a message acknowledged after "ready" is processed at once)."""
         deadline = time.monotonic() + timeout
-        health = f"http://{_connect_host(s.http_host)}:{self.http_port}/health"
         while time.monotonic() < deadline:
-            self._reap()
-            if _port_open(_connect_host(s.mllp_host), self.mllp_port) and _http_ok(health):
+            pending = {c.ready_fd: c for c in self.children if not c.ready and c.ready_fd is not None}
+            if not pending and all(c.ready for c in self.children):
                 return
-            time.sleep(0.1)
-        log.warning("gateway not ready after %.0fs; still waiting in the background", timeout)
+            readable = select.select(list(pending), [], [], 0.2)[0] if pending else []
+            for fd in readable:
+                child = pending[fd]
+                child.ready = bool(os.read(fd, 64))  # empty: it exited first, and is restarted
+                os.close(fd)
+                child.ready_fd = None
+                if child.ready:
+                    log.info("%s ready", child.name)
+            self._reap()
+            if not pending:
+                time.sleep(0.1)
+        waiting = ", ".join(sorted(c.name for c in self.children if not c.ready))
+        log.warning("not ready after %.0fs (%s); still waiting in the background", timeout, waiting)
 
     # -- run -------------------------------------------------------------------------------
     def _reap(self) -> None:
@@ -194,26 +215,6 @@ def _lock_data_dir(data_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
-
-
-def _connect_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - our own loopback URL
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def run(settings: Settings) -> None:

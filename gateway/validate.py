@@ -79,11 +79,18 @@ def _model_problem(resource: dict) -> str | None:
         problems = []
         for err in exc.errors()[:5]:
             location = ".".join(str(p) for p in err["loc"]) or "(resource)"
-            problems.append(f"{location}: {err['msg']}")
+            # pydantic's own messages describe the rule, not the input; a validator's words
+            # (value_error, assertion_error) may quote the value, so they are left out.
+            message = "invalid value" if err["type"] in _QUOTING_ERRORS else err["msg"]
+            problems.append(f"{location}: {message}")
         return "; ".join(problems)
     except (TypeError, ValueError) as exc:  # fhir.resources raises these for some malformed input
-        return str(exc)
+        return f"the R4B model refused it ({type(exc).__name__})"
     return None
+
+
+#: pydantic error types whose message is a validator's own text (which may quote the input).
+_QUOTING_ERRORS = frozenset({"value_error", "assertion_error", "assertion_failed"})
 
 
 def _content_problem(resource: dict) -> str | None:
@@ -104,7 +111,7 @@ def _code_problem(resource: dict) -> str | None:
         if owner == rtype:
             for code in _values_at(resource, tuple(keys)):
                 if code not in allowed:
-                    return f"{'.'.join(keys)} {code!r} is not one of {sorted(allowed)}"
+                    return f"{'.'.join(keys)}: the code is not one of {sorted(allowed)}"
     return None
 
 
@@ -245,4 +252,4 @@ def validate_bundle(bundle: dict) -> None:
             problem = _check_reference(reference, local, full_urls)
             if problem is not None:
                 where = next(w for w, r in _references(resource, "") if r == reference)
-                raise ValidationError(f"{name}: {where} {reference!r} {problem}")
+                raise ValidationError(f"{name}: the reference at {where} {problem}")

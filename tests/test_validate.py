@@ -31,7 +31,8 @@ def test_converted_bundle_is_valid(bundle: dict) -> None:
 def test_model_error_names_resource_and_element(bundle: dict) -> None:
     patient = _resource(bundle, "Patient")
     patient["birthDate"] = "1970-06-01T09:12"
-    with pytest.raises(ValidationError, match=rf"Patient/{patient['id']}: birthDate: .*Date value"):
+    # The element is named; the value is not (the problem may reach a log).
+    with pytest.raises(ValidationError, match=rf"Patient/{patient['id']}: birthDate: invalid value$"):
         validate_bundle(bundle)
 
 
@@ -58,14 +59,16 @@ def test_empty_elements_are_refused(bundle: dict, empty: object) -> None:
 
 def test_required_binding_codes(bundle: dict) -> None:
     _resource(bundle, "Observation")["status"] = "done"
-    with pytest.raises(ValidationError, match="status 'done' is not one of"):
+    with pytest.raises(ValidationError, match="status: the code is not one of") as caught:
         validate_bundle(bundle)
+    assert "done" not in str(caught.value)
 
 
 def test_telecom_system_code(bundle: dict) -> None:
     _resource(bundle, "Patient")["telecom"][0]["system"] = "mobile"
-    with pytest.raises(ValidationError, match="telecom.system 'mobile'"):
+    with pytest.raises(ValidationError, match="telecom.system: the code is not one of") as caught:
         validate_bundle(bundle)
+    assert "mobile" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +82,7 @@ def test_telecom_system_code(bundle: dict) -> None:
 )
 def test_bad_references(bundle: dict, reference: str, reason: str) -> None:
     _resource(bundle, "Observation")["subject"] = {"reference": reference}
-    with pytest.raises(ValidationError, match=rf"subject.reference '{reference}' {reason}"):
+    with pytest.raises(ValidationError, match=rf"the reference at subject.reference {reason}") as caught:
         validate_bundle(bundle)
 
 

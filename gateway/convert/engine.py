@@ -22,7 +22,7 @@ from gateway.convert.maps import Mappings
 from gateway.convert.messages import MessagePlan, load_messages
 from gateway.convert.overlay import Overlay, sender_dirs, time_zone
 from gateway.convert.run import Conversion, Run
-from gateway.errors import ConfigError, GatewayError, MappingError
+from gateway.errors import ConfigError, GatewayError, MappingError, describe
 from gateway.hl7.message import Message
 
 __all__ = ["Conversion", "Converter", "default_mappings_dir"]
@@ -147,7 +147,7 @@ class Converter:
         except GatewayError:
             raise
         except Exception as exc:  # content a function did not expect: a clear error, not a crash
-            raise MappingError(f"{plan.name} conversion failed: {exc!r}") from exc
+            raise MappingError(f"{plan.name} conversion failed: {describe(exc)}") from exc
 
 
 class _Checked(Run):
@@ -159,4 +159,4 @@ class _Checked(Run):
         except GatewayError:
             raise
         except Exception as exc:
-            raise MappingError(f"{self.plan.name} conversion failed: {exc!r}") from exc
+            raise MappingError(f"{self.plan.name} conversion failed: {describe(exc)}") from exc

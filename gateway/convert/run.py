@@ -19,7 +19,7 @@ from gateway.convert.maps import Mappings
 from gateway.convert.memo import MEMO_SIZE, Entry, other_fields_key
 from gateway.convert.messages import Include, MessagePlan, ResourcePlan
 from gateway.convert.structure import GroupNode, Slot, group_segments
-from gateway.errors import GatewayError, MappingError
+from gateway.errors import GatewayError, MappingError, describe
 from gateway.hl7.message import Message, Segment
 
 
@@ -296,7 +296,7 @@ class Run:
             raise
         except Exception as exc:  # a function failed on content it did not expect: say where
             raise MappingError(
-                f"{inst.plan.map.name} failed on {inst.segment.name} segment #{self._index(inst.segment)}: {exc!r}"
+                f"{inst.plan.map.name} failed on {inst.segment.name} segment #{self._index(inst.segment)}: {describe(exc)}"
             ) from exc
         entries[(rtype, rid)] = _put(resource)
 

@@ -263,7 +263,7 @@ def parse(text: str) -> Message:
         name = line[:3]
         if not _SEGMENT_NAME.match(name) or (len(line) > 3 and line[3] != seps.field):
             raise ParseError(
-                f"segment {len(segments) + 1} has no valid segment name: {line[:20]!r}",
+                f"segment {len(segments) + 1} has no valid segment name",
                 segment=name if _SEGMENT_NAME.match(name) else "",
                 code="100",
             )

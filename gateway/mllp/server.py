@@ -119,7 +119,7 @@ class MllpServer:
             self._sweeper.cancel()
         if self._server is not None:
             await self._server.wait_closed()
-        log.info("MLLP listener stopped: %s", asdict(self.stats))
+        log.info("MLLP listener stopped: %s", ", ".join(f"{k} {v}" for k, v in asdict(self.stats).items()))
 
     # -- called by connections --------------------------------------------------------------
     def admit(self, conn: MllpConnection) -> bool:

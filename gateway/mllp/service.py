@@ -11,6 +11,7 @@ from gateway.config import Settings
 from gateway.mllp.server import Limits, MllpServer
 from gateway.mllp.tls import server_context
 from gateway.mllp.triage import IntakeRules, Triage
+from gateway.procutil import signal_ready
 from gateway.queue.intake import Intake
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ async def serve(settings: Settings, redis_url: str, rules: IntakeRules) -> None:
     intake, server = build(settings, redis_url, rules)
     await intake.start()
     await server.start(settings.mllp_host, settings.mllp_port)
+    signal_ready()
     await stop.wait()
     log.info("MLLP listener stopping: no new connections, draining ACKs")
     await server.stop()
