@@ -139,7 +139,7 @@ def test_vread(app: FastAPI, client: AsgiClient) -> None:
     assert second.headers["etag"] == 'W/"2"'
     assert_outcome(client.get("/fhir/Patient/p1/_history/3"), 410, "deleted")
     assert_outcome(client.get("/fhir/Patient/p1/_history/4"), 404, "not-found")
-    assert_outcome(client.get("/fhir/Patient/p1/_history/x"), 400, "invalid", "version_id")
+    assert_outcome(client.get("/fhir/Patient/p1/_history/x"), 400, "invalid", "version id")
 
 
 def test_search_returns_a_searchset_bundle(client: AsgiClient) -> None:
@@ -296,3 +296,52 @@ def test_a_cursor_link_survives_writes_between_pages(app: FastAPI, client: AsgiC
     seen = [e["resource"]["id"] for e in first["entry"] + second["entry"]]
     assert sorted(seen) == ["p1", "p2", "p3"]  # the new ones sort before the cursor; nothing repeats
     assert_outcome(client.get(links["next"].replace("_count=2", "_count=2&family=x")), 400, "invalid", "_cursor")
+
+
+def test_ids_and_version_ids_that_cannot_exist_are_refused_cleanly(client: AsgiClient) -> None:
+    huge = "9" * 23  # beyond 64 bits: used to reach the database and answer 500
+    assert_outcome(client.get(f"/fhir/Patient/p1/_history/{huge}"), 404, "not-found")
+    assert_outcome(client.get("/fhir/Patient/p1/_history/0"), 404, "not-found")
+    assert_outcome(client.get("/fhir/Patient/p1/_history/-1"), 400, "invalid", "version id")
+    for bad_id in ("a$b", "a%20b", "x" * 65):
+        assert_outcome(client.get(f"/fhir/Patient/{bad_id}"), 400, "invalid", "resource id")
+        assert_outcome(client.get(f"/fhir/Patient/{bad_id}/_history"), 400, "invalid", "resource id")
+        assert_outcome(client.get(f"/fhir/Patient/{bad_id}/_history/1"), 400, "invalid", "resource id")
+    assert client.get("/fhir/Patient/" + "x" * 64).status_code == 404  # the longest id is a fine id
+
+
+def test_a_search_with_too_many_values_is_a_400_naming_the_limit(client: AsgiClient) -> None:
+    from gateway.store.search import MAX_CONDITIONS, MAX_VALUES
+
+    many = ",".join(f"v{n}" for n in range(MAX_VALUES + 1))
+    assert_outcome(client.get(f"/fhir/Patient?identifier={many}"), 400, "invalid", f"at most {MAX_VALUES}")
+    assert_outcome(client.get(f"/fhir/Patient?family={many}"), 400, "invalid", f"at most {MAX_VALUES}")
+    repeated = "&".join(f"family=v{n}" for n in range(MAX_CONDITIONS + 1))
+    assert_outcome(client.get(f"/fhir/Patient?{repeated}"), 400, "invalid", f"at most {MAX_CONDITIONS}")
+    # At the limits a search works (tests/test_store_search.py: on PostgreSQL too).
+    just = ",".join(f"v{n}" for n in range(MAX_VALUES))
+    assert client.get(f"/fhir/Patient?identifier={just}").status_code == 200
+    assert client.get(f"/fhir/Patient?family={just}").status_code == 200
+    assert client.get("/fhir/Patient?" + "&".join(f"family=v{n}" for n in range(MAX_CONDITIONS))).status_code == 200
+
+
+def test_the_api_description_is_served_offline_and_behind_a_token(client: AsgiClient) -> None:
+    anonymous = AsgiClient(client.app)
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert_outcome(anonymous.get(path), 401, "login")
+        assert client.get(path).status_code == 200
+    page = client.get("/docs").text
+    assert "cdn" not in page.lower() and "/docs/static/swagger-ui-bundle.js" in page
+    assert "fonts.googleapis" not in client.get("/redoc").text
+    script = anonymous.get("/docs/static/swagger-ui-bundle.js")  # the same for everyone: no token needed
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert len(script.content) > 100_000
+    assert anonymous.get("/docs/static/../../etc/passwd").status_code == 404
+    assert client.get("/openapi.json").json()["paths"]["/fhir/{resource_type}"]
+
+
+def test_public_docs_need_no_token(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, api_tokens="reader-token:reader", public_docs=True)
+    anonymous = AsgiClient(create_app(settings))
+    assert anonymous.get("/docs").status_code == 200 and anonymous.get("/openapi.json").status_code == 200
+    assert anonymous.get("/fhir/Patient").status_code == 401  # the data is not public

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from gateway.config import Role, load_settings, parse_tokens
+from gateway.config import Role, load_settings, parse_tokens, unknown_variables
 from gateway.errors import ConfigError
 
 
@@ -36,6 +36,8 @@ def test_worker_processes_default_to_the_cores_at_most_four(monkeypatch: pytest.
         ("HL7GW_API_TOKENS", "abc:superuser"),
         ("HL7GW_API_TOKENS", "no-role-here"),
         ("HL7GW_WORKER_THREADS", "0"),
+        ("HL7GW_LOG_LEVEL", "VERBOSE"),
+        ("HL7GW_OUTAGE_MAX_BACKOFF_S", "0"),
     ],
 )
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
@@ -48,3 +50,20 @@ def test_tokens() -> None:
     assert parse_tokens("a:reader, b:operator,c:admin") == {"a": Role.reader, "b": Role.operator, "c": Role.admin}
     # A token may itself contain a colon; the role is after the last one.
     assert parse_tokens("x:y:admin") == {"x:y": Role.admin}
+
+
+def test_log_level_is_a_setting_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HL7GW_LOG_LEVEL", "debug")
+    assert load_settings().log_level == "DEBUG"
+
+
+def test_misspelt_variables_are_named_with_the_closest_setting() -> None:
+    environ = {
+        "HL7GW_REDIS_ULR": "redis://x",
+        "HL7GW_MLLP_PORT": "2575",
+        "hl7gw_data_dir": "/data",  # settings are read in any case
+        "HL7GW_TEST_DATABASE_URL": "postgresql://",  # the test suite's, not a setting, not a mistake
+        "HL7GW_COMPLETELY_UNKNOWN": "1",
+        "PATH": "/bin",
+    }
+    assert unknown_variables(environ) == [("HL7GW_COMPLETELY_UNKNOWN", None), ("HL7GW_REDIS_ULR", "HL7GW_REDIS_URL")]

@@ -264,3 +264,16 @@ def test_bad_searches_raise_search_error(
 def test_unknown_resource_type(store: ResourceStore) -> None:
     with pytest.raises(UnknownResourceType, match="'Foo' is not supported"):
         store.search("Foo", {})
+
+
+def test_searches_at_the_value_and_parameter_limits_run(store: ResourceStore) -> None:
+    from gateway.store.search import MAX_CONDITIONS, MAX_VALUES
+
+    values = ",".join([f"nobody{n}" for n in range(MAX_VALUES - 1)] + ["MRN1"])
+    assert "p1" in {r["id"] for r in store.find("Patient", {"identifier": [values]}).resources}
+    assert store.find("Patient", {"family": [values]}).resources == []
+    assert store.find("Patient", {"family": [f"x{n}" for n in range(MAX_CONDITIONS)]}).resources == []
+    with pytest.raises(SearchError, match=f"at most {MAX_VALUES}"):
+        store.find("Patient", {"identifier": [values + ",one-more"]})
+    with pytest.raises(SearchError, match=f"at most {MAX_CONDITIONS}"):
+        store.find("Patient", {"family": [f"x{n}" for n in range(MAX_CONDITIONS + 1)]})

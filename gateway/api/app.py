@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from gateway.api import fhir, health
 from gateway.api.auth import TokenRegistry, ensure_admin_token
 from gateway.api.capability import software_version
+from gateway.api.docs import install_docs
 from gateway.api.outcome import install_error_handlers
 from gateway.config import Settings
 from gateway.store.db import create_schema, make_engine
@@ -32,7 +33,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         if owns_engine:
             engine.dispose()
 
-    app = FastAPI(title="hl7gw", version=software_version(), lifespan=lifespan)
+    app = FastAPI(
+        title="hl7gw",
+        version=software_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.settings = settings
     app.state.engine = engine
     app.state.store = ResourceStore(engine)
@@ -40,4 +48,5 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(fhir.router)
+    install_docs(app, public=settings.public_docs)
     return app

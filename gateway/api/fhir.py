@@ -6,6 +6,8 @@ format. Order matters: ``[type]/_history`` must be tried before ``[type]/[id]``.
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
@@ -23,6 +25,11 @@ from gateway.store.search_registry import SEARCH_PARAMETERS
 router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(negotiate)])
 
 _reader = [Depends(require_role(Role.reader))]
+
+#: datatypes.html#id: a resource id is 1-64 of letters, digits, "-" and ".".
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+#: Version ids are positive integers stored in 64 bits.
+_MAX_VERSION = 2**63 - 1
 
 
 @router.get("/metadata", response_class=FHIRResponse)
@@ -42,15 +49,22 @@ def type_history(resource_type: str, request: Request) -> Response:
 def instance_history(resource_type: str, resource_id: str, request: Request) -> Response:
     """history-instance: every version of one resource, deletions included, newest first."""
     _check_type(resource_type)
+    _check_id(resource_id)
     if _store(request).fetch(resource_type, resource_id) is None:
         raise FHIRError(404, f"{resource_type}/{resource_id} is not known")
     return _history(request, resource_type, resource_id)
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}", dependencies=_reader, response_class=FHIRResponse)
-def vread(resource_type: str, resource_id: str, version_id: int, request: Request) -> Response:
+def vread(resource_type: str, resource_id: str, version_id: str, request: Request) -> Response:
     _check_type(resource_type)
-    stored = _store(request).vread(resource_type, resource_id, version_id)
+    _check_id(resource_id)
+    if not version_id.isascii() or not version_id.isdigit():
+        raise FHIRError(400, f"version id {version_id[:32]!r} is not a positive integer")
+    version = int(version_id)
+    if not 1 <= version <= _MAX_VERSION:
+        raise FHIRError(404, f"{resource_type}/{resource_id} version {version_id[:32]} is not known")
+    stored = _store(request).vread(resource_type, resource_id, version)
     if stored is not None and stored.deleted:
         raise FHIRError(410, f"version {version_id} of {resource_type}/{resource_id} is a deletion")
     return resource_response(request, stored, f"{resource_type}/{resource_id} version {version_id}")
@@ -59,6 +73,7 @@ def vread(resource_type: str, resource_id: str, version_id: int, request: Reques
 @router.get("/{resource_type}/{resource_id}", dependencies=_reader, response_class=FHIRResponse)
 def read(resource_type: str, resource_id: str, request: Request) -> Response:
     _check_type(resource_type)
+    _check_id(resource_id)
     stored = _store(request).fetch(resource_type, resource_id)
     return resource_response(request, stored, f"{resource_type}/{resource_id}")
 
@@ -94,6 +109,11 @@ def _query(request: Request) -> dict[str, list[str]]:
 def _check_type(resource_type: str) -> None:
     if resource_type not in SEARCH_PARAMETERS:
         raise FHIRError(404, f"resource type {resource_type!r} is not supported", "not-supported")
+
+
+def _check_id(resource_id: str) -> None:
+    if not _ID.fullmatch(resource_id):
+        raise FHIRError(400, "a resource id is 1-64 letters, digits, '-' and '.' (datatypes.html#id)")
 
 
 def _store(request: Request) -> ResourceStore:

@@ -97,6 +97,13 @@ class SearchResult:
     ignored: tuple[str, ...] = ()
 
 
+#: Values one parameter may list (OR), and parameters one search may combine (AND). Beyond these a
+#: search is refused with a 400 rather than sent to the database as a statement it cannot plan
+#: (SQLite refuses expressions deeper than 1000; PostgreSQL spends seconds planning 300 joins).
+MAX_VALUES = 200
+MAX_CONDITIONS = 100
+
+
 def build_search(resource_type: str, params: dict[str, list[str]], lenient: bool = False) -> SearchQuery:
     """Parse ``params`` (name[:modifier] -> raw values) for ``resource_type``; raises SearchError.
 
@@ -121,6 +128,8 @@ def build_search(resource_type: str, params: dict[str, list[str]], lenient: bool
             continue
         conditions += [(_SELECTIVITY[condition.kind], condition) for condition in found]
         used.append((key, raw_values))
+        if len(conditions) > MAX_CONDITIONS:
+            raise SearchError(f"a search combines at most {MAX_CONDITIONS} parameters")
     includes = []
     for key, values in result.items():
         name, _, modifier = key.partition(":")
@@ -212,6 +221,8 @@ class _Condition:
 def _condition(resource_type: str, definitions: dict[str, SearchParam], key: str, raw: str) -> _Condition:
     name, _, modifier = key.partition(":")
     values = split(raw)
+    if len(values) > MAX_VALUES:
+        raise SearchError(f"{name} lists {len(values)} values; one parameter takes at most {MAX_VALUES}")
     if name in COMMON_PARAMETERS:
         _no_modifier(name, modifier)
         if name == "_id":
