@@ -31,8 +31,11 @@ _FROM_SETTINGS: Any = object()
 
 
 def default_mappings_dir() -> Path:
-    """The repository's mappings/ directory, found from the installed package."""
-    return Path(gateway.__file__).resolve().parent.parent / "mappings"
+    """The shipped mappings: gateway/mappings/ in an installed wheel (setup.py puts them there),
+    else the repository's mappings/ beside the package (a source checkout, an editable install)."""
+    package = Path(gateway.__file__).resolve().parent
+    installed = package / "mappings"
+    return installed if installed.is_dir() else package.parent / "mappings"
 
 
 @dataclass(frozen=True)

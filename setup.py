@@ -1,0 +1,13 @@
+"""Packaging that pyproject.toml cannot say: the shipped mappings live at the top of the
+repository (mappings/) and inside the wheel as the package data of ``gateway.mappings``, where
+gateway.convert.engine.default_mappings_dir finds them. Everything else is in pyproject.toml."""
+
+from setuptools import find_namespace_packages, find_packages, setup
+
+MAPPINGS = ["gateway.mappings", *(f"gateway.mappings.{name}" for name in find_namespace_packages(where="mappings"))]
+
+setup(
+    packages=[*find_packages(include=["gateway", "gateway.*"]), *MAPPINGS],
+    package_dir={"gateway.mappings": "mappings"},
+    package_data={name: ["*.yaml"] for name in MAPPINGS},
+)
