@@ -168,3 +168,27 @@ def test_hold_ignores_what_is_not_an_outage() -> None:
     outages = Outages([Gate("database", dependency.probe)])
     assert outages.hold(ParseError("x")) is False and outages.hold(KeyError("x")) is False
     assert dependency.probes == 0
+
+
+def test_the_write_probe_fails_fast_on_a_locked_database(engine: Engine) -> None:
+    from gateway.store.db import write_probe
+
+    write_probe(engine)
+    blocker = engine.connect()
+    if engine.dialect.name == "sqlite":
+        blocker.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        blocker.execute(text("LOCK TABLE write_probe IN ACCESS EXCLUSIVE MODE"))
+    try:
+        started = time.monotonic()
+        with pytest.raises(OperationalError) as caught:
+            write_probe(engine)
+        assert time.monotonic() - started < 5  # not the writers' 30 s busy timeout
+        assert unavailable_dependency(caught.value) == "database"
+    finally:
+        blocker.rollback()
+        blocker.close()
+    write_probe(engine)  # and the connection it used waits as long as a writer again
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000

@@ -7,18 +7,19 @@ bounded: every worker heartbeats on its own clock and sweeps for dead peers ever
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.errors import BrokerConnectionError
+from dramatiq.errors import BrokerConnectionError, ConnectionClosed
 
-from gateway.errors import describe
+from gateway.errors import describe, unavailable_dependency
 from gateway.queue.keys import QUEUE, Keys
 from gateway.queue.outages import Gate
 
@@ -64,14 +65,43 @@ class GatewayBroker(RedisBroker):
 
 
 class _WatchedConsumer(_RedisConsumer):
-    """dramatiq's consumer drops what it held locally on a connection error: say so."""
+    """dramatiq's Redis consumer, with every Redis failure treated as a lost connection.
+
+    dramatiq turns only ``redis.ConnectionError`` into ConnectionClosed; a Redis that hangs raises
+    ``redis.TimeoutError`` instead, which it takes for a bug: its consumer thread logs a traceback
+    every second, and a failure while closing ends that thread for good; an acknowledgement that
+    times out is given up on. As ConnectionClosed, each is retried until Redis answers. And since
+    the consumer drops what it held locally on a lost connection, the broker is told
+    (``identity_lost``), so that the worker goes on as a new consumer."""
 
     def __next__(self):  # type: ignore[no-untyped-def]
-        try:
+        with self._lost_connection():
             return super().__next__()
+
+    def ack(self, message):  # type: ignore[no-untyped-def]
+        with self._lost_connection():
+            return super().ack(message)
+
+    def nack(self, message):  # type: ignore[no-untyped-def]
+        with self._lost_connection():
+            return super().nack(message)
+
+    def requeue(self, messages):  # type: ignore[no-untyped-def]
+        with self._lost_connection():
+            return super().requeue(messages)
+
+    @contextlib.contextmanager
+    def _lost_connection(self) -> Iterator[None]:
+        try:
+            yield
         except BrokerConnectionError:
             self.broker.identity_lost = True
             raise
+        except redis.RedisError as exc:
+            if unavailable_dependency(exc) != "redis":
+                raise
+            self.broker.identity_lost = True
+            raise ConnectionClosed(exc) from None
 
 
 def _maintain(broker: RedisBroker, queue: str) -> None:

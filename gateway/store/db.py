@@ -12,6 +12,10 @@ from sqlalchemy import create_engine
 
 metadata = MetaData()
 
+#: How long a SQLite writer waits for another's lock; a write probe waits much less.
+BUSY_TIMEOUT_MS = 30_000
+PROBE_BUSY_TIMEOUT_MS = 1_000
+
 #: One row a worker writes to see whether the database takes writes (gateway/queue/outages.py).
 write_probe_table = Table(
     "write_probe",
@@ -32,7 +36,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     # (the default) copied each commit's pages into the database file right away. Every 10000
     # (~40 MB) copies a page rewritten by several commits once. Durability is the WAL's fsync either way.
     cur.execute("PRAGMA wal_autocheckpoint=10000")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -63,9 +67,20 @@ def make_engine(url: str) -> Engine:
 
 def write_probe(engine: Engine) -> None:
     """Commit a one-row write; raises when the database cannot take writes now (unreachable,
-    locked beyond the busy timeout, read-only, out of disk)."""
+    locked, read-only, out of disk). On SQLite a lock held by someone else fails it within a
+    second instead of the writers' 30 s busy timeout: the probe asks "can I write now?"."""
     with engine.begin() as conn:
-        conn.execute(_WRITE_PROBE, {"at": int(time.time() * 1000)})
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={PROBE_BUSY_TIMEOUT_MS}")
+        elif conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {PROBE_BUSY_TIMEOUT_MS}")
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {5 * PROBE_BUSY_TIMEOUT_MS}")
+        try:
+            conn.execute(_WRITE_PROBE, {"at": int(time.time() * 1000)})
+        finally:
+            if sqlite:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def create_schema(engine: Engine) -> None:
