@@ -11,6 +11,8 @@ applies each fault in turn, ``--rounds`` times:
               that one let go for a moment to fetch its fill)
   listener    kill -9 the MLLP listener
   redis       kill -9 the embedded redis-server (hl7gw run restarts it from its AOF)
+  redis-down  Redis gone (connections refused) for --outage-seconds: killed while hl7gw run is
+              stopped, restarted when it goes on
   redis-hang  SIGSTOP the redis-server for --outage-seconds
   database    the database down for --outage-seconds (PostgreSQL stopped; SQLite write-locked)
   tree        kill -9 the supervisor and every process below it, then hl7gw run again
@@ -32,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.chaos import Chaos, PrivatePostgres  # noqa: E402
 
-FAULTS = ("worker", "listener", "redis", "redis-hang", "database", "tree")
+FAULTS = ("worker", "listener", "redis", "redis-down", "redis-hang", "database", "tree")
 
 
 def main() -> int:
@@ -63,6 +65,7 @@ def main() -> int:
                 "worker": ("kill -9 a worker holding messages", chaos.kill_worker, chaos.fill_one_worker),
                 "listener": ("kill -9 the MLLP listener", chaos.kill_listener, None),
                 "redis": ("kill -9 the embedded Redis", chaos.kill_redis, None),
+                "redis-down": (f"Redis down {outage:.0f} s", lambda: chaos.redis_down(outage), None),
                 "redis-hang": (f"Redis hung (SIGSTOP) {outage:.0f} s", lambda: chaos.stop_redis(outage), None),
                 "database": (f"database down {outage:.0f} s", lambda: chaos.database_down(outage), None),
                 "tree": ("kill -9 the whole tree", chaos.kill_tree, None),

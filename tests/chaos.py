@@ -374,6 +374,19 @@ class Chaos:
         os.kill(self._pids("redis-server")[0], signal.SIGKILL)  # hl7gw run restarts it from its AOF
         return 0.0
 
+    def redis_down(self, seconds: float) -> float:
+        """Redis gone (connections refused) for ``seconds``: killed while hl7gw run is stopped, so
+        that it is restarted only when hl7gw run goes on."""
+        assert self.gateway.process is not None
+        supervisor = self.gateway.process.pid
+        os.kill(supervisor, signal.SIGSTOP)
+        try:
+            os.kill(self._pids("redis-server")[0], signal.SIGKILL)
+            time.sleep(seconds)
+        finally:
+            os.kill(supervisor, signal.SIGCONT)
+        return seconds
+
     def stop_redis(self, seconds: float) -> float:
         """A Redis that hangs (SIGSTOP): clients time out instead of being refused."""
         (pid,) = self._pids("redis-server")
@@ -489,12 +502,14 @@ class Chaos:
 
 
 def every_fault(chaos: Chaos, outage_s: float) -> Report:
-    """The sequence of issue 12: a worker (while it holds messages: see ``fill_one_worker``), the listener, the embedded Redis (killed, then hung for ``outage_s``),
-    the database (down for ``outage_s``), the whole tree; then the count."""
+    """The sequence of issue 12: a worker (while it holds messages: see ``fill_one_worker``), the
+    listener, the embedded Redis (killed and restarted at once, down for ``outage_s``, hung for
+    ``outage_s``), the database (down for ``outage_s``), the whole tree; then the count."""
     chaos.start()
     chaos.fault("kill -9 a worker holding messages", chaos.kill_worker, prepare=chaos.fill_one_worker)
     chaos.fault("kill -9 the MLLP listener", chaos.kill_listener)
     chaos.fault("kill -9 the embedded Redis", chaos.kill_redis)
+    chaos.fault(f"Redis down {outage_s:.0f} s", lambda: chaos.redis_down(outage_s))
     chaos.fault(f"Redis hung (SIGSTOP) {outage_s:.0f} s", lambda: chaos.stop_redis(outage_s))
     chaos.fault(f"database down {outage_s:.0f} s", lambda: chaos.database_down(outage_s))
     chaos.fault("kill -9 the whole tree", chaos.kill_tree)
