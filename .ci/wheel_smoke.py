@@ -48,7 +48,8 @@ def main(sample: Path) -> int:
                 while time.monotonic() < deadline:
                     bundle = api.get("/fhir/Patient").json()
                     if bundle.get("total", 0) >= 1:
-                        print(f"wheel smoke: Patient stored, family {bundle['entry'][0]['resource']['name'][0]['family']}")
+                        family = bundle["entry"][0]["resource"]["name"][0]["family"]
+                        print(f"wheel smoke: Patient stored, family {family}")
                         return 0
                     time.sleep(0.2)
             print("wheel smoke: no Patient stored", file=sys.stderr)

@@ -76,11 +76,13 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.api.app import create_app
+    from gateway.queue.outages import until_available
 
     # log_config=None: uvicorn's records go through our handler (gateway/logs.py) like all others;
     # no access log, since a query string can carry a name or a birth date.
+    app = until_available("database", lambda: create_app(settings), max_backoff_s=settings.outage_max_backoff_s)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,

@@ -237,7 +237,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
     """HL7GW_* variables no setting reads, each with the closest known name (None: nothing close)."""
     known = {f"HL7GW_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
     unknown = sorted(name for name in environ if name.upper().startswith("HL7GW_") and name.upper() not in known)
-    return [(name, next(iter(difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)), None)) for name in unknown]
+    return [(name, next(iter(difflib.get_close_matches(name.upper(), known, n=1)), None)) for name in unknown]
 
 
 def load_settings(**overrides: object) -> Settings:

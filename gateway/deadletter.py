@@ -130,7 +130,8 @@ class DeadLetterStore:
             ],
         )
         if letter.sink is None:
-            self.archive.record(conn, [(e, "failed", f"{letter.stage}: {letter.reason}", e.meta.get("message_type", ""))])
+            detail = f"{letter.stage}: {letter.reason}"
+            self.archive.record(conn, [(e, "failed", detail, e.meta.get("message_type", ""))])
         else:
             table = sink_delivery
             conn.execute(

@@ -24,6 +24,7 @@ from gateway.errors import ConfigError
 from gateway.procutil import READY_FD, die_with_parent
 from gateway.queue.broker import forget_all_workers
 from gateway.queue.embedded import EmbeddedRedis, free_port
+from gateway.queue.outages import until_available
 from gateway.store.db import create_schema, make_engine
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Supervisor:
             redis_url = s.redis_url
         engine = make_engine(s.resolved_database_url)
         try:
-            create_schema(engine)
+            until_available("database", lambda: create_schema(engine), max_backoff_s=s.outage_max_backoff_s)
         finally:
             engine.dispose()
         mllp_port = s.mllp_port or free_port(s.mllp_host)

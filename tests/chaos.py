@@ -182,7 +182,8 @@ class PrivatePostgres:
 
     def start(self) -> "PrivatePostgres":
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c max_connections=200"
-        self._run("pg_ctl", "-D", str(self.directory / "data"), "-o", options, "-l", str(self.directory / "log"), "-w", "start")
+        data, log = str(self.directory / "data"), str(self.directory / "log")
+        self._run("pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "start")
         return self
 
     def stop(self, mode: str = "fast") -> None:
@@ -448,7 +449,8 @@ class Chaos:
         table = message_archive
         envelopes: dict[str, list[tuple[str, str, int]]] = {}
         with self.engine.connect() as conn:
-            query = select(table.c.control_id, table.c.id, table.c.status, table.c.attempts).where(table.c.sender == SENDER)
+            columns = (table.c.control_id, table.c.id, table.c.status, table.c.attempts)
+            query = select(*columns).where(table.c.sender == SENDER)
             for control_id, envelope_id, status, attempts in conn.execute(query):
                 envelopes.setdefault(control_id, []).append((envelope_id, status, attempts))
             letters = {row[0]: row[1] for row in conn.execute(select(dead_letter.c.envelope_id, dead_letter.c.status))}

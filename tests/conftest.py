@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -19,13 +20,9 @@ SAMPLES = ROOT / "samples"
 DATABASE_BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("HL7GW_TEST_DATABASE_URL") else [])
 
 
-@pytest.fixture(params=DATABASE_BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database URL: a SQLite file, or a private schema on the test PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'test.sqlite3'}"
-        return
-    base = os.environ["HL7GW_TEST_DATABASE_URL"]
+@contextlib.contextmanager
+def postgres_schema(base: str) -> Iterator[str]:
+    """A URL of the PostgreSQL at ``base`` whose search path is a new empty schema, dropped afterwards."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = make_engine(base)
     with admin.begin() as conn:
@@ -37,6 +34,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture(params=DATABASE_BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database URL: a SQLite file, or a private schema on the test PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.sqlite3'}"
+        return
+    with postgres_schema(os.environ["HL7GW_TEST_DATABASE_URL"]) as url:
+        yield url
 
 
 @pytest.fixture

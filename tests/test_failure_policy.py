@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from gateway.deliver.remote import RemoteRejected, RemoteUnavailable
 from gateway.errors import (
     CharsetError,
+    ConfigError,
     DeliveryError,
     IntakeUnavailable,
     MappingError,
@@ -87,7 +88,8 @@ def test_describe_never_repeats_what_a_foreign_exception_says(words: str) -> Non
     for kind in (KeyError, ValueError, RuntimeError, TypeError):
         # Raised from the same line with any words, the description is the same: it carries none.
         assert describe(_raised(kind(words))) == describe(_raised(kind("-")))
-        assert describe(StageCrash("convert", _raised(kind(words)))) == describe(StageCrash("convert", _raised(kind("-"))))
+        crash, same = StageCrash("convert", _raised(kind(words))), StageCrash("convert", _raised(kind("-")))
+        assert describe(crash) == describe(same)
 
 
 def test_describe_says_where_a_bug_was_raised() -> None:
@@ -146,7 +148,10 @@ def test_an_outage_closes_the_gate_once_and_opens_it_when_the_probe_passes(caplo
     caplog.set_level(logging.INFO, logger="gateway.queue.outages")
 
     results: list[bool] = []
-    threads = [threading.Thread(target=lambda: results.append(outages.hold(StoreUnavailable("down")))) for _ in range(8)]
+    def hold() -> None:
+        results.append(outages.hold(StoreUnavailable("down")))
+
+    threads = [threading.Thread(target=hold) for _ in range(8)]
     for thread in threads:
         thread.start()
     time.sleep(0.3)
@@ -192,3 +197,34 @@ def test_the_write_probe_fails_fast_on_a_locked_database(engine: Engine) -> None
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+
+
+def test_a_start_waits_for_its_database_and_fails_on_anything_else(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.queue.outages import until_available
+
+    calls: list[int] = []
+
+    def start() -> str:
+        calls.append(1)
+        if len(calls) < 4:
+            raise StoreUnavailable("not yet")
+        return "started"
+
+    caplog.set_level(logging.WARNING, logger="gateway.queue.outages")
+    assert until_available("database", start, max_backoff_s=0.05) == "started"
+    assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
+
+    def broken() -> None:
+        raise ConfigError("no such role")
+
+    with pytest.raises(ConfigError):
+        until_available("database", broken, max_backoff_s=0.05)
+
+    attempts: list[int] = []
+
+    def down_then_broken() -> None:
+        attempts.append(1)
+        raise StoreUnavailable("down") if len(attempts) < 3 else ConfigError("permission denied")
+
+    with pytest.raises(ConfigError):  # once the database answers, its real complaint is raised
+        until_available("database", down_then_broken, max_backoff_s=0.05)

@@ -32,7 +32,8 @@ def captured() -> tuple[logging.Logger, io.StringIO]:
 
 def test_a_dramatiq_message_is_written_as_its_id(captured: tuple[logging.Logger, io.StringIO]) -> None:
     logger, stream = captured
-    message = dramatiq.Message(queue_name="hl7", actor_name="process_message", args=({"raw": PHI},), kwargs={}, options={})
+    args = ({"raw": PHI},)
+    message = dramatiq.Message(queue_name="hl7", actor_name="process_message", args=args, kwargs={}, options={})
     logger.info("Received message %s with id %r.", MessageProxy(message), message.message_id)
     logger.info("Failed to post_process_message(%s)", message)
     assert PHI not in stream.getvalue() and stream.getvalue().count(message.message_id) == 3

@@ -309,7 +309,7 @@ def test_a_locked_database_is_an_outage(engine: Engine, database_url: str) -> No
 def test_an_unreachable_database_is_an_outage() -> None:
     unreachable = make_engine("postgresql://postgres@127.0.0.1:1/none")
     try:
-        with pytest.raises(StoreUnavailable, match="database unavailable while storing: OperationalError: connection failed"):
+        with pytest.raises(StoreUnavailable, match="unavailable while storing: OperationalError: connection failed"):
             ResourceStore(unreachable).apply_bundle(transaction(put(patient("p1", "MRN1"))))
     finally:
         unreachable.dispose()

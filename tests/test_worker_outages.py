@@ -12,40 +12,28 @@ import contextlib
 import logging
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import redis
-from sqlalchemy import event, text
+from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
 from gateway.deadletter import DeadLetterStore, Letter
 from gateway.envelope import Envelope
-from gateway.hl7.message import parse
 from gateway.queue.keys import Keys
 from gateway.queue.letters import LetterBox
 from gateway.store.db import create_schema, make_engine
 from gateway.store.messages import MessageArchive
+from tests.conftest import postgres_schema
 from tests.faults import CuttableProxy
+from tests.test_deliver_sinks import a04, envelope
 from tests.test_queue_worker import RunningWorker, _enqueue, _wait
 
 pytestmark = pytest.mark.slow
-
-
-def a04(number: int) -> bytes:
-    return (
-        f"MSH|^~\\&|REG|HOSP|GW|GW|20240501{number:06d}||ADT^A04^ADT_A01|OUT-{number}|P|2.5.1\r"
-        f"EVN|A04|20240501{number:06d}\r"
-        f"PID|1||OUT{number}^^^HOSP^MR||Patient{number}^Pat||19800101|F\r"
-    ).encode()
-
-
-def envelope(raw: bytes) -> Envelope:
-    message = parse(raw.decode())
-    return Envelope(str(uuid.uuid4()), raw, int(time.time() * 1000), message.sender, message.control_id)
 
 
 def statuses(engine: Engine, envelopes: list[Envelope]) -> list[str]:
@@ -66,16 +54,8 @@ def postgres_url() -> Iterator[str]:
     base = os.environ.get("HL7GW_TEST_DATABASE_URL")
     if not base:
         pytest.skip("needs HL7GW_TEST_DATABASE_URL (a PostgreSQL to cut the connection to)")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with postgres_schema(base) as url:
+        yield url
 
 
 def test_a_database_outage_is_waited_out_with_nothing_dead_lettered(
@@ -116,8 +96,42 @@ def test_a_database_outage_is_waited_out_with_nothing_dead_lettered(
         engine.dispose()
 
 
+def test_a_worker_that_starts_while_the_database_is_down_waits_for_it(
+    tmp_path: Path, postgres_url: str, redis_url: str, redis_namespace: str
+) -> None:
+    engine = make_engine(postgres_url)
+    proxy = CuttableProxy.for_url(postgres_url)
+    proxy.cut()
+    settings = Settings(
+        data_dir=tmp_path, database_url=proxy.url(postgres_url), redis_namespace=redis_namespace, worker_threads=2
+    )
+    envelopes = [envelope(a04(n)) for n in range(3)]
+    try:
+        _enqueue(redis_url, redis_namespace, envelopes)
+        with RunningWorker(settings, redis_url) as worker:
+            time.sleep(3)
+            assert worker.thread.is_alive()  # waiting, not crashed
+            proxy.restore()
+
+            def processed() -> bool:
+                try:
+                    return statuses(engine, envelopes) == ["processed"] * 3
+                except SQLAlchemyError:  # the worker has not created the tables yet
+                    return False
+
+            _wait(processed, timeout=60)
+    finally:
+        proxy.close()
+        engine.dispose()
+
+
 def test_a_redis_outage_is_waited_out_and_each_message_is_processed(
-    tmp_path: Path, engine: Engine, database_url: str, redis_url: str, redis_namespace: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    engine: Engine,
+    database_url: str,
+    redis_url: str,
+    redis_namespace: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     proxy = CuttableProxy.for_url(redis_url)
     settings = Settings(

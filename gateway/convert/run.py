@@ -296,7 +296,8 @@ class Run:
             raise
         except Exception as exc:  # a function failed on content it did not expect: say where
             raise MappingError(
-                f"{inst.plan.map.name} failed on {inst.segment.name} segment #{self._index(inst.segment)}: {describe(exc)}"
+                f"{inst.plan.map.name} failed on {inst.segment.name} segment #{self._index(inst.segment)}: "
+                f"{describe(exc)}"
             ) from exc
         entries[(rtype, rid)] = _put(resource)
 

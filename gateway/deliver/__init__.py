@@ -9,5 +9,6 @@ from gateway.store.resources import ApplyResult
 
 class Sink(Protocol):
     def deliver(self, bundle: dict[str, Any]) -> ApplyResult:
-        """Apply ``bundle`` exactly once in effect; raise DeliveryError, or StoreUnavailable when the database does not answer."""
+        """Apply ``bundle`` exactly once in effect; raise DeliveryError, or StoreUnavailable when
+        the database does not answer."""
         ...

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from gateway.errors import describe, unavailable_dependency
 
@@ -139,3 +140,32 @@ class Outages:
     def stop(self) -> None:
         for gate in self.gates.values():
             gate.stop()
+
+
+T = TypeVar("T")
+
+
+def until_available(dependency: str, action: Callable[[], T], *, max_backoff_s: float = 10.0) -> T:
+    """``action`` (a process's start: its schema, its first connection), run again while it fails
+    because ``dependency`` does not answer; one WARNING when it starts waiting, one when it ends."""
+
+    def probe() -> None:
+        try:
+            action()
+        except Exception as exc:
+            if unavailable_dependency(exc) == dependency:
+                raise
+            # Anything else: the dependency answers, and the next call says what is wrong.
+
+    gate = Gate(dependency, probe, max_backoff_s=max_backoff_s)
+    try:
+        while True:
+            try:
+                return action()
+            except Exception as exc:
+                if unavailable_dependency(exc) != dependency:
+                    raise
+                if gate.report(exc):
+                    gate.wait()
+    finally:
+        gate.stop()

@@ -32,7 +32,7 @@ from gateway.queue.broker import GatewayBroker, QueueMaintenance, make_broker
 from gateway.queue.keys import ACTOR, QUEUE, Keys
 from gateway.queue.letters import LetterBox
 from gateway.queue.middleware import FailurePolicy, LetterFor, envelope_letter, reason_of
-from gateway.queue.outages import Gate, Outages
+from gateway.queue.outages import Gate, Outages, until_available
 from gateway.store.db import create_schema, make_engine, write_probe
 from gateway.store.deliveries import DeliveryStates
 from gateway.store.messages import MessageArchive
@@ -51,6 +51,7 @@ class _OneBrokerManyWorkers(logging.Filter):
 
 logging.getLogger("dramatiq.broker.GatewayBroker").addFilter(_OneBrokerManyWorkers())
 
+
 def build_broker(
     settings: Settings,
     redis_url: str,
@@ -63,10 +64,11 @@ def build_broker(
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
     keys = Keys(settings.redis_namespace)
     letters = LetterBox(DeadLetterStore(engine), client, keys)
+    ceiling = settings.outage_max_backoff_s
     outages = Outages(
         [
-            Gate("database", lambda: write_probe(engine), max_backoff_s=settings.outage_max_backoff_s),
-            Gate("redis", lambda: client.set(keys.probe(), int(time.time() * 1000)), max_backoff_s=settings.outage_max_backoff_s),
+            Gate("database", lambda: write_probe(engine), max_backoff_s=ceiling),
+            Gate("redis", lambda: client.set(keys.probe(), int(time.time() * 1000)), max_backoff_s=ceiling),
         ]
     )
     workers = sink_workers if sink_workers is not None else {}
@@ -97,7 +99,8 @@ def build_broker(
 
 def _sink_letter(workers: dict[str, SinkWorker], sink: str, message: Any, exc: BaseException, attempts: int) -> Letter:
     """The dead letter of a sink message whose delivery failed in an unexpected way (a bug)."""
-    letter = workers[sink].letter(SinkMessage.from_json(message.args[0]), reason_of(exc), type(exc).__name__, attempted=False)
+    sink_message = SinkMessage.from_json(message.args[0])
+    letter = workers[sink].letter(sink_message, reason_of(exc), type(exc).__name__, attempted=False)
     return dataclasses.replace(letter, attempts=max(letter.attempts, attempts))
 
 
@@ -149,11 +152,13 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def run_worker(settings: Settings, redis_url: str, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
+def run_worker(
+    settings: Settings, redis_url: str, stop: threading.Event, ready: Callable[[], None] | None = None
+) -> None:
     """Consume until ``stop`` is set, then drain: finish running messages, requeue prefetched ones.
     ``ready`` is called once every consumer runs."""
     engine = make_engine(settings.resolved_database_url)
-    create_schema(engine)
+    until_available("database", lambda: create_schema(engine), max_backoff_s=settings.outage_max_backoff_s)
     pipeline = Pipeline(Converter.load(), StoreSink(engine), MessageArchive(engine), zone_of=sender_zones(settings))
     tune_garbage_collector()
     sink_workers: dict[str, SinkWorker] = {}
