@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.mllp.framing import FrameDecoder, encode_frame  # noqa: E402
-from gateway.queue.embedded import EmbeddedRedis, free_port  # noqa: E402
+from gateway.services.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 
 
 def message(control_id: str) -> bytes:

@@ -22,7 +22,7 @@ from gateway.procutil import signal_ready, supervised
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from gateway.deadletter import DeadLetterStore
+    from gateway.store.dead_letters import DeadLetterStore
 
 
 def _require_redis(settings: Settings, role: str) -> str:
@@ -35,14 +35,14 @@ def _require_redis(settings: Settings, role: str) -> str:
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
-    from gateway.runner import run
+    from gateway.services.supervisor import run
 
     run(settings)
     return 0
 
 
 def cmd_mllp(settings: Settings, _args: argparse.Namespace) -> int:
-    from gateway.mllp import service
+    from gateway.services import listener as service
 
     redis_url = _require_redis(settings, "mllp")
     # Intake answers AR 200/201 for message types no mapping converts (HL7GW_UNSUPPORTED_TYPES).
@@ -62,7 +62,7 @@ def cmd_mllp(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
-    from gateway.queue.worker import run_worker
+    from gateway.services.worker import run_worker
 
     redis_url = _require_redis(settings, "worker")
     stop = threading.Event()
@@ -76,7 +76,7 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.api.app import create_app
-    from gateway.queue.outages import until_available
+    from gateway.services.outages import until_available
 
     # log_config=None: uvicorn's records go through our handler (gateway/logs.py) like all others;
     # no access log, since a query string can carry a name or a birth date.
@@ -121,7 +121,7 @@ def _database(settings: Settings) -> Iterator["Engine"]:
 
 @contextlib.contextmanager
 def _dead_letter_store(settings: Settings) -> Iterator["DeadLetterStore"]:
-    from gateway.deadletter import DeadLetterStore
+    from gateway.store.dead_letters import DeadLetterStore
 
     with _database(settings) as engine:
         yield DeadLetterStore(engine)
@@ -155,28 +155,28 @@ def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_message(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.operator_views import show_message
+    from gateway.services.operator_views import show_message
 
     with _database(settings) as engine:
         return show_message(engine, args.key, sys.stdout, raw=args.raw)
 
 
 def cmd_trail(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.operator_views import show_trail
+    from gateway.services.operator_views import show_trail
 
     with _database(settings) as engine:
         return show_trail(engine, args.reference, sys.stdout)
 
 
 def cmd_superseded(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.operator_views import list_superseded
+    from gateway.services.operator_views import list_superseded
 
     with _database(settings) as engine:
         return list_superseded(engine, args.limit, sys.stdout)
 
 
 def cmd_sinks(settings: Settings, _args: argparse.Namespace) -> int:
-    from gateway.operator_views import sink_status
+    from gateway.services.operator_views import sink_status
 
     with _database(settings) as engine:
         return sink_status(engine, sys.stdout)
@@ -217,7 +217,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_convert(settings: Settings, args: argparse.Namespace) -> int:
     """Print the FHIR Bundle of each message in the files; --report lists what the maps left unused."""
-    from gateway.convert.offline import convert_files
+    from gateway.services.offline import convert_files
 
     return convert_files(args.files, args.report, sys.stdout, sys.stderr)
 

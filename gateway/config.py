@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     worker_threads: int = Field(default=64, ge=1, le=256)
     # A failure that may pass (gateway/errors.py Policy.RETRY) is tried again this many times, then
     # becomes a dead letter. Outages of the database or Redis never count: a worker waits them out,
-    # probing with backoff up to outage_max_backoff_s (gateway/queue/outages.py).
+    # probing with backoff up to outage_max_backoff_s (gateway/services/outages.py).
     max_retries: int = Field(default=5, ge=0, le=100)
     outage_max_backoff_s: float = Field(default=10.0, ge=0.5, le=600)
     # Milliseconds without a heartbeat after which a worker's in-flight messages are requeued.

@@ -8,7 +8,7 @@ A failure either belongs to the message or to the infrastructure:
   a bounded number of times, then a dead letter;
 * ``OUTAGE``: a dependency of the gateway (the database, Redis, the disk) does not answer. Not the
   message's fault: the worker holds the message and waits for the dependency, however long,
-  without counting an attempt (gateway/queue/outages.py).
+  without counting an attempt (gateway/services/outages.py).
 
 ``policy_of`` decides for any exception, ours or a library's; it is the only place that does.
 Exception texts never quote message content (names, identifiers, dates, free text): they name
@@ -94,7 +94,7 @@ class Unavailable(GatewayError):
     """A dependency of the gateway does not answer: never the message's fault."""
 
     policy = Policy.OUTAGE
-    #: Which dependency: "database" or "redis" (gateway/queue/outages.py probes it).
+    #: Which dependency: "database" or "redis" (gateway/services/outages.py probes it).
     dependency = "database"
 
 

@@ -14,8 +14,8 @@ the formatter adds is for what we do not write ourselves:
 
 dramatiq's own words about failures are moved to DEBUG: the noise it makes for every second of a
 Redis outage (a connection error per consumer, a failed acknowledgement per message every 5 s;
-the worker logs each outage once, gateway/queue/outages.py), and its line for every failed
-attempt (gateway/queue/middleware.py logs what it decides: a retry or a dead letter).
+the worker logs each outage once, gateway/services/outages.py), and its line for every failed
+attempt (gateway/services/failures.py logs what it decides: a retry or a dead letter).
 """
 
 from __future__ import annotations

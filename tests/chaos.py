@@ -36,10 +36,10 @@ import orjson
 import redis
 from sqlalchemy import select
 
-from gateway.deadletter import dead_letter
+from gateway.store.dead_letters import dead_letter
 from gateway.mllp.framing import FrameDecoder, encode_frame
-from gateway.queue.embedded import free_port
-from gateway.queue.keys import Keys
+from gateway.services.embedded_redis import free_port
+from gateway.keys import Keys
 from gateway.store.db import make_engine
 from gateway.store.messages import message_archive
 from gateway.store.resource_tables import fhir_resource

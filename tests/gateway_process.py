@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.queue.embedded import free_port
+from gateway.services.embedded_redis import free_port
 
 
 def clean_env(**extra: str) -> dict[str, str]:

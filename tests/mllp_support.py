@@ -17,7 +17,7 @@ from gateway.mllp.framing import FrameDecoder, encode_frame
 from gateway.mllp.server import Limits, MllpServer
 from gateway.mllp.triage import Triage
 from gateway.queue.intake import Intake
-from gateway.queue.keys import Keys
+from gateway.keys import Keys
 
 
 def adt(control_id: str, *, trigger: str = "A01", sender: str = "SND", extra: str = "", version: str = "2.5.1") -> bytes:

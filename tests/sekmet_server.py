@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.queue.embedded import free_port
+from gateway.services.embedded_redis import free_port
 
 SEKMET = "sekmet-fhir==0.1.1"
 TOKEN = "hl7gw-test-token"

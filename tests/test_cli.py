@@ -51,6 +51,6 @@ def test_ready_comes_after_every_part_says_it_serves(tmp_path: Path) -> None:
     ready = log.index("hl7gw: ready")
     assert "FHIR API listening on http://127.0.0.1:" in log[:ready]
     assert "MLLP listening on 127.0.0.1:" in log[:ready]
-    assert log[:ready].count("gateway.queue.worker: worker started") == 2
+    assert log[:ready].count("gateway.services.worker: worker started") == 2
     for child in ("api ready", "mllp ready", "worker-0 ready", "worker-1 ready"):
         assert child in log[:ready]

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.convert import dtm
+from gateway.hl7 import dtm
 from gateway.convert.builders import structured_numeric
 from gateway.convert.builders_values import composite_quantity, encapsulated_attachment, tm_to_time
 from gateway.convert.elements import CachedElement

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.convert.offline import convert_files
+from gateway.services.offline import convert_files
 from tests.conftest import SAMPLES
 from tests.test_convert_helpers import converter
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from gateway.deliver.breaker import CircuitBreaker
-from gateway.queue.keys import Keys
+from gateway.keys import Keys
 
 
 @pytest.fixture

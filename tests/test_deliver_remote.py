@@ -12,7 +12,7 @@ import pytest
 
 from gateway.deliver.remote import RemoteRejected, RemoteSink, RemoteUnavailable, retry_after_seconds
 from gateway.errors import is_retryable, stage_of
-from gateway.queue.embedded import free_port
+from gateway.services.embedded_redis import free_port
 from gateway.sinkspec import SinkSpec
 from tests.fhir_bundles import delete, patient, put, transaction
 

@@ -15,14 +15,14 @@ import pytest
 import redis
 from sqlalchemy.engine import Engine
 
-from gateway.deadletter import DeadLetterStore
+from gateway.store.dead_letters import DeadLetterStore
 from gateway.deliver.breaker import CircuitBreaker
 from gateway.deliver.fanout import SinkMessage
 from gateway.deliver.remote import RemoteSink
 from gateway.deliver.sink_worker import SinkWorker
 from gateway.deliver.store_sink import StoreSink
 from gateway.envelope import Envelope
-from gateway.queue.keys import Keys
+from gateway.keys import Keys
 from gateway.sinkspec import SinkSpec
 from gateway.store.deliveries import DeliveryStates
 from gateway.store.messages import MessageArchive
@@ -192,7 +192,7 @@ def test_a_queue_failure_after_the_store_commit_is_retried_not_parked(harness: H
     from gateway.deliver.fanout import SinkFanout
     from gateway.errors import is_retryable
     from gateway.queue.broker import make_broker
-    from gateway.queue.embedded import free_port
+    from gateway.services.embedded_redis import free_port
 
     broker = make_broker(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     message = harness.stored(BUNDLE)

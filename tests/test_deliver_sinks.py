@@ -18,11 +18,11 @@ from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
 from gateway.convert.engine import Converter
-from gateway.deadletter import DeadLetterStore
+from gateway.store.dead_letters import DeadLetterStore
 from gateway.deliver.remote import RemoteRejected, RemoteSink
 from gateway.envelope import Envelope
 from gateway.hl7.message import parse
-from gateway.queue.embedded import free_port
+from gateway.services.embedded_redis import free_port
 from gateway.sinkspec import parse_sinks
 from gateway.store.deliveries import DeliveryStates, sink_delivery
 from gateway.store.messages import MessageArchive

@@ -33,7 +33,7 @@ from gateway.errors import (
     policy_of,
     unavailable_dependency,
 )
-from gateway.queue.outages import Gate, Outages
+from gateway.services.outages import Gate, Outages
 
 PHI = "Zyxwarth^Quenbelle"
 
@@ -145,7 +145,7 @@ def test_an_outage_closes_the_gate_once_and_opens_it_when_the_probe_passes(caplo
     gate = Gate("database", dependency.probe, min_backoff_s=0.01, max_backoff_s=0.05, on_recovery=[recovered.set])
     outages = Outages([gate])
     dependency.up = False
-    caplog.set_level(logging.INFO, logger="gateway.queue.outages")
+    caplog.set_level(logging.INFO, logger="gateway.services.outages")
 
     results: list[bool] = []
     def hold() -> None:
@@ -161,7 +161,7 @@ def test_an_outage_closes_the_gate_once_and_opens_it_when_the_probe_passes(caplo
     for thread in threads:
         thread.join(5)
     assert results == [True] * 8 and gate.is_open and recovered.is_set()
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "gateway.services.outages" and r.levelno == logging.WARNING]
     assert len(warnings) == 2  # one when it went down, one when it came back, for 8 threads
     assert "unavailable" in warnings[0].getMessage() and "answers again" in warnings[1].getMessage()
     gate.stop()
@@ -200,7 +200,7 @@ def test_the_write_probe_fails_fast_on_a_locked_database(engine: Engine) -> None
 
 
 def test_a_start_waits_for_its_database_and_fails_on_anything_else(caplog: pytest.LogCaptureFixture) -> None:
-    from gateway.queue.outages import until_available
+    from gateway.services.outages import until_available
 
     calls: list[int] = []
 
@@ -210,9 +210,10 @@ def test_a_start_waits_for_its_database_and_fails_on_anything_else(caplog: pytes
             raise StoreUnavailable("not yet")
         return "started"
 
-    caplog.set_level(logging.WARNING, logger="gateway.queue.outages")
+    caplog.set_level(logging.WARNING, logger="gateway.services.outages")
     assert until_available("database", start, max_backoff_s=0.05) == "started"
-    assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
+    ours = [r.getMessage() for r in caplog.records if r.name == "gateway.services.outages"]
+    assert len([m for m in ours if "unavailable" in m]) == 1
 
     def broken() -> None:
         raise ConfigError("no such role")

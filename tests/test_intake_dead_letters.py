@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from gateway import cli
-from gateway.deadletter import DeadLetterStore
+from gateway.store.dead_letters import DeadLetterStore
 from gateway.store.messages import MessageArchive
 from tests.mllp_support import RawClient, adt, listening, queued
 from tests.test_queue_worker import RunningWorker, _settings, _wait

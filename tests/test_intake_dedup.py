@@ -8,7 +8,7 @@ import time
 import redis
 
 from gateway.queue.intake import Receipt
-from gateway.queue.keys import Keys
+from gateway.keys import Keys
 from tests.test_queue_intake import envelope, queued, submit_all
 
 RAW = b"MSH|^~\\&|App|Fac|GW|GWF|20240101||ADT^A01|C-1|P|2.5\rPID|1||42\r"

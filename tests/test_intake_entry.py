@@ -16,7 +16,7 @@ from gateway.envelope import Envelope
 from gateway.errors import IntakeUnavailable
 from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, content_digest, new_envelope_id
 from gateway.queue.intake import Intake, Receipt
-from gateway.queue.keys import ACTOR, QUEUE, Keys
+from gateway.keys import ACTOR, QUEUE, Keys
 from gateway.queue.resp import parse_reply
 from tests.test_queue_intake import envelope, queued
 

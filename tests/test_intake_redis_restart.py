@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from gateway.mllp.framing import encode_frame
-from gateway.queue.embedded import EmbeddedRedis
+from gateway.services.embedded_redis import EmbeddedRedis
 from tests.mllp_support import RawClient, adt, listening, queued
 
 CONNECTIONS = 5

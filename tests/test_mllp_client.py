@@ -124,7 +124,7 @@ def test_send_exits_non_zero_when_no_ack_comes(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_send_without_a_listener_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from gateway.queue.embedded import free_port
+    from gateway.services.embedded_redis import free_port
 
     file = tmp_path / "one.hl7"
     file.write_bytes(adt("N-1"))

@@ -12,8 +12,8 @@ from hl7.mllp import open_hl7_connection
 
 from gateway.mllp.server import Limits
 from gateway.mllp.triage import IntakeRules, Triage
-from gateway.queue.embedded import free_port
-from gateway.queue.keys import Keys
+from gateway.services.embedded_redis import free_port
+from gateway.keys import Keys
 from tests.conftest import SAMPLES, sample
 from tests.mllp_support import RawClient, adt, listening, queued
 

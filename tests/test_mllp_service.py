@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config import load_settings
 from gateway.errors import ConfigError
-from gateway.mllp import service
+from gateway.services import listener as service
 from gateway.mllp.server import Limits
 
 

@@ -13,8 +13,8 @@ from gateway.convert.engine import Converter
 from gateway.deliver.source import source_of
 from gateway.deliver.store_sink import StoreSink
 from gateway.hl7.message import parse
-from gateway.operator_views import list_superseded, show_message, show_trail, sink_status
-from gateway.pipeline import Pipeline
+from gateway.services.operator_views import list_superseded, show_message, show_trail, sink_status
+from gateway.services.pipeline import Pipeline
 from gateway.store import provenance
 from gateway.store.deliveries import DeliveryStates
 from gateway.store.messages import MessageArchive

@@ -19,8 +19,8 @@ from gateway.deliver.store_sink import StoreSink
 from gateway.envelope import Envelope
 from gateway.errors import DeliveryError
 from gateway.hl7.message import parse
-from gateway.pipeline import Pipeline
-from gateway.queue.worker import sender_zones
+from gateway.services.pipeline import Pipeline
+from gateway.services.worker import sender_zones
 from gateway.store import provenance
 from gateway.store.deliveries import DeliveryStates, sink_delivery
 from gateway.store.messages import MessageArchive

@@ -10,9 +10,9 @@ from pathlib import Path
 import redis
 
 from gateway.envelope import Envelope
-from gateway.queue.embedded import EmbeddedRedis
+from gateway.services.embedded_redis import EmbeddedRedis
 from gateway.queue.intake import Intake
-from gateway.queue.keys import Keys
+from gateway.keys import Keys
 
 
 def test_config_is_durable(tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ from dramatiq import Message
 
 from gateway.envelope import Envelope
 from gateway.errors import IntakeUnavailable
-from gateway.queue.embedded import free_port
+from gateway.services.embedded_redis import free_port
 from gateway.queue.intake import Intake, Receipt
-from gateway.queue.keys import ACTOR, QUEUE, Keys
+from gateway.keys import ACTOR, QUEUE, Keys
 
 
 def envelope(

@@ -22,10 +22,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
-from gateway.deadletter import DeadLetterStore, Letter
+from gateway.store.dead_letters import DeadLetterStore, Letter
 from gateway.envelope import Envelope
-from gateway.queue.keys import Keys
-from gateway.queue.letters import LetterBox
+from gateway.keys import Keys
+from gateway.services.letters import LetterBox
 from gateway.store.db import create_schema, make_engine
 from gateway.store.messages import MessageArchive
 from tests.conftest import postgres_schema
@@ -72,7 +72,7 @@ def test_a_database_outage_is_waited_out_with_nothing_dead_lettered(
         max_retries=1,  # the old behaviour: two failed attempts, then the message was gone
         outage_max_backoff_s=0.5,
     )
-    caplog.set_level(logging.WARNING, logger="gateway.queue.outages")
+    caplog.set_level(logging.WARNING, logger="gateway.services.outages")
     before = [envelope(a04(n)) for n in range(3)]
     during = [envelope(a04(n)) for n in range(3, 23)]
     try:
@@ -88,7 +88,7 @@ def test_a_database_outage_is_waited_out_with_nothing_dead_lettered(
             _wait(lambda: statuses(engine, during) == ["processed"] * len(during), timeout=60)
         assert DeadLetterStore(engine).list() == []
         assert dead_queue_sizes(redis_url, redis_namespace) == 0
-        outage = [r.getMessage() for r in caplog.records if r.name == "gateway.queue.outages"]
+        outage = [r.getMessage() for r in caplog.records if r.name == "gateway.services.outages"]
         assert len([m for m in outage if "database unavailable" in m]) == 1, outage  # once, not per message
         assert len([m for m in outage if "database answers again" in m]) == 1, outage
     finally:
@@ -143,7 +143,7 @@ def test_a_redis_outage_is_waited_out_and_each_message_is_processed(
         heartbeat_timeout_ms=2_000,  # what the old identity held comes back quickly
         outage_max_backoff_s=0.5,
     )
-    caplog.set_level(logging.WARNING, logger="gateway.queue")
+    caplog.set_level(logging.WARNING, logger="gateway")
     envelopes = [envelope(a04(n)) for n in range(40)]
     try:
         with RunningWorker(settings, proxy.url(redis_url)):

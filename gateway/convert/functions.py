@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from gateway.convert import dtm
+from gateway.hl7 import dtm
 from gateway.convert.context import Context
 from gateway.convert.tables import Table
 from gateway.hl7.message import Element

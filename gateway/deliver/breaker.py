@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from gateway.queue.keys import Keys
+from gateway.keys import Keys
 
 # KEYS: [breaker hash, probe key]; ARGV: [now ms, threshold, cooldown ms, max cooldown ms, error]
 # Returns the failures in a row after this one.

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.deadletter import Letter
+from gateway.store.dead_letters import Letter
 from gateway.deliver.breaker import CircuitBreaker
 from gateway.deliver.fanout import SinkMessage
 from gateway.deliver.remote import RemoteRejected, RemoteSink, RemoteUnavailable
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 BASE_BACKOFF_MS = 1_000
 
 Reschedule = Callable[[SinkMessage, int], None]
-#: Writes a dead letter (gateway/queue/letters.py: to the database, or parked in Redis).
+#: Writes a dead letter (gateway/services/letters.py: to the database, or parked in Redis).
 PostLetter = Callable[[Letter], object]
 
 

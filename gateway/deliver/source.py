@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone, tzinfo
 
-from gateway.convert.dtm import parse_dtm
+from gateway.hl7.dtm import parse_dtm
 from gateway.envelope import Envelope
 from gateway.hl7.message import Message
 from gateway.store.ordering import Source

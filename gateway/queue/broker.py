@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import dramatiq
 import redis
@@ -20,8 +21,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import BrokerConnectionError, ConnectionClosed
 
 from gateway.errors import describe, unavailable_dependency
-from gateway.queue.keys import QUEUE, Keys
-from gateway.queue.outages import Gate
+from gateway.keys import QUEUE, Keys
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def make_broker(
     heartbeat_timeout_ms: int = 15_000,
     middleware: list[dramatiq.Middleware] | None = None,
 ) -> "GatewayBroker":
-    """A Redis broker with only ``middleware``: failures are handled by gateway/queue/middleware.py,
+    """A Redis broker with only ``middleware``: failures are handled by gateway/services/failures.py,
     not by dramatiq's Retries (whose exhausted messages end in ``.XQ``), and there is no TimeLimit
     (it raises into a thread that may be waiting out an outage, or holding a database connection)."""
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10)
@@ -157,6 +157,15 @@ def forget_all_workers(redis_url: str, namespace: str) -> int:
     return moved
 
 
+class RedisHealth(Protocol):
+    """Told of Redis failures, and says whether Redis is taken to be up (gateway/services/outages.py Gate)."""
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def report(self, exc: BaseException) -> bool: ...
+
+
 class QueueMaintenance(threading.Thread):
     """Every ``interval`` seconds: heartbeat for this process's broker, give dead peers' messages
     back, and move parked dead letters to the database (``move_parked``). A Redis failure here is
@@ -167,7 +176,7 @@ class QueueMaintenance(threading.Thread):
         broker: RedisBroker,
         interval: float = 2.0,
         *,
-        redis_gate: Gate | None = None,
+        redis_gate: RedisHealth | None = None,
         move_parked: Callable[[], object] | None = None,
     ):
         super().__init__(name="hl7gw-queue-maintenance", daemon=True)

@@ -19,7 +19,7 @@ from typing import Mapping
 
 import orjson
 
-from gateway.queue.keys import ACTOR, QUEUE, Keys
+from gateway.keys import ACTOR, QUEUE, Keys
 
 #: Values per message in the commit script's ARGV.
 ARGS_PER_MESSAGE = 6

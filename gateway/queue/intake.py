@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from gateway.envelope import Envelope
 from gateway.errors import IntakeUnavailable, describe
 from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, new_envelope_id
-from gateway.queue.keys import Keys
+from gateway.keys import Keys
 from gateway.queue.lane import CommitLane, Done, OutageLog, Receipt, report
 from gateway.queue.resp import bulk
 

@@ -16,7 +16,7 @@ metadata = MetaData()
 BUSY_TIMEOUT_MS = 30_000
 PROBE_BUSY_TIMEOUT_MS = 1_000
 
-#: One row a worker writes to see whether the database takes writes (gateway/queue/outages.py).
+#: One row a worker writes to see whether the database takes writes (gateway/services/outages.py).
 write_probe_table = Table(
     "write_probe",
     metadata,
@@ -86,7 +86,6 @@ def write_probe(engine: Engine) -> None:
 def create_schema(engine: Engine) -> None:
     """Create every table declared on ``metadata`` (idempotent)."""
     # Import the modules that declare tables so they are registered before create_all.
-    from gateway.store import deliveries, messages, resources  # noqa: F401
-    from gateway import deadletter  # noqa: F401
+    from gateway.store import dead_letters, deliveries, messages, resources  # noqa: F401
 
     metadata.create_all(engine)

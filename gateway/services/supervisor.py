@@ -23,8 +23,8 @@ from gateway.config import Settings
 from gateway.errors import ConfigError
 from gateway.procutil import READY_FD, die_with_parent
 from gateway.queue.broker import forget_all_workers
-from gateway.queue.embedded import EmbeddedRedis, free_port
-from gateway.queue.outages import until_available
+from gateway.services.embedded_redis import EmbeddedRedis, free_port
+from gateway.services.outages import until_available
 from gateway.store.db import create_schema, make_engine
 
 log = logging.getLogger(__name__)

@@ -20,19 +20,19 @@ from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
 from gateway.convert.engine import Converter
-from gateway.deadletter import DeadLetterStore, Letter
+from gateway.store.dead_letters import DeadLetterStore, Letter
 from gateway.deliver.breaker import CircuitBreaker
 from gateway.deliver.fanout import SinkFanout, SinkMessage, actor_name
 from gateway.deliver.remote import RemoteSink
 from gateway.deliver.sink_worker import SinkWorker
 from gateway.deliver.store_sink import StoreSink
 from gateway.envelope import Envelope
-from gateway.pipeline import Pipeline
+from gateway.services.pipeline import Pipeline
 from gateway.queue.broker import GatewayBroker, QueueMaintenance, make_broker
-from gateway.queue.keys import ACTOR, QUEUE, Keys
-from gateway.queue.letters import LetterBox
-from gateway.queue.middleware import FailurePolicy, LetterFor, envelope_letter, reason_of
-from gateway.queue.outages import Gate, Outages, until_available
+from gateway.keys import ACTOR, QUEUE, Keys
+from gateway.services.letters import LetterBox
+from gateway.services.failures import FailurePolicy, LetterFor, envelope_letter, reason_of
+from gateway.services.outages import Gate, Outages, until_available
 from gateway.store.db import create_schema, make_engine, write_probe
 from gateway.store.deliveries import DeliveryStates
 from gateway.store.messages import MessageArchive

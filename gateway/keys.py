@@ -57,7 +57,7 @@ class Keys:
         return f"{self.namespace}:parked-letters"
 
     def probe(self) -> str:
-        """Written by a worker to see whether Redis takes writes (gateway/queue/outages.py)."""
+        """Written by a worker to see whether Redis takes writes (gateway/services/outages.py)."""
         return f"{self.namespace}:probe"
 
     def sink_breaker(self, sink: str) -> str:

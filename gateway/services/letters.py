@@ -14,9 +14,9 @@ import logging
 import orjson
 import redis
 
-from gateway.deadletter import DeadLetterStore, Letter
+from gateway.store.dead_letters import DeadLetterStore, Letter
 from gateway.errors import Policy, describe, policy_of
-from gateway.queue.keys import Keys
+from gateway.keys import Keys
 
 log = logging.getLogger(__name__)
 

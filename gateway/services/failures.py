@@ -1,12 +1,12 @@
 """The failure policy (gateway/errors.py) as one dramatiq middleware, for every actor alike.
 
 * Each actor's function runs through outages: when it fails because the database or Redis does
-  not answer, the thread waits for it (gateway/queue/outages.py) and does the work again. The
+  not answer, the thread waits for it (gateway/services/outages.py) and does the work again. The
   message stays in flight, owned by this worker, and no attempt is counted, however long it takes.
 * While a dependency is down no thread starts a new message.
 * Any other failure: a retryable one (and an outage-class one whose dependency did answer) is
   tried again with exponential backoff, ``max_retries`` times; then, or at once for a permanent
-  one, the message becomes a dead letter (gateway/queue/letters.py).
+  one, the message becomes a dead letter (gateway/services/letters.py).
 * The message is acknowledged only once its retry is queued or its dead letter written; it is
   never rejected into dramatiq's own dead-letter set (``.XQ``).
 
@@ -25,11 +25,11 @@ from typing import Any
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 
-from gateway.deadletter import Letter
+from gateway.store.dead_letters import Letter
 from gateway.envelope import Envelope
 from gateway.errors import GatewayError, Policy, StageCrash, describe, policy_of, stage_of
-from gateway.queue.letters import LetterBox
-from gateway.queue.outages import Outages
+from gateway.services.letters import LetterBox
+from gateway.services.outages import Outages
 
 log = logging.getLogger(__name__)
 
