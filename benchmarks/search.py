@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
-from gateway.store.db import create_schema, make_engine  # noqa: E402
+from gateway.db.migrate import migrate
+from gateway.db.engine import make_engine  # noqa: E402
 from gateway.store.resources import ResourceStore  # noqa: E402
 from gateway.store.search import build_search  # noqa: E402
 
@@ -136,7 +137,7 @@ def explain(engine: Engine, resource_type: str, params: dict[str, list[str]]) ->
 
 
 def benchmark(name: str, engine: Engine, args: argparse.Namespace) -> None:
-    create_schema(engine)
+    migrate(engine)
     store = ResourceStore(engine)
     patients = max(1, args.resources // (1 + args.observations_per_patient))
     dataset = Dataset(patients, args.observations_per_patient)

@@ -49,7 +49,8 @@ from gateway.deliver.store_sink import StoreSink  # noqa: E402
 from gateway.envelope import Envelope  # noqa: E402
 from gateway.hl7.charset import decode_message  # noqa: E402
 from gateway.hl7.message import parse  # noqa: E402
-from gateway.store.db import create_schema, make_engine  # noqa: E402
+from gateway.db.migrate import migrate
+from gateway.db.engine import make_engine  # noqa: E402
 from gateway.store.ordering import Source  # noqa: E402
 from gateway.validate import validate_bundle  # noqa: E402
 
@@ -113,7 +114,7 @@ def wal_by_btree(args: argparse.Namespace, directory: Path) -> None:
     path = directory / "store.db"
     engine = make_engine(f"sqlite:///{path}")
     event.listen(engine, "connect", lambda dbapi, _record: dbapi.execute("PRAGMA wal_autocheckpoint=0"))
-    create_schema(engine)
+    migrate(engine)
     fill, measured = args.messages // 2, args.messages - args.messages // 2
     work = converted(0, args.messages, f"wal{os.getpid()}-")
     sink = StoreSink(engine)
@@ -144,7 +145,7 @@ def wal_by_btree(args: argparse.Namespace, directory: Path) -> None:
 
 def run(url: str, processes: int, args: argparse.Namespace, run_id: str, signals: Path) -> None:
     engine = make_engine(url)
-    create_schema(engine)
+    migrate(engine)
     engine.dispose()
     go = signals / "go"
     share = args.messages // processes

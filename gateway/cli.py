@@ -22,7 +22,7 @@ from gateway.procutil import signal_ready, supervised
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from gateway.store.dead_letters import DeadLetterStore
+    from gateway.journal.dead_letters import DeadLetterStore
 
 
 def _require_redis(settings: Settings, role: str) -> str:
@@ -109,11 +109,12 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _database(settings: Settings) -> Iterator["Engine"]:
     """The configured database (its tables created if missing), disposed of afterwards."""
-    from gateway.store.db import create_schema, make_engine
+    from gateway.db.migrate import migrate
+    from gateway.db.engine import make_engine
 
     engine = make_engine(settings.resolved_database_url)
     try:
-        create_schema(engine)
+        migrate(engine)
         yield engine
     finally:
         engine.dispose()
@@ -121,7 +122,7 @@ def _database(settings: Settings) -> Iterator["Engine"]:
 
 @contextlib.contextmanager
 def _dead_letter_store(settings: Settings) -> Iterator["DeadLetterStore"]:
-    from gateway.store.dead_letters import DeadLetterStore
+    from gateway.journal.dead_letters import DeadLetterStore
 
     with _database(settings) as engine:
         yield DeadLetterStore(engine)
@@ -182,6 +183,25 @@ def cmd_sinks(settings: Settings, _args: argparse.Namespace) -> int:
         return sink_status(engine, sys.stdout)
 
 
+def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    """Bring the database to this release's schema (hl7gw run and every part do it at start too)."""
+    from gateway.db.engine import make_engine
+    from gateway.db.migrate import current, head, migrate
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with engine.connect() as conn:
+            before = current(conn)
+        after = migrate(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        print(f"database schema at revision {after} (the newest)")
+    else:
+        print(f"database schema upgraded from revision {before or 'none'} to {after} (the newest is {head()})")
+    return 0
+
+
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     """Send every message in the files; exit 1 if any got AE/AR/CE/CR, a NAK, or no ACK in time."""
     from gateway.mllp.client import send_messages, split_messages
@@ -229,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("mllp", help="run only the MLLP listener (needs HL7GW_REDIS_URL)").set_defaults(func=cmd_mllp)
     sub.add_parser("worker", help="run only a worker (needs HL7GW_REDIS_URL)").set_defaults(func=cmd_worker)
     sub.add_parser("api", help="run only the FHIR REST API").set_defaults(func=cmd_api)
+    sub.add_parser("migrate", help="bring the database to this release's schema").set_defaults(func=cmd_migrate)
     dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq.add_parser("list", help="list dead letters, newest first")
     dlq_list.add_argument("--all", action="store_true", help="include replayed and discarded ones")

@@ -36,13 +36,13 @@ import orjson
 import redis
 from sqlalchemy import select
 
-from gateway.store.dead_letters import dead_letter
+from gateway.db.schema import dead_letter
 from gateway.mllp.framing import FrameDecoder, encode_frame
 from gateway.services.embedded_redis import free_port
 from gateway.keys import Keys
-from gateway.store.db import make_engine
-from gateway.store.messages import message_archive
-from gateway.store.resource_tables import fhir_resource
+from gateway.db.engine import make_engine
+from gateway.db.schema import message_archive
+from gateway.db.schema import fhir_resource
 from tests.gateway_process import GatewayProcess
 
 SENDER = "CHAOS|HOSP"

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from gateway.store.db import create_schema, make_engine
+from gateway.db.migrate import migrate
+from gateway.db.engine import make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -50,7 +51,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def engine(database_url: str) -> Iterator[Engine]:
     """An engine on a fresh database with the full schema created."""
     eng = make_engine(database_url)
-    create_schema(eng)
+    migrate(eng)
     try:
         yield eng
     finally:

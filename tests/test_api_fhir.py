@@ -14,7 +14,7 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 
 from gateway.api.app import create_app
 from gateway.config import Settings, load_settings
-from gateway.store.db import make_engine
+from gateway.db.engine import make_engine
 from gateway.store.search_registry import COMMON_PARAMETERS, SEARCH_PARAMETERS, supported_types
 from tests.asgi_client import AsgiClient
 from tests.fhir_bundles import delete, observation, patient, put, transaction

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from gateway.api.app import create_app
 from gateway.config import load_settings
-from gateway.store.db import make_engine
+from gateway.db.engine import make_engine
 from tests.asgi_client import AsgiClient
 
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 from sqlalchemy.engine import Engine
 
-from gateway.store.dead_letters import DeadLetterStore
+from gateway.journal.dead_letters import DeadLetterStore
 from gateway.deliver.breaker import CircuitBreaker
 from gateway.deliver.fanout import SinkMessage
 from gateway.deliver.remote import RemoteSink
@@ -24,8 +24,8 @@ from gateway.deliver.store_sink import StoreSink
 from gateway.envelope import Envelope
 from gateway.keys import Keys
 from gateway.sinkspec import SinkSpec
-from gateway.store.deliveries import DeliveryStates
-from gateway.store.messages import MessageArchive
+from gateway.journal.deliveries import DeliveryStates
+from gateway.journal.messages import MessageArchive
 from gateway.store.ordering import Source
 from gateway.store.resources import ResourceStore
 from tests.fhir_bundles import observation, patient, put, transaction

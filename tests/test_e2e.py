@@ -102,8 +102,8 @@ def wait_processed(gateway: GatewayProcess, count: int, timeout: float = 15.0) -
     """Wait until ``count`` archived messages finished the pipeline; returns their statuses."""
     from sqlalchemy import select
 
-    from gateway.store.db import make_engine
-    from gateway.store.messages import message_archive
+    from gateway.db.engine import make_engine
+    from gateway.db.schema import message_archive
 
     engine = make_engine(f"sqlite:///{gateway.data_dir / 'hl7gw.sqlite3'}")
     try:

@@ -176,7 +176,7 @@ def test_hold_ignores_what_is_not_an_outage() -> None:
 
 
 def test_the_write_probe_fails_fast_on_a_locked_database(engine: Engine) -> None:
-    from gateway.store.db import write_probe
+    from gateway.db.engine import write_probe
 
     write_probe(engine)
     blocker = engine.connect()

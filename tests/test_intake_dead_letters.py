@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from gateway import cli
-from gateway.store.dead_letters import DeadLetterStore
-from gateway.store.messages import MessageArchive
+from gateway.journal.dead_letters import DeadLetterStore
+from gateway.journal.messages import MessageArchive
 from tests.mllp_support import RawClient, adt, listening, queued
 from tests.test_queue_worker import RunningWorker, _settings, _wait
 

@@ -15,9 +15,9 @@ from gateway.deliver.store_sink import StoreSink
 from gateway.hl7.message import parse
 from gateway.services.operator_views import list_superseded, show_message, show_trail, sink_status
 from gateway.services.pipeline import Pipeline
-from gateway.store import provenance
-from gateway.store.deliveries import DeliveryStates
-from gateway.store.messages import MessageArchive
+from gateway.journal import provenance
+from gateway.journal.deliveries import DeliveryStates
+from gateway.journal.messages import MessageArchive
 from tests.test_pipeline import adt, envelope
 
 

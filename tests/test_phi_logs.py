@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.mllp.client import send_messages
-from gateway.store.db import make_engine
-from gateway.store.messages import message_archive
+from gateway.db.engine import make_engine
+from gateway.db.schema import message_archive
 from tests.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.slow

@@ -21,9 +21,10 @@ from gateway.errors import DeliveryError
 from gateway.hl7.message import parse
 from gateway.services.pipeline import Pipeline
 from gateway.services.worker import sender_zones
-from gateway.store import provenance
-from gateway.store.deliveries import DeliveryStates, sink_delivery
-from gateway.store.messages import MessageArchive
+from gateway.journal import provenance
+from gateway.journal.deliveries import DeliveryStates
+from gateway.db.schema import sink_delivery
+from gateway.journal.messages import MessageArchive
 from gateway.store.ordering import Source
 from tests.conftest import sample
 from tests.fhir_bundles import observation, patient, put, transaction

@@ -13,14 +13,14 @@ import redis
 from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
-from gateway.store.dead_letters import DeadLetterStore
+from gateway.journal.dead_letters import DeadLetterStore
 from gateway.envelope import Envelope
 from gateway.errors import TransientDeliveryError
 from gateway.hl7.message import parse
 from gateway.queue.intake import Intake
 from gateway.keys import Keys
 from gateway.services.worker import run_worker
-from gateway.store.messages import MessageArchive
+from gateway.journal.messages import MessageArchive
 from gateway.store.resources import ResourceStore
 from tests.conftest import sample
 

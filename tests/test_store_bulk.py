@@ -11,10 +11,10 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from gateway.store.bulk import BulkInsert, BulkUpdate, KeyedRows
-from gateway.store.db import make_engine
-from gateway.store.messages import message_archive
-from gateway.store.resource_tables import fhir_resource, fhir_search_date
+from gateway.db.bulk import BulkInsert, BulkUpdate, KeyedRows
+from gateway.db.engine import make_engine
+from gateway.db.schema import message_archive
+from gateway.db.schema import fhir_resource, fhir_search_date
 
 COLUMNS = tuple(fhir_resource.c.keys())
 ROW = ("Patient", "p1", 3, datetime(2024, 5, 1, 12, 0, 0, 123000), False, "abc", '{"x":"é\\"{}"}')

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
-from gateway.store.merges import patient_merge
+from gateway.db.schema import patient_merge
 from gateway.store.ordering import Source
-from gateway.store.provenance import resource_provenance
-from gateway.store.resource_tables import SEARCH_TABLES, fhir_resource, fhir_resource_history
+from gateway.db.schema import resource_provenance
+from gateway.db.schema import SEARCH_TABLES, fhir_resource, fhir_resource_history
 from gateway.store.resources import ResourceStore
 from tests.fhir_bundles import delete as delete_entry
 from tests.fhir_bundles import observation, patient, put, transaction

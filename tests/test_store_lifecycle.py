@@ -25,11 +25,11 @@ from gateway.deliver.source import source_of
 from gateway.envelope import Envelope
 from gateway.hl7.charset import decode_message
 from gateway.hl7.message import parse
-from gateway.store import provenance
-from gateway.store.merges import patient_merge
+from gateway.journal import provenance
+from gateway.db.schema import patient_merge
 from gateway.store.ordering import Source
-from gateway.store.provenance import resource_provenance
-from gateway.store.resource_tables import SEARCH_TABLES, fhir_resource, fhir_resource_history
+from gateway.db.schema import resource_provenance
+from gateway.db.schema import SEARCH_TABLES, fhir_resource, fhir_resource_history
 from gateway.store.resources import ResourceStore
 from tests.conftest import sample
 from tests.fhir_bundles import delete, observation, patient, put, transaction

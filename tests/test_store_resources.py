@@ -13,8 +13,8 @@ from sqlalchemy.engine import Engine
 
 from gateway.deliver.store_sink import StoreSink
 from gateway.errors import DeliveryError, Policy, StoreUnavailable, is_retryable, policy_of
-from gateway.store.db import make_engine
-from gateway.store.resource_tables import fhir_resource, fhir_resource_history
+from gateway.db.engine import make_engine
+from gateway.db.schema import fhir_resource, fhir_resource_history
 from gateway.store.resources import AppliedEntry, ResourceStore, content_hash
 from tests.fhir_bundles import delete, observation, patient, put, transaction
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from gateway.store.db import create_schema, make_engine
+from gateway.db.migrate import migrate
+from gateway.db.engine import make_engine
 from gateway.store.resources import ResourceStore
 from gateway.store.search import SearchError, SearchResult, UnsupportedParameter, build_search
 from gateway.store.search_includes import MAX_INCLUDED
@@ -276,7 +277,7 @@ def test_pages_never_repeat_or_skip_what_stays_put(
     with tempfile.TemporaryDirectory() as directory:
         engine = make_engine(f"sqlite:///{directory}/paging.sqlite3")
         try:
-            create_schema(engine)
+            migrate(engine)
             store = ResourceStore(engine)
             born = {rid: f"19{int(rid[1:]) % 7 + 50}-01-01" for rid in (f"x{n:02d}" for n in range(40))}
             store.apply_bundle(transaction(*(put(patient(rid, rid, birthDate=born[rid])) for rid in sorted(initial))))

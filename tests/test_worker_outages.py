@@ -22,12 +22,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
-from gateway.store.dead_letters import DeadLetterStore, Letter
+from gateway.journal.dead_letters import DeadLetterStore, Letter
 from gateway.envelope import Envelope
 from gateway.keys import Keys
 from gateway.services.letters import LetterBox
-from gateway.store.db import create_schema, make_engine
-from gateway.store.messages import MessageArchive
+from gateway.db.migrate import migrate
+from gateway.db.engine import make_engine
+from gateway.journal.messages import MessageArchive
 from tests.conftest import postgres_schema
 from tests.faults import CuttableProxy
 from tests.test_deliver_sinks import a04, envelope
@@ -62,7 +63,7 @@ def test_a_database_outage_is_waited_out_with_nothing_dead_lettered(
     tmp_path: Path, postgres_url: str, redis_url: str, redis_namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = make_engine(postgres_url)  # direct, for the test's own reads
-    create_schema(engine)
+    migrate(engine)
     proxy = CuttableProxy.for_url(postgres_url)
     settings = Settings(
         data_dir=tmp_path,

@@ -14,7 +14,8 @@ from gateway.api.capability import software_version
 from gateway.api.docs import install_docs
 from gateway.api.outcome import install_error_handlers
 from gateway.config import Settings
-from gateway.store.db import create_schema, make_engine
+from gateway.db.migrate import migrate
+from gateway.db.engine import make_engine
 from gateway.store.resources import ResourceStore
 
 
@@ -23,7 +24,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     owns_engine = engine is None
     if engine is None:
         engine = make_engine(settings.resolved_database_url)
-        create_schema(engine)
+        migrate(engine)
     ensure_admin_token(settings)
     tokens = TokenRegistry.from_settings(settings)
 

@@ -19,9 +19,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.deliver.group_commit import GroupCommit
 from gateway.envelope import Envelope
-from gateway.store.deliveries import open_deliveries
+from gateway.journal.deliveries import open_deliveries
 from gateway.store.index import rows_for_content
-from gateway.store.messages import MessageArchive
+from gateway.journal.messages import MessageArchive
 from gateway.store.ordering import Source
 from gateway.store.resources import ApplyResult, Job, ResourceStore, delivery_error
 from gateway.store.transaction import Change, plan_changes

@@ -25,7 +25,7 @@ from typing import Any
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 
-from gateway.store.dead_letters import Letter
+from gateway.journal.dead_letters import Letter
 from gateway.envelope import Envelope
 from gateway.errors import GatewayError, Policy, StageCrash, describe, policy_of, stage_of
 from gateway.services.letters import LetterBox

@@ -14,7 +14,7 @@ import logging
 import orjson
 import redis
 
-from gateway.store.dead_letters import DeadLetterStore, Letter
+from gateway.journal.dead_letters import DeadLetterStore, Letter
 from gateway.errors import Policy, describe, policy_of
 from gateway.keys import Keys
 

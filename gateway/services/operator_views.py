@@ -10,9 +10,10 @@ from typing import TextIO
 from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 
-from gateway.store import provenance
-from gateway.store.deliveries import PENDING, DeliveryStates
-from gateway.store.messages import ArchivedMessage, MessageArchive, message_archive
+from gateway.journal import provenance
+from gateway.journal.deliveries import DeliveryStates, PENDING
+from gateway.journal.messages import ArchivedMessage, MessageArchive
+from gateway.db.schema import message_archive
 
 
 def _when(ms: int) -> str:

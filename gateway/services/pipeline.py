@@ -20,7 +20,7 @@ from gateway.envelope import Envelope
 from gateway.errors import GatewayError, RejectedAtIntake, StageCrash, as_unavailable
 from gateway.hl7.charset import decode_message
 from gateway.hl7.message import Message, parse
-from gateway.store.messages import MessageArchive
+from gateway.journal.messages import MessageArchive
 from gateway.store.ordering import Source
 from gateway.validate import validate_bundle
 

@@ -25,7 +25,8 @@ from gateway.procutil import READY_FD, die_with_parent
 from gateway.queue.broker import forget_all_workers
 from gateway.services.embedded_redis import EmbeddedRedis, free_port
 from gateway.services.outages import until_available
-from gateway.store.db import create_schema, make_engine
+from gateway.db.migrate import migrate
+from gateway.db.engine import make_engine
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class Supervisor:
             redis_url = s.redis_url
         engine = make_engine(s.resolved_database_url)
         try:
-            until_available("database", lambda: create_schema(engine), max_backoff_s=s.outage_max_backoff_s)
+            until_available("database", lambda: migrate(engine), max_backoff_s=s.outage_max_backoff_s)
         finally:
             engine.dispose()
         mllp_port = s.mllp_port or free_port(s.mllp_host)

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
 from gateway.convert.engine import Converter
-from gateway.store.dead_letters import DeadLetterStore, Letter
+from gateway.journal.dead_letters import DeadLetterStore, Letter
 from gateway.deliver.breaker import CircuitBreaker
 from gateway.deliver.fanout import SinkFanout, SinkMessage, actor_name
 from gateway.deliver.remote import RemoteSink
@@ -33,9 +33,10 @@ from gateway.keys import ACTOR, QUEUE, Keys
 from gateway.services.letters import LetterBox
 from gateway.services.failures import FailurePolicy, LetterFor, envelope_letter, reason_of
 from gateway.services.outages import Gate, Outages, until_available
-from gateway.store.db import create_schema, make_engine, write_probe
-from gateway.store.deliveries import DeliveryStates
-from gateway.store.messages import MessageArchive
+from gateway.db.migrate import migrate
+from gateway.db.engine import make_engine, write_probe
+from gateway.journal.deliveries import DeliveryStates
+from gateway.journal.messages import MessageArchive
 from gateway.store.resources import ResourceStore
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def run_worker(
     """Consume until ``stop`` is set, then drain: finish running messages, requeue prefetched ones.
     ``ready`` is called once every consumer runs."""
     engine = make_engine(settings.resolved_database_url)
-    until_available("database", lambda: create_schema(engine), max_backoff_s=settings.outage_max_backoff_s)
+    until_available("database", lambda: migrate(engine), max_backoff_s=settings.outage_max_backoff_s)
     pipeline = Pipeline(Converter.load(), StoreSink(engine), MessageArchive(engine), zone_of=sender_zones(settings))
     tune_garbage_collector()
     sink_workers: dict[str, SinkWorker] = {}

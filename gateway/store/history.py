@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.engine import Connection
 
 from gateway.store.fhir_dates import InvalidDate, date_range
-from gateway.store.resource_tables import fhir_resource_history
+from gateway.db.schema import fhir_resource_history
 from gateway.store.search_paging import Cursor, SortKey, after, decode_cursor, encode_cursor, order_by
 from gateway.store.search_values import SearchError
 

@@ -19,22 +19,12 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-from sqlalchemy import Column, String, Table, bindparam, delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from gateway.store.db import metadata
-from gateway.store.resource_tables import fhir_search_reference
+from gateway.db.schema import fhir_search_reference, patient_merge
 from gateway.store.search_registry import can_refer_to, indexed_parameters, supported_types
-
-patient_merge = Table(
-    "patient_merge",
-    metadata,
-    Column("old_id", String(64), primary_key=True),
-    Column("new_id", String(64), nullable=False),
-    # The archive id of the message that merged it.
-    Column("message_id", String(64), nullable=True),
-)
 
 _LOAD = select(patient_merge.c.old_id, patient_merge.c.new_id).where(
     patient_merge.c.old_id.in_(bindparam("ids", expanding=True))

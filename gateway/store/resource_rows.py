@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from gateway.store.bulk import BulkInsert, BulkUpdate, KeyedRows
+from gateway.db.bulk import BulkInsert, BulkUpdate, KeyedRows
 from gateway.store.index import COLUMNS, IndexRows
-from gateway.store.resource_tables import SEARCH_TABLES, fhir_resource, fhir_resource_history
+from gateway.db.schema import SEARCH_TABLES, fhir_resource, fhir_resource_history
 
 Key = tuple[str, str]
 _CONTENT_COLUMNS = ("version_id", "last_updated", "deleted", "content_hash", "content")

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.errors import DeliveryError, GatewayError, as_unavailable, describe
 from gateway.store.history import build_history, run_history
 from gateway.store.index import IndexRows, index_rows
-from gateway.store.resource_tables import fhir_resource, fhir_resource_history
+from gateway.db.schema import fhir_resource, fhir_resource_history
 from gateway.store.search import SearchResult, build_search, run_search
 from gateway.store.ordering import Source, is_older, stored_key
 from gateway.store.transaction import AppliedEntry, ApplyResult, Outcome, content_hash, plan_changes

@@ -15,7 +15,7 @@ import orjson
 from sqlalchemy import ColumnElement, Select, exists, false, func, or_, select
 from sqlalchemy.engine import Connection
 
-from gateway.store.resource_tables import SEARCH_TABLES, fhir_resource
+from gateway.db.schema import SEARCH_TABLES, fhir_resource
 from gateway.store.search_includes import Include, fetch_included, parse_include
 from gateway.store.search_paging import Cursor, SortKey, after, decode_cursor, encode_cursor, order_by, parse_sort
 from gateway.store.search_params import SearchParam

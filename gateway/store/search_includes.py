@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy import false, select
 from sqlalchemy.engine import Connection
 
-from gateway.store.resource_tables import fhir_resource, fhir_search_reference
+from gateway.db.schema import fhir_resource, fhir_search_reference
 from gateway.store.search_params import SearchParam
 from gateway.store.search_registry import SEARCH_PARAMETERS, can_refer_to
 from gateway.store.search_values import SearchError

@@ -18,7 +18,7 @@ import orjson
 from sqlalchemy import ColumnElement, DateTime, String, and_, func, literal, or_, select, tuple_
 
 from gateway.store.fhir_dates import MAX_DATETIME, MIN_DATETIME
-from gateway.store.resource_tables import SEARCH_TABLES, fhir_resource
+from gateway.db.schema import SEARCH_TABLES, fhir_resource
 from gateway.store.search_params import SearchParam
 from gateway.store.search_values import SearchError
 

@@ -33,7 +33,7 @@ import orjson
 from sqlalchemy.engine import Connection
 
 from gateway.store import merges as merge_rules
-from gateway.store import provenance
+from gateway.journal import provenance
 from gateway.store import resource_rows
 from gateway.store.fhir_dates import format_instant
 from gateway.store.index import IndexRows, rows_for_content

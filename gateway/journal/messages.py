@@ -12,46 +12,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    Index,
-    Integer,
-    LargeBinary,
-    String,
-    Table,
-    Text,
-    bindparam,
-    func,
-    select,
-    tuple_,
-)
+from sqlalchemy import bindparam, func, select, tuple_
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.envelope import Envelope
-from gateway.store.bulk import BulkInsert
-from gateway.store.db import metadata
-
-message_archive = Table(
-    "message_archive",
-    metadata,
-    Column("id", String(64), primary_key=True),
-    Column("sender", String(512), nullable=False, default=""),
-    Column("control_id", String(256), nullable=False, default=""),
-    Column("seq", BigInteger, nullable=False, default=0),
-    Column("message_type", String(64), nullable=False, default=""),
-    Column("peer", String(256), nullable=False, default=""),
-    Column("received_at", BigInteger, nullable=False),
-    Column("raw", LargeBinary, nullable=False),
-    # received -> processed | failed (| ack: an incoming acknowledgement, kept for operators)
-    Column("status", String(16), nullable=False, default="received"),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("updated_at", BigInteger, nullable=False),
-    Column("detail", Text, nullable=False, default=""),
-)
-Index("ix_message_archive_sender_control", message_archive.c.sender, message_archive.c.control_id)
-Index("ix_message_archive_status", message_archive.c.status, message_archive.c.received_at)
-
+from gateway.db.bulk import BulkInsert
+from gateway.db.schema import message_archive
 
 _RECORD = BulkInsert(
     message_archive,

@@ -14,32 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Sequence
 
-from sqlalchemy import Column, DateTime, Index, Integer, String, Table, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
-from gateway.store.bulk import BulkInsert
-from gateway.store.db import metadata
-
-resource_provenance = Table(
-    "resource_provenance",
-    metadata,
-    Column("message_id", String(64), primary_key=True),
-    Column("type", String(64), primary_key=True),
-    Column("id", String(64), primary_key=True),
-    Column("version_id", Integer, primary_key=True),
-    Column("outcome", String(16), nullable=False),
-    Column("superseded_by", String(64), nullable=True),
-    Column("recorded_at", DateTime, nullable=False),
-)
-Index("ix_resource_provenance_resource", resource_provenance.c.type, resource_provenance.c.id)
-# Operators list superseded writes, newest first; a partial index keeps the common rows out of it.
-Index(
-    "ix_resource_provenance_superseded",
-    resource_provenance.c.recorded_at,
-    sqlite_where=resource_provenance.c.outcome == "superseded",
-    postgresql_where=resource_provenance.c.outcome == "superseded",
-)
-
+from gateway.db.bulk import BulkInsert
+from gateway.db.schema import resource_provenance
 
 @dataclass(frozen=True, slots=True)
 class ProvenanceRecord:

@@ -14,33 +14,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, String, Table, Text, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Engine
 
+from gateway.db.bulk import BulkInsert
+from gateway.db.schema import dead_letter, sink_delivery
 from gateway.envelope import Envelope
-from gateway.store.bulk import BulkInsert
-from gateway.store.db import metadata
-from gateway.store.deliveries import DEAD, sink_delivery
-from gateway.store.messages import MessageArchive
-
-dead_letter = Table(
-    "dead_letter",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("envelope_id", String(64), nullable=False),
-    Column("sender", String(512), nullable=False, default=""),
-    Column("control_id", String(256), nullable=False, default=""),
-    Column("stage", String(32), nullable=False),
-    Column("reason", Text, nullable=False),
-    Column("error_type", String(128), nullable=False, default=""),
-    Column("attempts", Integer, nullable=False, default=1),
-    Column("created_at", BigInteger, nullable=False),
-    # open -> replayed | discarded
-    Column("status", String(16), nullable=False, default="open"),
-    Column("raw", LargeBinary, nullable=False),
-)
-Index("ix_dead_letter_status_created", dead_letter.c.status, dead_letter.c.created_at)
-Index("ix_dead_letter_envelope", dead_letter.c.envelope_id)
+from gateway.journal.deliveries import DEAD
+from gateway.journal.messages import MessageArchive
 
 #: Namespace of dead-letter ids (UUIDv5 of "<envelope id>/<stage>"). Never change it.
 LETTER_NAMESPACE = uuid.UUID("5b0e3f0c-8f0e-4a55-9d2f-3c1f8a4e6d21")

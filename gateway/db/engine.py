@@ -1,28 +1,17 @@
-"""Database engine and the one MetaData every store table is declared on."""
+"""Database engines with the settings the gateway relies on, and the write probe."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-import time
-
-from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, event, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy import create_engine
-
-metadata = MetaData()
 
 #: How long a SQLite writer waits for another's lock; a write probe waits much less.
 BUSY_TIMEOUT_MS = 30_000
 PROBE_BUSY_TIMEOUT_MS = 1_000
 
-#: One row a worker writes to see whether the database takes writes (gateway/services/outages.py).
-write_probe_table = Table(
-    "write_probe",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("at", BigInteger, nullable=False),
-)
 _WRITE_PROBE = text("INSERT INTO write_probe (id, at) VALUES (1, :at) ON CONFLICT (id) DO UPDATE SET at = excluded.at")
 
 
@@ -81,11 +70,3 @@ def write_probe(engine: Engine) -> None:
         finally:
             if sqlite:
                 conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-
-
-def create_schema(engine: Engine) -> None:
-    """Create every table declared on ``metadata`` (idempotent)."""
-    # Import the modules that declare tables so they are registered before create_all.
-    from gateway.store import dead_letters, deliveries, messages, resources  # noqa: F401
-
-    metadata.create_all(engine)

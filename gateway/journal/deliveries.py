@@ -11,31 +11,14 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from sqlalchemy import BigInteger, Column, Index, Integer, String, Table, Text, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from gateway.store.bulk import BulkInsert
-from gateway.store.db import metadata
+from gateway.db.bulk import BulkInsert
+from gateway.db.schema import sink_delivery
 
 #: pending -> delivered | dead
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
-
-sink_delivery = Table(
-    "sink_delivery",
-    metadata,
-    Column("message_id", String(64), primary_key=True),
-    Column("sink", String(64), primary_key=True),
-    Column("status", String(16), nullable=False, default=PENDING),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("last_error", Text, nullable=False, default=""),
-    # Milliseconds since the epoch: when the gateway received the message (its age counts from
-    # there), when the next attempt is due, when the row last changed.
-    Column("received_at", BigInteger, nullable=False),
-    Column("next_attempt_at", BigInteger, nullable=False, default=0),
-    Column("updated_at", BigInteger, nullable=False),
-)
-Index("ix_sink_delivery_status", sink_delivery.c.sink, sink_delivery.c.status, sink_delivery.c.received_at)
-
 
 @dataclass(frozen=True, slots=True)
 class DeliveryState:

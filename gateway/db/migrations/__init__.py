@@ -1,0 +1,1 @@
+"""Alembic migrations of the gateway schema (gateway/db/migrate.py runs them)."""

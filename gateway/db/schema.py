@@ -1,0 +1,216 @@
+"""Every table of the gateway, in one place: the FHIR store (current resources, every version,
+the search index, merges) and the journal (received messages, deliveries to remote sinks, which
+message wrote which version, dead letters). Changing a table here needs a migration in
+gateway/db/migrations/versions (docs/architecture.md); tests/test_db_migrations.py fails until
+the migrations make exactly this schema.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+# -- the FHIR store ------------------------------------------------------------------------------
+
+# FHIR ids are at most 64 characters (datatypes.html#id); type names are shorter still.
+_TYPE = String(64)
+_ID = String(64)
+# Index text is compared byte-wise on both backends (SQLite's BINARY collation, PostgreSQL's "C"),
+# so prefix searches can use a plain range scan on the b-tree whatever the database locale.
+_TEXT = String(256).with_variant(String(256, collation="C"), "postgresql")
+
+fhir_resource = Table(
+    "fhir_resource",
+    metadata,
+    Column("type", _TYPE, primary_key=True),
+    Column("id", _ID, primary_key=True),
+    Column("version_id", Integer, nullable=False),
+    # Naive UTC, millisecond precision; equal to meta.lastUpdated of the content.
+    Column("last_updated", DateTime, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    # sha256 of the canonical JSON without meta; "" when deleted.
+    Column("content_hash", String(64), nullable=False),
+    # The resource JSON with meta.versionId/lastUpdated; NULL when deleted.
+    Column("content", Text, nullable=True),
+    # The message that last wrote it (gateway/store/ordering.py): source timestamp (naive UTC),
+    # sender, per-sender sequence and archive id; NULL for writes not from a message.
+    # version_id 0 (deleted, no history) is a tombstone: a DELETE that found nothing, kept so that
+    # an older message cannot create the resource afterwards.
+    Column("source_time", DateTime, nullable=True),
+    Column("source_sender", String(512), nullable=True),
+    Column("source_seq", BigInteger, nullable=True),
+    Column("source_message", String(64), nullable=True),
+)
+Index("ix_fhir_resource_updated", fhir_resource.c.type, fhir_resource.c.last_updated)
+
+fhir_resource_history = Table(
+    "fhir_resource_history",
+    metadata,
+    Column("type", _TYPE, primary_key=True),
+    Column("id", _ID, primary_key=True),
+    Column("version_id", Integer, primary_key=True),
+    Column("last_updated", DateTime, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("content", Text, nullable=True),
+)
+# Type history (GET [type]/_history) reads newest first within a type.
+Index("ix_fhir_resource_history_updated", fhir_resource_history.c.type, fhir_resource_history.c.last_updated)
+
+# Search index: one row per (resource, parameter, value). Each table has a lookup index that
+# starts with (type, param, value...) and ends with id, so a search reads only the index, and an
+# (type, id, param) index to check further parameters of a candidate and to drop rows on update.
+fhir_search_token = Table(
+    "fhir_search_token",
+    metadata,
+    Column("type", _TYPE, nullable=False),
+    Column("id", _ID, nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("system", _TEXT, nullable=False),  # "" when the value has no system
+    Column("code", _TEXT, nullable=False),
+)
+Index("ix_fhir_search_token_value", *(fhir_search_token.c[n] for n in ("type", "param", "code", "system", "id")))
+Index("ix_fhir_search_token_resource", *(fhir_search_token.c[n] for n in ("type", "id", "param")))
+
+fhir_search_string = Table(
+    "fhir_search_string",
+    metadata,
+    Column("type", _TYPE, nullable=False),
+    Column("id", _ID, nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("value", _TEXT, nullable=False),  # normalized: lower case, no accents
+    Column("exact", _TEXT, nullable=False),  # as written, for :exact
+)
+Index("ix_fhir_search_string_value", *(fhir_search_string.c[n] for n in ("type", "param", "value", "id")))
+Index("ix_fhir_search_string_resource", *(fhir_search_string.c[n] for n in ("type", "id", "param")))
+
+fhir_search_date = Table(
+    "fhir_search_date",
+    metadata,
+    Column("type", _TYPE, nullable=False),
+    Column("id", _ID, nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("low", DateTime, nullable=False),  # inclusive, naive UTC
+    Column("high", DateTime, nullable=False),  # exclusive
+)
+Index("ix_fhir_search_date_value", *(fhir_search_date.c[n] for n in ("type", "param", "low", "high", "id")))
+Index("ix_fhir_search_date_resource", *(fhir_search_date.c[n] for n in ("type", "id", "param", "low", "high")))
+
+fhir_search_reference = Table(
+    "fhir_search_reference",
+    metadata,
+    Column("type", _TYPE, nullable=False),
+    Column("id", _ID, nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("target_type", _TYPE, nullable=False),
+    Column("target_id", _ID, nullable=False),
+)
+Index(
+    "ix_fhir_search_reference_value",
+    *(fhir_search_reference.c[n] for n in ("type", "param", "target_id", "target_type", "id")),
+)
+Index("ix_fhir_search_reference_resource", *(fhir_search_reference.c[n] for n in ("type", "id", "param")))
+
+SEARCH_TABLES = {
+    "token": fhir_search_token,
+    "string": fhir_search_string,
+    "date": fhir_search_date,
+    "reference": fhir_search_reference,
+}
+
+#: The target of a merged-away Patient (gateway/store/merges.py).
+patient_merge = Table(
+    "patient_merge",
+    metadata,
+    Column("old_id", String(64), primary_key=True),
+    Column("new_id", String(64), nullable=False),
+    # The archive id of the message that merged it.
+    Column("message_id", String(64), nullable=True),
+)
+
+
+# -- the journal ---------------------------------------------------------------------------------
+message_archive = Table(
+    "message_archive",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("sender", String(512), nullable=False, default=""),
+    Column("control_id", String(256), nullable=False, default=""),
+    Column("seq", BigInteger, nullable=False, default=0),
+    Column("message_type", String(64), nullable=False, default=""),
+    Column("peer", String(256), nullable=False, default=""),
+    Column("received_at", BigInteger, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    # received -> processed | failed (| ack: an incoming acknowledgement, kept for operators)
+    Column("status", String(16), nullable=False, default="received"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+)
+Index("ix_message_archive_sender_control", message_archive.c.sender, message_archive.c.control_id)
+Index("ix_message_archive_status", message_archive.c.status, message_archive.c.received_at)
+
+sink_delivery = Table(
+    "sink_delivery",
+    metadata,
+    Column("message_id", String(64), primary_key=True),
+    Column("sink", String(64), primary_key=True),
+    Column("status", String(16), nullable=False, default="pending"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=False, default=""),
+    # Milliseconds since the epoch: when the gateway received the message (its age counts from
+    # there), when the next attempt is due, when the row last changed.
+    Column("received_at", BigInteger, nullable=False),
+    Column("next_attempt_at", BigInteger, nullable=False, default=0),
+    Column("updated_at", BigInteger, nullable=False),
+)
+Index("ix_sink_delivery_status", sink_delivery.c.sink, sink_delivery.c.status, sink_delivery.c.received_at)
+
+resource_provenance = Table(
+    "resource_provenance",
+    metadata,
+    Column("message_id", String(64), primary_key=True),
+    Column("type", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("version_id", Integer, primary_key=True),
+    Column("outcome", String(16), nullable=False),
+    Column("superseded_by", String(64), nullable=True),
+    Column("recorded_at", DateTime, nullable=False),
+)
+Index("ix_resource_provenance_resource", resource_provenance.c.type, resource_provenance.c.id)
+# Operators list superseded writes, newest first; a partial index keeps the common rows out of it.
+Index(
+    "ix_resource_provenance_superseded",
+    resource_provenance.c.recorded_at,
+    sqlite_where=resource_provenance.c.outcome == "superseded",
+    postgresql_where=resource_provenance.c.outcome == "superseded",
+)
+
+dead_letter = Table(
+    "dead_letter",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("envelope_id", String(64), nullable=False),
+    Column("sender", String(512), nullable=False, default=""),
+    Column("control_id", String(256), nullable=False, default=""),
+    Column("stage", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("error_type", String(128), nullable=False, default=""),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("created_at", BigInteger, nullable=False),
+    # open -> replayed | discarded
+    Column("status", String(16), nullable=False, default="open"),
+    Column("raw", LargeBinary, nullable=False),
+)
+Index("ix_dead_letter_status_created", dead_letter.c.status, dead_letter.c.created_at)
+Index("ix_dead_letter_envelope", dead_letter.c.envelope_id)
+
+
+# -- the gateway's own ---------------------------------------------------------------------------
+#: One row a worker writes to see whether the database takes writes (gateway/services/outages.py).
+write_probe_table = Table(
+    "write_probe",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", BigInteger, nullable=False),
+)
