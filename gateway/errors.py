@@ -21,6 +21,8 @@ import enum
 import os
 import traceback
 
+from gateway.stages import Stage
+
 
 class Policy(enum.Enum):
     PERMANENT = "permanent"
@@ -32,8 +34,9 @@ class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
 
     policy = Policy.PERMANENT
-    #: Pipeline stage that failed, as recorded in dead letters.
-    stage = "gateway"
+    #: Pipeline stage that failed, as recorded in dead letters (gateway/stages.py; a remote sink's
+    #: is ``deliver:<name>``).
+    stage: str = Stage.GATEWAY
 
     @property
     def retryable(self) -> bool:
@@ -46,13 +49,13 @@ class GatewayError(Exception):
 
 
 class ConfigError(GatewayError):
-    stage = "config"
+    stage: str = Stage.CONFIG
 
 
 class ParseError(GatewayError):
     """The bytes are not a readable HL7 v2 message."""
 
-    stage = "parse"
+    stage: str = Stage.PARSE
 
     def __init__(self, message: str, *, segment: str = "MSH", field: int | None = None, code: str = "100"):
         super().__init__(message)
@@ -69,19 +72,19 @@ class CharsetError(ParseError):
 class MappingError(GatewayError):
     """The message cannot be converted (no mapping, or content the mapping cannot handle)."""
 
-    stage = "convert"
+    stage: str = Stage.CONVERT
 
 
 class ValidationError(GatewayError):
     """The FHIR produced does not validate."""
 
-    stage = "validate"
+    stage: str = Stage.VALIDATE
 
 
 class DeliveryError(GatewayError):
     """Storing or sending the FHIR failed permanently (a conflict, a 4xx)."""
 
-    stage = "deliver"
+    stage: str = Stage.DELIVER
 
 
 class TransientDeliveryError(DeliveryError):
@@ -101,27 +104,27 @@ class Unavailable(GatewayError):
 class StoreUnavailable(Unavailable):
     """The database is unreachable, locked, read-only or out of disk."""
 
-    stage = "deliver"
+    stage: str = Stage.DELIVER
     dependency = "database"
 
 
 class QueueUnavailable(Unavailable):
     """Redis is unreachable or refuses writes (its disk full, loading, read-only)."""
 
-    stage = "queue"
+    stage: str = Stage.QUEUE
     dependency = "redis"
 
 
 class IntakeUnavailable(QueueUnavailable):
     """The durable queue cannot take the message now; nothing was accepted."""
 
-    stage = "intake"
+    stage: str = Stage.INTAKE
 
 
 class RejectedAtIntake(GatewayError):
     """The MLLP listener answered AR/AE (or could not answer) and kept the raw message for operators."""
 
-    stage = "intake"
+    stage: str = Stage.INTAKE
 
 
 class StageCrash(GatewayError):
@@ -147,7 +150,7 @@ def is_retryable(exc: BaseException) -> bool:
     return policy_of(exc) is not Policy.PERMANENT
 
 
-def stage_of(exc: BaseException, default: str = "process") -> str:
+def stage_of(exc: BaseException, default: str = Stage.GATEWAY) -> str:
     return exc.stage if isinstance(exc, GatewayError) else default
 
 

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import orjson
 
+from gateway.stages import sink_stage
+
 Mode = Literal["transaction", "put"]
 # Sink names become queue names (sink.<name>) and dead-letter stages (deliver:<name>).
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,23}$")
@@ -41,7 +43,7 @@ class SinkSpec:
 
     @property
     def stage(self) -> str:
-        return f"deliver:{self.name}"
+        return sink_stage(self.name)
 
     def __repr__(self) -> str:  # never print the credentials
         auth = "<set>" if self.auth else None

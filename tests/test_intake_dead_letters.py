@@ -42,7 +42,7 @@ def test_rejected_and_incoming_acks_are_kept_for_operators(
 
     assert asyncio.run(send_all()) == ["AR", "AR", "AE", None, "AA"]
     envelopes = queued(redis_url, redis_namespace)
-    assert [e.start_stage for e in envelopes] == ["rejected", "rejected", "rejected", "ack", "convert"]
+    assert [e.kind for e in envelopes] == ["rejected", "rejected", "rejected", "ack", "message"]
     archive = MessageArchive(engine)
 
     def statuses() -> list[str]:

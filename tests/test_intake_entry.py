@@ -12,7 +12,7 @@ from dramatiq import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.envelope import Envelope
+from gateway.envelope import Envelope, Kind
 from gateway.errors import IntakeUnavailable
 from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, content_digest, new_envelope_id
 from gateway.queue.intake import Intake, Receipt
@@ -38,7 +38,7 @@ def bulk_strings(entry: bytes) -> list[bytes]:
     sender=strings,
     control_id=strings,
     peer=strings,
-    stage=st.sampled_from(["convert", "rejected", "ack"]),
+    stage=st.sampled_from(["message", "rejected", "ack"]),
     meta=st.dictionaries(strings, strings, max_size=3),
     window=st.sampled_from([0, 3600]),
     seq=st.integers(min_value=0, max_value=10**12),
@@ -46,13 +46,13 @@ def bulk_strings(entry: bytes) -> list[bytes]:
 def test_an_entry_is_the_dramatiq_message_of_the_envelope(raw, sender, control_id, peer, stage, meta, window, seq):
     sent = Envelope(
         id=new_envelope_id(), raw=raw, received_at=1_700_000_000_123, sender=sender, control_id=control_id,
-        peer=peer, start_stage=stage, meta=meta,
+        peer=peer, kind=stage, meta=meta,
     )  # fmt: skip
     entry = EntryEncoder(KEYS, window).encode(
-        sent.id, sent.raw, sent.received_at, sent.sender, sent.control_id, sent.peer, sent.start_stage, sent.meta
+        sent.id, sent.raw, sent.received_at, sent.sender, sent.control_id, sent.peer, sent.kind, sent.meta
     )
     seq_key, dedup_key, digest, redis_id, prefix, suffix = bulk_strings(entry)
-    processed = stage == "convert"
+    processed = stage == "message"
     assert seq_key == (KEYS.sequence(sender).encode() if processed else b"")
     deduplicated = processed and window and control_id
     assert dedup_key == (KEYS.dedup(sender, control_id).encode() if deduplicated else b"")
@@ -107,8 +107,8 @@ def test_enqueue_message_commits_what_the_listener_received(redis_url: str, redi
                 done.set()
 
         try:
-            intake.enqueue_message(raw, "App|Fac", "7", "10.0.0.1:5000", "convert", None, record)
-            intake.enqueue_message(raw, "App|Fac", "7", "10.0.0.1:5000", "convert", None, record)  # a resend
+            intake.enqueue_message(raw, "App|Fac", "7", "10.0.0.1:5000", "message", None, record)
+            intake.enqueue_message(raw, "App|Fac", "7", "10.0.0.1:5000", "message", None, record)  # a resend
             await asyncio.wait_for(done.wait(), 10)
         finally:
             await intake.close()
@@ -118,5 +118,14 @@ def test_enqueue_message_commits_what_the_listener_received(redis_url: str, redi
     (stored,) = queued(redis_url, redis_namespace)
     assert (stored.raw, stored.sender, stored.control_id, stored.peer) == (raw, "App|Fac", "7", "10.0.0.1:5000")
     assert stored.seq == 1
-    assert stored.meta == {} and stored.start_stage == "convert"
+    assert stored.meta == {} and stored.kind == "message"
     assert abs(stored.received_at / 1000 - time.time()) < 60 and uuid.UUID(stored.id).version == 4
+
+
+def test_envelopes_queued_by_the_previous_release_are_read() -> None:
+    # Before Envelope.kind, the queue said what an envelope was with start_stage.
+    old = {"id": "e1", "raw": "TVNI", "received_at": 1, "sender": "A|F", "control_id": "C", "peer": "", "seq": 3}
+    assert Envelope.from_json({**old, "start_stage": "convert", "meta": {}}).kind == Kind.MESSAGE
+    assert Envelope.from_json({**old, "start_stage": "rejected", "meta": {"reason": "AR"}}).kind == Kind.REJECTED
+    assert Envelope.from_json({**old, "start_stage": "ack", "meta": {}}).kind == Kind.ACK
+    assert Envelope.from_json({**old, "kind": "ack", "meta": {}}).kind is Kind.ACK

@@ -30,7 +30,7 @@ def test_lanes_fill_in_order_and_keep_their_order(redis_url: str, redis_namespac
                     receipts.setdefault(lane, []).append(receipt)
                     f.set_result(receipt)
 
-                intake.enqueue_message(RAW % n, "App|Fac", str(n), "peer", "convert", None, done, lane)
+                intake.enqueue_message(RAW % n, "App|Fac", str(n), "peer", "message", None, done, lane)
                 futures.append(future)
             await asyncio.gather(*futures)
         finally:

@@ -28,7 +28,7 @@ def test_oversized_message_gets_ar_and_the_connection_is_closed(redis_url: str, 
 
     asyncio.run(scenario())
     ok, kept = queued(redis_url, redis_namespace)
-    assert ok.control_id == "OK-1" and kept.start_stage == "rejected" and kept.control_id == "BIG-1"
+    assert ok.control_id == "OK-1" and kept.kind == "rejected" and kept.control_id == "BIG-1"
     assert kept.raw == big[:OVERSIZED_HEAD_BYTES]  # the head is kept for operators, not the whole
 
 
@@ -51,7 +51,7 @@ def test_a_frame_that_does_not_finish_in_time_is_kept_and_the_connection_closed(
 
     asyncio.run(scenario())
     kept = queued(redis_url, redis_namespace)[0]
-    assert kept.start_stage == "rejected" and kept.raw == adt("SLOW-1")[:40]
+    assert kept.kind == "rejected" and kept.raw == adt("SLOW-1")[:40]
     assert "not finished within 0.3 s" in kept.meta["reason"]
 
 

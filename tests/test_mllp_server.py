@@ -99,7 +99,7 @@ def test_unreadable_header_gets_ar_and_is_kept_raw(redis_url: str, redis_namespa
 
     asyncio.run(scenario())
     (kept,) = queued(redis_url, redis_namespace)
-    assert kept.raw == b"PID|1||x\r" and kept.start_stage == "rejected" and kept.seq == 0
+    assert kept.raw == b"PID|1||x\r" and kept.kind == "rejected" and kept.seq == 0
     assert kept.meta["reason"].startswith("AR: 100")
 
 
@@ -124,7 +124,7 @@ def test_header_rejections_answer_the_table_0357_code_and_keep_the_message(redis
     asyncio.run(scenario())
     kept = queued(redis_url, redis_namespace)
     assert [e.raw for e in kept] == [raw for raw, _ in cases]
-    assert all(e.start_stage == "rejected" and e.seq == 0 for e in kept)
+    assert all(e.kind == "rejected" and e.seq == 0 for e in kept)
 
 
 def test_incoming_ack_is_stored_and_never_answered(redis_url: str, redis_namespace: str) -> None:
@@ -142,7 +142,7 @@ def test_incoming_ack_is_stored_and_never_answered(redis_url: str, redis_namespa
 
     asyncio.run(scenario())
     stored = queued(redis_url, redis_namespace)
-    assert [(e.start_stage, e.control_id) for e in stored] == [("ack", "K-1"), ("convert", "M-1")]
+    assert [(e.kind, e.control_id) for e in stored] == [("ack", "K-1"), ("message", "M-1")]
 
 
 def test_resent_message_gets_the_same_ack_and_is_enqueued_once(redis_url: str, redis_namespace: str) -> None:
@@ -178,9 +178,9 @@ def test_enhanced_mode_sends_accept_acks_as_msh15_asks(redis_url: str, redis_nam
 
     asyncio.run(scenario())
     # Suppressed or not, every message was committed (the rejected ones as kept, not processed).
-    stages = {e.control_id: e.start_stage for e in queued(redis_url, redis_namespace)}
-    assert stages == {"E-NE": "convert", "E-ER-ok": "convert", "E-ER-bad": "rejected", "E-SU-ok": "convert",
-                      "E-SU-bad": "rejected", "E-AL": "convert"}
+    stages = {e.control_id: e.kind for e in queued(redis_url, redis_namespace)}
+    assert stages == {"E-NE": "message", "E-ER-ok": "message", "E-ER-bad": "rejected", "E-SU-ok": "message",
+                      "E-SU-bad": "rejected", "E-AL": "message"}
 
 
 def test_invalid_bytes_for_the_charset_get_ae_and_are_kept(redis_url: str, redis_namespace: str) -> None:
@@ -197,7 +197,7 @@ def test_invalid_bytes_for_the_charset_get_ae_and_are_kept(redis_url: str, redis
 
     asyncio.run(scenario())
     (kept,) = queued(redis_url, redis_namespace)
-    assert kept.raw == raw and kept.start_stage == "rejected"
+    assert kept.raw == raw and kept.kind == "rejected"
 
 
 def test_redis_down_means_ar_207_never_aa() -> None:
@@ -246,8 +246,8 @@ def test_required_trailing_cr_rejects_and_keeps_the_frame(redis_url: str, redis_
             await client.close()
 
     asyncio.run(scenario())
-    assert [(e.control_id, e.start_stage) for e in queued(redis_url, redis_namespace)] == [
-        ("CR-1", "convert"),
+    assert [(e.control_id, e.kind) for e in queued(redis_url, redis_namespace)] == [
+        ("CR-1", "message"),
         ("CR-2", "rejected"),
     ]
 

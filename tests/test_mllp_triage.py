@@ -8,7 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.hl7.ackmode import AckMode
-from gateway.mllp.triage import PROCESS, REJECTED, STORED_ACK, IntakeRules, Triage
+from gateway.envelope import Kind
+from gateway.mllp.triage import IntakeRules, Triage
+
+PROCESS, REJECTED, STORED_ACK = Kind.MESSAGE, Kind.REJECTED, Kind.ACK
 from tests.conftest import SAMPLES, sample
 
 SAMPLE_FILES = sorted(p.relative_to(SAMPLES).as_posix() for p in SAMPLES.rglob("*.hl7"))
@@ -29,29 +32,29 @@ def codes(verdict) -> list[tuple[str, str, int | None]]:  # type: ignore[no-unty
 @pytest.mark.parametrize("name", SAMPLE_FILES)
 def test_every_sample_is_accepted_when_every_type_is(name):
     verdict = Triage().decide(sample(name))
-    assert verdict.stage == PROCESS and verdict.outcome == "AA" and not verdict.errors
+    assert verdict.kind == PROCESS and verdict.outcome == "AA" and not verdict.errors
     assert verdict.control_id and "|" in verdict.sender
 
 
 def test_accepted_message():
     verdict = Triage(RULES).decide(msg())
-    assert (verdict.stage, verdict.outcome, verdict.errors) == (PROCESS, "AA", ())
+    assert (verdict.kind, verdict.outcome, verdict.errors) == (PROCESS, "AA", ())
     assert (verdict.sender, verdict.control_id, verdict.message_type) == ("App|Fac", "C-1", "ADT^A01")
     assert verdict.mode == AckMode()
 
 
 def test_unsupported_version_is_ar_203():
     verdict = Triage(RULES).decide(msg(version="2.9"))
-    assert (verdict.stage, verdict.outcome, codes(verdict)) == (REJECTED, "AR", [("203", "MSH", 12)])
-    assert Triage(IntakeRules(versions=frozenset({"2.9"}))).decide(msg(version="2.9")).stage == PROCESS
+    assert (verdict.kind, verdict.outcome, codes(verdict)) == (REJECTED, "AR", [("203", "MSH", 12)])
+    assert Triage(IntakeRules(versions=frozenset({"2.9"}))).decide(msg(version="2.9")).kind == PROCESS
 
 
 def test_processing_id_not_accepted_is_ar_202():
     verdict = Triage(RULES).decide(msg(pid="X"))
-    assert (verdict.stage, verdict.outcome, codes(verdict)) == (REJECTED, "AR", [("202", "MSH", 11)])
+    assert (verdict.kind, verdict.outcome, codes(verdict)) == (REJECTED, "AR", [("202", "MSH", 11)])
     only_production = Triage(IntakeRules(processing_ids=frozenset({"P"})))
     assert codes(only_production.decide(msg(pid="T"))) == [("202", "MSH", 11)]
-    assert only_production.decide(msg(pid="P^T")).stage == PROCESS  # MSH-11.2 processing mode ignored
+    assert only_production.decide(msg(pid="P^T")).kind == PROCESS  # MSH-11.2 processing mode ignored
 
 
 def test_unsupported_type_is_ar_200_and_unsupported_event_ar_201():
@@ -62,7 +65,7 @@ def test_unsupported_type_is_ar_200_and_unsupported_event_ar_201():
 def test_unsupported_type_accepted_when_configured():
     rules = IntakeRules(supports=RULES.supports, known_codes=RULES.known_codes, reject_unsupported=False)
     verdict = Triage(rules).decide(msg(mtype="MDM^T02"))
-    assert (verdict.stage, verdict.outcome) == (PROCESS, "AA")
+    assert (verdict.kind, verdict.outcome) == (PROCESS, "AA")
 
 
 def test_every_header_problem_is_reported():
@@ -83,7 +86,7 @@ def test_every_header_problem_is_reported():
 )
 def test_unreadable_header_is_ar_100_or_102(raw, code):
     verdict = Triage(RULES).decide(raw)
-    assert (verdict.stage, verdict.outcome, verdict.errors[0].code) == (REJECTED, "AR", code)
+    assert (verdict.kind, verdict.outcome, verdict.errors[0].code) == (REJECTED, "AR", code)
 
 
 def test_unreadable_header_echoes_a_readable_control_id_and_only_then():
@@ -94,17 +97,17 @@ def test_unreadable_header_echoes_a_readable_control_id_and_only_then():
 def test_incoming_ack_is_stored_not_answered():
     raw = b"MSH|^~\\&|App|Fac|GW|GWF|2024||ACK^A01^ACK|A-1|P|2.5.1\rMSA|AA|C-1\r"
     verdict = Triage(RULES).decide(raw)
-    assert verdict.stage == STORED_ACK and verdict.control_id == "A-1"
+    assert verdict.kind == STORED_ACK and verdict.control_id == "A-1"
     # Even one that would fail every header check.
-    assert Triage(RULES).decide(b"MSH|^~\\&|App|Fac|GW|GWF|2024||ACK|A-2|Z|1.0\rMSA|AA|C-1\r").stage == STORED_ACK
+    assert Triage(RULES).decide(b"MSH|^~\\&|App|Fac|GW|GWF|2024||ACK|A-2|Z|1.0\rMSA|AA|C-1\r").kind == STORED_ACK
 
 
 def test_bytes_invalid_in_the_declared_charset_are_ae():
     raw = msg(extra="||||||8859/1").replace(b"PID|1||42", b"PID|1||42||M\xfcller") + b"ZZZ|\xff\r"
-    assert Triage(RULES).decide(raw).stage == PROCESS  # every byte is valid in 8859/1
+    assert Triage(RULES).decide(raw).kind == PROCESS  # every byte is valid in 8859/1
     utf8 = msg(extra="||||||UNICODE UTF-8") + b"NTE|1||\xff\xfe\r"
     verdict = Triage(RULES).decide(utf8)
-    assert (verdict.stage, verdict.outcome, codes(verdict)) == (REJECTED, "AE", [("102", "MSH", 18)])
+    assert (verdict.kind, verdict.outcome, codes(verdict)) == (REJECTED, "AE", [("102", "MSH", 18)])
     unknown = Triage(RULES).decide(msg(extra="||||||EBCDIC"))
     assert (unknown.outcome, codes(unknown)) == ("AE", [("103", "MSH", 18)])
     assert unknown.codec == "utf-8"  # the ACK is not written in a charset we cannot write
@@ -112,13 +115,13 @@ def test_bytes_invalid_in_the_declared_charset_are_ae():
 
 def test_content_errors_are_not_intake_errors():
     raw = msg() + b"PID|broken|||\rbad segment\rZZ1|x\r"
-    assert Triage(RULES).decide(raw).stage == PROCESS
+    assert Triage(RULES).decide(raw).kind == PROCESS
 
 
 def test_batches_are_rejected():
     raw = b"FHS|^~\\&|App|Fac\rBHS|^~\\&|App|Fac\r" + msg() + b"BTS|1\rFTS|1\r"
     verdict = Triage(RULES).decide(raw)
-    assert verdict.stage == REJECTED and verdict.errors[0].code == "200"
+    assert verdict.kind == REJECTED and verdict.errors[0].code == "200"
 
 
 VERSIONS = ["2.1", "2.3", "2.3.1", "2.5", "2.5.1", "2.8.2", "2.9", "3.0", "", "x"]
@@ -140,7 +143,7 @@ def test_verdict_matches_the_rules(version, pid, mtype, control, reject_unsuppor
     code, _, trigger = mtype.partition("^")
     trigger = trigger.split("^")[0]
     if code == "ACK":
-        assert verdict.stage == STORED_ACK
+        assert verdict.kind == STORED_ACK
         return
     expected = set()
     if not control:
@@ -152,7 +155,7 @@ def test_verdict_matches_the_rules(version, pid, mtype, control, reject_unsuppor
     if reject_unsupported and (code, trigger) not in SUPPORTED:
         expected.add("201" if code in {"ADT", "ORU"} else "200")
     assert {e.code for e in verdict.errors} == expected
-    assert verdict.stage == (REJECTED if expected else PROCESS)
+    assert verdict.kind == (REJECTED if expected else PROCESS)
     assert verdict.outcome == ("AR" if expected else "AA")
     assert verdict.control_id == control
 
@@ -161,7 +164,7 @@ def test_verdict_matches_the_rules(version, pid, mtype, control, reject_unsuppor
 def test_every_8859_part_is_read_in_its_own_charset(part):
     text = bytes(range(0xA0, 0x100)).decode(f"iso8859-{part}", errors="ignore")
     raw = msg(extra=f"||||||8859/{part}").replace(b"PID|1||42", b"PID|1||42||" + text.encode(f"iso8859-{part}"))
-    assert Triage(RULES).decide(raw).stage == PROCESS
+    assert Triage(RULES).decide(raw).kind == PROCESS
 
 
 @pytest.mark.parametrize(
@@ -178,6 +181,6 @@ def test_every_8859_part_is_read_in_its_own_charset(part):
 def test_declared_charset_decides_what_is_readable(charset, body, stage):
     raw = msg(extra=f"||||||{charset}").replace(b"PID|1||42", b"PID|1||42||" + body)
     verdict = Triage(RULES).decide(raw)
-    assert verdict.stage == stage
+    assert verdict.kind == stage
     if stage == REJECTED:
         assert verdict.outcome == "AE" and codes(verdict) == [("102", "MSH", 18)]

@@ -18,7 +18,7 @@ from gateway.keys import ACTOR, QUEUE, Keys
 
 
 def envelope(
-    sender: str = "App|Fac", control_id: str = "1", raw: bytes = b"MSH|^~\\&|App|Fac\r", stage: str = "convert"
+    sender: str = "App|Fac", control_id: str = "1", raw: bytes = b"MSH|^~\\&|App|Fac\r", stage: str = "message"
 ) -> Envelope:
     return Envelope(
         id=str(uuid.uuid4()),
@@ -26,8 +26,8 @@ def envelope(
         received_at=int(time.time() * 1000),
         sender=sender,
         control_id=control_id,
-        start_stage=stage,
-        meta={} if stage == "convert" else {"reason": "AR: 203 MSH-12 version"},
+        kind=stage,
+        meta={} if stage == "message" else {"reason": "AR: 203 MSH-12 version"},
     )
 
 
@@ -63,7 +63,7 @@ def test_committed_messages_are_dramatiq_messages(redis_url: str, redis_namespac
     assert message.options["redis_message_id"] == ids[0].decode()
     decoded = Envelope.from_json(message.args[0])
     assert decoded.raw == raw  # bytes survive exactly, whatever their charset
-    assert decoded.control_id == "42" and decoded.seq == 1 and decoded.start_stage == "convert"
+    assert decoded.control_id == "42" and decoded.seq == 1 and decoded.kind == "message"
 
 
 def test_sequence_numbers_are_per_sender_gapless_and_in_submission_order(redis_url: str, redis_namespace: str) -> None:
@@ -84,7 +84,7 @@ def test_kept_envelopes_have_no_sequence_number_and_are_never_deduplicated(redis
     receipts = asyncio.run(submit_all(redis_url, redis_namespace, envelopes))
     assert receipts == [Receipt(0), Receipt(0), Receipt(0), Receipt(1)]
     stored = queued(redis_url, redis_namespace)
-    assert [(e.start_stage, e.seq) for e in stored] == [("rejected", 0), ("rejected", 0), ("ack", 0), ("convert", 1)]
+    assert [(e.kind, e.seq) for e in stored] == [("rejected", 0), ("rejected", 0), ("ack", 0), ("message", 1)]
     assert stored[0].meta == {"reason": "AR: 203 MSH-12 version"}
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from gateway.hl7.ack import AckError, render_ack
 from gateway.mllp.framing import COMMIT_ACK, COMMIT_NAK, encode_frame
-from gateway.mllp.triage import STORED_ACK, Verdict
+from gateway.envelope import Kind
+from gateway.mllp.triage import Verdict
 
 #: HL7 table 0357 code 207: application internal error (our storage is unavailable).
 STORAGE_FAILED = "207"
@@ -19,7 +20,7 @@ STORAGE_FAILED = "207"
 def answer(verdict: Verdict, *, stored: bool, commit_acks: bool = False, storage_problem: str = "") -> bytes:
     """Framed reply for a frame judged ``verdict``; b"" when nothing is to be sent."""
     reply = encode_frame(COMMIT_ACK if stored else COMMIT_NAK) if commit_acks else b""
-    if verdict.stage == STORED_ACK:
+    if verdict.kind == Kind.ACK:
         return reply
     outcome, errors = verdict.outcome, verdict.errors
     if not stored:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from gateway.hl7.ack import AckError
 from gateway.mllp.framing import COMMIT_ACK, COMMIT_NAK, FrameDecoder, FrameTooLarge, FramingError
 from gateway.mllp.profiles import Profile
-from gateway.mllp.triage import PROCESS, Verdict
+from gateway.envelope import Kind
+from gateway.mllp.triage import Verdict
 from gateway.queue.intake import Receipt
 
 if TYPE_CHECKING:
@@ -159,16 +160,16 @@ class MllpConnection(asyncio.Protocol):
             self.lane = server.intake.pick_lane()
         slot = _ProfiledSlot(self, profile, control_id)
         self.slots.append(slot)
-        server.intake.enqueue_message(frame, profile.sender, control_id, self.peer, PROCESS, None, slot, self.lane)
+        server.intake.enqueue_message(frame, profile.sender, control_id, self.peer, Kind.MESSAGE, None, slot, self.lane)
 
     def _submit(self, raw: bytes, verdict: Verdict) -> None:
         if not self.slots:
             self.lane = self.server.intake.pick_lane()
         slot = _Slot(self, verdict)
         self.slots.append(slot)
-        meta = None if verdict.stage == PROCESS else {"reason": verdict.reason, "message_type": verdict.message_type}
+        meta = None if verdict.kind == Kind.MESSAGE else {"reason": verdict.reason, "message_type": verdict.message_type}
         self.server.intake.enqueue_message(
-            raw, verdict.sender, verdict.control_id, self.peer, verdict.stage, meta, slot, self.lane
+            raw, verdict.sender, verdict.control_id, self.peer, verdict.kind, meta, slot, self.lane
         )
 
     def _keep(self, raw: bytes, why: str) -> None:
@@ -177,7 +178,7 @@ class MllpConnection(asyncio.Protocol):
         log.warning("%s: %s; %d byte(s) kept as a dead letter", self.peer, why, len(raw))
         meta = {"reason": verdict.reason, "message_type": verdict.message_type}
         self.server.intake.enqueue_message(
-            raw, verdict.sender, verdict.control_id, self.peer, verdict.stage, meta, _log_failure, self.lane
+            raw, verdict.sender, verdict.control_id, self.peer, verdict.kind, meta, _log_failure, self.lane
         )
 
     def _framing_problem(self, problem: FramingError) -> None:

@@ -22,7 +22,8 @@ from gateway.errors import CharsetError
 from gateway.hl7.ack import ack_template, new_control_id, timestamp
 from gateway.hl7.charset import codec_for, declared_charset
 from gateway.mllp.framing import COMMIT_ACK, END_BLOCK, START_BLOCK, encode_frame
-from gateway.mllp.triage import PROCESS, Triage, Verdict
+from gateway.envelope import Kind
+from gateway.mllp.triage import Triage, Verdict
 
 #: Codecs in which an ASCII byte is always that ASCII character and never part of another one.
 FAST_CODECS = frozenset({"utf-8", "ascii", *(f"iso8859-{n}" for n in (*range(1, 12), 13, 14, 15, 16))})
@@ -105,7 +106,7 @@ class Profiles:
                 if control_id is not None:
                     return profile, control_id
         verdict = self.triage.decide(frame)
-        if found is not None and verdict.stage == PROCESS and not verdict.errors:
+        if found is not None and verdict.kind == Kind.MESSAGE and not verdict.errors:
             self._learn(found[0], frame, verdict)
         return verdict
 

@@ -18,7 +18,8 @@ from gateway.mllp.answer import answer
 from gateway.mllp.framing import encode_frame
 from gateway.mllp.connection import MllpConnection
 from gateway.mllp.profiles import Profile, Profiles
-from gateway.mllp.triage import PROCESS, STORED_ACK, Triage, Verdict
+from gateway.envelope import Kind
+from gateway.mllp.triage import Triage, Verdict
 from gateway.queue.intake import Intake, Receipt
 
 log = logging.getLogger(__name__)
@@ -167,12 +168,12 @@ class MllpServer:
         stats = self.stats
         if error is not None:
             stats.storage_failures += 1
-        elif verdict.stage == PROCESS:
+        elif verdict.kind == Kind.MESSAGE:
             if receipt is not None and receipt.duplicate:
                 stats.duplicates += 1
             else:
                 stats.accepted += 1
-        elif verdict.stage == STORED_ACK:
+        elif verdict.kind == Kind.ACK:
             stats.acks_received += 1
             log.info(
                 "stored incoming %s %s from %s (not answered)", verdict.message_type, verdict.control_id, verdict.sender

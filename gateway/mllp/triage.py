@@ -6,8 +6,8 @@ processing id (202) or version (203) it does not accept. Bytes the declared char
 read get AE (chapter 2.14.9.18). Everything else is accepted: content errors are the pipeline's
 business and end in the dead-letter store, not in the ACK. An incoming ACK is never answered.
 
-Every verdict names the stage the envelope starts at: ``convert`` (process it), ``rejected``
-(keep it raw for operators, as a dead letter) or ``ack`` (keep an incoming ACK in the archive).
+Every verdict names the kind of envelope it becomes (gateway/envelope.py Kind): a message to
+process, a rejected one kept raw for operators (a dead letter), or an incoming ACK kept in the archive.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from gateway.envelope import Kind
 from gateway.errors import CharsetError, ParseError
 from gateway.hl7.ack import AckError, AckHeader, header_from_fields, salvage_header
 from gateway.hl7.ackmode import ORIGINAL, AckMode
@@ -24,7 +25,6 @@ from gateway.hl7.charset import codec_for, decode_message
 from gateway.hl7.escape import Separators, unescape
 from gateway.hl7.message import read_separators
 
-PROCESS, REJECTED, STORED_ACK = "convert", "rejected", "ack"
 #: Every published HL7 v2 version up to 2.8.2 (MSH-12.1).
 DEFAULT_VERSIONS = frozenset(
     "2.1 2.2 2.3 2.3.1 2.4 2.5 2.5.1 2.6 2.7 2.7.1 2.8 2.8.1 2.8.2".split()
@@ -55,7 +55,7 @@ class IntakeRules:
 class Verdict:
     """The decision for one frame, and what its acknowledgement is built from."""
 
-    stage: str
+    kind: Kind
     #: Original-mode outcome, AA, AE or AR; ``mode`` turns it into CA/CE/CR or suppresses it.
     outcome: str
     header: AckHeader
@@ -97,7 +97,7 @@ class Triage:
             app = header.sending_application.split(component, 1)[0]
             sender = f"{app}|{header.sending_facility.split(component, 1)[0]}"
         return Verdict(
-            REJECTED,
+            Kind.REJECTED,
             "AR",
             header,
             codec=_codec(header.charset),
@@ -131,7 +131,7 @@ class Triage:
         code, trigger = _components(fields[9], seps, 2)
         control_id = _component(fields[10], seps)
         verdict = Verdict(
-            PROCESS,
+            Kind.MESSAGE,
             "AA",
             header_from_fields(fields, seps),
             mode=_mode(fields[15], fields[16], seps) if self.rules.honour_enhanced_mode else ORIGINAL,
@@ -141,12 +141,12 @@ class Triage:
             message_type=f"{code}^{trigger}" if trigger else code,
         )
         if code == "ACK":  # chapter 2.9: an acknowledgement is never acknowledged
-            return replace(verdict, stage=STORED_ACK)
+            return replace(verdict, kind=Kind.ACK)
         errors = self._header_errors(fields, seps, code, trigger, control_id)
         if errors:
-            return replace(verdict, stage=REJECTED, outcome="AR", errors=tuple(errors))
+            return replace(verdict, kind=Kind.REJECTED, outcome="AR", errors=tuple(errors))
         if charset_error is not None:
-            return replace(verdict, stage=REJECTED, outcome="AE", errors=(AckError.from_exception(charset_error),))
+            return replace(verdict, kind=Kind.REJECTED, outcome="AE", errors=(AckError.from_exception(charset_error),))
         return verdict
 
     def _header_errors(

@@ -19,15 +19,16 @@ from typing import Mapping
 
 import orjson
 
+from gateway.envelope import Kind
 from gateway.keys import ACTOR, QUEUE, Keys
 
 #: Values per message in the commit script's ARGV.
 ARGS_PER_MESSAGE = 6
-PROCESS_STAGE = "convert"
+_KIND_JSON = {kind: orjson.dumps(kind.value) for kind in Kind}
 
 _HEAD = b'{"queue_name":%b,"actor_name":%b,"args":[' % (orjson.dumps(QUEUE), orjson.dumps(ACTOR))
 _BODY = (
-    b'%b{"id":%b,"raw":"%b","received_at":%d,"sender":%b,"control_id":%b,"peer":%b,"start_stage":%b,"meta":%b,"seq":'
+    b'%b{"id":%b,"raw":"%b","received_at":%d,"sender":%b,"control_id":%b,"peer":%b,"kind":%b,"meta":%b,"seq":'
 )
 _TAIL = b'}],"kwargs":{},"options":{"redis_message_id":%b},"message_id":%b,"message_timestamp":%d}'
 _ENTRY = b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
@@ -51,13 +52,13 @@ class EntryEncoder:
         sender: str,
         control_id: str,
         peer: str,
-        start_stage: str,
+        kind: Kind,
         meta: Mapping[str, str] | None = None,
     ) -> bytes:
-        """The six ARGV values of one message; ``start_stage`` other than ``convert``: kept for
+        """The six ARGV values of one message; a ``kind`` other than a message is kept for
         operators only (no sequence number, no duplicate check)."""
         sender_json, seq_key, dedup_prefix = self._sender(sender)
-        if start_stage != PROCESS_STAGE:
+        if kind != Kind.MESSAGE:
             seq_key = dedup_key = digest = b""
         elif self.dedup_window_s and control_id:
             dedup_key = dedup_prefix + control_id.encode()
@@ -73,7 +74,7 @@ class EntryEncoder:
             sender_json,
             orjson.dumps(control_id),
             orjson.dumps(peer),
-            orjson.dumps(start_stage),
+            _KIND_JSON[kind],
             orjson.dumps(meta) if meta else _NO_META,
         )
         suffix = _TAIL % (id_json, id_json, received_at)

@@ -8,7 +8,7 @@ duplicate window, assigns the per-sender sequence number and writes exactly what
 ``dispatch.lua`` writes for an enqueue (``HSET <ns>:<queue>.msgs`` and ``RPUSH <ns>:<queue>``).
 With ``appendfsync always`` the reply comes only after the batch is on disk, so every waiter is
 released knowing its message is durable. Messages kept only for operators (rejected ones,
-incoming ACKs) go the same way, with their ``start_stage`` saying so, without a sequence number
+incoming ACKs) go the same way, with their ``kind`` saying so, without a sequence number
 and without the duplicate check.
 """
 
@@ -22,7 +22,7 @@ from typing import Callable, Mapping
 
 from redis.exceptions import RedisError
 
-from gateway.envelope import Envelope
+from gateway.envelope import Envelope, Kind
 from gateway.errors import IntakeUnavailable, describe
 from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, new_envelope_id
 from gateway.keys import Keys
@@ -194,8 +194,8 @@ class Intake:
     def enqueue(self, envelope: Envelope, done: Done, lane: int = 0) -> None:
         """Queue ``envelope`` for the next commit on ``lane``; ``done`` is called when its outcome is known.
 
-        An envelope whose ``start_stage`` is not ``convert`` is kept for operators only: no
-        sequence number, no duplicate check. ``done`` gets IntakeUnavailable when the commit
+        An envelope whose ``kind`` is not a message is kept for operators only: no sequence
+        number, no duplicate check. ``done`` gets IntakeUnavailable when the commit
         failed: nothing may then be acknowledged.
         """
         self._push(
@@ -207,7 +207,7 @@ class Intake:
             envelope.sender,
             envelope.control_id,
             envelope.peer,
-            envelope.start_stage,
+            envelope.kind,
             envelope.meta,
         )
 
@@ -217,14 +217,14 @@ class Intake:
         sender: str,
         control_id: str,
         peer: str,
-        start_stage: str,
+        kind: Kind,
         meta: Mapping[str, str] | None,
         done: Done,
         lane: int = 0,
     ) -> None:
         """``enqueue`` of a message received now, without building its Envelope (the listener's way)."""
         now = int(time.time() * 1000)
-        self._push(done, lane, new_envelope_id(), raw, now, sender, control_id, peer, start_stage, meta)
+        self._push(done, lane, new_envelope_id(), raw, now, sender, control_id, peer, kind, meta)
 
     def _push(
         self,
@@ -236,7 +236,7 @@ class Intake:
         sender: str,
         control_id: str,
         peer: str,
-        start_stage: str,
+        kind: Kind,
         meta: Mapping[str, str] | None,
     ) -> None:
         """Encode one message and queue it on ``lane``; ``done`` hears at once when that cannot be done."""
@@ -244,7 +244,7 @@ class Intake:
             done(None, IntakeUnavailable("intake is not running"))
             return
         try:
-            entry = self._encoder.encode(id, raw, received_at, sender, control_id, peer, start_stage, meta)
+            entry = self._encoder.encode(id, raw, received_at, sender, control_id, peer, kind, meta)
         except Exception as exc:  # noqa: BLE001 - a message we cannot encode must still be answered
             _cannot_encode(done, exc)
             return

@@ -30,6 +30,7 @@ from gateway.envelope import Envelope
 from gateway.errors import GatewayError, Policy, StageCrash, describe, policy_of, stage_of
 from gateway.services.letters import LetterBox
 from gateway.services.outages import Outages
+from gateway.stages import Stage
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def envelope_letter(message: MessageProxy, exc: BaseException, attempts: int) ->
 def unreadable_letter(message: MessageProxy, exc: BaseException, attempts: int) -> Letter:
     """The dead letter of a queue message nobody can read: its whole queue entry is the raw."""
     envelope = Envelope(message.message_id, message.encode(), int(message.message_timestamp))
-    return Letter(envelope, "queue", reason_of(exc), type(exc).__name__, attempts)
+    return Letter(envelope, Stage.QUEUE, reason_of(exc), type(exc).__name__, attempts)
 
 
 class FailurePolicy(dramatiq.Middleware):

@@ -16,19 +16,20 @@ from typing import Any, Callable, Protocol, TypeVar
 from gateway.convert.engine import Converter
 from gateway.deliver.source import source_of
 from gateway.deliver.store_sink import StoreSink
-from gateway.envelope import Envelope
+from gateway.envelope import Envelope, Kind
 from gateway.errors import GatewayError, RejectedAtIntake, StageCrash, as_unavailable
 from gateway.hl7.charset import decode_message
 from gateway.hl7.message import Message, parse
 from gateway.journal.messages import MessageArchive
 from gateway.store.ordering import Source
+from gateway.stages import Stage
 from gateway.validate import validate_bundle
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def run_stage(stage: str, fn: Callable[..., T], *args: object) -> T:
+def run_stage(stage: Stage, fn: Callable[..., T], *args: object) -> T:
     """Call one stage; an outage of the database or Redis becomes StoreUnavailable/QueueUnavailable,
     any other unexpected exception a StageCrash naming the stage."""
     try:
@@ -62,19 +63,19 @@ class Pipeline:
 
     def process(self, envelope: Envelope) -> None:
         """Run every stage; raises a GatewayError (with its stage) when one fails."""
-        if envelope.start_stage == "rejected":  # answered AR/AE at intake: a dead letter as it is
+        if envelope.kind == Kind.REJECTED:  # answered AR/AE at intake: a dead letter as it is
             raise RejectedAtIntake(envelope.meta.get("reason") or "rejected at intake")
-        if envelope.start_stage == "ack":  # an incoming acknowledgement: archived, never converted
-            run_stage("archive", self.archive.record_outcome, envelope, "ack", envelope.meta.get("message_type", "ACK"))
+        if envelope.kind == Kind.ACK:  # an incoming acknowledgement: archived, never converted
+            run_stage(Stage.ARCHIVE, self.archive.record_outcome, envelope, "ack", envelope.meta.get("message_type", "ACK"))
             return
-        text = run_stage("parse", decode_message, envelope.raw)
-        message: Message = run_stage("parse", parse, text)
-        bundle = run_stage("convert", self.converter.convert, message)
-        run_stage("validate", validate_bundle, bundle)
-        source = run_stage("deliver", source_of, envelope, message, self.zone_of(message.sender))
+        text = run_stage(Stage.PARSE, decode_message, envelope.raw)
+        message: Message = run_stage(Stage.PARSE, parse, text)
+        bundle = run_stage(Stage.CONVERT, self.converter.convert, message)
+        run_stage(Stage.VALIDATE, validate_bundle, bundle)
+        source = run_stage(Stage.DELIVER, source_of, envelope, message, self.zone_of(message.sender))
         sinks = self.fanout.sink_names if self.fanout else ()
         message_type = "^".join(part for part in message.message_type if part)
-        run_stage("deliver", self.sink.deliver, bundle, source, envelope, message_type, sinks)
+        run_stage(Stage.DELIVER, self.sink.deliver, bundle, source, envelope, message_type, sinks)
         if self.fanout is not None and sinks:
-            run_stage("deliver", self.fanout.enqueue, envelope, source, bundle)
+            run_stage(Stage.DELIVER, self.fanout.enqueue, envelope, source, bundle)
         log.debug("processed %s from %s", envelope.control_id, envelope.sender)
