@@ -21,8 +21,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import orjson
 
@@ -50,7 +50,9 @@ def pipeline(converter: Converter) -> Callable[[bytes], dict]:
     return run
 
 
-def measure(run: Callable[[bytes], dict], converter: Converter, messages: list[bytes], seconds: float, cold: bool) -> float:
+def measure(
+    run: Callable[[bytes], dict], converter: Converter, messages: list[bytes], seconds: float, cold: bool
+) -> float:
     for raw in messages:  # warm up imports, caches and the validation cache
         run(raw)
     done = 0
@@ -88,8 +90,12 @@ def peer_python() -> Path | None:
 
 def run_peer(python: Path, paths: list[Path], seconds: float) -> dict:
     script = Path(__file__).with_name("peer_bridge.py")
-    done = subprocess.run([str(python), str(script), "--seconds", str(seconds), *map(str, paths)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [str(python), str(script), "--seconds", str(seconds), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout)
 
 
@@ -101,8 +107,10 @@ def main() -> None:
 
     start = time.perf_counter()
     converter = Converter.load()
-    print(f"mappings loaded and compiled in {(time.perf_counter() - start) * 1000:.0f} ms "
-          f"({len(converter.plans)} trigger events)")
+    print(
+        f"mappings loaded and compiled in {(time.perf_counter() - start) * 1000:.0f} ms "
+        f"({len(converter.plans)} trigger events)"
+    )
     run = pipeline(converter)
     python = None if args.no_peer else peer_python()
     peer_corpus = run_peer(python, CORPUS, 0.1)["messages"] if python else {}
@@ -115,8 +123,10 @@ def main() -> None:
         warm = measure(run, converter, messages, args.seconds, cold=False)
         cold = measure(run, converter, messages, args.seconds, cold=True)
         made = sum(resources_made(run, raw) for raw in messages) / len(messages)
-        print(f"{name} ({len(messages)} messages): hl7gw {warm:,.0f} msg/s warm, {cold:,.0f} msg/s cold, "
-              f"{made:.1f} resources/message")
+        print(
+            f"{name} ({len(messages)} messages): hl7gw {warm:,.0f} msg/s warm, {cold:,.0f} msg/s cold, "
+            f"{made:.1f} resources/message"
+        )
         if python is None:
             continue
         peer = run_peer(python, paths, args.seconds)
@@ -126,8 +136,10 @@ def main() -> None:
             continue
         peer_made = sum(peer["messages"][str(p)]["resources"] for p in ok) / len(ok)
         ours_made = sum(resources_made(run, p.read_bytes()) for p in ok) / len(ok)
-        line = (f"  peer hl7v2-fhir-bridge: converts {len(ok)} of {len(paths)}, {peer['rate']:,.0f} msg/s on those, "
-                f"{peer_made:.1f} resources/message there (hl7gw: {ours_made:.1f})")
+        line = (
+            f"  peer hl7v2-fhir-bridge: converts {len(ok)} of {len(paths)}, {peer['rate']:,.0f} msg/s on those, "
+            f"{peer_made:.1f} resources/message there (hl7gw: {ours_made:.1f})"
+        )
         if len(ok) == len(paths):  # the same messages: the throughputs compare
             line += f"; hl7gw warm is {warm / peer['rate']:.1f}x the peer, cold {cold / peer['rate']:.1f}x"
         print(line)

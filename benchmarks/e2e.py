@@ -40,13 +40,14 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from search import postgres_schema  # noqa: E402
+
 from gateway.convert.engine import Converter  # noqa: E402
 from gateway.hl7.charset import decode_message  # noqa: E402
 from gateway.hl7.message import parse  # noqa: E402
 from gateway.mllp.framing import FrameDecoder, encode_frame  # noqa: E402
 from gateway.services.embedded_redis import free_port  # noqa: E402
 from gateway.validate import validate_bundle  # noqa: E402
-from search import postgres_schema  # noqa: E402
 
 SAMPLES = ROOT / "samples"
 #: Seconds without a message becoming searchable after which a run stops waiting.

@@ -167,7 +167,9 @@ def measured(pids: dict[str, int], work):
 
 
 def report_cpu(used: dict[str, float], messages: int) -> None:
-    print("    CPU us/message: " + ", ".join(f"{name} {seconds * 1e6 / messages:.0f}" for name, seconds in used.items()))
+    print(
+        "    CPU us/message: " + ", ".join(f"{name} {seconds * 1e6 / messages:.0f}" for name, seconds in used.items())
+    )
 
 
 def report(name: str, result: Result) -> float:
@@ -195,7 +197,9 @@ def main() -> None:
         redis_url = redis_server.start()
         gw_port, echo_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_")}
-        env.update(HL7GW_REDIS_URL=redis_url, HL7GW_MLLP_PORT=str(gw_port), HL7GW_LOG_LEVEL="WARNING", HL7GW_DATA_DIR=tmp)
+        env.update(
+            HL7GW_REDIS_URL=redis_url, HL7GW_MLLP_PORT=str(gw_port), HL7GW_LOG_LEVEL="WARNING", HL7GW_DATA_DIR=tmp
+        )
         gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "mllp"], env=env, cwd=ROOT)
         echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(echo_port)])
         try:
@@ -211,7 +215,10 @@ def main() -> None:
             run(run_clients(echo_port, 4, 100, args.window, None))  # warm up both
             run(run_clients(gw_port, 4, 100, args.window, None))
             redis_pid = int(redis_server.pidfile.read_text())
-            result, used = measured({"echo": echo.pid}, lambda: run(run_clients(echo_port, args.connections, args.messages, args.window, None)))
+            result, used = measured(
+                {"echo": echo.pid},
+                lambda: run(run_clients(echo_port, args.connections, args.messages, args.window, None)),
+            )
             base = report("echo ACK server (no storage)", result)
             report_cpu(used, total)
             result, used = measured(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from v2fhir.config import default_config_path, load_config
@@ -19,7 +19,7 @@ from v2fhir.convert import convert
 from v2fhir.hl7.parser import parse_bytes
 from v2fhir.validate import validate_bundle
 
-NOW = datetime(2024, 1, 1, tzinfo=timezone.utc)  # the peer stamps bundles with a time; keep it fixed
+NOW = datetime(2024, 1, 1, tzinfo=UTC)  # the peer stamps bundles with a time; keep it fixed
 
 
 def pipeline(config, raw: bytes) -> dict:  # type: ignore[no-untyped-def]

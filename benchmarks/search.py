@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
-from gateway.db.migrate import migrate
 from gateway.db.engine import make_engine  # noqa: E402
+from gateway.db.migrate import migrate
 from gateway.store.resources import ResourceStore  # noqa: E402
 from gateway.store.search import build_search  # noqa: E402
 

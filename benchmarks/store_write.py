@@ -44,16 +44,15 @@ from e2e import templates  # noqa: E402
 from search import postgres_schema  # noqa: E402
 
 from gateway.convert.engine import Converter  # noqa: E402
+from gateway.db.engine import make_engine  # noqa: E402
+from gateway.db.migrate import migrate  # noqa: E402
 from gateway.deliver.source import source_of  # noqa: E402
 from gateway.deliver.store_sink import StoreSink  # noqa: E402
 from gateway.envelope import Envelope  # noqa: E402
 from gateway.hl7.charset import decode_message  # noqa: E402
 from gateway.hl7.message import parse  # noqa: E402
-from gateway.db.migrate import migrate
-from gateway.db.engine import make_engine  # noqa: E402
 from gateway.store.ordering import Source  # noqa: E402
 from gateway.validate import validate_bundle  # noqa: E402
-
 
 Work = list[tuple[dict[str, Any], Source]]
 
@@ -195,7 +194,9 @@ def main() -> None:
     for processes in args.processes:
         run_id = f"sw{os.getpid()}p{processes}-"
         with tempfile.TemporaryDirectory() as tmp:
-            context = postgres_schema(args.database_url) if args.database_url else nullcontext(f"sqlite:///{tmp}/store.db")
+            context = (
+                postgres_schema(args.database_url) if args.database_url else nullcontext(f"sqlite:///{tmp}/store.db")
+            )
             with context as url:
                 run(url, processes, args, run_id, Path(tmp))
 

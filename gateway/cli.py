@@ -10,9 +10,10 @@ import os
 import signal
 import sys
 import threading
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from gateway import logs
 from gateway.config import Settings, load_settings, unknown_variables
@@ -107,10 +108,10 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _database(settings: Settings) -> Iterator["Engine"]:
+def _database(settings: Settings) -> Iterator[Engine]:
     """The configured database (its tables created if missing), disposed of afterwards."""
-    from gateway.db.migrate import migrate
     from gateway.db.engine import make_engine
+    from gateway.db.migrate import migrate
 
     engine = make_engine(settings.resolved_database_url)
     try:
@@ -121,7 +122,7 @@ def _database(settings: Settings) -> Iterator["Engine"]:
 
 
 @contextlib.contextmanager
-def _dead_letter_store(settings: Settings) -> Iterator["DeadLetterStore"]:
+def _dead_letter_store(settings: Settings) -> Iterator[DeadLetterStore]:
     from gateway.journal.dead_letters import DeadLetterStore
 
     with _database(settings) as engine:
@@ -136,7 +137,7 @@ def cmd_dlq_list(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     print(f"{'id':36}  {'when (UTC)':19}  {'stage':9}  {'sender':24}  {'control id':20}  reason")
     for d in letters:
-        when = datetime.fromtimestamp(d.created_at / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        when = datetime.fromtimestamp(d.created_at / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
         reason = d.reason.replace("\n", " ")
         print(f"{d.id:36}  {when:19}  {d.stage:9}  {d.sender[:24]:24}  {d.control_id[:20]:20}  {reason[:120]}")
     return 0
@@ -245,7 +246,9 @@ def cmd_convert(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hl7gw", description="HL7 v2 (MLLP) to FHIR R4 gateway")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run everything (embedded Redis unless HL7GW_REDIS_URL is set)").set_defaults(func=cmd_run)
+    sub.add_parser("run", help="run everything (embedded Redis unless HL7GW_REDIS_URL is set)").set_defaults(
+        func=cmd_run
+    )
     sub.add_parser("mllp", help="run only the MLLP listener (needs HL7GW_REDIS_URL)").set_defaults(func=cmd_mllp)
     sub.add_parser("worker", help="run only a worker (needs HL7GW_REDIS_URL)").set_defaults(func=cmd_worker)
     sub.add_parser("api", help="run only the FHIR REST API").set_defaults(func=cmd_api)
@@ -268,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     superseded = sub.add_parser("superseded", help="writes skipped because newer data was stored, newest first")
     superseded.add_argument("--limit", type=int, default=100)
     superseded.set_defaults(func=cmd_superseded)
-    sub.add_parser("sinks", help="remote sinks: messages by delivery state, oldest pending").set_defaults(func=cmd_sinks)
+    sub.add_parser("sinks", help="remote sinks: messages by delivery state, oldest pending").set_defaults(
+        func=cmd_sinks
+    )
     send = sub.add_parser("send", help="send the HL7 messages in files over MLLP and print each ACK")
     send.add_argument("files", nargs="+", metavar="FILE", help="one or many messages per file (CR, LF or CRLF)")
     send.add_argument("--host", help="default: HL7GW_MLLP_HOST")
@@ -282,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(func=cmd_send)
     convert = sub.add_parser("convert", help="print the FHIR Bundle of each HL7 message in the files (offline)")
     convert.add_argument("files", nargs="+", metavar="FILE", help="one or many messages per file (CR, LF or CRLF)")
-    convert.add_argument("--report", action="store_true", help="list segments and fields present but not used, and notes")
+    convert.add_argument(
+        "--report", action="store_true", help="list segments and fields present but not used, and notes"
+    )
     convert.set_defaults(func=cmd_convert)
     return parser
 

@@ -6,7 +6,7 @@ import difflib
 import functools
 import os
 from collections.abc import Mapping
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +23,7 @@ def _cores(limit: int) -> int:
     return max(1, min(cores, limit))
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     reader = "reader"
     operator = "operator"
     admin = "admin"

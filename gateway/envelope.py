@@ -42,13 +42,13 @@ class Envelope:
     kind: Kind = Kind.MESSAGE
     meta: dict[str, str] = field(default_factory=dict)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["raw"] = base64.b64encode(self.raw).decode("ascii")
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Envelope":
+    def from_json(cls, data: dict[str, Any]) -> Envelope:
         data = dict(data)
         data["raw"] = base64.b64decode(data["raw"])
         start_stage = data.pop("start_stage", None)

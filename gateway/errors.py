@@ -155,7 +155,7 @@ def stage_of(exc: BaseException, default: str = Stage.GATEWAY) -> str:
 
 
 def unavailable_dependency(exc: BaseException) -> str | None:
-    """"database" or "redis" when ``exc`` says that dependency does not answer; None otherwise."""
+    """ "database" or "redis" when ``exc`` says that dependency does not answer; None otherwise."""
     if isinstance(exc, Unavailable):
         return exc.dependency
     from dramatiq.errors import BrokerConnectionError

@@ -5,27 +5,30 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Any
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
-class LRU:
+class LRU(Generic[K, V]):
     def __init__(self, size: int):
         self.size = size
-        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self._data: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
-    def data(self) -> "OrderedDict[Hashable, Any]":
+    def data(self) -> OrderedDict[K, V]:
         return self._data
 
-    def get(self, key: Hashable) -> tuple[bool, Any]:
+    def get(self, key: K) -> tuple[bool, V | None]:
         with self._lock:
             if key in self._data:
                 self._data.move_to_end(key)
                 return True, self._data[key]
         return False, None
 
-    def put(self, key: Hashable, value: Any) -> None:
+    def put(self, key: K, value: V) -> None:
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)

@@ -14,7 +14,8 @@ import functools
 import threading
 import types
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
@@ -76,7 +77,7 @@ def _unwrap(annotation: Any) -> Any:
             if len(options) != 1:
                 return annotation
             annotation = options[0]
-        elif origin in (list, typing.List):
+        elif origin in (list, list):
             annotation = typing.get_args(annotation)[0]
         else:
             return annotation

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import orjson
 import pydantic
@@ -49,7 +50,7 @@ _REQUIRED_CODES: dict[tuple[str, ...], frozenset[str]] = {
 }
 
 
-_cache = LRU(CACHE_SIZE)
+_cache: LRU[bytes, _Outcome] = LRU(CACHE_SIZE)
 _shapes = ShapeRegistry()
 
 
@@ -58,7 +59,7 @@ def clear_cache() -> None:
     _shapes.clear()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def is_resource_type(name: str) -> bool:
     try:
         model = get_fhir_model_class(name)
@@ -67,7 +68,7 @@ def is_resource_type(name: str) -> bool:
     return isinstance(model, type) and issubclass(model, Resource)
 
 
-def _model_problem(resource: dict) -> str | None:
+def _model_problem(resource: dict[str, Any]) -> str | None:
     """What the R4B model says is wrong with ``resource`` (None when it validates)."""
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str) or not is_resource_type(rtype):
@@ -93,7 +94,7 @@ def _model_problem(resource: dict) -> str | None:
 _QUOTING_ERRORS = frozenset({"value_error", "assertion_error", "assertion_failed"})
 
 
-def _content_problem(resource: dict) -> str | None:
+def _content_problem(resource: dict[str, Any]) -> str | None:
     """Everything wrong with the resource on its own: empty elements, the model, required codes."""
     empty = next(_empty_elements(resource, ""), None)
     if empty is not None:
@@ -104,7 +105,7 @@ def _content_problem(resource: dict) -> str | None:
     return _code_problem(resource)
 
 
-def _code_problem(resource: dict) -> str | None:
+def _code_problem(resource: dict[str, Any]) -> str | None:
     """A code of a required binding the R4B models leave unchecked that is not in its value set."""
     rtype = resource["resourceType"]
     for (owner, *keys), allowed in _REQUIRED_CODES.items():
@@ -121,15 +122,15 @@ class _Outcome(NamedTuple):
     references: tuple[Any, ...]
 
 
-def check_resource(resource: dict) -> _Outcome:
+def check_resource(resource: dict[str, Any]) -> _Outcome:
     """The content checks for one resource, from the cache when this content was seen before."""
     # The canonical JSON itself is the key: hashing it again would cost more than the lookup saves.
     digest = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
     outcome = _cache.data.get(digest)  # lock-free read of a dict (atomic in CPython); the LRU order is kept on writes
     if outcome is not None:
-        return outcome  # type: ignore[no-any-return]
-    hit, outcome = _cache.get(digest)
-    if hit:
+        return outcome
+    _, outcome = _cache.get(digest)
+    if outcome is not None:
         return outcome
     walk = Walk()
     shape = walk.shape(resource)
@@ -138,7 +139,7 @@ def check_resource(resource: dict) -> _Outcome:
     return outcome
 
 
-def _shape_problem(resource: dict, walk: Walk, shape: Shape) -> str | None:
+def _shape_problem(resource: dict[str, Any], walk: Walk, shape: Shape) -> str | None:
     """``_content_problem``, with the R4B model run only for a shape it has not accepted before."""
     if not walk.empty:
         checkers = _shapes.checkers(shape)
@@ -206,7 +207,7 @@ def _check_reference(reference: Any, local: set[str], full_urls: set[str]) -> st
     return None
 
 
-def validate_bundle(bundle: dict) -> None:
+def validate_bundle(bundle: dict[str, Any]) -> None:
     """Raise ValidationError naming the resource and element of the first problem found."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise ValidationError("not a Bundle")
@@ -217,7 +218,7 @@ def validate_bundle(bundle: dict) -> None:
         raise ValidationError("Bundle has no entries")
     local: set[str] = set()
     full_urls: set[str] = set()
-    resources: list[tuple[str, dict]] = []
+    resources: list[tuple[str, dict[str, Any]]] = []
     for n, entry in enumerate(entries):
         request = (entry.get("request") if isinstance(entry, dict) else None) or {}
         if request.get("method") == "DELETE" and isinstance(entry, dict) and "resource" not in entry:

@@ -26,23 +26,20 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 import redis
 from sqlalchemy import select
 
-from gateway.db.schema import dead_letter
+from gateway.db.engine import make_engine
+from gateway.db.schema import dead_letter, fhir_resource, message_archive
+from gateway.keys import Keys
 from gateway.mllp.framing import FrameDecoder, encode_frame
 from gateway.services.embedded_redis import free_port
-from gateway.keys import Keys
-from gateway.db.engine import make_engine
-from gateway.db.schema import message_archive
-from gateway.db.schema import fhir_resource
 from tests.gateway_process import GatewayProcess
 
 SENDER = "CHAOS|HOSP"
@@ -116,7 +113,7 @@ class Sender(threading.Thread):
                 writer.write(encode_frame(raw))
                 await writer.drain()
                 code = await asyncio.wait_for(_read_ack_code(reader), 30)
-            except (OSError, asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            except (TimeoutError, OSError, ConnectionError, asyncio.IncompleteReadError):
                 self.answers["connection lost"] += 1
                 if writer is not None:
                     writer.close()
@@ -173,14 +170,14 @@ class PrivatePostgres:
             command = ["runuser", "-u", "postgres", "--", *command]
         subprocess.run(command, check=True, capture_output=True, timeout=120)
 
-    def init(self) -> "PrivatePostgres":
+    def init(self) -> PrivatePostgres:
         if self.root:
             shutil.chown(self.directory, "postgres")
         os.chmod(self.directory, 0o700)
         self._run("initdb", "-D", str(self.directory / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         return self.start()
 
-    def start(self) -> "PrivatePostgres":
+    def start(self) -> PrivatePostgres:
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c max_connections=200"
         data, log = str(self.directory / "data"), str(self.directory / "log")
         self._run("pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "start")
@@ -500,7 +497,6 @@ class Chaos:
             yield client, Keys(self.gateway.env.get("HL7GW_REDIS_NAMESPACE", "hl7gw"))
         finally:
             client.close()
-
 
 
 def every_fault(chaos: Chaos, outage_s: float) -> Report:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from gateway.db.migrate import migrate
 from gateway.db.engine import make_engine
+from gateway.db.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"

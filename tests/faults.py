@@ -25,7 +25,7 @@ class CuttableProxy:
         threading.Thread(target=self._accept, name="cuttable-proxy", daemon=True).start()
 
     @classmethod
-    def for_url(cls, url: str) -> "CuttableProxy":
+    def for_url(cls, url: str) -> CuttableProxy:
         parts = urlsplit(url)
         return cls(parts.hostname or "127.0.0.1", parts.port or {"redis": 6379}.get(parts.scheme, 5432))
 

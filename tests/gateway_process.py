@@ -44,7 +44,7 @@ class GatewayProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout: float = 90.0) -> "GatewayProcess":
+    def start(self, timeout: float = 90.0) -> GatewayProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")

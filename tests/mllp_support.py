@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import redis
 from dramatiq import Message
@@ -13,14 +13,17 @@ from dramatiq import Message
 from gateway.envelope import Envelope
 from gateway.hl7.message import Message as Hl7Message
 from gateway.hl7.message import parse
+from gateway.keys import Keys
 from gateway.mllp.framing import FrameDecoder, encode_frame
-from gateway.mllp.server import Limits, MllpServer
+from gateway.mllp.limits import Limits
+from gateway.mllp.server import MllpServer
 from gateway.mllp.triage import Triage
 from gateway.queue.intake import Intake
-from gateway.keys import Keys
 
 
-def adt(control_id: str, *, trigger: str = "A01", sender: str = "SND", extra: str = "", version: str = "2.5.1") -> bytes:
+def adt(
+    control_id: str, *, trigger: str = "A01", sender: str = "SND", extra: str = "", version: str = "2.5.1"
+) -> bytes:
     """An ADT message; ``extra`` is appended to MSH after MSH-12 (e.g. "|||NE|NE")."""
     return (
         f"MSH|^~\\&|{sender}|FAC|GW|GWF|20240101120000||ADT^{trigger}^ADT_A01|{control_id}|P|{version}{extra}\r"
@@ -59,7 +62,7 @@ class RawClient:
         self.frames: list[bytes] = []
 
     @classmethod
-    async def connect(cls, port: int, ssl_context: ssl.SSLContext | None = None) -> "RawClient":
+    async def connect(cls, port: int, ssl_context: ssl.SSLContext | None = None) -> RawClient:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl_context)
         return cls(reader, writer)
 
@@ -85,7 +88,7 @@ class RawClient:
         """True when no frame arrives within ``wait`` seconds."""
         try:
             await self.read_frame(wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return True
         return False
 
@@ -98,7 +101,7 @@ class RawClient:
                 self.frames += self.decoder.feed(data)
         except (ConnectionError, OSError):
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def close(self) -> None:

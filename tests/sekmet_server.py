@@ -79,7 +79,7 @@ class SekmetServer:
     def sink_spec(self) -> str:
         return f"{self.base_url};auth=Bearer {TOKEN}"
 
-    def start(self, timeout: float = 60.0) -> "SekmetServer":
+    def start(self, timeout: float = 60.0) -> SekmetServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HL7GW_", "SEKMET_"))}
         env["SEKMET_CONFIG"] = str(self.config)
         log = open(self.data_dir / "server.log", "ab")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -72,13 +72,11 @@ def test_type_history_pages_with_next_links(app: FastAPI, client: AsgiClient) ->
     ]
     assert "next" not in links(second)
     assert len(client.get("/fhir/Patient/_history").json()["entry"]) == 5
-    assert [e["request"]["url"] for e in client.get("/fhir/Observation/_history").json()["entry"]] == [
-        "Observation/o1"
-    ]
+    assert [e["request"]["url"] for e in client.get("/fhir/Observation/_history").json()["entry"]] == ["Observation/o1"]
 
 
 def test_history_since(client: AsgiClient) -> None:
-    future = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    future = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     assert client.get("/fhir/Patient/_history", params={"_since": future}).json()["entry"] == []
     assert len(client.get("/fhir/Patient/_history", params={"_since": "2000-01-01"}).json()["entry"]) == 4
@@ -111,7 +109,7 @@ def test_lenient_history_ignores_unknown_parameters(client: AsgiClient) -> None:
 
 
 def http_date(moment: datetime) -> str:
-    return format_datetime(moment.astimezone(timezone.utc), usegmt=True)
+    return format_datetime(moment.astimezone(UTC), usegmt=True)
 
 
 @pytest.mark.parametrize(
@@ -131,7 +129,7 @@ def http_date(moment: datetime) -> str:
     ],
 )
 def test_conditional_read(client: AsgiClient, headers: dict[str, str], status: int) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     dates = {"FUTURE": http_date(now + timedelta(hours=1)), "PAST": http_date(now - timedelta(days=1))}
     sent = {name: dates.get(value, value) for name, value in headers.items()}
 

@@ -4,29 +4,33 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.hl7 import dtm
-from gateway.convert.builders import structured_numeric
-from gateway.convert.builders_values import composite_quantity, encapsulated_attachment, tm_to_time
-from gateway.convert.elements import CachedElement
 from gateway.convert.context import Context
+from gateway.convert.elements import CachedElement
 from gateway.convert.functions import to_decimal
-from gateway.convert.paths import PathError, compile_writer, parse_target
+from gateway.convert.functions.builders import structured_numeric
+from gateway.convert.functions.builders_values import composite_quantity, encapsulated_attachment, tm_to_time
+from gateway.convert.mapping_errors import PathError
+from gateway.convert.paths import compile_writer, parse_target
 from gateway.convert.structure import build_slot, group_segments
 from gateway.errors import MappingError
+from gateway.hl7 import dtm
 from gateway.hl7.escape import DEFAULT_SEPARATORS, escape
 from gateway.hl7.message import Element, parse
 from gateway.validate import validate_bundle
 from tests.test_convert_helpers import MSH_ADT, PV1, converter, message, only, segment
 
 # The FHIR R4 primitive patterns (http://hl7.org/fhir/R4/datatypes.html).
-FHIR_DATE = re.compile(r"^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?$")
+FHIR_DATE = re.compile(
+    r"^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?$"
+)
 FHIR_DATETIME = re.compile(
     r"^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])"
     r"(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]{1,9})?)?)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00)?)?)?$"
@@ -130,7 +134,9 @@ def test_dtm_in_a_sender_time_zone(case: tuple[str, dict[str, Any]], zone: str) 
     if "offset" in parts:
         assert value.endswith(parts["offset"])
         return
-    local = datetime(parts["year"], parts["month"], parts["day"], parts["hour"], parts.get("minute", 0), parts.get("second", 0))
+    local = datetime(
+        parts["year"], parts["month"], parts["day"], parts["hour"], parts.get("minute", 0), parts.get("second", 0)
+    )
     offset = tz.utcoffset(local)
     assert offset is not None
     minutes = int(offset.total_seconds()) // 60
@@ -140,8 +146,13 @@ def test_dtm_in_a_sender_time_zone(case: tuple[str, dict[str, Any]], zone: str) 
 
 
 @EXAMPLES
-@given(st.integers(0, 23), st.integers(0, 59), st.integers(0, 59), st.from_regex(r"\A(\.[0-9]{1,4})?\Z"),
-       st.sampled_from(["", "+0100", "-0500"]))
+@given(
+    st.integers(0, 23),
+    st.integers(0, 59),
+    st.integers(0, 59),
+    st.from_regex(r"\A(\.[0-9]{1,4})?\Z"),
+    st.sampled_from(["", "+0100", "-0500"]),
+)
 def test_tm_to_fhir_time(hour: int, minute: int, second: int, fraction: str, offset: str) -> None:
     value = tm_to_time(f"{hour:02d}{minute:02d}{second:02d}{fraction}{offset}")
     assert value == f"{hour:02d}:{minute:02d}:{second:02d}{fraction}"  # FHIR time has no zone
@@ -173,7 +184,9 @@ def test_encapsulated_data_becomes_base64(data: bytes, encoding: str) -> None:
 
 def test_encapsulated_data_that_is_not_what_it_says_is_left_out() -> None:
     ctx = Context(parse("MSH|^~\\&|A"), converter().mappings.systems)
-    attachment = encapsulated_attachment(CachedElement("^AP^PDF^Base64^<Base64 encoded>", DEFAULT_SEPARATORS, 0), ctx, None)
+    attachment = encapsulated_attachment(
+        CachedElement("^AP^PDF^Base64^<Base64 encoded>", DEFAULT_SEPARATORS, 0), ctx, None
+    )
     assert attachment == {"contentType": "application/pdf"}
     assert ctx.notes and "could not be read" in ctx.notes[0]
 
@@ -186,7 +199,11 @@ def test_composite_quantity_and_z_segments() -> None:
     msg = parse("\r".join(["MSH|^~\\&|A", "PID|1", "OBR|1", "ZBR|x", "OBX|1", "ZBX|y"]))
     root, unplaced = group_segments(STRUCTURE, msg.segments)
     assert not unplaced
-    assert [(seg.name, group.name) for seg, group in root.walk()][-3:] == [("ZBR", "ORDER"), ("OBX", "OBS"), ("ZBX", "OBS")]
+    assert [(seg.name, group.name) for seg, group in root.walk()][-3:] == [
+        ("ZBR", "ORDER"),
+        ("OBX", "OBS"),
+        ("ZBX", "OBS"),
+    ]
 
 
 # --- text that needs escaping never crashes the converter nor yields empty strings -----------------
@@ -241,6 +258,7 @@ def test_raw_field_content_never_crashes(raw: str) -> None:
 
 # --- numbers -------------------------------------------------------------------------------------
 
+
 def _context() -> Context:
     return Context(parse(MSH_ADT), converter().mappings.systems)
 
@@ -277,6 +295,7 @@ def test_decimal_text() -> None:
 
 # --- target paths and grouping ----------------------------------------------------------------------
 
+
 def test_target_paths() -> None:
     out: dict = {}
     compile_writer(parse_target("extension[+url=http://x.org/a.b].valueString"))(out, "one")
@@ -297,16 +316,28 @@ def test_target_paths() -> None:
         raise AssertionError(f"{bad!r} parsed")
 
 
-STRUCTURE = build_slot("M", False, False, [
-    build_slot("MSH", False, False, None),
-    build_slot("PID", False, False, None),
-    build_slot("ORDER", False, True, [
-        build_slot("ORC", True, False, None),
-        build_slot("OBR", False, False, None),
-        build_slot("NTE", True, True, None),
-        build_slot("OBS", True, True, [build_slot("OBX", False, False, None), build_slot("NTE", True, True, None)]),
-    ]),
-])
+STRUCTURE = build_slot(
+    "M",
+    False,
+    False,
+    [
+        build_slot("MSH", False, False, None),
+        build_slot("PID", False, False, None),
+        build_slot(
+            "ORDER",
+            False,
+            True,
+            [
+                build_slot("ORC", True, False, None),
+                build_slot("OBR", False, False, None),
+                build_slot("NTE", True, True, None),
+                build_slot(
+                    "OBS", True, True, [build_slot("OBX", False, False, None), build_slot("NTE", True, True, None)]
+                ),
+            ],
+        ),
+    ],
+)
 
 
 @EXAMPLES
@@ -331,13 +362,38 @@ def test_grouping_keeps_every_segment_once_in_order(names: list[str]) -> None:
 
 
 def test_grouping_notes_follow_their_segment() -> None:
-    msg = parse("\r".join(["MSH|^~\\&|A", "PID|1", "OBR|1", "NTE|r1", "OBX|1", "NTE|o1", "NTE|o2", "OBX|2", "ORC|2", "OBR|2", "NTE|r2"]))
+    msg = parse(
+        "\r".join(
+            [
+                "MSH|^~\\&|A",
+                "PID|1",
+                "OBR|1",
+                "NTE|r1",
+                "OBX|1",
+                "NTE|o1",
+                "NTE|o2",
+                "OBX|2",
+                "ORC|2",
+                "OBR|2",
+                "NTE|r2",
+            ]
+        )
+    )
     root, unplaced = group_segments(STRUCTURE, msg.segments)
     assert not unplaced
     where = [(seg.raw, group.name) for seg, group in root.walk()]
     assert where == [
-        ("MSH|^~\\&|A", "M"), ("PID|1", "M"), ("OBR|1", "ORDER"), ("NTE|r1", "ORDER"), ("OBX|1", "OBS"),
-        ("NTE|o1", "OBS"), ("NTE|o2", "OBS"), ("OBX|2", "OBS"), ("ORC|2", "ORDER"), ("OBR|2", "ORDER"), ("NTE|r2", "ORDER"),
+        ("MSH|^~\\&|A", "M"),
+        ("PID|1", "M"),
+        ("OBR|1", "ORDER"),
+        ("NTE|r1", "ORDER"),
+        ("OBX|1", "OBS"),
+        ("NTE|o1", "OBS"),
+        ("NTE|o2", "OBS"),
+        ("OBX|2", "OBS"),
+        ("ORC|2", "ORDER"),
+        ("OBR|2", "ORDER"),
+        ("NTE|r2", "ORDER"),
     ]
     orders = [item for item in root.items if not hasattr(item, "raw")]
     assert len(orders) == 2 and len([i for i in orders[0].items if not hasattr(i, "raw")]) == 2

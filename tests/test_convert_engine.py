@@ -23,7 +23,14 @@ ALL_SAMPLES = [
 def test_load_defaults_to_the_repository_mappings() -> None:
     assert default_mappings_dir().name == "mappings" and default_mappings_dir().is_dir()
     loaded = Converter.load()
-    for code, trigger in (("ADT", "A01"), ("ADT", "A03"), ("ADT", "A40"), ("ORU", "R01"), ("SIU", "S26"), ("PPR", "PC3")):
+    for code, trigger in (
+        ("ADT", "A01"),
+        ("ADT", "A03"),
+        ("ADT", "A40"),
+        ("ORU", "R01"),
+        ("SIU", "S26"),
+        ("PPR", "PC3"),
+    ):
         assert loaded.supports(code, trigger)
     assert not loaded.supports("ADT", "A99")
     assert not loaded.supports("_common", "")  # an abstract map is no message type
@@ -150,7 +157,9 @@ def test_unmapped_code_keeps_its_coding_in_the_v2_table_system() -> None:
     pid = segment("PID", {3: "12345^^^HOSP^MR", 5: "Doe", 16: "X^Unusual^HL70002"})  # not in table 0002
     conversion = converter().convert_with_report(message(MSH_ADT, pid, PV1))
     status = only(conversion.bundle, "Patient")["maritalStatus"]
-    assert status == {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0002", "code": "X", "display": "Unusual"}]}
+    assert status == {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0002", "code": "X", "display": "Unusual"}]
+    }
     assert any("not in table MaritalStatus" in note for note in conversion.notes)
 
 
@@ -175,21 +184,34 @@ def test_value_types() -> None:
     ]
     conversion = converter().convert_with_report(message(oru, PID, "OBR|1|P1|F1|X^x^L", *obx))
     validate_bundle(conversion.bundle)
-    values = [{k: v for k, v in o.items() if k.startswith("value")} for o in resources(conversion.bundle, "Observation")]
+    values = [
+        {k: v for k, v in o.items() if k.startswith("value")} for o in resources(conversion.bundle, "Observation")
+    ]
     assert values[0] == {"valueString": "free text & more"}
     assert values[1] == {"valueString": "line one\nline two"}
     assert values[2]["valueCodeableConcept"]["coding"][0] == {
-        "system": "http://snomed.info/sct", "code": "260385009", "display": "Negative"}
+        "system": "http://snomed.info/sct",
+        "code": "260385009",
+        "display": "Negative",
+    }
     assert values[3] == {"valueQuantity": {"value": 10, "comparator": ">=", "unit": "mg"}}
     assert values[4] == {"valueRange": {"low": {"value": 1, "unit": "mg"}, "high": {"value": 5, "unit": "mg"}}}
     assert values[5] == {"valueRatio": {"numerator": {"value": 1}, "denominator": {"value": 128}}}
     assert values[6] == {"valueDateTime": "2024-01-02T10:30:00+01:00"}
-    assert values[7] == {"valueQuantity": {
-        "value": -0.5, "unit": "millimole per liter", "system": "http://unitsofmeasure.org", "code": "mmol/L"}}
+    assert values[7] == {
+        "valueQuantity": {
+            "value": -0.5,
+            "unit": "millimole per liter",
+            "system": "http://unitsofmeasure.org",
+            "code": "mmol/L",
+        }
+    }
     assert values[8] == {}  # R4 Observation has no valueAttachment: the data is a DocumentReference
     document = only(conversion.bundle, "DocumentReference")
     assert document["content"] == [{"attachment": {"contentType": "application/pdf", "data": "AAAA"}}]
-    assert resources(conversion.bundle, "Observation")[8]["derivedFrom"] == [{"reference": f"DocumentReference/{document['id']}"}]
+    assert resources(conversion.bundle, "Observation")[8]["derivedFrom"] == [
+        {"reference": f"DocumentReference/{document['id']}"}
+    ]
     assert resources(conversion.bundle, "Observation")[7]["status"] == "corrected"
 
 

@@ -78,6 +78,7 @@ def test_every_corpus_message_converts_to_a_valid_bundle(path: Path) -> None:
 
 # --- key facts, stated explicitly so that a bad golden file cannot hide them -------------------------
 
+
 def test_ig_adt_a01_patient() -> None:
     bundle = converter().convert(sample_message("v2-to-fhir-ig/ADT_A01.hl7"))
     patient = only(bundle, "Patient")
@@ -102,7 +103,9 @@ def test_ig_adt_a01_patient() -> None:
     assert encounter["subject"] == {"reference": f"Patient/{patient['id']}"}
     attender = next(p for p in encounter["participant"] if p["type"][0]["coding"][0]["code"] == "ATND")
     practitioner = attender["individual"]["reference"].split("/")[1]
-    assert any(r["id"] == practitioner and r["name"][0]["family"] == "Doctor" for r in resources(bundle, "Practitioner"))
+    assert any(
+        r["id"] == practitioner and r["name"][0]["family"] == "Doctor" for r in resources(bundle, "Practitioner")
+    )
     height = only(bundle, "Observation")
     assert height["valueQuantity"] == {
         "value": 190,

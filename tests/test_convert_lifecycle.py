@@ -10,13 +10,21 @@ from tests.test_convert_helpers import PID, PV1, converter, message, only, resou
 
 
 def _msh(trigger: str, structure: str = "") -> str:
-    return f"MSH|^~\\&|App|Fac|Rcv|RcvFac|20240101120000+0100||ADT^{trigger}{'^' + structure if structure else ''}|C{trigger}|P|2.5.1"
+    kind = f"ADT^{trigger}{'^' + structure if structure else ''}"
+    return f"MSH|^~\\&|App|Fac|Rcv|RcvFac|20240101120000+0100||{kind}|C{trigger}|P|2.5.1"
 
 
 def test_encounter_status_follows_the_event() -> None:
     """IG concept map Event[EncounterStatus]; without a mapped event, the discharge date or class."""
-    expected = {"A01": "in-progress", "A03": "finished", "A04": "planned", "A05": "planned", "A11": "cancelled",
-                "A13": "in-progress", "A27": "cancelled"}
+    expected = {
+        "A01": "in-progress",
+        "A03": "finished",
+        "A04": "planned",
+        "A05": "planned",
+        "A11": "cancelled",
+        "A13": "in-progress",
+        "A27": "cancelled",
+    }
     for trigger, status in expected.items():
         bundle = converter().convert(message(_msh(trigger), "EVN|" + trigger, PID, PV1))
         validate_bundle(bundle)
@@ -28,7 +36,9 @@ def test_encounter_status_follows_the_event() -> None:
 
 
 def test_same_visit_same_encounter_across_events() -> None:
-    ids = {only(converter().convert(message(_msh(t), PID, PV1)), "Encounter")["id"] for t in ("A01", "A03", "A11", "A13")}
+    ids = {
+        only(converter().convert(message(_msh(t), PID, PV1)), "Encounter")["id"] for t in ("A01", "A03", "A11", "A13")
+    }
     assert len(ids) == 1
 
 

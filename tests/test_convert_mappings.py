@@ -44,16 +44,16 @@ GENDER_RULE = '{from: PID-8, to: gender, datatype: "CWE[code]", table: Administr
         ('{from: PID-8, to: gender, datatype: "CWE[code]", table: Sex}', "unknown table 'Sex'"),
         ('{from: PID-8x, to: gender, datatype: "CWE[code]"}', "'PID-8x' is not a source path"),
         ('{from: PID-0, to: gender, datatype: "CWE[code]"}', "positions start at 1"),
-        ('{from: XPN.1, to: gender}', "a segment map reads segment paths"),
+        ("{from: XPN.1, to: gender}", "a segment map reads segment paths"),
         ('{from: PID-8, to: "gender[", datatype: "CWE[code]"}', "'\\[' without '\\]'"),
         ('{from: PID-8, to: "gen der", datatype: "CWE[code]"}', "expected '.'"),
         ('{from: PID-8, to: gender, datatype: "CWE[gender]"}', "unknown datatype map 'CWE\\[gender\\]'"),
-        ('{from: PID-8, to: gender, function: sex_of}', "unknown function 'sex_of'"),
-        ('{from: PID-8, to: gender, transform: upper}', "unknown transform 'upper'"),
-        ('{from: PID-8, to: gender, when: {is_set: PID-8}}', "unknown condition 'is_set'"),
-        ('{from: PID-8, to: gender, when: {in: [PID-8, F]}}', "takes \\[path, \\[values...\\]\\]"),
-        ('{form: PID-8, to: gender}', "unknown rule key\\(s\\) \\['form'\\]"),
-        ('{from: PID-8, to: gender, repeats: some}', "repeats is first, all or join"),
+        ("{from: PID-8, to: gender, function: sex_of}", "unknown function 'sex_of'"),
+        ("{from: PID-8, to: gender, transform: upper}", "unknown transform 'upper'"),
+        ("{from: PID-8, to: gender, when: {is_set: PID-8}}", "unknown condition 'is_set'"),
+        ("{from: PID-8, to: gender, when: {in: [PID-8, F]}}", "takes \\[path, \\[values...\\]\\]"),
+        ("{form: PID-8, to: gender}", "unknown rule key\\(s\\) \\['form'\\]"),
+        ("{from: PID-8, to: gender, repeats: some}", "repeats is first, all or join"),
         ('{from: PID-8, to: "value[x]", transform: dtm_to_date}', "needs a datatype map"),
         ('{from: PID-8, to: gender, datatype: "CX[Identifier]", table: AdministrativeSex}', "a table cannot be passed"),
     ],
@@ -66,8 +66,11 @@ def test_bad_rule_names_file_and_line(mappings: Path, new: str, reason: str) -> 
 
 
 def test_bad_datatype_map_is_caught_even_when_unused(mappings: Path) -> None:
-    line = _edit(mappings / "datatypes/DR.yaml", "{from: DR.2, to: end, transform: dtm_to_datetime}",
-                 "{from: DR.2, to: end, transform: dtm_to_nothing}")
+    line = _edit(
+        mappings / "datatypes/DR.yaml",
+        "{from: DR.2, to: end, transform: dtm_to_datetime}",
+        "{from: DR.2, to: end, transform: dtm_to_nothing}",
+    )
     error = _load_error(mappings)
     assert f"DR.yaml:{line}:" in error and "dtm_to_nothing" in error
 
@@ -90,15 +93,38 @@ def test_message_map_errors(mappings: Path) -> None:
     ("path", "old", "new", "reason"),
     [
         ("structures/ADT_A01.yaml", '  - "[PD1]"\n', '  - "[PD1}"\n', "is not a segment or group in HL7 syntax"),
-        ("messages/_patient.yaml", '    map: "NK1[RelatedPerson]"\n', '    map: "NK1[Kin]"\n', "unknown segment map 'NK1\\[Kin\\]'"),
+        (
+            "messages/_patient.yaml",
+            '    map: "NK1[RelatedPerson]"\n',
+            '    map: "NK1[Kin]"\n',
+            "unknown segment map 'NK1\\[Kin\\]'",
+        ),
         ("messages/_patient.yaml", '    map: "NK1[RelatedPerson]"\n', '    map: "PID[Patient]"\n', "maps PID, not NK1"),
         ("messages/_patient.yaml", "    id: encounter\n", "    id: visit\n", "unknown id function 'visit'"),
-        ("messages/_patient.yaml", "      - {to: patient, resource: patient}\n  account:",
-         "      - {to: patient, resource: kin}\n  account:", "references unknown resource 'kin'"),
-        ("messages/_patient.yaml", "    on_duplicate: keep_first\n  related_person:", "    on_duplicate: merge\n  related_person:",
-         "on_duplicate is one of"),
-        ("messages/_patient.yaml", "    when: {valued: PID-18}\n", "    when: {valued: PID-x}\n", "'PID-x' is not a source path"),
-        ("messages/_patient.yaml", "    id: {identifier: [PID-18]}\n", "    id: {identifier: [PID-18], by: name}\n", "unknown key"),
+        (
+            "messages/_patient.yaml",
+            "      - {to: patient, resource: patient}\n  account:",
+            "      - {to: patient, resource: kin}\n  account:",
+            "references unknown resource 'kin'",
+        ),
+        (
+            "messages/_patient.yaml",
+            "    on_duplicate: keep_first\n  related_person:",
+            "    on_duplicate: merge\n  related_person:",
+            "on_duplicate is one of",
+        ),
+        (
+            "messages/_patient.yaml",
+            "    when: {valued: PID-18}\n",
+            "    when: {valued: PID-x}\n",
+            "'PID-x' is not a source path",
+        ),
+        (
+            "messages/_patient.yaml",
+            "    id: {identifier: [PID-18]}\n",
+            "    id: {identifier: [PID-18], by: name}\n",
+            "unknown key",
+        ),
         ("messages/ADT_A01.yaml", "structure: ADT_A01\n", "structure: ADT_A99\n", "unknown structure 'ADT_A99'"),
     ],
 )
@@ -135,17 +161,27 @@ def test_extends_overrides_and_removes_resources(mappings: Path) -> None:
 
 # --- checked against the definitions: HL7 v2.3-v2.8 (hl7apy) and FHIR R4 (fhir.resources) ------------
 
+
 @pytest.mark.parametrize(
     ("new", "reason"),
     [
         ('{from: PID-99, to: gender, datatype: "CWE[code]"}', "PID-99: PID has \\d+ fields in HL7 v2.3-v2.8, not 99"),
         ('{from: PID-8.30, to: gender, datatype: "CWE[code]"}', "PID-8.30: no component 30"),
-        ('{from: PID-3, to: gender, datatype: "CWE[code]"}', "PID-3 is CX in HL7 v2.3-v2.8, but the rule reads it as CWE"),
-        ('{from: QQQ-8, to: gender}', "HL7 v2.3-v2.8 have no segment QQQ"),
+        (
+            '{from: PID-3, to: gender, datatype: "CWE[code]"}',
+            "PID-3 is CX in HL7 v2.3-v2.8, but the rule reads it as CWE",
+        ),
+        ("{from: QQQ-8, to: gender}", "HL7 v2.3-v2.8 have no segment QQQ"),
         ('{from: PID-8, to: sex, datatype: "CWE[code]"}', "FHIR Patient has no element 'sex'"),
         ('{from: PID-8, to: "gender[]", datatype: "CWE[code]"}', "Patient.gender does not repeat"),
-        ('{from: PID-8, to: gender, datatype: "CWE[CodeableConcept]"}', "gender is a FHIR code, but the map makes a CodeableConcept"),
-        ('{from: PID-8, to: "deceased[x]", datatype: "CWE[CodeableConcept]"}', "Patient.deceased\\[x\\] has no type CodeableConcept"),
+        (
+            '{from: PID-8, to: gender, datatype: "CWE[CodeableConcept]"}',
+            "gender is a FHIR code, but the map makes a CodeableConcept",
+        ),
+        (
+            '{from: PID-8, to: "deceased[x]", datatype: "CWE[CodeableConcept]"}',
+            "Patient.deceased\\[x\\] has no type CodeableConcept",
+        ),
         ('{from: PID-8, to: "name", datatype: "XPN[HumanName]"}', "Patient.name repeats"),
     ],
 )
@@ -170,6 +206,6 @@ def test_resource_maps_name_their_id(mappings: Path) -> None:
 
 def test_site_defined_segments_are_not_checked_against_hl7(mappings: Path) -> None:
     (mappings / "segments/ZPI_Patient.yaml").write_text(
-        "segment: ZPI\nresource: Patient\nrules:\n  - {from: ZPI-42.3, to: \"extension[+url=http://x.org/z].valueString\"}\n"
+        'segment: ZPI\nresource: Patient\nrules:\n  - {from: ZPI-42.3, to: "extension[+url=http://x.org/z].valueString"}\n'
     )
     assert Converter.load(mappings, overlay_dir=None, default_tz=None, sender_tz=None).supports("ADT", "A01")

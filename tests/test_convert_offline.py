@@ -16,7 +16,11 @@ from tests.test_convert_helpers import converter
 
 def test_convert_prints_one_bundle_per_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     both = tmp_path / "two.hl7"
-    both.write_bytes((SAMPLES / "v2-to-fhir-ig/ADT_A01.hl7").read_bytes() + b"\r" + (SAMPLES / "ms-fhir-converter/ADT-A02-02.hl7").read_bytes())
+    both.write_bytes(
+        (SAMPLES / "v2-to-fhir-ig/ADT_A01.hl7").read_bytes()
+        + b"\r"
+        + (SAMPLES / "ms-fhir-converter/ADT-A02-02.hl7").read_bytes()
+    )
     assert main(["convert", str(both)]) == 0
     out, err = capsys.readouterr()
     decoder, bundles, text = json.JSONDecoder(), [], out.strip()

@@ -30,26 +30,35 @@ def site(tmp_path: Path) -> Path:
     """The ZPI example of docs/mappings.md: a Z-segment mapped to a Patient extension, for every
     sender, and differently for LAB at MERCY."""
     root = tmp_path / "site"
-    _write(root / "segments/ZPI_Patient.yaml", f"""\
+    _write(
+        root / "segments/ZPI_Patient.yaml",
+        f"""\
 segment: ZPI
 resource: Patient
 rules:
   - {{from: ZPI-2, to: "extension[+url={PHARMACY}].valueString"}}
-""")
-    _write(root / "messages/_patient.yaml", """\
+""",
+    )
+    _write(
+        root / "messages/_patient.yaml",
+        """\
 message: _patient
 extends: _patient
 resources:
   patient:
     add_include:
       - {segment: ZPI, map: "ZPI[Patient]"}
-""")
-    _write(root / "senders/LAB@MERCY/segments/ZPI_Patient.yaml", f"""\
+""",
+    )
+    _write(
+        root / "senders/LAB@MERCY/segments/ZPI_Patient.yaml",
+        f"""\
 segment: ZPI
 resource: Patient
 rules:
   - {{from: ZPI-3, to: "extension[+url={VIP}].valueString"}}
-""")
+""",
+    )
     return root
 
 
@@ -61,7 +70,9 @@ def test_site_maps_its_z_segment(site: Path) -> None:
     assert conversion.unused_segments == []
     # Every shipped map still works, and the shipped maps alone leave ZPI unused.
     assert converter.supports("ORU", "R01")
-    shipped = Converter.load(overlay_dir=None, default_tz=None, sender_tz=None).convert_with_report(message(MSH, PID, ZPI, PV1))
+    shipped = Converter.load(overlay_dir=None, default_tz=None, sender_tz=None).convert_with_report(
+        message(MSH, PID, ZPI, PV1)
+    )
     assert "extension" not in only(shipped.bundle, "Patient") and shipped.unused_segments == ["ZPI#3"]
 
 
@@ -111,7 +122,9 @@ def test_bad_overlays_are_config_errors(tmp_path: Path, site: Path) -> None:
     (site / "senders/MERCY").rmdir()
     with pytest.raises(ConfigError, match="unknown time zone 'Mars/Base'"):
         Converter.load(overlay_dir=site, default_tz="Mars/Base", sender_tz=None)
-    _write(site / "segments/ZPI_Patient.yaml", "segment: ZPI\nresource: Patient\nrules:\n  - {from: ZPI-2, to: nickname}\n")
+    _write(
+        site / "segments/ZPI_Patient.yaml", "segment: ZPI\nresource: Patient\nrules:\n  - {from: ZPI-2, to: nickname}\n"
+    )
     with pytest.raises(ConfigError, match=r"ZPI_Patient.yaml:4: .*Patient has no element 'nickname'"):
         Converter.load(overlay_dir=site, default_tz=None, sender_tz=None)
     with pytest.raises(ConfigError, match="HL7GW_SENDER_TZ"):

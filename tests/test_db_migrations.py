@@ -42,20 +42,44 @@ def previous_release(engine: Engine) -> None:
                 conn.exec_driver_sql(statement)
         conn.execute(
             fhir_resource.insert().values(
-                type="Patient", id="p-old", version_id=3, last_updated=datetime(2026, 11, 1, 12), deleted=False,
-                content_hash="h", content='{"resourceType":"Patient","id":"p-old","meta":{"versionId":"3"}}',
+                type="Patient",
+                id="p-old",
+                version_id=3,
+                last_updated=datetime(2026, 11, 1, 12),
+                deleted=False,
+                content_hash="h",
+                content='{"resourceType":"Patient","id":"p-old","meta":{"versionId":"3"}}',
             )
         )
         conn.execute(
             message_archive.insert().values(
-                id="m-old", sender="ADT|HOSP", control_id="C1", seq=7, message_type="ADT^A01", peer="", received_at=1,
-                raw=b"MSH|old", status="processed", attempts=1, updated_at=1, detail="",
+                id="m-old",
+                sender="ADT|HOSP",
+                control_id="C1",
+                seq=7,
+                message_type="ADT^A01",
+                peer="",
+                received_at=1,
+                raw=b"MSH|old",
+                status="processed",
+                attempts=1,
+                updated_at=1,
+                detail="",
             )
         )
         conn.execute(
             dead_letter.insert().values(
-                id="d-old", envelope_id="m-2", sender="ADT|HOSP", control_id="C2", stage="convert", reason="no PID",
-                error_type="MappingError", attempts=1, created_at=1, status="open", raw=b"MSH|bad",
+                id="d-old",
+                envelope_id="m-2",
+                sender="ADT|HOSP",
+                control_id="C2",
+                stage="convert",
+                reason="no PID",
+                error_type="MappingError",
+                attempts=1,
+                created_at=1,
+                status="open",
+                raw=b"MSH|bad",
             )
         )
 

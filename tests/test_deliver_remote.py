@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import httpx
 import orjson

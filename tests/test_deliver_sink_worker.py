@@ -6,8 +6,9 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -15,17 +16,17 @@ import pytest
 import redis
 from sqlalchemy.engine import Engine
 
-from gateway.journal.dead_letters import DeadLetterStore
 from gateway.deliver.breaker import CircuitBreaker
 from gateway.deliver.fanout import SinkMessage
 from gateway.deliver.remote import RemoteSink
 from gateway.deliver.sink_worker import SinkWorker
 from gateway.deliver.store_sink import StoreSink
 from gateway.envelope import Envelope
-from gateway.keys import Keys
-from gateway.sinkspec import SinkSpec
+from gateway.journal.dead_letters import DeadLetterStore
 from gateway.journal.deliveries import DeliveryStates
 from gateway.journal.messages import MessageArchive
+from gateway.keys import Keys
+from gateway.sinkspec import SinkSpec
 from gateway.store.ordering import Source
 from gateway.store.resources import ResourceStore
 from tests.fhir_bundles import observation, patient, put, transaction

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -18,15 +19,15 @@ from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
 from gateway.convert.engine import Converter
-from gateway.journal.dead_letters import DeadLetterStore
+from gateway.db.schema import sink_delivery
 from gateway.deliver.remote import RemoteRejected, RemoteSink
 from gateway.envelope import Envelope
 from gateway.hl7.message import parse
+from gateway.journal.dead_letters import DeadLetterStore
+from gateway.journal.deliveries import DeliveryStates
+from gateway.journal.messages import MessageArchive
 from gateway.services.embedded_redis import free_port
 from gateway.sinkspec import parse_sinks
-from gateway.journal.deliveries import DeliveryStates
-from gateway.db.schema import sink_delivery
-from gateway.journal.messages import MessageArchive
 from gateway.store.resources import ResourceStore
 from tests.conftest import sample
 from tests.sekmet_server import SekmetServer, SekmetUnavailable, sekmet_executable

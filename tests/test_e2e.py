@@ -226,7 +226,11 @@ def test_sigterm_stops_cleanly_and_loses_nothing(tmp_path: Path) -> None:
         assert len(children) >= 4  # redis-server, api, worker, mllp
         assert gateway.stop() == 0
         time.sleep(0.5)
-        alive = [pid for pid in children if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+        alive = [
+            pid
+            for pid in children
+            if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        ]
         assert alive == [], "children outlived the gateway"
     finally:
         if gateway.process and gateway.process.poll() is None:

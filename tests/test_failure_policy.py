@@ -115,7 +115,10 @@ def test_describe_leaves_out_the_values_a_database_error_quotes(engine: Engine) 
 
 def test_remote_errors_keep_the_servers_words_for_the_dead_letter_but_not_for_logs() -> None:
     rejected = RemoteRejected(
-        f"POST http://fhir/: HTTP 422: {PHI} is not valid", stage="deliver:x", status=422, outcome=None,
+        f"POST http://fhir/: HTTP 422: {PHI} is not valid",
+        stage="deliver:x",
+        status=422,
+        outcome=None,
         summary="POST http://fhir/: HTTP 422",
     )
     assert PHI in str(rejected) and describe(rejected) == "POST http://fhir/: HTTP 422"
@@ -148,6 +151,7 @@ def test_an_outage_closes_the_gate_once_and_opens_it_when_the_probe_passes(caplo
     caplog.set_level(logging.INFO, logger="gateway.services.outages")
 
     results: list[bool] = []
+
     def hold() -> None:
         results.append(outages.hold(StoreUnavailable("down")))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import hl7
 import pytest
@@ -29,9 +29,7 @@ def version_of(message: Message) -> tuple[int, ...]:
 
 
 def message_with(version: str, *, msh3: str = "SndApp^1.2.3^ISO") -> Message:
-    return parse(
-        f"MSH|^~\\&|{msh3}|SndFac|RcvApp|RcvFac|20240101||ORU^R01^ORU_R01|CTRL-9|T|{version}\rPID|1\r"
-    )
+    return parse(f"MSH|^~\\&|{msh3}|SndFac|RcvApp|RcvFac|20240101||ORU^R01^ORU_R01|CTRL-9|T|{version}\rPID|1\r")
 
 
 def check_with_hl7apy(ack: str) -> None:
@@ -77,7 +75,7 @@ def test_default_timestamp_is_now_with_offset():
     stamp = parse(build_ack(load("v2-to-fhir-ig/ADT_A01.hl7"), "AA")).msh.field_raw(7)
     assert len(stamp) == 24 and stamp[14] == "." and stamp[19] in "+-"
     taken = datetime.strptime(stamp[:14] + stamp[19:], "%Y%m%d%H%M%S%z")
-    assert abs((datetime.now(timezone.utc) - taken).total_seconds()) < 60
+    assert abs((datetime.now(UTC) - taken).total_seconds()) < 60
 
 
 def test_errors_for_v25_and_later():

@@ -75,7 +75,7 @@ def test_ascii_with_high_bytes():
     with pytest.raises(CharsetError):
         decode_message(latin1, strict_ascii=True)
     # Declared ASCII but valid UTF-8 (as in the IG's ORM/OML samples): accepted unless strict.
-    utf8 = message("ASCII", "café".encode("utf-8"))
+    utf8 = message("ASCII", "café".encode())
     assert "café" in decode_message(utf8)
     with pytest.raises(CharsetError) as caught:
         decode_message(utf8, strict_ascii=True)

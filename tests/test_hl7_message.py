@@ -130,7 +130,12 @@ def test_unreadable_messages_raise_parse_error(text, code, field):
 def test_read_separators_custom_set():
     seps = read_separators("MSH!@$%*#!rest")
     assert (seps.field, seps.component, seps.repetition, seps.escape, seps.subcomponent, seps.truncation) == (
-        "!", "@", "$", "%", "*", "#",
+        "!",
+        "@",
+        "$",
+        "%",
+        "*",
+        "#",
     )
 
 
@@ -158,7 +163,11 @@ field_value = st.lists(st.lists(st.lists(leaf, min_size=1, max_size=3), min_size
 
 
 @PROPERTY
-@given(separators(), st.lists(st.lists(field_value, max_size=4), min_size=1, max_size=4), st.sampled_from(["\r", "\n", "\r\n"]))
+@given(
+    separators(),
+    st.lists(st.lists(field_value, max_size=4), min_size=1, max_size=4),
+    st.sampled_from(["\r", "\n", "\r\n"]),
+)
 def test_values_written_escaped_read_back_exactly(seps, segments, terminator):
     """Any nesting of repetitions, components and subcomponents survives a write and a parse."""
     f, r, c, s = seps.field, seps.repetition, seps.component, seps.subcomponent
@@ -194,6 +203,6 @@ def test_arbitrary_text_raises_only_parse_error(prefix, text):
     for seg in msg:
         for n in range(1, len(seg) + 2):
             for rep in seg.repetitions(n):
-                rep.first
+                _ = rep.first  # must not raise
                 for comp in rep.parts():
                     [sub.value for sub in comp.parts()]

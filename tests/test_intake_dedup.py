@@ -7,8 +7,8 @@ import time
 
 import redis
 
-from gateway.queue.intake import Receipt
 from gateway.keys import Keys
+from gateway.queue.intake import Receipt
 from tests.test_queue_intake import envelope, queued, submit_all
 
 RAW = b"MSH|^~\\&|App|Fac|GW|GWF|20240101||ADT^A01|C-1|P|2.5\rPID|1||42\r"
@@ -54,7 +54,9 @@ def test_same_control_id_with_other_content_is_not_dropped(redis_url: str, redis
     # A sender that restarted its MSH-10 counter: the new message must not be lost as a "duplicate".
     other = RAW.replace(b"PID|1||42", b"PID|1||43")
     receipts = asyncio.run(
-        submit_all(redis_url, redis_namespace, [envelope(control_id="C-1", raw=RAW), envelope(control_id="C-1", raw=other)])
+        submit_all(
+            redis_url, redis_namespace, [envelope(control_id="C-1", raw=RAW), envelope(control_id="C-1", raw=other)]
+        )
     )
     assert receipts == [Receipt(1), Receipt(2, control_id_reused=True)]
     assert len(queued(redis_url, redis_namespace)) == 2

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from gateway.envelope import Envelope, Kind
 from gateway.errors import IntakeUnavailable
+from gateway.keys import ACTOR, QUEUE, Keys
 from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, content_digest, new_envelope_id
 from gateway.queue.intake import Intake, Receipt
-from gateway.keys import ACTOR, QUEUE, Keys
 from gateway.queue.resp import parse_reply
 from tests.test_queue_intake import envelope, queued
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -70,7 +70,7 @@ class ListenerThread:
             self._ready.set()
             await self._stop.wait()
 
-    def __enter__(self) -> "ListenerThread":
+    def __enter__(self) -> ListenerThread:
         self._thread.start()
         assert self._ready.wait(10)
         return self
@@ -106,7 +106,9 @@ def test_send_prints_every_ack_and_exits_zero_when_all_are_accepted(
     assert "3 accepted, 0 not accepted" in out
 
 
-def test_send_exits_non_zero_on_a_reject(listener: ListenerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_send_exits_non_zero_on_a_reject(
+    listener: ListenerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     file = tmp_path / "mixed.hl7"
     file.write_bytes(adt("M-1") + adt("M-2", trigger="A02") + adt("M-3"))
     assert send(str(file), "--port", str(listener.port)) == 1

@@ -58,7 +58,9 @@ def test_missing_trailing_cr_is_tolerated_by_default(frames, cuts):
 
 @PROPERTY
 @given(
-    st.lists(st.tuples(junk, st.binary(max_size=40).map(lambda b: b.replace(b"\x0b", b"").replace(b"\x1c", b""))), max_size=8),
+    st.lists(
+        st.tuples(junk, st.binary(max_size=40).map(lambda b: b.replace(b"\x0b", b"").replace(b"\x1c", b""))), max_size=8
+    ),
     st.lists(st.integers(min_value=0), max_size=20),
 )
 def test_oversized_frames_are_dropped_and_reported(frames, cuts):
@@ -94,7 +96,9 @@ def feed_recording(decoder: FrameDecoder, chunks: list[bytes]) -> list[tuple[lis
 
 @PROPERTY
 @given(
-    st.lists(st.one_of(payloads.map(lambda p: (True, encode_frame(p))), st.binary(max_size=30).map(lambda b: (False, b)))),
+    st.lists(
+        st.one_of(payloads.map(lambda p: (True, encode_frame(p))), st.binary(max_size=30).map(lambda b: (False, b)))
+    ),
     st.integers(min_value=1, max_value=40),
     st.booleans(),
 )

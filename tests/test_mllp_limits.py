@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.mllp.server import Limits
 from gateway.mllp.framing import OVERSIZED_HEAD_BYTES
+from gateway.mllp.limits import Limits
 from tests.mllp_support import RawClient, adt, listening, queued
 
 
@@ -32,7 +32,9 @@ def test_oversized_message_gets_ar_and_the_connection_is_closed(redis_url: str, 
     assert kept.raw == big[:OVERSIZED_HEAD_BYTES]  # the head is kept for operators, not the whole
 
 
-def test_a_frame_that_does_not_finish_in_time_is_kept_and_the_connection_closed(redis_url: str, redis_namespace: str) -> None:
+def test_a_frame_that_does_not_finish_in_time_is_kept_and_the_connection_closed(
+    redis_url: str, redis_namespace: str
+) -> None:
     async def scenario() -> None:
         limits = Limits(frame_timeout_s=0.3)
         async with listening(redis_url, redis_namespace, limits=limits) as (server, port):

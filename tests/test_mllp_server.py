@@ -10,17 +10,21 @@ import hl7
 import redis
 from hl7.mllp import open_hl7_connection
 
-from gateway.mllp.server import Limits
+from gateway.keys import Keys
+from gateway.mllp.limits import Limits
 from gateway.mllp.triage import IntakeRules, Triage
 from gateway.services.embedded_redis import free_port
-from gateway.keys import Keys
 from tests.conftest import SAMPLES, sample
 from tests.mllp_support import RawClient, adt, listening, queued
 
-TYPES = Triage(IntakeRules(supports=lambda c, t: (c, t) in {("ADT", "A01"), ("ADT", "A04")}, known_codes=frozenset({"ADT"})))
+TYPES = Triage(
+    IntakeRules(supports=lambda c, t: (c, t) in {("ADT", "A01"), ("ADT", "A04")}, known_codes=frozenset({"ADT"}))
+)
 
 
-def test_many_connections_pipelined_acked_in_order_with_per_sender_sequence(redis_url: str, redis_namespace: str) -> None:
+def test_many_connections_pipelined_acked_in_order_with_per_sender_sequence(
+    redis_url: str, redis_namespace: str
+) -> None:
     connections, per_connection = 10, 30
 
     async def client(port: int, n: int) -> None:
@@ -61,9 +65,15 @@ def test_mllp_send_command_line_client(redis_url: str, redis_namespace: str) -> 
         async with listening(redis_url, redis_namespace) as (_, port):
             mllp_send = Path(sys.executable).parent / "mllp_send"
             process = await asyncio.create_subprocess_exec(
-                str(mllp_send), "--loose", "--file", str(SAMPLES / "v2-to-fhir-ig" / "ADT_A01.hl7"),
-                "--port", str(port), "127.0.0.1",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                str(mllp_send),
+                "--loose",
+                "--file",
+                str(SAMPLES / "v2-to-fhir-ig" / "ADT_A01.hl7"),
+                "--port",
+                str(port),
+                "127.0.0.1",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             out, err = await asyncio.wait_for(process.communicate(), 30)
             assert process.returncode == 0, err
@@ -103,7 +113,9 @@ def test_unreadable_header_gets_ar_and_is_kept_raw(redis_url: str, redis_namespa
     assert kept.meta["reason"].startswith("AR: 100")
 
 
-def test_header_rejections_answer_the_table_0357_code_and_keep_the_message(redis_url: str, redis_namespace: str) -> None:
+def test_header_rejections_answer_the_table_0357_code_and_keep_the_message(
+    redis_url: str, redis_namespace: str
+) -> None:
     cases = [
         (adt("V-1", version="2.9"), "203"),
         (adt("P-1").replace(b"|P|2.5.1", b"|X|2.5.1"), "202"),
@@ -179,8 +191,14 @@ def test_enhanced_mode_sends_accept_acks_as_msh15_asks(redis_url: str, redis_nam
     asyncio.run(scenario())
     # Suppressed or not, every message was committed (the rejected ones as kept, not processed).
     stages = {e.control_id: e.kind for e in queued(redis_url, redis_namespace)}
-    assert stages == {"E-NE": "message", "E-ER-ok": "message", "E-ER-bad": "rejected", "E-SU-ok": "message",
-                      "E-SU-bad": "rejected", "E-AL": "message"}
+    assert stages == {
+        "E-NE": "message",
+        "E-ER-ok": "message",
+        "E-ER-bad": "rejected",
+        "E-SU-ok": "message",
+        "E-SU-bad": "rejected",
+        "E-AL": "message",
+    }
 
 
 def test_invalid_bytes_for_the_charset_get_ae_and_are_kept(redis_url: str, redis_namespace: str) -> None:
@@ -191,7 +209,12 @@ def test_invalid_bytes_for_the_charset_get_ae_and_are_kept(redis_url: str, redis
             client = await RawClient.connect(port)
             await client.send_message(raw)
             ack = await client.read_ack()
-            assert (ack.get("MSA-1"), ack.get("MSA-2"), ack.get("ERR-3.1"), ack.get("ERR-2")) == ("AE", "CS-1", "102", "MSH^1^18")
+            assert (ack.get("MSA-1"), ack.get("MSA-2"), ack.get("ERR-3.1"), ack.get("ERR-2")) == (
+                "AE",
+                "CS-1",
+                "102",
+                "MSH^1^18",
+            )
             assert "0xE9" in ack.get("ERR-8")
             await client.close()
 

@@ -8,8 +8,8 @@ import pytest
 
 from gateway.config import load_settings
 from gateway.errors import ConfigError
+from gateway.mllp.limits import Limits
 from gateway.services import listener as service
-from gateway.mllp.server import Limits
 
 
 def test_defaults() -> None:

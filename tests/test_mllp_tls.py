@@ -82,7 +82,9 @@ def test_mutual_tls_refuses_clients_without_a_trusted_certificate(
             await client.send_message(adt("MTLS-1"))
             assert (await client.read_ack()).get("MSA-1") == "AA"
             await client.close()
-            results = await send_messages([adt("MTLS-2")], "127.0.0.1", port, ssl_context=client_context(pki["ca"], pki["client"]))
+            results = await send_messages(
+                [adt("MTLS-2")], "127.0.0.1", port, ssl_context=client_context(pki["ca"], pki["client"])
+            )
             assert [(r.control_id, r.code) for r in results] == [("MTLS-2", "AA")]
 
     asyncio.run(scenario())

@@ -7,12 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.hl7.ackmode import AckMode
 from gateway.envelope import Kind
+from gateway.hl7.ackmode import AckMode
 from gateway.mllp.triage import IntakeRules, Triage
+from tests.conftest import SAMPLES, sample
 
 PROCESS, REJECTED, STORED_ACK = Kind.MESSAGE, Kind.REJECTED, Kind.ACK
-from tests.conftest import SAMPLES, sample
 
 SAMPLE_FILES = sorted(p.relative_to(SAMPLES).as_posix() for p in SAMPLES.rglob("*.hl7"))
 SUPPORTED = {("ADT", "A01"), ("ADT", "A04"), ("ORU", "R01")}

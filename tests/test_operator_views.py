@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -13,11 +14,11 @@ from gateway.convert.engine import Converter
 from gateway.deliver.source import source_of
 from gateway.deliver.store_sink import StoreSink
 from gateway.hl7.message import parse
-from gateway.services.operator_views import list_superseded, show_message, show_trail, sink_status
-from gateway.services.pipeline import Pipeline
 from gateway.journal import provenance
 from gateway.journal.deliveries import DeliveryStates
 from gateway.journal.messages import MessageArchive
+from gateway.services.operator_views import list_superseded, show_message, show_trail, sink_status
+from gateway.services.pipeline import Pipeline
 from tests.test_pipeline import adt, envelope
 
 
@@ -93,7 +94,11 @@ def test_sink_backlog_and_a_message_per_sink(engine: Engine, store_sink: StoreSi
 
 
 def test_the_commands_read_the_configured_database(
-    database_url: str, engine: Engine, store_sink: StoreSink, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    database_url: str,
+    engine: Engine,
+    store_sink: StoreSink,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     pipeline = Pipeline(Converter.load(), store_sink, MessageArchive(engine))
     pipeline.process(envelope(adt("C-CLI", "Doe")))

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from gateway.mllp.client import send_messages
 from gateway.db.engine import make_engine
 from gateway.db.schema import message_archive
+from gateway.mllp.client import send_messages
 from tests.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.slow

@@ -14,17 +14,17 @@ from sqlalchemy.engine import Engine
 
 from gateway.config import load_settings
 from gateway.convert.engine import Converter
+from gateway.db.schema import sink_delivery
 from gateway.deliver.source import dtm_to_utc, source_of
 from gateway.deliver.store_sink import StoreSink
 from gateway.envelope import Envelope
 from gateway.errors import DeliveryError
 from gateway.hl7.message import parse
-from gateway.services.pipeline import Pipeline
-from gateway.services.worker import sender_zones
 from gateway.journal import provenance
 from gateway.journal.deliveries import DeliveryStates
-from gateway.db.schema import sink_delivery
 from gateway.journal.messages import MessageArchive
+from gateway.services.pipeline import Pipeline
+from gateway.services.worker import sender_zones
 from gateway.store.ordering import Source
 from tests.conftest import sample
 from tests.fhir_bundles import observation, patient, put, transaction

@@ -10,9 +10,9 @@ from pathlib import Path
 import redis
 
 from gateway.envelope import Envelope
-from gateway.services.embedded_redis import EmbeddedRedis
-from gateway.queue.intake import Intake
 from gateway.keys import Keys
+from gateway.queue.intake import Intake
+from gateway.services.embedded_redis import EmbeddedRedis
 
 
 def test_config_is_durable(tmp_path: Path) -> None:
@@ -34,7 +34,13 @@ def test_committed_messages_survive_sigkill(tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "redis")
     server.start()
     envelopes = [
-        Envelope(id=str(uuid.uuid4()), raw=f"MSH|^~\\&|A|B|||||ADT^A01|{i}|P|2.5".encode(), received_at=int(time.time() * 1000), sender="A|B", control_id=str(i))
+        Envelope(
+            id=str(uuid.uuid4()),
+            raw=f"MSH|^~\\&|A|B|||||ADT^A01|{i}|P|2.5".encode(),
+            received_at=int(time.time() * 1000),
+            sender="A|B",
+            control_id=str(i),
+        )
         for i in range(200)
     ]
 

@@ -12,9 +12,9 @@ from dramatiq import Message
 
 from gateway.envelope import Envelope
 from gateway.errors import IntakeUnavailable
-from gateway.services.embedded_redis import free_port
-from gateway.queue.intake import Intake, Receipt
 from gateway.keys import ACTOR, QUEUE, Keys
+from gateway.queue.intake import Intake, Receipt
+from gateway.services.embedded_redis import free_port
 
 
 def envelope(
@@ -78,9 +78,15 @@ def test_sequence_numbers_are_per_sender_gapless_and_in_submission_order(redis_u
     assert [e.control_id for e in queued(redis_url, redis_namespace)] == [str(i) for i in range(300)]
 
 
-def test_kept_envelopes_have_no_sequence_number_and_are_never_deduplicated(redis_url: str, redis_namespace: str) -> None:
-    envelopes = [envelope(control_id="R1", stage="rejected"), envelope(control_id="R1", stage="rejected"),
-                 envelope(control_id="K1", stage="ack"), envelope(control_id="P1")]
+def test_kept_envelopes_have_no_sequence_number_and_are_never_deduplicated(
+    redis_url: str, redis_namespace: str
+) -> None:
+    envelopes = [
+        envelope(control_id="R1", stage="rejected"),
+        envelope(control_id="R1", stage="rejected"),
+        envelope(control_id="K1", stage="ack"),
+        envelope(control_id="P1"),
+    ]
     receipts = asyncio.run(submit_all(redis_url, redis_namespace, envelopes))
     assert receipts == [Receipt(0), Receipt(0), Receipt(0), Receipt(1)]
     stored = queued(redis_url, redis_namespace)

@@ -13,14 +13,14 @@ import redis
 from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
-from gateway.journal.dead_letters import DeadLetterStore
 from gateway.envelope import Envelope
 from gateway.errors import TransientDeliveryError
 from gateway.hl7.message import parse
-from gateway.queue.intake import Intake
-from gateway.keys import Keys
-from gateway.services.worker import run_worker
+from gateway.journal.dead_letters import DeadLetterStore
 from gateway.journal.messages import MessageArchive
+from gateway.keys import Keys
+from gateway.queue.intake import Intake
+from gateway.services.worker import run_worker
 from gateway.store.resources import ResourceStore
 from tests.conftest import sample
 
@@ -53,7 +53,7 @@ class RunningWorker:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=run_worker, args=(settings, redis_url, self.stop), daemon=True)
 
-    def __enter__(self) -> "RunningWorker":
+    def __enter__(self) -> RunningWorker:
         self.thread.start()
         return self
 
@@ -102,10 +102,17 @@ def test_bad_content_is_dead_lettered_with_stage(
     tmp_path: Path, engine: Engine, database_url: str, redis_url: str, redis_namespace: str
 ) -> None:
     no_patient = b"MSH|^~\\&|LAB|HOSP|GW|GW|20240101120000||ADT^A01^ADT_A01|NOPID|P|2.5.1\rEVN|A01|20240101\r"
-    bad_charset = b"MSH|^~\\&|LAB|HOSP|GW|GW|20240101120000||ADT^A01^ADT_A01|BADCS|P|2.5.1|||||||UNICODE UTF-8\rPID|1||\xff\xfe^^^H^MR\r"
+    bad_charset = (
+        b"MSH|^~\\&|LAB|HOSP|GW|GW|20240101120000||ADT^A01^ADT_A01|BADCS|P|2.5.1|||||||UNICODE UTF-8\r"
+        b"PID|1||\xff\xfe^^^H^MR\r"
+    )
     # The second one's bytes are not UTF-8 although MSH-18 says so: it cannot be parsed in a worker.
     charset_env = Envelope(
-        id=str(uuid.uuid4()), raw=bad_charset, received_at=int(time.time() * 1000), sender="LAB|HOSP", control_id="BADCS"
+        id=str(uuid.uuid4()),
+        raw=bad_charset,
+        received_at=int(time.time() * 1000),
+        sender="LAB|HOSP",
+        control_id="BADCS",
     )
     envelopes = [_envelope(no_patient), charset_env]
     _enqueue(redis_url, redis_namespace, envelopes)
@@ -120,7 +127,12 @@ def test_bad_content_is_dead_lettered_with_stage(
 
 
 def test_transient_failures_are_retried_then_parked(
-    tmp_path: Path, engine: Engine, database_url: str, redis_url: str, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    engine: Engine,
+    database_url: str,
+    redis_url: str,
+    redis_namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[str] = []
 

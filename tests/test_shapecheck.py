@@ -64,9 +64,30 @@ def test_every_value_has_a_checker() -> None:
 # Values of the JSON type a leaf already has (a new type is a new shape, which the model checks itself).
 _TEXT = st.one_of(
     st.text(max_size=30),
-    st.sampled_from(["2024-02-30", "2024-02-29", "2023-02-29", "1970", "1970-06", "2020-01-01T10:00:00Z",
-                     "2020-01-01T10:00:00", "2020-01-01T25:00:00+01:00", "urn:uuid:x", "has space", "a\tb", "x" * 70,
-                     "final", "http://loinc.org", "-1", "1.50", "abc-DEF.123", " lead", "trail ", ""]),
+    st.sampled_from(
+        [
+            "2024-02-30",
+            "2024-02-29",
+            "2023-02-29",
+            "1970",
+            "1970-06",
+            "2020-01-01T10:00:00Z",
+            "2020-01-01T10:00:00",
+            "2020-01-01T25:00:00+01:00",
+            "urn:uuid:x",
+            "has space",
+            "a\tb",
+            "x" * 70,
+            "final",
+            "http://loinc.org",
+            "-1",
+            "1.50",
+            "abc-DEF.123",
+            " lead",
+            "trail ",
+            "",
+        ]
+    ),
 )
 _NUMBER = st.one_of(st.integers(min_value=-(2**40), max_value=2**40), st.sampled_from([0, -1, 2**31, 2**31 - 1]))
 

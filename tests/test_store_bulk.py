@@ -13,8 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gateway.db.bulk import BulkInsert, BulkUpdate, KeyedRows
 from gateway.db.engine import make_engine
-from gateway.db.schema import message_archive
-from gateway.db.schema import fhir_resource, fhir_search_date
+from gateway.db.schema import fhir_resource, fhir_search_date, message_archive
 
 COLUMNS = tuple(fhir_resource.c.keys())
 ROW = ("Patient", "p1", 3, datetime(2024, 5, 1, 12, 0, 0, 123000), False, "abc", '{"x":"é\\"{}"}')

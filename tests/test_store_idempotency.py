@@ -15,10 +15,8 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
-from gateway.db.schema import patient_merge
+from gateway.db.schema import SEARCH_TABLES, fhir_resource, fhir_resource_history, patient_merge, resource_provenance
 from gateway.store.ordering import Source
-from gateway.db.schema import resource_provenance
-from gateway.db.schema import SEARCH_TABLES, fhir_resource, fhir_resource_history
 from gateway.store.resources import ResourceStore
 from tests.fhir_bundles import delete as delete_entry
 from tests.fhir_bundles import observation, patient, put, transaction

@@ -107,9 +107,7 @@ def test_patient_index_rows() -> None:
         ("name", "ørsted", "Ørsted"),
         ("name", "hans christian", "Hans Christian"),  # "official" (HumanName.use) is a code, not text
     }
-    assert [row[2:] for row in rows.dates] == [
-        ("birthdate", datetime(1777, 8, 14), datetime(1777, 8, 15))
-    ]
+    assert [row[2:] for row in rows.dates] == [("birthdate", datetime(1777, 8, 14), datetime(1777, 8, 15))]
     assert rows.references == []
 
 

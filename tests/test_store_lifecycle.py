@@ -20,16 +20,14 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from gateway.convert.engine import Converter
-from gateway.deliver.store_sink import StoreSink
+from gateway.db.schema import SEARCH_TABLES, fhir_resource, fhir_resource_history, patient_merge, resource_provenance
 from gateway.deliver.source import source_of
+from gateway.deliver.store_sink import StoreSink
 from gateway.envelope import Envelope
 from gateway.hl7.charset import decode_message
 from gateway.hl7.message import parse
 from gateway.journal import provenance
-from gateway.db.schema import patient_merge
 from gateway.store.ordering import Source
-from gateway.db.schema import resource_provenance
-from gateway.db.schema import SEARCH_TABLES, fhir_resource, fhir_resource_history
 from gateway.store.resources import ResourceStore
 from tests.conftest import sample
 from tests.fhir_bundles import delete, observation, patient, put, transaction
@@ -337,12 +335,12 @@ def test_sample_delete_patient(engine: Engine, converter: Converter) -> None:
 
 
 OLD_PATIENT_ADMIT = (
-    "MSH|^~\\&|Ntierprise|Ntierprise Clinic|Healthmatics EHR|Healthmatics Clinic|20190401090000+0215||"
-    "ADT^A01^ADT_A01|8919-01|P|2.8\r"
-    "EVN|A01|20190401090000+0215\r"
-    "PID|1||56789^^^BCBS^MR||Test^Old^A||20180205|F\r"
-    "PV1|1|I|WARD^1^1||||||||||||||||V100^^^BCBS^VN\r"
-).encode()
+    b"MSH|^~\\&|Ntierprise|Ntierprise Clinic|Healthmatics EHR|Healthmatics Clinic|20190401090000+0215||"
+    b"ADT^A01^ADT_A01|8919-01|P|2.8\r"
+    b"EVN|A01|20190401090000+0215\r"
+    b"PID|1||56789^^^BCBS^MR||Test^Old^A||20180205|F\r"
+    b"PV1|1|I|WARD^1^1||||||||||||||||V100^^^BCBS^VN\r"
+)
 
 
 def test_sample_merge_in_both_arrival_orders(engine: Engine, converter: Converter) -> None:
@@ -352,7 +350,9 @@ def test_sample_merge_in_both_arrival_orders(engine: Engine, converter: Converte
         _clear(engine)
         feed = Feed(engine, converter)
         merge, _ = feed.bundle(a40)
-        (old,) = [p for p in _resources(merge, "Patient") if any(l["type"] == "replaced-by" for l in p.get("link", []))]
+        (old,) = [
+            p for p in _resources(merge, "Patient") if any(link["type"] == "replaced-by" for link in p.get("link", []))
+        ]
         new_reference = old["link"][0]["other"]["reference"]
         for raw in order:
             feed.send(raw)

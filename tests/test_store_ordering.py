@@ -7,9 +7,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from gateway.db.schema import fhir_resource
 from gateway.journal import provenance
 from gateway.store.ordering import Source
-from gateway.db.schema import fhir_resource
 from gateway.store.resources import AppliedEntry, ResourceStore
 from tests.fhir_bundles import delete, observation, patient, put, transaction
 

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Engine
 
-from gateway.deliver.store_sink import StoreSink
-from gateway.errors import DeliveryError, Policy, StoreUnavailable, is_retryable, policy_of
 from gateway.db.engine import make_engine
 from gateway.db.schema import fhir_resource, fhir_resource_history
+from gateway.deliver.store_sink import StoreSink
+from gateway.errors import DeliveryError, Policy, StoreUnavailable, is_retryable, policy_of
 from gateway.store.resources import AppliedEntry, ResourceStore, content_hash
 from tests.fhir_bundles import delete, observation, patient, put, transaction
 

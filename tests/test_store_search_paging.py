@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from gateway.db.migrate import migrate
 from gateway.db.engine import make_engine
+from gateway.db.migrate import migrate
 from gateway.store.resources import ResourceStore
 from gateway.store.search import SearchError, SearchResult, UnsupportedParameter, build_search
 from gateway.store.search_includes import MAX_INCLUDED

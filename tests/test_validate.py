@@ -53,7 +53,9 @@ def test_unknown_element(bundle: dict) -> None:
 def test_empty_elements_are_refused(bundle: dict, empty: object) -> None:
     observation = _resource(bundle, "Observation")
     observation["code"]["coding"][0]["display"] = empty
-    with pytest.raises(ValidationError, match=rf"Observation/{observation['id']}: element code.coding\[0\].display is empty"):
+    with pytest.raises(
+        ValidationError, match=rf"Observation/{observation['id']}: element code.coding\[0\].display is empty"
+    ):
         validate_bundle(bundle)
 
 
@@ -89,7 +91,10 @@ def test_bad_references(bundle: dict, reference: str, reason: str) -> None:
 
 def test_references_to_known_types_outside_the_bundle_are_accepted(bundle: dict) -> None:
     report = _resource(bundle, "DiagnosticReport")
-    report["performer"] = [{"reference": "Organization/lab-1"}, {"reference": "https://example.org/fhir/Practitioner/7"}]
+    report["performer"] = [
+        {"reference": "Organization/lab-1"},
+        {"reference": "https://example.org/fhir/Practitioner/7"},
+    ]
     validate_bundle(bundle)
     entry = next(e for e in bundle["entry"] if e["resource"] is report)
     report["basedOn"] = [{"reference": entry["fullUrl"]}]
@@ -106,7 +111,10 @@ def test_duplicate_entries_and_request_mismatch(bundle: dict) -> None:
         validate_bundle(bundle)
 
 
-@pytest.mark.parametrize("broken", [{}, {"resourceType": "Bundle", "type": "batch", "entry": []}, {"resourceType": "Bundle", "type": "transaction"}])
+@pytest.mark.parametrize(
+    "broken",
+    [{}, {"resourceType": "Bundle", "type": "batch", "entry": []}, {"resourceType": "Bundle", "type": "transaction"}],
+)
 def test_not_a_transaction_bundle(broken: dict) -> None:
     with pytest.raises(ValidationError):
         validate_bundle(broken)

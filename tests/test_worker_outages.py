@@ -12,23 +12,24 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
 from sqlalchemy import event
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import Settings
-from gateway.journal.dead_letters import DeadLetterStore, Letter
+from gateway.db.engine import make_engine
+from gateway.db.migrate import migrate
 from gateway.envelope import Envelope
+from gateway.journal.dead_letters import DeadLetterStore, Letter
+from gateway.journal.messages import MessageArchive
 from gateway.keys import Keys
 from gateway.services.letters import LetterBox
-from gateway.db.migrate import migrate
-from gateway.db.engine import make_engine
-from gateway.journal.messages import MessageArchive
 from tests.conftest import postgres_schema
 from tests.faults import CuttableProxy
 from tests.test_deliver_sinks import a04, envelope
@@ -216,4 +217,3 @@ def test_a_dead_letter_the_database_cannot_take_waits_in_redis(
     assert MessageArchive(engine).get(letter.envelope.id).status == "failed"  # type: ignore[union-attr]
     assert box.post(letter) == "stored" and len(DeadLetterStore(engine).list()) == 1  # the same letter, once
     client.close()
-

@@ -14,8 +14,8 @@ from gateway.api.capability import software_version
 from gateway.api.docs import install_docs
 from gateway.api.outcome import install_error_handlers
 from gateway.config import Settings
-from gateway.db.migrate import migrate
 from gateway.db.engine import make_engine
+from gateway.db.migrate import migrate
 from gateway.store.resources import ResourceStore
 
 

@@ -40,7 +40,7 @@ class TokenRegistry:
         return len(self._tokens)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "TokenRegistry":
+    def from_settings(cls, settings: Settings) -> TokenRegistry:
         """Tokens from HL7GW_API_TOKENS, or else the one admin token in the admin token file."""
         if settings.api_tokens:
             tokens = parse_tokens(settings.api_tokens)

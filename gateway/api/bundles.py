@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -62,7 +62,7 @@ def _bundle(kind: str, links: list[dict[str, str]], entries: list[dict[str, Any]
     return {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
-        "meta": {"lastUpdated": format_instant(datetime.now(timezone.utc).replace(tzinfo=None))},
+        "meta": {"lastUpdated": format_instant(datetime.now(UTC).replace(tzinfo=None))},
         "type": kind,
         "link": links,
         "entry": entries,

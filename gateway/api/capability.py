@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata as package_metadata
 from typing import Any
 
@@ -56,7 +56,7 @@ def capability_statement(base_url: str) -> dict[str, Any]:
         "resourceType": "CapabilityStatement",
         "id": "hl7gw",
         "status": "active",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "publisher": "hl7gw",
         "kind": "instance",
         "software": {"name": "hl7gw", "version": software_version()},

@@ -54,9 +54,7 @@ def negotiate(request: Request) -> ResponseFormat:
     return chosen
 
 
-def respond(
-    request: Request, body: Any, status_code: int = 200, headers: dict[str, str] | None = None
-) -> FHIRResponse:
+def respond(request: Request, body: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> FHIRResponse:
     """A FHIR JSON response in the format negotiated for ``request``."""
     chosen: ResponseFormat = getattr(request.state, "response_format", None) or negotiate(request)
     return FHIRResponse(body, status_code, headers, chosen.media_type, pretty=chosen.pretty)

@@ -6,7 +6,7 @@ version, answers 304 Not Modified (RFC 9110 13.1.2 and 13.1.3; If-None-Match win
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 
 from fastapi import Request
@@ -31,7 +31,7 @@ def resource_response(request: Request, stored: StoredResource | None, what: str
 
 def validators(stored: StoredResource) -> dict[str, str]:
     """ETag and Last-Modified of a version (http.html#versioning: the weak ETag holds the versionId)."""
-    last_modified = format_datetime(stored.last_updated.replace(tzinfo=timezone.utc), usegmt=True)
+    last_modified = format_datetime(stored.last_updated.replace(tzinfo=UTC), usegmt=True)
     return {"ETag": f'W/"{stored.version_id}"', "Last-Modified": last_modified}
 
 
@@ -65,5 +65,5 @@ def _http_date(value: str) -> datetime | None:
     except (TypeError, ValueError, IndexError):
         return None
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from typing import Iterable
+from collections.abc import Iterable
 
 from gateway.convert.compiler import PathUse
 from gateway.convert.maps import Mappings
@@ -81,7 +81,9 @@ def _descend(datatypes: Iterable[str], positions: tuple[int, ...], text: str) ->
             widths.append(f"{datatype} has {max(components)}")
             below |= components.get(n, set())
         if not below:
-            raise ValueError(f"{text}: no component {n} in HL7 v2.3-v2.8 ({', '.join(sorted(widths)) or 'a primitive has none'})")
+            raise ValueError(
+                f"{text}: no component {n} in HL7 v2.3-v2.8 ({', '.join(sorted(widths)) or 'a primitive has none'})"
+            )
         current = below
     return current
 

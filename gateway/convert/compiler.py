@@ -11,23 +11,57 @@ load-time checks against the HL7 and FHIR definitions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from gateway.convert import fhirmodel, functions
-from gateway.convert.conditions import Check, MappingSpecError, compile_conditions
+from gateway.convert.conditions import Check, compile_conditions
 from gateway.convert.context import Context
-from gateway.convert.paths import PathError, SourcePath, TargetPath, compile_reader, compile_writer, parse_source, parse_target
-from gateway.convert.producers import DatatypeMap, Producer, constant_producer, dispatch_producer, plain_producer, wrap_choice
+from gateway.convert.mapping_errors import FhirPathError, MappingSpecError, PathError
+from gateway.convert.paths import (
+    SourcePath,
+    TargetPath,
+    compile_reader,
+    compile_writer,
+    parse_source,
+    parse_target,
+)
+from gateway.convert.producers import (
+    DatatypeMap,
+    Producer,
+    constant_producer,
+    dispatch_producer,
+    plain_producer,
+    wrap_choice,
+)
 from gateway.convert.sources import OneRepetition, all_sources, first_source, repetitions_raw
 from gateway.convert.tables import Table
 from gateway.convert.values import clone, fresh, is_empty, join_repetitions, value_writer
 from gateway.errors import MappingError
 
-
 RULE_KEYS = frozenset(
-    {"from", "to", "datatype", "by", "datatypes", "function", "transform", "table", "value", "when",
-     "wrap", "set", "defaults", "default", "repeats", "required", "enrich", "each", "note"}
+    {
+        "from",
+        "to",
+        "datatype",
+        "by",
+        "datatypes",
+        "function",
+        "transform",
+        "table",
+        "value",
+        "when",
+        "wrap",
+        "set",
+        "defaults",
+        "default",
+        "repeats",
+        "required",
+        "enrich",
+        "each",
+        "note",
+    }
 )
 
 
@@ -65,7 +99,7 @@ class TargetUse:
     types: tuple[str, ...]
 
 
-Rule = Callable[[Any, Context, dict], None]
+Rule = Callable[[Any, Context, dict[str, Any]], None]
 
 
 @dataclass
@@ -121,7 +155,9 @@ class RuleCompiler:
             raise MappingSpecError(where, "$value is only for datatype maps")
         return path
 
-    def check_target(self, where: str, target: TargetPath, types: tuple[str, ...], wrap: Any = None) -> tuple | None:
+    def check_target(
+        self, where: str, target: TargetPath, types: tuple[str, ...], wrap: Any = None
+    ) -> tuple[Any, ...] | None:
         """Check that the FHIR element exists in ``root`` and takes the type written (an error names
         the rule's file and line); return the choice exclusions for the writer."""
         if target.is_value:
@@ -132,9 +168,11 @@ class RuleCompiler:
         try:
             resolved = fhirmodel.resolve(self.root, target, (), prefix)
             if types and resolved is not None:
-                typed = parse_target(f"{target.text}.{wrap}") if isinstance(wrap, str) and wrap.isidentifier() else target
+                typed = (
+                    parse_target(f"{target.text}.{wrap}") if isinstance(wrap, str) and wrap.isidentifier() else target
+                )
                 fhirmodel.resolve(self.root, typed, types, prefix)
-        except fhirmodel.FhirPathError as exc:
+        except FhirPathError as exc:
             raise MappingSpecError(where, f"{self.map_name}: {exc}") from None
         return resolved.exclusive if resolved is not None else None
 
@@ -143,7 +181,9 @@ class RuleCompiler:
         return compile_conditions(self, spec, where, rule_source)
 
     # -- producers ----------------------------------------------------------------------------------
-    def producer(self, rule: dict, where: str, target: TargetPath) -> tuple[Producer, bool, str | None, tuple[str, ...]]:
+    def producer(
+        self, rule: dict[str, Any], where: str, target: TargetPath
+    ) -> tuple[Producer, bool, str | None, tuple[str, ...]]:
         """(produce(element, ctx) -> value, needs_source, expected v2 datatype, FHIR types written)."""
         kinds = [k for k in ("datatype", "by", "function", "transform", "value", "each") if k in rule]
         if len(kinds) > 1:
@@ -175,7 +215,7 @@ class RuleCompiler:
             name = str(rule["function"])
             fn = functions.BUILDERS.get(name)
             if fn is None:
-                raise MappingSpecError(where, f"unknown function {name!r} (not in gateway/convert/functions.py)")
+                raise MappingSpecError(where, f"unknown function {name!r} (not in gateway/convert/functions/)")
             self.widen(functions.BUILDER_READS[name])
             for text in functions.BUILDER_FIELDS[name]:
                 path = parse_source(text)
@@ -192,7 +232,9 @@ class RuleCompiler:
         if "transform" in rule:
             transform = functions.TRANSFORMS.get(str(rule["transform"]))
             if transform is None:
-                raise MappingSpecError(where, f"unknown transform {rule['transform']!r} (not in gateway/convert/functions.py)")
+                raise MappingSpecError(
+                    where, f"unknown transform {rule['transform']!r} (not in gateway/convert/functions/)"
+                )
             zoned = str(rule["transform"]) in functions.ZONED_TRANSFORMS
         return plain_producer(transform, table, zoned), True, None, ()
 
@@ -228,12 +270,19 @@ class RuleCompiler:
         source_text = source.text if source else ""
         map_name = self.map_name
 
-        if repeats == "first" and source is not None and not checks and post is None and default is None \
-                and not required and exists is None:
+        if (
+            repeats == "first"
+            and source is not None
+            and not checks
+            and post is None
+            and default is None
+            and not required
+            and exists is None
+        ):
             # The common rule, on the hot path: one value, no conditions, nothing to adjust.
             first = first_source(source, self.in_segment, self.owner)
 
-            def apply_simple(subject: Any, ctx: Context, out: dict) -> None:
+            def apply_simple(subject: Any, ctx: Context, out: dict[str, Any]) -> None:
                 element = first(subject, ctx)
                 if element is None:
                     return
@@ -244,10 +293,16 @@ class RuleCompiler:
             return apply_simple
 
         pick_sources = all_sources(source, self.in_segment, self.owner)
-        if repeats == "all" and source is not None and not checks and default is None and not required \
-                and exists is None:
+        if (
+            repeats == "all"
+            and source is not None
+            and not checks
+            and default is None
+            and not required
+            and exists is None
+        ):
 
-            def apply_all(subject: Any, ctx: Context, out: dict) -> None:
+            def apply_all(subject: Any, ctx: Context, out: dict[str, Any]) -> None:
                 for _rep, element in pick_sources(subject, ctx, repeats):
                     if not element:
                         continue
@@ -257,7 +312,7 @@ class RuleCompiler:
 
             return apply_all
 
-        def apply(subject: Any, ctx: Context, out: dict) -> None:
+        def apply(subject: Any, ctx: Context, out: dict[str, Any]) -> None:
             if exists is not None and exists(out) is None:
                 return
             written = False
@@ -289,7 +344,7 @@ class RuleCompiler:
 
         return apply
 
-    def _each(self, rule: dict, where: str, target: TargetPath, resource_type: str) -> Rule:
+    def _each(self, rule: dict[str, Any], where: str, target: TargetPath, resource_type: str) -> Rule:
         """``each: [rules]``: one object per repetition of ``from``, filled by the inner rules, which
         see that repetition as the whole field."""
         if not self.in_segment or "from" not in rule:
@@ -314,12 +369,12 @@ class RuleCompiler:
         reps_of = repetitions_raw(source, self.owner)
         field_no = source.field
 
-        def apply_each(segment: Any, ctx: Context, out: dict) -> None:
+        def apply_each(segment: Any, ctx: Context, out: dict[str, Any]) -> None:
             if checks and not all(check(segment, None, ctx) for check in checks):
                 return
             for rep in reps_of(segment, ctx):
                 view = OneRepetition(segment, field_no, rep)
-                obj: dict = {}
+                obj: dict[str, Any] = {}
                 for inner_rule in inner:
                     inner_rule(view, ctx, obj)
                 if obj:
@@ -327,13 +382,17 @@ class RuleCompiler:
 
         return apply_each
 
-    def _post(self, rule: dict, where: str) -> Callable[[Any], Any] | None:
+    def _post(self, rule: dict[str, Any], where: str) -> Callable[[Any], Any] | None:
         """``wrap: individual`` puts the value under that element; ``set`` then writes constants
         into it (replacing), ``defaults`` writes them where the value has nothing."""
-        return post_processor(rule.get("wrap"), rule.get("set"), rule.get("defaults"), where, "set" in rule, "defaults" in rule)
+        return post_processor(
+            rule.get("wrap"), rule.get("set"), rule.get("defaults"), where, "set" in rule, "defaults" in rule
+        )
 
 
-def post_processor(wrap: Any, set_: Any, defaults: Any, where: str, has_set: bool = True, has_defaults: bool = True) -> Callable[[Any], Any] | None:
+def post_processor(
+    wrap: Any, set_: Any, defaults: Any, where: str, has_set: bool = True, has_defaults: bool = True
+) -> Callable[[Any], Any] | None:
     """The ``wrap`` / ``set`` / ``defaults`` adjustment of a value (rules and references use it)."""
     for key, given, value in (("set", has_set, set_), ("defaults", has_defaults, defaults)):
         if given and (not isinstance(value, dict) or not value):

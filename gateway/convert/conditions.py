@@ -7,31 +7,40 @@ field, every repetition (``{repeated: OBX-5}``). All conditions of a ``when`` mu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from gateway.convert import functions
 from gateway.convert.context import Context
+from gateway.convert.mapping_errors import MappingSpecError
 from gateway.convert.paths import SourcePath
 from gateway.convert.sources import OneRepetition
+from gateway.convert.tables import Table
 from gateway.hl7.message import Element, Segment
-
-if TYPE_CHECKING:
-    from gateway.convert.compiler import RuleCompiler
 
 # A compiled condition: (current segment or element, current repetition, context) -> bool.
 Check = Callable[[Any, "Element | None", Context], bool]
 
 
-class MappingSpecError(ValueError):
-    """A mapping file says something that cannot be compiled; ``where`` is "file:line"."""
-
-    def __init__(self, where: str, reason: str):
-        super().__init__(f"{where}: {reason}")
-        self.where = where
-        self.reason = reason
+class _Tables(Protocol):
+    def table(self, name: str, where: str) -> Table: ...
 
 
-def compile_conditions(compiler: "RuleCompiler", spec: Any, where: str, rule_source: SourcePath | None) -> list[Check]:
+class ConditionScope(Protocol):
+    """What compiling a condition needs of the rule compiler (gateway/convert/compiler.py)."""
+
+    #: The segment or datatype the rules map ("PID", "CX").
+    owner: str
+    #: Whether the rules read a segment (paths like PID-3) rather than a datatype (CX.1).
+    in_segment: bool
+
+    @property
+    def resolver(self) -> _Tables: ...
+
+    def source(self, text: str, where: str) -> SourcePath: ...
+
+
+def compile_conditions(compiler: ConditionScope, spec: Any, where: str, rule_source: SourcePath | None) -> list[Check]:
     """The checks of ``when:``: one condition or a list, all of which must hold."""
     if spec is None:
         return []
@@ -84,8 +93,14 @@ def _field_check(fn: Callable[..., bool], path: SourcePath, own: bool) -> Check:
     return check
 
 
-def _check(fn: Callable[..., bool], path: SourcePath, extra: tuple, rule_source: SourcePath | None,
-           in_segment: bool, own: bool) -> Check:
+def _check(
+    fn: Callable[..., bool],
+    path: SourcePath,
+    extra: tuple[Any, ...],
+    rule_source: SourcePath | None,
+    in_segment: bool,
+    own: bool,
+) -> Check:
     """A condition on a value: of the datatype being mapped, of the segment (the repetition being
     mapped when the path names the rule's own field), or of a segment beside it."""
     if not in_segment:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.convert.tables import CodingSystems
 from gateway.hl7.message import Message, Segment
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from gateway.convert.structure import GroupNode
 
 
-def segment_beside(message: Message, segment: Segment | None, group: "GroupNode | None", name: str) -> Segment | None:
+def segment_beside(message: Message, segment: Segment | None, group: GroupNode | None, name: str) -> Segment | None:
     """The segment ``name`` that belongs with ``segment``: the segment itself, the message header for
     MSH, else the first such segment in its group (e.g. the ORC of an ORC/OBR pair), else in the
     enclosing groups, else None."""
@@ -38,12 +38,12 @@ class Context:
     systems: CodingSystems
     #: The segment whose map is running, and the group instance it was placed in.
     segment: Segment | None = None
-    group: "GroupNode | None" = None
+    group: GroupNode | None = None
     #: Things the conversion could not carry over (unmapped codes, unsupported value types).
     notes: list[str] = field(default_factory=list)
     #: Resources the maps made on the way (a Practitioner named in PV1-7, a Location from PV1-3):
     #: the engine adds them to the bundle, one per id.
-    made: list[dict] = field(default_factory=list)
+    made: list[dict[str, Any]] = field(default_factory=list)
     #: The sender's time zone for timestamps without an offset (HL7GW_DEFAULT_TZ), or None.
     tz: tzinfo | None = None
     #: What every memo key holds besides the value: the separators and the time zone
@@ -62,7 +62,7 @@ class Context:
     def note(self, text: str) -> None:
         self.notes.append(text)
 
-    def make(self, resource: dict) -> dict:
+    def make(self, resource: dict[str, Any]) -> dict[str, Any]:
         """Add a resource made by a map (it has resourceType and id) and return a Reference to it."""
         self.made.append(resource)
         return {"reference": f"{resource['resourceType']}/{resource['id']}"}

@@ -21,7 +21,7 @@ class CachedElement(Element):
         self._depth = depth
         self._kids: list[CachedElement] | None = None
 
-    def __getitem__(self, n: int) -> "CachedElement":
+    def __getitem__(self, n: int) -> CachedElement:
         kids = self._kids
         if kids is None:
             depth = self._depth
@@ -55,5 +55,3 @@ class CachedElement(Element):
 def cached(element: Element, seps: Separators) -> CachedElement:
     """The same value as a CachedElement (a repetition, depth 0)."""
     return element if isinstance(element, CachedElement) else CachedElement(element.raw, seps, 0)
-
-

@@ -60,8 +60,13 @@ def compile_profile(roots: list[Path]) -> Profile:
 class Converter:
     """Compiled mappings; thread-safe (conversion state lives in a per-call object)."""
 
-    def __init__(self, base: Profile, senders: dict[str, Profile] | None = None,
-                 default_tz: tzinfo | None = None, sender_tz: dict[str, tzinfo] | None = None):
+    def __init__(
+        self,
+        base: Profile,
+        senders: dict[str, Profile] | None = None,
+        default_tz: tzinfo | None = None,
+        sender_tz: dict[str, tzinfo] | None = None,
+    ):
         self.base = base
         self.senders = senders or {}
         self.default_tz = default_tz
@@ -76,8 +81,14 @@ class Converter:
         return self.base.plans
 
     @classmethod
-    def load(cls, mappings_dir: Path | None = None, *, overlay_dir: Path | None = _FROM_SETTINGS,
-             default_tz: str | None = _FROM_SETTINGS, sender_tz: dict[str, str] | None = _FROM_SETTINGS) -> "Converter":
+    def load(
+        cls,
+        mappings_dir: Path | None = None,
+        *,
+        overlay_dir: Path | None = _FROM_SETTINGS,
+        default_tz: str | None = _FROM_SETTINGS,
+        sender_tz: dict[str, str] | None = _FROM_SETTINGS,
+    ) -> Converter:
         """Compile ``mappings_dir`` (default: the shipped mappings/) with the site overlay
         ``overlay_dir`` and its per-sender directories; arguments not given come from the settings
         (HL7GW_MAPPINGS_DIR, HL7GW_DEFAULT_TZ, HL7GW_SENDER_TZ)."""
@@ -98,7 +109,9 @@ class Converter:
         roots = [root] + ([overlay.root] if overlay is not None else [])
         base = compile_profile(roots)
         senders = {sender: compile_profile(roots + [path]) for sender, path in sender_dirs(overlay).items()}
-        zones = {sender: time_zone(name, f"time zone of sender {sender!r}") for sender, name in (sender_tz or {}).items()}
+        zones = {
+            sender: time_zone(name, f"time zone of sender {sender!r}") for sender, name in (sender_tz or {}).items()
+        }
         default = time_zone(default_tz, "HL7GW_DEFAULT_TZ") if default_tz else None
         return cls(base, senders, default, zones)
 
@@ -113,7 +126,7 @@ class Converter:
         profile = self.senders.get(sender, self.base) if sender is not None else self.base
         return f"{code}_{trigger}" in profile.plans
 
-    def convert(self, message: Message) -> dict:
+    def convert(self, message: Message) -> dict[str, Any]:
         """The FHIR transaction Bundle for ``message``; MappingError when it cannot be converted."""
         return self._run(message).run().bundle
 
@@ -127,8 +140,11 @@ class Converter:
             fields = used.get(id(seg))
             if fields is None:
                 continue
-            missing = [f"{seg.name}-{i}" for i in range(1, len(seg) + 1)
-                       if (seg.name, i) not in fields and seg.field_raw(i) not in ("", '""')]
+            missing = [
+                f"{seg.name}-{i}"
+                for i in range(1, len(seg) + 1)
+                if (seg.name, i) not in fields and seg.field_raw(i) not in ("", '""')
+            ]
             if missing:
                 conversion.unused_fields[f"{seg.name}#{n}"] = missing
         return conversion

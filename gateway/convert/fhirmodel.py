@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from fhir.resources.R4B import get_fhir_model_class
 
+from gateway.convert.mapping_errors import FhirPathError
 from gateway.convert.paths import Step, TargetPath
 
 #: Primitive types a value of one of them may be written to (FHIR R4 datatypes.html: code, id, uri,
@@ -20,10 +21,6 @@ from gateway.convert.paths import Step, TargetPath
 _STRINGS = frozenset({"string", "code", "id", "uri", "url", "markdown", "canonical", "oid", "uuid"})
 _QUANTITIES = frozenset({"Quantity", "SimpleQuantity", "Duration", "Age", "Count", "Distance", "MoneyQuantity"})
 _INTEGERS = frozenset({"integer", "positiveInt", "unsignedInt"})
-
-
-class FhirPathError(ValueError):
-    """A target path names an element FHIR R4 does not have, or gives it a value of the wrong type."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +42,7 @@ def _type_name(annotation: typing.Any) -> tuple[str, bool]:
         args = typing.get_args(current)
         if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
             current = next(a for a in args if a is not type(None))
-        elif origin in (list, typing.List):
+        elif origin in (list, list):
             is_list = True
             current = args[0]
         elif origin is typing.Annotated:
@@ -116,7 +113,9 @@ class ResolvedPath:
     exclusive: tuple[frozenset[str] | None, ...]
 
 
-def resolve(root: str, path: TargetPath, types: tuple[str, ...] = (), prefix: TargetPath | None = None) -> ResolvedPath | None:
+def resolve(
+    root: str, path: TargetPath, types: tuple[str, ...] = (), prefix: TargetPath | None = None
+) -> ResolvedPath | None:
     """Check ``prefix`` + ``path`` against the elements of ``root``; raise FhirPathError naming the
     first element that does not exist or does not take the written type. None when ``root`` is
     not a FHIR type this module knows (then nothing can be checked)."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import uuid
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import orjson
 
@@ -150,9 +151,7 @@ def observation(scope: IdScope) -> str | None:
     """The report (else encounter, else patient) id and the OBX's group, with OBX-1 set id and OBX-4
     sub-id; without a set id, the OBX's position."""
     obx = scope.segment
-    context = (
-        scope.nearest_id("DiagnosticReport") or scope.nearest_id("Encounter") or scope.nearest_id("Patient") or ""
-    )
+    context = scope.nearest_id("DiagnosticReport") or scope.nearest_id("Encounter") or scope.nearest_id("Patient") or ""
     place = f"{context}|{scope.group_name}"
     set_id = text_of(_field(obx, 1, scope.message))
     if set_id:
@@ -188,7 +187,9 @@ def identifier_key(element: Element) -> str:
     return "|".join(element[n].value.strip() for n in (1, 2, 3, 4)).rstrip("|")
 
 
-def declared_key(identifiers: tuple[SourcePath, ...], within: tuple[str, ...], fields: tuple[SourcePath, ...]) -> KeyFunction:
+def declared_key(
+    identifiers: tuple[SourcePath, ...], within: tuple[str, ...], fields: tuple[SourcePath, ...]
+) -> KeyFunction:
     """A key declared in a message map (``id: {identifier: [...], within: [Encounter, Patient],
     fields: [...]}``): the first valued business identifier; else the id of the nearest resource of
     the first ``within`` type found, with the text of ``fields`` (the resource's natural key); else
@@ -217,15 +218,15 @@ def declared_key(identifiers: tuple[SourcePath, ...], within: tuple[str, ...], f
 
 # --- ids of resources the datatype maps make (a Practitioner from an XCN) --------------------------
 
-MadeKey = Callable[[dict], str]
+MadeKey = Callable[[dict[str, Any]], str]
 MADE_KEYS: dict[str, MadeKey] = {}
 
 
-def _content_key(resource: dict) -> str:
+def _content_key(resource: dict[str, Any]) -> str:
     return "content|" + hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
-def _identifier_key(resource: dict) -> str:
+def _identifier_key(resource: dict[str, Any]) -> str:
     """The first identifier with a value ("system|value"), else the content."""
     for identifier in resource.get("identifier") or ():
         if identifier.get("value"):
@@ -235,4 +236,3 @@ def _identifier_key(resource: dict) -> str:
 
 MADE_KEYS["identifier"] = _identifier_key
 MADE_KEYS["content"] = _content_key
-

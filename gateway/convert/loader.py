@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.convert.compiler import MappingSpecError
+from gateway.convert.mapping_errors import MappingSpecError, StructureError
 from gateway.convert.maps import Mappings
-from gateway.convert.structure import MESSAGE_GROUP, Slot, StructureError, build_slot, parse_syntax
+from gateway.convert.structure import MESSAGE_GROUP, Slot, build_slot, parse_syntax
 from gateway.convert.tables import CodingSystems, Table
 from gateway.convert.yamlfiles import LineDict, check_keys, mapping_files, read_yaml, where
 from gateway.errors import ConfigError
@@ -51,7 +51,9 @@ def load_table(data: LineDict, path: Path) -> Table | CodingSystems:
     return Table(str(data["table"]), str(v2_table) if v2_table is not None else None, codes)
 
 
-def structure_slot(entries: Any, at: str, name: str = MESSAGE_GROUP, optional: bool = False, repeat: bool = False) -> Slot:
+def structure_slot(
+    entries: Any, at: str, name: str = MESSAGE_GROUP, optional: bool = False, repeat: bool = False
+) -> Slot:
     """A structure written as YAML: segments (``PID``, ``[{NTE}]``, ``<OBR|RXO>``) and single-key
     group mappings (``"[{OBSERVATION}]": [OBX, "[{NTE}]"]``)."""
     if not isinstance(entries, list) or not entries:
@@ -83,7 +85,9 @@ def structure_slot(entries: Any, at: str, name: str = MESSAGE_GROUP, optional: b
 def load_structure(data: LineDict, path: Path) -> Slot:
     check_keys(data, STRUCTURE_KEYS, {"structure", "segments"}, str(path))
     if str(data["structure"]) != path.stem:
-        raise MappingSpecError(data.at("structure"), f"structure {data['structure']!r} must match the file name {path.stem!r}")
+        raise MappingSpecError(
+            data.at("structure"), f"structure {data['structure']!r} must match the file name {path.stem!r}"
+        )
     return structure_slot(data["segments"], data.at("segments"))
 
 
@@ -100,7 +104,9 @@ def load_mappings(roots: Path | list[Path]) -> Mappings:
                 mappings.systems = CodingSystems({**mappings.systems.names, **loaded.names})
                 continue
             if loaded.name != path.stem:
-                raise MappingSpecError(data.at("table"), f"table {loaded.name!r} must match the file name {path.stem!r}")
+                raise MappingSpecError(
+                    data.at("table"), f"table {loaded.name!r} must match the file name {path.stem!r}"
+                )
             mappings.tables[loaded.name] = loaded
         for path in mapping_files(roots, "structures"):
             mappings.structures[path.stem] = load_structure(read_yaml(path), path)

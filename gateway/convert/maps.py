@@ -8,16 +8,18 @@ A segment map fills a resource from one segment.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gateway.convert import fhirmodel, functions
-from gateway.convert.compiler import MappingSpecError, PathUse, Resolver, RuleCompiler, TargetUse
+from gateway.convert.compiler import PathUse, Resolver, RuleCompiler, TargetUse
 from gateway.convert.context import Context
 from gateway.convert.ids import MADE_KEYS, resource_id
+from gateway.convert.mapping_errors import MappingSpecError, PathError
 from gateway.convert.memo import memoized, memoized_segment
-from gateway.convert.paths import PathError, compile_writer, parse_target
+from gateway.convert.paths import compile_writer, parse_target
 from gateway.convert.producers import DatatypeMap
 from gateway.convert.structure import Slot
 from gateway.convert.tables import CodingSystems, Table
@@ -42,8 +44,8 @@ class SegmentMap:
     name: str
     segment: str
     resource: str
-    fill: Callable[[Segment, Context], dict]
-    apply: Callable[[Segment, Context, dict], None]
+    fill: Callable[[Segment, Context], dict[str, Any]]
+    apply: Callable[[Segment, Context, dict[str, Any]], None]
     fields: frozenset[tuple[str, int]] = frozenset()
     where: str = ""
     #: Fields of other segments the map reads, and whether it reads nothing beyond its segments
@@ -63,7 +65,7 @@ class Mappings:
     datatype_maps: dict[str, DatatypeMap] = field(default_factory=dict)
     segment_maps: dict[str, SegmentMap] = field(default_factory=dict)
     #: The memo stores of the compiled maps (see gateway.convert.memo), for clear_caches().
-    memo_stores: list[dict] = field(default_factory=list)
+    memo_stores: list[dict[tuple[Any, ...], Any]] = field(default_factory=list)
     #: What the maps read and write, for the load-time checks (gateway.convert.checks).
     path_uses: list[PathUse] = field(default_factory=list)
     target_uses: list[TargetUse] = field(default_factory=list)
@@ -81,7 +83,9 @@ class Mappings:
             return found
         spec = self._datatype_specs.get(name)
         if spec is None:
-            raise MappingSpecError(at, f"unknown datatype map {name!r} (expected e.g. CX[Identifier] from mappings/datatypes/CX.yaml)")
+            raise MappingSpecError(
+                at, f"unknown datatype map {name!r} (expected e.g. CX[Identifier] from mappings/datatypes/CX.yaml)"
+            )
         if name in self._compiling:
             raise MappingSpecError(at, f"datatype map {name} uses itself")
         self._compiling.add(name)
@@ -103,7 +107,7 @@ class Mappings:
                 raise MappingSpecError(at, "a function map cannot make a resource (`id` needs `rules`)")
             fn = functions.BUILDERS.get(str(spec["function"]))
             if fn is None:
-                raise MappingSpecError(at, f"unknown function {spec['function']!r} (not in gateway/convert/functions.py)")
+                raise MappingSpecError(at, f"unknown function {spec['function']!r} (not in gateway/convert/functions/)")
             pure = functions.BUILDER_READS[str(spec["function"])] == "element"
             function_map = memoized(fn, self.memo_stores) if pure else fn
             return DatatypeMap(name, datatype, fhir_type, function_map, accepts_table=True, choice=choice, pure=pure)
@@ -115,7 +119,9 @@ class Mappings:
         resource_type = fhir_type.split("-", 1)[0]  # "Organization-Payor": an Organization
         makes = fhirmodel.is_resource_type(resource_type)
         if makes != ("id" in spec):
-            raise MappingSpecError(at, f"{name}: a map to a resource type names its `id` key function, and only such a map does")
+            raise MappingSpecError(
+                at, f"{name}: a map to a resource type names its `id` key function, and only such a map does"
+            )
         compiler = RuleCompiler(self._resolver(), datatype, in_segment=False, map_name=name, root=fhir_type)
         rules = [compiler.rule(r, where(r, at), fhir_type) for r in rules_spec]
         self.path_uses += compiler.path_uses
@@ -128,10 +134,13 @@ class Mappings:
         if makes:
             key_of = MADE_KEYS.get(str(spec["id"]))
             if key_of is None:
-                raise MappingSpecError(at, f"unknown id function {spec['id']!r} for a made resource (known: {', '.join(sorted(MADE_KEYS))})")
+                raise MappingSpecError(
+                    at,
+                    f"unknown id function {spec['id']!r} for a made resource (known: {', '.join(sorted(MADE_KEYS))})",
+                )
 
         def build(element: Any, ctx: Context, table: Table | None) -> Any:
-            out: dict = {}
+            out: dict[str, Any] = {}
             for rule in rules:
                 rule(element, ctx, out)
             if primitive:
@@ -187,16 +196,20 @@ class Mappings:
         self.path_uses += compiler.path_uses
         self.target_uses += compiler.target_uses
 
-        def run(seg: Segment, ctx: Context) -> dict:
-            part: dict = {}
+        def run(seg: Segment, ctx: Context) -> dict[str, Any]:
+            part: dict[str, Any] = {}
             for rule in rules:
                 rule(seg, ctx, part)
             return part
 
         # Memoized unless a rule reads the wider message (then the segments are not the whole input).
-        build = run if compiler.reads == "message" else memoized_segment(run, tuple(compiler.other_fields), self.memo_stores)
+        build = (
+            run
+            if compiler.reads == "message"
+            else memoized_segment(run, tuple(compiler.other_fields), self.memo_stores)
+        )
 
-        def apply(seg: Segment, ctx: Context, resource_out: dict) -> None:
+        def apply(seg: Segment, ctx: Context, resource_out: dict[str, Any]) -> None:
             if checks and not all(check(seg, None, ctx) for check in checks):
                 return
             if base_writer is None:
@@ -207,9 +220,9 @@ class Mappings:
             if not is_empty(part):
                 base_writer(resource_out, part)
 
-        def fill(seg: Segment, ctx: Context) -> dict:
+        def fill(seg: Segment, ctx: Context) -> dict[str, Any]:
             if base_writer is not None:
-                out: dict = {}
+                out: dict[str, Any] = {}
                 apply(seg, ctx, out)
                 return out
             if checks and not all(check(seg, None, ctx) for check in checks):
@@ -218,5 +231,13 @@ class Mappings:
 
         fields = frozenset(compiler.fields)
         self.segment_maps[name] = SegmentMap(
-            name, segment, resource, fill, apply, fields, data.where, tuple(compiler.other_fields), compiler.reads != "message"
+            name,
+            segment,
+            resource,
+            fill,
+            apply,
+            fields,
+            data.where,
+            tuple(compiler.other_fields),
+            compiler.reads != "message",
         )

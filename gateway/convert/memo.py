@@ -14,7 +14,8 @@ the copy that keeps callers from changing what the memo holds.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -60,9 +61,9 @@ class Entry:
         return value if self.choice is None else (self.choice, value)
 
 
-def memoized(build: Build, stores: list[dict], size: int = MEMO_SIZE) -> Build:
+def memoized(build: Build, stores: list[dict[tuple[Any, ...], Any]], size: int = MEMO_SIZE) -> Build:
     """``build`` memoized; its store is added to ``stores`` so that an owner can clear it."""
-    store: dict[tuple, Entry] = {}
+    store: dict[tuple[Any, ...], Entry] = {}
     stores.append(store)
 
     def build_memoized(element: Any, ctx: Context, table: Table | None) -> Any:
@@ -82,9 +83,9 @@ def memoized(build: Build, stores: list[dict], size: int = MEMO_SIZE) -> Build:
     return build_memoized
 
 
-def other_fields_key(ctx: Context, others: tuple[tuple[str, int], ...]) -> tuple:
+def other_fields_key(ctx: Context, others: tuple[tuple[str, int], ...]) -> tuple[Any, ...]:
     """The text of the fields of other segments a map reads (ORC-2 beside an OBR, MSH-9)."""
-    key: tuple = ()
+    key: tuple[Any, ...] = ()
     for name, field in others:
         other = ctx.other_segment(name)
         key += (other.field_raw(field) if other is not None else None,)
@@ -92,18 +93,18 @@ def other_fields_key(ctx: Context, others: tuple[tuple[str, int], ...]) -> tuple
 
 
 def memoized_segment(
-    run: Callable[[Segment, Context], dict],
+    run: Callable[[Segment, Context], dict[str, Any]],
     others: tuple[tuple[str, int], ...],
-    stores: list[dict],
+    stores: list[dict[tuple[Any, ...], Any]],
     size: int = MEMO_SIZE,
-) -> Callable[[Segment, Context], dict]:
+) -> Callable[[Segment, Context], dict[str, Any]]:
     """A segment map's elements, memoized on the segment's text, the separators and time zone, and
     the fields of other segments the map reads (``others``)."""
-    store: dict[tuple, Entry] = {}
+    store: dict[tuple[Any, ...], Entry] = {}
     stores.append(store)
 
-    def run_memoized(seg: Segment, ctx: Context) -> dict:
-        key: tuple = (seg.raw, ctx.memo_key)
+    def run_memoized(seg: Segment, ctx: Context) -> dict[str, Any]:
+        key: tuple[Any, ...] = (seg.raw, ctx.memo_key)
         if others:
             key += other_fields_key(ctx, others)
         hit = store.get(key)

@@ -6,22 +6,42 @@ mapping matches another's says ``extends: ADT_A01`` and lists only what differs.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from gateway.convert.compiler import Check, MappingSpecError, RuleCompiler, post_processor
+from gateway.convert.compiler import RuleCompiler, post_processor
+from gateway.convert.conditions import Check
 from gateway.convert.ids import ID_KEY_FIELDS, ID_KEYS, KeyFunction, declared_key
 from gateway.convert.loader import structure_slot
+from gateway.convert.mapping_errors import MappingSpecError, PathError
 from gateway.convert.maps import Mappings, SegmentMap
-from gateway.convert.paths import PathError, SourcePath, Writer, compile_reader, compile_writer, parse_source, parse_target
+from gateway.convert.paths import (
+    SourcePath,
+    Writer,
+    compile_reader,
+    compile_writer,
+    parse_source,
+    parse_target,
+)
 from gateway.convert.structure import Slot
 from gateway.convert.yamlfiles import LineDict, check_keys, read_yaml, where
 from gateway.errors import ConfigError
 
 MESSAGE_KEYS = {"message", "extends", "abstract", "structure", "resources", "source", "note"}
 RESOURCE_KEYS = {
-    "segment", "groups", "map", "include", "id", "required", "on_duplicate", "references", "when",
-    "unless_with", "request", "note",
+    "segment",
+    "groups",
+    "map",
+    "include",
+    "id",
+    "required",
+    "on_duplicate",
+    "references",
+    "when",
+    "unless_with",
+    "request",
+    "note",
 }
 INCLUDE_KEYS = {"segment", "map", "scope", "note"}
 REFERENCE_KEYS = {"to", "resource", "scope", "wrap", "set", "if_empty", "note"}
@@ -47,7 +67,7 @@ class Reference:
     resource: str
     scope: str
     post: Callable[[Any], Any] | None = None
-    filled: Callable[[dict], Any] | None = None
+    filled: Callable[[dict[str, Any]], Any] | None = None
     where: str = ""
 
 
@@ -83,7 +103,7 @@ class ResourcePlan:
     request: str = "put"
     #: What the maps made of the segments (before references), memoized on their text when every
     #: map is pure (gateway.convert.memo); None otherwise.
-    memo: dict | None = None
+    memo: dict[tuple[Any, ...], Any] | None = None
     #: Fields the id key function reads, as (segment, field).
     id_fields: frozenset[tuple[str, int]] = frozenset()
 
@@ -135,8 +155,11 @@ def _id_key(spec: Any, at: str) -> tuple[str, KeyFunction, frozenset[tuple[str, 
         return "declared", declared_key(identifiers, within, fields), used
     found = ID_KEYS.get(str(spec))
     if found is None:
-        raise MappingSpecError(at, f"unknown id function {spec!r} (known: {', '.join(sorted(ID_KEYS))}, or a mapping "
-                                   "{identifier: [...], within: Type, fields: [...]})")
+        raise MappingSpecError(
+            at,
+            f"unknown id function {spec!r} (known: {', '.join(sorted(ID_KEYS))}, or a mapping "
+            "{identifier: [...], within: Type, fields: [...]})",
+        )
     used = frozenset((p.segment or "", p.field) for p in map(parse_source, ID_KEY_FIELDS.get(str(spec), ())))
     return str(spec), found, used
 
@@ -161,7 +184,9 @@ def _references(spec: Any, at: str) -> tuple[Reference, ...]:
         filled = None
         if ref.get("if_empty"):
             filled = compile_reader(parse_target(str(ref["to"]).removesuffix("[]")))
-        references.append(Reference(str(ref["to"]), compile_writer(target), str(ref["resource"]), scope, post, filled, ref_at))
+        references.append(
+            Reference(str(ref["to"]), compile_writer(target), str(ref["resource"]), scope, post, filled, ref_at)
+        )
     return tuple(references)
 
 
@@ -176,7 +201,9 @@ def _resource(mappings: Mappings, name: str, spec: Any, at: str) -> ResourcePlan
     for item in spec.get("include") or []:
         item_at = where(item, at)
         if not isinstance(item, dict) or set(item) - INCLUDE_KEYS or not {"segment", "map"} <= set(item):
-            raise MappingSpecError(item_at, "an include is {segment: NTE, map: NTE[Observation], scope: group|up|subtree}")
+            raise MappingSpecError(
+                item_at, "an include is {segment: NTE, map: NTE[Observation], scope: group|up|subtree}"
+            )
         inc = _segment_map(mappings, item["map"], str(item["segment"]), item_at)
         if inc.resource != seg_map.resource:
             raise MappingSpecError(item_at, f"{inc.name} fills a {inc.resource}, but {name} is a {seg_map.resource}")
@@ -200,7 +227,7 @@ def _resource(mappings: Mappings, name: str, spec: Any, at: str) -> ResourcePlan
     compiler = RuleCompiler(mappings._resolver(), segment, in_segment=True, map_name=f"{name} (when)")
     when = tuple(compiler.conditions(spec.get("when"), at, None))
     mappings.path_uses.extend(compiler.path_uses)
-    memo: dict | None = None
+    memo: dict[tuple[Any, ...], Any] | None = None
     if seg_map.pure and all(inc.map.pure for inc in includes):
         memo = {}
         mappings.memo_stores.append(memo)
@@ -224,7 +251,7 @@ def _resource(mappings: Mappings, name: str, spec: Any, at: str) -> ResourcePlan
     )
 
 
-def _merge_resource(parent: dict, child: dict) -> dict:
+def _merge_resource(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     """A derived map's resource entry: the parent's keys, replaced by the child's; ``key: null``
     removes an inherited key; ``add_include`` and ``add_references`` add to the inherited lists."""
     merged = LineDict({**parent, **child})
@@ -240,13 +267,13 @@ def _merge_resource(parent: dict, child: dict) -> dict:
     return merged
 
 
-def _resolve_extends(name: str, raw: dict[str, LineDict], seen: tuple[str, ...] = ()) -> dict:
+def _resolve_extends(name: str, raw: dict[str, LineDict], seen: tuple[str, ...] = ()) -> dict[str, Any]:
     data = raw[name]
     if name in seen:
         raise MappingSpecError(data.at("extends"), f"extends loops: {' -> '.join(seen + (name,))}")
     parent_name = data.get("extends")
     if parent_name is None:
-        merged: dict = {}
+        merged: dict[str, Any] = {}
     else:
         if str(parent_name) not in raw:
             raise MappingSpecError(data.at("extends"), f"extends unknown message map {parent_name!r}")
@@ -289,7 +316,9 @@ def load_messages(mappings: Mappings) -> dict[str, MessagePlan]:
                 data = read_yaml(path)
                 check_keys(data, MESSAGE_KEYS, {"message"}, str(path))
                 if str(data["message"]) != path.stem:
-                    raise MappingSpecError(data.at("message"), f"message {data['message']!r} must match the file name {path.stem!r}")
+                    raise MappingSpecError(
+                        data.at("message"), f"message {data['message']!r} must match the file name {path.stem!r}"
+                    )
                 if path.stem in raw and str(data.get("extends")) == path.stem:
                     # An overlay that extends the map of its own name adds to it instead of replacing it.
                     earlier = f"{path.stem}@{sum(1 for n in raw if n.startswith(path.stem + '@')) + 1}"
@@ -316,7 +345,9 @@ def load_messages(mappings: Mappings) -> dict[str, MessagePlan]:
             for plan in resources:
                 for ref in plan.references:
                     if ref.resource not in known:
-                        raise MappingSpecError(ref.where or at, f"{name}: {plan.name} references unknown resource {ref.resource!r}")
+                        raise MappingSpecError(
+                            ref.where or at, f"{name}: {plan.name} references unknown resource {ref.resource!r}"
+                        )
             plans[name] = MessagePlan(name, structure, resources, _by_segment(resources))
     except MappingSpecError as exc:
         raise ConfigError(f"mapping error at {exc}") from None

@@ -25,13 +25,15 @@ class Overlay:
     root: Path
 
     @classmethod
-    def read(cls, root: Path) -> "Overlay":
+    def read(cls, root: Path) -> Overlay:
         if not root.is_dir():
             raise ConfigError(f"HL7GW_MAPPINGS_DIR {root} is not a directory")
         unknown = [p.name for p in root.iterdir() if p.is_dir() and p.name not in FOLDERS + ("senders",)]
         if unknown:
-            raise ConfigError(f"HL7GW_MAPPINGS_DIR {root}: unknown folder(s) {sorted(unknown)} "
-                              f"(expected {', '.join(FOLDERS)} and senders/)")
+            raise ConfigError(
+                f"HL7GW_MAPPINGS_DIR {root}: unknown folder(s) {sorted(unknown)} "
+                f"(expected {', '.join(FOLDERS)} and senders/)"
+            )
         return cls(root)
 
 

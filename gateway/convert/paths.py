@@ -20,18 +20,16 @@ Target paths point into the FHIR resource (or datatype) being built, in FHIR ele
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, cast
 
+from gateway.convert.mapping_errors import PathError
 from gateway.hl7.message import Element
 
 _SEGMENT_PATH = re.compile(r"^([A-Z][A-Z0-9]{2})-(\d+)(?:\.(\d+)(?:\.(\d+))?)?$")
 _DATATYPE_PATH = re.compile(r"^([A-Z][A-Z0-9]{1,3})(?:\.(\d+)(?:\.(\d+))?)?$")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class PathError(ValueError):
-    """A path in a mapping is not well formed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +80,7 @@ def parse_source(text: str) -> SourcePath:
 
 
 # --- target paths -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -154,7 +153,7 @@ def parse_target(text: str) -> TargetPath:
     return TargetPath(text, tuple(steps))
 
 
-def merge(into: dict, value: dict) -> None:
+def merge(into: dict[str, Any], value: dict[str, Any]) -> None:
     """Deep-merge ``value`` into ``into``: dicts merge, lists extend, a scalar already there stays
     (the first rule to give an element a value wins)."""
     for key, item in value.items():
@@ -167,10 +166,10 @@ def merge(into: dict, value: dict) -> None:
             current.extend(item)
 
 
-def _descend(obj: dict, step: Step) -> dict:
+def _descend(obj: dict[str, Any], step: Step) -> dict[str, Any]:
     """Follow one non-final step, creating the container it names."""
     if step.kind == "append":
-        new: dict = {}
+        new: dict[str, Any] = {}
         obj.setdefault(step.name, []).append(new)
         return new
     if step.kind == "first":
@@ -183,7 +182,7 @@ def _descend(obj: dict, step: Step) -> dict:
         if not step.new:
             for item in items:
                 if item.get(step.key) == step.key_value:
-                    return item
+                    return cast(dict[str, Any], item)
         created = {step.key: step.key_value}
         items.append(created)
         return created
@@ -193,7 +192,7 @@ def _descend(obj: dict, step: Step) -> dict:
     return child
 
 
-Writer = Callable[[dict, Any], None]
+Writer = Callable[[dict[str, Any], Any], None]
 
 
 def compile_writer(path: TargetPath, exclusive: tuple[frozenset[str] | None, ...] | None = None) -> Writer:
@@ -203,7 +202,7 @@ def compile_writer(path: TargetPath, exclusive: tuple[frozenset[str] | None, ...
     *parents, last = path.steps
     guards = [(n, names) for n, names in enumerate(exclusive or ()) if names]
 
-    def write(obj: dict, value: Any) -> None:
+    def write(obj: dict[str, Any], value: Any) -> None:
         if guards:
             node: Any = obj
             for n, step in enumerate(path.steps):
@@ -222,7 +221,7 @@ def compile_writer(path: TargetPath, exclusive: tuple[frozenset[str] | None, ...
                         node = None  # a new item: nothing there yet
         _write(obj, value)
 
-    def _write(obj: dict, value: Any) -> None:
+    def _write(obj: dict[str, Any], value: Any) -> None:
         for step in parents:
             obj = _descend(obj, step)
         if last.kind == "append":
@@ -248,7 +247,7 @@ def compile_writer(path: TargetPath, exclusive: tuple[frozenset[str] | None, ...
     name = last.name
     if not parents and last.kind == "append":
 
-        def _write_append(obj: dict, value: Any) -> None:
+        def _write_append(obj: dict[str, Any], value: Any) -> None:
             items = obj.get(name)
             if items is None:
                 obj[name] = [value]
@@ -258,7 +257,7 @@ def compile_writer(path: TargetPath, exclusive: tuple[frozenset[str] | None, ...
         _write = _write_append  # noqa: F811 - the common case, without the general walk
     elif not parents and last.kind == "":
 
-        def _write_plain(obj: dict, value: Any) -> None:
+        def _write_plain(obj: dict[str, Any], value: Any) -> None:
             current = obj.get(name)
             if current is None:
                 obj[name] = value
@@ -270,7 +269,7 @@ def compile_writer(path: TargetPath, exclusive: tuple[frozenset[str] | None, ...
     return write if guards else _write
 
 
-def compile_reader(path: TargetPath) -> Callable[[dict], Any]:
+def compile_reader(path: TargetPath) -> Callable[[dict[str, Any]], Any]:
     """A function returning what is at ``path`` (plain and keyed steps only), or None."""
 
     def read(obj: Any) -> Any:

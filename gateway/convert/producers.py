@@ -3,8 +3,9 @@ map, a transform of the text, a table lookup, a constant, or a map chosen by ano
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from gateway.convert import functions
 from gateway.convert.context import Context

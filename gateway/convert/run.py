@@ -9,9 +9,10 @@ references between resources, and (6) returns them, with the resources the maps 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import Iterator
+from typing import Any
 
 from gateway.convert.context import Context, segment_beside
 from gateway.convert.ids import resource_id
@@ -33,7 +34,7 @@ class _Instance:
     position: int
     id: str | None = None
     #: For on_duplicate: keep_first, the instance whose resource this one's id already names.
-    alias_of: "_Instance | None" = None
+    alias_of: _Instance | None = None
     computing: bool = False
 
 
@@ -41,7 +42,7 @@ class _Instance:
 class Conversion:
     """A bundle with what the conversion could not use (for logs, tests, operators and --report)."""
 
-    bundle: dict
+    bundle: dict[str, Any]
     #: Segments the map did not use, as "NAME#n" (n: 1-based position in the message).
     unused_segments: list[str] = field(default_factory=list)
     #: Values the maps could not carry over (unmapped codes, unsupported value types).
@@ -58,7 +59,7 @@ def _agree(a: object, b: object) -> bool:
     return bool(shared) and all(a[k] == b[k] for k in shared)
 
 
-def merge_resource(into: dict, other: dict) -> None:
+def merge_resource(into: dict[str, Any], other: dict[str, Any]) -> None:
     """Merge what ``other`` knows into ``into`` (two mentions of one Practitioner): objects merge,
     a list item that agrees with one already there completes it, other items are added, a value
     already there stays."""
@@ -106,12 +107,14 @@ class Run:
         self.index: dict[tuple[int, tuple[str, str]], list[_Instance]] = {}
         self.keys: dict[tuple[str, str], list[_Instance]] = {}
         self.notes: list[str] = []
-        self.made: list[dict] = []
+        self.made: list[dict[str, Any]] = []
         seps = message.separators
         self.memo_key = f"{seps.field}{seps.encoding_characters}|{tz or ''}"
 
     def context(self, segment: Segment | None, group: GroupNode | None) -> Context:
-        return Context(self.message, self.mappings.systems, segment, group, self.notes, self.made, self.tz, self.memo_key)
+        return Context(
+            self.message, self.mappings.systems, segment, group, self.notes, self.made, self.tz, self.memo_key
+        )
 
     # -- finding the resources ------------------------------------------------------------------------
     def collect(self) -> None:
@@ -196,9 +199,9 @@ class Run:
             node = node.parent
         return []
 
-    def build(self, inst: _Instance) -> dict:
+    def build(self, inst: _Instance) -> dict[str, Any]:
         plan = inst.plan
-        resource: dict = {"resourceType": plan.resource_type, "id": self.resolve_id(inst)}
+        resource: dict[str, Any] = {"resourceType": plan.resource_type, "id": self.resolve_id(inst)}
         resource.update(self.content(inst))
         for ref in plan.references:
             if ref.filled is not None and ref.filled(resource):
@@ -211,14 +214,14 @@ class Run:
                     ref.write(resource, value if ref.post is None else ref.post(value))
         return resource
 
-    def content(self, inst: _Instance) -> dict:
+    def content(self, inst: _Instance) -> dict[str, Any]:
         """What the resource's map and the maps of its included segments make of them; memoized on
         the segments' text (and the other fields the maps read) when the maps are pure."""
         plan = inst.plan
         ctx = self.context(inst.segment, inst.group)
         included = [(include, self.included(inst, include)) for include in plan.includes]
         store = plan.memo
-        key: tuple = ()
+        key: tuple[Any, ...] = ()
         if store is not None:
             key = (inst.segment.raw, self.memo_key) + other_fields_key(ctx, plan.map.other_fields)
             for include, items in included:
@@ -263,12 +266,12 @@ class Run:
         made = [i for i in self.instances if i.alias_of is None]
         last = [i for i in made if any(r.resource == "*" for r in i.plan.references)]
         first = [i for i in made if i not in last]
-        entries: dict[tuple[str, str], dict] = {}
+        entries: dict[tuple[str, str], dict[str, Any]] = {}
         for inst in first:
             self._add(entries, inst)
         self._add_made(entries, 0)
         mark = len(self.made)
-        tail: dict[tuple[str, str], dict] = {}
+        tail: dict[tuple[str, str], dict[str, Any]] = {}
         for inst in last:
             self._add(tail, inst)
         self._add_made(entries, mark)
@@ -276,7 +279,7 @@ class Run:
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": list(entries.values())}
         return Conversion(bundle, [], list(dict.fromkeys(self.notes)))
 
-    def _add_made(self, entries: dict[tuple[str, str], dict], start: int) -> None:
+    def _add_made(self, entries: dict[tuple[str, str], dict[str, Any]], start: int) -> None:
         """Add the resources the maps made (from ``start`` on): one entry per id, mentions merged."""
         for resource in self.made[start:]:
             key = (resource["resourceType"], resource["id"])
@@ -285,7 +288,7 @@ class Run:
             elif "resource" in entries[key]:
                 merge_resource(entries[key]["resource"], resource)
 
-    def _add(self, entries: dict[tuple[str, str], dict], inst: _Instance) -> None:
+    def _add(self, entries: dict[tuple[str, str], dict[str, Any]], inst: _Instance) -> None:
         rtype, rid = inst.plan.resource_type, self.resolve_id(inst)
         if inst.plan.request == "delete":
             entries[(rtype, rid)] = {"request": {"method": "DELETE", "url": f"{rtype}/{rid}"}}
@@ -319,7 +322,7 @@ class Run:
         return [f"{s.name}#{n}" for n, s in enumerate(self.message.segments, 1) if id(s) not in used]
 
 
-def _put(resource: dict) -> dict:
+def _put(resource: dict[str, Any]) -> dict[str, Any]:
     name = f"{resource['resourceType']}/{resource['id']}"
     return {"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource, "request": {"method": "PUT", "url": name}}
 

@@ -3,7 +3,8 @@ as if it were the whole field (for ``each:`` rules that make one FHIR object per
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gateway.convert.context import Context
 from gateway.convert.elements import CachedElement, cached
@@ -48,7 +49,7 @@ def _segment_of(source: SourcePath, owner: str) -> Callable[[Any, Context], Any]
     return lambda segment, ctx: ctx.other_segment(name)
 
 
-def first_source(source: SourcePath, in_segment: bool, owner: str) -> Callable[[Any, Context], "Element | None"]:
+def first_source(source: SourcePath, in_segment: bool, owner: str) -> Callable[[Any, Context], Element | None]:
     """The element ``source`` names in the first repetition, or None when it is empty."""
     pick = source.picker()
     if not in_segment:

@@ -16,19 +16,17 @@ any other segment that fits nowhere is kept aside as unplaced and reported, neve
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any
 
+from gateway.convert.mapping_errors import StructureError
 from gateway.hl7.message import Segment
 
 _SYNTAX = re.compile(r"^(\[)?\s*(\{)?\s*([A-Z][A-Z0-9_]*|<[A-Z][A-Z0-9]{2}(?:\|[A-Z][A-Z0-9]{2})+>)\s*(\})?\s*(\])?$")
 
 #: The name of the group that is the whole message (for ``groups:`` in message maps).
 MESSAGE_GROUP = "MESSAGE"
-
-
-class StructureError(ValueError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +36,7 @@ class Slot:
     name: str
     optional: bool
     repeat: bool
-    children: tuple["Slot", ...] | None = None
+    children: tuple[Slot, ...] | None = None
     #: Names of the segments that can start this slot.
     first: frozenset[str] = frozenset()
     #: Names of every segment the slot can hold (a group entered without its required first segment).
@@ -53,7 +51,9 @@ def parse_syntax(text: str) -> tuple[str, bool, bool]:
     """``"[{NTE}]"`` -> ("NTE", optional=True, repeat=True); a choice keeps its ``<A|B>`` form."""
     m = _SYNTAX.match(text.strip())
     if not m or bool(m.group(1)) != bool(m.group(5)) or bool(m.group(2)) != bool(m.group(4)):
-        raise StructureError(f"{text!r} is not a segment or group in HL7 syntax (e.g. PID, [PD1], [{{NTE}}], <OBR|RXO>)")
+        raise StructureError(
+            f"{text!r} is not a segment or group in HL7 syntax (e.g. PID, [PD1], [{{NTE}}], <OBR|RXO>)"
+        )
     return m.group(3), bool(m.group(1)), bool(m.group(2))
 
 
@@ -77,8 +77,8 @@ class GroupNode:
     """One instance of a group: its segments and subgroups in message order."""
 
     slot: Slot
-    parent: "GroupNode | None" = None
-    items: list["Segment | GroupNode"] = field(default_factory=list)
+    parent: GroupNode | None = None
+    items: list[Segment | GroupNode] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -96,7 +96,7 @@ class GroupNode:
                     return found
         return None
 
-    def walk(self) -> Iterator[tuple[Segment, "GroupNode"]]:
+    def walk(self) -> Iterator[tuple[Segment, GroupNode]]:
         """Every segment below this group with the group instance that holds it, in message order."""
         for item in self.items:
             if isinstance(item, GroupNode):
@@ -104,7 +104,7 @@ class GroupNode:
             else:
                 yield item, self
 
-    def ancestors(self) -> Iterator["GroupNode"]:
+    def ancestors(self) -> Iterator[GroupNode]:
         """This group, then each enclosing group up to the message."""
         node: GroupNode | None = self
         while node is not None:
@@ -144,7 +144,7 @@ def group_segments(structure: Slot, segments: list[Segment]) -> tuple[GroupNode,
     assert structure.children is not None
     root = GroupNode(structure)
     # Each frame: [slot, group instance, index of the next child slot that may still be filled].
-    stack: list[list] = [[structure, root, 0]]
+    stack: list[list[Any]] = [[structure, root, 0]]
     unplaced: list[Segment] = []
     for seg in segments:
         depth = len(stack) - 1
@@ -152,7 +152,10 @@ def group_segments(structure: Slot, segments: list[Segment]) -> tuple[GroupNode,
             depth -= 1
         if depth < 0:
             # No group can start with it: open the outermost group that holds it further in.
-            depth = next((d for d in range(len(stack)) if _find_within(stack[d][0].children, stack[d][2], seg.name) is not None), -1)
+            depth = next(
+                (d for d in range(len(stack)) if _find_within(stack[d][0].children, stack[d][2], seg.name) is not None),
+                -1,
+            )
         if depth < 0:
             if seg.name.startswith("Z") and (root.items or len(stack) > 1):
                 # A Z-segment (chapter 2.8) the structure does not name belongs with the segment

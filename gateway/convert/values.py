@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -49,7 +50,7 @@ def join_repetitions(values: list[Any], ctx: Context, label: str) -> Any:
     return values[0]
 
 
-def value_writer(out: dict, value: Any) -> None:
+def value_writer(out: dict[str, Any], value: Any) -> None:
     """``to: $value``: the first rule with a value gives the datatype its value."""
     if "$value" not in out:
         out["$value"] = value

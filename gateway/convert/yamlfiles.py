@@ -8,18 +8,18 @@ from typing import Any
 
 import yaml
 
-from gateway.convert.compiler import MappingSpecError
+from gateway.convert.mapping_errors import MappingSpecError
 from gateway.errors import ConfigError
 
 
-class LineDict(dict):
+class LineDict(dict[str, Any]):
     """A YAML mapping that remembers the file and line it started on, and each key's line."""
 
     where: str = "?"
     key_where: dict[str, str]
 
     def at(self, key: str) -> str:
-        """"file:line" of ``key`` (of the mapping when the key is absent)."""
+        """ "file:line" of ``key`` (of the mapping when the key is absent)."""
         return self.key_where.get(key, self.where)
 
 
@@ -28,14 +28,16 @@ _SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _loader_for(path: Path) -> type[yaml.SafeLoader]:
-    class LineLoader(_SAFE_LOADER):  # type: ignore[misc,valid-type]
+    class LineLoader(_SAFE_LOADER):  # type: ignore[misc]
         pass
 
     def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> LineDict:
         mapping = LineDict(loader.construct_mapping(node, deep=True))
         mapping.where = f"{path}:{node.start_mark.line + 1}"
         mapping.key_where = {
-            str(key.value): f"{path}:{key.start_mark.line + 1}" for key, _ in node.value if isinstance(key, yaml.ScalarNode)
+            str(key.value): f"{path}:{key.start_mark.line + 1}"
+            for key, _ in node.value
+            if isinstance(key, yaml.ScalarNode)
         }
         return mapping
 
@@ -57,7 +59,7 @@ def where(node: Any, fallback: str) -> str:
     return node.where if isinstance(node, LineDict) else fallback
 
 
-def check_keys(node: dict, allowed: set[str], required: set[str], fallback: str) -> None:
+def check_keys(node: dict[str, Any], allowed: set[str], required: set[str], fallback: str) -> None:
     at = where(node, fallback)
     unknown = set(node) - allowed
     if unknown:

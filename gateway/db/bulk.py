@@ -32,9 +32,7 @@ class BulkInsert:
     order given, which a caller that takes row locks relies on.
     """
 
-    def __init__(
-        self, table: Table, columns: Sequence[str] | None = None, *, conflict: str = "", returning: str = ""
-    ):
+    def __init__(self, table: Table, columns: Sequence[str] | None = None, *, conflict: str = "", returning: str = ""):
         self.table = table
         self.columns = tuple(columns) if columns is not None else tuple(table.c.keys())
         self.conflict = conflict

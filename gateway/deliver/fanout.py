@@ -47,18 +47,18 @@ class SinkMessage:
     def source(self) -> Source:
         return Source(self.message_id, self.sender, self.control_id, self.seq, datetime.fromisoformat(self.source_time))
 
-    def next_attempt(self) -> "SinkMessage":
+    def next_attempt(self) -> SinkMessage:
         return replace(self, attempts=self.attempts + 1)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SinkMessage":
+    def from_json(cls, data: dict[str, Any]) -> SinkMessage:
         return cls(**data)
 
     @classmethod
-    def of(cls, spec: SinkSpec, envelope: Envelope, source: Source, bundle: dict[str, Any]) -> "SinkMessage":
+    def of(cls, spec: SinkSpec, envelope: Envelope, source: Source, bundle: dict[str, Any]) -> SinkMessage:
         return cls(
             message_id=envelope.id,
             sink=spec.name,

@@ -21,13 +21,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.journal.dead_letters import Letter
 from gateway.deliver.breaker import CircuitBreaker
 from gateway.deliver.fanout import SinkMessage
 from gateway.deliver.remote import RemoteRejected, RemoteSink, RemoteUnavailable
 from gateway.envelope import Envelope
 from gateway.errors import describe
-from gateway.journal.deliveries import DeliveryState, DeliveryStates, PENDING
+from gateway.journal.dead_letters import Letter
+from gateway.journal.deliveries import PENDING, DeliveryState, DeliveryStates
 from gateway.journal.messages import MessageArchive
 from gateway.store.resources import ResourceStore
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
-from gateway.hl7.dtm import parse_dtm
 from gateway.envelope import Envelope
+from gateway.hl7.dtm import parse_dtm
 from gateway.hl7.message import Message
 from gateway.store.ordering import Source
 
@@ -20,7 +20,7 @@ def source_of(envelope: Envelope, message: Message, zone: tzinfo | None = None) 
     if moment is None:
         moment = dtm_to_utc(message.get("MSH-7.1"), zone)
     if moment is None:
-        moment = datetime.fromtimestamp(envelope.received_at / 1000, timezone.utc).replace(tzinfo=None)
+        moment = datetime.fromtimestamp(envelope.received_at / 1000, UTC).replace(tzinfo=None)
     return Source(
         message_id=envelope.id,
         sender=envelope.sender or message.sender,
@@ -49,7 +49,7 @@ def dtm_to_utc(text: str, zone: tzinfo | None = None) -> datetime | None:
     if dtm.offset is None:
         if zone is None:
             return local
-        return local.replace(tzinfo=zone).astimezone(timezone.utc).replace(tzinfo=None)
+        return local.replace(tzinfo=zone).astimezone(UTC).replace(tzinfo=None)
     sign = -1 if dtm.offset[0] == "-" else 1
     offset = timedelta(hours=int(dtm.offset[1:3]), minutes=int(dtm.offset[4:6]))
     return local - sign * offset

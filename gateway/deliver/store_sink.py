@@ -11,8 +11,9 @@ it hands the message over, so the writer holds the database's write lock only fo
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,8 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.deliver.group_commit import GroupCommit
 from gateway.envelope import Envelope
 from gateway.journal.deliveries import open_deliveries
-from gateway.store.index import rows_for_content
 from gateway.journal.messages import MessageArchive
+from gateway.store.index import rows_for_content
 from gateway.store.ordering import Source
 from gateway.store.resources import ApplyResult, Job, ResourceStore, delivery_error
 from gateway.store.transaction import Change, plan_changes

@@ -12,9 +12,9 @@ import itertools
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Sequence
 
 from gateway.errors import ParseError
 from gateway.hl7.charset import codec_for
@@ -67,7 +67,7 @@ class AckError:
             raise ValueError(f"severity {self.severity!r} is not in HL7 table 0516 (E, W, I, F)")
 
     @classmethod
-    def from_exception(cls, exc: BaseException) -> "AckError":
+    def from_exception(cls, exc: BaseException) -> AckError:
         """An error for ``exc``; a ParseError keeps its code and location, anything else is 207."""
         if isinstance(exc, ParseError):
             field = exc.field if isinstance(exc.field, int) else None

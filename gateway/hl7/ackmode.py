@@ -28,11 +28,11 @@ class AckMode:
     accept: str = ALWAYS
 
     @classmethod
-    def of(cls, msh: Segment) -> "AckMode":
+    def of(cls, msh: Segment) -> AckMode:
         return cls.from_fields(msh.field(15).value, msh.field(16).value)
 
     @classmethod
-    def from_fields(cls, msh15: str, msh16: str) -> "AckMode":
+    def from_fields(cls, msh15: str, msh16: str) -> AckMode:
         """The mode for MSH-15 and MSH-16 values (first repetition, unescaped)."""
         accept, application = _valued(msh15), _valued(msh16)
         if not accept and not application:

@@ -30,9 +30,7 @@ _CODECS: dict[str, str] = {
     **{f"8859/{n}": f"iso8859-{n}" for n in (*range(1, 12), 13, 14, 15, 16)},
 }
 # In table 0211 but not transportable over MLLP, or needing ISO 2022 switching we do not implement.
-_UNSUPPORTED = frozenset(
-    {"UNICODE UTF-16", "UNICODE UTF-32", "ISO IR14", "ISO IR87", "ISO IR159", "CNS 11643-1992"}
-)
+_UNSUPPORTED = frozenset({"UNICODE UTF-16", "UNICODE UTF-32", "ISO IR14", "ISO IR87", "ISO IR159", "CNS 11643-1992"})
 _LINE_END = re.compile(rb"[\r\n]")
 _HEADER_START = re.compile(rb"(?:^|[\r\n])MSH")
 

@@ -24,9 +24,7 @@ import re
 from datetime import datetime, tzinfo
 from typing import NamedTuple
 
-_DTM = re.compile(
-    r"^(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(\.\d{1,9})?)?)?)?)?)?([+-]\d{4})?$"
-)
+_DTM = re.compile(r"^(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(\.\d{1,9})?)?)?)?)?)?([+-]\d{4})?$")
 
 
 class Dtm(NamedTuple):
@@ -85,7 +83,9 @@ def _zone_at(d: Dtm, tz: tzinfo | None) -> str | None:
     """The offset of ``d``: its own, else the one ``tz`` had at that local time, else None."""
     if d.offset is not None or tz is None or d.day is None:
         return d.offset
-    local = datetime(int(d.year), int(d.month or 1), int(d.day), int(d.hour or 0), int(d.minute or 0), int(d.second or 0))
+    local = datetime(
+        int(d.year), int(d.month or 1), int(d.day), int(d.hour or 0), int(d.minute or 0), int(d.second or 0)
+    )
     offset = tz.utcoffset(local)
     if offset is None:
         return None

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from gateway.errors import ParseError
 from gateway.hl7.escape import Separators, unescape
@@ -31,7 +31,7 @@ class Element:
         self._seps = seps
         self._depth = depth  # 0 repetition, 1 component, 2 subcomponent
 
-    def __getitem__(self, n: int) -> "Element":
+    def __getitem__(self, n: int) -> Element:
         if n < 1:
             raise IndexError("HL7 positions start at 1")
         if self._depth >= 2:
@@ -42,10 +42,10 @@ class Element:
         parts = self.raw.split(sep)
         return self._child(parts[n - 1] if n <= len(parts) else "")
 
-    def _child(self, raw: str) -> "Element":
+    def _child(self, raw: str) -> Element:
         return Element(raw, self._seps, self._depth + 1)
 
-    def parts(self) -> list["Element"]:
+    def parts(self) -> list[Element]:
         """The children at the next level (components of a repetition, subcomponents of a component)."""
         if self._depth >= 2:
             return [self]

@@ -81,7 +81,7 @@ class Letter:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Letter":
+    def from_json(cls, data: dict[str, Any]) -> Letter:
         return cls(**{**data, "envelope": Envelope.from_json(data["envelope"])})
 
 

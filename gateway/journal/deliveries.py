@@ -8,8 +8,8 @@ sink's worker updates its row on every attempt. Operators read ``summary`` and `
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -19,6 +19,7 @@ from gateway.db.schema import sink_delivery
 
 #: pending -> delivered | dead
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+
 
 @dataclass(frozen=True, slots=True)
 class DeliveryState:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, func, select, tuple_
 from sqlalchemy.engine import Connection, Engine
 
-from gateway.envelope import Envelope
 from gateway.db.bulk import BulkInsert
 from gateway.db.schema import message_archive
+from gateway.envelope import Envelope
 
 _RECORD = BulkInsert(
     message_archive,

@@ -10,15 +10,17 @@ the same id, with its sender and control id.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.db.bulk import BulkInsert
 from gateway.db.schema import resource_provenance
+
 
 @dataclass(frozen=True, slots=True)
 class ProvenanceRecord:

@@ -8,9 +8,9 @@ With MLLP release 2 commit acknowledgements on, the commit ACK (or NAK) block go
 
 from __future__ import annotations
 
+from gateway.envelope import Kind
 from gateway.hl7.ack import AckError, render_ack
 from gateway.mllp.framing import COMMIT_ACK, COMMIT_NAK, encode_frame
-from gateway.envelope import Kind
 from gateway.mllp.triage import Verdict
 
 #: HL7 table 0357 code 207: application internal error (our storage is unavailable).

@@ -72,7 +72,7 @@ async def send_messages(
     results: list[Exchange] = []
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ssl_context), timeout)
-    except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+    except (TimeoutError, OSError, ssl.SSLError) as exc:
         problem = f"cannot connect to {host}:{port}: {exc or type(exc).__name__}"
         return [Exchange(header_field(m, 10), problem=problem) for m in messages]
     decoder = FrameDecoder()
@@ -118,7 +118,7 @@ async def _read_ack(
             return Exchange(control_id, problem=f"timeout: no ACK in {timeout:g} s")
         try:
             data = await asyncio.wait_for(reader.read(65536), remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return Exchange(control_id, problem=f"timeout: no ACK in {timeout:g} s")
         if not data:
             return Exchange(control_id, problem="connection closed by the receiver before an ACK")

@@ -12,17 +12,38 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from gateway.envelope import Kind
 from gateway.hl7.ack import AckError
 from gateway.mllp.framing import COMMIT_ACK, COMMIT_NAK, FrameDecoder, FrameTooLarge, FramingError
-from gateway.mllp.profiles import Profile
-from gateway.envelope import Kind
-from gateway.mllp.triage import Verdict
-from gateway.queue.intake import Receipt
+from gateway.mllp.limits import Limits, ListenerStats
+from gateway.mllp.profiles import Profile, Profiles
+from gateway.mllp.triage import Triage, Verdict
+from gateway.queue.intake import Intake, Receipt
 
-if TYPE_CHECKING:
-    from gateway.mllp.server import MllpServer
+
+class Listener(Protocol):
+    """What a connection needs of the listener that accepted it (gateway/mllp/server.py Listener)."""
+
+    limits: Limits
+    stats: ListenerStats
+    intake: Intake
+    triage: Triage
+    profiles: Profiles
+
+    def admit(self, conn: MllpConnection) -> bool: ...
+
+    def ready(self, conn: MllpConnection) -> None: ...
+
+    def forget(self, conn: MllpConnection) -> None: ...
+
+    def settle(self, verdict: Verdict, receipt: Receipt | None, error: BaseException | None) -> bytes: ...
+
+    def settle_profiled(
+        self, profile: Profile, control_id: str, receipt: Receipt | None, error: BaseException | None
+    ) -> bytes: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +53,7 @@ class _Slot:
 
     __slots__ = ("conn", "verdict", "reply")
 
-    def __init__(self, conn: "MllpConnection", verdict: Verdict):
+    def __init__(self, conn: MllpConnection, verdict: Verdict):
         self.conn = conn
         self.verdict = verdict
         self.reply: bytes | None = None
@@ -48,7 +69,7 @@ class _ProfiledSlot:
 
     __slots__ = ("conn", "profile", "control_id", "reply")
 
-    def __init__(self, conn: "MllpConnection", profile: Profile, control_id: str):
+    def __init__(self, conn: MllpConnection, profile: Profile, control_id: str):
         self.conn = conn
         self.profile = profile
         self.control_id = control_id
@@ -61,7 +82,7 @@ class _ProfiledSlot:
 
 
 class MllpConnection(asyncio.Protocol):
-    def __init__(self, server: "MllpServer"):
+    def __init__(self, server: Listener):
         self.server = server
         self.loop = asyncio.get_running_loop()
         #: The intake lane this connection's frames are committed on, in arrival order; chosen
@@ -167,7 +188,9 @@ class MllpConnection(asyncio.Protocol):
             self.lane = self.server.intake.pick_lane()
         slot = _Slot(self, verdict)
         self.slots.append(slot)
-        meta = None if verdict.kind == Kind.MESSAGE else {"reason": verdict.reason, "message_type": verdict.message_type}
+        meta = (
+            None if verdict.kind == Kind.MESSAGE else {"reason": verdict.reason, "message_type": verdict.message_type}
+        )
         self.server.intake.enqueue_message(
             raw, verdict.sender, verdict.control_id, self.peer, verdict.kind, meta, slot, self.lane
         )
@@ -186,8 +209,12 @@ class MllpConnection(asyncio.Protocol):
         if isinstance(problem, FrameTooLarge):
             self.server.stats.oversized += 1
             limit = self.server.limits.max_message_bytes
-            error = AckError("104", f"message larger than {limit} bytes (HL7GW_MLLP_MAX_MESSAGE_BYTES); first "
-                             f"{len(problem.dropped)} bytes kept", "MSH")
+            error = AckError(
+                "104",
+                f"message larger than {limit} bytes (HL7GW_MLLP_MAX_MESSAGE_BYTES); first "
+                f"{len(problem.dropped)} bytes kept",
+                "MSH",
+            )
         else:
             error = AckError("100", f"MLLP framing: {problem}", "MSH")
         log.warning("closing %s: %s", self.peer, problem)
@@ -275,4 +302,3 @@ def _keepalive(sock: socket.socket | None) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
     except (OSError, AttributeError):
         pass
-

@@ -7,7 +7,7 @@ MLLP Release 2 adds commit acknowledgements: a frame whose whole payload is ACK 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c"

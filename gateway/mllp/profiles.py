@@ -18,11 +18,11 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from gateway.envelope import Kind
 from gateway.errors import CharsetError
 from gateway.hl7.ack import ack_template, new_control_id, timestamp
 from gateway.hl7.charset import codec_for, declared_charset
 from gateway.mllp.framing import COMMIT_ACK, END_BLOCK, START_BLOCK, encode_frame
-from gateway.envelope import Kind
 from gateway.mllp.triage import Triage, Verdict
 
 #: Codecs in which an ASCII byte is always that ASCII character and never part of another one.

@@ -11,51 +11,19 @@ import asyncio
 import logging
 import ssl
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
+from gateway.envelope import Kind
 from gateway.hl7.ack import build_reject_for_unreadable
 from gateway.mllp.answer import answer
-from gateway.mllp.framing import encode_frame
 from gateway.mllp.connection import MllpConnection
+from gateway.mllp.framing import encode_frame
+from gateway.mllp.limits import Limits, ListenerStats
 from gateway.mllp.profiles import Profile, Profiles
-from gateway.envelope import Kind
 from gateway.mllp.triage import Triage, Verdict
 from gateway.queue.intake import Intake, Receipt
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Per-connection and per-listener limits (HL7GW_MLLP_* settings)."""
-
-    max_message_bytes: int = 16 * 1024 * 1024
-    #: Seconds a started frame may take to finish (also the TLS handshake timeout).
-    frame_timeout_s: float = 30.0
-    #: Seconds without a byte after which a connection with nothing in flight is closed; 0: never.
-    idle_timeout_s: float = 3600.0
-    max_connections: int = 500
-    require_trailing_cr: bool = False
-    #: Frames read but not yet answered on one connection before reading pauses.
-    max_outstanding: int = 1024
-
-
-@dataclass
-class ListenerStats:
-    connections: int = 0
-    open_connections: int = 0
-    refused_connections: int = 0
-    accepted: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    acks_received: int = 0
-    storage_failures: int = 0
-    discarded_bytes: int = 0
-    oversized: int = 0
-    frame_timeouts: int = 0
-    idle_timeouts: int = 0
-    commit_acks_received: int = 0
-    empty_frames: int = 0
 
 
 class MllpServer:
@@ -111,7 +79,7 @@ class MllpServer:
             self._closed.clear()
             try:
                 await asyncio.wait_for(self._closed.wait(), timeout=max(0.01, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         for conn in list(self.connections):
             log.warning("closing %s with answers still pending after %.0f s", conn.peer, drain_timeout)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from gateway.envelope import Kind
 from gateway.errors import CharsetError, ParseError
@@ -26,9 +26,7 @@ from gateway.hl7.escape import Separators, unescape
 from gateway.hl7.message import read_separators
 
 #: Every published HL7 v2 version up to 2.8.2 (MSH-12.1).
-DEFAULT_VERSIONS = frozenset(
-    "2.1 2.2 2.3 2.3.1 2.4 2.5 2.5.1 2.6 2.7 2.7.1 2.8 2.8.1 2.8.2".split()
-)
+DEFAULT_VERSIONS = frozenset("2.1 2.2 2.3 2.3.1 2.4 2.5 2.5.1 2.6 2.7 2.7.1 2.8 2.8.1 2.8.2".split())
 #: Table 0103: production, training, debugging.
 DEFAULT_PROCESSING_IDS = frozenset({"P", "T", "D"})
 

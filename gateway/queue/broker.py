@@ -35,7 +35,7 @@ def make_broker(
     namespace: str = "hl7gw",
     heartbeat_timeout_ms: int = 15_000,
     middleware: list[dramatiq.Middleware] | None = None,
-) -> "GatewayBroker":
+) -> GatewayBroker:
     """A Redis broker with only ``middleware``: failures are handled by gateway/services/failures.py,
     not by dramatiq's Retries (whose exhausted messages end in ``.XQ``), and there is no TimeLimit
     (it raises into a thread that may be waiting out an outage, or holding a database connection)."""

@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import secrets
 import uuid
-from typing import Mapping
+from collections.abc import Mapping
 
 import orjson
 
@@ -27,9 +27,7 @@ ARGS_PER_MESSAGE = 6
 _KIND_JSON = {kind: orjson.dumps(kind.value) for kind in Kind}
 
 _HEAD = b'{"queue_name":%b,"actor_name":%b,"args":[' % (orjson.dumps(QUEUE), orjson.dumps(ACTOR))
-_BODY = (
-    b'%b{"id":%b,"raw":"%b","received_at":%d,"sender":%b,"control_id":%b,"peer":%b,"kind":%b,"meta":%b,"seq":'
-)
+_BODY = b'%b{"id":%b,"raw":"%b","received_at":%d,"sender":%b,"control_id":%b,"peer":%b,"kind":%b,"meta":%b,"seq":'
 _TAIL = b'}],"kwargs":{},"options":{"redis_message_id":%b},"message_id":%b,"message_timestamp":%d}'
 _ENTRY = b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 _NO_META = orjson.dumps({})

@@ -18,14 +18,14 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from redis.exceptions import RedisError
 
 from gateway.envelope import Envelope, Kind
 from gateway.errors import IntakeUnavailable, describe
-from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, new_envelope_id
 from gateway.keys import Keys
+from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, new_envelope_id
 from gateway.queue.lane import CommitLane, Done, OutageLog, Receipt, report
 from gateway.queue.resp import bulk
 
@@ -184,7 +184,7 @@ class Intake:
         try:
             await self._lanes[0].connect()
             return bool(await asyncio.wait_for(self._lanes[0].redis.send("PING"), self.timeout))
-        except (RedisError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, RedisError, OSError):
             return False
 
     @property

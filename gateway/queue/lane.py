@@ -14,7 +14,8 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from redis.exceptions import RedisError
 

@@ -19,7 +19,8 @@ import asyncio
 import collections
 import ssl
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -40,7 +41,7 @@ def bulk(arg: str | bytes | int) -> bytes:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, owner: "PipelinedRedis"):
+    def __init__(self, owner: PipelinedRedis):
         self.owner = owner
         self.buffer = bytearray()
 
@@ -53,7 +54,7 @@ class _Protocol(asyncio.Protocol):
                 parsed = parse_reply(buffer, pos)
                 if parsed is _INCOMPLETE:
                     break
-                reply, pos = parsed  # type: ignore[misc]
+                reply, pos = parsed
                 self.owner._reply(reply)
         except Exception as exc:  # noqa: BLE001 - a reply we cannot read: the connection is unusable
             self.owner._drop(RedisConnectionError(f"unreadable reply from Redis: {exc!r}"), self)
@@ -127,9 +128,9 @@ class PipelinedRedis:
                 host, port = opts.get("host", "localhost"), int(opts.get("port", 6379))
                 opening = loop.create_connection(lambda: protocol, host, port, ssl=context)
             transport, _ = await asyncio.wait_for(opening, self.timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}") from None
-        self._transport, self._protocol = transport, protocol  # type: ignore[assignment]
+        self._transport, self._protocol = transport, protocol
         commands: list[tuple[str | bytes | int, ...]] = []
         if opts.get("password"):
             user = opts.get("username")

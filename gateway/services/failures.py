@@ -25,9 +25,9 @@ from typing import Any
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 
-from gateway.journal.dead_letters import Letter
 from gateway.envelope import Envelope
 from gateway.errors import GatewayError, Policy, StageCrash, describe, policy_of, stage_of
+from gateway.journal.dead_letters import Letter
 from gateway.services.letters import LetterBox
 from gateway.services.outages import Outages
 from gateway.stages import Stage

@@ -14,8 +14,8 @@ import logging
 import orjson
 import redis
 
-from gateway.journal.dead_letters import DeadLetterStore, Letter
 from gateway.errors import Policy, describe, policy_of
+from gateway.journal.dead_letters import DeadLetterStore, Letter
 from gateway.keys import Keys
 
 log = logging.getLogger(__name__)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 from gateway.config import Settings
-from gateway.mllp.server import Limits, MllpServer
+from gateway.mllp.limits import Limits
+from gateway.mllp.server import MllpServer
 from gateway.mllp.tls import server_context
 from gateway.mllp.triage import IntakeRules, Triage
 from gateway.procutil import signal_ready

@@ -30,8 +30,10 @@ def _messages(data: bytes) -> list[bytes]:
 def describe(where: str, conversion: Conversion) -> list[str]:
     """The report lines for one converted message."""
     entries = conversion.bundle["entry"]
-    kinds = Counter(e["resource"]["resourceType"] if "resource" in e else "DELETE " + e["request"]["url"].split("/")[0]
-                    for e in entries)
+    kinds = Counter(
+        e["resource"]["resourceType"] if "resource" in e else "DELETE " + e["request"]["url"].split("/")[0]
+        for e in entries
+    )
     lines = [f"{where}: {len(entries)} entries ({', '.join(f'{k} {n}' for k, n in kinds.items())})"]
     lines.append("  unused segments: " + (" ".join(conversion.unused_segments) or "none"))
     if conversion.unused_fields:

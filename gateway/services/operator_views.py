@@ -4,20 +4,20 @@ messages, the latest superseded writes, and the remote sinks' backlog."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TextIO
 
 from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 
-from gateway.journal import provenance
-from gateway.journal.deliveries import DeliveryStates, PENDING
-from gateway.journal.messages import ArchivedMessage, MessageArchive
 from gateway.db.schema import message_archive
+from gateway.journal import provenance
+from gateway.journal.deliveries import PENDING, DeliveryStates
+from gateway.journal.messages import ArchivedMessage, MessageArchive
 
 
 def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def find_messages(engine: Engine, key: str, limit: int = 20) -> list[ArchivedMessage]:
@@ -92,7 +92,10 @@ def list_superseded(engine: Engine, limit: int, out: TextIO) -> int:
     print(f"{'when (UTC)':19}  {'resource':60}  {'message':36}  kept version by message", file=out)
     for r in records:
         when = r.recorded_at.strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{when:19}  {r.type + '/' + r.id + ' v' + str(r.version_id):60}  {r.message_id:36}  {r.superseded_by or ''}", file=out)
+        print(
+            f"{when:19}  {f'{r.type}/{r.id} v{r.version_id}':60}  {r.message_id:36}  {r.superseded_by or ''}",
+            file=out,
+        )
     return 0
 
 

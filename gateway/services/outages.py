@@ -103,14 +103,14 @@ class Gate:
             delay = min(delay * 2, self.max_backoff_s)
         else:
             return
-        with self._lock:
-            self._open.set()
         log.warning("%s answers again after %.0f s: resuming", self.name, time.monotonic() - self._since)
-        for callback in self.on_recovery:
+        for callback in self.on_recovery:  # before anyone goes on: they find the recovery done
             try:
                 callback()
             except Exception:  # noqa: BLE001
                 log.exception("%s recovery callback failed", self.name)
+        with self._lock:
+            self._open.set()
 
 
 class Outages:

@@ -9,9 +9,10 @@ server never holds up the store or the other sinks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import tzinfo
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gateway.convert.engine import Converter
 from gateway.deliver.source import source_of
@@ -21,8 +22,8 @@ from gateway.errors import GatewayError, RejectedAtIntake, StageCrash, as_unavai
 from gateway.hl7.charset import decode_message
 from gateway.hl7.message import Message, parse
 from gateway.journal.messages import MessageArchive
-from gateway.store.ordering import Source
 from gateway.stages import Stage
+from gateway.store.ordering import Source
 from gateway.validate import validate_bundle
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,9 @@ class Pipeline:
         if envelope.kind == Kind.REJECTED:  # answered AR/AE at intake: a dead letter as it is
             raise RejectedAtIntake(envelope.meta.get("reason") or "rejected at intake")
         if envelope.kind == Kind.ACK:  # an incoming acknowledgement: archived, never converted
-            run_stage(Stage.ARCHIVE, self.archive.record_outcome, envelope, "ack", envelope.meta.get("message_type", "ACK"))
+            run_stage(
+                Stage.ARCHIVE, self.archive.record_outcome, envelope, "ack", envelope.meta.get("message_type", "ACK")
+            )
             return
         text = run_stage(Stage.PARSE, decode_message, envelope.raw)
         message: Message = run_stage(Stage.PARSE, parse, text)

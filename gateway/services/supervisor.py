@@ -20,13 +20,13 @@ from pathlib import Path
 
 from gateway.api.auth import ensure_admin_token
 from gateway.config import Settings
+from gateway.db.engine import make_engine
+from gateway.db.migrate import migrate
 from gateway.errors import ConfigError
 from gateway.procutil import READY_FD, die_with_parent
 from gateway.queue.broker import forget_all_workers
 from gateway.services.embedded_redis import EmbeddedRedis, free_port
 from gateway.services.outages import until_available
-from gateway.db.migrate import migrate
-from gateway.db.engine import make_engine
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,11 @@ class Supervisor:
     def _reap(self) -> None:
         """Restart any child that exited while we were not stopping it, the embedded Redis first."""
         redis_proc = self.redis.process if self.redis is not None else None
-        if self.redis is not None and (redis_proc is None or redis_proc.poll() is not None) and not self._stop_requested:
+        if (
+            self.redis is not None
+            and (redis_proc is None or redis_proc.poll() is not None)
+            and not self._stop_requested
+        ):
             # Same port and files: the AOF replays every committed message, and the listener and
             # workers reconnect by themselves (until then intake answers AR 207).
             log.error("embedded redis-server exited; restarting it")
@@ -221,4 +225,3 @@ def _lock_data_dir(data_dir: Path) -> int:
 
 def run(settings: Settings) -> None:
     Supervisor(settings).run_forever()
-

@@ -9,8 +9,9 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import tzinfo
-from typing import Any, Callable
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import dramatiq
@@ -20,23 +21,23 @@ from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
 from gateway.convert.engine import Converter
-from gateway.journal.dead_letters import DeadLetterStore, Letter
+from gateway.db.engine import make_engine, write_probe
+from gateway.db.migrate import migrate
 from gateway.deliver.breaker import CircuitBreaker
 from gateway.deliver.fanout import SinkFanout, SinkMessage, actor_name
 from gateway.deliver.remote import RemoteSink
 from gateway.deliver.sink_worker import SinkWorker
 from gateway.deliver.store_sink import StoreSink
 from gateway.envelope import Envelope
-from gateway.services.pipeline import Pipeline
-from gateway.queue.broker import GatewayBroker, QueueMaintenance, make_broker
-from gateway.keys import ACTOR, QUEUE, Keys
-from gateway.services.letters import LetterBox
-from gateway.services.failures import FailurePolicy, LetterFor, envelope_letter, reason_of
-from gateway.services.outages import Gate, Outages, until_available
-from gateway.db.migrate import migrate
-from gateway.db.engine import make_engine, write_probe
+from gateway.journal.dead_letters import DeadLetterStore, Letter
 from gateway.journal.deliveries import DeliveryStates
 from gateway.journal.messages import MessageArchive
+from gateway.keys import ACTOR, QUEUE, Keys
+from gateway.queue.broker import GatewayBroker, QueueMaintenance, make_broker
+from gateway.services.failures import FailurePolicy, LetterFor, envelope_letter, reason_of
+from gateway.services.letters import LetterBox
+from gateway.services.outages import Gate, Outages, until_available
+from gateway.services.pipeline import Pipeline
 from gateway.store.resources import ResourceStore
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 # Bounds for open-ended periods; both backends store them (PostgreSQL timestamps start at 4713 BC).
 MIN_DATETIME = datetime(1, 1, 1)
@@ -79,7 +79,7 @@ def _to_utc(local: datetime, zone: str | None) -> datetime:
     offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
     if offset > timedelta(hours=14):
         raise InvalidDate(f"time zone offset {zone!r} is beyond +/-14:00")
-    return (local.replace(tzinfo=timezone(sign * offset))).astimezone(timezone.utc).replace(tzinfo=None)
+    return (local.replace(tzinfo=timezone(sign * offset))).astimezone(UTC).replace(tzinfo=None)
 
 
 def _add_months(year: int, month: int, months: int) -> datetime:

@@ -17,8 +17,8 @@ import orjson
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.engine import Connection
 
-from gateway.store.fhir_dates import InvalidDate, date_range
 from gateway.db.schema import fhir_resource_history
+from gateway.store.fhir_dates import InvalidDate, date_range
 from gateway.store.search_paging import Cursor, SortKey, after, decode_cursor, encode_cursor, order_by
 from gateway.store.search_values import SearchError
 

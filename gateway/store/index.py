@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import datetime
+from functools import cache, lru_cache
 from typing import Any
 
 from gateway.lru import LRU
@@ -44,7 +44,7 @@ class IndexRows:
     #: (type, id, param, target_type, target_id)
     references: list[tuple[str, str, str, str, str]] = field(default_factory=list)
 
-    def extend(self, other: "IndexRows") -> None:
+    def extend(self, other: IndexRows) -> None:
         self.tokens += other.tokens
         self.strings += other.strings
         self.dates += other.dates
@@ -107,7 +107,7 @@ def index_rows(resource_type: str, resource_id: str, resource: dict[str, Any]) -
 
 
 #: Index rows by (type, id, content hash): see ``rows_for_content``.
-_remembered = LRU(8192)
+_remembered: LRU[tuple[str, str, str], IndexRows] = LRU(8192)
 
 
 def rows_for_content(resource_type: str, resource_id: str, digest: str, resource: dict[str, Any]) -> IndexRows:
@@ -116,8 +116,8 @@ def rows_for_content(resource_type: str, resource_id: str, digest: str, resource
     transaction, so the writer, holding the database's one write lock, finds them made. The result
     is shared: extend another IndexRows with it, never change it."""
     key = (resource_type, resource_id, digest)
-    known, rows = _remembered.get(key)
-    if not known:
+    _, rows = _remembered.get(key)
+    if rows is None:
         rows = index_rows(resource_type, resource_id, resource)
         _remembered.put(key, rows)
     return rows
@@ -134,7 +134,7 @@ class _Plan:
     always: tuple[int, ...]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _plan(resource_type: str) -> _Plan:
     params = indexed_parameters(resource_type)
     by_element: dict[str, list[int]] = {}
@@ -191,7 +191,7 @@ def walk(node: Any, path: str) -> list[Any]:
     return [value for value in current if value is not None]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _steps(path: str) -> tuple[tuple[str, bool, tuple[str, str] | None], ...]:
     """``path`` parsed once: (element or choice stem, is a choice, where-filter) per step."""
     steps: list[tuple[str, bool, tuple[str, str] | None]] = []

@@ -46,7 +46,7 @@ class Source:
     def key(self) -> OrderKey:
         return (self.time, self.sender, self.seq)
 
-    def with_seq(self, seq: int) -> "Source":
+    def with_seq(self, seq: int) -> Source:
         return replace(self, seq=seq)
 
 

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from gateway.db.bulk import BulkInsert, BulkUpdate, KeyedRows
-from gateway.store.index import COLUMNS, IndexRows
 from gateway.db.schema import SEARCH_TABLES, fhir_resource, fhir_resource_history
+from gateway.store.index import COLUMNS, IndexRows
 
 Key = tuple[str, str]
 _CONTENT_COLUMNS = ("version_id", "last_updated", "deleted", "content_hash", "content")

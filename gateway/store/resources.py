@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -13,14 +13,15 @@ from sqlalchemy import and_, false, or_, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.db.schema import fhir_resource, fhir_resource_history
 from gateway.errors import DeliveryError, GatewayError, as_unavailable, describe
 from gateway.store.history import build_history, run_history
 from gateway.store.index import IndexRows, index_rows
-from gateway.db.schema import fhir_resource, fhir_resource_history
-from gateway.store.search import SearchResult, build_search, run_search
 from gateway.store.ordering import Source, is_older, stored_key
+from gateway.store.resource_rows import drop_index_rows, insert_index_rows
+from gateway.store.search import SearchResult, build_search, run_search
 from gateway.store.transaction import AppliedEntry, ApplyResult, Outcome, content_hash, plan_changes
-from gateway.store.writer import Job, drop_index_rows, insert_index_rows, write_batch
+from gateway.store.writer import Job, write_batch
 
 __all__ = [
     "AppliedEntry",
@@ -189,7 +190,7 @@ def _stored(resource_type: str, resource_id: str, row: Any) -> StoredResource:
 
 
 def _now() -> datetime:
-    moment = datetime.now(timezone.utc).replace(tzinfo=None)
+    moment = datetime.now(UTC).replace(tzinfo=None)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 

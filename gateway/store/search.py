@@ -183,9 +183,7 @@ def run_search(conn: Connection, query: SearchQuery) -> SearchResult:
     resources = [orjson.loads(row.content) for row in rows]
     included, truncated = fetch_included(conn, query.resource_type, [r["id"] for r in resources], query.includes)
     warnings = ["more resources were included than one page may hold; some were left out"] if truncated else []
-    return SearchResult(
-        resources, total, query.count, included, next_cursor, previous_cursor, warnings, query.ignored
-    )
+    return SearchResult(resources, total, query.count, included, next_cursor, previous_cursor, warnings, query.ignored)
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,10 @@ def fetch_included(
     """The resources ``includes`` add to a page of matches, each once, and whether some were cut off."""
     wanted: set[tuple[str, str]] = set()
     for include in includes:
-        wanted |= _revinclude_keys(conn, resource_type, match_ids, include) if include.reverse else _include_keys(
-            conn, match_ids, include
+        wanted |= (
+            _revinclude_keys(conn, resource_type, match_ids, include)
+            if include.reverse
+            else _include_keys(conn, match_ids, include)
         )
     wanted -= {(resource_type, resource_id) for resource_id in match_ids}
     keys = sorted(wanted)

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import orjson
 from sqlalchemy import ColumnElement, DateTime, String, and_, func, literal, or_, select, tuple_
 
-from gateway.store.fhir_dates import MAX_DATETIME, MIN_DATETIME
 from gateway.db.schema import SEARCH_TABLES, fhir_resource
+from gateway.store.fhir_dates import MAX_DATETIME, MIN_DATETIME
 from gateway.store.search_params import SearchParam
 from gateway.store.search_values import SearchError
 
@@ -82,7 +82,7 @@ def _sort_key(name: str, descending: bool, params: dict[str, SearchParam]) -> So
     extreme = func.max(column) if descending else func.min(column)
     same_resource = (table.c.type == fhir_resource.c.type, table.c.id == fhir_resource.c.id)
     value = select(extreme).where(*same_resource, table.c.param == param.index_name).scalar_subquery()
-    return SortKey(name, descending, func.coalesce(value, fallback), kind)  # type: ignore[arg-type]
+    return SortKey(name, descending, func.coalesce(value, fallback), kind)
 
 
 def order_by(keys: tuple[SortKey, ...], forward: bool) -> list[Any]:

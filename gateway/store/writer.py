@@ -32,8 +32,8 @@ from typing import Any
 import orjson
 from sqlalchemy.engine import Connection
 
-from gateway.store import merges as merge_rules
 from gateway.journal import provenance
+from gateway.store import merges as merge_rules
 from gateway.store import resource_rows
 from gateway.store.fhir_dates import format_instant
 from gateway.store.index import IndexRows, rows_for_content

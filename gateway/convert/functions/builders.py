@@ -9,9 +9,11 @@ import re
 from typing import Any
 
 from gateway.convert.context import Context
-from gateway.convert.functions import builder, oid_to_urn, text_of, to_decimal, uuid_to_urn
+from gateway.convert.functions.text import oid_to_urn, text_of, to_decimal, uuid_to_urn
+from gateway.convert.registry import builder
 from gateway.convert.tables import Table
 from gateway.hl7.message import Element, Segment
+
 
 def as_code(text: str) -> str:
     """A FHIR ``code``: no leading, trailing or repeated whitespace (R4 datatypes, code)."""
@@ -60,7 +62,7 @@ def _cwe_codings(element: Element, ctx: Context, table: Table | None) -> list[di
 
 
 @builder
-def codeable_concept(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+def codeable_concept(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """CWE/CE/CNE/CF/IS/ID -> CodeableConcept (IG CWE[CodeableConcept]); text from CWE.9, or the
     display when nothing else names the concept."""
     if not element:
@@ -78,7 +80,7 @@ def codeable_concept(element: Element | None, ctx: Context, table: Table | None)
 
 
 @builder
-def coding(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+def coding(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """CWE -> Coding (IG CWE[Coding]): the table's FHIR coding, else the code as sent."""
     if not element:
         return None
@@ -200,7 +202,7 @@ def practitioner_name_text(element: Element | None, ctx: Context, table: Table |
 
 
 @builder(reads="segment", fields=("OBX-6",))
-def reference_range(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+def reference_range(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """OBX-7 -> Observation.referenceRange: the text as sent (IG), plus low/high for ``a-b`` or
     ``>a``/``<b`` with OBX-6's unit."""
     raw = element.value.strip() if element else ""
@@ -230,7 +232,7 @@ def _unit(ctx: Context) -> dict[str, str]:
 
 
 @builder
-def quantity_unit(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+def quantity_unit(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """CWE units -> Quantity unit/system/code (IG CWE[Quantity]); UCUM when CWE.3 says so."""
     if not element:
         return None
@@ -270,7 +272,7 @@ def _sender(msh: Segment) -> str:
 
 
 @builder(reads="segment", fields=("MSH-3", "MSH-4", "MSH-9", "MSH-10"))
-def source_message_entity(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+def source_message_entity(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """Provenance.entity: the v2 message (role source), named by sender and MSH-10 control id."""
     msh = _header(ctx)
     if msh is None:
@@ -282,7 +284,7 @@ def source_message_entity(element: Element | None, ctx: Context, table: Table | 
 
 
 @builder(reads="segment", fields=("MSH-3", "MSH-4", "MSH-9", "MSH-10"))
-def sender_agent(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+def sender_agent(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """Provenance.agent: the sending facility MSH-4 (else application MSH-3) as author."""
     msh = _header(ctx)
     if msh is None:
@@ -300,7 +302,7 @@ def sender_agent(element: Element | None, ctx: Context, table: Table | None) -> 
 
 
 @builder(reads="segment", fields=("MSH-3", "MSH-4", "MSH-9", "MSH-10"))
-def message_activity(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+def message_activity(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """Provenance.activity: a v2-to-FHIR transformation of the message type in MSH-9."""
     msh = _header(ctx)
     if msh is None:
@@ -318,7 +320,7 @@ def coded_text(element: Element | None, ctx: Context, table: Table | None) -> st
 
 
 @builder
-def coded_identifier(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+def coded_identifier(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """CWE -> Identifier (IG CWE[Identifier]): the code as value, its coding system as system."""
     if not element:
         return None

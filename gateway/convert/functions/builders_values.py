@@ -8,9 +8,10 @@ import binascii
 import re
 from typing import Any
 
-from gateway.convert import builders
 from gateway.convert.context import Context
-from gateway.convert.functions import builder, text_of, to_decimal, transform
+from gateway.convert.functions import builders
+from gateway.convert.functions.text import text_of, to_decimal
+from gateway.convert.registry import builder, transform
 from gateway.convert.tables import Table
 from gateway.hl7.message import Element
 
@@ -36,7 +37,7 @@ def location_mode(element: Element | None, ctx: Context, table: Table | None) ->
 
 
 @builder
-def location_physical_type(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+def location_physical_type(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """Location.physicalType of the most specific level the PL names (bed, room, ward)."""
     if not element:
         return None
@@ -49,7 +50,7 @@ def location_physical_type(element: Element | None, ctx: Context, table: Table |
 
 
 @builder
-def composite_quantity(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+def composite_quantity(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """CQ (chapter 2A.15) -> Quantity: CQ.1 value, CQ.2 units (UCUM when CQ.2.3 says so)."""
     if not element:
         return None
@@ -65,8 +66,17 @@ def composite_quantity(element: Element | None, ctx: Context, table: Table | Non
 
 _MIME_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
 # HL7 table 0191 type of referenced data -> MIME top-level type.
-_MEDIA = {"TEXT": "text", "AP": "application", "IM": "image", "AU": "audio", "MULTIPART": "multipart",
-          "APPLICATION": "application", "IMAGE": "image", "AUDIO": "audio", "VIDEO": "video"}
+_MEDIA = {
+    "TEXT": "text",
+    "AP": "application",
+    "IM": "image",
+    "AU": "audio",
+    "MULTIPART": "multipart",
+    "APPLICATION": "application",
+    "IMAGE": "image",
+    "AUDIO": "audio",
+    "VIDEO": "video",
+}
 
 
 def _content_type(kind: str, subtype: str) -> str | None:
@@ -98,7 +108,7 @@ def _base64(data: str, encoding: str) -> str | None:
 
 
 @builder
-def encapsulated_attachment(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+def encapsulated_attachment(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """ED (chapter 2A.24) -> Attachment: contentType from ED.2/ED.3, data from ED.5 by ED.4 (IG
     ED[Attachment]); data that is not what ED.4 says is left out and noted."""
     if not element:
@@ -118,7 +128,7 @@ def encapsulated_attachment(element: Element | None, ctx: Context, table: Table 
 
 
 @builder
-def pointer_attachment(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+def pointer_attachment(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """RP (chapter 2A.65) -> Attachment: RP.1 pointer as url, RP.3/RP.4 as contentType (IG RP[Attachment])."""
     if not element:
         return None
@@ -148,7 +158,7 @@ def tm_to_time(text: str) -> str | None:
 
 
 @builder(reads="segment", fields=("OBX-5",))
-def text_attachment(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+def text_attachment(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """A text OBX-5 (TX, FT, ST; every repetition a line) -> a text/plain Attachment (IG
     OBX[DocumentReference] TX/FT rows)."""
     segment = ctx.segment
@@ -166,7 +176,7 @@ _PRESENTATION = {"TX": "text/plain", "FT": "text/plain", "TEXT": "text/plain", "
 
 
 @builder(reads="message", fields=("TXA-2", "TXA-3", "TXA-16", "TXA-25"))
-def document_notice(element: Element | None, ctx: Context, table: Table | None) -> dict | None:
+def document_notice(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """DocumentReference.content (1..*) for a document notification without content (MDM T01):
     an attachment naming the document (title TXA-25, else file name TXA-16, else type TXA-2) and
     its presentation TXA-3. None when OBX segments carry the content."""
