@@ -27,12 +27,12 @@ if TYPE_CHECKING:
 
 
 def _require_redis(settings: Settings, role: str) -> str:
-    if not settings.redis_url:
+    if not settings.storage.redis_url:
         raise ConfigError(
             f"hl7gw {role} runs one part alone and needs HL7GW_REDIS_URL (and usually HL7GW_DATABASE_URL); "
             "use 'hl7gw run' for the all-in-one embedded setup"
         )
-    return settings.redis_url
+    return settings.storage.redis_url
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
@@ -51,7 +51,7 @@ def cmd_mllp(settings: Settings, _args: argparse.Namespace) -> int:
     try:
         from gateway.convert.engine import Converter
 
-        converter = Converter.load()
+        converter = Converter.configured(settings.conversion)
     except Exception as exc:  # noqa: BLE001
         logging.getLogger(__name__).error("mappings do not load (%s); accepting every message type", exc)
         rules = service.rules_from(settings, None)
@@ -81,11 +81,11 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
 
     # log_config=None: uvicorn's records go through our handler (gateway/logs.py) like all others;
     # no access log, since a query string can carry a name or a birth date.
-    app = until_available("database", lambda: create_app(settings), max_backoff_s=settings.outage_max_backoff_s)
+    app = until_available("database", lambda: create_app(settings), max_backoff_s=settings.worker.outage_max_backoff_s)
     config = uvicorn.Config(
         app,
-        host=settings.http_host,
-        port=settings.http_port,
+        host=settings.api.host,
+        port=settings.api.port,
         log_config=None,
         log_level="warning",
         access_log=False,
@@ -98,7 +98,7 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
             await asyncio.sleep(0.05)
         if server.started:
             logging.getLogger("gateway.api").info(
-                "FHIR API listening on http://%s:%d/fhir", settings.http_host, settings.http_port
+                "FHIR API listening on http://%s:%d/fhir", settings.api.host, settings.api.port
             )
             signal_ready()
         await task
@@ -113,7 +113,7 @@ def _database(settings: Settings) -> Iterator[Engine]:
     from gateway.db.engine import make_engine
     from gateway.db.migrate import migrate
 
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(settings.storage.database_url)
     try:
         migrate(engine)
         yield engine
@@ -189,7 +189,7 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
     from gateway.db.engine import make_engine
     from gateway.db.migrate import current, head, migrate
 
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(settings.storage.database_url)
     try:
         with engine.connect() as conn:
             before = current(conn)
@@ -221,9 +221,9 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     tls = None
     if args.tls or args.ca or args.cert:
         tls = client_context(args.ca, args.cert, args.key, verify=not args.insecure)
-    host = args.host or settings.mllp_host
+    host = args.host or settings.mllp.host
     host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
-    port = args.port or settings.mllp_port
+    port = args.port or settings.mllp.port
     results = asyncio.run(send_messages([m for _, m in messages], host, port, ssl_context=tls, timeout=args.timeout))
     for (where, _), result in zip(messages, results):
         outcome = result.problem or result.code or ("no ACK wanted (MSH-15 NE)" if result.unanswered else "?")
@@ -238,9 +238,11 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_convert(settings: Settings, args: argparse.Namespace) -> int:
     """Print the FHIR Bundle of each message in the files; --report lists what the maps left unused."""
+    from gateway.convert.engine import Converter
     from gateway.services.offline import convert_files
 
-    return convert_files(args.files, args.report, sys.stdout, sys.stderr)
+    converter = Converter.configured(settings.conversion)  # the site's overlay and time zones too
+    return convert_files(args.files, args.report, sys.stdout, sys.stderr, converter)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-        logs.setup(settings.log_level)
+        logs.setup(settings.logging.level)
         if not supervised():  # the supervisor warned already; its children would repeat it
             for name, suggestion in unknown_variables(os.environ):
                 hint = f" (did you mean {suggestion}?)" if suggestion else ""

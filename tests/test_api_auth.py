@@ -85,7 +85,7 @@ def test_ensure_admin_token_creates_a_private_file_once(tmp_path: Path) -> None:
 
     path = ensure_admin_token(settings)
 
-    assert path == settings.admin_token_file
+    assert path == settings.storage.admin_token_file
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     token = path.read_text().strip()
     assert len(token) >= 40
@@ -98,13 +98,13 @@ def test_ensure_admin_token_does_nothing_when_tokens_are_configured(tmp_path: Pa
     settings = load_settings(data_dir=tmp_path, api_tokens=TOKENS)
 
     assert ensure_admin_token(settings) is None
-    assert not settings.admin_token_file.exists()
+    assert not settings.storage.admin_token_file.exists()
 
 
 def test_the_admin_token_file_grants_admin(tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path)
     app = create_app(settings)  # creates the token file
-    token = settings.admin_token_file.read_text().strip()
+    token = settings.storage.admin_token_file.read_text().strip()
 
     def admin_only(principal: Principal = Depends(require_role(Role.admin))) -> dict[str, str]:
         return {"role": principal.role.value}
@@ -117,7 +117,7 @@ def test_the_admin_token_file_grants_admin(tmp_path: Path) -> None:
 
 def test_an_empty_token_file_fails_loudly(tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path)
-    settings.admin_token_file.write_text("\n")
+    settings.storage.admin_token_file.write_text("\n")
 
     with pytest.raises(ConfigError, match="is empty"):
         TokenRegistry.from_settings(settings)

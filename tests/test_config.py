@@ -12,9 +12,9 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("HL7GW_REDIS_URL", "HL7GW_DATABASE_URL", "HL7GW_MLLP_PORT", "HL7GW_HTTP_PORT", "HL7GW_DATA_DIR"):
         monkeypatch.delenv(var, raising=False)
     s = load_settings()
-    assert s.embedded_redis
+    assert s.storage.embedded_redis
     assert (s.mllp_host, s.mllp_port, s.http_host, s.http_port) == ("127.0.0.1", 2575, "127.0.0.1", 8080)
-    assert s.resolved_database_url.startswith("sqlite:///") and s.resolved_database_url.endswith("data/hl7gw.sqlite3")
+    assert s.storage.database_url.startswith("sqlite:///") and s.storage.database_url.endswith("data/hl7gw.sqlite3")
 
 
 def test_worker_processes_default_to_the_cores_at_most_four(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,3 +67,18 @@ def test_misspelt_variables_are_named_with_the_closest_setting() -> None:
         "PATH": "/bin",
     }
     assert unknown_variables(environ) == [("HL7GW_COMPLETELY_UNKNOWN", None), ("HL7GW_REDIS_ULR", "HL7GW_REDIS_URL")]
+
+
+def test_sections_carry_the_variables_and_are_made_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HL7GW_MLLP_PORT", "3575")
+    monkeypatch.setenv("HL7GW_ACCEPTED_PROCESSING_IDS", " p , t ")
+    monkeypatch.setenv("HL7GW_UNSUPPORTED_TYPES", "accept")
+    monkeypatch.setenv("HL7GW_SENDER_TZ", "LAB|MERCY=America/Chicago")
+    monkeypatch.setenv("HL7GW_FHIR_SINKS", "hapi=http://fhir.example/fhir")
+    s = load_settings()
+    assert s.mllp.port == 3575 and s.mllp is s.mllp  # made once, then the same object
+    assert s.intake.processing_ids == {"P", "T"} and not s.intake.reject_unsupported
+    assert s.intake.honour_enhanced_mode
+    assert s.conversion.sender_tz == {"LAB|MERCY": "America/Chicago"}
+    assert [spec.name for spec in s.sinks.specs] == ["hapi"] and s.sinks.max_age_s == 3 * 86_400
+    assert s.worker.threads == 64 and s.logging.level == "INFO"

@@ -106,8 +106,7 @@ def test_without_a_zone_times_without_offset_keep_their_date(site: Path) -> None
 
 def test_settings_supply_the_overlay_and_zones(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(mappings_dir=site, default_tz="Europe/Berlin", sender_tz="LAB|MERCY=America/Chicago")
-    monkeypatch.setattr("gateway.config.get_settings", lambda: settings)
-    converter = Converter.load()
+    converter = Converter.configured(settings.conversion)
     bundle = converter.convert(message(MSH.replace("|App|Fac|", "|LAB|MERCY|"), PID, ZPI, PV1))
     assert only(bundle, "Encounter")["period"]["start"].endswith("-05:00")
     assert only(bundle, "Patient")["extension"][0]["url"] == VIP

@@ -58,7 +58,7 @@ def test_bad_values_name_the_problem(value: str, problem: str) -> None:
 
 def test_settings_expose_the_sinks() -> None:
     settings = load_settings(fhir_sinks="a=http://h", sink_max_age_s=60)
-    assert [s.name for s in settings.sinks] == ["a"] and settings.sink_max_age_s == 60
-    assert load_settings().sinks == ()
+    assert [s.name for s in settings.sinks.specs] == ["a"] and settings.sinks.max_age_s == 60
+    assert load_settings().sinks.specs == ()
     with pytest.raises(ConfigError, match="HL7GW_SINK_MAX_AGE_S"):
         load_settings(sink_max_age_s=8 * 86_400)

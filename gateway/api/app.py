@@ -20,10 +20,10 @@ from gateway.store.resources import ResourceStore
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """The API app. Without ``engine``, opens ``settings.resolved_database_url`` and creates the schema."""
+    """The API app. Without ``engine``, opens ``settings.storage.database_url`` and creates the schema."""
     owns_engine = engine is None
     if engine is None:
-        engine = make_engine(settings.resolved_database_url)
+        engine = make_engine(settings.storage.database_url)
         migrate(engine)
     ensure_admin_token(settings)
     tokens = TokenRegistry.from_settings(settings)
@@ -49,5 +49,5 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(fhir.router)
-    install_docs(app, public=settings.public_docs)
+    install_docs(app, public=settings.api.public_docs)
     return app

@@ -42,12 +42,12 @@ class TokenRegistry:
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenRegistry:
         """Tokens from HL7GW_API_TOKENS, or else the one admin token in the admin token file."""
-        if settings.api_tokens:
-            tokens = parse_tokens(settings.api_tokens)
+        if settings.api.tokens:
+            tokens = parse_tokens(settings.api.tokens)
             if not tokens:
                 raise ConfigError("HL7GW_API_TOKENS holds no token:role entry")
             return cls(tokens)
-        path = settings.admin_token_file
+        path = settings.storage.admin_token_file
         try:
             token = path.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
@@ -73,9 +73,9 @@ def ensure_admin_token(settings: Settings) -> Path | None:
 
     Returns None when HL7GW_API_TOKENS is set. An existing file is left as it is.
     """
-    if settings.api_tokens:
+    if settings.api.tokens:
         return None
-    path = settings.admin_token_file
+    path = settings.storage.admin_token_file
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,12 +11,14 @@ never reads YAML.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
 import gateway
+from gateway.config import ConversionSettings
 from gateway.convert.loader import load_mappings
 from gateway.convert.maps import Mappings
 from gateway.convert.messages import MessagePlan, load_messages
@@ -26,8 +28,6 @@ from gateway.errors import ConfigError, GatewayError, MappingError, describe
 from gateway.hl7.message import Message
 
 __all__ = ["Conversion", "Converter", "default_mappings_dir"]
-
-_FROM_SETTINGS: Any = object()
 
 
 def default_mappings_dir() -> Path:
@@ -81,24 +81,25 @@ class Converter:
         return self.base.plans
 
     @classmethod
+    def configured(cls, conversion: ConversionSettings) -> Converter:
+        """The shipped mappings with the site's overlay and time zones (HL7GW_MAPPINGS_DIR,
+        HL7GW_DEFAULT_TZ, HL7GW_SENDER_TZ)."""
+        return cls.load(
+            overlay_dir=conversion.mappings_dir, default_tz=conversion.default_tz, sender_tz=conversion.sender_tz
+        )
+
+    @classmethod
     def load(
         cls,
         mappings_dir: Path | None = None,
         *,
-        overlay_dir: Path | None = _FROM_SETTINGS,
-        default_tz: str | None = _FROM_SETTINGS,
-        sender_tz: dict[str, str] | None = _FROM_SETTINGS,
+        overlay_dir: Path | None = None,
+        default_tz: str | None = None,
+        sender_tz: Mapping[str, str] | None = None,
     ) -> Converter:
         """Compile ``mappings_dir`` (default: the shipped mappings/) with the site overlay
-        ``overlay_dir`` and its per-sender directories; arguments not given come from the settings
-        (HL7GW_MAPPINGS_DIR, HL7GW_DEFAULT_TZ, HL7GW_SENDER_TZ)."""
-        if _FROM_SETTINGS in (overlay_dir, default_tz, sender_tz):
-            from gateway.config import get_settings
-
-            settings = get_settings()
-            overlay_dir = settings.mappings_dir if overlay_dir is _FROM_SETTINGS else overlay_dir
-            default_tz = settings.default_tz if default_tz is _FROM_SETTINGS else default_tz
-            sender_tz = settings.sender_time_zones if sender_tz is _FROM_SETTINGS else sender_tz
+        ``overlay_dir`` and its per-sender directories, and the time zones of timestamps without
+        an offset (for every sender, and per sender)."""
         root = Path(mappings_dir) if mappings_dir is not None else default_mappings_dir()
         if not root.is_dir():
             raise ConfigError(

@@ -20,11 +20,11 @@ log = logging.getLogger(__name__)
 
 def limits_from(settings: Settings) -> Limits:
     return Limits(
-        max_message_bytes=settings.mllp_max_message_bytes,
-        frame_timeout_s=settings.mllp_frame_timeout_s,
-        idle_timeout_s=settings.mllp_idle_timeout_s,
-        max_connections=settings.mllp_max_connections,
-        require_trailing_cr=settings.mllp_require_trailing_cr,
+        max_message_bytes=settings.mllp.max_message_bytes,
+        frame_timeout_s=settings.mllp.frame_timeout_s,
+        idle_timeout_s=settings.mllp.idle_timeout_s,
+        max_connections=settings.mllp.max_connections,
+        require_trailing_cr=settings.mllp.require_trailing_cr,
     )
 
 
@@ -32,32 +32,32 @@ def rules_from(
     settings: Settings, supports: Callable[[str, str], bool] | None, known_codes: frozenset[str] = frozenset()
 ) -> IntakeRules:
     return IntakeRules(
-        versions=settings.versions,
-        processing_ids=settings.processing_ids,
+        versions=settings.intake.versions,
+        processing_ids=settings.intake.processing_ids,
         supports=supports,
         known_codes=known_codes,
-        reject_unsupported=settings.unsupported_types == "reject",
-        honour_enhanced_mode=settings.ack_mode == "standard",
+        reject_unsupported=settings.intake.reject_unsupported,
+        honour_enhanced_mode=settings.intake.honour_enhanced_mode,
     )
 
 
 def build(settings: Settings, redis_url: str, rules: IntakeRules) -> tuple[Intake, MllpServer]:
     intake = Intake(
         redis_url,
-        namespace=settings.redis_namespace,
-        batch_max=settings.commit_batch_max,
-        timeout=settings.commit_timeout_s,
-        dedup_window_s=settings.dedup_window_s,
+        namespace=settings.storage.redis_namespace,
+        batch_max=settings.intake.batch_max,
+        timeout=settings.intake.commit_timeout_s,
+        dedup_window_s=settings.intake.dedup_window_s,
     )
     tls = None
-    if settings.mllp_tls_cert is not None:
-        tls = server_context(settings.mllp_tls_cert, settings.mllp_tls_key, settings.mllp_tls_client_ca)
+    if settings.mllp.tls_cert is not None:
+        tls = server_context(settings.mllp.tls_cert, settings.mllp.tls_key, settings.mllp.tls_client_ca)
     server = MllpServer(
         intake,
         triage=Triage(rules),
         limits=limits_from(settings),
         ssl_context=tls,
-        commit_acks=settings.mllp_commit_acks,
+        commit_acks=settings.mllp.commit_acks,
     )
     return intake, server
 
@@ -70,7 +70,7 @@ async def serve(settings: Settings, redis_url: str, rules: IntakeRules) -> None:
         loop.add_signal_handler(sig, stop.set)
     intake, server = build(settings, redis_url, rules)
     await intake.start()
-    await server.start(settings.mllp_host, settings.mllp_port)
+    await server.start(settings.mllp.host, settings.mllp.port)
     signal_ready()
     await stop.wait()
     log.info("MLLP listener stopping: no new connections, draining ACKs")

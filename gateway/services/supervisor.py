@@ -63,37 +63,37 @@ class Supervisor:
     # -- start -----------------------------------------------------------------------------
     def prepare(self) -> None:
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock_data_dir(s.data_dir)
-        if s.embedded_redis:
-            self.redis = EmbeddedRedis(s.data_dir / "redis")
+        s.storage.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_data_dir(s.storage.data_dir)
+        if s.storage.embedded_redis:
+            self.redis = EmbeddedRedis(s.storage.data_dir / "redis")
             redis_url = self.redis.start()
             # Nothing else can be connected to a Redis we just started: whatever a previous run
             # had in flight goes straight back on the queue instead of waiting for a heartbeat.
-            forget_all_workers(redis_url, s.redis_namespace)
+            forget_all_workers(redis_url, s.storage.redis_namespace)
         else:
-            assert s.redis_url is not None
-            redis_url = s.redis_url
-        engine = make_engine(s.resolved_database_url)
+            assert s.storage.redis_url is not None
+            redis_url = s.storage.redis_url
+        engine = make_engine(s.storage.database_url)
         try:
-            until_available("database", lambda: migrate(engine), max_backoff_s=s.outage_max_backoff_s)
+            until_available("database", lambda: migrate(engine), max_backoff_s=s.worker.outage_max_backoff_s)
         finally:
             engine.dispose()
-        mllp_port = s.mllp_port or free_port(s.mllp_host)
-        http_port = s.http_port or free_port(s.http_host)
+        mllp_port = s.mllp.port or free_port(s.mllp.host)
+        http_port = s.api.port or free_port(s.api.host)
         self.mllp_port, self.http_port = mllp_port, http_port
         self.env = {
             **os.environ,
-            "HL7GW_DATA_DIR": str(s.data_dir.resolve()),
+            "HL7GW_DATA_DIR": str(s.storage.data_dir.resolve()),
             "HL7GW_REDIS_URL": redis_url,
-            "HL7GW_DATABASE_URL": s.resolved_database_url,
+            "HL7GW_DATABASE_URL": s.storage.database_url,
             "HL7GW_MLLP_PORT": str(mllp_port),
             "HL7GW_HTTP_PORT": str(http_port),
         }
         token_file = ensure_admin_token(s)
         if token_file is not None:
             print(f"hl7gw: admin API token is in {token_file.resolve()}", flush=True)
-        self.children = [Child("api"), *(Child("worker", i) for i in range(s.worker_processes)), Child("mllp")]
+        self.children = [Child("api"), *(Child("worker", i) for i in range(s.worker.processes)), Child("mllp")]
 
     def _spawn(self, child: Child) -> None:
         if child.ready_fd is not None:
@@ -122,8 +122,8 @@ class Supervisor:
         self._wait_ready()
         s = self.settings
         print(
-            f"hl7gw: ready: MLLP on {s.mllp_host}:{self.mllp_port}, "
-            f"FHIR API on http://{s.http_host}:{self.http_port}/fhir",
+            f"hl7gw: ready: MLLP on {s.mllp.host}:{self.mllp_port}, "
+            f"FHIR API on http://{s.api.host}:{self.http_port}/fhir",
             flush=True,
         )
 

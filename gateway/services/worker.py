@@ -64,9 +64,9 @@ def build_broker(
     """A broker with the failure policy, the pipeline actor, and one actor per remote sink; the
     outage gates and the letter box the policy uses."""
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
-    keys = Keys(settings.redis_namespace)
+    keys = Keys(settings.storage.redis_namespace)
     letters = LetterBox(DeadLetterStore(engine), client, keys)
-    ceiling = settings.outage_max_backoff_s
+    ceiling = settings.worker.outage_max_backoff_s
     outages = Outages(
         [
             Gate("database", lambda: write_probe(engine), max_backoff_s=ceiling),
@@ -75,13 +75,13 @@ def build_broker(
     )
     workers = sink_workers if sink_workers is not None else {}
     letter_for: dict[str, LetterFor] = {ACTOR: envelope_letter}
-    for spec in settings.sinks:
+    for spec in settings.sinks.specs:
         letter_for[actor_name(spec)] = functools.partial(_sink_letter, workers, spec.name)
-    policy = FailurePolicy(outages, letters, letter_for, max_retries=settings.max_retries)
+    policy = FailurePolicy(outages, letters, letter_for, max_retries=settings.worker.max_retries)
     broker = make_broker(
         redis_url,
-        namespace=settings.redis_namespace,
-        heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
+        namespace=settings.storage.redis_namespace,
+        heartbeat_timeout_ms=settings.worker.heartbeat_timeout_ms,
         middleware=[policy],
     )
     outages.gates["redis"].on_recovery.append(lambda: setattr(broker, "identity_lost", True))
@@ -90,7 +90,7 @@ def build_broker(
         pipeline.process(Envelope.from_json(envelope))
 
     dramatiq.actor(actor_name=ACTOR, queue_name=QUEUE, broker=broker, throws=(Exception,))(process_message)
-    for spec in settings.sinks:
+    for spec in settings.sinks.specs:
 
         def deliver(payload: dict[str, Any], _name: str = spec.name) -> None:
             workers[_name].handle(SinkMessage.from_json(payload))
@@ -110,18 +110,18 @@ def sink_workers_for(
     settings: Settings, engine: Engine, broker: RedisBroker, fanout: SinkFanout, letters: LetterBox
 ) -> dict[str, SinkWorker]:
     """A SinkWorker per configured remote sink, sharing the database and Redis of this process."""
-    keys = Keys(settings.redis_namespace)
+    keys = Keys(settings.storage.redis_namespace)
     states, store = DeliveryStates(engine), ResourceStore(engine)
     archive = MessageArchive(engine)
     workers = {}
-    for spec in settings.sinks:
+    for spec in settings.sinks.specs:
         breaker = CircuitBreaker(
             broker.client,
             keys,
             spec.name,
-            threshold=settings.sink_breaker_failures,
-            cooldown_s=settings.sink_breaker_cooldown_s,
-            max_cooldown_s=settings.sink_max_backoff_s,
+            threshold=settings.sinks.breaker_failures,
+            cooldown_s=settings.sinks.breaker_cooldown_s,
+            max_cooldown_s=settings.sinks.max_backoff_s,
             probe_s=spec.timeout * 3,
         )
         workers[spec.name] = SinkWorker(
@@ -132,16 +132,16 @@ def sink_workers_for(
             archive,
             letters.post,
             fanout.send,
-            max_age_s=settings.sink_max_age_s,
-            max_backoff_s=settings.sink_max_backoff_s,
+            max_age_s=settings.sinks.max_age_s,
+            max_backoff_s=settings.sinks.max_backoff_s,
         )
     return workers
 
 
 def sender_zones(settings: Settings) -> Callable[[str], tzinfo | None]:
     """A sender's time zone for timestamps without an offset: HL7GW_SENDER_TZ, else HL7GW_DEFAULT_TZ."""
-    zones = {sender: ZoneInfo(name) for sender, name in settings.sender_time_zones.items()}
-    default = ZoneInfo(settings.default_tz) if settings.default_tz else None
+    zones = {sender: ZoneInfo(name) for sender, name in settings.conversion.sender_tz.items()}
+    default = ZoneInfo(settings.conversion.default_tz) if settings.conversion.default_tz else None
     return lambda sender: zones.get(sender, default)
 
 
@@ -159,27 +159,32 @@ def run_worker(
 ) -> None:
     """Consume until ``stop`` is set, then drain: finish running messages, requeue prefetched ones.
     ``ready`` is called once every consumer runs."""
-    engine = make_engine(settings.resolved_database_url)
-    until_available("database", lambda: migrate(engine), max_backoff_s=settings.outage_max_backoff_s)
-    pipeline = Pipeline(Converter.load(), StoreSink(engine), MessageArchive(engine), zone_of=sender_zones(settings))
+    engine = make_engine(settings.storage.database_url)
+    until_available("database", lambda: migrate(engine), max_backoff_s=settings.worker.outage_max_backoff_s)
+    pipeline = Pipeline(
+        Converter.configured(settings.conversion),
+        StoreSink(engine),
+        MessageArchive(engine),
+        zone_of=sender_zones(settings),
+    )
     tune_garbage_collector()
     sink_workers: dict[str, SinkWorker] = {}
     broker, outages, letters = build_broker(settings, redis_url, pipeline, engine, sink_workers)
-    if settings.sinks:
-        pipeline.fanout = fanout = SinkFanout(broker, settings.sinks)
+    if settings.sinks.specs:
+        pipeline.fanout = fanout = SinkFanout(broker, settings.sinks.specs)
         sink_workers.update(sink_workers_for(settings, engine, broker, fanout, letters))
     # One dramatiq Worker per queue family: the pipeline's threads never wait on a remote server,
     # and each sink's threads only on its own.
-    workers = [dramatiq.Worker(broker, queues={QUEUE}, worker_threads=settings.worker_threads, worker_timeout=500)]
+    workers = [dramatiq.Worker(broker, queues={QUEUE}, worker_threads=settings.worker.threads, worker_timeout=500)]
     workers += [
         dramatiq.Worker(broker, queues={spec.queue}, worker_threads=spec.concurrency, worker_timeout=500)
-        for spec in settings.sinks
+        for spec in settings.sinks.specs
     ]
     maintenance = QueueMaintenance(broker, redis_gate=outages.gates["redis"], move_parked=letters.move_parked)
     for worker in workers:
         worker.start()
     maintenance.start()
-    log.info("worker started: %d thread(s), %d remote sink(s)", settings.worker_threads, len(settings.sinks))
+    log.info("worker started: %d thread(s), %d remote sink(s)", settings.worker.threads, len(settings.sinks.specs))
     if ready is not None:
         ready()
     try:

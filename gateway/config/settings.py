@@ -1,4 +1,5 @@
-"""The one typed settings object, read from ``HL7GW_*`` environment variables."""
+"""The one typed settings object, read once from ``HL7GW_*`` environment variables; the components
+read it by sections (gateway/config/sections.py)."""
 
 from __future__ import annotations
 
@@ -6,30 +7,31 @@ import difflib
 import functools
 import os
 from collections.abc import Mapping
-from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.config.sections import (
+    ApiSettings,
+    ConversionSettings,
+    IntakeSettings,
+    LoggingSettings,
+    MllpSettings,
+    SinkSettings,
+    StorageSettings,
+    WorkerSettings,
+)
+from gateway.config.values import _zone, parse_sender_zones, parse_tokens
 from gateway.errors import ConfigError
-from gateway.sinkspec import SinkSpec, parse_sinks
+from gateway.sinkspec import parse_sinks
 
 
 def _cores(limit: int) -> int:
     """The CPUs this process may run on, at most ``limit``."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, limit))
-
-
-class Role(StrEnum):
-    reader = "reader"
-    operator = "operator"
-    admin = "admin"
-
-
-ROLE_RANK = {Role.reader: 0, Role.operator: 1, Role.admin: 2}
 
 
 class Settings(BaseSettings):
@@ -129,10 +131,6 @@ class Settings(BaseSettings):
             parse_sender_zones(value)
         return value or None
 
-    @property
-    def sender_time_zones(self) -> dict[str, str]:
-        return parse_sender_zones(self.sender_tz) if self.sender_tz else {}
-
     @field_validator("api_tokens")
     @classmethod
     def _check_tokens(cls, value: str | None) -> str | None:
@@ -146,10 +144,6 @@ class Settings(BaseSettings):
         if value:
             parse_sinks(value)
         return value or None
-
-    @property
-    def sinks(self) -> tuple[SinkSpec, ...]:
-        return parse_sinks(self.fhir_sinks) if self.fhir_sinks else ()
 
     @field_validator("redis_url")
     @classmethod
@@ -170,62 +164,72 @@ class Settings(BaseSettings):
             raise ValueError("needs HL7GW_MLLP_TLS_CERT too")
         return value
 
-    @property
-    def processing_ids(self) -> frozenset[str]:
-        """MSH-11.1 values accepted at intake (table 0103)."""
-        return frozenset(self.accepted_processing_ids.upper().split(","))
+    # -- the sections, made once per Settings ----------------------------------------------------
+    @functools.cached_property
+    def storage(self) -> StorageSettings:
+        database = self.database_url or f"sqlite:///{(self.data_dir / 'hl7gw.sqlite3').resolve()}"
+        return StorageSettings(self.data_dir, self.redis_url, self.redis_namespace, database)
 
-    @property
-    def versions(self) -> frozenset[str]:
-        """MSH-12.1 values accepted at intake."""
-        return frozenset(self.accepted_versions.split(","))
+    @functools.cached_property
+    def mllp(self) -> MllpSettings:
+        return MllpSettings(
+            host=self.mllp_host,
+            port=self.mllp_port,
+            max_message_bytes=self.mllp_max_message_bytes,
+            frame_timeout_s=self.mllp_frame_timeout_s,
+            idle_timeout_s=self.mllp_idle_timeout_s,
+            max_connections=self.mllp_max_connections,
+            require_trailing_cr=self.mllp_require_trailing_cr,
+            commit_acks=self.mllp_commit_acks,
+            tls_cert=self.mllp_tls_cert,
+            tls_key=self.mllp_tls_key,
+            tls_client_ca=self.mllp_tls_client_ca,
+        )
 
-    @property
-    def embedded_redis(self) -> bool:
-        return self.redis_url is None
+    @functools.cached_property
+    def intake(self) -> IntakeSettings:
+        return IntakeSettings(
+            batch_max=self.commit_batch_max,
+            commit_timeout_s=self.commit_timeout_s,
+            dedup_window_s=self.dedup_window_s,
+            processing_ids=frozenset(self.accepted_processing_ids.upper().split(",")),
+            versions=frozenset(self.accepted_versions.split(",")),
+            reject_unsupported=self.unsupported_types == "reject",
+            honour_enhanced_mode=self.ack_mode == "standard",
+        )
 
-    @property
-    def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'hl7gw.sqlite3').resolve()}"
+    @functools.cached_property
+    def conversion(self) -> ConversionSettings:
+        zones = parse_sender_zones(self.sender_tz) if self.sender_tz else {}
+        return ConversionSettings(self.mappings_dir, self.default_tz, zones)
 
-    @property
-    def admin_token_file(self) -> Path:
-        return self.data_dir / "admin.token"
+    @functools.cached_property
+    def worker(self) -> WorkerSettings:
+        return WorkerSettings(
+            processes=self.worker_processes,
+            threads=self.worker_threads,
+            max_retries=self.max_retries,
+            outage_max_backoff_s=self.outage_max_backoff_s,
+            heartbeat_timeout_ms=self.heartbeat_timeout_ms,
+        )
 
+    @functools.cached_property
+    def sinks(self) -> SinkSettings:
+        return SinkSettings(
+            specs=parse_sinks(self.fhir_sinks) if self.fhir_sinks else (),
+            max_age_s=self.sink_max_age_s,
+            max_backoff_s=self.sink_max_backoff_s,
+            breaker_failures=self.sink_breaker_failures,
+            breaker_cooldown_s=self.sink_breaker_cooldown_s,
+        )
 
-def _zone(name: str) -> None:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    @functools.cached_property
+    def api(self) -> ApiSettings:
+        return ApiSettings(self.http_host, self.http_port, self.api_tokens, self.public_docs)
 
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r} (expected an IANA name such as Europe/Berlin)") from None
-
-
-def parse_sender_zones(value: str) -> dict[str, str]:
-    """Parse ``APP|FACILITY=Zone,...`` into {sender: zone}; raises ValueError naming the bad entry."""
-    zones: dict[str, str] = {}
-    for entry in filter(None, (part.strip() for part in value.split(","))):
-        sender, sep, zone = entry.rpartition("=")
-        if not sep or "|" not in sender:
-            raise ValueError(f"entry {entry!r} is not APPLICATION|FACILITY=Zone")
-        _zone(zone.strip())
-        zones[sender.strip()] = zone.strip()
-    return zones
-
-
-def parse_tokens(value: str) -> dict[str, Role]:
-    """Parse ``token:role,token:role`` into a mapping; raises ValueError naming the bad entry."""
-    tokens: dict[str, Role] = {}
-    for entry in filter(None, (part.strip() for part in value.split(","))):
-        token, sep, role = entry.rpartition(":")
-        if not sep or not token:
-            raise ValueError(f"entry {entry!r} is not token:role")
-        try:
-            tokens[token] = Role(role)
-        except ValueError:
-            raise ValueError(f"role {role!r} is not one of reader, operator, admin") from None
-    return tokens
+    @functools.cached_property
+    def logging(self) -> LoggingSettings:
+        return LoggingSettings(self.log_level)
 
 
 #: HL7GW_* variables that are not settings but are read elsewhere: the test suite's database, and
@@ -250,8 +254,3 @@ def load_settings(**overrides: object) -> Settings:
             name = "HL7GW_" + "_".join(str(part) for part in err["loc"]).upper()
             problems.append(f"{name}: {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
-
-
-@functools.cache
-def get_settings() -> Settings:
-    return load_settings()

@@ -1,0 +1,127 @@
+"""The settings in sections, one per part of the gateway, made once from the ``HL7GW_*`` variables
+(gateway/config/settings.py). A component takes the section it needs, or single values from it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.sinkspec import SinkSpec
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """Where everything is kept: the data dir, Redis, the database."""
+
+    data_dir: Path
+    #: None: the embedded Redis that ``hl7gw run`` starts in the data dir.
+    redis_url: str | None
+    #: Prefix of every Redis key, so that several gateways (or test runs) can share one Redis.
+    redis_namespace: str
+    #: The configured database, or the SQLite file in the data dir.
+    database_url: str
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin.token"
+
+
+@dataclass(frozen=True, slots=True)
+class MllpSettings:
+    """The MLLP listener (docs/mllp.md)."""
+
+    host: str
+    port: int
+    max_message_bytes: int
+    frame_timeout_s: float
+    #: 0: never close an idle connection.
+    idle_timeout_s: float
+    max_connections: int
+    require_trailing_cr: bool
+    #: MLLP release 2 commit acknowledgements.
+    commit_acks: bool
+    tls_cert: Path | None
+    tls_key: Path | None
+    #: Set: mutual TLS, clients without a certificate it signed are refused.
+    tls_client_ca: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeSettings:
+    """What the listener accepts and how it commits it to the queue."""
+
+    #: Most messages per Redis commit, and the longest wait for its reply.
+    batch_max: int
+    commit_timeout_s: float
+    #: 0: no duplicate detection.
+    dedup_window_s: int
+    #: MSH-11.1 values accepted (table 0103).
+    processing_ids: frozenset[str]
+    #: MSH-12.1 values accepted.
+    versions: frozenset[str]
+    #: Message types without a mapping: refused (AR 200/201), or accepted to become dead letters.
+    reject_unsupported: bool
+    #: MSH-15/16 choose original or enhanced mode (chapter 2.9); False: always AA/AE/AR.
+    honour_enhanced_mode: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionSettings:
+    """The mappings (docs/mappings.md)."""
+
+    #: A site's mapping overlay (and per-sender maps in its senders/).
+    mappings_dir: Path | None
+    #: IANA time zone of v2 timestamps without an offset, for all senders and per sender.
+    default_tz: str | None
+    sender_tz: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """The queue workers (docs/delivery.md)."""
+
+    processes: int
+    #: Threads per process: how many messages can share one database commit.
+    threads: int
+    #: Attempts after the first of a failure that may pass (errors.Policy.RETRY); outages never count.
+    max_retries: int
+    #: Longest wait between probes of a database or Redis that does not answer.
+    outage_max_backoff_s: float
+    #: Silence after which a worker's in-flight messages go back on the queue.
+    heartbeat_timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSettings:
+    """Remote FHIR servers every message is also delivered to (gateway/sinkspec.py, docs/delivery.md)."""
+
+    specs: tuple[SinkSpec, ...]
+    #: A message not delivered to a sink after this long becomes a dead letter.
+    max_age_s: float
+    #: Exponential backoff with full jitter up to this long (a Retry-After may ask for more).
+    max_backoff_s: float
+    #: A sink's circuit breaker opens after this many failures in a row, first for this long.
+    breaker_failures: int
+    breaker_cooldown_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """The FHIR REST API."""
+
+    host: str
+    port: int
+    #: "token:role,..." (gateway/config/values.py parse_tokens); None: the admin token file.
+    tokens: str | None
+    #: /docs, /redoc and /openapi.json without a token.
+    public_docs: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: str

@@ -1,0 +1,49 @@
+"""Parsers of the settings whose values have a syntax of their own: API tokens and roles, time zones."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    reader = "reader"
+    operator = "operator"
+    admin = "admin"
+
+
+ROLE_RANK = {Role.reader: 0, Role.operator: 1, Role.admin: 2}
+
+
+def _zone(name: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (expected an IANA name such as Europe/Berlin)") from None
+
+
+def parse_sender_zones(value: str) -> dict[str, str]:
+    """Parse ``APP|FACILITY=Zone,...`` into {sender: zone}; raises ValueError naming the bad entry."""
+    zones: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        sender, sep, zone = entry.rpartition("=")
+        if not sep or "|" not in sender:
+            raise ValueError(f"entry {entry!r} is not APPLICATION|FACILITY=Zone")
+        _zone(zone.strip())
+        zones[sender.strip()] = zone.strip()
+    return zones
+
+
+def parse_tokens(value: str) -> dict[str, Role]:
+    """Parse ``token:role,token:role`` into a mapping; raises ValueError naming the bad entry."""
+    tokens: dict[str, Role] = {}
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        token, sep, role = entry.rpartition(":")
+        if not sep or not token:
+            raise ValueError(f"entry {entry!r} is not token:role")
+        try:
+            tokens[token] = Role(role)
+        except ValueError:
+            raise ValueError(f"role {role!r} is not one of reader, operator, admin") from None
+    return tokens
