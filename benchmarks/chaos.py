@@ -19,7 +19,7 @@ applies each fault in turn, ``--rounds`` times:
 
 Prints, per fault, the messages in flight when it struck, the longest time without an ACK and the
 time from its end until everything acknowledged before was processed; then what became of every
-acknowledged message (tests/chaos.py). Exits 1 if any was lost, applied twice, or left in .XQ.
+acknowledged message (tests/support/chaos.py). Exits 1 if any was lost, applied twice, or left in .XQ.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.chaos import Chaos, PrivatePostgres  # noqa: E402
+from tests.support.chaos import Chaos, PrivatePostgres  # noqa: E402
 
 FAULTS = ("worker", "listener", "redis", "redis-down", "redis-hang", "database", "tree")
 

@@ -12,7 +12,7 @@ from gateway.api.app import create_app
 from gateway.api.auth import Principal, TokenRegistry, ensure_admin_token, require_role
 from gateway.config import Role, load_settings
 from gateway.errors import ConfigError
-from tests.asgi_client import AsgiClient
+from tests.support.asgi_client import AsgiClient
 
 TOKENS = "r-token:reader,o-token:operator,a-token:admin"
 

@@ -16,8 +16,8 @@ from gateway.api.app import create_app
 from gateway.config import Settings, load_settings
 from gateway.db.engine import make_engine
 from gateway.store.search_registry import COMMON_PARAMETERS, SEARCH_PARAMETERS, supported_types
-from tests.asgi_client import AsgiClient
-from tests.fhir_bundles import delete, observation, patient, put, transaction
+from tests.support.asgi_client import AsgiClient
+from tests.support.fhir_bundles import delete, observation, patient, put, transaction
 
 READER = "reader-token"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from gateway.api.app import create_app
 from gateway.config import load_settings
 from gateway.db.engine import make_engine
-from tests.asgi_client import AsgiClient
+from tests.support.asgi_client import AsgiClient
 
 
 def test_health_is_ok_when_the_database_answers(tmp_path: Path) -> None:

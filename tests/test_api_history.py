@@ -13,8 +13,8 @@ from fhir.resources.R4B.bundle import Bundle
 
 from gateway.api.app import create_app
 from gateway.config import load_settings
-from tests.asgi_client import AsgiClient
-from tests.fhir_bundles import delete, observation, patient, put, transaction
+from tests.support.asgi_client import AsgiClient
+from tests.support.fhir_bundles import delete, observation, patient, put, transaction
 
 
 @pytest.fixture

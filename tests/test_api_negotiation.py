@@ -9,8 +9,8 @@ from fastapi import FastAPI
 
 from gateway.api.app import create_app
 from gateway.config import load_settings
-from tests.asgi_client import AsgiClient
-from tests.fhir_bundles import patient, put, transaction
+from tests.support.asgi_client import AsgiClient
+from tests.support.fhir_bundles import patient, put, transaction
 
 
 @pytest.fixture

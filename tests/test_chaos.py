@@ -1,4 +1,4 @@
-"""The chaos suite (tests/chaos.py): under load, a worker, the listener and the embedded Redis are
+"""The chaos suite (tests/support/chaos.py): under load, a worker, the listener and the embedded Redis are
 killed, Redis is down for 60 s and hangs for 60 s, the database is down for 60 s, the whole tree is
 killed; afterwards
 every acknowledged message is stored exactly once, nothing is in dramatiq's .XQ, and nothing had to
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import Chaos, PrivatePostgres, Report, every_fault
+from tests.support.chaos import Chaos, PrivatePostgres, Report, every_fault
 
 pytestmark = pytest.mark.slow
 

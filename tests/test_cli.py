@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SAMPLES
-from tests.gateway_process import GatewayProcess, clean_env
+from tests.support.gateway_process import GatewayProcess, clean_env
 
 
 def hl7gw(*args: str, **env: str) -> subprocess.CompletedProcess[bytes]:

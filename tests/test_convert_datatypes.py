@@ -25,7 +25,7 @@ from gateway.hl7 import dtm
 from gateway.hl7.escape import DEFAULT_SEPARATORS, escape
 from gateway.hl7.message import Element, parse
 from gateway.validate import validate_bundle
-from tests.test_convert_helpers import MSH_ADT, PV1, converter, message, only, segment
+from tests.support.convert import MSH_ADT, PV1, converter, message, only, segment
 
 # The FHIR R4 primitive patterns (http://hl7.org/fhir/R4/datatypes.html).
 FHIR_DATE = re.compile(

@@ -9,7 +9,7 @@ from gateway.convert.engine import Converter, default_mappings_dir
 from gateway.convert.ids import resource_id
 from gateway.errors import ConfigError, MappingError
 from gateway.validate import validate_bundle
-from tests.test_convert_helpers import MSH_ADT, PID, PV1, converter, message, only, resources, sample_message, segment
+from tests.support.convert import MSH_ADT, PID, PV1, converter, message, only, resources, sample_message, segment
 
 ALL_SAMPLES = [
     "v2-to-fhir-ig/ADT_A01.hl7",

@@ -21,7 +21,7 @@ from gateway.hl7.charset import decode_message
 from gateway.hl7.message import parse
 from gateway.validate import validate_bundle
 from tests.conftest import SAMPLES
-from tests.test_convert_helpers import converter, only, resources, sample_message
+from tests.support.convert import converter, only, resources, sample_message
 
 UPDATE = os.environ.get("HL7GW_UPDATE_GOLDEN") == "1"
 #: samples/<MSG_TRIGGER>/ folders: the golden copies, one folder per trigger event.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from gateway.convert.ids import resource_id
 from gateway.validate import validate_bundle
-from tests.test_convert_helpers import PID, PV1, converter, message, only, resources, sample_message
+from tests.support.convert import PID, PV1, converter, message, only, resources, sample_message
 
 
 def _msh(trigger: str, structure: str = "") -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.convert.engine import Converter, default_mappings_dir
 from gateway.errors import ConfigError
-from tests.test_convert_helpers import MSH_ADT, PID, PV1, message, only
+from tests.support.convert import MSH_ADT, PID, PV1, message, only
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from gateway.cli import main
 from gateway.services.offline import convert_files
 from tests.conftest import SAMPLES
-from tests.test_convert_helpers import converter
+from tests.support.convert import converter
 
 
 def test_convert_prints_one_bundle_per_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

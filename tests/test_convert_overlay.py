@@ -10,7 +10,7 @@ from gateway.config import load_settings
 from gateway.convert.engine import Converter
 from gateway.errors import ConfigError
 from gateway.validate import validate_bundle
-from tests.test_convert_helpers import message, only
+from tests.support.convert import message, only
 
 MSH = "MSH|^~\\&|App|Fac|R|RF|20240701120000||ADT^A01^ADT_A01|1|P|2.5.1"
 PID = "PID|1||123^^^H^MR||Doe^Jane||19800101|F"

@@ -19,8 +19,8 @@ from gateway.db.migrate import BASELINE, _config, current, head, migrate
 from gateway.db.schema import dead_letter, fhir_resource, message_archive, metadata
 from gateway.journal.dead_letters import DeadLetterStore
 from gateway.store.resources import ResourceStore
-from tests.fhir_bundles import patient, put, transaction
-from tests.gateway_process import clean_env
+from tests.support.fhir_bundles import patient, put, transaction
+from tests.support.gateway_process import clean_env
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -14,7 +14,7 @@ from gateway.deliver.remote import RemoteRejected, RemoteSink, RemoteUnavailable
 from gateway.errors import is_retryable, stage_of
 from gateway.services.embedded_redis import free_port
 from gateway.sinkspec import SinkSpec
-from tests.fhir_bundles import delete, patient, put, transaction
+from tests.support.fhir_bundles import delete, patient, put, transaction
 
 BUNDLE = transaction(put(patient("p1", "M1")), delete("Observation", "o9"))
 OUTCOME = {

@@ -29,7 +29,7 @@ from gateway.keys import Keys
 from gateway.sinkspec import SinkSpec
 from gateway.store.ordering import Source
 from gateway.store.resources import ResourceStore
-from tests.fhir_bundles import observation, patient, put, transaction
+from tests.support.fhir_bundles import observation, patient, put, transaction
 
 RAW = b"MSH|^~\\&|ADT|HOSP|GW|GW|20240501120000||ADT^A08^ADT_A01|C1|P|2.5.1\r"
 OUTCOME = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid", "diagnostics": "no"}]}

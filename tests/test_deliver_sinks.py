@@ -7,8 +7,6 @@ other sinks keep flowing.
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ from gateway.config import Settings
 from gateway.convert.engine import Converter
 from gateway.db.schema import sink_delivery
 from gateway.deliver.remote import RemoteRejected, RemoteSink
-from gateway.envelope import Envelope
 from gateway.hl7.message import parse
 from gateway.journal.dead_letters import DeadLetterStore
 from gateway.journal.deliveries import DeliveryStates
@@ -30,8 +27,9 @@ from gateway.services.embedded_redis import free_port
 from gateway.sinkspec import parse_sinks
 from gateway.store.resources import ResourceStore
 from tests.conftest import sample
-from tests.sekmet_server import SekmetServer, SekmetUnavailable, sekmet_executable
-from tests.test_queue_worker import RunningWorker, _enqueue
+from tests.support.messages import a04
+from tests.support.queue import RunningWorker, enqueue, parsed_envelope, wait_until
+from tests.support.sekmet_server import SekmetServer, SekmetUnavailable, sekmet_executable
 
 pytestmark = pytest.mark.slow
 
@@ -56,28 +54,6 @@ def server_factory(tmp_path: Path, sekmet_installed: None) -> Iterator[Callable[
     yield make
     for server in servers:
         server.stop()
-
-
-def a04(number: int) -> bytes:
-    return (
-        f"MSH|^~\\&|REG|HOSP|GW|GW|20240501{number:06d}||ADT^A04^ADT_A01|SINK-{number}|P|2.5.1\r"
-        f"EVN|A04|20240501{number:06d}\r"
-        f"PID|1||SINK{number}^^^HOSP^MR||Patient{number}^Pat||19800101|F\r"
-    ).encode()
-
-
-def envelope(raw: bytes) -> Envelope:
-    message = parse(raw.decode())
-    return Envelope(str(uuid.uuid4()), raw, int(time.time() * 1000), message.sender, message.control_id)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not reached in {timeout}s")
 
 
 def statuses(engine: Engine, sink: str) -> dict[str, int]:
@@ -157,19 +133,19 @@ def test_an_outage_loses_nothing_and_holds_up_nobody_else(
     flaky, steady = server_factory("flaky"), server_factory("steady")
     sinks = f"flaky={flaky.sink_spec};timeout=1;concurrency=2, steady={steady.sink_spec};mode=put"
     settings = _settings(tmp_path, database_url, redis_namespace, sinks)
-    first, second = [envelope(a04(n)) for n in range(12)], [envelope(a04(n)) for n in range(12, 24)]
+    first, second = [parsed_envelope(a04(n)) for n in range(12)], [parsed_envelope(a04(n)) for n in range(12, 24)]
     store = ResourceStore(engine)
 
     with RunningWorker(settings, redis_url):
         flaky.pause()  # hangs: every request to it times out
-        _enqueue(redis_url, redis_namespace, first)
+        enqueue(redis_url, redis_namespace, first)
         wait_until(lambda: statuses(engine, "steady").get("delivered") == 12, 60, "steady sink flows")
         processed = [MessageArchive(engine).get(e.id) for e in first]
         assert all(m is not None and m.status == "processed" for m in processed)  # the store flows too
         assert statuses(engine, "flaky") == {"pending": 12}
 
         flaky.kill()  # then gone altogether: connections refused
-        _enqueue(redis_url, redis_namespace, second)
+        enqueue(redis_url, redis_namespace, second)
         wait_until(lambda: statuses(engine, "steady").get("delivered") == 24, 60, "steady sink still flows")
         assert statuses(engine, "flaky") == {"pending": 24}
         assert max(s.attempts for s in DeliveryStates(engine).pending("flaky")) >= 1
@@ -191,10 +167,10 @@ def test_an_outage_longer_than_the_max_age_ends_in_dead_letters_with_the_reason(
 ) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}/fhir"
     settings = _settings(tmp_path, database_url, redis_namespace, f"gone={nowhere};timeout=1", sink_max_age_s=3)
-    messages = [envelope(a04(n)) for n in range(5)]
+    messages = [parsed_envelope(a04(n)) for n in range(5)]
 
     with RunningWorker(settings, redis_url):
-        _enqueue(redis_url, redis_namespace, messages)
+        enqueue(redis_url, redis_namespace, messages)
         wait_until(lambda: statuses(engine, "gone").get("dead") == 5, 60, "every message a dead letter")
 
     letters = DeadLetterStore(engine).list()
@@ -209,8 +185,8 @@ def test_an_outage_longer_than_the_max_age_ends_in_dead_letters_with_the_reason(
 def test_hl7gw_run_delivers_to_a_configured_server(
     tmp_path: Path, server_factory: Callable[[str], SekmetServer]
 ) -> None:
-    from tests.gateway_process import GatewayProcess
-    from tests.test_e2e import send_raw
+    from tests.support.gateway_process import GatewayProcess
+    from tests.support.mllp import send_raw
 
     server = server_factory("remote")
     gateway = GatewayProcess(tmp_path / "data")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import hl7
 import pytest
-from hl7.client import MLLPClient
 
 from tests.conftest import SAMPLES
-from tests.gateway_process import GatewayProcess, clean_env
+from tests.support.gateway_process import GatewayProcess, clean_env
+from tests.support.mllp import send_raw
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +33,6 @@ def mllp_send_loose(path: Path, port: int) -> str:
     )
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout.decode()
-
-
-def send_raw(raw: bytes, port: int) -> hl7.Message:
-    """Send one message as received (5 encoding characters and all) with python-hl7's MLLPClient."""
-    text = raw.decode("utf-8").replace("\r\n", "\r").replace("\n", "\r").strip()
-    with MLLPClient("127.0.0.1", port) as client:
-        ack = client.send_message(text)
-    return hl7.parse(ack.decode("utf-8"))
 
 
 def msa(ack_text: str) -> list[str]:

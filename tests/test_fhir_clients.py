@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from gateway.api.app import create_app
 from gateway.config import load_settings
 from gateway.store.resources import ResourceStore
-from tests.fhir_bundles import delete, observation, patient, put, transaction
+from tests.support.fhir_bundles import delete, observation, patient, put, transaction
 
 TOKEN = "client-test-token"
 MRN = "urn:oid:1.2.3.4"

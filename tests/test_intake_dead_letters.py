@@ -12,8 +12,8 @@ from sqlalchemy.engine import Engine
 from gateway import cli
 from gateway.journal.dead_letters import DeadLetterStore
 from gateway.journal.messages import MessageArchive
-from tests.mllp_support import RawClient, adt, listening, queued
-from tests.test_queue_worker import RunningWorker, _settings, _wait
+from tests.support.mllp import RawClient, adt, listening, queued
+from tests.support.queue import RunningWorker, wait_until, worker_settings
 
 INCOMING_ACK = b"MSH|^~\\&|SND|FAC|GW|GWF|20240101||ACK^A01^ACK|K-1|P|2.5.1\rMSA|AA|OUT-1\r"
 UNREADABLE = b"this is not hl7"
@@ -48,8 +48,8 @@ def test_rejected_and_incoming_acks_are_kept_for_operators(
     def statuses() -> list[str]:
         return [getattr(archive.get(e.id), "status", "missing") for e in envelopes]
 
-    with RunningWorker(_settings(tmp_path, database_url, redis_namespace), redis_url):
-        _wait(lambda: statuses() == ["failed", "failed", "failed", "ack", "processed"])
+    with RunningWorker(worker_settings(tmp_path, database_url, redis_namespace), redis_url):
+        wait_until(lambda: statuses() == ["failed", "failed", "failed", "ack", "processed"])
 
     letters = {d.raw: d for d in DeadLetterStore(engine).list()}
     assert set(letters) == {UNREADABLE, OLD_VERSION, BAD_BYTES}  # raw, byte for byte

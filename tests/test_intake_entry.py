@@ -18,7 +18,7 @@ from gateway.keys import ACTOR, QUEUE, Keys
 from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, content_digest, new_envelope_id
 from gateway.queue.intake import Intake, Receipt
 from gateway.queue.resp import parse_reply
-from tests.test_queue_intake import envelope, queued
+from tests.support.queue import queued, queued_envelope
 
 KEYS = Keys("ns")
 strings = st.text(max_size=20)  # quotes, backslashes, control characters, any Unicode
@@ -79,9 +79,9 @@ def test_a_message_that_cannot_be_encoded_is_refused_alone(redis_url: str, redis
         intake = Intake(redis_url, namespace=redis_namespace)
         await intake.start()
         try:
-            broken = envelope(control_id="2")
+            broken = queued_envelope(control_id="2")
             broken.meta["reason"] = object()  # type: ignore[assignment]  # not JSON
-            sent = [envelope(control_id="1"), broken, envelope(control_id="3")]
+            sent = [queued_envelope(control_id="1"), broken, queued_envelope(control_id="3")]
             return list(await asyncio.gather(*(intake.submit(e) for e in sent), return_exceptions=True))
         finally:
             await intake.close()

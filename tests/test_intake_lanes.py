@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.queue.intake import LANE_BYTES, Intake, Receipt
-from tests.test_queue_intake import queued
+from tests.support.queue import queued
 
 RAW = b"MSH|^~\\&|App|Fac|||20240101||ADT^A01|%d|P|2.5\rPID|1||" + b"x" * 900 + b"\r"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gateway.mllp.framing import encode_frame
 from gateway.services.embedded_redis import EmbeddedRedis
-from tests.mllp_support import RawClient, adt, listening, queued
+from tests.support.mllp import RawClient, adt, listening, queued
 
 CONNECTIONS = 5
 

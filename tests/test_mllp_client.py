@@ -18,7 +18,7 @@ from gateway.mllp.client import split_messages
 from gateway.mllp.server import MllpServer
 from gateway.mllp.triage import IntakeRules, Triage
 from tests.conftest import SAMPLES
-from tests.mllp_support import adt, listening
+from tests.support.mllp import adt, listening
 
 segments = st.lists(
     st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789|^~&. ", min_size=1, max_size=30).filter(

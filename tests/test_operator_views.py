@@ -19,7 +19,8 @@ from gateway.journal.deliveries import DeliveryStates
 from gateway.journal.messages import MessageArchive
 from gateway.services.operator_views import list_superseded, show_message, show_trail, sink_status
 from gateway.services.pipeline import Pipeline
-from tests.test_pipeline import adt, envelope
+from tests.support.messages import adt
+from tests.support.queue import parsed_envelope
 
 
 @pytest.fixture
@@ -37,8 +38,8 @@ def _text(view: Any, *args: Any, **kw: Any) -> tuple[int, str]:
 
 def test_an_older_message_shows_as_superseded_everywhere(engine: Engine, store_sink: StoreSink) -> None:
     pipeline = Pipeline(Converter.load(), store_sink, MessageArchive(engine))
-    newer = envelope(adt("NEW-1", "Newer", evn2="20240501130000"), seq=2)
-    older = envelope(adt("OLD-1", "Older", evn2="20240501120000"), seq=1)
+    newer = parsed_envelope(adt("NEW-1", "Newer", evn2="20240501130000"), seq=2)
+    older = parsed_envelope(adt("OLD-1", "Older", evn2="20240501120000"), seq=1)
     pipeline.process(newer)
     pipeline.process(older)
     (patient,) = [r for r in provenance.for_message(engine, newer.id) if r.type == "Patient"]
@@ -60,7 +61,7 @@ def test_an_older_message_shows_as_superseded_everywhere(engine: Engine, store_s
 
 def test_a_message_by_its_id_with_raw_text(engine: Engine, store_sink: StoreSink) -> None:
     pipeline = Pipeline(Converter.load(), store_sink, MessageArchive(engine))
-    received = envelope(adt("C-RAW", "Doe"))
+    received = parsed_envelope(adt("C-RAW", "Doe"))
     pipeline.process(received)
     code, text = _text(show_message, engine, received.id, raw=True)
     assert code == 0 and "v1 created" in text and "--- raw message ---" in text and "PID|1||M1^^^HOSP^MR" in text
@@ -75,7 +76,7 @@ def test_unknown_message_and_resource(engine: Engine) -> None:
 
 
 def test_sink_backlog_and_a_message_per_sink(engine: Engine, store_sink: StoreSink) -> None:
-    received = envelope(adt("C-SINK", "Doe"))
+    received = parsed_envelope(adt("C-SINK", "Doe"))
     message = parse(received.raw.decode())
     store_sink.deliver(
         Converter.load().convert(message), source_of(received, message), received, "ADT^A08^ADT_A01", ("hapi", "lab")
@@ -101,7 +102,7 @@ def test_the_commands_read_the_configured_database(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     pipeline = Pipeline(Converter.load(), store_sink, MessageArchive(engine))
-    pipeline.process(envelope(adt("C-CLI", "Doe")))
+    pipeline.process(parsed_envelope(adt("C-CLI", "Doe")))
     monkeypatch.setenv("HL7GW_DATABASE_URL", database_url)
     assert cli.main(["message", "C-CLI"]) == 0
     assert "MSH-10 C-CLI" in capsys.readouterr().out

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from gateway.db.engine import make_engine
 from gateway.db.schema import message_archive
 from gateway.mllp.client import send_messages
-from tests.gateway_process import GatewayProcess
+from tests.support.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +15,6 @@ from gateway.convert.engine import Converter
 from gateway.db.schema import sink_delivery
 from gateway.deliver.source import dtm_to_utc, source_of
 from gateway.deliver.store_sink import StoreSink
-from gateway.envelope import Envelope
 from gateway.errors import DeliveryError
 from gateway.hl7.message import parse
 from gateway.journal import provenance
@@ -27,40 +24,22 @@ from gateway.services.pipeline import Pipeline
 from gateway.services.worker import sender_zones
 from gateway.store.ordering import Source
 from tests.conftest import sample
-from tests.fhir_bundles import observation, patient, put, transaction
-
-
-def envelope(raw: bytes, seq: int = 1, **kw: Any) -> Envelope:
-    message = parse(raw.decode())
-    return Envelope(
-        id=kw.pop("id", str(uuid.uuid4())),
-        raw=raw,
-        received_at=kw.pop("received_at", int(time.time() * 1000)),
-        sender=message.sender,
-        control_id=message.control_id,
-        seq=seq,
-        **kw,
-    )
-
-
-ADT = "MSH|^~\\&|ADT|HOSP|GW|GW|{msh7}||ADT^A08^ADT_A01|{control}|P|2.5.1\r{evn}PID|1||{mrn}^^^HOSP^MR||{family}^Jane\r"
-
-
-def adt(control: str, family: str, msh7: str = "20240501120000", evn2: str | None = None, mrn: str = "M1") -> bytes:
-    evn = f"EVN|A08|{evn2}\r" if evn2 is not None else ""
-    return ADT.format(msh7=msh7, control=control, evn=evn, mrn=mrn, family=family).encode()
+from tests.support.faults import fail_inserts_of
+from tests.support.fhir_bundles import observation, patient, put, transaction
+from tests.support.messages import adt
+from tests.support.queue import parsed_envelope
 
 
 # -- source -------------------------------------------------------------------------------------------
 def test_the_source_time_is_evn2_else_msh7_else_receipt() -> None:
-    with_evn = envelope(adt("C1", "Doe", msh7="20240501120000", evn2="20240501113000+0200"), seq=7)
+    with_evn = parsed_envelope(adt("C1", "Doe", msh7="20240501120000", evn2="20240501113000+0200"), seq=7)
     source = source_of(with_evn, parse(with_evn.raw.decode()))
     assert source == Source(with_evn.id, "ADT|HOSP", "C1", 7, datetime(2024, 5, 1, 9, 30))
 
-    only_msh = envelope(adt("C2", "Doe", msh7="202405011200-0500", evn2=""))
+    only_msh = parsed_envelope(adt("C2", "Doe", msh7="202405011200-0500", evn2=""))
     assert source_of(only_msh, parse(only_msh.raw.decode())).time == datetime(2024, 5, 1, 17, 0)
 
-    neither = envelope(adt("C3", "Doe", msh7="not a date"), received_at=1_714_564_800_250)
+    neither = parsed_envelope(adt("C3", "Doe", msh7="not a date"), received_at=1_714_564_800_250)
     assert source_of(neither, parse(neither.raw.decode())).time == datetime(2024, 5, 1, 12, 0, 0, 250_000)
 
 
@@ -101,7 +80,7 @@ def store_sink(engine: Engine) -> Any:
 
 def test_a_processed_message_is_archived_with_what_it_did(engine: Engine, store_sink: StoreSink) -> None:
     pipeline = Pipeline(Converter.load(), store_sink, MessageArchive(engine))
-    first = envelope(sample("v2-to-fhir-ig/ADT_A01.hl7"))
+    first = parsed_envelope(sample("v2-to-fhir-ig/ADT_A01.hl7"))
 
     pipeline.process(first)
 
@@ -121,8 +100,8 @@ def test_a_processed_message_is_archived_with_what_it_did(engine: Engine, store_
 
 def test_superseded_writes_show_in_the_archive_detail(engine: Engine, store_sink: StoreSink) -> None:
     pipeline = Pipeline(Converter.load(), store_sink, MessageArchive(engine))
-    newer = envelope(adt("C2", "Newer", evn2="20240501130000"), seq=2)
-    older = envelope(adt("C1", "Older", evn2="20240501120000"), seq=1)
+    newer = parsed_envelope(adt("C2", "Newer", evn2="20240501130000"), seq=2)
+    older = parsed_envelope(adt("C1", "Older", evn2="20240501120000"), seq=1)
     pipeline.process(newer)
     pipeline.process(older)
 
@@ -137,17 +116,17 @@ def test_a_resend_after_the_dedup_window_keeps_its_first_place(engine: Engine, s
     pipeline = Pipeline(Converter.load(), store_sink, MessageArchive(engine))
     same_second = "20240501120000"
     original = adt("C1", "First", msh7=same_second)
-    pipeline.process(envelope(original, seq=1))
-    pipeline.process(envelope(adt("C2", "Second", msh7=same_second), seq=2))
+    pipeline.process(parsed_envelope(original, seq=1))
+    pipeline.process(parsed_envelope(adt("C2", "Second", msh7=same_second), seq=2))
 
-    pipeline.process(envelope(original, seq=3))
+    pipeline.process(parsed_envelope(original, seq=3))
 
     (current,) = store_sink.store.search("Patient", {"identifier": ["M1"]})
     assert current["name"][0]["family"] == "Second"
 
 
 def test_remote_sinks_get_a_pending_row_in_the_same_commit(engine: Engine, store_sink: StoreSink) -> None:
-    received = envelope(adt("C1", "Doe"))
+    received = parsed_envelope(adt("C1", "Doe"))
     message = parse(received.raw.decode())
     store_sink.deliver(
         Converter.load().convert(message), source_of(received, message), received, "ADT", ("hapi", "lab")
@@ -177,9 +156,7 @@ def test_concurrent_messages_share_commits(engine: Engine, store_sink: StoreSink
 
 
 def test_a_failing_message_fails_alone_in_its_batch(engine: Engine, store_sink: StoreSink) -> None:
-    from tests.test_store_resources import _fail_inserts_of
-
-    _fail_inserts_of(engine, "o-bad")
+    fail_inserts_of(engine, "o-bad")
     good = [store_sink_delivery(transaction(put(observation(f"o{i}", "p1")))) for i in range(3)]
     bad = store_sink_delivery(transaction(put(observation("o-bad", "p1"))))
 

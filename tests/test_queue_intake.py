@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 
 import pytest
 import redis
@@ -15,41 +13,12 @@ from gateway.errors import IntakeUnavailable
 from gateway.keys import ACTOR, QUEUE, Keys
 from gateway.queue.intake import Intake, Receipt
 from gateway.services.embedded_redis import free_port
-
-
-def envelope(
-    sender: str = "App|Fac", control_id: str = "1", raw: bytes = b"MSH|^~\\&|App|Fac\r", stage: str = "message"
-) -> Envelope:
-    return Envelope(
-        id=str(uuid.uuid4()),
-        raw=raw,
-        received_at=int(time.time() * 1000),
-        sender=sender,
-        control_id=control_id,
-        kind=stage,
-        meta={} if stage == "message" else {"reason": "AR: 203 MSH-12 version"},
-    )
-
-
-async def submit_all(redis_url: str, namespace: str, envelopes: list[Envelope], **options: int) -> list[Receipt]:
-    intake = Intake(redis_url, namespace=namespace, **options)
-    await intake.start()
-    try:
-        return list(await asyncio.gather(*(intake.submit(e) for e in envelopes)))
-    finally:
-        await intake.close()
-
-
-def queued(redis_url: str, namespace: str) -> list[Envelope]:
-    keys = Keys(namespace)
-    client = redis.Redis.from_url(redis_url)
-    ids = client.lrange(keys.queue(), 0, -1)
-    return [Envelope.from_json(Message.decode(client.hget(keys.queue_messages(), i)).args[0]) for i in ids]
+from tests.support.queue import queued, queued_envelope, submit_all
 
 
 def test_committed_messages_are_dramatiq_messages(redis_url: str, redis_namespace: str) -> None:
     raw = "MSH|^~\\&|App|Fac|||20240101||ADT^A01|1|P|2.5\rPID|1||x^^^A\xe9\r".encode("latin-1")
-    sent = envelope(raw=raw, control_id="42")
+    sent = queued_envelope(raw=raw, control_id="42")
     (receipt,) = asyncio.run(submit_all(redis_url, redis_namespace, [sent]))
     assert receipt == Receipt(1)
 
@@ -68,7 +37,7 @@ def test_committed_messages_are_dramatiq_messages(redis_url: str, redis_namespac
 
 def test_sequence_numbers_are_per_sender_gapless_and_in_submission_order(redis_url: str, redis_namespace: str) -> None:
     # Small batches: many commits are in flight at once on the pipelined connection.
-    envelopes = [envelope(sender=f"S{i % 3}|F", control_id=str(i)) for i in range(300)]
+    envelopes = [queued_envelope(sender=f"S{i % 3}|F", control_id=str(i)) for i in range(300)]
     receipts = asyncio.run(submit_all(redis_url, redis_namespace, envelopes, batch_max=7))
     by_sender: dict[str, list[int]] = {}
     for sent, receipt in zip(envelopes, receipts):
@@ -82,10 +51,10 @@ def test_kept_envelopes_have_no_sequence_number_and_are_never_deduplicated(
     redis_url: str, redis_namespace: str
 ) -> None:
     envelopes = [
-        envelope(control_id="R1", stage="rejected"),
-        envelope(control_id="R1", stage="rejected"),
-        envelope(control_id="K1", stage="ack"),
-        envelope(control_id="P1"),
+        queued_envelope(control_id="R1", kind="rejected"),
+        queued_envelope(control_id="R1", kind="rejected"),
+        queued_envelope(control_id="K1", kind="ack"),
+        queued_envelope(control_id="P1"),
     ]
     receipts = asyncio.run(submit_all(redis_url, redis_namespace, envelopes))
     assert receipts == [Receipt(0), Receipt(0), Receipt(0), Receipt(1)]
@@ -102,7 +71,7 @@ def test_unreachable_redis_refuses_instead_of_accepting() -> None:
         await intake.start()
         try:
             with pytest.raises(IntakeUnavailable):
-                await intake.submit(envelope())
+                await intake.submit(queued_envelope())
             assert not await intake.ping()
         finally:
             await intake.close()
@@ -113,7 +82,7 @@ def test_unreachable_redis_refuses_instead_of_accepting() -> None:
 def test_not_started_intake_refuses(redis_url: str) -> None:
     async def scenario() -> None:
         with pytest.raises(IntakeUnavailable):
-            await Intake(redis_url).submit(envelope())
+            await Intake(redis_url).submit(queued_envelope())
 
     asyncio.run(scenario())
 

@@ -14,7 +14,7 @@ from gateway import validate
 from gateway.errors import ValidationError
 from gateway.shapecheck import ShapeRegistry, Walk, checkers_for
 from gateway.validate import validate_bundle
-from tests.test_convert_helpers import converter, sample_message
+from tests.support.convert import converter, sample_message
 
 SAMPLES = ("v2-to-fhir-ig/ADT_A01.hl7", "v2-to-fhir-ig/ORU_R01.hl7", "v2-to-fhir-ig/VXU_V04.hl7")
 

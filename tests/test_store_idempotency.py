@@ -18,8 +18,8 @@ from sqlalchemy.engine import Engine
 from gateway.db.schema import SEARCH_TABLES, fhir_resource, fhir_resource_history, patient_merge, resource_provenance
 from gateway.store.ordering import Source
 from gateway.store.resources import ResourceStore
-from tests.fhir_bundles import delete as delete_entry
-from tests.fhir_bundles import observation, patient, put, transaction
+from tests.support.fhir_bundles import delete as delete_entry
+from tests.support.fhir_bundles import observation, patient, put, transaction
 
 _SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 _TABLES = [fhir_resource, fhir_resource_history, *SEARCH_TABLES.values()]

@@ -30,7 +30,7 @@ from gateway.journal import provenance
 from gateway.store.ordering import Source
 from gateway.store.resources import ResourceStore
 from tests.conftest import sample
-from tests.fhir_bundles import delete, observation, patient, put, transaction
+from tests.support.fhir_bundles import delete, observation, patient, put, transaction
 
 
 def src(message_id: str, minute: int, seq: int = 1) -> Source:

@@ -11,7 +11,7 @@ from gateway.db.schema import fhir_resource
 from gateway.journal import provenance
 from gateway.store.ordering import Source
 from gateway.store.resources import AppliedEntry, ResourceStore
-from tests.fhir_bundles import delete, observation, patient, put, transaction
+from tests.support.fhir_bundles import delete, observation, patient, put, transaction
 
 
 def src(message_id: str, minute: int, seq: int = 1, sender: str = "ADT|HOSP") -> Source:

@@ -16,7 +16,8 @@ from gateway.db.schema import fhir_resource, fhir_resource_history
 from gateway.deliver.store_sink import StoreSink
 from gateway.errors import DeliveryError, Policy, StoreUnavailable, is_retryable, policy_of
 from gateway.store.resources import AppliedEntry, ResourceStore, content_hash
-from tests.fhir_bundles import delete, observation, patient, put, transaction
+from tests.support.faults import fail_inserts_of
+from tests.support.fhir_bundles import delete, observation, patient, put, transaction
 
 
 def history_count(engine: Engine, resource_type: str, resource_id: str) -> int:
@@ -187,29 +188,10 @@ def test_bad_bundles_are_refused_with_the_reason(engine: Engine, bundle: Any, re
     assert resource_count(engine) == 0
 
 
-def _fail_inserts_of(engine: Engine, resource_id: str) -> None:
-    """A real database fault: a trigger that rejects one id, so a later entry fails inside the transaction."""
-    with engine.begin() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.exec_driver_sql(
-                f"CREATE TRIGGER reject BEFORE INSERT ON fhir_resource WHEN NEW.id = '{resource_id}' "
-                "BEGIN SELECT RAISE(ABORT, 'rejected by test trigger'); END"
-            )
-        else:
-            conn.exec_driver_sql(
-                "CREATE FUNCTION reject() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                f"IF NEW.id = '{resource_id}' THEN RAISE EXCEPTION 'rejected by test trigger'; END IF; "
-                "RETURN NEW; END $$"
-            )
-            conn.exec_driver_sql(
-                "CREATE TRIGGER reject BEFORE INSERT ON fhir_resource FOR EACH ROW EXECUTE FUNCTION reject()"
-            )
-
-
 def test_a_failing_entry_rolls_back_the_whole_bundle(engine: Engine) -> None:
     store = ResourceStore(engine)
     store.apply_bundle(transaction(put(patient("p1", "MRN1", family="Doe"))))
-    _fail_inserts_of(engine, "o-bad")
+    fail_inserts_of(engine, "o-bad")
     bundle = transaction(
         put(patient("p1", "MRN1", family="Changed")), put(observation("o1", "p1")), put(observation("o-bad", "p1"))
     )

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 
 from gateway.store.resources import ResourceStore
 from gateway.store.search import MAX_COUNT, SearchError, UnknownResourceType
-from tests.fhir_bundles import delete, observation, patient, put, transaction
+from tests.support.fhir_bundles import delete, observation, patient, put, transaction
 
 PATIENTS = [
     patient("p1", "MRN1", family="Müller", given="Anna", birthDate="1970-06-01", gender="female"),

@@ -15,7 +15,7 @@ from gateway.db.migrate import migrate
 from gateway.store.resources import ResourceStore
 from gateway.store.search import SearchError, SearchResult, UnsupportedParameter, build_search
 from gateway.store.search_includes import MAX_INCLUDED
-from tests.fhir_bundles import delete, observation, patient, put, transaction
+from tests.support.fhir_bundles import delete, observation, patient, put, transaction
 
 FAMILIES = ["Young", "adams", "Ng", "Brown", "Zhou", "Ábel", "Ng", "Carter", "Olsen"]
 

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 
 from gateway.store.resources import ResourceStore
 from gateway.store.search_registry import SEARCH_PARAMETERS
-from tests.fhir_bundles import patient, put, transaction
+from tests.support.fhir_bundles import patient, put, transaction
 
 PATIENT = {"reference": "Patient/p1"}
 ENCOUNTER = {"reference": "Encounter/e1"}

@@ -12,7 +12,7 @@ from gateway.errors import ValidationError
 from gateway.lru import LRU
 from gateway.shapecheck import Walk
 from gateway.validate import validate_bundle
-from tests.test_convert_helpers import converter, sample_message
+from tests.support.convert import converter, sample_message
 
 
 @pytest.fixture

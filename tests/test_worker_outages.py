@@ -3,7 +3,7 @@ long; nothing is dead-lettered for an outage, nothing ends in dramatiq's ``.XQ``
 the database cannot take waits in Redis.
 
 The servers are real (the test PostgreSQL, SQLite, Redis); the outages are real connection losses,
-made by a proxy that cuts the network (tests/faults.py) or, for SQLite, a lock another connection holds.
+made by a proxy that cuts the network (tests/support/faults.py) or, for SQLite, a lock another connection holds.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from gateway.journal.messages import MessageArchive
 from gateway.keys import Keys
 from gateway.services.letters import LetterBox
 from tests.conftest import postgres_schema
-from tests.faults import CuttableProxy
-from tests.test_deliver_sinks import a04, envelope
-from tests.test_queue_worker import RunningWorker, _enqueue, _wait
+from tests.support.faults import CuttableProxy
+from tests.support.messages import a04
+from tests.support.queue import RunningWorker, enqueue, parsed_envelope, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -75,19 +75,19 @@ def test_a_database_outage_is_waited_out_with_nothing_dead_lettered(
         outage_max_backoff_s=0.5,
     )
     caplog.set_level(logging.WARNING, logger="gateway.services.outages")
-    before = [envelope(a04(n)) for n in range(3)]
-    during = [envelope(a04(n)) for n in range(3, 23)]
+    before = [parsed_envelope(a04(n)) for n in range(3)]
+    during = [parsed_envelope(a04(n)) for n in range(3, 23)]
     try:
-        _enqueue(redis_url, redis_namespace, before)
+        enqueue(redis_url, redis_namespace, before)
         with RunningWorker(settings, redis_url):
-            _wait(lambda: statuses(engine, before) == ["processed"] * 3, timeout=30)
+            wait_until(lambda: statuses(engine, before) == ["processed"] * 3, timeout=30)
             proxy.cut()
-            _enqueue(redis_url, redis_namespace, during)
+            enqueue(redis_url, redis_namespace, during)
             time.sleep(6)  # far longer than 1 retry's backoff
             assert statuses(engine, during) == ["missing"] * len(during)
             assert DeadLetterStore(engine).list() == []
             proxy.restore()
-            _wait(lambda: statuses(engine, during) == ["processed"] * len(during), timeout=60)
+            wait_until(lambda: statuses(engine, during) == ["processed"] * len(during), timeout=60)
         assert DeadLetterStore(engine).list() == []
         assert dead_queue_sizes(redis_url, redis_namespace) == 0
         outage = [r.getMessage() for r in caplog.records if r.name == "gateway.services.outages"]
@@ -107,9 +107,9 @@ def test_a_worker_that_starts_while_the_database_is_down_waits_for_it(
     settings = Settings(
         data_dir=tmp_path, database_url=proxy.url(postgres_url), redis_namespace=redis_namespace, worker_threads=2
     )
-    envelopes = [envelope(a04(n)) for n in range(3)]
+    envelopes = [parsed_envelope(a04(n)) for n in range(3)]
     try:
-        _enqueue(redis_url, redis_namespace, envelopes)
+        enqueue(redis_url, redis_namespace, envelopes)
         with RunningWorker(settings, redis_url) as worker:
             time.sleep(3)
             assert worker.thread.is_alive()  # waiting, not crashed
@@ -121,7 +121,7 @@ def test_a_worker_that_starts_while_the_database_is_down_waits_for_it(
                 except SQLAlchemyError:  # the worker has not created the tables yet
                     return False
 
-            _wait(processed, timeout=60)
+            wait_until(processed, timeout=60)
     finally:
         proxy.close()
         engine.dispose()
@@ -146,19 +146,19 @@ def test_a_redis_outage_is_waited_out_and_each_message_is_processed(
         outage_max_backoff_s=0.5,
     )
     caplog.set_level(logging.WARNING, logger="gateway")
-    envelopes = [envelope(a04(n)) for n in range(40)]
+    envelopes = [parsed_envelope(a04(n)) for n in range(40)]
     try:
         with RunningWorker(settings, proxy.url(redis_url)):
-            _enqueue(redis_url, redis_namespace, envelopes[:20])
+            enqueue(redis_url, redis_namespace, envelopes[:20])
             time.sleep(0.5)
             proxy.cut()  # mid-stream: some processed, some held, some still queued
-            _enqueue(redis_url, redis_namespace, envelopes[20:])
+            enqueue(redis_url, redis_namespace, envelopes[20:])
             time.sleep(5)
             proxy.restore()
-            _wait(lambda: statuses(engine, envelopes) == ["processed"] * len(envelopes), timeout=60)
+            wait_until(lambda: statuses(engine, envelopes) == ["processed"] * len(envelopes), timeout=60)
             keys = Keys(redis_namespace)
             client = redis.Redis.from_url(redis_url)
-            _wait(lambda: client.llen(keys.queue()) == 0 and client.hlen(keys.queue_messages()) == 0, timeout=30)
+            wait_until(lambda: client.llen(keys.queue()) == 0 and client.hlen(keys.queue_messages()) == 0, timeout=30)
             client.close()
         assert DeadLetterStore(engine).list() == []
         assert dead_queue_sizes(redis_url, redis_namespace) == 0
@@ -204,7 +204,7 @@ def test_a_dead_letter_the_database_cannot_take_waits_in_redis(
     client = redis.Redis.from_url(redis_url)
     keys = Keys(redis_namespace)
     raw = a04(1)
-    letter = Letter(envelope(raw), "convert", "ADT_A04: no PID segment", "MappingError", 1)
+    letter = Letter(parsed_envelope(raw), "convert", "ADT_A04: no PID segment", "MappingError", 1)
     with database_down(engine, database_url) as down:
         box = LetterBox(DeadLetterStore(down), client, keys)
         assert box.post(letter) == "parked"

@@ -40,7 +40,7 @@ from gateway.db.schema import dead_letter, fhir_resource, message_archive
 from gateway.keys import Keys
 from gateway.mllp.framing import FrameDecoder, encode_frame
 from gateway.services.embedded_redis import free_port
-from tests.gateway_process import GatewayProcess
+from tests.support.gateway_process import GatewayProcess
 
 SENDER = "CHAOS|HOSP"
 

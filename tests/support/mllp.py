@@ -7,8 +7,10 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator
 
+import hl7
 import redis
 from dramatiq import Message
+from hl7.client import MLLPClient
 
 from gateway.envelope import Envelope
 from gateway.hl7.message import Message as Hl7Message
@@ -119,3 +121,11 @@ def queued(redis_url: str, namespace: str) -> list[Envelope]:
         return [Envelope.from_json(Message.decode(client.hget(keys.queue_messages(), i)).args[0]) for i in ids]
     finally:
         client.close()
+
+
+def send_raw(raw: bytes, port: int) -> hl7.Message:
+    """Send one message as received (5 encoding characters and all) with python-hl7's MLLPClient."""
+    text = raw.decode("utf-8").replace("\r\n", "\r").replace("\n", "\r").strip()
+    with MLLPClient("127.0.0.1", port) as client:
+        ack = client.send_message(text)
+    return hl7.parse(ack.decode("utf-8"))

@@ -1,4 +1,5 @@
-"""A TCP proxy that can cut the network between the gateway and a real server, for outage tests.
+"""Faults of real servers, for tests: a TCP proxy that can cut the network between the gateway and a
+server (outages), and a trigger that makes the database refuse one row.
 
 While cut, every open connection is closed and new ones are closed as soon as they are accepted:
 to a client that is what a server that went away looks like (a database restart, a network
@@ -11,6 +12,8 @@ from __future__ import annotations
 import socket
 import threading
 from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy.engine import Engine
 
 
 class CuttableProxy:
@@ -91,3 +94,22 @@ def _close(*sockets: socket.socket) -> None:
         except OSError:
             pass
         sock.close()
+
+
+def fail_inserts_of(engine: Engine, resource_id: str) -> None:
+    """A real database fault: a trigger that rejects one id, so a later entry fails inside the transaction."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER reject BEFORE INSERT ON fhir_resource WHEN NEW.id = '{resource_id}' "
+                "BEGIN SELECT RAISE(ABORT, 'rejected by test trigger'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION reject() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.id = '{resource_id}' THEN RAISE EXCEPTION 'rejected by test trigger'; END IF; "
+                "RETURN NEW; END $$"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER reject BEFORE INSERT ON fhir_resource FOR EACH ROW EXECUTE FUNCTION reject()"
+            )
