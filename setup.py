@@ -1,6 +1,6 @@
 """Packaging that pyproject.toml cannot say: the shipped mappings live at the top of the
 repository (mappings/) and inside the wheel as the package data of ``gateway.mappings``, where
-gateway.convert.engine.default_mappings_dir finds them. Everything else is in pyproject.toml."""
+gateway.convert.runtime.engine.default_mappings_dir finds them. Everything else is in pyproject.toml."""
 
 from setuptools import find_namespace_packages, find_packages, setup
 

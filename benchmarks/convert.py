@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway import validate  # noqa: E402
-from gateway.convert.engine import Converter  # noqa: E402
+from gateway.convert.runtime.engine import Converter  # noqa: E402
 from gateway.hl7.charset import decode_message  # noqa: E402
 from gateway.hl7.message import parse  # noqa: E402
 

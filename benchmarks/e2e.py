@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from search import postgres_schema  # noqa: E402
 
-from gateway.convert.engine import Converter  # noqa: E402
+from gateway.convert.runtime.engine import Converter  # noqa: E402
 from gateway.hl7.charset import decode_message  # noqa: E402
 from gateway.hl7.message import parse  # noqa: E402
 from gateway.mllp.framing import FrameDecoder, encode_frame  # noqa: E402

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from e2e import templates  # noqa: E402
 from search import postgres_schema  # noqa: E402
 
-from gateway.convert.engine import Converter  # noqa: E402
+from gateway.convert.runtime.engine import Converter  # noqa: E402
 from gateway.db.engine import make_engine  # noqa: E402
 from gateway.db.migrate import migrate  # noqa: E402
 from gateway.deliver.source import source_of  # noqa: E402

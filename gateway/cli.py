@@ -49,7 +49,7 @@ def cmd_mllp(settings: Settings, _args: argparse.Namespace) -> int:
     # Intake answers AR 200/201 for message types no mapping converts (HL7GW_UNSUPPORTED_TYPES).
     # Broken mappings must not stop intake: messages then wait in the queue for a fixed worker.
     try:
-        from gateway.convert.engine import Converter
+        from gateway.convert.runtime.engine import Converter
 
         converter = Converter.configured(settings.conversion)
     except Exception as exc:  # noqa: BLE001
@@ -238,7 +238,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_convert(settings: Settings, args: argparse.Namespace) -> int:
     """Print the FHIR Bundle of each message in the files; --report lists what the maps left unused."""
-    from gateway.convert.engine import Converter
+    from gateway.convert.runtime.engine import Converter
     from gateway.services.offline import convert_files
 
     converter = Converter.configured(settings.conversion)  # the site's overlay and time zones too

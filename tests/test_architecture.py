@@ -145,4 +145,4 @@ def test_the_rules_catch_what_they_are_for() -> None:
     edges = imports()
     assert ("store", "gateway.deliver.store_sink") in edges["deliver"]
     assert any(target == "queue" for target, _ in edges["mllp"])
-    assert "gateway.convert.registry" in module_imports()["gateway.convert.functions.builders"]
+    assert "gateway.convert.functions.registry" in module_imports()["gateway.convert.functions.builders"]

@@ -12,14 +12,14 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.convert.context import Context
-from gateway.convert.elements import CachedElement
 from gateway.convert.functions import to_decimal
 from gateway.convert.functions.builders import structured_numeric
 from gateway.convert.functions.builders_values import composite_quantity, encapsulated_attachment, tm_to_time
-from gateway.convert.mapping_errors import PathError
-from gateway.convert.paths import compile_writer, parse_target
-from gateway.convert.structure import build_slot, group_segments
+from gateway.convert.model.context import Context
+from gateway.convert.model.elements import CachedElement
+from gateway.convert.model.mapping_errors import PathError
+from gateway.convert.model.paths import compile_writer, parse_target
+from gateway.convert.model.structure import build_slot, group_segments
 from gateway.errors import MappingError
 from gateway.hl7 import dtm
 from gateway.hl7.escape import DEFAULT_SEPARATORS, escape

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.convert.engine import Converter, default_mappings_dir
-from gateway.convert.ids import resource_id
+from gateway.convert.functions.ids import resource_id
+from gateway.convert.runtime.engine import Converter, default_mappings_dir
 from gateway.errors import ConfigError, MappingError
 from gateway.validate import validate_bundle
 from tests.support.convert import MSH_ADT, PID, PV1, converter, message, only, resources, sample_message, segment

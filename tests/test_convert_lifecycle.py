@@ -4,7 +4,7 @@ Patient, a corrected OBX (OBX-11 C) replaces its Observation, PC3 deletes the pr
 
 from __future__ import annotations
 
-from gateway.convert.ids import resource_id
+from gateway.convert.functions.ids import resource_id
 from gateway.validate import validate_bundle
 from tests.support.convert import PID, PV1, converter, message, only, resources, sample_message
 

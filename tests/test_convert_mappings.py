@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.convert.engine import Converter, default_mappings_dir
+from gateway.convert.runtime.engine import Converter, default_mappings_dir
 from gateway.errors import ConfigError
 from tests.support.convert import MSH_ADT, PID, PV1, message, only
 

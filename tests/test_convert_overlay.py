@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_settings
-from gateway.convert.engine import Converter
+from gateway.convert.runtime.engine import Converter
 from gateway.errors import ConfigError
 from gateway.validate import validate_bundle
 from tests.support.convert import message, only

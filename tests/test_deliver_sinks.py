@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
-from gateway.convert.engine import Converter
+from gateway.convert.runtime.engine import Converter
 from gateway.db.schema import sink_delivery
 from gateway.deliver.remote import RemoteRejected, RemoteSink
 from gateway.hl7.message import parse

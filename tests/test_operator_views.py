@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from gateway import cli
-from gateway.convert.engine import Converter
+from gateway.convert.runtime.engine import Converter
 from gateway.deliver.source import source_of
 from gateway.deliver.store_sink import StoreSink
 from gateway.hl7.message import parse

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from gateway.config import load_settings
-from gateway.convert.engine import Converter
+from gateway.convert.runtime.engine import Converter
 from gateway.db.schema import sink_delivery
 from gateway.deliver.source import dtm_to_utc, source_of
 from gateway.deliver.store_sink import StoreSink

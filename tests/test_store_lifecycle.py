@@ -19,7 +19,7 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from gateway.convert.engine import Converter
+from gateway.convert.runtime.engine import Converter
 from gateway.db.schema import SEARCH_TABLES, fhir_resource, fhir_resource_history, patient_merge, resource_provenance
 from gateway.deliver.source import source_of
 from gateway.deliver.store_sink import StoreSink

@@ -14,7 +14,7 @@ from typing import TextIO
 
 import orjson
 
-from gateway.convert.engine import Conversion, Converter
+from gateway.convert.runtime.engine import Conversion, Converter
 from gateway.errors import ConfigError, GatewayError
 from gateway.hl7.charset import decode_message
 from gateway.hl7.message import parse

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any, Protocol, TypeVar
 
-from gateway.convert.engine import Converter
+from gateway.convert.runtime.engine import Converter
 from gateway.deliver.source import source_of
 from gateway.deliver.store_sink import StoreSink
 from gateway.envelope import Envelope, Kind

@@ -20,7 +20,7 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
-from gateway.convert.engine import Converter
+from gateway.convert.runtime.engine import Converter
 from gateway.db.engine import make_engine, write_probe
 from gateway.db.migrate import migrate
 from gateway.deliver.breaker import CircuitBreaker

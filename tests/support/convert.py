@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from gateway.convert.engine import Converter
+from gateway.convert.runtime.engine import Converter
 from gateway.hl7.charset import decode_message
 from gateway.hl7.message import Message, parse
 from tests.conftest import sample

@@ -8,7 +8,7 @@ Three kinds, each in its own registry, checked at load:
 * ``when: {name: ...}`` conditions test v2 values: ``(element, *arguments) -> bool``.
 
 A function returns None (never "", {} or []) when it has nothing to say. This package holds
-them, one module per family; importing it fills the registries (gateway/convert/registry.py) with
+them, one module per family; importing it fills the registries (gateway/convert/functions/registry.py) with
 every family, and names what other modules use.
 """
 
@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from gateway.convert.functions import builders, builders_values, predicates, text
 from gateway.convert.functions.predicates import CONDITION_ARGUMENT
-from gateway.convert.functions.text import oid_to_urn, text_of, to_decimal, to_integer, uuid_to_urn
-from gateway.convert.registry import (
+from gateway.convert.functions.registry import (
     BUILDER_FIELDS,
     BUILDER_READS,
     BUILDERS,
@@ -32,6 +31,7 @@ from gateway.convert.registry import (
     condition,
     transform,
 )
+from gateway.convert.functions.text import oid_to_urn, text_of, to_decimal, to_integer, uuid_to_urn
 
 __all__ = [
     "BUILDERS",

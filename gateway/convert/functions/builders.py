@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.convert.context import Context
+from gateway.convert.functions.registry import builder
 from gateway.convert.functions.text import oid_to_urn, text_of, to_decimal, uuid_to_urn
-from gateway.convert.registry import builder
-from gateway.convert.tables import Table
+from gateway.convert.model.context import Context
+from gateway.convert.model.tables import Table
 from gateway.hl7.message import Element, Segment
 
 

@@ -8,11 +8,11 @@ import binascii
 import re
 from typing import Any
 
-from gateway.convert.context import Context
 from gateway.convert.functions import builders
+from gateway.convert.functions.registry import builder, transform
 from gateway.convert.functions.text import text_of, to_decimal
-from gateway.convert.registry import builder, transform
-from gateway.convert.tables import Table
+from gateway.convert.model.context import Context
+from gateway.convert.model.tables import Table
 from gateway.hl7.message import Element
 
 _PHYSICAL_TYPE = "http://terminology.hl7.org/CodeSystem/location-physical-type"

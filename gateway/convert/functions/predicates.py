@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gateway.convert.functions.registry import condition
 from gateway.convert.functions.text import text_of
-from gateway.convert.registry import condition
-from gateway.convert.tables import Table
+from gateway.convert.model.tables import Table
 from gateway.hl7.message import Element
 
 

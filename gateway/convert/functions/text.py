@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.convert.registry import TRANSFORMS, ZONED_TRANSFORMS, transform
+from gateway.convert.functions.registry import TRANSFORMS, ZONED_TRANSFORMS, transform
 from gateway.hl7 import dtm
 from gateway.hl7.message import Element
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import TYPE_CHECKING, Any
 
-from gateway.convert.tables import CodingSystems
+from gateway.convert.model.tables import CodingSystems
 from gateway.hl7.message import Message, Segment
 
 if TYPE_CHECKING:
-    from gateway.convert.structure import GroupNode
+    from gateway.convert.model.structure import GroupNode
 
 
 def segment_beside(message: Message, segment: Segment | None, group: GroupNode | None, name: str) -> Segment | None:
@@ -47,7 +47,7 @@ class Context:
     #: The sender's time zone for timestamps without an offset (HL7GW_DEFAULT_TZ), or None.
     tz: tzinfo | None = None
     #: What every memo key holds besides the value: the separators and the time zone
-    #: (see gateway.convert.memo).
+    #: (see gateway.convert.compilation.memo).
     memo_key: str = ""
 
     def __post_init__(self) -> None:

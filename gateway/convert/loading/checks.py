@@ -4,7 +4,7 @@ Every path a mapping reads (``PID-3.4``, ``CX.4``) must exist in at least one of
 and a rule that hands the value to a datatype map (``datatype: "CX[Identifier]"``) must read a
 field or component of that datatype in at least one version (datatypes that replaced each other,
 CE and CWE, TS and DTM, count as the same). The FHIR side is checked as the rules are compiled
-(gateway.convert.fhirmodel). A mistake raises ConfigError naming the file and line.
+(gateway.convert.model.fhirmodel). A mistake raises ConfigError naming the file and line.
 
 Z-segments and Z-datatypes are site-defined and have no HL7 definition; they are not checked.
 """
@@ -15,9 +15,9 @@ import functools
 import importlib
 from collections.abc import Iterable
 
-from gateway.convert.compiler import PathUse
-from gateway.convert.maps import Mappings
-from gateway.convert.paths import SourcePath
+from gateway.convert.compilation.compiler import PathUse
+from gateway.convert.compilation.maps import Mappings
+from gateway.convert.model.paths import SourcePath
 from gateway.errors import ConfigError
 
 #: The HL7 versions the mappings serve (hl7apy module names).

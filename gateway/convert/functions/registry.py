@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, overload
 
-from gateway.convert.context import Context
-from gateway.convert.tables import Table
+from gateway.convert.model.context import Context
+from gateway.convert.model.tables import Table
 from gateway.hl7.message import Element
 
 Transform = Callable[[str], Any]

@@ -13,18 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.convert import fhirmodel, functions
-from gateway.convert.compiler import PathUse, Resolver, RuleCompiler, TargetUse
-from gateway.convert.context import Context
-from gateway.convert.ids import MADE_KEYS, resource_id
-from gateway.convert.mapping_errors import MappingSpecError, PathError
-from gateway.convert.memo import memoized, memoized_segment
-from gateway.convert.paths import compile_writer, parse_target
-from gateway.convert.producers import DatatypeMap
-from gateway.convert.structure import Slot
-from gateway.convert.tables import CodingSystems, Table
-from gateway.convert.values import is_empty
-from gateway.convert.yamlfiles import LineDict, check_keys, where
+from gateway.convert import functions
+from gateway.convert.compilation.compiler import PathUse, Resolver, RuleCompiler, TargetUse
+from gateway.convert.compilation.memo import memoized, memoized_segment
+from gateway.convert.compilation.producers import DatatypeMap
+from gateway.convert.functions.ids import MADE_KEYS, resource_id
+from gateway.convert.model import fhirmodel
+from gateway.convert.model.context import Context
+from gateway.convert.model.mapping_errors import MappingSpecError, PathError
+from gateway.convert.model.paths import compile_writer, parse_target
+from gateway.convert.model.structure import Slot
+from gateway.convert.model.tables import CodingSystems, Table
+from gateway.convert.model.values import is_empty
+from gateway.convert.model.yamlfiles import LineDict, check_keys, where
 from gateway.hl7.message import Segment
 
 SEGMENT_MAP_KEYS = {"segment", "resource", "name", "rules", "when", "base", "source", "note"}
@@ -64,9 +65,9 @@ class Mappings:
     structures: dict[str, Slot] = field(default_factory=dict)
     datatype_maps: dict[str, DatatypeMap] = field(default_factory=dict)
     segment_maps: dict[str, SegmentMap] = field(default_factory=dict)
-    #: The memo stores of the compiled maps (see gateway.convert.memo), for clear_caches().
+    #: The memo stores of the compiled maps (see gateway.convert.compilation.memo), for clear_caches().
     memo_stores: list[dict[tuple[Any, ...], Any]] = field(default_factory=list)
-    #: What the maps read and write, for the load-time checks (gateway.convert.checks).
+    #: What the maps read and write, for the load-time checks (gateway.convert.loading.checks).
     path_uses: list[PathUse] = field(default_factory=list)
     target_uses: list[TargetUse] = field(default_factory=list)
     _datatype_specs: dict[str, tuple[str, str, LineDict]] = field(default_factory=dict)

@@ -5,7 +5,7 @@
 
 The message map is chosen by MSH-9 code and trigger; the segments are grouped by the structure
 MSH-9.3 names (when it names one we have), else by the trigger's structure. A sender may have maps
-and a time zone of its own (gateway.convert.overlay); everything is compiled at load, so converting
+and a time zone of its own (gateway.convert.loading.overlay); everything is compiled at load, so converting
 never reads YAML.
 """
 
@@ -19,11 +19,11 @@ from typing import Any
 
 import gateway
 from gateway.config import ConversionSettings
-from gateway.convert.loader import load_mappings
-from gateway.convert.maps import Mappings
-from gateway.convert.messages import MessagePlan, load_messages
-from gateway.convert.overlay import Overlay, sender_dirs, time_zone
-from gateway.convert.run import Conversion, Run
+from gateway.convert.compilation.maps import Mappings
+from gateway.convert.loading.loader import load_mappings
+from gateway.convert.loading.messages import MessagePlan, load_messages
+from gateway.convert.loading.overlay import Overlay, sender_dirs, time_zone
+from gateway.convert.runtime.run import Conversion, Run
 from gateway.errors import ConfigError, GatewayError, MappingError, describe
 from gateway.hl7.message import Message
 
@@ -51,7 +51,7 @@ def compile_profile(roots: list[Path]) -> Profile:
     plans = load_messages(mappings)
     if not plans:
         raise ConfigError(f"no message maps in {' + '.join(str(r / 'messages') for r in roots)}")
-    from gateway.convert.checks import check_mappings
+    from gateway.convert.loading.checks import check_mappings
 
     check_mappings(mappings)
     return Profile(mappings, plans)

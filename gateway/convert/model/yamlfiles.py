@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from gateway.convert.mapping_errors import MappingSpecError
+from gateway.convert.model.mapping_errors import MappingSpecError
 from gateway.errors import ConfigError
 
 

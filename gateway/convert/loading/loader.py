@@ -4,7 +4,7 @@ Every file is checked when it is loaded: unknown keys, malformed paths, and name
 datatype maps, segment maps and functions that do not exist all raise ConfigError naming the file
 and line, so a broken mapping stops the gateway at start instead of failing a message later.
 Several roots may be given: a later root's file replaces the earlier root's file of the same name
-(how a site overlays the shipped maps, see gateway.convert.overlay).
+(how a site overlays the shipped maps, see gateway.convert.loading.overlay).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.convert.mapping_errors import MappingSpecError, StructureError
-from gateway.convert.maps import Mappings
-from gateway.convert.structure import MESSAGE_GROUP, Slot, build_slot, parse_syntax
-from gateway.convert.tables import CodingSystems, Table
-from gateway.convert.yamlfiles import LineDict, check_keys, mapping_files, read_yaml, where
+from gateway.convert.compilation.maps import Mappings
+from gateway.convert.model.mapping_errors import MappingSpecError, StructureError
+from gateway.convert.model.structure import MESSAGE_GROUP, Slot, build_slot, parse_syntax
+from gateway.convert.model.tables import CodingSystems, Table
+from gateway.convert.model.yamlfiles import LineDict, check_keys, mapping_files, read_yaml, where
 from gateway.errors import ConfigError
 
 STRUCTURE_KEYS = {"structure", "segments", "source", "note"}
@@ -93,7 +93,7 @@ def load_structure(data: LineDict, path: Path) -> Slot:
 
 def load_mappings(roots: Path | list[Path]) -> Mappings:
     """Read and compile every file under ``roots`` (tables, structures, datatypes, segments); message
-    files are compiled by gateway.convert.messages on top of the result."""
+    files are compiled by gateway.convert.loading.messages on top of the result."""
     roots = [roots] if isinstance(roots, Path) else list(roots)
     mappings = Mappings(roots)
     try:

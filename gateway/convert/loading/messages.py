@@ -10,13 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.convert.compiler import RuleCompiler, post_processor
-from gateway.convert.conditions import Check
-from gateway.convert.ids import ID_KEY_FIELDS, ID_KEYS, KeyFunction, declared_key
-from gateway.convert.loader import structure_slot
-from gateway.convert.mapping_errors import MappingSpecError, PathError
-from gateway.convert.maps import Mappings, SegmentMap
-from gateway.convert.paths import (
+from gateway.convert.compilation.compiler import RuleCompiler, post_processor
+from gateway.convert.compilation.conditions import Check
+from gateway.convert.compilation.maps import Mappings, SegmentMap
+from gateway.convert.functions.ids import ID_KEY_FIELDS, ID_KEYS, KeyFunction, declared_key
+from gateway.convert.loading.loader import structure_slot
+from gateway.convert.model.mapping_errors import MappingSpecError, PathError
+from gateway.convert.model.paths import (
     SourcePath,
     Writer,
     compile_reader,
@@ -24,8 +24,8 @@ from gateway.convert.paths import (
     parse_source,
     parse_target,
 )
-from gateway.convert.structure import Slot
-from gateway.convert.yamlfiles import LineDict, check_keys, read_yaml, where
+from gateway.convert.model.structure import Slot
+from gateway.convert.model.yamlfiles import LineDict, check_keys, read_yaml, where
 from gateway.errors import ConfigError
 
 MESSAGE_KEYS = {"message", "extends", "abstract", "structure", "resources", "source", "note"}
@@ -102,7 +102,7 @@ class ResourcePlan:
     #: "put" (the resource) or "delete" (a DELETE entry for the id, e.g. ADT^A29).
     request: str = "put"
     #: What the maps made of the segments (before references), memoized on their text when every
-    #: map is pure (gateway.convert.memo); None otherwise.
+    #: map is pure (gateway.convert.compilation.memo); None otherwise.
     memo: dict[tuple[Any, ...], Any] | None = None
     #: Fields the id key function reads, as (segment, field).
     id_fields: frozenset[tuple[str, int]] = frozenset()

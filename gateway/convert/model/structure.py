@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.convert.mapping_errors import StructureError
+from gateway.convert.model.mapping_errors import StructureError
 from gateway.hl7.message import Segment
 
 _SYNTAX = re.compile(r"^(\[)?\s*(\{)?\s*([A-Z][A-Z0-9_]*|<[A-Z][A-Z0-9]{2}(?:\|[A-Z][A-Z0-9]{2})+>)\s*(\})?\s*(\])?$")

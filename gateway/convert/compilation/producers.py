@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.convert import functions
-from gateway.convert.context import Context
-from gateway.convert.paths import SourcePath, TargetPath
-from gateway.convert.tables import Table
-from gateway.convert.values import choice_suffix, is_empty
+from gateway.convert.model.context import Context
+from gateway.convert.model.paths import SourcePath, TargetPath
+from gateway.convert.model.tables import Table
+from gateway.convert.model.values import choice_suffix, is_empty
 from gateway.hl7.message import Element
 
 Build = Callable[[Element, Context, "Table | None"], Any]

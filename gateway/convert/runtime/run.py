@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
 
-from gateway.convert.context import Context, segment_beside
-from gateway.convert.ids import resource_id
-from gateway.convert.maps import Mappings
-from gateway.convert.memo import MEMO_SIZE, Entry, other_fields_key
-from gateway.convert.messages import Include, MessagePlan, ResourcePlan
-from gateway.convert.structure import GroupNode, Slot, group_segments
+from gateway.convert.compilation.maps import Mappings
+from gateway.convert.compilation.memo import MEMO_SIZE, Entry, other_fields_key
+from gateway.convert.functions.ids import resource_id
+from gateway.convert.loading.messages import Include, MessagePlan, ResourcePlan
+from gateway.convert.model.context import Context, segment_beside
+from gateway.convert.model.structure import GroupNode, Slot, group_segments
 from gateway.errors import GatewayError, MappingError, describe
 from gateway.hl7.message import Message, Segment
 
@@ -328,7 +328,7 @@ def _put(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 class _IdScope:
-    """What an id key function sees (gateway.convert.ids.IdScope)."""
+    """What an id key function sees (gateway.convert.functions.ids.IdScope)."""
 
     __slots__ = ("_run", "_inst", "message", "segment", "position", "group_name")
 

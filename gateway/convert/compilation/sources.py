@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway.convert.context import Context
-from gateway.convert.elements import CachedElement, cached
-from gateway.convert.paths import SourcePath
+from gateway.convert.model.context import Context
+from gateway.convert.model.elements import CachedElement, cached
+from gateway.convert.model.paths import SourcePath
 from gateway.hl7.message import Element, Segment
 
 #: Segments whose fields 1 and 2 are the separators themselves (chapter 2.14.9.1-2).

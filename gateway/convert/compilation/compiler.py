@@ -15,19 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.convert import fhirmodel, functions
-from gateway.convert.conditions import Check, compile_conditions
-from gateway.convert.context import Context
-from gateway.convert.mapping_errors import FhirPathError, MappingSpecError, PathError
-from gateway.convert.paths import (
-    SourcePath,
-    TargetPath,
-    compile_reader,
-    compile_writer,
-    parse_source,
-    parse_target,
-)
-from gateway.convert.producers import (
+from gateway.convert import functions
+from gateway.convert.compilation.conditions import Check, compile_conditions
+from gateway.convert.compilation.producers import (
     DatatypeMap,
     Producer,
     constant_producer,
@@ -35,9 +25,20 @@ from gateway.convert.producers import (
     plain_producer,
     wrap_choice,
 )
-from gateway.convert.sources import OneRepetition, all_sources, first_source, repetitions_raw
-from gateway.convert.tables import Table
-from gateway.convert.values import clone, fresh, is_empty, join_repetitions, value_writer
+from gateway.convert.compilation.sources import OneRepetition, all_sources, first_source, repetitions_raw
+from gateway.convert.model import fhirmodel
+from gateway.convert.model.context import Context
+from gateway.convert.model.mapping_errors import FhirPathError, MappingSpecError, PathError
+from gateway.convert.model.paths import (
+    SourcePath,
+    TargetPath,
+    compile_reader,
+    compile_writer,
+    parse_source,
+    parse_target,
+)
+from gateway.convert.model.tables import Table
+from gateway.convert.model.values import clone, fresh, is_empty, join_repetitions, value_writer
 from gateway.errors import MappingError
 
 RULE_KEYS = frozenset(
@@ -177,7 +178,7 @@ class RuleCompiler:
         return resolved.exclusive if resolved is not None else None
 
     def conditions(self, spec: Any, where: str, rule_source: SourcePath | None) -> list[Check]:
-        """Compile ``when:`` (gateway.convert.conditions)."""
+        """Compile ``when:`` (gateway.convert.compilation.conditions)."""
         return compile_conditions(self, spec, where, rule_source)
 
     # -- producers ----------------------------------------------------------------------------------

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gateway.convert import functions
-from gateway.convert.context import Context
-from gateway.convert.mapping_errors import MappingSpecError
-from gateway.convert.paths import SourcePath
-from gateway.convert.sources import OneRepetition
-from gateway.convert.tables import Table
+from gateway.convert.compilation.sources import OneRepetition
+from gateway.convert.model.context import Context
+from gateway.convert.model.mapping_errors import MappingSpecError
+from gateway.convert.model.paths import SourcePath
+from gateway.convert.model.tables import Table
 from gateway.hl7.message import Element, Segment
 
 # A compiled condition: (current segment or element, current repetition, context) -> bool.
@@ -27,7 +27,7 @@ class _Tables(Protocol):
 
 
 class ConditionScope(Protocol):
-    """What compiling a condition needs of the rule compiler (gateway/convert/compiler.py)."""
+    """What compiling a condition needs of the rule compiler (gateway/convert/compilation/compiler.py)."""
 
     #: The segment or datatype the rules map ("PID", "CX").
     owner: str

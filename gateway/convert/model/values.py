@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from gateway.convert.context import Context
+from gateway.convert.model.context import Context
 
 
 def choice_suffix(fhir_type: str) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from gateway.convert.mapping_errors import PathError
+from gateway.convert.model.mapping_errors import PathError
 from gateway.hl7.message import Element
 
 _SEGMENT_PATH = re.compile(r"^([A-Z][A-Z0-9]{2})-(\d+)(?:\.(\d+)(?:\.(\d+))?)?$")

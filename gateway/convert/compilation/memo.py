@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
-from gateway.convert.context import Context
-from gateway.convert.elements import CachedElement
-from gateway.convert.tables import Table
+from gateway.convert.model.context import Context
+from gateway.convert.model.elements import CachedElement
+from gateway.convert.model.tables import Table
 from gateway.hl7.message import Segment
 
 #: Entries per map; when full the map starts over (cheap, and hot values come straight back).

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.convert.elements import CachedElement, cached
 from gateway.convert.functions import text_of
-from gateway.convert.paths import SourcePath
+from gateway.convert.model.elements import CachedElement, cached
+from gateway.convert.model.paths import SourcePath
 from gateway.hl7.message import Element, Message, Segment
 
 #: Our namespace for UUIDv5 resource ids. Never change it: every stored id depends on it.

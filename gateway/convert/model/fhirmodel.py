@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from fhir.resources.R4B import get_fhir_model_class
 
-from gateway.convert.mapping_errors import FhirPathError
-from gateway.convert.paths import Step, TargetPath
+from gateway.convert.model.mapping_errors import FhirPathError
+from gateway.convert.model.paths import Step, TargetPath
 
 #: Primitive types a value of one of them may be written to (FHIR R4 datatypes.html: code, id, uri,
 #: url, markdown, canonical, oid and uuid are all strings).
