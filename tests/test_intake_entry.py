@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from gateway.envelope import Envelope, Kind
 from gateway.errors import IntakeUnavailable
 from gateway.keys import ACTOR, QUEUE, Keys
-from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, content_digest, new_envelope_id
+from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, Received, content_digest, new_envelope_id
 from gateway.queue.intake import Intake, Receipt
 from gateway.queue.resp import parse_reply
 from tests.support.queue import queued, queued_envelope
@@ -48,9 +48,8 @@ def test_an_entry_is_the_dramatiq_message_of_the_envelope(raw, sender, control_i
         id=new_envelope_id(), raw=raw, received_at=1_700_000_000_123, sender=sender, control_id=control_id,
         peer=peer, kind=stage, meta=meta,
     )  # fmt: skip
-    entry = EntryEncoder(KEYS, window).encode(
-        sent.id, sent.raw, sent.received_at, sent.sender, sent.control_id, sent.peer, sent.kind, sent.meta
-    )
+    received = Received(sent.raw, sent.sender, sent.control_id, sent.peer, sent.kind, sent.meta)
+    entry = EntryEncoder(KEYS, window).encode(sent.id, sent.received_at, received)
     seq_key, dedup_key, digest, redis_id, prefix, suffix = bulk_strings(entry)
     processed = stage == "message"
     assert seq_key == (KEYS.sequence(sender).encode() if processed else b"")
@@ -92,7 +91,7 @@ def test_a_message_that_cannot_be_encoded_is_refused_alone(redis_url: str, redis
     assert [e.control_id for e in queued(redis_url, redis_namespace)] == ["1", "3"]
 
 
-def test_enqueue_message_commits_what_the_listener_received(redis_url: str, redis_namespace: str) -> None:
+def test_receive_commits_what_the_listener_received(redis_url: str, redis_namespace: str) -> None:
     raw = b"MSH|^~\\&|App|Fac|||20240101||ADT^A01|7|P|2.5\rPID|1\r"
 
     async def scenario() -> list[tuple[Receipt | None, BaseException | None]]:
@@ -107,8 +106,8 @@ def test_enqueue_message_commits_what_the_listener_received(redis_url: str, redi
                 done.set()
 
         try:
-            intake.enqueue_message(raw, "App|Fac", "7", "10.0.0.1:5000", "message", None, record)
-            intake.enqueue_message(raw, "App|Fac", "7", "10.0.0.1:5000", "message", None, record)  # a resend
+            intake.receive(Received(raw, "App|Fac", "7", "10.0.0.1:5000"), record)
+            intake.receive(Received(raw, "App|Fac", "7", "10.0.0.1:5000"), record)  # a resend
             await asyncio.wait_for(done.wait(), 10)
         finally:
             await intake.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from gateway.queue.entry import Received
 from gateway.queue.intake import LANE_BYTES, Intake, Receipt
 from tests.support.queue import queued
 
@@ -30,7 +31,7 @@ def test_lanes_fill_in_order_and_keep_their_order(redis_url: str, redis_namespac
                     receipts.setdefault(lane, []).append(receipt)
                     f.set_result(receipt)
 
-                intake.enqueue_message(RAW % n, "App|Fac", str(n), "peer", "message", None, done, lane)
+                intake.receive(Received(RAW % n, "App|Fac", str(n), "peer"), done, lane)
                 futures.append(future)
             await asyncio.gather(*futures)
         finally:

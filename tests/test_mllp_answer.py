@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.hl7.message import parse
-from gateway.mllp.answer import answer
 from gateway.mllp.framing import FrameDecoder
 from gateway.mllp.triage import IntakeRules, Triage
 
@@ -56,7 +55,7 @@ def test_answer(sender, receiver, control, trigger, version, processing, msh15, 
         f"{control}|{processing}|{version}|||{msh15}|{msh16}\rPID|1||42\r"
     ).encode()
     verdict = TRIAGE.decide(raw)
-    reply = frames(answer(verdict, stored=stored, commit_acks=commit_acks, storage_problem="redis down"))
+    reply = frames(verdict.reply(stored=stored, commit_acks=commit_acks, storage_problem="redis down"))
     if commit_acks:
         assert reply[0] == (b"\x06" if stored else b"\x15")  # MLLP release 2 commit ACK / NAK
         reply = reply[1:]
@@ -90,11 +89,11 @@ def test_answer(sender, receiver, control, trigger, version, processing, msh15, 
 
 def test_incoming_ack_gets_nothing_back():
     verdict = TRIAGE.decide(b"MSH|^~\\&|A|B|C|D|2024||ACK^A01^ACK|K1|P|2.5\rMSA|AA|X\r")
-    assert answer(verdict, stored=True) == b"" and answer(verdict, stored=False) == b""
-    assert answer(verdict, stored=True, commit_acks=True) == b"\x0b\x06\x1c\r"
+    assert verdict.reply(stored=True) == b"" and verdict.reply(stored=False) == b""
+    assert verdict.reply(stored=True, commit_acks=True) == b"\x0b\x06\x1c\r"
 
 
 def test_unreadable_message_gets_ar_with_empty_msa2():
-    (ack,) = frames(answer(TRIAGE.decide(b"not hl7 at all"), stored=True))
+    (ack,) = frames(TRIAGE.decide(b"not hl7 at all").reply(stored=True))
     parsed = parse(ack.decode())
     assert parsed.get("MSA-1") == "AR" and parsed.get("MSA-2") == "" and parsed.get("ERR-3.1") == "100"

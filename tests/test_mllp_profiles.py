@@ -8,10 +8,10 @@ from hypothesis import strategies as st
 
 from gateway.errors import CharsetError
 from gateway.hl7.charset import codec_for
-from gateway.mllp.answer import answer
 from gateway.mllp.framing import FrameDecoder
-from gateway.mllp.profiles import Profiles
+from gateway.mllp.profiles import Profiled, Profiles
 from gateway.mllp.triage import IntakeRules, Triage, Verdict
+from gateway.queue.entry import Received
 
 RULES = IntakeRules(
     supports=lambda code, trigger: (code, trigger) in {("ADT", "A01"), ("ORU", "R01")},
@@ -51,10 +51,18 @@ def check_same(profiles: Profiles, frame: bytes) -> bool:
     if isinstance(judged, Verdict):
         assert judged == expected
         return False
-    profile, control_id = judged
+    assert isinstance(judged, Profiled)
+    profile, control_id = judged.profile, judged.control_id
     assert profile.verdict_for(control_id) == expected
-    slow = answer(expected, stored=True, commit_acks=profiles.commit_acks)
-    assert normalised(profile.accepted(control_id)) == normalised(slow)
+    slow = expected.reply(stored=True, commit_acks=profiles.commit_acks)
+    assert normalised(judged.reply(stored=True, commit_acks=profiles.commit_acks)) == normalised(slow)
+    # Both paths say the same when the commit failed, and queue the same.
+    failed = expected.reply(stored=False, commit_acks=profiles.commit_acks, storage_problem="redis down")
+    assert normalised(judged.reply(stored=False, commit_acks=profiles.commit_acks, storage_problem="redis down")) == (
+        normalised(failed)
+    )
+    fast, slow_received = judged.received(frame, "peer"), expected.received(frame, "peer")
+    assert [getattr(fast, a) for a in Received.__slots__] == [getattr(slow_received, a) for a in Received.__slots__]
     return True
 
 

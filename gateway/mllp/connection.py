@@ -14,12 +14,11 @@ import time
 from collections import deque
 from typing import Protocol
 
-from gateway.envelope import Kind
 from gateway.hl7.ack import AckError
 from gateway.mllp.framing import COMMIT_ACK, COMMIT_NAK, FrameDecoder, FrameTooLarge, FramingError
 from gateway.mllp.limits import Limits, ListenerStats
-from gateway.mllp.profiles import Profile, Profiles
-from gateway.mllp.triage import Triage, Verdict
+from gateway.mllp.profiles import Profiles
+from gateway.mllp.triage import Judgement, Triage
 from gateway.queue.intake import Intake, Receipt
 
 
@@ -38,11 +37,7 @@ class Listener(Protocol):
 
     def forget(self, conn: MllpConnection) -> None: ...
 
-    def settle(self, verdict: Verdict, receipt: Receipt | None, error: BaseException | None) -> bytes: ...
-
-    def settle_profiled(
-        self, profile: Profile, control_id: str, receipt: Receipt | None, error: BaseException | None
-    ) -> bytes: ...
+    def settle(self, judgement: Judgement, receipt: Receipt | None, error: BaseException | None) -> bytes: ...
 
 
 log = logging.getLogger(__name__)
@@ -51,33 +46,16 @@ log = logging.getLogger(__name__)
 class _Slot:
     """One frame waiting for its commit; ``reply`` is set (maybe to b"") once the outcome is known."""
 
-    __slots__ = ("conn", "verdict", "reply")
+    __slots__ = ("conn", "judgement", "reply")
 
-    def __init__(self, conn: MllpConnection, verdict: Verdict):
+    def __init__(self, conn: MllpConnection, judgement: Judgement):
         self.conn = conn
-        self.verdict = verdict
+        self.judgement = judgement
         self.reply: bytes | None = None
 
     def __call__(self, receipt: Receipt | None, error: BaseException | None) -> None:
         conn = self.conn
-        self.reply = conn.server.settle(self.verdict, receipt, error)
-        conn.server.ready(conn)
-
-
-class _ProfiledSlot:
-    """A ``_Slot`` for a frame the fast path judged (gateway/mllp/profiles.py): no Verdict built."""
-
-    __slots__ = ("conn", "profile", "control_id", "reply")
-
-    def __init__(self, conn: MllpConnection, profile: Profile, control_id: str):
-        self.conn = conn
-        self.profile = profile
-        self.control_id = control_id
-        self.reply: bytes | None = None
-
-    def __call__(self, receipt: Receipt | None, error: BaseException | None) -> None:
-        conn = self.conn
-        self.reply = conn.server.settle_profiled(self.profile, self.control_id, receipt, error)
+        self.reply = conn.server.settle(self.judgement, receipt, error)
         conn.server.ready(conn)
 
 
@@ -90,7 +68,7 @@ class MllpConnection(asyncio.Protocol):
         self.lane = 0
         limits = server.limits
         self.decoder = FrameDecoder(limits.max_message_bytes, limits.require_trailing_cr)
-        self.slots: deque[_Slot | _ProfiledSlot] = deque()
+        self.slots: deque[_Slot] = deque()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.last_activity = time.monotonic()
@@ -171,38 +149,20 @@ class MllpConnection(asyncio.Protocol):
             # An empty frame: some senders' keepalive, nothing to answer or keep.
             self.server.stats.empty_frames += 1
             return
-        server = self.server
-        judged = server.profiles.judge(frame)
-        if isinstance(judged, Verdict):
-            self._submit(frame, judged)
-            return
-        profile, control_id = judged
-        if not self.slots:
-            self.lane = server.intake.pick_lane()
-        slot = _ProfiledSlot(self, profile, control_id)
-        self.slots.append(slot)
-        server.intake.enqueue_message(frame, profile.sender, control_id, self.peer, Kind.MESSAGE, None, slot, self.lane)
+        self._submit(frame, self.server.profiles.judge(frame))
 
-    def _submit(self, raw: bytes, verdict: Verdict) -> None:
+    def _submit(self, raw: bytes, judgement: Judgement) -> None:
         if not self.slots:
             self.lane = self.server.intake.pick_lane()
-        slot = _Slot(self, verdict)
+        slot = _Slot(self, judgement)
         self.slots.append(slot)
-        meta = (
-            None if verdict.kind == Kind.MESSAGE else {"reason": verdict.reason, "message_type": verdict.message_type}
-        )
-        self.server.intake.enqueue_message(
-            raw, verdict.sender, verdict.control_id, self.peer, verdict.kind, meta, slot, self.lane
-        )
+        self.server.intake.receive(judgement.received(raw, self.peer), slot, self.lane)
 
     def _keep(self, raw: bytes, why: str) -> None:
         """Keep bytes that cannot be answered (an unfinished frame) where operators see them."""
         verdict = self.server.triage.kept(raw, AckError("100", why))
         log.warning("%s: %s; %d byte(s) kept as a dead letter", self.peer, why, len(raw))
-        meta = {"reason": verdict.reason, "message_type": verdict.message_type}
-        self.server.intake.enqueue_message(
-            raw, verdict.sender, verdict.control_id, self.peer, verdict.kind, meta, _log_failure, self.lane
-        )
+        self.server.intake.receive(verdict.received(raw, self.peer), _log_failure, self.lane)
 
     def _framing_problem(self, problem: FramingError) -> None:
         """Answer the broken frame when it can be answered, then close: the stream is out of step."""

@@ -23,7 +23,8 @@ from gateway.errors import CharsetError
 from gateway.hl7.ack import ack_template, new_control_id, timestamp
 from gateway.hl7.charset import codec_for, declared_charset
 from gateway.mllp.framing import COMMIT_ACK, END_BLOCK, START_BLOCK, encode_frame
-from gateway.mllp.triage import Triage, Verdict
+from gateway.mllp.triage import Judgement, Triage, Verdict
+from gateway.queue.entry import Received
 
 #: Codecs in which an ASCII byte is always that ASCII character and never part of another one.
 FAST_CODECS = frozenset({"utf-8", "ascii", *(f"iso8859-{n}" for n in (*range(1, 12), 13, 14, 15, 16))})
@@ -84,6 +85,39 @@ class Profile:
         return replace(verdict, control_id=control_id, header=replace(verdict.header, control_id=control_id))
 
 
+class Profiled:
+    """The judgement of a frame the fast path took: its profile's verdict with its own MSH-10."""
+
+    __slots__ = ("profile", "control_id")
+    kind = Kind.MESSAGE
+
+    def __init__(self, profile: Profile, control_id: str):
+        self.profile = profile
+        self.control_id = control_id
+
+    @property
+    def sender(self) -> str:
+        return self.profile.sender
+
+    @property
+    def message_type(self) -> str:
+        return self.profile.verdict.message_type
+
+    @property
+    def reason(self) -> str:
+        return self.profile.verdict.reason
+
+    def received(self, raw: bytes, peer: str) -> Received:
+        return Received(raw, self.profile.sender, self.control_id, peer)
+
+    def reply(self, *, stored: bool, commit_acks: bool = False, storage_problem: str = "") -> bytes:
+        """What ``Verdict.reply`` gives, from the profile's template when stored."""
+        if stored:
+            return self.profile.accepted(self.control_id)
+        verdict = self.profile.verdict_for(self.control_id)
+        return verdict.reply(stored=False, commit_acks=commit_acks, storage_problem=storage_problem)
+
+
 class Profiles:
     """The profile cache in front of ``Triage``; bounded, and a shape is learnt on its second sighting
     (a sender that puts something unique in another MSH field gains nothing and loses little)."""
@@ -95,8 +129,8 @@ class Profiles:
         self._profiles: dict[bytes, Profile] = {}
         self._seen: set[bytes] = set()
 
-    def judge(self, frame: bytes) -> Verdict | tuple[Profile, str]:
-        """(profile, control id) when the fast path gives the verdict, else ``Triage.decide``'s."""
+    def judge(self, frame: bytes) -> Judgement:
+        """The fast path's judgement when it can give one, else ``Triage.decide``'s verdict."""
         found = _shape(frame)
         if found is not None:
             key, raw_id = found
@@ -104,7 +138,7 @@ class Profiles:
             if profile is not None:
                 control_id = _control_id(frame, raw_id, profile)
                 if control_id is not None:
-                    return profile, control_id
+                    return Profiled(profile, control_id)
         verdict = self.triage.decide(frame)
         if found is not None and verdict.kind == Kind.MESSAGE and not verdict.errors:
             self._learn(found[0], frame, verdict)

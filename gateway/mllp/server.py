@@ -15,12 +15,11 @@ from dataclasses import asdict
 
 from gateway.envelope import Kind
 from gateway.hl7.ack import build_reject_for_unreadable
-from gateway.mllp.answer import answer
 from gateway.mllp.connection import MllpConnection
 from gateway.mllp.framing import encode_frame
 from gateway.mllp.limits import Limits, ListenerStats
-from gateway.mllp.profiles import Profile, Profiles
-from gateway.mllp.triage import Triage, Verdict
+from gateway.mllp.profiles import Profiles
+from gateway.mllp.triage import Judgement, Triage
 from gateway.queue.intake import Intake, Receipt
 
 log = logging.getLogger(__name__)
@@ -131,44 +130,34 @@ class MllpServer:
         self.stats.open_connections = len(self.connections)
         self._closed.set()
 
-    def settle(self, verdict: Verdict, receipt: Receipt | None, error: BaseException | None) -> bytes:
+    def settle(self, judgement: Judgement, receipt: Receipt | None, error: BaseException | None) -> bytes:
         """Count the outcome of one frame and return its answer bytes."""
         stats = self.stats
+        kind = judgement.kind
         if error is not None:
             stats.storage_failures += 1
-        elif verdict.kind == Kind.MESSAGE:
+        elif kind == Kind.MESSAGE:
             if receipt is not None and receipt.duplicate:
                 stats.duplicates += 1
             else:
                 stats.accepted += 1
-        elif verdict.kind == Kind.ACK:
+        elif kind == Kind.ACK:
             stats.acks_received += 1
             log.info(
-                "stored incoming %s %s from %s (not answered)", verdict.message_type, verdict.control_id, verdict.sender
+                "stored incoming %s %s from %s (not answered)",
+                judgement.message_type,
+                judgement.control_id,
+                judgement.sender,
             )
         else:
             stats.rejected += 1
-            log.info("rejected %s from %s: %s", verdict.control_id or "message", verdict.sender or "?", verdict.reason)
+            log.info(
+                "rejected %s from %s: %s", judgement.control_id or "message", judgement.sender or "?", judgement.reason
+            )
         try:
-            return answer(verdict, stored=error is None, commit_acks=self.commit_acks, storage_problem=str(error or ""))
+            return judgement.reply(stored=error is None, commit_acks=self.commit_acks, storage_problem=str(error or ""))
         except Exception:  # noqa: BLE001 - a bug here must not leave the sender (and its later ACKs) waiting
-            log.exception("could not build the answer for %s", verdict.control_id)
-            return encode_frame(build_reject_for_unreadable(b"", RuntimeError("internal error")).encode())
-
-    def settle_profiled(
-        self, profile: Profile, control_id: str, receipt: Receipt | None, error: BaseException | None
-    ) -> bytes:
-        """``settle`` for a frame judged by its header profile: the same counts and answer, faster."""
-        if error is not None or receipt is None:
-            return self.settle(profile.verdict_for(control_id), receipt, error)
-        if receipt.duplicate:
-            self.stats.duplicates += 1
-        else:
-            self.stats.accepted += 1
-        try:
-            return profile.accepted(control_id)
-        except Exception:  # noqa: BLE001 - as in ``settle``: the sender must not be left waiting
-            log.exception("could not build the answer for %s", control_id)
+            log.exception("could not build the answer for %s", judgement.control_id)
             return encode_frame(build_reject_for_unreadable(b"", RuntimeError("internal error")).encode())
 
     async def _sweep(self) -> None:

@@ -16,14 +16,17 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from gateway.envelope import Kind
 from gateway.errors import CharsetError, ParseError
-from gateway.hl7.ack import AckError, AckHeader, header_from_fields, salvage_header
+from gateway.hl7.ack import AckError, AckHeader, header_from_fields, render_ack, salvage_header
 from gateway.hl7.ackmode import ORIGINAL, AckMode
 from gateway.hl7.charset import codec_for, decode_message
 from gateway.hl7.escape import Separators, unescape
 from gateway.hl7.message import read_separators
+from gateway.mllp.framing import COMMIT_ACK, COMMIT_NAK, encode_frame
+from gateway.queue.entry import Received
 
 #: Every published HL7 v2 version up to 2.8.2 (MSH-12.1).
 DEFAULT_VERSIONS = frozenset("2.1 2.2 2.3 2.3.1 2.4 2.5 2.5.1 2.6 2.7 2.7.1 2.8 2.8.1 2.8.2".split())
@@ -49,6 +52,44 @@ class IntakeRules:
     honour_enhanced_mode: bool = True
 
 
+#: HL7 table 0357 code 207: application internal error (our storage is unavailable).
+STORAGE_FAILED = "207"
+
+
+class Judgement(Protocol):
+    """What the listener decided about one frame, by either path: the full triage (Verdict) or
+    the header profile's fast path (gateway/mllp/profiles.py Profiled)."""
+
+    @property
+    def kind(self) -> Kind: ...
+
+    @property
+    def sender(self) -> str: ...
+
+    @property
+    def control_id(self) -> str: ...
+
+    @property
+    def message_type(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    def received(self, raw: bytes, peer: str) -> Received:
+        """What the intake commits for the frame."""
+        ...
+
+    def reply(self, *, stored: bool, commit_acks: bool = False, storage_problem: str = "") -> bytes:
+        """The framed answer once the commit is known; b"" when nothing is to be sent.
+
+        Commit before ACK (chapter 2.9): AA/CA only when the message is stored. When storing
+        failed the answer is AR/CR with ERR 207 first, whatever the verdict was: nothing is
+        claimed as accepted, and the sender keeps the message and sends it again. An incoming
+        ACK gets no HL7 answer at all. With MLLP release 2 commit acknowledgements on, the
+        commit ACK (or NAK) block goes first."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """The decision for one frame, and what its acknowledgement is built from."""
@@ -72,6 +113,26 @@ class Verdict:
         if not self.errors:
             return self.outcome
         return f"{self.outcome}: " + "; ".join(_describe(e) for e in self.errors)
+
+    def received(self, raw: bytes, peer: str) -> Received:
+        meta = None if self.kind == Kind.MESSAGE else {"reason": self.reason, "message_type": self.message_type}
+        return Received(raw, self.sender, self.control_id, peer, self.kind, meta)
+
+    def reply(self, *, stored: bool, commit_acks: bool = False, storage_problem: str = "") -> bytes:
+        """See ``Judgement.reply``."""
+        reply = encode_frame(COMMIT_ACK if stored else COMMIT_NAK) if commit_acks else b""
+        if self.kind == Kind.ACK:
+            return reply
+        outcome, errors = self.outcome, self.errors
+        if not stored:
+            problem = AckError(
+                STORAGE_FAILED, f"message not stored, send it again later: {storage_problem}".rstrip(": ")
+            )
+            outcome, errors = "AR", (problem, *errors)
+        if not self.mode.wants(outcome):
+            return reply
+        text = render_ack(self.header, self.mode.code(outcome), errors=errors)
+        return reply + encode_frame(text.encode(self.codec, errors="replace"))
 
 
 class Triage:

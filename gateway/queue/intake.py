@@ -18,18 +18,18 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from gateway.envelope import Envelope, Kind
+from gateway.envelope import Envelope
 from gateway.errors import IntakeUnavailable, describe
 from gateway.keys import Keys
-from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, new_envelope_id
+from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, Received, new_envelope_id
 from gateway.queue.lane import CommitLane, Done, OutageLog, Receipt, report
 from gateway.queue.resp import bulk
 
-__all__ = ["Done", "Intake", "Receipt"]
+__all__ = ["Done", "Intake", "Receipt", "Received"]
 
 log = logging.getLogger(__name__)
 
@@ -198,53 +198,20 @@ class Intake:
         number, no duplicate check. ``done`` gets IntakeUnavailable when the commit
         failed: nothing may then be acknowledged.
         """
-        self._push(
-            done,
-            lane,
-            envelope.id,
-            envelope.raw,
-            envelope.received_at,
-            envelope.sender,
-            envelope.control_id,
-            envelope.peer,
-            envelope.kind,
-            envelope.meta,
-        )
+        e = envelope
+        self._push(done, lane, e.id, e.received_at, Received(e.raw, e.sender, e.control_id, e.peer, e.kind, e.meta))
 
-    def enqueue_message(
-        self,
-        raw: bytes,
-        sender: str,
-        control_id: str,
-        peer: str,
-        kind: Kind,
-        meta: Mapping[str, str] | None,
-        done: Done,
-        lane: int = 0,
-    ) -> None:
+    def receive(self, message: Received, done: Done, lane: int = 0) -> None:
         """``enqueue`` of a message received now, without building its Envelope (the listener's way)."""
-        now = int(time.time() * 1000)
-        self._push(done, lane, new_envelope_id(), raw, now, sender, control_id, peer, kind, meta)
+        self._push(done, lane, new_envelope_id(), int(time.time() * 1000), message)
 
-    def _push(
-        self,
-        done: Done,
-        lane: int,
-        id: str,
-        raw: bytes,
-        received_at: int,
-        sender: str,
-        control_id: str,
-        peer: str,
-        kind: Kind,
-        meta: Mapping[str, str] | None,
-    ) -> None:
+    def _push(self, done: Done, lane: int, id: str, received_at: int, message: Received) -> None:
         """Encode one message and queue it on ``lane``; ``done`` hears at once when that cannot be done."""
         if not self._running:
             done(None, IntakeUnavailable("intake is not running"))
             return
         try:
-            entry = self._encoder.encode(id, raw, received_at, sender, control_id, peer, kind, meta)
+            entry = self._encoder.encode(id, received_at, message)
         except Exception as exc:  # noqa: BLE001 - a message we cannot encode must still be answered
             _cannot_encode(done, exc)
             return
