@@ -9,5 +9,9 @@ MAPPINGS = ["gateway.mappings", *(f"gateway.mappings.{name}" for name in find_na
 setup(
     packages=[*find_packages(include=["gateway", "gateway.*"]), *MAPPINGS],
     package_dir={"gateway.mappings": "mappings"},
-    package_data={**{name: ["*.yaml"] for name in MAPPINGS}, "gateway.db.migrations": ["script.py.mako"]},
+    package_data={
+        **{name: ["*.yaml"] for name in MAPPINGS},
+        "gateway.mappings": ["*.yaml", "mapping.schema.json"],
+        "gateway.db.migrations": ["script.py.mako"],
+    },
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -245,6 +246,14 @@ def cmd_convert(settings: Settings, args: argparse.Namespace) -> int:
     return convert_files(args.files, args.report, sys.stdout, sys.stderr, converter)
 
 
+def cmd_mapping_schema(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the JSON Schema of mapping files (for editors; see docs/mappings.md)."""
+    from gateway.convert.loading.schema import mapping_schema
+
+    print(json.dumps(mapping_schema(), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hl7gw", description="HL7 v2 (MLLP) to FHIR R4 gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -293,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", action="store_true", help="list segments and fields present but not used, and notes"
     )
     convert.set_defaults(func=cmd_convert)
+    sub.add_parser("mapping-schema", help="print the JSON Schema of mapping files, for editors").set_defaults(
+        func=cmd_mapping_schema
+    )
     return parser
 
 

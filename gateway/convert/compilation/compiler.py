@@ -64,6 +64,9 @@ RULE_KEYS = frozenset(
         "note",
     }
 )
+#: An ``each`` rule: one object per repetition of ``from``, filled by its own rules.
+EACH_RULE_KEYS = frozenset({"from", "to", "each", "when", "note"})
+REPEATS = ("first", "all", "join")
 
 
 class Resolver:
@@ -261,7 +264,7 @@ class RuleCompiler:
         default = fresh(rule["default"]) if "default" in rule else None
         required = bool(rule.get("required", False))
         repeats = rule.get("repeats", "all" if target.appends else "first")
-        if repeats not in ("first", "all", "join"):
+        if repeats not in REPEATS:
             raise MappingSpecError(where, "repeats is first, all or join")
         if not self.in_segment:
             repeats = "first"  # a component does not repeat
@@ -350,7 +353,7 @@ class RuleCompiler:
         see that repetition as the whole field."""
         if not self.in_segment or "from" not in rule:
             raise MappingSpecError(where, "`each` belongs in a segment map and needs `from`")
-        extra = set(rule) - {"from", "to", "each", "when", "note"}
+        extra = set(rule) - EACH_RULE_KEYS
         if extra:
             raise MappingSpecError(where, f"an `each` rule has from, to, when and each, not {sorted(extra)}")
         if not isinstance(rule["each"], list) or not rule["each"]:

@@ -3,7 +3,9 @@
 A datatype map is a list of rules over a v2 value, or a named Python function. A map whose FHIR
 type is a resource (``XCN[Practitioner]``) *makes* that resource: it names an ``id`` key function,
 adds the resource to the conversion (one per id), and gives the rule that used it a Reference.
-A segment map fills a resource from one segment.
+A variant (``EI[Identifier-Placer]``) is another map of the same datatype with constants set.
+A segment map fills a resource from one segment (``PID[Patient]``), or makes one FHIR datatype
+value of it (``NTE[Annotation]``), which a message map's include writes where it says.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.convert import functions
-from gateway.convert.compilation.compiler import PathUse, Resolver, RuleCompiler, TargetUse
+from gateway.convert.compilation.compiler import PathUse, Resolver, RuleCompiler, TargetUse, post_processor
 from gateway.convert.compilation.memo import memoized, memoized_segment
 from gateway.convert.compilation.producers import DatatypeMap
 from gateway.convert.functions.ids import MADE_KEYS, resource_id
 from gateway.convert.model import fhirmodel
 from gateway.convert.model.context import Context
-from gateway.convert.model.mapping_errors import MappingSpecError, PathError
+from gateway.convert.model.mapping_errors import FhirPathError, MappingSpecError, PathError
 from gateway.convert.model.paths import compile_writer, parse_target
 from gateway.convert.model.structure import Slot
 from gateway.convert.model.tables import CodingSystems, Table
@@ -28,14 +30,15 @@ from gateway.convert.model.values import is_empty
 from gateway.convert.model.yamlfiles import LineDict, check_keys, where
 from gateway.hl7.message import Segment
 
-SEGMENT_MAP_KEYS = {"segment", "resource", "name", "rules", "when", "base", "source", "note"}
+SEGMENT_MAP_KEYS = {"segment", "resource", "datatype", "name", "rules", "when", "base", "source", "note"}
 DATATYPE_FILE_KEYS = {"datatype", "maps", "source", "note"}
-DATATYPE_MAP_KEYS = {"rules", "function", "choice", "id", "source", "note"}
+DATATYPE_MAP_KEYS = {"rules", "function", "choice", "id", "map", "set", "source", "note"}
 
 
 @dataclass(frozen=True, slots=True)
 class SegmentMap:
-    """``PID[Patient]``: fills a resource of type ``resource`` from one segment.
+    """``PID[Patient]``: fills a resource of type ``resource`` from one segment; or, when
+    ``datatype`` is given (``NTE[Annotation]``), makes one value of that FHIR datatype (``fill``).
 
     ``fill`` makes the elements for a new resource (memoized on the segment's text when the map
     reads nothing but its segments); ``apply`` adds to a resource another map already filled.
@@ -53,6 +56,8 @@ class SegmentMap:
     #: and those (then what it makes can be memoized on their text).
     other_fields: tuple[tuple[str, int], ...] = ()
     pure: bool = True
+    #: The FHIR datatype a segment-to-datatype map makes ("" for a map that fills a resource).
+    datatype: str = ""
 
 
 @dataclass
@@ -100,6 +105,10 @@ class Mappings:
     def _compile_datatype_map(self, name: str, datatype: str, fhir_type: str, spec: LineDict) -> DatatypeMap:
         at = spec.where
         check_keys(spec, DATATYPE_MAP_KEYS, set(), at)
+        if "map" in spec:
+            return self._compile_variant(name, datatype, fhir_type, spec)
+        if "set" in spec:
+            raise MappingSpecError(at, f"{name}: `set` belongs to a variant (`map: Identifier` plus constants)")
         choice = bool(spec.get("choice", False))
         if ("rules" in spec) == ("function" in spec):
             raise MappingSpecError(at, f"{name} has either `rules` or `function`")
@@ -155,6 +164,35 @@ class Mappings:
         built = memoized(build, self.memo_stores) if pure else build
         return DatatypeMap(name, datatype, fhir_type, built, accepts_table=False, pure=pure, makes_resource=makes)
 
+    def _compile_variant(self, name: str, datatype: str, fhir_type: str, spec: LineDict) -> DatatypeMap:
+        """``Identifier-Placer: {map: Identifier, set: {type: ...}}``: what ``EI[Identifier]`` makes,
+        with constants written into it."""
+        at = spec.where
+        extra = set(spec) - {"map", "set", "source", "note"}
+        if extra or "set" not in spec:
+            raise MappingSpecError(at, f"{name}: a variant has `map` and `set` only, not {sorted(extra) or 'no set'}")
+        base = self.datatype_map(f"{datatype}[{spec['map']}]", at)
+        same_type = fhir_type.split("-", 1)[0] == base.fhir_type.split("-", 1)[0]
+        if base.choice or base.makes_resource or not same_type:
+            raise MappingSpecError(
+                at, f"{name}: a variant adds constants to a map of its own FHIR type, not {base.name}"
+            )
+        post = post_processor(None, spec["set"], None, at, True, False)
+        assert post is not None
+        adjust = post
+        for key in spec["set"]:
+            try:
+                fhirmodel.resolve(base.fhir_type, parse_target(str(key)))
+            except (PathError, FhirPathError) as exc:
+                raise MappingSpecError(at, f"{name}: set {key!r}: {exc}") from None
+        build_base = base.build
+
+        def build(element: Any, ctx: Context, table: Table | None) -> Any:
+            value = build_base(element, ctx, table)
+            return adjust(value) if isinstance(value, dict) and value else value
+
+        return DatatypeMap(name, datatype, base.fhir_type, build, base.accepts_table, pure=base.pure)
+
     def _resolver(self) -> Resolver:
         return Resolver(self.tables, self.datatype_map)
 
@@ -176,14 +214,22 @@ class Mappings:
             self.datatype_map(name, name)
 
     def add_segment_map(self, data: LineDict, path: Path) -> None:
-        check_keys(data, SEGMENT_MAP_KEYS, {"segment", "resource", "rules"}, str(path))
-        segment, resource = str(data["segment"]), str(data["resource"])
-        name = str(data.get("name") or f"{segment}[{resource}]")
+        check_keys(data, SEGMENT_MAP_KEYS, {"segment", "rules"}, str(path))
+        if ("resource" in data) == ("datatype" in data):
+            raise MappingSpecError(data.where, "a segment map names either the `resource` it fills or a `datatype`")
+        datatype = str(data.get("datatype") or "")
+        if datatype and (fhirmodel.is_resource_type(datatype) or fhirmodel.elements(datatype) is None):
+            raise MappingSpecError(data.at("datatype"), f"{datatype!r} is not a FHIR datatype with elements")
+        if datatype and "base" in data:
+            raise MappingSpecError(data.at("base"), "a map to a datatype is written where the include says (`to:`)")
+        segment, resource = str(data["segment"]), str(data.get("resource") or "")
+        root = resource or datatype
+        name = str(data.get("name") or f"{segment}[{root}]")
         if name in self.segment_maps:
             raise MappingSpecError(data.where, f"segment map {name} is defined twice")
         if not isinstance(data["rules"], list) or not data["rules"]:
             raise MappingSpecError(data.where, "rules is a non-empty list")
-        compiler = RuleCompiler(self._resolver(), segment, in_segment=True, map_name=name, root=resource)
+        compiler = RuleCompiler(self._resolver(), segment, in_segment=True, map_name=name, root=root)
         base_writer = None
         if "base" in data:
             try:
@@ -191,7 +237,7 @@ class Mappings:
             except PathError as exc:
                 raise MappingSpecError(data.where, str(exc)) from None
             compiler.prefix = str(data["base"])
-        rules = [compiler.rule(r, where(r, data.where), resource) for r in data["rules"]]
+        rules = [compiler.rule(r, where(r, data.where), root) for r in data["rules"]]
         compiler.prefix = ""
         checks = compiler.conditions(data.get("when"), data.where, None)
         self.path_uses += compiler.path_uses
@@ -241,4 +287,5 @@ class Mappings:
             data.where,
             tuple(compiler.other_fields),
             compiler.reads != "message",
+            datatype,
         )

@@ -20,16 +20,19 @@ from gateway.convert.model.yamlfiles import LineDict, check_keys, mapping_files,
 from gateway.errors import ConfigError
 
 STRUCTURE_KEYS = {"structure", "segments", "source", "note"}
+TABLE_KEYS = {"table", "v2_table", "system", "map", "source", "note"}
+SYSTEMS_KEYS = {"table", "systems", "source", "note"}
+TABLE_ENTRY_KEYS = {"code", "display", "system"}
 
 
 def load_table(data: LineDict, path: Path) -> Table | CodingSystems:
     if "systems" in data:
-        check_keys(data, {"table", "systems", "source", "note"}, {"table", "systems"}, str(path))
+        check_keys(data, SYSTEMS_KEYS, {"table", "systems"}, str(path))
         systems = data["systems"]
         if not isinstance(systems, dict) or not all(isinstance(v, str) and v for v in systems.values()):
             raise MappingSpecError(where(data, str(path)), "systems maps a v2 coding system name to a URI")
         return CodingSystems({str(k): v for k, v in systems.items()})
-    check_keys(data, {"table", "v2_table", "system", "map", "source", "note"}, {"table", "map"}, str(path))
+    check_keys(data, TABLE_KEYS, {"table", "map"}, str(path))
     default_system = data.get("system")
     codes: dict[str, dict[str, str]] = {}
     for code, entry in (data["map"] or {}).items():
@@ -38,7 +41,7 @@ def load_table(data: LineDict, path: Path) -> Table | CodingSystems:
             entry = {"code": entry}
         if not isinstance(entry, dict) or not entry.get("code"):
             raise MappingSpecError(at, f"table entry {code!r} needs a FHIR code")
-        unknown = set(entry) - {"code", "display", "system"}
+        unknown = set(entry) - TABLE_ENTRY_KEYS
         if unknown:
             raise MappingSpecError(at, f"table entry {code!r}: unknown key(s) {sorted(unknown)}")
         system = entry.get("system", default_system)

@@ -15,7 +15,9 @@ from gateway.convert.compilation.conditions import Check
 from gateway.convert.compilation.maps import Mappings, SegmentMap
 from gateway.convert.functions.ids import ID_KEY_FIELDS, ID_KEYS, KeyFunction, declared_key
 from gateway.convert.loading.loader import structure_slot
-from gateway.convert.model.mapping_errors import MappingSpecError, PathError
+from gateway.convert.model import fhirmodel
+from gateway.convert.model.context import Context
+from gateway.convert.model.mapping_errors import FhirPathError, MappingSpecError, PathError
 from gateway.convert.model.paths import (
     SourcePath,
     Writer,
@@ -25,8 +27,10 @@ from gateway.convert.model.paths import (
     parse_target,
 )
 from gateway.convert.model.structure import Slot
+from gateway.convert.model.values import clone, is_empty
 from gateway.convert.model.yamlfiles import LineDict, check_keys, read_yaml, where
 from gateway.errors import ConfigError
+from gateway.hl7.message import Segment
 
 MESSAGE_KEYS = {"message", "extends", "abstract", "structure", "resources", "source", "note"}
 RESOURCE_KEYS = {
@@ -41,9 +45,10 @@ RESOURCE_KEYS = {
     "when",
     "unless_with",
     "request",
+    "defaults",
     "note",
 }
-INCLUDE_KEYS = {"segment", "map", "scope", "note"}
+INCLUDE_KEYS = {"segment", "map", "scope", "to", "note"}
 REFERENCE_KEYS = {"to", "resource", "scope", "wrap", "set", "if_empty", "note"}
 ID_SPEC_KEYS = {"identifier", "within", "fields", "note"}
 SCOPES = ("nearest", "group", "message")
@@ -74,11 +79,36 @@ class Reference:
 @dataclass(frozen=True, slots=True)
 class Include:
     """Segments whose map adds to the resource: those directly in its group (``group``), else in the
-    nearest enclosing group that has one (``up``), or anywhere below its group (``subtree``)."""
+    nearest enclosing group that has one (``up``), or anywhere below its group (``subtree``).
+
+    A map to a FHIR datatype (``NTE[Annotation]``) makes one value per segment, which ``write``
+    puts at the include's ``to`` (``note[]``); a map to the resource's type adds to it itself."""
 
     segment: str
     map: SegmentMap
     scope: str = "group"
+    write: Writer | None = None
+
+    def apply(self, segment: Segment, ctx: Context, resource: dict[str, Any]) -> None:
+        if self.write is None:
+            self.map.apply(segment, ctx, resource)
+            return
+        value = self.map.fill(segment, ctx)
+        if not is_empty(value):
+            self.write(resource, value)
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """A resource's ``defaults:``: constants written, after every map, where an element is empty
+    (``status: unknown`` for a 1..1 element nothing in the message gave)."""
+
+    items: tuple[tuple[Callable[[dict[str, Any]], Any], Writer, Any], ...]
+
+    def fill(self, resource: dict[str, Any]) -> None:
+        for present, write, value in self.items:
+            if present(resource) is None:
+                write(resource, clone(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +136,8 @@ class ResourcePlan:
     memo: dict[tuple[Any, ...], Any] | None = None
     #: Fields the id key function reads, as (segment, field).
     id_fields: frozenset[tuple[str, int]] = frozenset()
+    #: Constants for the elements still empty after every map (``defaults:``).
+    defaults: Defaults | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +222,53 @@ def _references(spec: Any, at: str) -> tuple[Reference, ...]:
     return tuple(references)
 
 
+def _include(mappings: Mappings, item: Any, resource_type: str, name: str, at: str) -> Include:
+    item_at = where(item, at)
+    if not isinstance(item, dict) or set(item) - INCLUDE_KEYS or not {"segment", "map"} <= set(item):
+        raise MappingSpecError(
+            item_at, "an include is {segment: NTE, map: NTE[Annotation], to: note[], scope: group|up|subtree}"
+        )
+    inc = _segment_map(mappings, item["map"], str(item["segment"]), item_at)
+    scope = str(item.get("scope", "group"))
+    if scope not in INCLUDE_SCOPES:
+        raise MappingSpecError(item_at, f"an include's scope is one of {INCLUDE_SCOPES}")
+    if not inc.datatype:
+        if "to" in item:
+            raise MappingSpecError(item_at, f"{inc.name} fills the resource itself; `to` is for a map to a datatype")
+        if inc.resource != resource_type:
+            raise MappingSpecError(item_at, f"{inc.name} fills a {inc.resource}, but {name} is a {resource_type}")
+        return Include(str(item["segment"]), inc, scope)
+    if "to" not in item:
+        raise MappingSpecError(item_at, f"{inc.name} makes a {inc.datatype}: say where it goes (`to: note[]`)")
+    try:
+        target = parse_target(item["to"])
+        resolved = fhirmodel.resolve(resource_type, target, (inc.datatype,))
+    except (PathError, FhirPathError) as exc:
+        raise MappingSpecError(item_at, f"{name}: {exc}") from None
+    if target.is_value or target.is_choice:
+        raise MappingSpecError(item_at, f"{name}: `to` names an element of the {resource_type}")
+    writer = compile_writer(target, resolved.exclusive if resolved is not None else None)
+    return Include(str(item["segment"]), inc, scope, writer)
+
+
+def _defaults(spec: Any, resource_type: str, name: str, at: str) -> Defaults | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or not spec or any(is_empty(v) for v in spec.values()):
+        raise MappingSpecError(at, "defaults is a non-empty mapping of element: value, e.g. {status: unknown}")
+    items = []
+    for key, value in spec.items():
+        try:
+            target = parse_target(str(key))
+            fhirmodel.resolve(resource_type, target)
+        except (PathError, FhirPathError) as exc:
+            raise MappingSpecError(at, f"{name} defaults: {exc}") from None
+        if target.appends or target.is_choice or target.is_value:
+            raise MappingSpecError(at, f"{name} defaults: {key!r} names one element, not a list item or a choice")
+        items.append((compile_reader(target), compile_writer(target), value))
+    return Defaults(tuple(items))
+
+
 def _resource(mappings: Mappings, name: str, spec: Any, at: str) -> ResourcePlan:
     if not isinstance(spec, dict):
         raise MappingSpecError(at, f"resource {name} is a mapping")
@@ -197,20 +276,9 @@ def _resource(mappings: Mappings, name: str, spec: Any, at: str) -> ResourcePlan
     check_keys(spec, RESOURCE_KEYS, {"segment", "map", "id"}, at)
     segment = str(spec["segment"])
     seg_map = _segment_map(mappings, spec["map"], segment, at)
-    includes = []
-    for item in spec.get("include") or []:
-        item_at = where(item, at)
-        if not isinstance(item, dict) or set(item) - INCLUDE_KEYS or not {"segment", "map"} <= set(item):
-            raise MappingSpecError(
-                item_at, "an include is {segment: NTE, map: NTE[Observation], scope: group|up|subtree}"
-            )
-        inc = _segment_map(mappings, item["map"], str(item["segment"]), item_at)
-        if inc.resource != seg_map.resource:
-            raise MappingSpecError(item_at, f"{inc.name} fills a {inc.resource}, but {name} is a {seg_map.resource}")
-        scope = str(item.get("scope", "group"))
-        if scope not in INCLUDE_SCOPES:
-            raise MappingSpecError(item_at, f"an include's scope is one of {INCLUDE_SCOPES}")
-        includes.append(Include(str(item["segment"]), inc, scope))
+    if seg_map.datatype:
+        raise MappingSpecError(at, f"{seg_map.name} makes a {seg_map.datatype}, not a resource: include it with `to:`")
+    includes = [_include(mappings, item, seg_map.resource, name, at) for item in spec.get("include") or []]
     id_name, id_key, id_fields = _id_key(spec["id"], at)
     on_duplicate = str(spec.get("on_duplicate", "number"))
     if on_duplicate not in DUPLICATE_POLICIES:
@@ -248,6 +316,7 @@ def _resource(mappings: Mappings, name: str, spec: Any, at: str) -> ResourcePlan
         request=request,
         memo=memo,
         id_fields=id_fields,
+        defaults=_defaults(spec.get("defaults"), seg_map.resource, name, where(spec.get("defaults"), at)),
     )
 
 

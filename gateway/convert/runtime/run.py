@@ -238,7 +238,9 @@ class Run:
         for include, items in included:
             for item in items:
                 ctx.segment = item
-                include.map.apply(item, ctx, content)
+                include.apply(item, ctx, content)
+        if plan.defaults is not None:
+            plan.defaults.fill(content)
         if store is not None:
             if len(store) >= MEMO_SIZE:
                 store.clear()
