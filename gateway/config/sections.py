@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.sinkspec import SinkSpec
@@ -79,6 +79,10 @@ class ConversionSettings:
     #: IANA time zone of v2 timestamps without an offset, for all senders and per sender.
     default_tz: str | None
     sender_tz: Mapping[str, str]
+    #: A segment that fits nowhere in the message's structure: "reject" (dead letter) or "note"
+    #: (converted without it, said on the Provenance), for all senders and per sender.
+    unplaced_segments: str = "reject"
+    sender_unplaced_segments: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from gateway.config.sections import (
     StorageSettings,
     WorkerSettings,
 )
-from gateway.config.values import _zone, parse_sender_zones, parse_tokens
+from gateway.config.values import UNPLACED_POLICIES, _zone, parse_sender_policies, parse_sender_zones, parse_tokens
 from gateway.errors import ConfigError
 from gateway.sinkspec import parse_sinks
 
@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     mappings_dir: Path | None = None
     default_tz: str | None = None
     sender_tz: str | None = None
+    # A segment that fits nowhere in the message's structure: reject the message (a dead letter
+    # naming the segments) or convert it without them, with a note on the Provenance; per sender
+    # as "APP|FACILITY=note,APP|FACILITY=reject".
+    unplaced_segments: Literal["reject", "note"] = "reject"
+    sender_unplaced_segments: str | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -129,6 +134,13 @@ class Settings(BaseSettings):
     def _check_sender_tz(cls, value: str | None) -> str | None:
         if value:
             parse_sender_zones(value)
+        return value or None
+
+    @field_validator("sender_unplaced_segments")
+    @classmethod
+    def _check_sender_unplaced(cls, value: str | None) -> str | None:
+        if value:
+            parse_sender_policies(value, UNPLACED_POLICIES)
         return value or None
 
     @field_validator("api_tokens")
@@ -201,7 +213,14 @@ class Settings(BaseSettings):
     @functools.cached_property
     def conversion(self) -> ConversionSettings:
         zones = parse_sender_zones(self.sender_tz) if self.sender_tz else {}
-        return ConversionSettings(self.mappings_dir, self.default_tz, zones)
+        unplaced = self.sender_unplaced_segments
+        return ConversionSettings(
+            self.mappings_dir,
+            self.default_tz,
+            zones,
+            self.unplaced_segments,
+            parse_sender_policies(unplaced, UNPLACED_POLICIES) if unplaced else {},
+        )
 
     @functools.cached_property
     def worker(self) -> WorkerSettings:

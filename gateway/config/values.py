@@ -35,6 +35,21 @@ def parse_sender_zones(value: str) -> dict[str, str]:
     return zones
 
 
+#: What becomes of a message with a segment that fits nowhere in its structure (docs/mappings.md).
+UNPLACED_POLICIES = ("reject", "note")
+
+
+def parse_sender_policies(value: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    """Parse ``APP|FACILITY=policy,...`` into {sender: policy}; raises ValueError naming the bad entry."""
+    policies: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        sender, sep, policy = entry.rpartition("=")
+        if not sep or "|" not in sender or policy.strip() not in allowed:
+            raise ValueError(f"entry {entry!r} is not APPLICATION|FACILITY={'|'.join(allowed)}")
+        policies[sender.strip()] = policy.strip()
+    return policies
+
+
 def parse_tokens(value: str) -> dict[str, Role]:
     """Parse ``token:role,token:role`` into a mapping; raises ValueError naming the bad entry."""
     tokens: dict[str, Role] = {}

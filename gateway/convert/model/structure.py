@@ -8,9 +8,12 @@ entries are segments in the standard's notation, ``MSH``, ``[PD1]`` (optional), 
 Grouping is lenient, as receivers must be: a segment goes to the first slot, at or after the current
 position, of the innermost open group that can take it, else of an enclosing group (which closes the
 inner ones), else a new repetition of a repeating group. Required segments that are missing are
-skipped, also the first segment of a group (an OBR whose order has no ORC still opens the order);
-a Z-segment that fits nowhere joins the group of the segment before it (a site maps it by an include);
-any other segment that fits nowhere is kept aside as unplaced and reported, never silently dropped.
+skipped, also the first segment of a group (an OBR whose order has no ORC still opens the order).
+A segment sent after its place (an AL1 after the DG1s, an OBX after the insurance) joins the
+innermost open group that can hold it (in the latest instance of the subgroup it belongs to),
+and the open groups stay open; a
+Z-segment that fits nowhere joins the group of the segment before it (a site maps it by an
+include); any other segment that fits nowhere is kept aside as unplaced, never silently dropped.
 """
 
 from __future__ import annotations
@@ -139,6 +142,34 @@ def _find_within(children: tuple[Slot, ...], start: int, name: str) -> int | Non
     return None
 
 
+def _place_out_of_order(stack: list[list[Any]], seg: Segment) -> GroupNode | None:
+    """A segment sent after the place the structure gives it (an AL1 after the DG1s, an OBX after
+    the insurance): it joins the innermost open group that can hold it, as if sent earlier; the
+    groups open stay open, so what follows is placed as before."""
+    for frame in reversed(stack):
+        if seg.name in frame[0].anywhere:
+            return _attach(frame[1], seg)
+    return None
+
+
+def _attach(node: GroupNode, seg: Segment) -> GroupNode | None:
+    """Put ``seg`` in ``node``: in a slot of its own there, else in the latest instance of a
+    subgroup that can hold it, else in a new instance of one; returns the group it joined."""
+    children = node.slot.children or ()
+    if any(child.children is None and seg.name in child.first for child in children):
+        node.items.append(seg)
+        return node
+    for item in reversed(node.items):
+        if isinstance(item, GroupNode) and seg.name in item.slot.anywhere:
+            return _attach(item, seg)
+    for child in children:
+        if child.children is not None and seg.name in child.anywhere:
+            sub = GroupNode(child, node)
+            node.items.append(sub)
+            return _attach(sub, seg)
+    return None
+
+
 def group_segments(structure: Slot, segments: list[Segment]) -> tuple[GroupNode, list[Segment]]:
     """Place ``segments`` in ``structure``; returns the message's group tree and unplaced segments."""
     assert structure.children is not None
@@ -146,6 +177,7 @@ def group_segments(structure: Slot, segments: list[Segment]) -> tuple[GroupNode,
     # Each frame: [slot, group instance, index of the next child slot that may still be filled].
     stack: list[list[Any]] = [[structure, root, 0]]
     unplaced: list[Segment] = []
+    previous: GroupNode | None = None  # the group the segment before this one joined
     for seg in segments:
         depth = len(stack) - 1
         while depth >= 0 and _find(stack[depth][0].children, stack[depth][2], seg.name) is None:
@@ -157,10 +189,14 @@ def group_segments(structure: Slot, segments: list[Segment]) -> tuple[GroupNode,
                 -1,
             )
         if depth < 0:
-            if seg.name.startswith("Z") and (root.items or len(stack) > 1):
+            joined = _place_out_of_order(stack, seg)
+            if joined is not None:
+                previous = joined
+                continue
+            if seg.name.startswith("Z") and previous is not None:
                 # A Z-segment (chapter 2.8) the structure does not name belongs with the segment
                 # before it: it joins that segment's group, so a site's map can include it.
-                stack[-1][1].items.append(seg)
+                previous.items.append(seg)
                 continue
             unplaced.append(seg)
             continue
@@ -176,6 +212,7 @@ def group_segments(structure: Slot, segments: list[Segment]) -> tuple[GroupNode,
             frame[2] = j if child.repeat else j + 1
             if child.children is None:
                 node.items.append(seg)
+                previous = node
                 break
             sub = GroupNode(child, node)
             node.items.append(sub)

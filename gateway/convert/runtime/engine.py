@@ -66,11 +66,16 @@ class Converter:
         senders: dict[str, Profile] | None = None,
         default_tz: tzinfo | None = None,
         sender_tz: dict[str, tzinfo] | None = None,
+        unplaced: str = "reject",
+        sender_unplaced: Mapping[str, str] | None = None,
     ):
         self.base = base
         self.senders = senders or {}
         self.default_tz = default_tz
         self.sender_tz = sender_tz or {}
+        #: A segment that fits nowhere in the structure: "reject" (MappingError) or "note".
+        self.unplaced = unplaced
+        self.sender_unplaced = dict(sender_unplaced or {})
 
     @property
     def mappings(self) -> Mappings:
@@ -85,7 +90,11 @@ class Converter:
         """The shipped mappings with the site's overlay and time zones (HL7GW_MAPPINGS_DIR,
         HL7GW_DEFAULT_TZ, HL7GW_SENDER_TZ)."""
         return cls.load(
-            overlay_dir=conversion.mappings_dir, default_tz=conversion.default_tz, sender_tz=conversion.sender_tz
+            overlay_dir=conversion.mappings_dir,
+            default_tz=conversion.default_tz,
+            sender_tz=conversion.sender_tz,
+            unplaced=conversion.unplaced_segments,
+            sender_unplaced=conversion.sender_unplaced_segments,
         )
 
     @classmethod
@@ -96,10 +105,13 @@ class Converter:
         overlay_dir: Path | None = None,
         default_tz: str | None = None,
         sender_tz: Mapping[str, str] | None = None,
+        unplaced: str = "reject",
+        sender_unplaced: Mapping[str, str] | None = None,
     ) -> Converter:
         """Compile ``mappings_dir`` (default: the shipped mappings/) with the site overlay
         ``overlay_dir`` and its per-sender directories, and the time zones of timestamps without
-        an offset (for every sender, and per sender)."""
+        an offset (for every sender, and per sender), and what a segment that fits nowhere in its
+        structure does to a message (``reject`` or ``note``; for every sender, and per sender)."""
         root = Path(mappings_dir) if mappings_dir is not None else default_mappings_dir()
         if not root.is_dir():
             raise ConfigError(
@@ -114,7 +126,7 @@ class Converter:
             sender: time_zone(name, f"time zone of sender {sender!r}") for sender, name in (sender_tz or {}).items()
         }
         default = time_zone(default_tz, "HL7GW_DEFAULT_TZ") if default_tz else None
-        return cls(base, senders, default, zones)
+        return cls(base, senders, default, zones, unplaced, sender_unplaced)
 
     def clear_caches(self) -> None:
         """Forget memoized map results (for benchmarks and tests; conversion is the same without)."""
@@ -162,8 +174,9 @@ class Converter:
         # the trigger's structure is used.
         structure = profile.mappings.structures.get(structure_name) or plan.structure
         tz = self.sender_tz.get(sender, self.default_tz)
+        unplaced = self.sender_unplaced.get(sender, self.unplaced)
         try:
-            return _Checked(profile.mappings, message, plan, structure, tz)
+            return _Checked(profile.mappings, message, plan, structure, tz, unplaced)
         except GatewayError:
             raise
         except Exception as exc:  # content a function did not expect: a clear error, not a crash

@@ -23,6 +23,11 @@ from gateway.convert.model.structure import GroupNode, Slot, group_segments
 from gateway.errors import GatewayError, MappingError, describe
 from gateway.hl7.message import Message, Segment
 
+#: Segments about the message rather than its content; one that fits nowhere is only reported.
+ENVELOPE_SEGMENTS = frozenset({"SFT", "UAC", "DSC"})
+#: The core extension that carries an Annotation on any resource (here: the Provenance).
+NOTE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/note"
+
 
 @dataclass(eq=False)
 class _Instance:
@@ -94,11 +99,21 @@ def _order_has(group: GroupNode, names: frozenset[str]) -> bool:
 class Run:
     """The state of one conversion."""
 
-    def __init__(self, mappings: Mappings, message: Message, plan: MessagePlan, structure: Slot, tz: tzinfo | None):
+    def __init__(
+        self,
+        mappings: Mappings,
+        message: Message,
+        plan: MessagePlan,
+        structure: Slot,
+        tz: tzinfo | None,
+        unplaced_policy: str = "reject",
+    ):
         self.mappings = mappings
         self.message = message
         self.plan = plan
         self.tz = tz
+        self.structure = structure
+        self.unplaced_policy = unplaced_policy
         self.root, self.unplaced = group_segments(structure, message.segments)
         self.instances: list[_Instance] = []
         # Instances made inside each group instance's subtree, in message order.
@@ -261,7 +276,36 @@ class Run:
             for made in self.made:
                 yield f"{made['resourceType']}/{made['id']}"
 
+    def unplaced_segments(self) -> list[str]:
+        """The segments that fit nowhere in the structure and carry content ("OBX#7"), envelope
+        segments (SFT, UAC) aside; never silently dropped: the message is refused, or noted."""
+        return [f"{s.name}#{self._index(s)}" for s in self.unplaced if s.name not in ENVELOPE_SEGMENTS]
+
+    def _structure_name(self) -> str:
+        found = (name for name, slot in self.mappings.structures.items() if slot is self.structure)
+        return next(found, f"{self.plan.name} message map's")
+
+    def _refuse_unplaced(self, unplaced: list[str]) -> None:
+        if unplaced and self.unplaced_policy != "note":
+            raise MappingError(
+                f"{', '.join(unplaced)} fit nowhere in the {self._structure_name()} structure: the message does "
+                "not follow its type (HL7GW_UNPLACED_SEGMENTS=note converts it without them, noted on the Provenance)"
+            )
+
+    def _note_unplaced(self, unplaced: list[str], bundle: dict[str, Any]) -> None:
+        if not unplaced:
+            return
+        text = f"Not converted: {', '.join(unplaced)}, which fit nowhere in the {self._structure_name()} structure"
+        self.notes.append(text)
+        for entry in reversed(bundle["entry"]):
+            resource = entry.get("resource", {})
+            if resource.get("resourceType") == "Provenance":
+                resource.setdefault("extension", []).append({"url": NOTE_EXTENSION, "valueAnnotation": {"text": text}})
+                break
+
     def run(self) -> Conversion:
+        unplaced = self.unplaced_segments()
+        self._refuse_unplaced(unplaced)
         self.collect()
         for inst in self.instances:
             self.resolve_id(inst)
@@ -279,6 +323,7 @@ class Run:
         self._add_made(entries, mark)
         entries.update(tail)
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": list(entries.values())}
+        self._note_unplaced(unplaced, bundle)
         return Conversion(bundle, [], list(dict.fromkeys(self.notes)))
 
     def _add_made(self, entries: dict[tuple[str, str], dict[str, Any]], start: int) -> None:
