@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from gateway.config import Role, load_settings, parse_tokens, unknown_variables
+from gateway.config.values import host_zone
 from gateway.errors import ConfigError
 
 
@@ -82,3 +84,24 @@ def test_sections_carry_the_variables_and_are_made_once(monkeypatch: pytest.Monk
     assert s.conversion.sender_tz == {"LAB|MERCY": "America/Chicago"}
     assert [spec.name for spec in s.sinks.specs] == ["hapi"] and s.sinks.max_age_s == 3 * 86_400
     assert s.worker.threads == 64 and s.logging.level == "INFO"
+
+
+def test_host_zone_is_told_by_tz_then_localtime(tmp_path: Path) -> None:
+    zoneinfo = tmp_path / "usr/share/zoneinfo/America"
+    zoneinfo.mkdir(parents=True)
+    (zoneinfo / "Chicago").write_bytes(b"")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    localtime = etc / "localtime"
+    localtime.symlink_to(zoneinfo / "Chicago")
+    assert host_zone({"TZ": ":Asia/Tokyo"}, localtime) == "Asia/Tokyo"
+    assert host_zone({"TZ": "Not/AZone"}, localtime) == "America/Chicago"
+    assert host_zone({}, localtime) == "America/Chicago"
+    localtime.unlink()
+    (etc / "timezone").write_text("Europe/Lisbon\n")
+    assert host_zone({}, localtime) == "Europe/Lisbon"
+
+
+def test_conversion_settings_carry_the_host_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Australia/Adelaide")
+    assert load_settings().conversion.host_tz == "Australia/Adelaide"

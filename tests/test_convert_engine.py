@@ -58,11 +58,17 @@ def test_empty_patient_identifiers_is_a_mapping_error() -> None:
         converter().convert(message(MSH_ADT, "PID|1||^^^HOSP^MR||Doe^Jane", PV1))
 
 
-def test_missing_required_code_is_a_mapping_error() -> None:
+def test_missing_required_code_leaves_that_resource_out_with_a_note() -> None:
     oru = "MSH|^~\\&|Lab|LabFac|A|B|20240101120000+0100||ORU^R01^ORU_R01|9|P|2.5.1"
     obr = "OBR|1|P1|F1|GLU^Glucose^L"
-    with pytest.raises(MappingError, match=r"OBX-3 is empty or unusable, but Observation.code is required"):
-        converter().convert(message(oru, PID, obr, "OBX|1|NM|||5.5|mmol/L|||||F"))
+    conversion = converter().convert_with_report(message(oru, PID, obr, "OBX|1|NM|||5.5|mmol/L|||||F"))
+    assert not resources(conversion.bundle, "Observation") and "result" not in only(
+        conversion.bundle, "DiagnosticReport"
+    )
+    assert any("OBX-3 is empty or unusable, but Observation.code is required" in n for n in conversion.notes)
+    # The message's own resource (the Provenance, from MSH) cannot be left out: the message fails.
+    with pytest.raises(MappingError, match=r"MSH-7 is empty or unusable, but Provenance.recorded is required"):
+        converter().convert(message(oru.replace("20240101120000+0100", ""), PID, obr))
 
 
 def test_conversion_is_deterministic_to_the_byte() -> None:

@@ -106,3 +106,29 @@ def test_appointment_status_follows_the_event_when_sch25_is_silent() -> None:
         bundle = converter().convert(message(msh, "SCH|P1|F1", PID))
         validate_bundle(bundle)
         assert only(bundle, "Appointment")["status"] == status
+
+
+def test_the_adt_events_added_for_issue_14() -> None:
+    """A12, A17, A21, A22, A23, A34, A35, A38: each gives what the event means (the samples'
+    golden bundles hold the rest)."""
+
+    def bundle(name: str) -> dict:
+        found = converter().convert(sample_message(f"{name}/hl7gw-{name}.hl7"))
+        validate_bundle(found)
+        return found
+
+    statuses = {t: only(bundle(f"ADT_{t}"), "Encounter")["status"] for t in ("A12", "A21", "A22", "A38")}
+    assert statuses == {"A12": "in-progress", "A21": "onleave", "A22": "in-progress", "A38": "cancelled"}
+    swap = bundle("ADT_A17")
+    patients = {p["id"] for p in resources(swap, "Patient")}
+    subjects = [e["subject"]["reference"].split("/")[1] for e in resources(swap, "Encounter")]
+    assert len(patients) == 2 and set(subjects) == patients  # each visit with its own patient
+    a23 = bundle("ADT_A23")
+    deleted = [e["request"]["url"] for e in a23["entry"] if e["request"]["method"] == "DELETE"]
+    segments = [line for line in sample_message("ADT_A23/hl7gw-ADT_A23.hl7").to_er7("\n").split("\n")[1:] if line]
+    visit = converter().convert(message(_msh("A04", "ADT_A01"), *segments))  # the visit it removes
+    assert deleted == [f"Encounter/{only(visit, 'Encounter')['id']}"]
+    merged = [p for p in resources(bundle("ADT_A34"), "Patient") if p.get("active") is False]
+    assert len(merged) == 1 and merged[0]["link"][0]["type"] == "replaced-by"
+    accounts = resources(bundle("ADT_A35"), "Account")
+    assert [a["identifier"][0]["value"] for a in accounts] == ["AC500098"]

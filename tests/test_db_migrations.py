@@ -11,13 +11,14 @@ from pathlib import Path
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, inspect, select
+from sqlalchemy import MetaData, func, inspect, select
 from sqlalchemy.engine import Engine
 
 from gateway.db.engine import make_engine
 from gateway.db.migrate import BASELINE, _config, current, head, migrate
-from gateway.db.schema import dead_letter, fhir_resource, message_archive, metadata
+from gateway.db.schema import message_archive, metadata
 from gateway.journal.dead_letters import DeadLetterStore
+from gateway.journal.messages import MessageArchive
 from gateway.store.resources import ResourceStore
 from tests.support.fhir_bundles import patient, put, transaction
 from tests.support.gateway_process import clean_env
@@ -40,6 +41,12 @@ def previous_release(engine: Engine) -> None:
         for statement in (part.strip() for part in ddl.split(";")):
             if statement:
                 conn.exec_driver_sql(statement)
+        # Rows as that release wrote them: into its tables, not this release's (columns added since).
+        old = MetaData()
+        old.reflect(conn)
+        fhir_resource, message_archive, dead_letter = (
+            old.tables[name] for name in ("fhir_resource", "message_archive", "dead_letter")
+        )
         conn.execute(
             fhir_resource.insert().values(
                 type="Patient",
@@ -103,6 +110,8 @@ def test_a_database_of_the_previous_release_is_upgraded_without_loss(database_ur
         with engine.connect() as conn:
             assert current(conn) == head()
             assert conn.execute(select(func.count()).select_from(message_archive)).scalar_one() == 1
+        archived = MessageArchive(engine).get("m-old")
+        assert archived is not None and (archived.raw, archived.status, archived.notes) == (b"MSH|old", "processed", "")
         assert differences(engine) == []  # exactly the schema of this release
         store = ResourceStore(engine)
         assert store.read("Patient", "p-old")["meta"]["versionId"] == "3"  # type: ignore[index]

@@ -110,3 +110,15 @@ def test_the_commands_read_the_configured_database(
     assert "no superseded writes" in capsys.readouterr().out
     assert cli.main(["sinks"]) == 0
     assert cli.main(["message", "missing"]) == 1
+
+
+def test_what_the_conversion_could_not_carry_is_on_the_message_record(engine: Engine, store_sink: StoreSink) -> None:
+    pipeline = Pipeline(Converter.load(), store_sink, MessageArchive(engine))
+    text = adt("C-NOTES", "Doe").replace(b"^Jane\r", b"^Jane||19801332|F\r")
+    received = parsed_envelope(text + b"OBX|1|NM|8302-2^Height^LN||1,80|m|||||F\r")
+    pipeline.process(received)
+    archived = MessageArchive(engine).get(received.id)
+    assert archived is not None and archived.status == "processed"
+    assert archived.notes.split("\n") == ["PID-7 is not a date; left out", "OBX-5 is not a valid NM; kept as text"]
+    code, shown = _text(show_message, engine, received.id)
+    assert code == 0 and "note: PID-7 is not a date; left out" in shown and "note: OBX-5 is not a valid NM" in shown

@@ -99,6 +99,8 @@ def decoded_base64_runs(text: str) -> list[bytes]:
 def test_no_phi_in_any_log_line_at_debug(tmp_path: Path) -> None:
     gateway = GatewayProcess(tmp_path / "data")
     gateway.env["HL7GW_LOG_LEVEL"] = "DEBUG"
+    # The NTE after PV1 fits nowhere in ADT_A01: noted (not refused), so that the message is stored.
+    gateway.env["HL7GW_UNPLACED_SEGMENTS"] = "note"
     gateway.start()
     try:
         sent = messages()

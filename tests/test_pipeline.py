@@ -21,7 +21,6 @@ from gateway.journal import provenance
 from gateway.journal.deliveries import DeliveryStates
 from gateway.journal.messages import MessageArchive
 from gateway.services.pipeline import Pipeline
-from gateway.services.worker import sender_zones
 from gateway.store.ordering import Source
 from tests.conftest import sample
 from tests.support.faults import fail_inserts_of
@@ -61,13 +60,30 @@ def test_dtm_to_utc(text: str, expected: datetime | None) -> None:
     assert dtm_to_utc(text) == expected
 
 
+def _header(sender: str, msh7: str) -> Any:
+    app, facility = sender.split("|")
+    return parse(f"MSH|^~\\&|{app}|{facility}|GW|GWF|{msh7}||ADT^A01^ADT_A01|C1|P|2.5.1\rPID|1||1^^^H^MR")
+
+
 def test_a_time_without_offset_is_in_the_senders_zone() -> None:
     settings = load_settings(default_tz="America/New_York", sender_tz="LAB|HOSP=Europe/Berlin")
-    zone_of = sender_zones(settings)
-    assert dtm_to_utc("202405011200", zone_of("LAB|HOSP")) == datetime(2024, 5, 1, 10, 0)  # CEST, +02:00
-    assert dtm_to_utc("202401151200", zone_of("ADT|HOSP")) == datetime(2024, 1, 15, 17, 0)  # EST, -05:00
-    assert dtm_to_utc("202401151200+0100", zone_of("ADT|HOSP")) == datetime(2024, 1, 15, 11, 0)  # its own
-    assert sender_zones(load_settings())("ADT|HOSP") is None
+    converter = Converter.configured(settings.conversion)
+
+    def zone(sender: str, msh7: str = "20240101120000+0900") -> Any:  # configured zones win over MSH-7
+        return converter.zone_for(_header(sender, msh7))
+
+    assert dtm_to_utc("202405011200", zone("LAB|HOSP")) == datetime(2024, 5, 1, 10, 0)  # CEST, +02:00
+    assert dtm_to_utc("202401151200", zone("ADT|HOSP")) == datetime(2024, 1, 15, 17, 0)  # EST, -05:00
+    assert dtm_to_utc("202401151200+0100", zone("ADT|HOSP")) == datetime(2024, 1, 15, 11, 0)  # its own
+
+
+def test_without_a_configured_zone_msh7_then_the_host_says_it() -> None:
+    hosted = Converter.load(host_tz="Asia/Tokyo")
+    from_msh7 = hosted.zone_for(_header("ADT|HOSP", "20240101120000-0330"))
+    assert dtm_to_utc("202401151200", from_msh7) == datetime(2024, 1, 15, 15, 30)
+    from_host = hosted.zone_for(_header("ADT|HOSP", "20240101120000"))
+    assert dtm_to_utc("202401151200", from_host) == datetime(2024, 1, 15, 3, 0)
+    assert Converter.load().zone_for(_header("ADT|HOSP", "20240101120000")) is None
 
 
 # -- one commit -----------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_blobs_and_datetime_extremes_round_trip(engine: Engine) -> None:
     low, high = datetime(1, 1, 1), datetime.max
     with engine.begin() as conn:
         BulkInsert(fhir_search_date).run(conn, [("Patient", "p1", "birthdate", low, high)])
-        archived = ("m1", "s", "c", 1, "ADT^A01", "peer", 5, b"\x00MSH|\xff", "processed", 1, 6, "")
+        archived = ("m1", "s", "c", 1, "ADT^A01", "peer", 5, b"\x00MSH|\xff", "processed", 1, 6, "", "")
         BulkInsert(message_archive).run(conn, [archived])
     with engine.connect() as conn:
         assert conn.execute(select(fhir_search_date.c.low, fhir_search_date.c.high)).one() == (low, high)

@@ -83,6 +83,9 @@ class ConversionSettings:
     #: (converted without it, said on the Provenance), for all senders and per sender.
     unplaced_segments: str = "reject"
     sender_unplaced_segments: Mapping[str, str] = field(default_factory=dict)
+    #: This machine's zone (IANA name), for timestamps without an offset when neither the
+    #: settings nor the message's MSH-7 give one; None when it cannot be told.
+    host_tz: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

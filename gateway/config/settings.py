@@ -23,7 +23,14 @@ from gateway.config.sections import (
     StorageSettings,
     WorkerSettings,
 )
-from gateway.config.values import UNPLACED_POLICIES, _zone, parse_sender_policies, parse_sender_zones, parse_tokens
+from gateway.config.values import (
+    UNPLACED_POLICIES,
+    _zone,
+    host_zone,
+    parse_sender_policies,
+    parse_sender_zones,
+    parse_tokens,
+)
 from gateway.errors import ConfigError
 from gateway.sinkspec import parse_sinks
 
@@ -220,6 +227,7 @@ class Settings(BaseSettings):
             zones,
             self.unplaced_segments,
             parse_sender_policies(unplaced, UNPLACED_POLICIES) if unplaced else {},
+            host_zone(os.environ),
         )
 
     @functools.cached_property

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Mapping
 from enum import StrEnum
+from pathlib import Path
 
 
 class Role(StrEnum):
@@ -21,6 +25,28 @@ def _zone(name: str) -> None:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown time zone {name!r} (expected an IANA name such as Europe/Berlin)") from None
+
+
+def host_zone(environ: Mapping[str, str], localtime: Path = Path("/etc/localtime")) -> str | None:
+    """The IANA name of this machine's time zone: ``$TZ``, else the zone /etc/localtime links to,
+    else /etc/timezone; "UTC" when none is set and the clock runs on UTC; None when unknown."""
+    candidates = [environ.get("TZ", "").removeprefix(":")]
+    try:
+        link = os.readlink(localtime)
+        candidates.append(link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else "")
+    except OSError:
+        pass
+    try:
+        candidates.append(localtime.with_name("timezone").read_text().strip())
+    except OSError:
+        pass
+    for name in filter(None, candidates):
+        try:
+            _zone(name)
+        except ValueError:
+            continue
+        return name
+    return "UTC" if time.timezone == 0 and not time.daylight else None
 
 
 def parse_sender_zones(value: str) -> dict[str, str]:

@@ -146,6 +146,8 @@ message_archive = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("updated_at", BigInteger, nullable=False),
     Column("detail", Text, nullable=False, default=""),
+    # What the conversion could not carry over (docs/mappings.md), one note per line.
+    Column("notes", Text, nullable=False, default="", server_default=""),
 )
 Index("ix_message_archive_sender_control", message_archive.c.sender, message_archive.c.control_id)
 Index("ix_message_archive_status", message_archive.c.status, message_archive.c.received_at)

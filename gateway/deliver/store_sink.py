@@ -42,6 +42,8 @@ class StoreDelivery:
     message_type: str = ""
     #: Remote sinks that must get the message: their pending rows are written in the same transaction.
     sinks: tuple[str, ...] = field(default=())
+    #: What the conversion could not carry over, for the archive row.
+    notes: tuple[str, ...] = field(default=())
 
 
 class StoreSink:
@@ -61,13 +63,14 @@ class StoreSink:
         envelope: Envelope | None = None,
         message_type: str = "",
         sinks: tuple[str, ...] = (),
+        notes: tuple[str, ...] = (),
     ) -> ApplyResult:
         """Apply ``bundle``; raises DeliveryError, or StoreUnavailable when the database does not answer."""
         changes = plan_changes(bundle)
         for change in changes:
             if change.resource is not None:  # made here, in parallel, not under the write lock
                 rows_for_content(change.type, change.id, change.content_hash, change.resource)
-        return self._commit.submit(StoreDelivery(changes, source, envelope, message_type, sinks))
+        return self._commit.submit(StoreDelivery(changes, source, envelope, message_type, sinks, notes))
 
     @property
     def commits(self) -> int:
@@ -101,7 +104,7 @@ class StoreSink:
             jobs = [Job(d.changes, _first_seq(d, first)) for d in deliveries]
             results = self.store.write(conn, jobs)
             archived = [
-                (d.envelope, "processed", summary(result), d.message_type)
+                (d.envelope, "processed", summary(result), d.message_type, "\n".join(d.notes))
                 for d, result in zip(deliveries, results)
                 if d.envelope is not None
             ]

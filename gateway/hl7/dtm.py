@@ -5,11 +5,11 @@ year, month or day precision, and a dateTime with a time only when it carries se
 ("If hours and minutes are specified, a time zone SHALL be populated"). So:
 
 * precision is kept down to the day; a time is kept (minutes and seconds padded with zeros, the
-  fraction kept) only when the value has an offset, or when the sender's time zone is configured
-  (HL7GW_DEFAULT_TZ, per sender overridable): then the offset that zone had at that local time is
-  written (daylight saving time included);
-* a value with a time but no offset and no configured zone is truncated to its date: we do not
-  guess the sender's zone;
+  fraction kept) when the value has an offset, or when a zone is given for the sender (see
+  gateway.convert.runtime.engine.Converter.zone_for: configured, else MSH-7's offset, else the
+  host's zone): then the offset that zone had at that local time is written (daylight saving
+  time included);
+* a value with a time but no offset and no zone at all is truncated to its date;
 * an instant needs a time and a zone: ``to_instant`` returns None without either, and
   ``to_instant_assume_utc`` reads a value without one as UTC (used only for Provenance.recorded).
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import NamedTuple
 
 _DTM = re.compile(r"^(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(\.\d{1,9})?)?)?)?)?)?([+-]\d{4})?$")
@@ -127,6 +127,16 @@ def _instant(text: str, tz: tzinfo | None, default_zone: str | None) -> str | No
         return None
     hour = d.hour or "00"
     return f"{_date_part(d)}T{hour}:{d.minute or '00'}:{d.second or '00'}{d.fraction or ''}{zone}"
+
+
+def offset_zone(text: str) -> tzinfo | None:
+    """The fixed zone of a DTM's own offset (MSH-7 ``20240312140000+0100`` -> UTC+01:00); None
+    without one. The sender's clock, for its other timestamps that carry no offset."""
+    d = parse_dtm(text)
+    if d is None or d.offset is None:
+        return None
+    sign = -1 if d.offset[0] == "-" else 1
+    return timezone(sign * timedelta(hours=int(d.offset[1:3]), minutes=int(d.offset[4:6])))
 
 
 def to_instant(text: str, tz: tzinfo | None = None) -> str | None:

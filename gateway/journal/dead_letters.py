@@ -112,7 +112,7 @@ class DeadLetterStore:
         )
         if letter.sink is None:
             detail = f"{letter.stage}: {letter.reason}"
-            self.archive.record(conn, [(e, "failed", detail, e.meta.get("message_type", ""))])
+            self.archive.record(conn, [(e, "failed", detail, e.meta.get("message_type", ""), "")])
         else:
             table = sink_delivery
             conn.execute(

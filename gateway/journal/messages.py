@@ -22,8 +22,9 @@ from gateway.envelope import Envelope
 _RECORD = BulkInsert(
     message_archive,
     ("id", "sender", "control_id", "seq", "message_type", "peer", "received_at", "raw")
-    + ("status", "attempts", "updated_at", "detail"),
+    + ("status", "attempts", "updated_at", "detail", "notes"),
     conflict="ON CONFLICT (id) DO UPDATE SET status = excluded.status, detail = excluded.detail,"
+    " notes = excluded.notes,"
     " message_type = excluded.message_type, updated_at = excluded.updated_at,"
     " attempts = message_archive.attempts + 1",
 )
@@ -35,6 +36,10 @@ _FIRST_SEQ = (
     )
     .group_by(message_archive.c.sender, message_archive.c.control_id)
 )
+
+
+#: (envelope, status, detail, message type, the conversion's notes one per line).
+Outcome = tuple[Envelope, str, str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,8 @@ class ArchivedMessage:
     attempts: int
     detail: str
     raw: bytes
+    #: What the conversion could not carry over, one note per line ("" when nothing).
+    notes: str = ""
 
 
 def _now_ms() -> int:
@@ -59,16 +66,16 @@ class MessageArchive:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def record(self, conn: Connection, outcomes: Iterable[tuple[Envelope, str, str, str]]) -> None:
-        """Archive (envelope, status, detail, message type) rows in ``conn``'s open transaction.
+    def record(self, conn: Connection, outcomes: Iterable[Outcome]) -> None:
+        """Archive (envelope, status, detail, message type, notes) rows in ``conn``'s open transaction.
 
         A row already there (a redelivery, a replay) gets the new status and one more attempt.
         """
         now = _now_ms()
         rows = [
             (e.id, e.sender[:512], e.control_id[:256], e.seq, message_type[:64], e.peer[:256], e.received_at, e.raw)
-            + (status, 1, now, detail[:4000])
-            for e, status, detail, message_type in outcomes
+            + (status, 1, now, detail[:4000], notes[:4000])
+            for e, status, detail, message_type, notes in outcomes
         ]
         if len({row[0] for row in rows}) == len(rows):
             _RECORD.run(conn, rows)
@@ -79,7 +86,7 @@ class MessageArchive:
     def record_outcome(self, envelope: Envelope, status: str, detail: str = "", message_type: str = "") -> None:
         """``record`` one envelope in a transaction of its own."""
         with self.engine.begin() as conn:
-            self.record(conn, [(envelope, status, detail, message_type)])
+            self.record(conn, [(envelope, status, detail, message_type, "")])
 
     @staticmethod
     def first_sequences(conn: Connection, envelopes: list[Envelope]) -> dict[str, int]:
@@ -117,4 +124,5 @@ class MessageArchive:
             attempts=row.attempts,
             detail=row.detail,
             raw=bytes(row.raw),
+            notes=row.notes,
         )

@@ -54,6 +54,8 @@ def show_message(engine: Engine, key: str, out: TextIO, raw: bool = False) -> in
             print(f"    {r.type}/{r.id} v{r.version_id} {r.outcome}{by}", file=out)
         if not records and message.detail:
             print(f"  detail: {message.detail}", file=out)
+        for note in filter(None, message.notes.split("\n")):
+            print(f"  note: {note}", file=out)
         for state in DeliveryStates(engine).for_message(message.id):
             error = f": {state.last_error[:200]}" if state.last_error else ""
             print(f"  sink {state.sink}: {state.status}, {state.attempts} attempt(s){error}", file=out)

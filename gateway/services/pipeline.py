@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import tzinfo
 from typing import Any, Protocol, TypeVar
 
 from gateway.convert.runtime.engine import Converter
@@ -59,8 +58,6 @@ class Pipeline:
     sink: StoreSink
     archive: MessageArchive
     fanout: Fanout | None = None
-    #: The time zone of a sender's timestamps without an offset (None: read them as UTC).
-    zone_of: Callable[[str], tzinfo | None] = lambda sender: None
 
     def process(self, envelope: Envelope) -> None:
         """Run every stage; raises a GatewayError (with its stage) when one fails."""
@@ -73,12 +70,14 @@ class Pipeline:
             return
         text = run_stage(Stage.PARSE, decode_message, envelope.raw)
         message: Message = run_stage(Stage.PARSE, parse, text)
-        bundle = run_stage(Stage.CONVERT, self.converter.convert, message)
+        conversion = run_stage(Stage.CONVERT, self.converter.convert_noted, message)
+        bundle = conversion.bundle
         run_stage(Stage.VALIDATE, validate_bundle, bundle)
-        source = run_stage(Stage.DELIVER, source_of, envelope, message, self.zone_of(message.sender))
+        source = run_stage(Stage.DELIVER, source_of, envelope, message, self.converter.zone_for(message))
         sinks = self.fanout.sink_names if self.fanout else ()
         message_type = "^".join(part for part in message.message_type if part)
-        run_stage(Stage.DELIVER, self.sink.deliver, bundle, source, envelope, message_type, sinks)
+        notes = tuple(conversion.notes)
+        run_stage(Stage.DELIVER, self.sink.deliver, bundle, source, envelope, message_type, sinks, notes)
         if self.fanout is not None and sinks:
             run_stage(Stage.DELIVER, self.fanout.enqueue, envelope, source, bundle)
         log.debug("processed %s from %s", envelope.control_id, envelope.sender)

@@ -10,16 +10,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.engine import Engine
 
-from gateway.config import Settings
+from gateway.config import ConversionSettings, Settings
 from gateway.convert.runtime.engine import Converter
 from gateway.db.engine import make_engine, write_probe
 from gateway.db.migrate import migrate
@@ -138,11 +136,17 @@ def sink_workers_for(
     return workers
 
 
-def sender_zones(settings: Settings) -> Callable[[str], tzinfo | None]:
-    """A sender's time zone for timestamps without an offset: HL7GW_SENDER_TZ, else HL7GW_DEFAULT_TZ."""
-    zones = {sender: ZoneInfo(name) for sender, name in settings.conversion.sender_tz.items()}
-    default = ZoneInfo(settings.conversion.default_tz) if settings.conversion.default_tz else None
-    return lambda sender: zones.get(sender, default)
+def log_time_zones(conversion: ConversionSettings) -> None:
+    """Say once, at start, in which zone timestamps without an offset are read."""
+    if conversion.default_tz:
+        log.info("timestamps without an offset: read in %s (HL7GW_DEFAULT_TZ)", conversion.default_tz)
+        return
+    host = conversion.host_tz or "no zone (the host's is unknown: such a time keeps only its date)"
+    log.info(
+        "timestamps without an offset: read in the zone of the message's MSH-7 offset, else the host's, %s "
+        "(HL7GW_DEFAULT_TZ or HL7GW_SENDER_TZ to choose)",
+        host,
+    )
 
 
 def tune_garbage_collector() -> None:
@@ -161,12 +165,8 @@ def run_worker(
     ``ready`` is called once every consumer runs."""
     engine = make_engine(settings.storage.database_url)
     until_available("database", lambda: migrate(engine), max_backoff_s=settings.worker.outage_max_backoff_s)
-    pipeline = Pipeline(
-        Converter.configured(settings.conversion),
-        StoreSink(engine),
-        MessageArchive(engine),
-        zone_of=sender_zones(settings),
-    )
+    log_time_zones(settings.conversion)
+    pipeline = Pipeline(Converter.configured(settings.conversion), StoreSink(engine), MessageArchive(engine))
     tune_garbage_collector()
     sink_workers: dict[str, SinkWorker] = {}
     broker, outages, letters = build_broker(settings, redis_url, pipeline, engine, sink_workers)

@@ -208,7 +208,12 @@ class RuleCompiler:
                 self.widen("element" if dmap.pure else "message")
                 choices[str(code)] = wrap_choice(dmap, target, where, table, MappingSpecError)
                 written.add(dmap.fhir_type)
-            return dispatch_producer(selector, choices), True, None, tuple(sorted(written))
+            return (
+                dispatch_producer(selector, choices, str(rule.get("from", ""))),
+                True,
+                None,
+                tuple(sorted(written | {"string"})),
+            )
         if "datatype" in rule:
             dmap = self.resolver.datatype_map(str(rule["datatype"]), where)
             self.widen("element" if dmap.pure else "message")
@@ -240,7 +245,8 @@ class RuleCompiler:
                     where, f"unknown transform {rule['transform']!r} (not in gateway/convert/functions/)"
                 )
             zoned = str(rule["transform"]) in functions.ZONED_TRANSFORMS
-        return plain_producer(transform, table, zoned), True, None, ()
+        reads = functions.READS.get(str(rule.get("transform")), "")
+        return plain_producer(transform, table, zoned, reads, str(rule.get("from", ""))), True, None, ()
 
     # -- the rule -------------------------------------------------------------------------------------
     def rule(self, rule: Any, where: str, resource_type: str) -> Rule:

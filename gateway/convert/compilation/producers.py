@@ -42,9 +42,11 @@ def constant_producer(constant: Callable[[], Any], only_when_valued: bool) -> Pr
     return lambda el, ctx: constant() if functions.text_of(el) else None
 
 
-def plain_producer(transform: Callable[..., Any] | None, table: Table | None, zoned: bool) -> Producer:
+def plain_producer(
+    transform: Callable[..., Any] | None, table: Table | None, zoned: bool, reads: str = "", source: str = ""
+) -> Producer:
     """The text of the element, translated by ``table``, then transformed (with the sender's zone
-    for date transforms)."""
+    for date transforms). A transform that ``reads`` something (a date) and finds none notes it."""
 
     def produce(el: Element | None, ctx: Context) -> Any:
         text = functions.text_of(el)
@@ -58,7 +60,10 @@ def plain_producer(transform: Callable[..., Any] | None, table: Table | None, zo
             text = mapped["code"]
         if transform is None:
             return text
-        return transform(text, ctx.tz) if zoned else transform(text)
+        value = transform(text, ctx.tz) if zoned else transform(text)
+        if value is None and reads:
+            ctx.note(f"{source} is not {reads}; left out")
+        return value
 
     return produce
 
@@ -84,11 +89,12 @@ def wrap_choice(dmap: DatatypeMap, target: TargetPath, where: str, table: Table 
 class _Dispatch:
     """Chooses a datatype map by the text at ``selector`` (e.g. OBX-2 value type, chapter 7.4.2.2)."""
 
-    __slots__ = ("selector", "choices")
+    __slots__ = ("selector", "choices", "source")
 
-    def __init__(self, selector: SourcePath, choices: dict[str, Producer]):
+    def __init__(self, selector: SourcePath, choices: dict[str, Producer], source: str):
         self.selector = selector
         self.choices = choices
+        self.source = source  # the field read, for notes ("OBX-5")
 
     def __call__(self, element: Element | None, ctx: Context) -> Any:
         segment = ctx.segment
@@ -98,8 +104,13 @@ class _Dispatch:
             if element:
                 ctx.note(f"value type {kind!r} is not mapped; value left out")
             return None
-        return produce(element, ctx)
+        value = produce(element, ctx)
+        if value is None and functions.text_of(element):
+            # A value its type cannot read (NM "1,5", a DTM with month 13): kept as text, never lost.
+            ctx.note(f"{self.source} is not a valid {kind}; kept as text")
+            return "String", functions.text_of(element)
+        return value
 
 
-def dispatch_producer(selector: SourcePath, choices: dict[str, Producer]) -> Producer:
-    return _Dispatch(selector, choices)
+def dispatch_producer(selector: SourcePath, choices: dict[str, Producer], source: str) -> Producer:
+    return _Dispatch(selector, choices, source)

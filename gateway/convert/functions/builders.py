@@ -163,6 +163,23 @@ def structured_numeric(element: Element | None, ctx: Context, table: Table | Non
 
 
 @builder
+def numeric_value(element: Element | None, ctx: Context, table: Table | None) -> tuple[str, Any] | None:
+    """NM (chapter 2A.47) as a Quantity; a leading comparator, as senders write it (``>60``,
+    ``<=0.5``), becomes the Quantity's comparator. Anything else is no number: None (the caller
+    keeps the text and notes it)."""
+    text = text_of(element)
+    m = _SN_LEADING.match(text)
+    comparator, number = (m.group(1), m.group(2)) if m else ("", text)
+    value = to_decimal(number)
+    if value is None:
+        return None
+    quantity: dict[str, Any] = {"value": value}
+    if comparator in _SN_COMPARATORS:
+        quantity["comparator"] = _SN_COMPARATORS[comparator]
+    return "Quantity", quantity
+
+
+@builder
 def telecom_value(element: Element | None, ctx: Context, table: Table | None) -> str | None:
     """ContactPoint.value from an XTN (IG XTN[ContactPoint] XTN.1/4/5/6/7/8/12 rows)."""
     if not element:

@@ -24,6 +24,9 @@ Condition = Callable[..., bool]
 TRANSFORMS: dict[str, Transform] = {}
 #: Transforms that also take the sender's time zone: ``fn(text, tz)``.
 ZONED_TRANSFORMS: set[str] = set()
+#: Transforms whose None means the text is not what they read: name -> what ("a date"). Such a
+#: value is noted (the segment, the field, what it should have been), never silently dropped.
+READS: dict[str, str] = {}
 BUILDERS: dict[str, Builder] = {}
 CONDITIONS: dict[str, Condition] = {}
 #: Conditions that look at a whole field, every repetition: ``fn(raw_field, repetition_separator)``.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.convert.functions.registry import TRANSFORMS, ZONED_TRANSFORMS, transform
+from gateway.convert.functions.registry import READS, TRANSFORMS, ZONED_TRANSFORMS, transform
 from gateway.hl7 import dtm
 from gateway.hl7.message import Element
 
@@ -28,6 +28,8 @@ transform_dtm = {
 }
 TRANSFORMS.update(transform_dtm)
 ZONED_TRANSFORMS.update(transform_dtm)
+READS.update({"dtm_to_date": "a date", "dtm_to_datetime": "a date/time"})
+READS.update({"to_decimal": "a number", "to_integer": "an integer", "to_positive_int": "a positive integer"})
 
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)$")
 

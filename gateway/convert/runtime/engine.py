@@ -25,6 +25,7 @@ from gateway.convert.loading.messages import MessagePlan, load_messages
 from gateway.convert.loading.overlay import Overlay, sender_dirs, time_zone
 from gateway.convert.runtime.run import Conversion, Run
 from gateway.errors import ConfigError, GatewayError, MappingError, describe
+from gateway.hl7.dtm import offset_zone
 from gateway.hl7.message import Message
 
 __all__ = ["Conversion", "Converter", "default_mappings_dir"]
@@ -68,6 +69,7 @@ class Converter:
         sender_tz: dict[str, tzinfo] | None = None,
         unplaced: str = "reject",
         sender_unplaced: Mapping[str, str] | None = None,
+        host_tz: tzinfo | None = None,
     ):
         self.base = base
         self.senders = senders or {}
@@ -76,6 +78,8 @@ class Converter:
         #: A segment that fits nowhere in the structure: "reject" (MappingError) or "note".
         self.unplaced = unplaced
         self.sender_unplaced = dict(sender_unplaced or {})
+        #: The zone of timestamps without an offset when nothing else says one (the gateway's host).
+        self.host_tz = host_tz
 
     @property
     def mappings(self) -> Mappings:
@@ -95,6 +99,7 @@ class Converter:
             sender_tz=conversion.sender_tz,
             unplaced=conversion.unplaced_segments,
             sender_unplaced=conversion.sender_unplaced_segments,
+            host_tz=conversion.host_tz,
         )
 
     @classmethod
@@ -107,6 +112,7 @@ class Converter:
         sender_tz: Mapping[str, str] | None = None,
         unplaced: str = "reject",
         sender_unplaced: Mapping[str, str] | None = None,
+        host_tz: str | None = None,
     ) -> Converter:
         """Compile ``mappings_dir`` (default: the shipped mappings/) with the site overlay
         ``overlay_dir`` and its per-sender directories, and the time zones of timestamps without
@@ -126,7 +132,8 @@ class Converter:
             sender: time_zone(name, f"time zone of sender {sender!r}") for sender, name in (sender_tz or {}).items()
         }
         default = time_zone(default_tz, "HL7GW_DEFAULT_TZ") if default_tz else None
-        return cls(base, senders, default, zones, unplaced, sender_unplaced)
+        host = time_zone(host_tz, "the host's time zone") if host_tz else None
+        return cls(base, senders, default, zones, unplaced, sender_unplaced, host)
 
     def clear_caches(self) -> None:
         """Forget memoized map results (for benchmarks and tests; conversion is the same without)."""
@@ -142,6 +149,10 @@ class Converter:
     def convert(self, message: Message) -> dict[str, Any]:
         """The FHIR transaction Bundle for ``message``; MappingError when it cannot be converted."""
         return self._run(message).run().bundle
+
+    def convert_noted(self, message: Message) -> Conversion:
+        """The bundle and the notes (what could not be carried over), without the unused-field report."""
+        return self._run(message).run()
 
     def convert_with_report(self, message: Message) -> Conversion:
         """The bundle, with the segments and fields the maps did not use and the notes."""
@@ -162,6 +173,15 @@ class Converter:
                 conversion.unused_fields[f"{seg.name}#{n}"] = missing
         return conversion
 
+    def zone_for(self, message: Message) -> tzinfo | None:
+        """The zone of the message's timestamps without an offset: the sender's configured zone
+        (HL7GW_SENDER_TZ, HL7GW_DEFAULT_TZ), else the offset of its MSH-7 (the sender's clock),
+        else the host's zone; None when none is known (then such a time keeps only its date)."""
+        configured = self.sender_tz.get(message.sender, self.default_tz)
+        if configured is not None:
+            return configured
+        return offset_zone(message.msh.field(7)[1].value) or self.host_tz
+
     def _run(self, message: Message) -> Run:
         code, trigger, structure_name = message.message_type
         sender = message.sender
@@ -173,7 +193,7 @@ class Converter:
         # MSH-9.3 names the structure (chapter 2.14.9.9); without it, or with one we do not know,
         # the trigger's structure is used.
         structure = profile.mappings.structures.get(structure_name) or plan.structure
-        tz = self.sender_tz.get(sender, self.default_tz)
+        tz = self.zone_for(message)
         unplaced = self.sender_unplaced.get(sender, self.unplaced)
         try:
             return _Checked(profile.mappings, message, plan, structure, tz, unplaced)

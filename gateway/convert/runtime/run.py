@@ -41,6 +41,10 @@ class _Instance:
     #: For on_duplicate: keep_first, the instance whose resource this one's id already names.
     alias_of: _Instance | None = None
     computing: bool = False
+    #: What its maps made, before references (computed once, for every instance, before any is built).
+    content: dict[str, Any] | None = None
+    #: Left out: a value its map requires is missing (the rest of the message is still converted).
+    dropped: bool = False
 
 
 @dataclass
@@ -169,7 +173,7 @@ class Run:
         node: GroupNode | None = inst.group
         while node is not None:
             for other in index.get((id(node), kind), ()):
-                if other is not inst:
+                if other is not inst and not other.dropped:
                     return other
             node = node.parent
         return None
@@ -217,7 +221,7 @@ class Run:
     def build(self, inst: _Instance) -> dict[str, Any]:
         plan = inst.plan
         resource: dict[str, Any] = {"resourceType": plan.resource_type, "id": self.resolve_id(inst)}
-        resource.update(self.content(inst))
+        resource.update(inst.content if inst.content is not None else self.content(inst))
         for ref in plan.references:
             if ref.filled is not None and ref.filled(resource):
                 continue
@@ -270,7 +274,7 @@ class Run:
             return
         pool = self.below.get(id(self.root if scope == "message" else inst.group), [])
         for other in pool:
-            if other is not inst and (name == "*" or other.plan.name == name):
+            if other is not inst and not other.dropped and (name == "*" or other.plan.name == name):
                 yield f"{other.plan.resource_type}/{self.resolve_id(other)}"
         if name == "*" and scope == "message":
             for made in self.made:
@@ -312,14 +316,20 @@ class Run:
         made = [i for i in self.instances if i.alias_of is None]
         last = [i for i in made if any(r.resource == "*" for r in i.plan.references)]
         first = [i for i in made if i not in last]
+        for inst in first:  # every content first, so that references skip what is left out
+            self._fill_or_drop(inst)
         entries: dict[tuple[str, str], dict[str, Any]] = {}
         for inst in first:
-            self._add(entries, inst)
+            if not inst.dropped:
+                self._add(entries, inst)
         self._add_made(entries, 0)
         mark = len(self.made)
         tail: dict[tuple[str, str], dict[str, Any]] = {}
         for inst in last:
-            self._add(tail, inst)
+            self._fill_or_drop(inst)
+        for inst in last:
+            if not inst.dropped:
+                self._add(tail, inst)
         self._add_made(entries, mark)
         entries.update(tail)
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": list(entries.values())}
@@ -350,6 +360,30 @@ class Run:
                 f"{describe(exc)}"
             ) from exc
         entries[(rtype, rid)] = _put(resource)
+
+    def _fill_or_drop(self, inst: _Instance) -> None:
+        """Compute what ``inst``'s maps make; when a value its map requires is missing (an OBX
+        without OBX-3), leave that one resource out with a note and convert the rest. A resource
+        the message map requires, and the message's own (from MSH), fail the message instead."""
+        if inst.plan.request == "delete":
+            return
+        made_mark = len(self.made)
+        try:
+            inst.content = self.content(inst)
+        except MappingError as exc:
+            if inst.plan.required or inst.plan.segment == "MSH":
+                raise
+            del self.made[made_mark:]  # what its maps made on the way goes with it
+            inst.dropped = True
+            where = f"{inst.segment.name}#{self._index(inst.segment)}"
+            self.notes.append(f"{where} left out ({inst.plan.resource_type} {inst.plan.name}): {exc}")
+        except GatewayError:
+            raise
+        except Exception as exc:  # a function failed on content it did not expect: say where
+            raise MappingError(
+                f"{inst.plan.map.name} failed on {inst.segment.name} segment #{self._index(inst.segment)}: "
+                f"{describe(exc)}"
+            ) from exc
 
     def _index(self, seg: Segment) -> int:
         return next(n for n, s in enumerate(self.message.segments, 1) if s is seg)
