@@ -79,6 +79,33 @@ def codeable_concept(element: Element | None, ctx: Context, table: Table | None)
     return concept or None
 
 
+#: "No known allergies" as senders write it in AL1-3 (code or text) -> the SNOMED CT situation.
+_NO_KNOWN_ALLERGY = {
+    "NKA": ("716186003", "No known allergy"),
+    "NOKNOWNALLERGIES": ("716186003", "No known allergy"),
+    "NKDA": ("409137002", "No known drug allergy"),
+    "NOKNOWNDRUGALLERGIES": ("409137002", "No known drug allergy"),
+    "NKFA": ("429625007", "No known food allergy"),
+}
+
+
+@builder
+def allergen(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
+    """AL1-3 -> AllergyIntolerance.code (IG CWE[CodeableConcept]); "no known allergies" (NKA, NKDA,
+    as the code or only as the text) is the SNOMED CT no-known-allergy situation, with what was
+    sent, not an allergy to a substance called "NKA"."""
+    concept: dict[str, Any] | None = codeable_concept(element, ctx, table)
+    if concept is None or element is None:
+        return concept
+    said = (text_of(element[1]) or text_of(element[2])).upper().replace(" ", "")
+    known = _NO_KNOWN_ALLERGY.get(said)
+    if known is None:
+        return concept
+    code, display = known
+    snomed = {"system": "http://snomed.info/sct", "code": code, "display": display}
+    return {**concept, "coding": [snomed, *concept.get("coding", [])], "text": concept.get("text") or display}
+
+
 @builder
 def coding(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
     """CWE -> Coding (IG CWE[Coding]): the table's FHIR coding, else the code as sent."""

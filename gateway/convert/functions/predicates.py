@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.convert.functions.registry import condition
-from gateway.convert.functions.text import text_of
+from gateway.convert.functions.text import oid_to_urn, text_of, uri, uuid_to_urn
 from gateway.convert.model.tables import Table
 from gateway.hl7.message import Element
 
@@ -40,6 +40,14 @@ def _in(element: Element, values: frozenset[str]) -> bool:
 @condition("not_in")
 def _not_in(element: Element, values: frozenset[str]) -> bool:
     return text_of(element) not in values
+
+
+@condition("universal_id")
+def _universal_id(element: Element) -> bool:
+    """A universal id that can be a system or an identifier value: an ISO OID, a UUID or an
+    absolute URI (HD.2 of ISO, UUID or URI type, chapter 2A.33), not a malformed one."""
+    text = text_of(element)
+    return bool(text) and any(f(text) is not None for f in (oid_to_urn, uuid_to_urn, uri))
 
 
 @condition("longer_than")
@@ -82,6 +90,7 @@ CONDITION_ARGUMENT: dict[str, Callable[[Any], Any] | None] = {
     "not_equals": str,
     "in": lambda values: frozenset(str(v) for v in values),
     "not_in": lambda values: frozenset(str(v) for v in values),
+    "universal_id": None,
     "longer_than": int,
     "in_table": str,  # the table's name; the compiler resolves it
     "not_in_table": str,
