@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from gateway.convert.functions.registry import builder
-from gateway.convert.functions.text import oid_to_urn, text_of, to_decimal, uuid_to_urn
+from gateway.convert.functions.text import oid_to_urn, text_of, to_decimal, uri, uuid_to_urn
 from gateway.convert.model.context import Context
 from gateway.convert.model.tables import Table
 from gateway.hl7.message import Element, Segment
@@ -104,6 +104,31 @@ def allergen(element: Element | None, ctx: Context, table: Table | None) -> dict
     code, display = known
     snomed = {"system": "http://snomed.info/sct", "code": code, "display": display}
     return {**concept, "coding": [snomed, *concept.get("coding", [])], "text": concept.get("text") or display}
+
+
+@builder
+def identifier_system(element: Element | None, ctx: Context, table: Table | None) -> str | None:
+    """An assigning authority (HD) as Identifier.system (IG CX[Identifier] CX.4): its universal id
+    (HD.2 of type ISO, UUID or URI) as the canonical URI ``table`` knows for it (the SSN's OID is
+    http://hl7.org/fhir/sid/us-ssn), else as urn:oid/urn:uuid/the URI; else its namespace id
+    (HD.1) as ``table`` maps it (a site's local namespaces), or as sent when it is a URI."""
+    if not element:
+        return None
+    universal, kind, namespace = text_of(element[2]), text_of(element[3]).upper(), text_of(element[1])
+    known = table.lookup if table is not None else (lambda code: None)
+    if universal and kind in ("ISO", "UUID", "URI"):
+        mapped = known(universal)
+        if mapped is not None:
+            return mapped["code"]
+        as_uri = {"ISO": oid_to_urn, "UUID": uuid_to_urn, "URI": uri}[kind](universal)
+        if as_uri is not None:
+            return as_uri
+    if namespace:
+        mapped = known(namespace)
+        if mapped is not None:
+            return mapped["code"]
+        return uri(namespace)
+    return None
 
 
 @builder
