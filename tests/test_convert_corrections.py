@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from gateway.validate import validate_bundle
@@ -64,3 +66,18 @@ def test_tq1_priority_wins_over_the_deprecated_obr5() -> None:
     assert only(bundle, "ServiceRequest")["priority"] == "stat"
     without_timing = converter().convert(message(ORU, PID, "ORC|RE|P1|F1", obr))
     assert only(without_timing, "ServiceRequest")["priority"] == "routine"
+
+
+def test_a_note_sent_as_several_text_lines_is_one_document() -> None:
+    mdm = MSH_ADT.replace("ADT^A01^ADT_A01", "MDM^T02^MDM_T02")
+    txa = "TXA|1|CN^Consultation note^L|TX|20240101120000+0100||||||||DOC1^HOSP||||||AU"
+    lines = [
+        "OBX|1|TX|NOTE^Note^L||First line",
+        "OBX|2|TX|NOTE^Note^L||Second line~Third line",
+        "OBX|3|FT|NOTE^Note^L||End",
+    ]
+    bundle = converter().convert(message(mdm, "EVN|T02", PID, PV1, txa, *lines))
+    validate_bundle(bundle)
+    (content,) = only(bundle, "DocumentReference")["content"]
+    text = base64.b64decode(content["attachment"]["data"]).decode()
+    assert (content["attachment"]["contentType"], text) == ("text/plain", "First line\nSecond line\nThird line\nEnd")

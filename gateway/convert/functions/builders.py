@@ -115,19 +115,23 @@ def identifier_system(element: Element | None, ctx: Context, table: Table | None
     if not element:
         return None
     universal, kind, namespace = text_of(element[2]), text_of(element[3]).upper(), text_of(element[1])
-    known = table.lookup if table is not None else (lambda code: None)
+
+    def known(key: str) -> dict[str, str] | None:
+        return table.lookup(key) if table is not None else None
+
     if universal and kind in ("ISO", "UUID", "URI"):
         mapped = known(universal)
         if mapped is not None:
             return mapped["code"]
-        as_uri = {"ISO": oid_to_urn, "UUID": uuid_to_urn, "URI": uri}[kind](universal)
+        as_uri: str | None = {"ISO": oid_to_urn, "UUID": uuid_to_urn, "URI": uri}[kind](universal)
         if as_uri is not None:
             return as_uri
     if namespace:
         mapped = known(namespace)
         if mapped is not None:
             return mapped["code"]
-        return uri(namespace)
+        as_sent: str | None = uri(namespace)
+        return as_sent
     return None
 
 

@@ -157,18 +157,25 @@ def tm_to_time(text: str) -> str | None:
     return f"{hour}:{minute or '00'}:{second or '00'}{fraction or ''}"
 
 
-@builder(reads="segment", fields=("OBX-5",))
-def text_attachment(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
-    """A text OBX-5 (TX, FT, ST; every repetition a line) -> a text/plain Attachment (IG
-    OBX[DocumentReference] TX/FT rows)."""
-    segment = ctx.segment
-    if segment is None:
-        return None
-    lines = [rep.value for rep in segment.repetitions(5)]
+_TEXT_TYPES = ("TX", "FT", "ST")
+
+
+@builder(reads="message", fields=("OBX-2", "OBX-5"))
+def document_text(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
+    """The text of a document (MDM): every text OBX (TX, FT, ST; each repetition a line), in order,
+    as one text/plain attachment. A note sent as n OBX lines is one document with one rendition,
+    not n (IG OBX[DocumentReference] TX/FT rows, read for the whole document)."""
+    lines = [
+        rep.value
+        for segment in ctx.message.all("OBX")
+        if text_of(segment.field(2)).upper() in _TEXT_TYPES
+        for rep in segment.repetitions(5)
+    ]
     text = "\n".join(lines).strip()
     if not text:
         return None
-    return {"contentType": "text/plain", "data": base64.b64encode(text.encode("utf-8")).decode()}
+    data = base64.b64encode(text.encode("utf-8")).decode()
+    return {"attachment": {"contentType": "text/plain", "data": data}}
 
 
 # TXA-3 document content presentation (HL7 table 0191) as a MIME type.
