@@ -254,6 +254,18 @@ def cmd_mapping_schema(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mapping_coverage(settings: Settings, args: argparse.Namespace) -> int:
+    """Print how much of the IG's segment maps the mappings follow (the table in docs/mappings.md)."""
+    from gateway.convert.loading.coverage import coverage_table
+    from gateway.convert.runtime.engine import Converter
+
+    ig = args.ig or Path(__file__).resolve().parent.parent / "docs" / "ig-maps" / "segments"
+    if not ig.is_dir():
+        raise ConfigError(f"no IG segment maps at {ig} (a source checkout has them; or pass --ig DIR)")
+    print(coverage_table(Converter.load().mappings, ig), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hl7gw", description="HL7 v2 (MLLP) to FHIR R4 gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -305,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("mapping-schema", help="print the JSON Schema of mapping files, for editors").set_defaults(
         func=cmd_mapping_schema
     )
+    coverage = sub.add_parser("mapping-coverage", help="print how much of the v2-to-FHIR IG's segment maps is followed")
+    coverage.add_argument("--ig", type=Path, help="folder of the IG's segment CSVs (default: docs/ig-maps/segments)")
+    coverage.set_defaults(func=cmd_mapping_coverage)
     return parser
 
 
