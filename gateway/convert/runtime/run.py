@@ -355,10 +355,7 @@ class Run:
         except GatewayError:
             raise
         except Exception as exc:  # a function failed on content it did not expect: say where
-            raise MappingError(
-                f"{inst.plan.map.name} failed on {inst.segment.name} segment #{self._index(inst.segment)}: "
-                f"{describe(exc)}"
-            ) from exc
+            raise self._failed(inst, exc) from exc
         entries[(rtype, rid)] = _put(resource)
 
     def _fill_or_drop(self, inst: _Instance) -> None:
@@ -380,10 +377,11 @@ class Run:
         except GatewayError:
             raise
         except Exception as exc:  # a function failed on content it did not expect: say where
-            raise MappingError(
-                f"{inst.plan.map.name} failed on {inst.segment.name} segment #{self._index(inst.segment)}: "
-                f"{describe(exc)}"
-            ) from exc
+            raise self._failed(inst, exc) from exc
+
+    def _failed(self, inst: _Instance, exc: Exception) -> MappingError:
+        where = f"{inst.segment.name} segment #{self._index(inst.segment)}"
+        return MappingError(f"{inst.plan.map.name} failed on {where}: {describe(exc)}")
 
     def _index(self, seg: Segment) -> int:
         return next(n for n, s in enumerate(self.message.segments, 1) if s is seg)
