@@ -106,7 +106,9 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    converter = Converter.load()
+    # Three corpus messages carry segments their MSH-9 type has no place for; by default they are
+    # refused (a dead letter), so the mix is measured as a sender set to "note" would be converted.
+    converter = Converter.load(unplaced="note")
     print(
         f"mappings loaded and compiled in {(time.perf_counter() - start) * 1000:.0f} ms "
         f"({len(converter.plans)} trigger events)"
