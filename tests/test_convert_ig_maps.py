@@ -35,3 +35,14 @@ def test_who_entered_an_appointment_is_an_agent_of_the_provenance() -> None:
     bundle = converter().convert(message(siu, sch, PID))
     enterers = [a for a in only(bundle, "Provenance")["agent"] if a["type"]["coding"][0]["code"] == "enterer"]
     assert [a["who"]["reference"].split("/")[0] for a in enterers] == ["Practitioner"]
+
+
+def test_a_prt_after_an_obx_says_where_it_was_observed() -> None:
+    oru = MSH_ADT.replace("ADT^A01^ADT_A01", "ORU^R01^ORU_R01")
+    prt = "PRT||AD||RO^Responsible Observer^HL70912|||||LAB1^^^MAINLAB"
+    bundle = converter().convert(message(oru, PID, "OBR|1|P1|F1|GLU^Glucose^L", "OBX|1|NM|GLU^Glucose^L||5|||||F", prt))
+    event_location = "http://hl7.org/fhir/StructureDefinition/event-location"
+    (where,) = [e for e in only(bundle, "Observation")["extension"] if e["url"] == event_location]
+    target = where["valueReference"]["reference"].split("/")[1]
+    location = next(e["resource"] for e in bundle["entry"] if e["resource"]["id"] == target)
+    assert "LAB1" in location["name"]
