@@ -3,13 +3,17 @@ else an OBX-5 type cannot read stays as valueString, and every such value is not
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.convert.runtime.engine import Converter, default_mappings_dir
 from gateway.errors import MappingError
 from gateway.validate import validate_bundle
-from tests.support.convert import MSH_ADT, PID, PV1, converter, message, only
+from tests.support.convert import MSH_ADT, PID, PV1, converter, message, only, resources
 
 ORU = MSH_ADT.replace("ADT^A01^ADT_A01", "ORU^R01^ORU_R01")
 OBR = "OBR|1|P1|F1|GLU^Glucose^L"
@@ -78,3 +82,27 @@ def test_one_bad_result_is_left_out_the_rest_is_converted() -> None:
 def test_a_resource_the_message_requires_still_refuses_it() -> None:
     with pytest.raises(MappingError, match="no business identifier"):
         converter().convert(message(MSH_ADT, "PID|1||||Doe^Jane", PV1))
+
+
+def test_nothing_refers_to_a_left_out_resource_through_a_duplicate(tmp_path: Path) -> None:
+    """With on_duplicate keep_first, a second NK1 of the same person *is* the first: when the
+    first is left out, the second is not referred to either (the Provenance names neither)."""
+    root = tmp_path / "mappings"
+    shutil.copytree(default_mappings_dir(), root)
+    patient_map = root / "messages/_patient.yaml"
+    patient_map.write_text(
+        patient_map.read_text().replace(
+            '    map: "NK1[RelatedPerson]"\n', '    map: "NK1[RelatedPerson]"\n    on_duplicate: keep_first\n'
+        )
+    )
+    nk1_map = root / "segments/NK1_RelatedPerson.yaml"
+    rule = '{from: NK1-7, to: "relationship[]", datatype: "CWE[CodeableConcept]", table: ContactRole}'
+    nk1_map.write_text(nk1_map.read_text().replace(rule, rule[:-1] + ", required: true}"))
+    first = "NK1|1|Roe^Rita|SPO|||||||||K77^^^HOSP^MR"
+    second = "NK1|2|Roe^Rita|SPO||||EC^Emergency Contact^HL70131|||||K77^^^HOSP^MR"
+    conversion = Converter.load(root).convert_with_report(message(MSH_ADT, PID, first, second, PV1))
+    validate_bundle(conversion.bundle)
+    assert resources(conversion.bundle, "RelatedPerson") == []
+    targets = [t["reference"] for t in only(conversion.bundle, "Provenance")["target"]]
+    assert not any(t.startswith("RelatedPerson/") for t in targets)
+    assert any(n.startswith("NK1#3 left out (RelatedPerson related_person)") for n in conversion.notes)

@@ -46,6 +46,11 @@ class _Instance:
     #: Left out: a value its map requires is missing (the rest of the message is still converted).
     dropped: bool = False
 
+    @property
+    def gone(self) -> bool:
+        """Left out, itself or the instance whose resource it is (on_duplicate: keep_first)."""
+        return self.dropped or (self.alias_of is not None and self.alias_of.dropped)
+
 
 @dataclass
 class Conversion:
@@ -173,7 +178,7 @@ class Run:
         node: GroupNode | None = inst.group
         while node is not None:
             for other in index.get((id(node), kind), ()):
-                if other is not inst and not other.dropped:
+                if other is not inst and not other.gone:
                     return other
             node = node.parent
         return None
@@ -274,7 +279,7 @@ class Run:
             return
         pool = self.below.get(id(self.root if scope == "message" else inst.group), [])
         for other in pool:
-            if other is not inst and not other.dropped and (name == "*" or other.plan.name == name):
+            if other is not inst and not other.gone and (name == "*" or other.plan.name == name):
                 yield f"{other.plan.resource_type}/{self.resolve_id(other)}"
         if name == "*" and scope == "message":
             for made in self.made:
