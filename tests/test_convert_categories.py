@@ -49,3 +49,21 @@ def test_every_result_in_the_samples_has_a_category(path: Path) -> None:
     bundle = converter().convert(parse(decode_message(path.read_bytes())))
     for resource in resources(bundle, "Observation") + resources(bundle, "DiagnosticReport"):
         assert _categories(resource), f"{resource['resourceType']}/{resource['id']} has no category"
+
+
+@pytest.mark.parametrize("path", sorted(SAMPLES.glob("[A-Z][A-Z][A-Z]_*/*.hl7")), ids=lambda p: p.name)
+def test_every_observation_has_a_value_or_says_why_not(path: Path) -> None:
+    """US Core (and FHIR obs-6): a value, components, the data it derives from, or a
+    dataAbsentReason, and a dataAbsentReason only without a value."""
+    bundle = converter().convert(parse(decode_message(path.read_bytes())))
+    for observation in resources(bundle, "Observation"):
+        valued = any(key.startswith("value") for key in observation)
+        assert valued or {"component", "derivedFrom", "dataAbsentReason"} & observation.keys(), observation["id"]
+        assert not (valued and "dataAbsentReason" in observation), observation["id"]
+
+
+def test_an_empty_result_value_says_it_is_unknown() -> None:
+    obr = "OBR|1|P1|F1|GLU^Glucose^L"
+    bundle = converter().convert(message(ORU, PID, obr, "OBX|1|NM|GLU^Glucose^L|||mmol/L|||||P"))
+    reason = only(bundle, "Observation")["dataAbsentReason"]["coding"][0]
+    assert (reason["system"], reason["code"]) == ("http://terminology.hl7.org/CodeSystem/data-absent-reason", "unknown")
