@@ -12,8 +12,8 @@ from sqlalchemy.engine import Engine
 from gateway import cli
 from gateway.journal.dead_letters import DeadLetterStore
 from gateway.journal.messages import MessageArchive
-from tests.support.mllp import RawClient, adt, listening, queued
-from tests.support.queue import RunningWorker, wait_until, worker_settings
+from tests.support.mllp import RawClient, adt, listening
+from tests.support.queue import RunningWorker, queued, wait_until, worker_settings
 
 INCOMING_ACK = b"MSH|^~\\&|SND|FAC|GW|GWF|20240101||ACK^A01^ACK|K-1|P|2.5.1\rMSA|AA|OUT-1\r"
 UNREADABLE = b"this is not hl7"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from gateway.mllp.framing import encode_frame
 from gateway.services.embedded_redis import EmbeddedRedis
-from tests.support.mllp import RawClient, adt, listening, queued
+from tests.support.mllp import RawClient, adt, listening
+from tests.support.queue import queued
 
 CONNECTIONS = 5
 

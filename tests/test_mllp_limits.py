@@ -6,7 +6,8 @@ import asyncio
 
 from gateway.mllp.framing import OVERSIZED_HEAD_BYTES
 from gateway.mllp.limits import Limits
-from tests.support.mllp import RawClient, adt, listening, queued
+from tests.support.mllp import RawClient, adt, listening
+from tests.support.queue import queued
 
 
 def test_oversized_message_gets_ar_and_the_connection_is_closed(redis_url: str, redis_namespace: str) -> None:

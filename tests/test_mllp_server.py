@@ -15,7 +15,8 @@ from gateway.mllp.limits import Limits
 from gateway.mllp.triage import IntakeRules, Triage
 from gateway.services.embedded_redis import free_port
 from tests.conftest import SAMPLES, sample
-from tests.support.mllp import RawClient, adt, listening, queued
+from tests.support.mllp import RawClient, adt, listening
+from tests.support.queue import queued
 
 TYPES = Triage(
     IntakeRules(supports=lambda c, t: (c, t) in {("ADT", "A01"), ("ADT", "A04")}, known_codes=frozenset({"ADT"}))

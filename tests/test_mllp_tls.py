@@ -12,7 +12,8 @@ import trustme
 from gateway.errors import ConfigError
 from gateway.mllp.client import send_messages
 from gateway.mllp.tls import client_context, server_context
-from tests.support.mllp import RawClient, adt, listening, queued
+from tests.support.mllp import RawClient, adt, listening
+from tests.support.queue import queued
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,10 @@ import ssl
 from collections.abc import AsyncIterator
 
 import hl7
-import redis
-from dramatiq import Message
 from hl7.client import MLLPClient
 
-from gateway.envelope import Envelope
 from gateway.hl7.message import Message as Hl7Message
 from gateway.hl7.message import parse
-from gateway.keys import Keys
 from gateway.mllp.framing import FrameDecoder, encode_frame
 from gateway.mllp.limits import Limits
 from gateway.mllp.server import MllpServer
@@ -110,17 +106,6 @@ class RawClient:
         self.writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
             await self.writer.wait_closed()
-
-
-def queued(redis_url: str, namespace: str) -> list[Envelope]:
-    """Every envelope in the durable queue, in queue order."""
-    keys = Keys(namespace)
-    client = redis.Redis.from_url(redis_url)
-    try:
-        ids = client.lrange(keys.queue(), 0, -1)
-        return [Envelope.from_json(Message.decode(client.hget(keys.queue_messages(), i)).args[0]) for i in ids]
-    finally:
-        client.close()
 
 
 def send_raw(raw: bytes, port: int) -> hl7.Message:
