@@ -114,7 +114,7 @@ def identifier_system(element: Element | None, ctx: Context, table: Table | None
     (HD.1) as ``table`` maps it (a site's local namespaces), or as sent when it is a URI."""
     if not element:
         return None
-    universal, kind, namespace = text_of(element[2]), text_of(element[3]).upper(), text_of(element[1])
+    universal, kind, namespace = text_of(element[2]), text_of(element[3]), text_of(element[1])
 
     def known(key: str) -> dict[str, str] | None:
         return table.lookup(key) if table is not None else None
