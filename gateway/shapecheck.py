@@ -15,6 +15,7 @@ import threading
 import types
 import typing
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pydantic
@@ -25,7 +26,7 @@ from fhir.resources.R4B import get_fhir_model_class
 Shape = Any
 Checker = Callable[[Any], bool]
 
-_MARKERS: dict[type, str] = {str: "s", bool: "b", int: "i", float: "f"}
+_MARKERS: dict[type, str] = {str: "s", bool: "b", int: "i", float: "f", Decimal: "d"}
 MAX_SHAPES = 20_000
 MAX_REMEMBERED_VALUES = 4_096
 

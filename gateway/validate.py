@@ -20,6 +20,7 @@ import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
 
+from gateway import fhirjson
 from gateway.errors import ValidationError
 from gateway.lru import LRU
 from gateway.shapecheck import Shape, ShapeRegistry, Walk
@@ -125,7 +126,7 @@ class _Outcome(NamedTuple):
 def check_resource(resource: dict[str, Any]) -> _Outcome:
     """The content checks for one resource, from the cache when this content was seen before."""
     # The canonical JSON itself is the key: hashing it again would cost more than the lookup saves.
-    digest = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+    digest = fhirjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
     outcome = _cache.data.get(digest)  # lock-free read of a dict (atomic in CPython); the LRU order is kept on writes
     if outcome is not None:
         return outcome

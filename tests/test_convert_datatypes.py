@@ -6,6 +6,7 @@ import base64
 import re
 from collections.abc import Iterator
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -278,7 +279,7 @@ def test_sn_quantity_with_comparator(comparator: str, number: Any) -> None:
 
 
 def test_sn_forms() -> None:
-    assert _sn("<0.10") == ("Quantity", {"value": 0.1, "comparator": "<"})  # sent in one component
+    assert _sn("<0.10") == ("Quantity", {"value": Decimal("0.10"), "comparator": "<"})  # one component, digits kept
     assert _sn("^1^-^5") == ("Range", {"low": {"value": 1}, "high": {"value": 5}})
     assert _sn("^1^:^128") == ("Ratio", {"numerator": {"value": 1}, "denominator": {"value": 128}})
     assert _sn("<^1^/^2") == ("Ratio", {"numerator": {"value": 1, "comparator": "<"}, "denominator": {"value": 2}})
@@ -290,6 +291,8 @@ def test_sn_forms() -> None:
 def test_decimal_text() -> None:
     assert to_decimal("190") == 190 and isinstance(to_decimal("190"), int)
     assert to_decimal("-0.5") == -0.5 and to_decimal(".5") == 0.5 and to_decimal("+3.") == 3.0
+    # A fraction keeps its digits (FHIR decimal precision is significant): 0.90 is not 0.9.
+    assert str(to_decimal("0.90")) == "0.90" and str(to_decimal("+1.500")) == "1.500"
     for bad in ("", "1e5", "nan", "1,5", "--1", "1.2.3"):
         assert to_decimal(bad) is None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import fhirkit
 import orjson
 import pytest
 
+from gateway import fhirjson
 from gateway.convert.runtime.engine import Converter
 from gateway.errors import MappingError
 from gateway.hl7.charset import decode_message
@@ -56,9 +58,14 @@ def test_bundle_matches_golden(path: Path) -> None:
         assert [str(i) for i in fhirkit.validate(bundle) if i.severity == "error"] == []
     golden = path.with_suffix(".fhir.json")
     if UPDATE:
-        golden.write_bytes(orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n")
+        golden.write_bytes(fhirjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n")
     assert golden.exists(), f"no golden file; create it with HL7GW_UPDATE_GOLDEN=1 ({golden})"
-    assert strip_volatile(bundle) == strip_volatile(orjson.loads(golden.read_bytes()))
+    expected = strip_volatile(fhirjson.loads(golden.read_bytes()))
+    assert strip_volatile(fhirjson.loads(fhirjson.dumps(bundle))) == expected
+    # And as text: a decimal's digits count (0.10 is not 0.1, though the two are equal numbers).
+    assert fhirjson.dumps(strip_volatile(bundle), option=orjson.OPT_SORT_KEYS) == fhirjson.dumps(
+        expected, option=orjson.OPT_SORT_KEYS
+    )
 
 
 def test_every_trigger_has_a_golden_sample() -> None:
@@ -159,9 +166,9 @@ def test_ig_oru_r01_results() -> None:
     observations = resources(bundle, "Observation")
     assert len(observations) == 3
     first, second, third = (o["valueQuantity"] for o in observations)
-    assert first == {"value": 3.9, "unit": "kU/L"}
-    assert second == {"value": 0.59, "unit": "kU/L"}
-    assert third == {"value": 0.1, "comparator": "<", "unit": "kU/L"}
+    assert first == {"value": Decimal("3.9"), "unit": "kU/L"}
+    assert second == {"value": Decimal("0.59"), "unit": "kU/L"}
+    assert third == {"value": Decimal("0.10"), "comparator": "<", "unit": "kU/L"}  # digits as sent
     assert [o["code"]["coding"][0]["code"] for o in observations] == ["6153-1", "6041-8", "6265-3"]
     assert all(o["status"] == "final" for o in observations)
     assert observations[0]["interpretation"][0]["coding"][0]["code"] == "A"

@@ -12,6 +12,8 @@ from fastapi.responses import Response
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway import fhirjson
+
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
@@ -48,7 +50,7 @@ class FHIRResponse(Response):
         super().__init__(content, status_code, headers, media_type)
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=self._options)
+        return fhirjson.dumps(content, option=self._options)
 
 
 class FHIRError(Exception):

@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 import httpx
-import orjson
 
+from gateway import fhirjson
 from gateway.errors import DeliveryError, TransientDeliveryError
 from gateway.sinkspec import SinkSpec
 
@@ -84,7 +84,7 @@ class RemoteSink:
 
     def _request(self, method: str, url: str, body: dict[str, Any] | None) -> None:
         where = f"{method} {self.spec.url}/{url}".rstrip("/")
-        content = orjson.dumps(body) if body is not None else None
+        content = fhirjson.dumps(body) if body is not None else None
         try:
             response = self.client.request(method, url, content=content)
         except httpx.TimeoutException as exc:
@@ -106,11 +106,11 @@ class RemoteSink:
 def _outcome(response: httpx.Response) -> tuple[dict[str, Any] | None, str]:
     """The OperationOutcome in a response (and its JSON text), or the body's start when there is none."""
     try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
+        body = fhirjson.loads(response.content)
+    except ValueError:  # orjson.JSONDecodeError and json.JSONDecodeError
         return None, response.text[:2000] or response.reason_phrase
     if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        return body, orjson.dumps(body).decode()
+        return body, fhirjson.dumps(body).decode()
     return None, response.text[:2000]
 
 

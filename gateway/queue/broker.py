@@ -18,8 +18,10 @@ from typing import Protocol
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.errors import BrokerConnectionError, ConnectionClosed
+from dramatiq.encoder import MessageData
+from dramatiq.errors import BrokerConnectionError, ConnectionClosed, DecodeError
 
+from gateway import fhirjson
 from gateway.errors import describe, unavailable_dependency
 from gateway.keys import QUEUE, Keys
 
@@ -50,7 +52,23 @@ def make_broker(
         maintenance_chance=0,
     )
     broker.declare_queue(QUEUE)
+    dramatiq.set_encoder(FhirJsonEncoder())
     return broker
+
+
+class FhirJsonEncoder(dramatiq.Encoder):
+    """Queue messages as JSON that keeps a decimal's digits (a sink message carries a Bundle whose
+    ``0.90`` must reach the remote server as ``0.90``); orjson, so also faster than dramatiq's own."""
+
+    def encode(self, data: MessageData) -> bytes:
+        return fhirjson.dumps(data)
+
+    def decode(self, data: bytes) -> MessageData:
+        try:
+            decoded: MessageData = fhirjson.loads(data)
+        except ValueError as exc:  # not UTF-8 or not JSON; the message is not quoted (PHI)
+            raise DecodeError("a queue message is not JSON", b"", exc) from None
+        return decoded
 
 
 class GatewayBroker(RedisBroker):

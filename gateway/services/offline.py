@@ -14,6 +14,7 @@ from typing import TextIO
 
 import orjson
 
+from gateway import fhirjson
 from gateway.convert.runtime.engine import Conversion, Converter
 from gateway.errors import ConfigError, GatewayError
 from gateway.hl7.charset import decode_message
@@ -66,7 +67,7 @@ def convert_files(paths: list[str], report: bool, out: TextIO, err: TextIO, conv
                 print(f"{where}: {type(exc).__name__}: {exc}", file=err)
                 continue
             converted += 1
-            out.write(orjson.dumps(conversion.bundle, option=orjson.OPT_INDENT_2).decode() + "\n")
+            out.write(fhirjson.dumps(conversion.bundle, option=orjson.OPT_INDENT_2).decode() + "\n")
             if report:
                 print("\n".join(describe(where, conversion)), file=err)
     if not converted and not failed:

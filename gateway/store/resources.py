@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import and_, false, or_, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway import fhirjson
 from gateway.db.schema import fhir_resource, fhir_resource_history
 from gateway.errors import DeliveryError, GatewayError, as_unavailable, describe
 from gateway.store.history import build_history, run_history
@@ -162,7 +162,7 @@ class ResourceStore:
                 drop_index_rows(conn, [(row.type, row.id) for row in rows])
                 rebuilt = IndexRows()
                 for row in rows:
-                    rebuilt.extend(index_rows(row.type, row.id, orjson.loads(row.content)))
+                    rebuilt.extend(index_rows(row.type, row.id, fhirjson.loads(row.content)))
                 insert_index_rows(conn, rebuilt)
                 conn.commit()
             done += len(rows)
@@ -185,7 +185,7 @@ class ResourceStore:
 
 
 def _stored(resource_type: str, resource_id: str, row: Any) -> StoredResource:
-    resource = orjson.loads(row.content) if row.content is not None else None
+    resource = fhirjson.loads(row.content) if row.content is not None else None
     return StoredResource(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, resource)
 
 

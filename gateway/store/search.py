@@ -15,6 +15,7 @@ import orjson
 from sqlalchemy import ColumnElement, Select, exists, false, func, or_, select
 from sqlalchemy.engine import Connection
 
+from gateway import fhirjson
 from gateway.db.schema import SEARCH_TABLES, fhir_resource
 from gateway.store.search_includes import Include, fetch_included, parse_include
 from gateway.store.search_paging import Cursor, SortKey, after, decode_cursor, encode_cursor, order_by, parse_sort
@@ -180,7 +181,7 @@ def run_search(conn: Connection, query: SearchQuery) -> SearchResult:
     if query.with_total:
         whole = query.cursor is None and not more  # the first page holds every match
         total = len(rows) if whole else conn.execute(query.total()).scalar_one()
-    resources = [orjson.loads(row.content) for row in rows]
+    resources = [fhirjson.loads(row.content) for row in rows]
     included, truncated = fetch_included(conn, query.resource_type, [r["id"] for r in resources], query.includes)
     warnings = ["more resources were included than one page may hold; some were left out"] if truncated else []
     return SearchResult(resources, total, query.count, included, next_cursor, previous_cursor, warnings, query.ignored)

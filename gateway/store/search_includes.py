@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from sqlalchemy import false, select
 from sqlalchemy.engine import Connection
 
+from gateway import fhirjson
 from gateway.db.schema import fhir_resource, fhir_search_reference
 from gateway.store.search_params import SearchParam
 from gateway.store.search_registry import SEARCH_PARAMETERS, can_refer_to
@@ -130,7 +130,7 @@ def _contents(conn: Connection, keys: list[tuple[str, str]]) -> list[dict[str, A
                 table.c.type == resource_type, table.c.id.in_(chunk), table.c.deleted == false()
             )
             found.update(((resource_type, row.id), row.content) for row in conn.execute(stmt))
-    return [orjson.loads(found[key]) for key in keys if key in found]
+    return [fhirjson.loads(found[key]) for key in keys if key in found]
 
 
 def _chunks(ids: list[str]) -> Iterable[list[str]]:

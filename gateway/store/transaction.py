@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import orjson
 
+from gateway import fhirjson
 from gateway.errors import DeliveryError
 
 #: created / updated / deleted: the entry made a new version. unchanged: the store already held
@@ -82,7 +83,7 @@ class Change:
 def canonical_json(resource: dict[str, Any]) -> bytes:
     """The resource without ``meta`` as JSON with sorted keys: equal content, equal bytes."""
     body = {key: value for key, value in resource.items() if key != "meta"}
-    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return fhirjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
 def content_hash(resource: dict[str, Any]) -> str:
@@ -148,4 +149,4 @@ def stamp(resource: dict[str, Any], version: int, last_updated: str) -> str:
     out: dict[str, Any] = {"resourceType": resource["resourceType"], "id": resource["id"], "meta": meta}
     out.update(resource)
     out["meta"] = meta  # where the stored order puts it: after resourceType and id
-    return orjson.dumps(out).decode()
+    return fhirjson.dumps(out).decode()

@@ -29,9 +29,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy.engine import Connection
 
+from gateway import fhirjson
 from gateway.journal import provenance
 from gateway.store import merges as merge_rules
 from gateway.store import resource_rows
@@ -288,7 +288,7 @@ def _move_references(
         state = mover.state[key]
         if state is None or state.deleted or state.content is None:
             continue
-        resource = orjson.loads(state.content)
+        resource = fhirjson.loads(state.content)
         rewritten = merges.rewrite(key[0], resource, merge_rules.referenced_patients(canonical_json(resource)))
         if rewritten is None:
             continue

@@ -15,10 +15,10 @@ the copy that keeps callers from changing what the memo holds.
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
-import orjson
-
+from gateway import fhirjson
 from gateway.convert.model.context import Context
 from gateway.convert.model.elements import CachedElement
 from gateway.convert.model.tables import Table
@@ -28,7 +28,7 @@ from gateway.hl7.message import Segment
 MEMO_SIZE = 20_000
 
 Build = Callable[[Any, Context, "Table | None"], Any]
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = (str, int, float, Decimal, bool, type(None))
 
 
 class Entry:
@@ -47,7 +47,7 @@ class Entry:
             self.payload: bytes | None = None
             self.scalar = value
         else:
-            self.payload = orjson.dumps((value, made))
+            self.payload = fhirjson.dumps((value, made))
 
     def replay(self, ctx: Context) -> Any:
         if self.notes:
@@ -55,7 +55,7 @@ class Entry:
         if self.payload is None:
             value = self.scalar
         else:
-            value, made = orjson.loads(self.payload)
+            value, made = fhirjson.loads(self.payload)
             if made:
                 ctx.made.extend(made)
         return value if self.choice is None else (self.choice, value)

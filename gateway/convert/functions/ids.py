@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway import fhirjson
 from gateway.convert.functions import text_of
 from gateway.convert.model.elements import CachedElement, cached
 from gateway.convert.model.paths import SourcePath
@@ -223,7 +224,12 @@ MADE_KEYS: dict[str, MadeKey] = {}
 
 
 def _content_key(resource: dict[str, Any]) -> str:
-    return "content|" + hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    return (
+        "content|"
+        + hashlib.sha256(orjson.dumps(resource, default=fhirjson.as_float, option=orjson.OPT_SORT_KEYS)).hexdigest()[
+            :32
+        ]
+    )
 
 
 def _identifier_key(resource: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ primitives (``transform: name``). A function returns None (never "", {} or []) w
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from gateway.convert.functions.registry import READS, TRANSFORMS, ZONED_TRANSFORMS, transform
 from gateway.hl7 import dtm
@@ -35,14 +36,15 @@ _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)$")
 
 
 @transform
-def to_decimal(text: str) -> int | float | None:
-    """v2 NM (chapter 2A.47) to a JSON number; integers stay integers. Trailing zeros are not kept."""
+def to_decimal(text: str) -> int | Decimal | None:
+    """v2 NM (chapter 2A.47) to a JSON number: integers stay integers, and a number with a fraction
+    keeps its digits (``0.90`` is a Decimal that gateway/fhirjson.py writes as ``0.90``)."""
     text = text.strip()
     if not _NUMBER.match(text):
         return None
     if "." not in text:
         return int(text)
-    return float(text)
+    return Decimal(text)
 
 
 @transform

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
+from gateway import fhirjson
 from gateway.convert.model.context import Context
 
 
@@ -25,7 +24,7 @@ def clone(value: Any) -> Any:
     a JSON round trip in C is faster than copying in Python."""
     kind = type(value)
     if kind is dict or kind is list:
-        return orjson.loads(orjson.dumps(value))
+        return fhirjson.loads(fhirjson.dumps(value))
     if kind is tuple:
         return value[0], clone(value[1])
     return value
