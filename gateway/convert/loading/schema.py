@@ -145,6 +145,8 @@ def _defs() -> dict[str, Any]:
             "wrap": TEXT,
             "set": CONSTANTS,
             "if_empty": {"type": "boolean"},
+            "key": _enum(ID_KEYS),
+            "match": _enum(ID_KEYS),
             "note": NOTE,
         },
         required=["to", "resource"],
