@@ -4,9 +4,15 @@ fields the IG maps that were not read (sub-id, producer, equipment, medical dire
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.convert.functions.ids import resource_id
+from gateway.convert.runtime.engine import Converter, default_mappings_dir
+from gateway.errors import ConfigError
 from tests.support.convert import converter, message, only, resources, sample_message, segment
 
 MSH_23 = "MSH|^~\\&|LAB|HOSP|EHR|HOSP|20240301093000+0100||ORU^R01|M1|P|2.3"
@@ -310,3 +316,76 @@ def test_the_microbiology_sample_links_the_panel_to_the_culture() -> None:
     assert ref(culture) in by_code(bundle, "ServiceRequest", "29576-6")["basedOn"]
     isolate = by_code(bundle, "Observation", "630-4")
     assert by_code(bundle, "Observation", "18993-6")["derivedFrom"] == [ref(isolate)]
+
+
+def test_the_performing_organization_gets_its_address_without_changing_its_id() -> None:
+    bundle = converter().convert(message(MSH_251, PID, OBR_LAB, OBX_LAB))
+    observation = only(bundle, "Observation")
+    performing = next(
+        entry(bundle, p) for p in observation["performer"] if entry(bundle, p).get("name") == "City Laboratory"
+    )
+    (address,) = performing["address"]
+    assert address["line"] == ["1200 Harbor Blvd"] and address["city"] == "Springfield"
+    (director,) = resources(bundle, "PractitionerRole")
+    assert director["organization"] == ref(performing)  # the same Organization, once
+    # An organization known only by its name is keyed on what OBX-23 says, before the address.
+    named = OBX_LAB.replace("City Laboratory^L^^^^CLIA&2.16.840.1.113883.4.7&ISO^XX^^^05D0642827", "Small Lab")
+    with_address = converter().convert(message(MSH_251, PID, OBR_LAB, named))
+    without = converter().convert(
+        message(MSH_251, PID, OBR_LAB, named.replace("1200 Harbor Blvd^^Springfield^IL^62701", ""))
+    )
+    small = [o for o in resources(with_address, "Organization") if o.get("name") == "Small Lab"]
+    assert [o["id"] for o in small] == [
+        o["id"] for o in resources(without, "Organization") if o.get("name") == "Small Lab"
+    ]
+    assert small[0]["address"][0]["city"] == "Springfield"
+
+
+# --- what the loader refuses ---------------------------------------------------------------------
+
+OBX_23_RULE = """  - from: OBX-23
+    to: "performer[]"
+    datatype: "XON[Organization]"
+    made:
+      - {from: OBX-24, to: "address[]", datatype: "XAD[Address]"}"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reason"),
+    [
+        (
+            'XON[Organization]"\n    made:',
+            'XON[string]"\n    made:',
+            "`made` belongs to a segment map rule whose datatype map makes a resource",
+        ),
+        ('to: "address[]", datatype: "XAD[Address]"', 'to: "gender", datatype: "XAD[Address]"', "Organization has no"),
+    ],
+)
+def test_made_rules_complete_only_a_made_resource(tmp_path: Path, old: str, new: str, reason: str) -> None:
+    root = tmp_path / "mappings"
+    shutil.copytree(default_mappings_dir(), root)
+    path = root / "segments/OBX_Observation.yaml"
+    text = path.read_text()
+    assert text.count(OBX_23_RULE) == 1
+    path.write_text(text.replace(OBX_23_RULE, OBX_23_RULE.replace(old, new)))
+    with pytest.raises(ConfigError, match=reason):
+        Converter.load(root)
+
+
+def test_a_reference_by_key_names_both_functions(tmp_path: Path) -> None:
+    root = tmp_path / "mappings"
+    shutil.copytree(default_mappings_dir(), root)
+    path = root / "messages/_results.yaml"
+    text = path.read_text()
+    path.write_text(text.replace("key: parent_order, match: order}", "key: parent_order}"))
+    with pytest.raises(ConfigError, match="names both `key` and `match`"):
+        Converter.load(root)
+
+
+def test_a_v28_observation_type_is_a_category() -> None:
+    msh = MSH_251.replace("2.5.1", "2.8")
+    obx = OBX_LAB + "||||RSLT"
+    categories = only(converter().convert(message(msh, PID, OBR_LAB, obx)), "Observation")["category"]
+    assert {"system": "http://terminology.hl7.org/CodeSystem/v2-0936", "code": "RSLT", "display": "Result"} in [
+        c["coding"][0] for c in categories
+    ]

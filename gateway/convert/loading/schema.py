@@ -120,6 +120,7 @@ def _defs() -> dict[str, Any]:
             "required": {"type": "boolean"},
             "enrich": {"type": "boolean"},
             "each": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/rule"}},
+            "made": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/rule"}},
             "note": NOTE,
         },
         required=["to"],
