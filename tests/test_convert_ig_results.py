@@ -389,3 +389,18 @@ def test_a_v28_observation_type_is_a_category() -> None:
     assert {"system": "http://terminology.hl7.org/CodeSystem/v2-0936", "code": "RSLT", "display": "Result"} in [
         c["coding"][0] for c in categories
     ]
+
+
+def test_a_note_keeps_its_comment_type() -> None:
+    nte = "NTE|1|L|Confirm resistance by disk diffusion.|RE^Remark^HL70364"
+    (note,) = only(converter().convert(message(MSH_251, PID, OBR_LAB, OBX_LAB, nte)), "Observation")["note"]
+    assert note["extension"] == [
+        {
+            "url": "http://hl7.org/fhir/StructureDefinition/annotationType",
+            "valueCodeableConcept": {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v2-0364", "code": "RE", "display": "Remark"}
+                ]
+            },
+        }
+    ]
