@@ -404,3 +404,10 @@ def test_a_note_keeps_its_comment_type() -> None:
             },
         }
     ]
+
+
+def test_an_order_keeps_its_callback_phone_number() -> None:
+    obr = segment("OBR", {1: "1", 2: "P1^EHR", 3: "F1^LAB", 4: "GLU^Glucose^L", 17: "^WPN^PH^^1^217^5550100", 25: "F"})
+    (callback,) = only(converter().convert(message(MSH_251, PID, obr, OBX_LAB)), "ServiceRequest")["extension"]
+    assert callback["url"] == "http://hl7.org/fhir/StructureDefinition/servicerequest-order-callback-phone-number"
+    assert callback["valueContactPoint"]["system"] == "phone" and "5550100" in callback["valueContactPoint"]["value"]
