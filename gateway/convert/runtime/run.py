@@ -132,6 +132,8 @@ class Run:
         self.keys: dict[tuple[str, str], list[_Instance]] = {}
         self.notes: list[str] = []
         self.made: list[dict[str, Any]] = []
+        # For references by key: (match function, rule name) -> the match key of each such instance.
+        self.match_keys: dict[tuple[int, str], list[tuple[str | None, _Instance]]] = {}
         seps = message.separators
         self.memo_key = f"{seps.field}{seps.encoding_characters}|{tz or ''}"
 
@@ -293,10 +295,15 @@ class Run:
         wanted = ref.key(_IdScope(self, inst))
         if not wanted:
             return
-        for other in self.instances:
-            if other is not inst and not other.gone and other.plan.name == ref.resource:
-                if ref.match(_IdScope(self, other)) == wanted:
-                    yield f"{other.plan.resource_type}/{self.resolve_id(other)}"
+        cache = (id(ref.match), ref.resource)
+        candidates = self.match_keys.get(cache)
+        if candidates is None:
+            candidates = self.match_keys[cache] = [
+                (ref.match(_IdScope(self, other)), other) for other in self.instances if other.plan.name == ref.resource
+            ]
+        for key, other in candidates:
+            if key == wanted and other is not inst and not other.gone:
+                yield f"{other.plan.resource_type}/{self.resolve_id(other)}"
 
     def unplaced_segments(self) -> list[str]:
         """The segments that fit nowhere in the structure and carry content ("OBX#7"), envelope
