@@ -61,6 +61,7 @@ RULE_KEYS = frozenset(
         "required",
         "enrich",
         "each",
+        "made",
         "note",
     }
 )
@@ -261,6 +262,7 @@ class RuleCompiler:
         if "each" in rule:
             return self._each(rule, where, target, resource_type)
         produce, needs_source, expected, types = self.producer(rule, where, target)
+        complete = self._made(rule, where) if "made" in rule else None
         exclusive = self.check_target(where, target, types, rule.get("wrap"))
         source = self.source(rule["from"], where, expected) if "from" in rule else None
         if needs_source and source is None and self.in_segment:
@@ -282,6 +284,7 @@ class RuleCompiler:
 
         if (
             repeats == "first"
+            and complete is None
             and source is not None
             and not checks
             and post is None
@@ -305,6 +308,7 @@ class RuleCompiler:
         pick_sources = all_sources(source, self.in_segment, self.owner)
         if (
             repeats == "all"
+            and complete is None
             and source is not None
             and not checks
             and default is None
@@ -332,9 +336,12 @@ class RuleCompiler:
                     continue
                 if checks and not all(check(subject, rep, ctx) for check in checks):
                     continue
+                made_mark = len(ctx.made)
                 value = produce(element, ctx)
                 if is_empty(value):
                     continue
+                if complete is not None:
+                    complete(subject, ctx, value, made_mark)
                 if post is not None:
                     value = post(value)
                 if repeats == "join":
@@ -391,6 +398,34 @@ class RuleCompiler:
                     writer(out, obj)
 
         return apply_each
+
+    def _made(self, rule: dict[str, Any], where: str) -> Callable[[Any, Context, Any, int], None]:
+        """``made: [rules]`` on a rule whose datatype map makes a resource (``XON[Organization]``):
+        rules over other fields of the segment that complete that resource once its id is given
+        (OBX-24 the address of the OBX-23 organization), so what they add never changes the id."""
+        dmap = self.resolver.datatype_map(str(rule.get("datatype", "")), where) if "datatype" in rule else None
+        if not self.in_segment or dmap is None or not dmap.makes_resource:
+            raise MappingSpecError(where, "`made` belongs to a segment map rule whose datatype map makes a resource")
+        if not isinstance(rule["made"], list) or not rule["made"]:
+            raise MappingSpecError(where, "made is a non-empty list of rules")
+        resource_type = dmap.fhir_type.split("-", 1)[0]
+        inner = RuleCompiler(self.resolver, self.owner, True, f"{self.map_name} ({resource_type})", root=resource_type)
+        rules = [inner.rule(r, getattr(r, "where", where), resource_type) for r in rule["made"]]
+        self.widen(inner.reads)
+        self.fields |= inner.fields
+        self.other_fields += [f for f in inner.other_fields if f not in self.other_fields]
+        self.path_uses += inner.path_uses
+        self.target_uses += inner.target_uses
+
+        def complete(subject: Any, ctx: Context, value: Any, made_mark: int) -> None:
+            reference = value.get("reference") if isinstance(value, dict) else None
+            for made in ctx.made[made_mark:]:
+                if f"{made['resourceType']}/{made['id']}" == reference:
+                    for made_rule in rules:
+                        made_rule(subject, ctx, made)
+                    return
+
+        return complete
 
     def _post(self, rule: dict[str, Any], where: str) -> Callable[[Any], Any] | None:
         """``wrap: individual`` puts the value under that element; ``set`` then writes constants

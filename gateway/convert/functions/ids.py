@@ -180,6 +180,84 @@ def provenance(scope: IdScope) -> str | None:
     return f"{message.sender}|{message.control_id}|{digest}"
 
 
+@id_key()
+def order_specimen(scope: IdScope) -> str | None:
+    """The specimen an OBR describes (OBR-15, no SPM): one per order, keyed on the id of the order's
+    ServiceRequest (so it follows whatever keys the order)."""
+    order_id = scope.nearest_id("ServiceRequest")
+    return f"obr|{order_id}" if order_id else None
+
+
+class _OnSegment:
+    """An IdScope for another segment than the resource's own: the OBR of an OBX, or a parent order
+    written as an OBR (``alone``: it has no ORC or other segments beside it)."""
+
+    def __init__(self, scope: IdScope, segment: Segment, alone: bool = False):
+        self.message, self.segment, self.position = scope.message, segment, scope.position
+        self.group_name = scope.group_name
+        self._scope, self._alone = scope, alone
+
+    def other_segment(self, name: str) -> Segment | None:
+        if name == self.segment.name:
+            return self.segment
+        return None if self._alone else self._scope.other_segment(name)
+
+    def nearest_id(self, resource_type: str) -> str | None:
+        return self._scope.nearest_id(resource_type)
+
+
+def _order_key(scope: IdScope, obr: Segment) -> str | None:
+    """The key the order's own id function (``order``, which ServiceRequest and DiagnosticReport
+    use) gives that OBR."""
+    return ID_KEYS["order"](_OnSegment(scope, obr))
+
+
+def _parent_order_key(scope: IdScope, obr: Segment) -> str | None:
+    """The key of the parent order OBR-29 names (EIP: placer EI ^ filler EI; chapter 4.5.3.29),
+    computed by the order's own id function on the parent's numbers, as the parent keys itself."""
+    parent = _field(obr, 29, scope.message)
+    placer, filler = parent[1], parent[2]
+    if not text_of(placer[1]) and not text_of(filler[1]):
+        return None
+    seps = scope.message.separators
+    as_ei = [rep.value.replace(seps.subcomponent, seps.component) for rep in (placer, filler)]
+    virtual = Segment(seps.field.join(["OBR", "", *as_ei]), seps)
+    return ID_KEYS["order"](_OnSegment(scope, virtual, alone=True))
+
+
+@id_key("OBR-29")
+def parent_order(scope: IdScope) -> str | None:
+    """(For a reference by key) the key of the parent order an OBR names in OBR-29."""
+    return _parent_order_key(scope, scope.segment)
+
+
+@id_key("OBR-26", "OBR-29")
+def parent_result(scope: IdScope) -> str | None:
+    """(For a reference by key, on an OBX) the parent result its OBR names: the parent order
+    (OBR-29) with OBR-26's observation identifier and sub-id (PRL.1.1, PRL.2)."""
+    obr = scope.other_segment("OBR")
+    if obr is None:
+        return None
+    parent = _parent_order_key(scope, obr)
+    result = _field(obr, 26, scope.message)
+    code = text_of(result[1][1])
+    if parent is None or not code:
+        return None
+    return f"{parent}|{code}|{text_of(result[2])}"
+
+
+@id_key("OBX-3", "OBX-4")
+def result_code(scope: IdScope) -> str | None:
+    """(For a reference by key, on an OBX) its order's key with OBX-3's code and OBX-4 sub-id: what
+    a child order's OBR-26 and OBR-29 name."""
+    obr = scope.other_segment("OBR")
+    code = text_of(_field(scope.segment, 3, scope.message)[1])
+    order_key = _order_key(scope, obr) if obr is not None else None
+    if order_key is None or not code:
+        return None
+    return f"{order_key}|{code}|{text_of(_field(scope.segment, 4, scope.message))}"
+
+
 def identifier_key(element: Element) -> str:
     """The key of a business identifier (CX, EI): its first four components, which hold the id and
     who assigned it (CX.4 authority; EI.2-4 namespace, universal id and its type)."""

@@ -49,7 +49,7 @@ RESOURCE_KEYS = {
     "note",
 }
 INCLUDE_KEYS = {"segment", "map", "scope", "to", "note"}
-REFERENCE_KEYS = {"to", "resource", "scope", "wrap", "set", "if_empty", "note"}
+REFERENCE_KEYS = {"to", "resource", "scope", "wrap", "set", "if_empty", "key", "match", "note"}
 ID_SPEC_KEYS = {"identifier", "within", "fields", "note"}
 SCOPES = ("nearest", "group", "message")
 INCLUDE_SCOPES = ("group", "up", "subtree")
@@ -64,7 +64,9 @@ class Reference:
     ``nearest``: the one closest to this resource's segment (same group, then enclosing groups);
     ``group``: every one made inside this resource's group; ``message``: every one in the message.
     ``post`` wraps the Reference (``wrap: actor``) and adds constants (``set``); with ``if_empty``
-    the reference is written only when the element is still empty (a fallback).
+    the reference is written only when the element is still empty (a fallback). With ``key`` and
+    ``match`` (named id key functions) the targets are the resources of that name, anywhere in the
+    message, whose ``match`` key equals this resource's ``key`` key (a child order's parent).
     """
 
     to: str
@@ -74,6 +76,8 @@ class Reference:
     post: Callable[[Any], Any] | None = None
     filled: Callable[[dict[str, Any]], Any] | None = None
     where: str = ""
+    key: KeyFunction | None = None
+    match: KeyFunction | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +217,24 @@ def _references(spec: Any, at: str) -> tuple[Reference, ...]:
         if scope != "nearest" and not target.appends:
             raise MappingSpecError(ref_at, f"scope {scope} can name several resources, so `to` must end in []")
         post = post_processor(ref.get("wrap"), ref.get("set"), None, ref_at, "set" in ref, False)
+        key = match = None
+        if ("key" in ref) != ("match" in ref):
+            raise MappingSpecError(ref_at, "a reference by key names both `key` and `match` (id key functions)")
+        if "key" in ref:
+            key, match = ID_KEYS.get(str(ref["key"])), ID_KEYS.get(str(ref["match"]))
+            if key is None or match is None:
+                raise MappingSpecError(ref_at, f"key and match are id key functions ({', '.join(sorted(ID_KEYS))})")
+            if scope != "nearest" or not target.appends:
+                raise MappingSpecError(
+                    ref_at, "a reference by key searches the message; `to` must end in [] (no scope)"
+                )
         filled = None
         if ref.get("if_empty"):
             filled = compile_reader(parse_target(str(ref["to"]).removesuffix("[]")))
         references.append(
-            Reference(str(ref["to"]), compile_writer(target), str(ref["resource"]), scope, post, filled, ref_at)
+            Reference(
+                str(ref["to"]), compile_writer(target), str(ref["resource"]), scope, post, filled, ref_at, key, match
+            )
         )
     return tuple(references)
 

@@ -17,7 +17,7 @@ from typing import Any
 from gateway.convert.compilation.maps import Mappings
 from gateway.convert.compilation.memo import MEMO_SIZE, Entry, other_fields_key
 from gateway.convert.functions.ids import resource_id
-from gateway.convert.loading.messages import Include, MessagePlan, ResourcePlan
+from gateway.convert.loading.messages import Include, MessagePlan, Reference, ResourcePlan
 from gateway.convert.model.context import Context, segment_beside
 from gateway.convert.model.structure import GroupNode, Slot, group_segments
 from gateway.errors import GatewayError, MappingError, describe
@@ -132,6 +132,8 @@ class Run:
         self.keys: dict[tuple[str, str], list[_Instance]] = {}
         self.notes: list[str] = []
         self.made: list[dict[str, Any]] = []
+        # For references by key: (match function, rule name) -> the match key of each such instance.
+        self.match_keys: dict[tuple[int, str], list[tuple[str | None, _Instance]]] = {}
         seps = message.separators
         self.memo_key = f"{seps.field}{seps.encoding_characters}|{tz or ''}"
 
@@ -231,7 +233,8 @@ class Run:
             if ref.filled is not None and ref.filled(resource):
                 continue
             seen: set[str] = set()
-            for reference in self.targets(inst, ref.resource, ref.scope):
+            found = self.targets(inst, ref.resource, ref.scope) if ref.key is None else self.keyed(inst, ref)
+            for reference in found:
                 if reference not in seen:
                     seen.add(reference)
                     value = {"reference": reference}
@@ -284,6 +287,23 @@ class Run:
         if name == "*" and scope == "message":
             for made in self.made:
                 yield f"{made['resourceType']}/{made['id']}"
+
+    def keyed(self, inst: _Instance, ref: Reference) -> Iterator[str]:
+        """The resources of rule ``ref.resource`` whose ``ref.match`` key is ``inst``'s ``ref.key`` key
+        (a susceptibility order's parent culture: its OBR-29 numbers keyed as the parent keys its own)."""
+        assert ref.key is not None and ref.match is not None
+        wanted = ref.key(_IdScope(self, inst))
+        if not wanted:
+            return
+        cache = (id(ref.match), ref.resource)
+        candidates = self.match_keys.get(cache)
+        if candidates is None:
+            candidates = self.match_keys[cache] = [
+                (ref.match(_IdScope(self, other)), other) for other in self.instances if other.plan.name == ref.resource
+            ]
+        for key, other in candidates:
+            if key == wanted and other is not inst and not other.gone:
+                yield f"{other.plan.resource_type}/{self.resolve_id(other)}"
 
     def unplaced_segments(self) -> list[str]:
         """The segments that fit nowhere in the structure and carry content ("OBX#7"), envelope
