@@ -1,0 +1,110 @@
+"""Scheduling and documents (issue 14 items 8 and 10): an appointment's times from TQ1, SCH-11 and
+AIS, the FHIR R4 Appointment invariants, and the DocumentReference an ED or RP OBX becomes."""
+
+from __future__ import annotations
+
+from gateway.validate import validate_bundle
+from tests.support.convert import PID, converter, message, only, resources, segment
+
+SIU_23 = "MSH|^~\\&|SCHED|CLINIC|R|RF|20240101120000+0100||SIU^{}|C1|P|2.3"
+SIU_251 = "MSH|^~\\&|SCHED|CLINIC|R|RF|20240101120000+0100||SIU^{}^SIU_S12|C1|P|2.5.1"
+RGS = "RGS|1|A"
+
+
+def _appointment(*segments: str) -> dict:
+    bundle = converter().convert(message(*segments))
+    validate_bundle(bundle)
+    return only(bundle, "Appointment")
+
+
+def test_a_v23_appointment_has_the_times_of_sch11() -> None:
+    sch = segment("SCH", {1: "P1", 2: "F1", 11: "^^30^20240105100000^20240105103000"})
+    appointment = _appointment(SIU_23.format("S12"), sch, PID)
+    assert (appointment["start"], appointment["end"]) == ("2024-01-05T10:00:00+01:00", "2024-01-05T10:30:00+01:00")
+
+
+def test_tq1_times_come_before_the_deprecated_sch11() -> None:
+    sch = segment("SCH", {1: "P1", 2: "F1", 11: "^^^20200101080000^20200109080000"})
+    tq1 = segment("TQ1", {7: "20240105140000+0100", 8: "20240105144500+0100"})
+    ais = segment("AIS", {1: "1", 3: "CONS^Consultation^L", 4: "20240105141000+0100", 7: "20", 8: "min"})
+    appointment = _appointment(SIU_251.format("S12"), sch, tq1, PID, RGS, ais)
+    assert (appointment["start"], appointment["end"]) == ("2024-01-05T14:00:00+01:00", "2024-01-05T14:45:00+01:00")
+    assert appointment["serviceType"][0]["coding"][0]["code"] == "CONS"
+
+
+def test_without_tq1_and_sch11_the_service_gives_start_and_duration() -> None:
+    sch = segment("SCH", {1: "P1", 2: "F1"})
+    ais = segment("AIS", {1: "1", 3: "MRI^MRI^L", 4: "20240105141000+0100", 7: "2", 8: "h^hours^ISO+"})
+    appointment = _appointment(SIU_251.format("S12"), sch, PID, RGS, ais)
+    assert (appointment["start"], appointment["end"]) == ("2024-01-05T14:10:00+01:00", "2024-01-05T16:10:00+01:00")
+
+
+def test_a_start_and_the_appointment_duration_give_the_end() -> None:
+    sch = segment("SCH", {1: "P1", 2: "F1", 9: "45", 10: "min", 11: "^^^202401051000"})
+    appointment = _appointment(SIU_23.format("S12"), sch, PID)
+    assert (appointment["start"], appointment["end"]) == ("2024-01-05T10:00:00+01:00", "2024-01-05T10:45:00+01:00")
+    assert appointment["minutesDuration"] == 45
+
+
+def test_a_resource_starts_at_its_offset_and_ends_after_its_duration() -> None:
+    sch = segment("SCH", {1: "P1", 2: "F1", 11: "^^^202401051000^202401051100"})
+    aig = segment(
+        "AIG", {1: "1", 3: "US1^Ultrasound 1^L", 4: "EQ^Equipment^L", 9: "15", 10: "min", 11: "30", 12: "min"}
+    )
+    aip = segment("AIP", {1: "1", 3: "D1^Doe^John", 4: "ATND^attender^L", 6: "202401051000", 9: "1", 10: "h"})
+    appointment = _appointment(SIU_23.format("S12"), sch, PID, RGS, aig, aip)
+    periods = {p["type"][0]["coding"][0]["code"]: p["period"] for p in appointment["participant"] if "period" in p}
+    assert periods["EQ"] == {"start": "2024-01-05T10:15:00+01:00", "end": "2024-01-05T10:45:00+01:00"}
+    assert periods["ATND"] == {"start": "2024-01-05T10:00:00+01:00", "end": "2024-01-05T11:00:00+01:00"}
+
+
+def test_an_appointment_whose_end_nothing_gives_is_left_out_with_a_note() -> None:
+    """R4 app-2/app-3: a booked appointment has start and end; a start alone cannot be written."""
+    sch = segment("SCH", {1: "P1", 2: "F1", 11: "^^^202401051000"})
+    conversion = converter().convert_with_report(message(SIU_23.format("S12"), sch, PID))
+    validate_bundle(conversion.bundle)
+    assert resources(conversion.bundle, "Appointment") == []
+    assert only(conversion.bundle, "Patient")
+    assert any(
+        note.startswith("SCH#2 left out (Appointment appointment)") and "app-3" in note for note in conversion.notes
+    )
+
+
+def test_a_cancelled_appointment_may_lack_its_times() -> None:
+    sch = segment("SCH", {1: "P1", 2: "F1", 6: "DOC^Doctor ill^L", 11: "^^^202401051000"})
+    appointment = _appointment(SIU_23.format("S15"), sch, PID)
+    assert appointment["status"] == "cancelled"
+    assert "start" not in appointment and "end" not in appointment  # app-2: both or neither
+    assert appointment["cancelationReason"]["coding"][0]["code"] == "DOC"
+
+
+def test_a_deletion_reason_is_no_cancelation_reason() -> None:
+    """R4 app-4: cancelationReason only on a cancelled appointment."""
+    sch = segment("SCH", {1: "P1", 2: "F1", 6: "ERR^Entered in error^L", 11: "^^^202401051000^202401051030"})
+    appointment = _appointment(SIU_23.format("S17"), sch, PID)
+    assert appointment["status"] == "entered-in-error"
+    assert "cancelationReason" not in appointment and "reasonCode" not in appointment
+
+
+def test_the_service_status_when_sch25_and_the_event_say_nothing() -> None:
+    sch = segment("SCH", {1: "P1", 2: "F1", 11: "^^^202401051000^202401051030"})
+    ais = segment("AIS", {1: "1", 3: "CONS^Consultation^L", 10: "Complete"})
+    assert _appointment(SIU_251.format("S14"), sch, PID, RGS, ais)["status"] == "fulfilled"
+    # An event that ends the appointment outranks the service's status; SCH-25 outranks both.
+    assert _appointment(SIU_251.format("S15"), sch, PID, RGS, ais)["status"] == "cancelled"
+    sch25 = segment("SCH", {1: "P1", 2: "F1", 11: "^^^202401051000^202401051030", 25: "Started"})
+    assert _appointment(SIU_251.format("S15"), sch25, PID, RGS, ais)["status"] == "checked-in"
+
+
+def test_the_person_who_entered_the_appointment_is_an_enterer_participant() -> None:
+    sch = segment("SCH", {1: "P1", 2: "F1", 11: "^^^202401051000^202401051030", 20: "0777^Keyes^Ann"})
+    bundle = converter().convert(message(SIU_251.format("S12"), sch, PID))
+    validate_bundle(bundle)
+    (enterer,) = [
+        p
+        for p in only(bundle, "Appointment")["participant"]
+        if p.get("type", [{}])[0].get("coding", [{}])[0].get("code") == "enterer"
+    ]
+    practitioner = only(bundle, "Practitioner")
+    assert enterer["actor"] == {"reference": f"Practitioner/{practitioner['id']}"}
+    assert practitioner["name"][0]["family"] == "Keyes"
