@@ -108,3 +108,58 @@ def test_the_person_who_entered_the_appointment_is_an_enterer_participant() -> N
     practitioner = only(bundle, "Practitioner")
     assert enterer["actor"] == {"reference": f"Practitioner/{practitioner['id']}"}
     assert practitioner["name"][0]["family"] == "Keyes"
+
+
+# --- documents: an OBX of type ED or RP (item 10) --------------------------------------------------
+
+ORU = "MSH|^~\\&|LAB|HOSP|R|RF|20240101120000+0100||ORU^R01^ORU_R01|L1|P|2.5.1"
+OBR = "OBR|1|PL1|FL1^LAB|11502-2^Laboratory report^LN"
+ED_OBX = "OBX|1|ED|11502-2^Laboratory report^LN||LAB^application^pdf^Base64^JVBERi0xLjQK||||||F"
+
+
+def test_an_ed_result_is_a_document_about_the_patient_of_its_kind() -> None:
+    bundle = converter().convert(message(ORU, PID, OBR, ED_OBX))
+    validate_bundle(bundle)
+    document, observation, patient = (
+        only(bundle, "DocumentReference"),
+        only(bundle, "Observation"),
+        only(bundle, "Patient"),
+    )
+    assert document["subject"] == {"reference": f"Patient/{patient['id']}"}
+    assert document["type"]["coding"][0] == {
+        "system": "http://loinc.org",
+        "code": "11502-2",
+        "display": "Laboratory report",
+    }
+    assert document["category"][0]["coding"][0]["code"] == "clinical-note"
+    assert document["content"] == [{"attachment": {"contentType": "application/pdf", "data": "JVBERi0xLjQK"}}]
+    assert observation["derivedFrom"] == [{"reference": f"DocumentReference/{document['id']}"}]
+    # Keyed on its report and OBX-1/OBX-3, not on the data: the same data in another patient's
+    # report is another document; the same message again, the same one.
+    other = converter().convert(message(ORU, PID.replace("12345", "67890"), OBR.replace("FL1", "FL2"), ED_OBX))
+    assert only(other, "DocumentReference")["id"] != document["id"]
+    assert only(converter().convert(message(ORU, PID, OBR, ED_OBX)), "DocumentReference")["id"] == document["id"]
+
+
+def test_each_repetition_of_a_pointer_is_a_content_of_one_document() -> None:
+    obx = "OBX|1|RP|18748-4^Diagnostic imaging study^LN||http://pacs/1^PACS^image^jpeg~http://pacs/2^PACS^image^jpeg||||||F"
+    bundle = converter().convert(message(ORU, PID, OBR, obx))
+    validate_bundle(bundle)
+    urls = [c["attachment"]["url"] for c in only(bundle, "DocumentReference")["content"]]
+    assert urls == ["http://pacs/1", "http://pacs/2"]
+
+
+MDM = "MSH|^~\\&|DOC|HOSP|R|RF|20240101120000+0100||MDM^T02^MDM_T02|D1|P|2.5.1"
+EVN = "EVN|T02|20240101120000"
+PV1 = "PV1|1|O"
+TXA = "TXA|1|CN^Consultation note^L|TX|20240101110000+0100|||||||||DOC1^HOSP||||||AU"
+
+
+def test_an_mdm_document_keeps_its_txa_type_and_is_a_clinical_note() -> None:
+    obx = "OBX|1|TX|NOTE^Note line^L||First line.||||||F"
+    bundle = converter().convert(message(MDM, EVN, PID, PV1, TXA, obx))
+    validate_bundle(bundle)
+    document = only(bundle, "DocumentReference")
+    assert document["type"]["coding"] == [{"code": "CN", "display": "Consultation note"}]
+    assert document["category"][0]["coding"][0]["code"] == "clinical-note"
+    assert resources(bundle, "Observation") == []

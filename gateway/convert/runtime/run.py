@@ -277,6 +277,11 @@ class Run:
             if found is not None:
                 yield f"{found.plan.resource_type}/{self.resolve_id(found)}"
             return
+        if scope == "segment":  # the resource the same segment made (an OBX's Observation and document)
+            for other in self.below.get(id(inst.group), []):
+                if other.segment is inst.segment and other is not inst and not other.gone and other.plan.name == name:
+                    yield f"{other.plan.resource_type}/{self.resolve_id(other)}"
+            return
         pool = self.below.get(id(self.root if scope == "message" else inst.group), [])
         for other in pool:
             if other is not inst and not other.gone and (name == "*" or other.plan.name == name):
