@@ -110,6 +110,48 @@ def test_the_person_who_entered_the_appointment_is_an_enterer_participant() -> N
     assert practitioner["name"][0]["family"] == "Keyes"
 
 
+def test_each_note_is_an_r5_note_with_author_time_and_type() -> None:
+    sch = segment("SCH", {1: "P1", 2: "F1", 11: "^^^202401051000^202401051030"})
+    nte = "NTE|1|L|Bring prior films.|RE^Remark^HL70364|0777^Keyes^Ann|202401011130"
+    appointment = _appointment(SIU_251.format("S12"), sch, nte, "NTE|2|L|Fasting.", PID)
+    assert appointment["comment"] == "Bring prior films."
+    notes = [e["valueAnnotation"] for e in appointment["extension"] if e["url"].endswith("Appointment.note")]
+    assert [n["text"] for n in notes] == ["Bring prior films.", "Fasting."]
+    assert notes[0]["time"] == "2024-01-01T11:30:00+01:00"
+    assert notes[0]["authorReference"]["reference"].startswith("Practitioner/")
+    (kind,) = notes[0]["extension"]
+    assert kind["url"] == "http://hl7.org/fhir/StructureDefinition/annotationType"
+    assert kind["valueCodeableConcept"]["coding"][0]["code"] == "RE"
+
+
+def test_the_patient_is_the_r5_subject_of_the_appointment() -> None:
+    sch = segment("SCH", {1: "P1", 2: "F1", 11: "^^^202401051000^202401051030"})
+    bundle = converter().convert(message(SIU_251.format("S12"), sch, PID))
+    (subject,) = [e for e in only(bundle, "Appointment")["extension"] if e["url"].endswith("Appointment.subject")]
+    assert subject["valueReference"] == {"reference": f"Patient/{only(bundle, 'Patient')['id']}"}
+
+
+def test_the_order_an_appointment_is_for() -> None:
+    """IG SCH[ServiceRequest] and AIS[ServiceRequest]: SCH-26/27 name it, AIS its services."""
+    sch = segment("SCH", {1: "P1", 2: "F1", 11: "^^^202401051000^202401051100", 25: "Complete", 27: "ORD7^LAB"})
+    ais = segment(
+        "AIS", {1: "1", 3: "CONS^Consultation^L", 5: "15", 6: "min", 7: "30", 8: "min", 11: "PRE^Preparation^L"}
+    )
+    bundle = converter().convert(message(SIU_251.format("S12"), sch, PID, RGS, ais))
+    validate_bundle(bundle)
+    order, appointment = only(bundle, "ServiceRequest"), only(bundle, "Appointment")
+    assert appointment["basedOn"] == [{"reference": f"ServiceRequest/{order['id']}"}]
+    assert (order["status"], order["intent"]) == ("completed", "order")
+    assert [i["value"] for i in order["identifier"]] == ["ORD7", "CONS", "PRE"]
+    assert order["identifier"][0]["type"]["coding"][0]["code"] == "FILL"
+    assert order["code"]["coding"][0]["code"] == "CONS"
+    assert order["occurrencePeriod"] == {"start": "2024-01-05T10:15:00+01:00", "end": "2024-01-05T10:45:00+01:00"}
+    assert order["subject"] == {"reference": f"Patient/{only(bundle, 'Patient')['id']}"}
+    # Without SCH-26/27 the appointment names no order.
+    plain = converter().convert(message(SIU_251.format("S12"), sch.replace("|ORD7^LAB", ""), PID, RGS, ais))
+    assert resources(plain, "ServiceRequest") == [] and "basedOn" not in only(plain, "Appointment")
+
+
 # --- documents: an OBX of type ED or RP (item 10) --------------------------------------------------
 
 ORU = "MSH|^~\\&|LAB|HOSP|R|RF|20240101120000+0100||ORU^R01^ORU_R01|L1|P|2.5.1"
