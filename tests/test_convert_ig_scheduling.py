@@ -205,3 +205,26 @@ def test_an_mdm_document_keeps_its_txa_type_and_is_a_clinical_note() -> None:
     assert document["type"]["coding"] == [{"code": "CN", "display": "Consultation note"}]
     assert document["category"][0]["coding"][0]["code"] == "clinical-note"
     assert resources(bundle, "Observation") == []
+
+
+def test_the_people_of_a_document_are_agents_of_the_message_provenance() -> None:
+    """IG TXA[Provenance]: originator, authenticators (TXA-22, PPN) and recipients (TXA-23)."""
+    txa = TXA.replace("|||||||||DOC1^HOSP", "|||||0555^Smith^Sam||||DOC1^HOSP") + (
+        "||Typo fixed|0777^Keyes^Ann^^^^^^^^^^^^20240101115500+0100|0888^Ray^Rob"
+    )
+    obx = "OBX|1|TX|NOTE^Note line^L||First line.||||||F"
+    bundle = converter().convert(message(MDM, EVN, PID, PV1, txa, obx))
+    validate_bundle(bundle)
+    provenance = only(bundle, "Provenance")
+    names = {p["id"]: p["name"][0]["family"] for p in resources(bundle, "Practitioner")}
+
+    def kind(agent: dict) -> str:
+        return (agent.get("type") or agent["role"][0])["coding"][0]["code"]
+
+    people = {
+        (kind(a), names[a["who"]["reference"].split("/")[1]])
+        for a in provenance["agent"]
+        if "Practitioner/" in a["who"].get("reference", "")
+    }
+    assert people == {("author", "Smith"), ("attester", "Keyes"), ("IRCP", "Ray")}
+    assert provenance["reason"] == [{"text": "Typo fixed"}]
