@@ -114,7 +114,7 @@ def test_each_note_is_an_r5_note_with_author_time_and_type() -> None:
     sch = segment("SCH", {1: "P1", 2: "F1", 11: "^^^202401051000^202401051030"})
     nte = "NTE|1|L|Bring prior films.|RE^Remark^HL70364|0777^Keyes^Ann|202401011130"
     appointment = _appointment(SIU_251.format("S12"), sch, nte, "NTE|2|L|Fasting.", PID)
-    assert appointment["comment"] == "Bring prior films."
+    assert appointment["comment"] == "Bring prior films.\nFasting."  # R4 has one comment: the NTEs, as lines
     notes = [e["valueAnnotation"] for e in appointment["extension"] if e["url"].endswith("Appointment.note")]
     assert [n["text"] for n in notes] == ["Bring prior films.", "Fasting."]
     assert notes[0]["time"] == "2024-01-01T11:30:00+01:00"

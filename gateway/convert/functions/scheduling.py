@@ -169,3 +169,17 @@ def resource_end(element: Element | None, ctx: Context, table: Table | None) -> 
     if seg is None or seg.name not in _TIMING:
         return None
     return _text(_service_times(seg, ctx, _appointment_times(ctx)[0])[1])
+
+
+@builder(reads="message", fields=("NTE-3",))
+def appointment_comment(element: Element | None, ctx: Context, table: Table | None) -> str | None:
+    """Appointment.comment (one string in R4): the text of every NTE of the appointment, in order,
+    each on a line of its own (IG NTE[Appointment-Comment]: the NTEs concatenated)."""
+    group = ctx.group
+    notes = (
+        [item for item in group.items if isinstance(item, Segment) and item.name == "NTE"]
+        if group is not None
+        else ctx.message.all("NTE")
+    )
+    lines = [rep.value.strip() for note in notes for rep in note.repetitions(3)]
+    return "\n".join(line for line in lines if line) or None
