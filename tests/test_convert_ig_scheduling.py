@@ -191,6 +191,13 @@ def test_each_repetition_of_a_pointer_is_a_content_of_one_document() -> None:
     assert urls == ["http://pacs/1", "http://pacs/2"]
 
 
+def test_an_ed_result_without_data_is_no_document() -> None:
+    bundle = converter().convert(message(ORU, PID, OBR, "OBX|1|ED|11502-2^Laboratory report^LN||||||||F"))
+    validate_bundle(bundle)
+    assert resources(bundle, "DocumentReference") == []
+    assert only(bundle, "Observation")["dataAbsentReason"]["coding"][0]["code"] == "unknown"
+
+
 MDM = "MSH|^~\\&|DOC|HOSP|R|RF|20240101120000+0100||MDM^T02^MDM_T02|D1|P|2.5.1"
 EVN = "EVN|T02|20240101120000"
 PV1 = "PV1|1|O"
