@@ -2,17 +2,18 @@
 
 Each resource is checked with the fhir.resources R4B models (structure, cardinality, primitive
 formats), plus what those models do not check: no empty elements, codes of a few required
-bindings, unique entries, and references that resolve inside the bundle or name a FHIR resource
-type. Model validation is slow: a resource whose shape the model accepted before only has its
-primitive values checked, each with the model's own schema for its element (gateway/shapecheck.py),
-and every outcome is cached per resource content (canonical JSON) in a bounded LRU.
+bindings, the invariants of a few resources (Appointment app-1 to app-4), unique entries, and
+references that resolve inside the bundle or name a FHIR resource type. Model validation is slow:
+a resource whose shape the model accepted before only has its primitive values checked, each with
+the model's own schema for its element (gateway/shapecheck.py), and every outcome is cached per
+resource content (canonical JSON) in a bounded LRU.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import orjson
@@ -107,14 +108,42 @@ def _content_problem(resource: dict[str, Any]) -> str | None:
 
 
 def _code_problem(resource: dict[str, Any]) -> str | None:
-    """A code of a required binding the R4B models leave unchecked that is not in its value set."""
+    """A code of a required binding the R4B models leave unchecked that is not in its value set, or
+    a broken invariant."""
     rtype = resource["resourceType"]
     for (owner, *keys), allowed in _REQUIRED_CODES.items():
         if owner == rtype:
             for code in _values_at(resource, tuple(keys)):
                 if code not in allowed:
                     return f"{'.'.join(keys)}: the code is not one of {sorted(allowed)}"
+    invariants = _INVARIANTS.get(rtype)
+    return invariants(resource) if invariants is not None else None
+
+
+#: R4 Appointment app-3: only these statuses may lack start and end.
+_APPOINTMENT_WITHOUT_TIMES = frozenset({"proposed", "cancelled", "waitlist"})
+
+
+def _appointment_problem(resource: dict[str, Any]) -> str | None:
+    """FHIR R4 Appointment invariants app-2 (start and end, or neither), app-3 (only a proposed,
+    cancelled or waitlisted appointment may lack them), app-4 (a cancelationReason only on a
+    cancelled appointment; the expression names 'no-show', which is no code) and app-1 (a
+    participant has a type or an actor)."""
+    has_start, has_end = "start" in resource, "end" in resource
+    if has_start != has_end:
+        return "app-2: an Appointment has both start and end, or neither"
+    if not has_start and resource.get("status") not in _APPOINTMENT_WITHOUT_TIMES:
+        return "app-3: only a proposed, cancelled or waitlisted Appointment may lack start and end"
+    if "cancelationReason" in resource and resource.get("status") != "cancelled":
+        return "app-4: cancelationReason is only for a cancelled Appointment"
+    for participant in resource.get("participant") or ():
+        if isinstance(participant, dict) and "type" not in participant and "actor" not in participant:
+            return "app-1: an Appointment participant has a type or an actor"
     return None
+
+
+#: FHIR R4 invariants the R4B models do not check, per resource type.
+_INVARIANTS: dict[str, Callable[[dict[str, Any]], str | None]] = {"Appointment": _appointment_problem}
 
 
 class _Outcome(NamedTuple):

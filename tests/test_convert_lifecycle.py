@@ -103,7 +103,8 @@ def test_problem_delete_is_a_delete_entry() -> None:
 def test_appointment_status_follows_the_event_when_sch25_is_silent() -> None:
     for trigger, status in (("S12", "booked"), ("S15", "cancelled"), ("S17", "entered-in-error"), ("S26", "noshow")):
         msh = f"MSH|^~\\&|App|Fac|R|RF|20240101120000+0100||SIU^{trigger}^SIU_S12|1|P|2.5.1"
-        bundle = converter().convert(message(msh, "SCH|P1|F1", PID))
+        # The times: FHIR R4 app-3 wants them of all but proposed, cancelled or waitlisted ones.
+        bundle = converter().convert(message(msh, "SCH|P1|F1|||||||||^^^202401051000^202401051030", PID))
         validate_bundle(bundle)
         assert only(bundle, "Appointment")["status"] == status
 

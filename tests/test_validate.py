@@ -66,6 +66,43 @@ def test_required_binding_codes(bundle: dict) -> None:
     assert "done" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("change", "invariant"),
+    [
+        ({"end": None}, "app-2"),
+        ({"start": None}, "app-2"),
+        ({"start": None, "end": None}, "app-3"),
+        ({"status": "noshow", "start": None, "end": None}, "app-3"),
+        ({"cancelationReason": {"text": "doctor ill"}}, "app-4"),
+        ({"participant": [{"status": "accepted"}]}, "app-1"),
+    ],
+)
+def test_appointment_invariants(change: dict, invariant: str) -> None:
+    """FHIR R4 app-1 to app-4, which the R4B models do not check."""
+    siu = copy.deepcopy(converter().convert(sample_message("SIU_S12/SIU-S12-01.hl7")))
+    validate_bundle(siu)
+    appointment = _resource(siu, "Appointment")
+    assert appointment["status"] == "booked"
+    for key, value in change.items():
+        if value is None:
+            appointment.pop(key)
+        else:
+            appointment[key] = value
+    with pytest.raises(ValidationError, match=rf"Appointment/{appointment['id']}: {invariant}: "):
+        validate_bundle(siu)
+
+
+def test_appointments_without_times_that_may_lack_them() -> None:
+    siu = copy.deepcopy(converter().convert(sample_message("SIU_S12/SIU-S12-01.hl7")))
+    appointment = _resource(siu, "Appointment")
+    del appointment["start"], appointment["end"]
+    for status in ("proposed", "cancelled", "waitlist"):
+        appointment["status"] = status
+        validate_bundle(siu)
+    appointment.update(status="cancelled", cancelationReason={"text": "doctor ill"})
+    validate_bundle(siu)
+
+
 def test_telecom_system_code(bundle: dict) -> None:
     _resource(bundle, "Patient")["telecom"][0]["system"] = "mobile"
     with pytest.raises(ValidationError, match="telecom.system: the code is not one of") as caught:

@@ -51,7 +51,7 @@ RESOURCE_KEYS = {
 INCLUDE_KEYS = {"segment", "map", "scope", "to", "note"}
 REFERENCE_KEYS = {"to", "resource", "scope", "wrap", "set", "if_empty", "key", "match", "note"}
 ID_SPEC_KEYS = {"identifier", "within", "fields", "note"}
-SCOPES = ("nearest", "group", "message")
+SCOPES = ("nearest", "group", "message", "segment")
 INCLUDE_SCOPES = ("group", "up", "subtree")
 DUPLICATE_POLICIES = ("number", "keep_first")
 REQUESTS = ("put", "delete")
@@ -62,7 +62,8 @@ class Reference:
     """Write a Reference at ``to`` to the resource(s) rule ``resource`` made (``*``: all of them).
 
     ``nearest``: the one closest to this resource's segment (same group, then enclosing groups);
-    ``group``: every one made inside this resource's group; ``message``: every one in the message.
+    ``group``: every one made inside this resource's group; ``message``: every one in the message;
+    ``segment``: the one made from this resource's own segment (an OBX's Observation and document).
     ``post`` wraps the Reference (``wrap: actor``) and adds constants (``set``); with ``if_empty``
     the reference is written only when the element is still empty (a fallback). With ``key`` and
     ``match`` (named id key functions) the targets are the resources of that name, anywhere in the
@@ -214,7 +215,7 @@ def _references(spec: Any, at: str) -> tuple[Reference, ...]:
             target = parse_target(ref["to"])
         except PathError as exc:
             raise MappingSpecError(ref_at, str(exc)) from None
-        if scope != "nearest" and not target.appends:
+        if scope not in ("nearest", "segment") and not target.appends:
             raise MappingSpecError(ref_at, f"scope {scope} can name several resources, so `to` must end in []")
         post = post_processor(ref.get("wrap"), ref.get("set"), None, ref_at, "set" in ref, False)
         key = match = None

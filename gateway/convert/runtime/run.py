@@ -280,6 +280,11 @@ class Run:
             if found is not None:
                 yield f"{found.plan.resource_type}/{self.resolve_id(found)}"
             return
+        if scope == "segment":  # the resource the same segment made (an OBX's Observation and document)
+            for other in self.below.get(id(inst.group), []):
+                if other.segment is inst.segment and other is not inst and not other.gone and other.plan.name == name:
+                    yield f"{other.plan.resource_type}/{self.resolve_id(other)}"
+            return
         pool = self.below.get(id(self.root if scope == "message" else inst.group), [])
         for other in pool:
             if other is not inst and not other.gone and (name == "*" or other.plan.name == name):
@@ -416,6 +421,12 @@ class Run:
         used: dict[int, set[tuple[str, int]]] = {id(self.message.msh): {("MSH", n) for n in (1, 2, 9, 10, 12)}}
         for inst in self.instances:
             used.setdefault(id(inst.segment), set()).update(inst.plan.map.fields | inst.plan.id_fields)
+            for name, number in inst.plan.map.fields:  # fields of a segment beside it (TQ1-7 for SCH)
+                if name == inst.segment.name or name == "MSH":
+                    continue
+                other = segment_beside(self.message, inst.segment, inst.group, name)
+                if other is not None:
+                    used.setdefault(id(other), set()).add((name, number))
             for include in inst.plan.includes:
                 for seg in self.included(inst, include):
                     used.setdefault(id(seg), set()).update(include.map.fields)
