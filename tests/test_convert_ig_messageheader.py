@@ -1,12 +1,16 @@
-"""The MessageHeader of every converted message (IG MSH[MessageHeader], SFT[MessageHeader]) and the
-software the SFT segments name, as Devices (IG SFT[Device]) the Provenance names as entities."""
+"""The MessageHeader of every converted message (IG MSH[MessageHeader], SFT[MessageHeader], and
+MSA[MessageHeader] in a response a site maps) and the software the SFT segments name, as Devices
+(IG SFT[Device]) the Provenance names as entities."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from gateway.convert.functions.ids import provenance as provenance_key
 from gateway.convert.functions.ids import resource_id
+from gateway.convert.runtime.engine import Converter
 from gateway.validate import validate_bundle
 from tests.support.convert import MSH_ADT, PID, PV1, converter, message, only, resources, segment
 
@@ -167,3 +171,61 @@ def test_the_focus_is_the_events_primary_resources() -> None:
     header = only(appointment.bundle, "MessageHeader")
     assert header["focus"] == [_ref(only(appointment.bundle, t)) for t in ("Patient", "Appointment")]
     assert header["source"]["software"] == "Rhapsody"
+
+
+# A response structure a site maps (no shipped trigger map converts one): ORL^O22, the laboratory
+# order response of v2.5, its MSA answering the order message ORD0042.
+ORL_STRUCTURE = """\
+structure: ORL_O22
+segments:
+  - MSH
+  - "[{SFT}]"
+  - MSA
+  - "[{ERR}]"
+  - "[{NTE}]"
+  - "[RESPONSE]":
+    - "[PATIENT]":
+      - PID
+      - "[{ORDER}]":
+        - ORC
+        - "[OBSERVATION_REQUEST]":
+          - OBR
+"""
+ORL_MESSAGE = "message: ORL_O22\nextends: _orders\nstructure: ORL_O22\n"
+MSH_ORL = "MSH|^~\\&|LIS|GHHLAB|EHR|GHH|20240312141502+0100||ORL^O22^ORL_O22|ACK0042|P|2.5.1"
+
+
+@pytest.fixture(scope="module")
+def site_converter(tmp_path_factory: pytest.TempPathFactory) -> Converter:
+    site = tmp_path_factory.mktemp("site")
+    (site / "structures").mkdir()
+    (site / "messages").mkdir()
+    (site / "structures/ORL_O22.yaml").write_text(ORL_STRUCTURE)
+    (site / "messages/ORL_O22.yaml").write_text(ORL_MESSAGE)
+    return Converter.load(overlay_dir=site, default_tz=None, sender_tz=None)
+
+
+@pytest.mark.parametrize(("code", "expected"), [("AA", "ok"), ("AE", "fatal-error"), ("AR", "transient-error")])
+def test_an_msa_is_the_response(site_converter: Converter, code: str, expected: str) -> None:
+    msa = f"MSA|{code}|ORD0042"
+    orc, obr = "ORC|OK|P1|F1", "OBR|1|P1|F1|GLU^Glucose^L"
+    bundle = site_converter.convert(message(MSH_ORL, msa, PID, orc, obr))
+    validate_bundle(bundle)
+    header = only(bundle, "MessageHeader")
+    assert header["response"] == {"code": expected, "identifier": "ORD0042"}
+    assert header["eventCoding"]["code"] == "O22"
+    assert header["focus"][1] == _ref(only(bundle, "ServiceRequest"))
+
+
+@pytest.mark.parametrize("msa", ["MSA|AA|ORD 0042/1", "MSA|XX|ORD0042", "MSA||ORD0042", "MSA|AA"])
+def test_an_msa_r4_cannot_say_makes_no_response(site_converter: Converter, msa: str) -> None:
+    # A control id that is no FHIR id, or a code not in table 0008: R4 needs both, so none.
+    bundle = site_converter.convert(message(MSH_ORL, msa, PID))
+    validate_bundle(bundle)
+    assert "response" not in only(bundle, "MessageHeader")
+
+
+def test_no_shipped_message_has_an_msa() -> None:
+    # The include is there for a site's response structures; the shipped ones have no MSA slot.
+    structures = converter().mappings.structures.values()
+    assert all("SFT" in slot.anywhere and "MSA" not in slot.anywhere for slot in structures)
