@@ -46,9 +46,12 @@ def test_a29_deletes_the_patient_and_makes_nothing_else() -> None:
     bundle = converter().convert(message(_msh("A29", "ADT_A21"), "EVN|A29", PID, PV1))
     validate_bundle(bundle)
     patient_id = resource_id("Patient", "HOSP|12345")
-    assert bundle["entry"][0] == {"request": {"method": "DELETE", "url": f"Patient/{patient_id}"}}
-    # Nothing but the Provenance (and the sending facility it names as author) is written.
-    assert {e["resource"]["resourceType"] for e in bundle["entry"][1:]} == {"Provenance", "Organization"}
+    deleted = [e for e in bundle["entry"] if "resource" not in e]
+    assert deleted == [{"request": {"method": "DELETE", "url": f"Patient/{patient_id}"}}]
+    # Nothing but the record of the message is written: its MessageHeader (with the receiving
+    # application, a Device, and the facilities, Organizations) and the Provenance.
+    written = {e["resource"]["resourceType"] for e in bundle["entry"] if "resource" in e}
+    assert written == {"MessageHeader", "Device", "Provenance", "Organization"}
     targets = {t["reference"] for t in only(bundle, "Provenance")["target"]}
     assert f"Patient/{patient_id}" in targets
 

@@ -29,7 +29,8 @@ def test_convert_prints_one_bundle_per_message(tmp_path: Path, capsys: pytest.Ca
         bundles.append(bundle)
         text = text[end:].strip()
     assert [b["resourceType"] for b in bundles] == ["Bundle", "Bundle"]
-    assert bundles[0]["entry"][0]["resource"]["resourceType"] == "Patient"
+    assert bundles[0]["entry"][0]["resource"]["resourceType"] == "MessageHeader"
+    assert bundles[0]["entry"][1]["resource"]["resourceType"] == "Patient"
     assert err == ""
 
 
@@ -39,7 +40,7 @@ def test_report_lists_unused_segments_and_fields() -> None:
     assert code == 0
     report = err.getvalue()
     assert "ADT^A01^ADT_A01 MSG00001: " in report
-    assert "unused segments: SFT#2 ARV#6" in report and "GT1#19" in report
+    assert "unused segments: ARV#6" in report and "GT1#19" in report
     assert "    PID#4: PID-1 PID-12" in report  # present, read by no map
     assert "1 converted, 0 failed" in report
 

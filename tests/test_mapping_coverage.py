@@ -31,4 +31,6 @@ def test_a_followed_map_reads_what_it_says() -> None:
     pid = rows["PID[Patient]"]
     assert pid.ours == ("PID[Patient]",) and {3, 5, 7, 8} <= pid.read <= pid.ig_fields
     assert rows["NTE[Observation]"].ours == ("NTE[Annotation]",)  # named in its source: line
-    assert rows["MSH[MessageHeader]"].ours == () and not rows["MSH[MessageHeader]"].read
+    assert rows["MSH[Bundle]"].ours == () and not rows["MSH[Bundle]"].read
+    header = rows["MSH[MessageHeader]"]
+    assert header.ours == ("MSH[MessageHeader]",) and {3, 4, 5, 6, 9, 11} <= header.read <= header.ig_fields

@@ -124,6 +124,13 @@ def test_a_result_correction_updates_the_observation(engine: Engine) -> None:
 
 def test_a_merge_moves_references_to_the_survivor_in_the_same_transaction(engine: Engine) -> None:
     store = ResourceStore(engine)
+    header = {
+        "resourceType": "MessageHeader",
+        "id": "mh-a01",
+        "eventCoding": {"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": "A01"},
+        "source": {"name": "ADT", "endpoint": "urn:oid:1.2.3"},
+        "focus": [{"reference": "Patient/old"}],
+    }
     store.apply_bundle(transaction(put(patient("new", "M2"))), src("a04", 1))
     store.apply_bundle(
         transaction(
@@ -131,6 +138,7 @@ def test_a_merge_moves_references_to_the_survivor_in_the_same_transaction(engine
             put(encounter("e1", "old", "in-progress")),
             put(observation("o1", "old")),
             put(provenance_of("a01", "Patient/old", "Encounter/e1")),
+            put(header),
         ),
         src("a01", 2),
     )
@@ -152,6 +160,8 @@ def test_a_merge_moves_references_to_the_survivor_in_the_same_transaction(engine
     assert new is not None and new["link"][0]["other"]["reference"] == "Patient/old"  # links are not moved
     prov = store.read("Provenance", "prov-a01")
     assert prov is not None and prov["target"][0]["reference"] == "Patient/old"  # the past is not rewritten
+    message_header = store.read("MessageHeader", "mh-a01")  # nor what a message was about
+    assert message_header is not None and message_header["focus"] == [{"reference": "Patient/old"}]
     moved = [(r.type, r.id, r.version_id) for r in provenance.for_message(engine, "a40") if r.outcome == "moved"]
     assert moved == [("Encounter", "e1", 2), ("Observation", "o1", 2)]
 

@@ -200,6 +200,13 @@ RESOURCES: dict[str, dict[str, Any]] = {
         "context": {"encounter": [ENCOUNTER]},
         "content": [{"attachment": {"contentType": "text/plain"}}],
     },
+    "Device": {
+        "identifier": [{"system": "urn:dev", "value": "D1"}],
+        "manufacturer": "Orion Health",
+        "deviceName": [{"name": "Rhapsody", "type": "manufacturer-name"}],
+        "modelNumber": "RAP234",
+        "version": [{"value": "2.4.3"}],
+    },
     "MessageHeader": {
         "eventCoding": {"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": "A01"},
         "source": {"name": "LAB", "endpoint": "mllp://lab"},
@@ -405,6 +412,7 @@ SEARCHES: dict[str, list[dict[str, str]]] = {
             "contenttype": "text/plain",
         }
     ],
+    "Device": [{"identifier": "urn:dev|D1", "device-name": "rhaps", "manufacturer": "orion", "model": "RAP234"}],
     "MessageHeader": [{"event": "A01", "source": "lab", "focus": "Encounter/e1"}],
     "Provenance": [{"target": "Encounter/e1", "patient": "p1", "recorded": "2024-03-01", "agent": "org"}],
 }

@@ -10,8 +10,9 @@ merged-away Patient naming the survivor, and then:
 * every later write, including a late message that was sent before the merge, has its references
   to the old Patient re-pointed before it is stored, so every arrival order ends in the same state.
 
-References in Provenance and AuditEvent are records of the past and are left alone, and so is
-``Patient.link`` (it must keep naming the Patient it links to).
+References in Provenance, AuditEvent and MessageHeader (what a converted message was about) are
+records of the past and are left alone, and so is ``Patient.link`` (it must keep naming the Patient
+it links to).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _LOAD = select(patient_merge.c.old_id, patient_merge.c.new_id).where(
 )
 
 #: Types whose references record the past; a merge does not rewrite them.
-HISTORICAL_TYPES = frozenset({"Provenance", "AuditEvent"})
+HISTORICAL_TYPES = frozenset({"Provenance", "AuditEvent", "MessageHeader"})
 _MAX_CHAIN = 16
 # A relative Patient reference in canonical JSON (orjson writes no spaces).
 _PATIENT_REFERENCE = re.compile(rb'"reference":"Patient/([A-Za-z0-9\-.]{1,64})"')

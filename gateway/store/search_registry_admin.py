@@ -166,6 +166,18 @@ ADMINISTRATIVE: dict[str, tuple[SearchParam, ...]] = {
         reference("slot", "slot", targets=("Slot",)),
         reference("supporting-info", "supportingInformation"),
     ),
+    # The software products a message names (SFT) and the receiving application (MSH-5).
+    "Device": (
+        token("identifier", "identifier"),
+        string("device-name", "deviceName.name", "type.text"),
+        string("manufacturer", "manufacturer"),
+        string("model", "modelNumber"),
+        token("status", "status"),
+        token("type", "type"),
+        reference("organization", "owner", targets=_ORGANIZATION),
+        reference("location", "location", targets=("Location",)),
+        reference("patient", "patient", targets=("Patient",)),
+    ),
     "MessageHeader": (
         token("event", "event[x]"),
         token("code", "response.code"),

@@ -14,7 +14,7 @@ every family, and names what other modules use.
 
 from __future__ import annotations
 
-from gateway.convert.functions import builders, builders_values, predicates, scheduling, text
+from gateway.convert.functions import builders, builders_values, messaging, predicates, scheduling, text
 from gateway.convert.functions.predicates import CONDITION_ARGUMENT
 from gateway.convert.functions.registry import (
     BUILDER_FIELDS,
@@ -51,6 +51,7 @@ __all__ = [
     "builders",
     "builders_values",
     "condition",
+    "messaging",
     "oid_to_urn",
     "predicates",
     "scheduling",

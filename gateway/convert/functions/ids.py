@@ -258,6 +258,12 @@ def result_code(scope: IdScope) -> str | None:
     return f"{order_key}|{code}|{text_of(_field(scope.segment, 4, scope.message))}"
 
 
+@id_key("MSH-10")
+def message(scope: IdScope) -> str | None:
+    """The message's own resources besides the Provenance (its MessageHeader): the Provenance's key."""
+    return provenance(scope)
+
+
 def identifier_key(element: Element) -> str:
     """The key of a business identifier (CX, EI): its first four components, which hold the id and
     who assigned it (CX.4 authority; EI.2-4 namespace, universal id and its type)."""
