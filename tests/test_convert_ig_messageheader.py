@@ -164,7 +164,8 @@ def test_the_focus_is_the_events_primary_resources() -> None:
     assert only(results, "MessageHeader")["source"]["software"] == "Rhapsody"
 
     siu = MSH_ADT.replace("ADT^A01^ADT_A01", "SIU^S12^SIU_S12")
-    sch = segment("SCH", {1: "A1^PLC", 2: "A1F^FIL"})
+    # A booked appointment has a start and an end (R4 app-3): SCH-11 gives them.
+    sch = segment("SCH", {1: "A1^PLC", 2: "A1F^FIL", 11: "^^30^20240301090000^20240301093000"})
     # SIU_S12 takes the SFT of v2.5 and later (hl7apy's structure lacks it).
     appointment = converter().convert_with_report(message(siu, SFT_RELAY, sch, PID))
     assert "SFT#2" not in appointment.unused_segments
