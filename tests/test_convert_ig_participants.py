@@ -258,3 +258,28 @@ def test_an_ordering_provider_prt_after_the_obr_is_the_requester() -> None:
     order = ["ORC|NW|P1", "OBR|1|P1||GLU^Glucose^L", "PRT||AD||OP^Ordering Provider^HL70912|0500^Stone^Eve"]
     bundle = converter().convert(message(MSH_OML, PID, *order))
     assert _by_reference(bundle, only(bundle, "ServiceRequest")["requester"])["resourceType"] == "PractitionerRole"
+
+
+def test_a_person_prt_after_an_obx_is_its_performer() -> None:
+    prt = "PRT||AD||RO^Responsible Observer^HL70912|0700^Quinn^Ray"
+    obx2 = "OBX|2|NM|K^Potassium^L||4|mmol/L|||||F"
+    bundle = converter().convert(message(MSH_ORU, PID, OBR, OBX, prt, obx2))
+    glucose, potassium = resources(bundle, "Observation")
+    (performer,) = glucose["performer"]
+    role = _by_reference(bundle, performer)
+    assert _by_reference(bundle, role["practitioner"])["name"][0]["family"] == "Quinn"
+    assert "performer" not in potassium
+
+
+def test_the_orders_interpreter_and_technician_prts_are_on_the_report() -> None:
+    pri = "PRT||AD||PRI^Principal Result Interpreter^HL70912|0800^Ito^Ken"
+    tn = "PRT||AD||TN^Technician^HL70912|0900^Berg^Ola"
+    bundle = converter().convert(message(MSH_ORU, PID, "ORC|RE|P1|F1", OBR, pri, tn, OBX))
+    report = only(bundle, "DiagnosticReport")
+    (interpreter,) = report["resultsInterpreter"]
+    (performer,) = report["performer"]
+    family = [
+        _by_reference(bundle, _by_reference(bundle, r)["practitioner"])["name"][0]["family"]
+        for r in (interpreter, performer)
+    ]
+    assert family == ["Ito", "Berg"]

@@ -121,8 +121,8 @@ def test_message_map_errors(mappings: Path) -> None:
         ),
         (
             "messages/_patient.yaml",
-            "    before: PV1\n    map: \"PRT[CareTeam]\"\n",
-            "    before: PV1X\n    map: \"PRT[CareTeam]\"\n",
+            '    before: PV1\n    map: "PRT[CareTeam]"\n',
+            '    before: PV1X\n    map: "PRT[CareTeam]"\n',
             "after / before name a segment",
         ),
         (
