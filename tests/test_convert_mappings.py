@@ -127,8 +127,8 @@ def test_message_map_errors(mappings: Path) -> None:
         ),
         (
             "messages/_patient.yaml",
-            "      - {to: device, resource: device, scope: up}\n  allergy:",
-            "      - {to: device, resource: device, scope: message}\n  allergy:",
+            "      - {to: device, resource: device, scope: up}\n",
+            "      - {to: device, resource: device, scope: message}\n",
             "scope message can name several resources",
         ),
         (
