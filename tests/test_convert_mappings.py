@@ -109,9 +109,27 @@ def test_message_map_errors(mappings: Path) -> None:
         ),
         (
             "messages/_patient.yaml",
-            "    on_duplicate: keep_first\n  related_person:",
-            "    on_duplicate: merge\n  related_person:",
+            "    on_duplicate: keep_first\n    references:\n      # The primary care",
+            "    on_duplicate: replace\n    references:\n      # The primary care",
             "on_duplicate is one of",
+        ),
+        (
+            "messages/_patient.yaml",
+            '      - {segment: ROL, map: "ROL[Encounter]", after: PV1}\n',
+            '      - {segment: ROL, map: "ROL[Encounter]", after: PV1, before: PV1}\n',
+            "say after or before, not both",
+        ),
+        (
+            "messages/_patient.yaml",
+            '    before: PV1\n    map: "PRT[CareTeam]"\n',
+            '    before: PV1X\n    map: "PRT[CareTeam]"\n',
+            "after / before name a segment",
+        ),
+        (
+            "messages/_patient.yaml",
+            "      - {to: device, resource: device, scope: up}\n",
+            "      - {to: device, resource: device, scope: message}\n",
+            "scope message can name several resources",
         ),
         (
             "messages/_patient.yaml",

@@ -172,6 +172,14 @@ def merged_patient(scope: IdScope) -> str | None:
     return _cx_key(chosen)
 
 
+@id_key()
+def care_team(scope: IdScope) -> str | None:
+    """The patient's care team (the practitioners its PRT or ROL segments name): one per patient,
+    however many segments name members, and the same in every message about the patient."""
+    patient_id = scope.nearest_id("Patient")
+    return f"care-team|{patient_id}" if patient_id else None
+
+
 @id_key("MSH-10")
 def provenance(scope: IdScope) -> str | None:
     """The sender, MSH-10 control id and a digest of the normalized message."""

@@ -6,7 +6,7 @@ mapping matches another's says ``extends: ADT_A01`` and lists only what differs.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,16 +44,18 @@ RESOURCE_KEYS = {
     "references",
     "when",
     "unless_with",
+    "after",
+    "before",
     "request",
     "defaults",
     "note",
 }
-INCLUDE_KEYS = {"segment", "map", "scope", "to", "note"}
+INCLUDE_KEYS = {"segment", "map", "scope", "to", "after", "before", "note"}
 REFERENCE_KEYS = {"to", "resource", "scope", "wrap", "set", "if_empty", "key", "match", "note"}
 ID_SPEC_KEYS = {"identifier", "within", "fields", "note"}
-SCOPES = ("nearest", "group", "message", "segment")
+SCOPES = ("nearest", "group", "up", "message", "segment")
 INCLUDE_SCOPES = ("group", "up", "subtree")
-DUPLICATE_POLICIES = ("number", "keep_first")
+DUPLICATE_POLICIES = ("number", "keep_first", "merge")
 REQUESTS = ("put", "delete")
 
 
@@ -62,7 +64,10 @@ class Reference:
     """Write a Reference at ``to`` to the resource(s) rule ``resource`` made (``*``: all of them).
 
     ``nearest``: the one closest to this resource's segment (same group, then enclosing groups);
-    ``group``: every one made inside this resource's group; ``message``: every one in the message;
+    ``group``: every one made inside this resource's group (the first, when ``to`` is one element);
+    ``up``: those made from segments directly in this resource's group, else directly in the nearest
+    enclosing group that has one (an order's PRT beside its ORC or OBR, never another order's);
+    ``message``: every one in the message;
     ``segment``: the one made from this resource's own segment (an OBX's Observation and document).
     ``post`` wraps the Reference (``wrap: actor``) and adds constants (``set``); with ``if_empty``
     the reference is written only when the element is still empty (a fallback). With ``key`` and
@@ -79,6 +84,39 @@ class Reference:
     where: str = ""
     key: KeyFunction | None = None
     match: KeyFunction | None = None
+    #: ``to`` names one element (not ``[]``): only the first resource found is referenced.
+    single: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where in its group a segment must sit: after a segment of that name (``after: PV1``, the
+    ROL of a visit), or before any (``before: PV1``, the ROL of the patient, in an ADT whose PID,
+    ROL, PV1 and ROL share one group)."""
+
+    name: str
+    after: bool
+
+    def holds(self, segment: Segment, items: Sequence[Any]) -> bool:
+        """Whether ``segment`` sits where this says among ``items``, its group's children."""
+        for item in items:
+            if item is segment:
+                return not self.after
+            if isinstance(item, Segment) and item.name == self.name:
+                return self.after
+        return not self.after
+
+
+def _placement(spec: Any, at: str) -> Placement | None:
+    after, before = spec.get("after"), spec.get("before")
+    if after is not None and before is not None:
+        raise MappingSpecError(at, "say after or before, not both")
+    name = after if after is not None else before
+    if name is None:
+        return None
+    if not isinstance(name, str) or len(name) != 3:
+        raise MappingSpecError(at, "after / before name a segment, e.g. after: PV1")
+    return Placement(name, after is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +131,8 @@ class Include:
     map: SegmentMap
     scope: str = "group"
     write: Writer | None = None
+    #: Only segments placed after (``after``) / not after (``before``) such a segment in their group.
+    placement: Placement | None = None
 
     def apply(self, segment: Segment, ctx: Context, resource: dict[str, Any]) -> None:
         if self.write is None:
@@ -134,6 +174,8 @@ class ResourcePlan:
     when: tuple[Check, ...] = ()
     #: No resource when the segment's group (or a group below it) holds one of these segments.
     unless_with: frozenset[str] = frozenset()
+    #: Only a segment placed after (or before) a segment of that name in its group.
+    placement: Placement | None = None
     #: "put" (the resource) or "delete" (a DELETE entry for the id, e.g. ADT^A29).
     request: str = "put"
     #: What the maps made of the segments (before references), memoized on their text when every
@@ -215,7 +257,7 @@ def _references(spec: Any, at: str) -> tuple[Reference, ...]:
             target = parse_target(ref["to"])
         except PathError as exc:
             raise MappingSpecError(ref_at, str(exc)) from None
-        if scope not in ("nearest", "segment") and not target.appends:
+        if scope == "message" and not target.appends:
             raise MappingSpecError(ref_at, f"scope {scope} can name several resources, so `to` must end in []")
         post = post_processor(ref.get("wrap"), ref.get("set"), None, ref_at, "set" in ref, False)
         key = match = None
@@ -234,7 +276,16 @@ def _references(spec: Any, at: str) -> tuple[Reference, ...]:
             filled = compile_reader(parse_target(str(ref["to"]).removesuffix("[]")))
         references.append(
             Reference(
-                str(ref["to"]), compile_writer(target), str(ref["resource"]), scope, post, filled, ref_at, key, match
+                str(ref["to"]),
+                compile_writer(target),
+                str(ref["resource"]),
+                scope,
+                post,
+                filled,
+                ref_at,
+                key,
+                match,
+                single=not target.appends,
             )
         )
     return tuple(references)
@@ -247,6 +298,7 @@ def _include(mappings: Mappings, item: Any, resource_type: str, name: str, at: s
             item_at, "an include is {segment: NTE, map: NTE[Annotation], to: note[], scope: group|up|subtree}"
         )
     inc = _segment_map(mappings, item["map"], str(item["segment"]), item_at)
+    placement = _placement(item, item_at)
     scope = str(item.get("scope", "group"))
     if scope not in INCLUDE_SCOPES:
         raise MappingSpecError(item_at, f"an include's scope is one of {INCLUDE_SCOPES}")
@@ -255,7 +307,7 @@ def _include(mappings: Mappings, item: Any, resource_type: str, name: str, at: s
             raise MappingSpecError(item_at, f"{inc.name} fills the resource itself; `to` is for a map to a datatype")
         if inc.resource != resource_type:
             raise MappingSpecError(item_at, f"{inc.name} fills a {inc.resource}, but {name} is a {resource_type}")
-        return Include(str(item["segment"]), inc, scope)
+        return Include(str(item["segment"]), inc, scope, None, placement)
     if "to" not in item:
         raise MappingSpecError(item_at, f"{inc.name} makes a {inc.datatype}: say where it goes (`to: note[]`)")
     try:
@@ -266,7 +318,7 @@ def _include(mappings: Mappings, item: Any, resource_type: str, name: str, at: s
     if target.is_value or target.is_choice:
         raise MappingSpecError(item_at, f"{name}: `to` names an element of the {resource_type}")
     writer = compile_writer(target, resolved.exclusive if resolved is not None else None)
-    return Include(str(item["segment"]), inc, scope, writer)
+    return Include(str(item["segment"]), inc, scope, writer, placement)
 
 
 def _defaults(spec: Any, resource_type: str, name: str, at: str) -> Defaults | None:
@@ -331,6 +383,7 @@ def _resource(mappings: Mappings, name: str, spec: Any, at: str) -> ResourcePlan
         references=_references(spec.get("references"), at),
         when=when,
         unless_with=frozenset(unless),
+        placement=_placement(spec, at),
         request=request,
         memo=memo,
         id_fields=id_fields,

@@ -35,6 +35,7 @@ TEXT = {"type": "string"}
 NOTE = {"type": "string", "description": "free text, ignored"}
 NOT_NULL = {"not": {"type": "null"}}
 CONSTANTS = {"type": "object", "minProperties": 1}
+SEGMENT_NAME = {"type": "string", "minLength": 3, "maxLength": 3}
 
 #: What each key means, shown by editors; the full text is docs/mappings.md.
 DESCRIPTIONS = {
@@ -134,7 +135,15 @@ def _defs() -> dict[str, Any]:
     rules = {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/rule"}}
     include = _object(
         INCLUDE_KEYS,
-        {"segment": TEXT, "map": map_name, "scope": _enum(INCLUDE_SCOPES), "to": TEXT, "note": NOTE},
+        {
+            "segment": TEXT,
+            "map": map_name,
+            "scope": _enum(INCLUDE_SCOPES),
+            "to": TEXT,
+            "after": SEGMENT_NAME,
+            "before": SEGMENT_NAME,
+            "note": NOTE,
+        },
         required=["segment", "map"],
     )
     reference = _object(
@@ -169,7 +178,9 @@ def _defs() -> dict[str, Any]:
         "on_duplicate": _enum(DUPLICATE_POLICIES),
         "references": {"type": "array", "items": {"$ref": "#/$defs/reference"}},
         "when": {"$ref": "#/$defs/when"},
-        "unless_with": {"type": "array", "items": {"type": "string", "minLength": 3, "maxLength": 3}},
+        "unless_with": {"type": "array", "items": SEGMENT_NAME},
+        "after": SEGMENT_NAME,
+        "before": SEGMENT_NAME,
         "request": _enum(REQUESTS),
         "defaults": CONSTANTS,
         "note": NOTE,

@@ -152,6 +152,8 @@ class Run:
                     continue
                 if plan.unless_with and _order_has(group, plan.unless_with):
                     continue
+                if plan.placement is not None and not plan.placement.holds(seg, group.items):
+                    continue
                 if plan.when:
                     ctx = self.context(seg, group)
                     if not all(check(seg, None, ctx) for check in plan.when):
@@ -203,7 +205,7 @@ class Run:
             )
         rtype = inst.plan.resource_type
         same = self.keys.setdefault((rtype, key), [])
-        if same and inst.plan.on_duplicate == "keep_first":
+        if same and inst.plan.on_duplicate in ("keep_first", "merge"):
             inst.alias_of = same[0]
             inst.id = same[0].id
         else:
@@ -215,11 +217,18 @@ class Run:
     def included(self, inst: _Instance, include: Include) -> list[Segment]:
         """The segments ``include`` adds to ``inst``'s resource."""
         group = inst.group
+        placement = include.placement
         if include.scope == "subtree":
-            return [seg for seg, _ in group.walk() if seg.name == include.segment]
+            return [
+                seg
+                for seg, at in group.walk()
+                if seg.name == include.segment and (placement is None or placement.holds(seg, at.items))
+            ]
         node: GroupNode | None = group
         while node is not None:
             found = [item for item in node.items if isinstance(item, Segment) and item.name == include.segment]
+            if placement is not None:
+                found = [item for item in found if placement.holds(item, node.items)]
             if found or include.scope == "group":
                 return found
             node = node.parent
@@ -239,6 +248,8 @@ class Run:
                     seen.add(reference)
                     value = {"reference": reference}
                     ref.write(resource, value if ref.post is None else ref.post(value))
+                    if ref.single:
+                        break
         return resource
 
     def content(self, inst: _Instance) -> dict[str, Any]:
@@ -275,6 +286,20 @@ class Run:
         return content
 
     def targets(self, inst: _Instance, name: str, scope: str) -> Iterator[str]:
+        if scope == "up":
+            node: GroupNode | None = inst.group
+            while node is not None:
+                here = [
+                    other
+                    for other in self.index.get((id(node), ("n", name)), ())
+                    if other.group is node and other is not inst and not other.gone
+                ]
+                if here:
+                    for other in here:
+                        yield f"{other.plan.resource_type}/{self.resolve_id(other)}"
+                    return
+                node = node.parent
+            return
         if scope == "nearest":
             found = self.nearest(inst, name, by_type=False)
             if found is not None:
@@ -348,6 +373,7 @@ class Run:
         first = [i for i in made if i not in last]
         for inst in first:  # every content first, so that references skip what is left out
             self._fill_or_drop(inst)
+        self._merge_duplicates()
         entries: dict[tuple[str, str], dict[str, Any]] = {}
         for inst in first:
             if not inst.dropped:
@@ -365,6 +391,17 @@ class Run:
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": list(entries.values())}
         self._note_unplaced(unplaced, bundle)
         return Conversion(bundle, [], list(dict.fromkeys(self.notes)))
+
+    def _merge_duplicates(self) -> None:
+        """``on_duplicate: merge``: what a second segment with the same key says is added to the
+        first's resource (each PRT of a patient's care team one more participant)."""
+        for inst in self.instances:
+            first = inst.alias_of
+            if first is None or inst.plan.on_duplicate != "merge" or first.content is None:
+                continue
+            self._fill_or_drop(inst)
+            if not inst.dropped and inst.content is not None:
+                merge_resource(first.content, inst.content)
 
     def _add_made(self, entries: dict[tuple[str, str], dict[str, Any]], start: int) -> None:
         """Add the resources the maps made (from ``start`` on): one entry per id, mentions merged."""
