@@ -222,7 +222,8 @@ def test_a_device_prt_after_an_obx_is_its_device() -> None:
     )
     obx2 = "OBX|2|NM|K^Potassium^L||4|mmol/L|||||F"
     bundle = converter().convert(message(MSH_ORU, PID, OBR, OBX, device, obx2))
-    made = only(bundle, "Device")
+    # (MSH-5, the receiving application, is a Device of the MessageHeader too.)
+    (made,) = [d for d in resources(bundle, "Device") if "udiCarrier" in d]
     assert made["identifier"][0]["value"] == "GLUCO-7"
     assert made["udiCarrier"] == [{"deviceIdentifier": "00643169001763"}]
     assert (made["manufactureDate"], made["expirationDate"]) == ("2020-01-01", "2030-01-01")
