@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import re
 from typing import Any
 
@@ -198,3 +199,13 @@ def document_notice(element: Element | None, ctx: Context, table: Table | None) 
     if title:
         attachment["title"] = title
     return {"attachment": attachment} if attachment else {"attachment": {"title": "document"}}
+
+
+@builder
+def narrative(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
+    """A text (PV2-12 visit description) as the resource's Narrative, escaped XHTML, status additional."""
+    text = text_of(element) if element else ""
+    if not text:
+        return None
+    div = html.escape(text, quote=False).replace("\n", "<br/>")
+    return {"status": "additional", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{div}</div>'}

@@ -145,6 +145,12 @@ def _defs() -> dict[str, Any]:
             "wrap": TEXT,
             "set": CONSTANTS,
             "if_empty": {"type": "boolean"},
+            "when": {"$ref": "#/$defs/when"},
+            "with": {
+                **map_name,
+                "description": "a segment-to-datatype map of the referenced resource's segment that completes "
+                "the value (DG1[EncounterDiagnosis]: use and rank beside the condition)",
+            },
             "note": NOTE,
         },
         required=["to", "resource"],

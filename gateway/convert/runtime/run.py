@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
 
-from gateway.convert.compilation.maps import Mappings
+from gateway.convert.compilation.maps import Mappings, SegmentMap
 from gateway.convert.compilation.memo import MEMO_SIZE, Entry, other_fields_key
 from gateway.convert.functions.ids import resource_id
 from gateway.convert.loading.messages import Include, MessagePlan, ResourcePlan
@@ -132,6 +132,8 @@ class Run:
         self.keys: dict[tuple[str, str], list[_Instance]] = {}
         self.notes: list[str] = []
         self.made: list[dict[str, Any]] = []
+        # id(segment) -> the fields references' ``with`` maps read of it (for the unused-field report).
+        self.with_used: dict[int, set[tuple[str, int]]] = {}
         seps = message.separators
         self.memo_key = f"{seps.field}{seps.encoding_characters}|{tz or ''}"
 
@@ -230,13 +232,32 @@ class Run:
         for ref in plan.references:
             if ref.filled is not None and ref.filled(resource):
                 continue
+            if ref.when:
+                ctx = self.context(inst.segment, inst.group)
+                if not all(check(inst.segment, None, ctx) for check in ref.when):
+                    continue
             seen: set[str] = set()
-            for reference in self.targets(inst, ref.resource, ref.scope):
+            for reference, other in self.targets(inst, ref.resource, ref.scope):
                 if reference not in seen:
                     seen.add(reference)
-                    value = {"reference": reference}
-                    ref.write(resource, value if ref.post is None else ref.post(value))
+                    value: Any = {"reference": reference}
+                    if ref.post is not None:
+                        value = ref.post(value)
+                    if ref.with_map is not None and other is not None:
+                        value = self.completed(value, ref.with_map, other)
+                    ref.write(resource, value)
+                    if not ref.appends:
+                        break  # a single element takes the first one (nearest: there is only one)
         return resource
+
+    def completed(self, value: Any, with_map: SegmentMap, other: _Instance) -> Any:
+        """A reference's ``with``: the value its map makes of the referenced resource's segment
+        (the DG1's use and rank), with the (wrapped) reference first."""
+        part = with_map.fill(other.segment, self.context(other.segment, other.group))
+        self.with_used.setdefault(id(other.segment), set()).update(with_map.fields)
+        if not isinstance(value, dict) or not part:
+            return value
+        return {**value, **{key: item for key, item in part.items() if key not in value}}
 
     def content(self, inst: _Instance) -> dict[str, Any]:
         """What the resource's map and the maps of its included segments make of them; memoized on
@@ -271,19 +292,21 @@ class Run:
             store[key] = Entry(ctx, content, notes_mark, made_mark)
         return content
 
-    def targets(self, inst: _Instance, name: str, scope: str) -> Iterator[str]:
+    def targets(self, inst: _Instance, name: str, scope: str) -> Iterator[tuple[str, _Instance | None]]:
+        """The references ``inst`` makes to resources of rule ``name``, each with the instance it
+        names (None for a resource a datatype map made)."""
         if scope == "nearest":
             found = self.nearest(inst, name, by_type=False)
             if found is not None:
-                yield f"{found.plan.resource_type}/{self.resolve_id(found)}"
+                yield f"{found.plan.resource_type}/{self.resolve_id(found)}", found
             return
         pool = self.below.get(id(self.root if scope == "message" else inst.group), [])
         for other in pool:
             if other is not inst and not other.gone and (name == "*" or other.plan.name == name):
-                yield f"{other.plan.resource_type}/{self.resolve_id(other)}"
+                yield f"{other.plan.resource_type}/{self.resolve_id(other)}", other
         if name == "*" and scope == "message":
             for made in self.made:
-                yield f"{made['resourceType']}/{made['id']}"
+                yield f"{made['resourceType']}/{made['id']}", None
 
     def unplaced_segments(self) -> list[str]:
         """The segments that fit nowhere in the structure and carry content ("OBX#7"), envelope
@@ -399,6 +422,8 @@ class Run:
             for include in inst.plan.includes:
                 for seg in self.included(inst, include):
                     used.setdefault(id(seg), set()).update(include.map.fields)
+        for key, fields in self.with_used.items():
+            used.setdefault(key, set()).update(fields)
         return used
 
     def unused(self) -> list[str]:
