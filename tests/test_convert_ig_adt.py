@@ -300,3 +300,78 @@ def test_a_parent_procedure_is_what_the_procedure_is_part_of() -> None:
     pr1 = segment("PR1", {1: "1", 3: "0DTJ4ZZ^Appendectomy^I10P", 5: "20240102", 19: "P2^HOSP", 25: "P1^HOSP"})
     procedure = only(converter().convert(message(MSH_28, PID, PV1, pr1)), "Procedure")
     assert procedure["partOf"] == [{"identifier": {"value": "P1"}}]
+
+
+# -- IAM reporter, IN1 employer, PID-21 mother, PV1-43 history, GT1 guarantor ---------------------------
+
+
+def test_who_reported_an_adverse_reaction_is_its_recorder() -> None:
+    msh = MSH_28.replace("ADT^A01^ADT_A01", "ADT^A60^ADT_A60")
+    spouse = segment(
+        "IAM", {1: "1", 2: "DA", 3: "70618^Penicillin^RXNORM", 7: "AL1^HOSP", 14: "Doe^John", 15: "SPO^Spouse^HL70063"}
+    )
+    self_ = segment("IAM", {1: "2", 2: "FA", 3: "227493005^Cashew nuts^SCT", 7: "AL2^HOSP", 14: "Doe^Jane", 15: "SEL"})
+    doctor = segment("IAM", {1: "3", 2: "FA", 3: "102263004^Eggs^SCT", 7: "AL3^HOSP", 14: "Smith^Ann^^^Dr"})
+    bundle = converter().convert(message(msh, "EVN|A60|20240101", PID, PV1, spouse, self_, doctor))
+    validate_bundle(bundle)
+    by_spouse, by_self, by_doctor = (_by_id(bundle, a["recorder"]) for a in resources(bundle, "AllergyIntolerance"))
+    assert by_spouse["resourceType"] == "RelatedPerson" and by_spouse["name"] == [{"family": "Doe", "given": ["John"]}]
+    assert by_spouse["relationship"][0]["coding"][0]["code"] == "SPS"
+    assert by_self is only(bundle, "Patient")
+    assert by_doctor["resourceType"] == "Practitioner" and by_doctor["name"][0]["family"] == "Smith"
+
+
+def test_the_insured_group_employer_is_the_policy_holder() -> None:
+    employer = segment("IN1", {1: "1", 2: "P1", 3: "I1", 4: "Acme", 10: "S123^^^ACME^SN", 11: "Widget Corp"})
+    by_id = segment("IN1", {1: "2", 2: "P2", 3: "I2", 4: "Beta", 10: "EMP77^^^STATE^EI"})
+    bundle = converter().convert(message(MSH_28, PID, PV1, employer, by_id))
+    first, second = resources(bundle, "Coverage")
+    assert _by_id(bundle, first["policyHolder"])["name"] == "Widget Corp"
+    (subscriber_id,) = first["extension"]
+    assert subscriber_id["url"] == "http://hl7.org/fhir/5.0/StructureDefinition/extension-Coverage.subscriberId"
+    assert subscriber_id["valueIdentifier"]["value"] == "S123"
+    assert _by_id(bundle, second["policyHolder"])["identifier"][0]["value"] == "EMP77"
+    assert "extension" not in second
+
+
+def test_the_mothers_identifier_names_the_mother() -> None:
+    pid = segment("PID", {1: "1", 3: "12345^^^HOSP^MR", 5: "Doe^Baby", 21: "M555^^^HOSP^MR"})
+    bundle = converter().convert(message(MSH_23, pid, PV1))
+    mother = only(bundle, "RelatedPerson")
+    assert mother["identifier"][0]["value"] == "M555"
+    assert mother["relationship"][0]["coding"][0]["code"] == "MTH"
+    assert mother["patient"] == {"reference": f"Patient/{only(bundle, 'Patient')['id']}"}
+
+
+def test_a_prior_temporary_location_is_an_encounter_history() -> None:
+    pv1 = segment("PV1", {1: "1", 2: "I", 3: "W1^101^A", 19: "V1^^^HOSP^VN", 43: "XRAY^1^^HOSP"})
+    bundle = converter().convert(message(MSH_ADT, PID, pv1))
+    validate_bundle(bundle)
+    history = only(bundle, "Basic")
+    assert history["code"]["coding"][0]["code"] == "EncounterHistory"
+    assert history["subject"] == {"reference": f"Patient/{only(bundle, 'Patient')['id']}"}
+    encounter_ext, location_ext = (
+        next(e for e in history["extension"] if e["url"].endswith(suffix)) for suffix in (".encounter", ".location")
+    )
+    assert encounter_ext["valueReference"] == {"reference": f"Encounter/{only(bundle, 'Encounter')['id']}"}
+    (where,) = location_ext["extension"]
+    assert where["url"] == "location" and _by_id(bundle, where["valueReference"])["name"] == "XRAY 1"
+    assert not resources(converter().convert(message(MSH_ADT, PID, PV1)), "Basic")
+
+
+def test_guarantors_of_the_account_are_persons_or_organizations() -> None:
+    pid = segment("PID", {1: "1", 3: "12345^^^HOSP^MR", 5: "Doe^Jane", 18: "ACC1^^^HOSP^AN"})
+    person = segment(
+        "GT1", {1: "1", 2: "G1^^^HOSP", 3: "Doe^John", 8: "19700101", 9: "M", 11: "SPO", 13: "20240101", 14: "20241231"}
+    )
+    company = segment("GT1", {1: "2", 3: "Widget Corp", 13: "20240101", 21: "Widget Corp^^^^^HOSP^XX^^^W1"})
+    bundle = converter().convert(message(MSH_ADT, pid, PV1, person, company))
+    validate_bundle(bundle)
+    parties = {_by_id(bundle, g["party"])["resourceType"]: g["period"] for g in only(bundle, "Account")["guarantor"]}
+    assert parties == {
+        "RelatedPerson": {"start": "2024-01-01", "end": "2024-12-31"},
+        "Organization": {"start": "2024-01-01"},
+    }
+    john = only(bundle, "RelatedPerson")
+    assert john["name"] == [{"family": "Doe", "given": ["John"]}] and john["birthDate"] == "1970-01-01"
+    assert john["gender"] == "male" and john["relationship"][0]["coding"][0]["code"] == "SPS"
