@@ -375,3 +375,19 @@ def test_guarantors_of_the_account_are_persons_or_organizations() -> None:
     john = only(bundle, "RelatedPerson")
     assert john["name"] == [{"family": "Doe", "given": ["John"]}] and john["birthDate"] == "1970-01-01"
     assert john["gender"] == "male" and john["relationship"][0]["coding"][0]["code"] == "SPS"
+
+
+def test_procedure_minutes_make_the_performed_period() -> None:
+    pr1 = segment("PR1", {1: "1", 3: "0DTJ4ZZ^Appendectomy^I10P", 5: "20240102101500", 7: "95", 19: "P2^HOSP"})
+    procedure = only(converter().convert(message(MSH_28, PID, PV1, pr1)), "Procedure")
+    assert procedure["performedPeriod"] == {"start": "2024-01-02T10:15:00+01:00", "end": "2024-01-02T11:50:00+01:00"}
+    assert "performedDateTime" not in procedure
+    without = only(converter().convert(message(MSH_28, PID, PV1, pr1.replace("|95|", "||"))), "Procedure")
+    assert without["performedDateTime"] == "2024-01-02T10:15:00+01:00" and "performedPeriod" not in without
+
+
+def test_the_clinician_identified_allergen_is_another_coding_of_the_allergen() -> None:
+    msh = MSH_28.replace("ADT^A01^ADT_A01", "ADT^A60^ADT_A60")
+    iam = segment("IAM", {1: "1", 2: "DA", 3: "70618^Penicillin^RXNORM", 7: "AL1^HOSP", 27: "7980^Penicillin G^RXNORM"})
+    allergy = only(converter().convert(message(msh, "EVN|A60|20240101", PID, PV1, iam)), "AllergyIntolerance")
+    assert [c["code"] for c in allergy["code"]["coding"]] == ["70618", "7980"]
