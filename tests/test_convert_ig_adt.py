@@ -391,3 +391,25 @@ def test_the_clinician_identified_allergen_is_another_coding_of_the_allergen() -
     iam = segment("IAM", {1: "1", 2: "DA", 3: "70618^Penicillin^RXNORM", 7: "AL1^HOSP", 27: "7980^Penicillin G^RXNORM"})
     allergy = only(converter().convert(message(msh, "EVN|A60|20240101", PID, PV1, iam)), "AllergyIntolerance")
     assert [c["code"] for c in allergy["code"]["coding"]] == ["70618", "7980"]
+
+
+def test_an_organization_next_of_kin_is_a_contact_with_the_person_to_call_there() -> None:
+    nk1 = segment(
+        "NK1",
+        {
+            1: "1",
+            3: "EMR^Employer^HL70063",
+            13: "Widget Corp",
+            30: "Boss^Bea",
+            31: "^WPN^PH^^^217^5550100",
+            32: "9 Factory Rd^^Springfield^IL",
+        },
+    )
+    bundle = converter().convert(message(MSH_28, PID, nk1, PV1))
+    validate_bundle(bundle)
+    (contact,) = only(bundle, "Patient")["contact"]
+    assert _by_id(bundle, contact["organization"])["name"] == "Widget Corp"
+    assert contact["name"] == {"family": "Boss", "given": ["Bea"]}
+    assert contact["telecom"] == [{"value": "217 5550100", "use": "work", "system": "phone"}]
+    assert contact["address"] == {"line": ["9 Factory Rd"], "city": "Springfield", "state": "IL"}
+    assert not resources(bundle, "RelatedPerson")  # an organization is no related person
