@@ -40,8 +40,8 @@ def test_report_lists_unused_segments_and_fields() -> None:
     assert code == 0
     report = err.getvalue()
     assert "ADT^A01^ADT_A01 MSG00001: " in report
-    assert "unused segments: ARV#6" in report and "GT1#19" in report
-    assert "    PID#4: PID-1 PID-12" in report  # present, read by no map
+    assert "unused segments: ARV#6" in report and "DB1#13" in report
+    assert "    PID#4: PID-1 PID-27 PID-33" in report  # present, read by no map
     assert "1 converted, 0 failed" in report
 
 

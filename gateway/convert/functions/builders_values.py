@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import re
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.convert.functions import builders
@@ -13,6 +15,7 @@ from gateway.convert.functions.registry import builder, transform
 from gateway.convert.functions.text import text_of, to_decimal
 from gateway.convert.model.context import Context
 from gateway.convert.model.tables import Table
+from gateway.hl7 import dtm
 from gateway.hl7.message import Element
 
 _PHYSICAL_TYPE = "http://terminology.hl7.org/CodeSystem/location-physical-type"
@@ -198,3 +201,27 @@ def document_notice(element: Element | None, ctx: Context, table: Table | None) 
     if title:
         attachment["title"] = title
     return {"attachment": attachment} if attachment else {"attachment": {"title": "document"}}
+
+
+@builder
+def narrative(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
+    """A text (PV2-12 visit description) as the resource's Narrative, escaped XHTML, status additional."""
+    text = text_of(element) if element else ""
+    if not text:
+        return None
+    div = html.escape(text, quote=False).replace("\n", "<br/>")
+    return {"status": "additional", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{div}</div>'}
+
+
+@builder(reads="segment", fields=("PR1-7",))
+def procedure_period(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
+    """Procedure.performedPeriod: from the date/time (PR1-5) for the minutes the procedure took (PR1-7)."""
+    start = dtm.to_datetime(text_of(element), ctx.tz) if element else None
+    if not start:
+        return None
+    period: dict[str, Any] = {"start": start}
+    minutes = to_decimal(text_of(ctx.segment.field(7))) if ctx.segment is not None else None
+    if minutes is not None and minutes >= 0 and "T" in start:
+        end = datetime.fromisoformat(start) + timedelta(minutes=minutes)
+        period["end"] = end.isoformat(timespec="seconds")
+    return period

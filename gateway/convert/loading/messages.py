@@ -51,7 +51,7 @@ RESOURCE_KEYS = {
     "note",
 }
 INCLUDE_KEYS = {"segment", "map", "scope", "to", "after", "before", "note"}
-REFERENCE_KEYS = {"to", "resource", "scope", "wrap", "set", "if_empty", "key", "match", "note"}
+REFERENCE_KEYS = {"to", "resource", "scope", "wrap", "set", "if_empty", "key", "match", "with", "when", "note"}
 ID_SPEC_KEYS = {"identifier", "within", "fields", "note"}
 SCOPES = ("nearest", "group", "up", "message", "segment")
 INCLUDE_SCOPES = ("group", "up", "subtree")
@@ -64,15 +64,21 @@ class Reference:
     """Write a Reference at ``to`` to the resource(s) rule ``resource`` made (``*``: all of them).
 
     ``nearest``: the one closest to this resource's segment (same group, then enclosing groups);
-    ``group``: every one made inside this resource's group (the first, when ``to`` is one element);
+    ``group``: every one made inside this resource's group (for a ``to`` that does not repeat, the
+    first one: the subscriber of this IN1's own INSURANCE group, never another's);
     ``up``: those made from segments directly in this resource's group, else directly in the nearest
     enclosing group that has one (an order's PRT beside its ORC or OBR, never another order's);
     ``message``: every one in the message;
     ``segment``: the one made from this resource's own segment (an OBX's Observation and document).
-    ``post`` wraps the Reference (``wrap: actor``) and adds constants (``set``); with ``if_empty``
-    the reference is written only when the element is still empty (a fallback). With ``key`` and
-    ``match`` (named id key functions) the targets are the resources of that name, anywhere in the
-    message, whose ``match`` key equals this resource's ``key`` key (a child order's parent).
+    ``when``: conditions on this resource's segment (Coverage.subscriber is the patient when IN1-17
+    says SEL). ``post`` wraps the Reference (``wrap: actor``) and adds constants (``set``); with
+    ``if_empty`` the reference is written only when the element is still empty (a fallback). With
+    ``key`` and ``match`` (named id key functions) the targets are the resources of that name,
+    anywhere in the message, whose ``match`` key equals this resource's ``key`` key (a child order's
+    parent). ``with_map`` (``with: DG1[EncounterDiagnosis]``), a segment-to-datatype map of the
+    referenced resource's segment, completes the written value with what that segment says about
+    the relation: each Encounter.diagnosis entry gets the use and rank of the DG1 whose Condition
+    it names.
     """
 
     to: str
@@ -84,8 +90,10 @@ class Reference:
     where: str = ""
     key: KeyFunction | None = None
     match: KeyFunction | None = None
-    #: ``to`` names one element (not ``[]``): only the first resource found is referenced.
-    single: bool = False
+    with_map: SegmentMap | None = None
+    when: tuple[Check, ...] = ()
+    #: The ``to`` repeats (``[]``): every target is written; else only the first.
+    appends: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +251,23 @@ def _id_key(spec: Any, at: str) -> tuple[str, KeyFunction, frozenset[tuple[str, 
     return str(spec), found, used
 
 
-def _references(spec: Any, at: str) -> tuple[Reference, ...]:
+def _with_map(mappings: Mappings, name: Any, resource_type: str, to: str, at: str) -> SegmentMap:
+    """The segment-to-datatype map a reference's ``with`` names; it must make what ``to`` takes."""
+    found = mappings.segment_maps.get(str(name))
+    if found is None:
+        raise MappingSpecError(at, f"unknown segment map {name!r} (known: {', '.join(sorted(mappings.segment_maps))})")
+    if not found.datatype:
+        raise MappingSpecError(at, f"`with` names a map to a datatype, not {found.name}, which fills a resource")
+    try:
+        fhirmodel.resolve(resource_type, parse_target(to), (found.datatype,))
+    except (PathError, FhirPathError) as exc:
+        raise MappingSpecError(at, f"with {found.name}: {exc}") from None
+    return found
+
+
+def _references(
+    mappings: Mappings, spec: Any, resource_type: str, segment: str, name: str, at: str
+) -> tuple[Reference, ...]:
     references = []
     for ref in spec or []:
         ref_at = where(ref, at)
@@ -274,6 +298,14 @@ def _references(spec: Any, at: str) -> tuple[Reference, ...]:
         filled = None
         if ref.get("if_empty"):
             filled = compile_reader(parse_target(str(ref["to"]).removesuffix("[]")))
+        with_map = None
+        if "with" in ref:
+            with_map = _with_map(mappings, ref["with"], resource_type, str(ref["to"]), ref_at)
+        when: tuple[Check, ...] = ()
+        if "when" in ref:
+            compiler = RuleCompiler(mappings._resolver(), segment, in_segment=True, map_name=f"{name} (reference)")
+            when = tuple(compiler.conditions(ref.get("when"), ref_at, None))
+            mappings.path_uses.extend(compiler.path_uses)
         references.append(
             Reference(
                 str(ref["to"]),
@@ -283,9 +315,11 @@ def _references(spec: Any, at: str) -> tuple[Reference, ...]:
                 post,
                 filled,
                 ref_at,
-                key,
-                match,
-                single=not target.appends,
+                key=key,
+                match=match,
+                with_map=with_map,
+                when=when,
+                appends=target.appends,
             )
         )
     return tuple(references)
@@ -380,7 +414,7 @@ def _resource(mappings: Mappings, name: str, spec: Any, at: str) -> ResourcePlan
         id_key=id_key,
         required=bool(spec.get("required", False)),
         on_duplicate=on_duplicate,
-        references=_references(spec.get("references"), at),
+        references=_references(mappings, spec.get("references"), seg_map.resource, segment, name, at),
         when=when,
         unless_with=frozenset(unless),
         placement=_placement(spec, at),
@@ -481,12 +515,20 @@ def load_messages(mappings: Mappings) -> dict[str, MessagePlan]:
             if not isinstance(resources_spec, dict) or not resources_spec:
                 raise MappingSpecError(at, f"{name} makes no resources")
             resources = tuple(_resource(mappings, str(n), spec, at) for n, spec in resources_spec.items())
-            known = {r.name for r in resources} | {"*"}
+            known = {r.name: r for r in resources}
             for plan in resources:
                 for ref in plan.references:
-                    if ref.resource not in known:
+                    if ref.resource not in known and ref.resource != "*":
                         raise MappingSpecError(
                             ref.where or at, f"{name}: {plan.name} references unknown resource {ref.resource!r}"
+                        )
+                    if ref.with_map is not None and (
+                        ref.resource == "*" or known[ref.resource].segment != ref.with_map.segment
+                    ):
+                        raise MappingSpecError(
+                            ref.where or at,
+                            f"{name}: {plan.name}: with {ref.with_map.name} maps {ref.with_map.segment}, "
+                            f"not the segment {ref.resource} is made from",
                         )
             plans[name] = MessagePlan(name, structure, resources, _by_segment(resources))
     except MappingSpecError as exc:

@@ -157,6 +157,12 @@ def _defs() -> dict[str, Any]:
             "if_empty": {"type": "boolean"},
             "key": _enum(ID_KEYS),
             "match": _enum(ID_KEYS),
+            "when": {"$ref": "#/$defs/when"},
+            "with": {
+                **map_name,
+                "description": "a segment-to-datatype map of the referenced resource's segment that completes "
+                "the value (DG1[EncounterDiagnosis]: use and rank beside the condition)",
+            },
             "note": NOTE,
         },
         required=["to", "resource"],

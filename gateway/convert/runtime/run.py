@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
 
-from gateway.convert.compilation.maps import Mappings
+from gateway.convert.compilation.maps import Mappings, SegmentMap
 from gateway.convert.compilation.memo import MEMO_SIZE, Entry, other_fields_key
 from gateway.convert.functions.ids import resource_id
 from gateway.convert.loading.messages import Include, MessagePlan, Reference, ResourcePlan
@@ -134,6 +134,8 @@ class Run:
         self.made: list[dict[str, Any]] = []
         # For references by key: (match function, rule name) -> the match key of each such instance.
         self.match_keys: dict[tuple[int, str], list[tuple[str | None, _Instance]]] = {}
+        # id(segment) -> the fields references' ``with`` maps read of it (for the unused-field report).
+        self.with_used: dict[int, set[tuple[str, int]]] = {}
         seps = message.separators
         self.memo_key = f"{seps.field}{seps.encoding_characters}|{tz or ''}"
 
@@ -241,16 +243,33 @@ class Run:
         for ref in plan.references:
             if ref.filled is not None and ref.filled(resource):
                 continue
+            if ref.when:
+                ctx = self.context(inst.segment, inst.group)
+                if not all(check(inst.segment, None, ctx) for check in ref.when):
+                    continue
             seen: set[str] = set()
             found = self.targets(inst, ref.resource, ref.scope) if ref.key is None else self.keyed(inst, ref)
-            for reference in found:
+            for reference, other in found:
                 if reference not in seen:
                     seen.add(reference)
-                    value = {"reference": reference}
-                    ref.write(resource, value if ref.post is None else ref.post(value))
-                    if ref.single:
-                        break
+                    value: Any = {"reference": reference}
+                    if ref.post is not None:
+                        value = ref.post(value)
+                    if ref.with_map is not None and other is not None:
+                        value = self.completed(value, ref.with_map, other)
+                    ref.write(resource, value)
+                    if not ref.appends:
+                        break  # a single element takes the first one (nearest: there is only one)
         return resource
+
+    def completed(self, value: Any, with_map: SegmentMap, other: _Instance) -> Any:
+        """A reference's ``with``: the value its map makes of the referenced resource's segment
+        (the DG1's use and rank), with the (wrapped) reference first."""
+        part = with_map.fill(other.segment, self.context(other.segment, other.group))
+        self.with_used.setdefault(id(other.segment), set()).update(with_map.fields)
+        if not isinstance(value, dict) or not part:
+            return value
+        return {**value, **{key: item for key, item in part.items() if key not in value}}
 
     def content(self, inst: _Instance) -> dict[str, Any]:
         """What the resource's map and the maps of its included segments make of them; memoized on
@@ -285,7 +304,9 @@ class Run:
             store[key] = Entry(ctx, content, notes_mark, made_mark)
         return content
 
-    def targets(self, inst: _Instance, name: str, scope: str) -> Iterator[str]:
+    def targets(self, inst: _Instance, name: str, scope: str) -> Iterator[tuple[str, _Instance | None]]:
+        """The references ``inst`` makes to resources of rule ``name``, each with the instance it
+        names (None for a resource a datatype map made)."""
         if scope == "up":
             node: GroupNode | None = inst.group
             while node is not None:
@@ -296,29 +317,29 @@ class Run:
                 ]
                 if here:
                     for other in here:
-                        yield f"{other.plan.resource_type}/{self.resolve_id(other)}"
+                        yield f"{other.plan.resource_type}/{self.resolve_id(other)}", other
                     return
                 node = node.parent
             return
         if scope == "nearest":
             found = self.nearest(inst, name, by_type=False)
             if found is not None:
-                yield f"{found.plan.resource_type}/{self.resolve_id(found)}"
+                yield f"{found.plan.resource_type}/{self.resolve_id(found)}", found
             return
         if scope == "segment":  # the resource the same segment made (an OBX's Observation and document)
             for other in self.below.get(id(inst.group), []):
                 if other.segment is inst.segment and other is not inst and not other.gone and other.plan.name == name:
-                    yield f"{other.plan.resource_type}/{self.resolve_id(other)}"
+                    yield f"{other.plan.resource_type}/{self.resolve_id(other)}", other
             return
         pool = self.below.get(id(self.root if scope == "message" else inst.group), [])
         for other in pool:
             if other is not inst and not other.gone and (name == "*" or other.plan.name == name):
-                yield f"{other.plan.resource_type}/{self.resolve_id(other)}"
+                yield f"{other.plan.resource_type}/{self.resolve_id(other)}", other
         if name == "*" and scope == "message":
             for made in self.made:
-                yield f"{made['resourceType']}/{made['id']}"
+                yield f"{made['resourceType']}/{made['id']}", None
 
-    def keyed(self, inst: _Instance, ref: Reference) -> Iterator[str]:
+    def keyed(self, inst: _Instance, ref: Reference) -> Iterator[tuple[str, _Instance | None]]:
         """The resources of rule ``ref.resource`` whose ``ref.match`` key is ``inst``'s ``ref.key`` key
         (a susceptibility order's parent culture: its OBR-29 numbers keyed as the parent keys its own)."""
         assert ref.key is not None and ref.match is not None
@@ -333,7 +354,7 @@ class Run:
             ]
         for key, other in candidates:
             if key == wanted and other is not inst and not other.gone:
-                yield f"{other.plan.resource_type}/{self.resolve_id(other)}"
+                yield f"{other.plan.resource_type}/{self.resolve_id(other)}", other
 
     def unplaced_segments(self) -> list[str]:
         """The segments that fit nowhere in the structure and carry content ("OBX#7"), envelope
@@ -467,6 +488,8 @@ class Run:
             for include in inst.plan.includes:
                 for seg in self.included(inst, include):
                     used.setdefault(id(seg), set()).update(include.map.fields)
+        for key, fields in self.with_used.items():
+            used.setdefault(key, set()).update(fields)
         return used
 
     def unused(self) -> list[str]:
