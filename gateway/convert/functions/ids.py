@@ -130,13 +130,12 @@ def _ei_key(ei: Element) -> str:
     return f"{text_of(ei[2]) or text_of(ei[3])}|{text_of(ei[1])}"
 
 
-@id_key("ORC-2", "ORC-3", "OBR-2", "OBR-3", "OBR-4")
-def order(scope: IdScope) -> str | None:
-    """The filler order number (ORC-3, else OBR-3) with its namespace, else the placer order number
-    (ORC-2, else OBR-2); else the patient, the service code OBR-4 and the position."""
+def _order_key(scope: IdScope, kinds: tuple[tuple[str, int], ...]) -> str | None:
+    """The first order number of ``kinds`` (ORC before OBR for each) with its namespace; else the
+    patient, the service code OBR-4 and the position."""
     seg = scope.segment
     orc = scope.other_segment("ORC")
-    for kind, field in (("filler", 3), ("placer", 2)):
+    for kind, field in kinds:
         for source in (orc, seg):
             if source is not None:
                 number = _field(source, field, scope.message)
@@ -144,6 +143,22 @@ def order(scope: IdScope) -> str | None:
                     return f"{kind}|{_ei_key(number)}"
     patient_id = scope.nearest_id("Patient") or ""
     return f"order|{patient_id}|{text_of(_field(seg, 4, scope.message)[1])}|{scope.position}"
+
+
+@id_key("ORC-2", "ORC-3", "OBR-2", "OBR-3", "OBR-4")
+def order(scope: IdScope) -> str | None:
+    """The filler order number (ORC-3, else OBR-3) with its namespace, else the placer order number
+    (ORC-2, else OBR-2); else the patient, the service code OBR-4 and the position (the filler's
+    report: its results always carry the filler's number)."""
+    return _order_key(scope, (("filler", 3), ("placer", 2)))
+
+
+@id_key("ORC-2", "ORC-3", "OBR-2", "OBR-3", "OBR-4")
+def request(scope: IdScope) -> str | None:
+    """The placer order number (ORC-2, else OBR-2) with its namespace, else the filler order number
+    (ORC-3, else OBR-3); else as ``order``: the order an ORM placed with its placer number only is
+    the one the ORU answering it (placer and filler numbers) names."""
+    return _order_key(scope, (("placer", 2), ("filler", 3)))
 
 
 @id_key("OBX-1", "OBX-4")
@@ -177,6 +192,18 @@ def provenance(scope: IdScope) -> str | None:
     message = scope.message
     digest = hashlib.sha256(normalized_message(message).encode()).hexdigest()[:32]
     return f"{message.sender}|{message.control_id}|{digest}"
+
+
+@id_key("MSH-10", "ORC-2", "ORC-3")
+def order_provenance(scope: IdScope) -> str | None:
+    """The Provenance of an order in a message (IG ORC[Provenance]): the message's Provenance key
+    with the ORC's order number (placer, else filler), else the ORC's position in the message."""
+    orc = scope.segment
+    for kind, field in (("placer", 2), ("filler", 3)):
+        number = _field(orc, field, scope.message)
+        if text_of(number[1]):
+            return f"{provenance(scope)}|{kind}|{_ei_key(number)}"
+    return f"{provenance(scope)}|#{scope.position}"
 
 
 def identifier_key(element: Element) -> str:
