@@ -25,7 +25,7 @@ from gateway.hl7.charset import decode_message
 from gateway.hl7.message import parse
 from gateway.validate import validate_bundle
 from tests.conftest import SAMPLES
-from tests.support.convert import converter, only, resources, sample_message
+from tests.support.convert import converter, message_provenance, only, resources, sample_message
 
 UPDATE = os.environ.get("HL7GW_UPDATE_GOLDEN") == "1"
 #: samples/<MSG_TRIGGER>/ folders: the golden copies, one folder per trigger event.
@@ -98,7 +98,7 @@ def test_every_corpus_message_converts_to_a_valid_bundle(path: Path) -> None:
         with pytest.raises(MappingError, match=re.escape(f"{unplaced} fit nowhere in the {structure} structure")):
             converter().convert(message)
         bundle = _noting_converter().convert(message)
-        provenance = only(bundle, "Provenance")
+        provenance = message_provenance(bundle)
         notes = [e["valueAnnotation"]["text"] for e in provenance["extension"] if e["url"].endswith("/note")]
         assert notes == [f"Not converted: {unplaced}, which fit nowhere in the {structure} structure"]
     else:
@@ -106,9 +106,9 @@ def test_every_corpus_message_converts_to_a_valid_bundle(path: Path) -> None:
     validate_bundle(bundle)
     problems = [str(issue) for issue in fhirkit.validate(bundle) if issue.severity == "error"]
     assert problems == []
-    provenance = only(bundle, "Provenance")
+    provenance = message_provenance(bundle)
     targets = {t["reference"] for t in provenance["target"]}
-    others = {e["request"]["url"] for e in bundle["entry"] if e.get("resource", {}).get("resourceType") != "Provenance"}
+    others = {e["request"]["url"] for e in bundle["entry"]} - {f"Provenance/{provenance['id']}"}
     assert targets == others
 
 
@@ -187,7 +187,7 @@ def test_ig_oru_r01_results() -> None:
 
 def test_provenance_names_the_message() -> None:
     bundle = converter().convert(sample_message("v2-to-fhir-ig/ADT_A01.hl7"))
-    provenance = only(bundle, "Provenance")
+    provenance = message_provenance(bundle)
     assert provenance["recorded"] == "2015-06-01T13:58:23+01:00"  # MSH-7, not the clock
     what = provenance["entity"][0]["what"]
     assert what["identifier"] == {"system": "urn:hl7gw:message", "value": "SndApp|SndFac|4637382"}

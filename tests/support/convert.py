@@ -41,3 +41,11 @@ def only(bundle: dict, resource_type: str) -> dict:
 MSH_ADT = "MSH|^~\\&|App|Fac|Rcv|RcvFac|20240101120000+0100||ADT^A01^ADT_A01|CTRL1|P|2.5.1"
 PID = "PID|1||12345^^^HOSP^MR||Doe^Jane||19800101|F"
 PV1 = "PV1|1|I|||||||||||||||||V100^^^HOSP^VN|||||||||||||||||||||||||20240101110000+0100"
+
+
+def message_provenance(bundle: dict) -> dict:
+    """The message's own Provenance (MSH[Provenance]: the one naming the source message), not an
+    order's (ORC[Provenance])."""
+    found = [p for p in resources(bundle, "Provenance") if any(e.get("role") == "source" for e in p.get("entity", ()))]
+    assert len(found) == 1, f"expected one message Provenance, got {len(found)}"
+    return found[0]

@@ -14,7 +14,7 @@ every family, and names what other modules use.
 
 from __future__ import annotations
 
-from gateway.convert.functions import builders, builders_values, predicates, text
+from gateway.convert.functions import builders, builders_orders, builders_values, predicates, text
 from gateway.convert.functions.predicates import CONDITION_ARGUMENT
 from gateway.convert.functions.registry import (
     BUILDER_FIELDS,
@@ -49,6 +49,7 @@ __all__ = [
     "Transform",
     "builder",
     "builders",
+    "builders_orders",
     "builders_values",
     "condition",
     "oid_to_urn",

@@ -49,10 +49,10 @@ RESOURCE_KEYS = {
     "note",
 }
 INCLUDE_KEYS = {"segment", "map", "scope", "to", "note"}
-REFERENCE_KEYS = {"to", "resource", "scope", "wrap", "set", "if_empty", "note"}
+REFERENCE_KEYS = {"to", "resource", "scope", "wrap", "set", "if_empty", "required", "note"}
 ID_SPEC_KEYS = {"identifier", "within", "fields", "note"}
 SCOPES = ("nearest", "group", "message")
-INCLUDE_SCOPES = ("group", "up", "subtree")
+INCLUDE_SCOPES = ("group", "up", "subtree", "order")
 DUPLICATE_POLICIES = ("number", "keep_first")
 REQUESTS = ("put", "delete")
 
@@ -64,7 +64,9 @@ class Reference:
     ``nearest``: the one closest to this resource's segment (same group, then enclosing groups);
     ``group``: every one made inside this resource's group; ``message``: every one in the message.
     ``post`` wraps the Reference (``wrap: actor``) and adds constants (``set``); with ``if_empty``
-    the reference is written only when the element is still empty (a fallback).
+    the reference is written only when the element is still empty (a fallback); with ``required``
+    a resource whose element is still empty after all its references is left out (a Provenance
+    whose order was left out has nothing to be the provenance of).
     """
 
     to: str
@@ -74,6 +76,7 @@ class Reference:
     post: Callable[[Any], Any] | None = None
     filled: Callable[[dict[str, Any]], Any] | None = None
     where: str = ""
+    required: Callable[[dict[str, Any]], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +219,11 @@ def _references(spec: Any, at: str) -> tuple[Reference, ...]:
         filled = None
         if ref.get("if_empty"):
             filled = compile_reader(parse_target(str(ref["to"]).removesuffix("[]")))
+        required = compile_reader(parse_target(str(ref["to"]).removesuffix("[]"))) if ref.get("required") else None
         references.append(
-            Reference(str(ref["to"]), compile_writer(target), str(ref["resource"]), scope, post, filled, ref_at)
+            Reference(
+                str(ref["to"]), compile_writer(target), str(ref["resource"]), scope, post, filled, ref_at, required
+            )
         )
     return tuple(references)
 

@@ -145,6 +145,7 @@ def _defs() -> dict[str, Any]:
             "wrap": TEXT,
             "set": CONSTANTS,
             "if_empty": {"type": "boolean"},
+            "required": {"type": "boolean"},
             "note": NOTE,
         },
         required=["to", "resource"],
