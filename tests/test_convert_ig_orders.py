@@ -174,3 +174,69 @@ def test_medication_request_timing_from_tq1() -> None:
     request = only(converter().convert(message(RDE, PID, "ORC|NW|P200^OE", tq1, rxe)), "MedicationRequest")
     repeat = request["dosageInstruction"][0]["timing"]["repeat"]
     assert repeat["when"] == ["PC"] and repeat["offset"] == 30 and "timeOfDay" not in repeat
+
+
+def test_orc_7_timing_of_a_v23_order() -> None:
+    orm = "MSH|^~\\&|OE|Hosp|LAB|Lab|20240301080000+0100||ORM^O01|M1|P|2.3"
+    orc = "ORC|NW|P100^OE|||||1^Q6H&0800,1400^M30^20240301090000+0100^20240305090000+0100^S^^^^^^4|||||||(555)123-4567"
+    order = _order(orm, PID, orc, OBR.format(placer="P100^OE", filler=""))
+    assert order["occurrenceTiming"]["repeat"] == {
+        "frequency": 1,
+        "period": 6,
+        "periodUnit": "h",
+        "timeOfDay": ["08:00:00", "14:00:00"],  # RI.2
+        "boundsPeriod": {"start": "2024-03-01T09:00:00+01:00", "end": "2024-03-05T09:00:00+01:00"},  # TQ.4, TQ.5
+        "count": 4,  # TQ.12
+    }
+    assert order["quantityQuantity"] == {"value": 1} and order["priority"] == "stat"  # TQ.1, TQ.6
+    (callback,) = order["extension"]  # ORC-14
+    assert callback["url"] == "http://hl7.org/fhir/StructureDefinition/servicerequest-order-callback-phone-number"
+    assert callback["valueContactPoint"]["value"] == "(555)123-4567"
+
+
+def test_orc_7_rxo_9_of_a_pharmacy_order() -> None:
+    orm = "MSH|^~\\&|OE|Hosp|PH|Ph|20240301080000+0100||ORM^O01|M1|P|2.4"
+    bundle = converter().convert(message(orm, PID, "ORC|NW|P200^OE|||||^BID^D5^^^R", "RXO|RX1^Amox^L|500||mg|||||G"))
+    request = only(bundle, "MedicationRequest")
+    assert request["dosageInstruction"][0]["timing"]["repeat"] == {
+        "frequency": 2,
+        "period": 1,
+        "periodUnit": "d",
+        "boundsDuration": {"value": 5, "unit": "d", "system": "http://unitsofmeasure.org", "code": "d"},  # TQ.3 D5
+    }
+    assert request["priority"] == "routine"
+    assert request["substitution"]["allowedCodeableConcept"]["coding"] == [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/v2-0161",
+            "code": "G",
+            "display": "Allow generic substitutions.",
+        }
+    ]
+
+
+def test_rxr_5_routing_instruction() -> None:
+    rxe = "RXE|^^^20240301090000+0100|RX1^Amoxicillin^L|500||mg"
+    rxr = "RXR|PO^Oral^HL70162||||WF^With food^L"
+    request = only(converter().convert(message(RDE, PID, "ORC|NW|P200^OE", rxe, rxr)), "MedicationRequest")
+    assert request["dosageInstruction"][0]["additionalInstruction"] == [
+        {"coding": [{"code": "WF", "display": "With food"}]}
+    ]
+
+
+def test_orc_of_an_immunization_placer_group_and_recorded() -> None:
+    vxu = "MSH|^~\\&|EHR|Clinic|IIS|State|20240301080000+0100||VXU^V04^VXU_V04|V1|P|2.5.1"
+    orc = "ORC|RE|P1^EHR|F1^IIS|G1^EHR|||||20240301075000+0100"
+    rxa = "RXA|0|1|20240301074500+0100||08^HepB^CVX|0.5|mL^mL^UCUM"
+    immunization = only(converter().convert(message(vxu, PID, orc, rxa)), "Immunization")
+    assert immunization["identifier"][2]["value"] == "G1"  # ORC-4
+    assert immunization["identifier"][2]["type"]["coding"][0]["code"] == "PGN"
+    assert immunization["recorded"] == "2024-03-01T07:50:00+01:00"  # ORC-9
+
+
+def test_orc_33_alternate_placer_order_number() -> None:
+    oml = OML.replace("|2.5.1", "|2.7")
+    orc = "ORC|NW|P100^OE" + "|" * 31 + "ALT7^^^OE2"
+    order = _order(oml, PID, orc, OBR.format(placer="P100^OE", filler=""))
+    (alternate,) = [i for i in order["identifier"] if i["value"] == "ALT7"]
+    assert alternate["type"]["coding"][0]["code"] == "PLAC"
+    assert order["id"] == resource_id("ServiceRequest", "placer|OE|P100")  # ORC-2 still names the order

@@ -31,16 +31,17 @@ _MINUTES = {"s": 1 / 60, "min": 1, "h": 60, "d": 1440, "wk": 10080}
 #: Table 0335 codes with a v3 GTS abbreviation (IG concept map RepeatPattern).
 _GTS_CODES = {"Q1H": "Q1H", "Q2H": "Q2H", "Q3H": "Q3H", "Q4H": "Q4H", "Q6H": "Q6H", "Q8H": "Q8H", "Q1D": "QD",
               "Q1W": "WK", "Q1L": "MO", "BID": "BID", "TID": "TID", "QID": "QID", "QOD": "QOD"}  # fmt: skip
-#: Fixed table 0335 codes -> (frequency, period, periodUnit, when).
-_FIXED: dict[str, tuple[int, int, str, str | None]] = {
-    "BID": (2, 1, "d", None),
-    "TID": (3, 1, "d", None),
-    "QID": (4, 1, "d", None),
-    "QAM": (1, 1, "d", "MORN"),
-    "QPM": (1, 1, "d", "EVE"),
-    "QHS": (1, 1, "d", "HS"),
-    "QSHIFT": (3, 1, "d", None),
-    "QOD": (1, 2, "d", None),
+#: Fixed table 0335 codes -> (frequency, period, periodUnit). QAM, QPM and QHS say when in the day
+#: only by their code: a repeat.when would forbid the explicit times TQ1-4 gives (R4 tim-10).
+_FIXED: dict[str, tuple[int, int, str]] = {
+    "BID": (2, 1, "d"),
+    "TID": (3, 1, "d"),
+    "QID": (4, 1, "d"),
+    "QAM": (1, 1, "d"),
+    "QPM": (1, 1, "d"),
+    "QHS": (1, 1, "d"),
+    "QSHIFT": (3, 1, "d"),
+    "QOD": (1, 2, "d"),
 }
 _EVERY = re.compile(r"Q(\d+)(S|M|H|D|W|L)")
 _WEEKDAYS = re.compile(r"Q(\d+)J([1-7]+)")
@@ -59,14 +60,22 @@ def time_unit(units: Element) -> str | None:
     return None
 
 
+def _pattern_code(code: str, system: str | None, text: str) -> dict[str, Any]:
+    """Timing.code: the table 0335 code (its GTS abbreviation first when it has one)."""
+    codings: list[dict[str, str]] = [{"system": system, "code": code} if system else {"code": code}]
+    if code in _GTS_CODES:
+        codings.insert(0, {"system": _GTS, "code": _GTS_CODES[code]})
+    concept: dict[str, Any] = {"coding": codings}
+    if text:
+        concept["text"] = text
+    return concept
+
+
 def _repeat_of_code(code: str) -> dict[str, Any]:
     """Timing.repeat for a table 0335 code: Q4H is once every 4 hours, BID twice a day."""
     if code in _FIXED:
-        frequency, period, unit, when = _FIXED[code]
-        repeat: dict[str, Any] = {"frequency": frequency, "period": period, "periodUnit": unit}
-        if when:
-            repeat["when"] = [when]
-        return repeat
+        frequency, period, unit = _FIXED[code]
+        return {"frequency": frequency, "period": period, "periodUnit": unit}
     if m := _EVERY.fullmatch(code):
         unit = {"S": "s", "M": "min", "H": "h", "D": "d", "W": "wk", "L": "mo"}[m.group(2)]
         return {"frequency": 1, "period": int(m.group(1)), "periodUnit": unit}
@@ -89,13 +98,7 @@ def repeat_pattern(element: Element | None, ctx: Context, table: Table | None) -
     timing: dict[str, Any] = {}
     if code:
         named = text_of(pattern[3])
-        system = ctx.systems.system(named) if named else _V2_0335
-        codings = [{"system": system, "code": code} if system else {"code": code}]
-        if code in _GTS_CODES:
-            codings.insert(0, {"system": _GTS, "code": _GTS_CODES[code]})
-        timing["code"] = {"coding": codings}
-        if text_of(pattern[2]):
-            timing["code"]["text"] = text_of(pattern[2])
+        timing["code"] = _pattern_code(code, ctx.systems.system(named) if named else _V2_0335, text_of(pattern[2]))
     repeat = _repeat_of_code(code)
     period = to_decimal(text_of(element[5]))
     unit = time_unit(element[6]) if element[6] else None
@@ -144,3 +147,43 @@ def offset_minutes(element: Element | None, ctx: Context, table: Table | None) -
     if found is None or found[1] not in _MINUTES:
         return None
     return round(found[0] * _MINUTES[found[1]])
+
+
+# --- TQ (ORC-7 quantity/timing, v2.3 to v2.6; IG TQ[ServiceRequest], TQ[MedicationRequest]) --------
+
+_TQ_DURATION = re.compile(r"([SMHDWL])(\d+(?:\.\d+)?)")
+_TIME = re.compile(r"(\d{2})(\d{2})")
+
+
+@builder
+def interval_code(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
+    """RI (TQ.2 interval) -> Timing.code: RI.1 repeat pattern (table 0335), IG RI[Timing]."""
+    code = text_of(element[1]).upper() if element else ""
+    return _pattern_code(code, _V2_0335, "") if code else None
+
+
+@builder
+def interval_repeat(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
+    """RI (TQ.2 interval) -> Timing.repeat: the frequency and period RI.1 says, RI.2 explicit
+    times ("0800,1400") as timeOfDay."""
+    if not element:
+        return None
+    repeat = _repeat_of_code(text_of(element[1]).upper())
+    times = [
+        f"{m.group(1)}:{m.group(2)}:00" for t in text_of(element[2]).split(",") if (m := _TIME.fullmatch(t.strip()))
+    ]
+    if times and all(t < "24" for t in times):
+        repeat["timeOfDay"] = times
+    return repeat or None
+
+
+@builder
+def tq_duration(element: Element | None, ctx: Context, table: Table | None) -> dict[str, Any] | None:
+    """TQ.3 duration ("M30" 30 minutes, "D5" 5 days; chapter 4.4.3) -> Duration in UCUM; "INDEF"
+    and "X<n>" (times) give none."""
+    m = _TQ_DURATION.fullmatch(text_of(element).upper()) if element else None
+    if m is None:
+        return None
+    unit = {"S": "s", "M": "min", "H": "h", "D": "d", "W": "wk", "L": "mo"}[m.group(1)]
+    value = to_decimal(m.group(2))
+    return {"value": value, "unit": unit, "system": _UCUM, "code": unit} if value is not None else None
