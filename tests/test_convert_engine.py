@@ -9,7 +9,18 @@ from gateway.convert.functions.ids import resource_id
 from gateway.convert.runtime.engine import Converter, default_mappings_dir
 from gateway.errors import ConfigError, MappingError
 from gateway.validate import validate_bundle
-from tests.support.convert import MSH_ADT, PID, PV1, converter, message, only, resources, sample_message, segment
+from tests.support.convert import (
+    MSH_ADT,
+    PID,
+    PV1,
+    converter,
+    message,
+    message_provenance,
+    only,
+    resources,
+    sample_message,
+    segment,
+)
 
 ALL_SAMPLES = [
     "v2-to-fhir-ig/ADT_A01.hl7",
@@ -94,7 +105,7 @@ def test_same_business_identifiers_give_the_same_ids_across_messages() -> None:
     a08 = converter().convert(message(msh_a08, PID.replace("Doe^Jane", "Doe^Janet"), PV1))
     for rtype in ("Patient", "Encounter"):
         assert only(a01, rtype)["id"] == only(a08, rtype)["id"]
-    assert only(a01, "Provenance")["id"] != only(a08, "Provenance")["id"]
+    assert message_provenance(a01)["id"] != message_provenance(a08)["id"]
     assert only(a08, "Patient")["name"][0]["given"] == ["Janet"]
 
 
@@ -156,7 +167,7 @@ def test_timestamps_without_offset_keep_only_the_date() -> None:
     assert "_birthDate" not in patient  # no birthTime without a zone
     assert patient["deceasedDateTime"] == "2003-01-02"
     # Provenance.recorded is an instant and must have a zone: read as UTC.
-    assert only(bundle, "Provenance")["recorded"] == "2024-01-01T12:00:00Z"
+    assert message_provenance(bundle)["recorded"] == "2024-01-01T12:00:00Z"
 
 
 def test_unmapped_code_keeps_its_coding_in_the_v2_table_system() -> None:

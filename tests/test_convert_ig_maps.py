@@ -3,7 +3,7 @@ PRT[Patient-GeneralPractitioner-Practitioner], and MSH[Encounter] as the PV1 map
 
 from __future__ import annotations
 
-from tests.support.convert import MSH_ADT, PID, converter, message, only, segment
+from tests.support.convert import MSH_ADT, PID, converter, message, message_provenance, only, segment
 
 PV1 = segment("PV1", {1: "1", 2: "I", 16: "VIP^Very important^L", 19: "V1^^^H^VN", 20: "SP^20240101"})
 IN1 = "IN1|1|GOLD^Gold^L|INS1^^^PAYER^NIIP|Payer Inc"
@@ -33,7 +33,7 @@ def test_who_entered_an_appointment_is_an_agent_of_the_provenance() -> None:
     siu = MSH_ADT.replace("ADT^A01^ADT_A01", "SIU^S12^SIU_S12")
     sch = segment("SCH", {1: "A1^PLC", 2: "A1F^FIL", 20: "0777^Keyes^Ann"})
     bundle = converter().convert(message(siu, sch, PID))
-    enterers = [a for a in only(bundle, "Provenance")["agent"] if a["type"]["coding"][0]["code"] == "enterer"]
+    enterers = [a for a in message_provenance(bundle)["agent"] if a["type"]["coding"][0]["code"] == "enterer"]
     assert [a["who"]["reference"].split("/")[0] for a in enterers] == ["Practitioner"]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from gateway.convert.functions.ids import resource_id
 from gateway.validate import validate_bundle
-from tests.support.convert import PID, PV1, converter, message, only, resources, sample_message
+from tests.support.convert import PID, PV1, converter, message, message_provenance, only, resources, sample_message
 
 
 def _msh(trigger: str, structure: str = "") -> str:
@@ -52,7 +52,7 @@ def test_a29_deletes_the_patient_and_makes_nothing_else() -> None:
     # application, a Device, and the facilities, Organizations) and the Provenance.
     written = {e["resource"]["resourceType"] for e in bundle["entry"] if "resource" in e}
     assert written == {"MessageHeader", "Device", "Provenance", "Organization"}
-    targets = {t["reference"] for t in only(bundle, "Provenance")["target"]}
+    targets = {t["reference"] for t in message_provenance(bundle)["target"]}
     assert f"Patient/{patient_id}" in targets
 
 

@@ -217,7 +217,7 @@ def test_datatype_map_paths_are_checked(mappings: Path) -> None:
 
 
 def test_resource_maps_name_their_id(mappings: Path) -> None:
-    line = _edit(mappings / "datatypes/XON.yaml", "    id: identifier\n", "")
+    line = _edit(mappings / "datatypes/XON.yaml", "  Organization:\n    id: identifier\n", "  Organization:\n")
     error = _load_error(mappings)
     assert "XON.yaml:" in error and "names its `id` key function" in error, (line, error)
 

@@ -10,7 +10,7 @@ from gateway.config import load_settings
 from gateway.convert.runtime.engine import Converter
 from gateway.errors import ConfigError
 from gateway.validate import validate_bundle
-from tests.support.convert import message, only
+from tests.support.convert import message, message_provenance, only
 
 MSH = "MSH|^~\\&|App|Fac|R|RF|20240701120000||ADT^A01^ADT_A01|1|P|2.5.1"
 PID = "PID|1||123^^^H^MR||Doe^Jane||19800101|F"
@@ -87,7 +87,7 @@ def test_time_zone_default_and_per_sender(site: Path) -> None:
     converter = Converter.load(overlay_dir=site, default_tz="Europe/Berlin", sender_tz={"LAB|MERCY": "America/Chicago"})
     berlin = converter.convert(message(MSH, PID, PV1))
     assert only(berlin, "Encounter")["period"] == {"start": "2024-07-01T11:00:00+02:00"}  # summer time
-    assert only(berlin, "Provenance")["recorded"] == "2024-07-01T12:00:00+02:00"
+    assert message_provenance(berlin)["recorded"] == "2024-07-01T12:00:00+02:00"
     winter = converter.convert(message(MSH, PID, PV1.replace("20240701110000", "20240115110000")))
     assert only(winter, "Encounter")["period"] == {"start": "2024-01-15T11:00:00+01:00"}
     chicago = converter.convert(message(MSH.replace("|App|Fac|", "|LAB|MERCY|"), PID, PV1))

@@ -11,7 +11,7 @@ from gateway.config.settings import load_settings
 from gateway.convert.model.structure import group_segments, segment_names
 from gateway.convert.runtime.engine import Converter
 from gateway.errors import ConfigError, MappingError
-from tests.support.convert import MSH_ADT, PID, PV1, converter, message, only, resources
+from tests.support.convert import MSH_ADT, PID, PV1, converter, message, message_provenance, only, resources
 
 AL1 = "AL1|1|DA|1605^Penicillin^L|SV|Rash"
 DG1 = "DG1|1||I10^Hypertension^I10|||F"
@@ -72,7 +72,7 @@ def test_a_sender_may_have_them_noted_on_the_provenance() -> None:
     noting = Converter.load(sender_unplaced={"App|Fac": "note"})
     conversion = noting.convert_with_report(message(*ORU_IN_ADT))
     text = "Not converted: ORC#4, OBR#5, which fit nowhere in the ADT_A01 structure"
-    assert only(conversion.bundle, "Provenance")["extension"] == [{"url": NOTE_URL, "valueAnnotation": {"text": text}}]
+    assert message_provenance(conversion.bundle)["extension"] == [{"url": NOTE_URL, "valueAnnotation": {"text": text}}]
     assert text in conversion.notes
     assert {"ORC#4", "OBR#5"} <= set(conversion.unused_segments)
     other_sender = message(MSH_ADT.replace("|App|Fac|", "|Other|Fac|"), *ORU_IN_ADT[1:])

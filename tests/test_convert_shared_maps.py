@@ -126,8 +126,8 @@ def test_no_segment_map_is_a_copy_of_another() -> None:
         ),
         (
             "messages/_orders.yaml",
-            '{segment: TQ1, map: "TQ1[ServiceRequest]", scope: subtree}',
-            '{segment: TQ1, map: "TQ1[ServiceRequest]", scope: subtree, to: "note[]"}',
+            '{segment: TQ1, map: "TQ1[ServiceRequest]", scope: order}',
+            '{segment: TQ1, map: "TQ1[ServiceRequest]", scope: order, to: "note[]"}',
             "fills the resource itself",
         ),
         (

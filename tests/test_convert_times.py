@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 from gateway.convert.runtime.engine import Converter
-from tests.support.convert import PID, converter, message, only
+from tests.support.convert import PID, converter, message, message_provenance, only
 
 MSH_LOCAL = "MSH|^~\\&|App|Fac|Rcv|RcvFac|20240312141502||ADT^A01^ADT_A01|CTRL1|P|2.5.1"
 MSH_OFFSET = MSH_LOCAL.replace("20240312141502", "20240312141502-0500")
@@ -43,7 +43,7 @@ def test_a_configured_zone_wins_over_msh7() -> None:
 
 def test_provenance_recorded_is_the_local_msh7_in_the_senders_zone_not_utc() -> None:
     bundle = hosted("America/New_York").convert(message(MSH_LOCAL, PID, PV1_ADMIT))
-    assert only(bundle, "Provenance")["recorded"] == "2024-03-12T14:15:02-04:00"
+    assert message_provenance(bundle)["recorded"] == "2024-03-12T14:15:02-04:00"
 
 
 def test_instants_are_kept_when_the_zone_is_known() -> None:

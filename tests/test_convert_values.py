@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from gateway.convert.runtime.engine import Converter, default_mappings_dir
 from gateway.errors import MappingError
 from gateway.validate import validate_bundle
-from tests.support.convert import MSH_ADT, PID, PV1, converter, message, only, resources
+from tests.support.convert import MSH_ADT, PID, PV1, converter, message, message_provenance, only, resources
 
 ORU = MSH_ADT.replace("ADT^A01^ADT_A01", "ORU^R01^ORU_R01")
 OBR = "OBR|1|P1|F1|GLU^Glucose^L"
@@ -103,6 +103,6 @@ def test_nothing_refers_to_a_left_out_resource_through_a_duplicate(tmp_path: Pat
     conversion = Converter.load(root).convert_with_report(message(MSH_ADT, PID, first, second, PV1))
     validate_bundle(conversion.bundle)
     assert resources(conversion.bundle, "RelatedPerson") == []
-    targets = [t["reference"] for t in only(conversion.bundle, "Provenance")["target"]]
+    targets = [t["reference"] for t in message_provenance(conversion.bundle)["target"]]
     assert not any(t.startswith("RelatedPerson/") for t in targets)
     assert any(n.startswith("NK1#3 left out (RelatedPerson related_person)") for n in conversion.notes)

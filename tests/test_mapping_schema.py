@@ -62,7 +62,7 @@ MISTAKES = [
     ("messages/RDS_O13.yaml", '    map: "RXD[MedicationDispense]"', '    maps: "RXD[MedicationDispense]"'),
     ("messages/RDS_O13.yaml", '{segment: RXR, map: "RXR[Dosage]",', '{segment: RXR, mapping: "RXR[Dosage]",'),
     ("messages/RDS_O13.yaml", "      - {to: subject, resource: patient}\n", "      - {to: subject}\n"),
-    ("messages/ORM_O01.yaml", "    id: order\n", "    id: orders\n"),
+    ("messages/ORM_O01.yaml", "    id: request\n", "    id: requests\n"),
     (
         "datatypes/EI.yaml",
         "PlacerGroup:\n    map: Identifier\n    set:",

@@ -44,8 +44,8 @@ PV1 = "PV1|1|I|||||||||||||||||V100^^^HOSP^VN|||||||||||||||||||||||||2024010111
 
 
 def message_provenance(bundle: dict) -> dict:
-    """The message's own Provenance (MSH), the last entry; a PID with PID-33 adds another (the
-    patient record's last update, IG PID[Provenance-Patient])."""
+    """The message's own Provenance (MSH[Provenance]: the one naming the source message), not an
+    order's (ORC[Provenance]) nor the patient record's last update (PID-33, IG PID[Provenance-Patient])."""
     found = [p for p in resources(bundle, "Provenance") if any(e.get("role") == "source" for e in p.get("entity", []))]
     assert len(found) == 1, f"expected one message Provenance, got {len(found)}"
     return found[0]

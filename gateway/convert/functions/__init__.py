@@ -14,7 +14,15 @@ every family, and names what other modules use.
 
 from __future__ import annotations
 
-from gateway.convert.functions import builders, builders_values, messaging, predicates, scheduling, text
+from gateway.convert.functions import (
+    builders,
+    builders_orders,
+    builders_values,
+    messaging,
+    predicates,
+    scheduling,
+    text,
+)
 from gateway.convert.functions.predicates import CONDITION_ARGUMENT
 from gateway.convert.functions.registry import (
     BUILDER_FIELDS,
@@ -49,6 +57,7 @@ __all__ = [
     "Transform",
     "builder",
     "builders",
+    "builders_orders",
     "builders_values",
     "condition",
     "messaging",

@@ -131,13 +131,12 @@ def _ei_key(ei: Element) -> str:
     return f"{text_of(ei[2]) or text_of(ei[3])}|{text_of(ei[1])}"
 
 
-@id_key("ORC-2", "ORC-3", "OBR-2", "OBR-3", "OBR-4")
-def order(scope: IdScope) -> str | None:
-    """The filler order number (ORC-3, else OBR-3) with its namespace, else the placer order number
-    (ORC-2, else OBR-2); else the patient, the service code OBR-4 and the position."""
+def _order_key(scope: IdScope, kinds: tuple[tuple[str, int], ...]) -> str | None:
+    """The first order number of ``kinds`` (ORC before OBR for each) with its namespace; else the
+    patient, the service code OBR-4 and the position."""
     seg = scope.segment
     orc = scope.other_segment("ORC")
-    for kind, field in (("filler", 3), ("placer", 2)):
+    for kind, field in kinds:
         for source in (orc, seg):
             if source is not None:
                 number = _field(source, field, scope.message)
@@ -145,6 +144,22 @@ def order(scope: IdScope) -> str | None:
                     return f"{kind}|{_ei_key(number)}"
     patient_id = scope.nearest_id("Patient") or ""
     return f"order|{patient_id}|{text_of(_field(seg, 4, scope.message)[1])}|{scope.position}"
+
+
+@id_key("ORC-2", "ORC-3", "OBR-2", "OBR-3", "OBR-4")
+def order(scope: IdScope) -> str | None:
+    """The filler order number (ORC-3, else OBR-3) with its namespace, else the placer order number
+    (ORC-2, else OBR-2); else the patient, the service code OBR-4 and the position (the filler's
+    report: its results always carry the filler's number)."""
+    return _order_key(scope, (("filler", 3), ("placer", 2)))
+
+
+@id_key("ORC-2", "ORC-3", "OBR-2", "OBR-3", "OBR-4")
+def request(scope: IdScope) -> str | None:
+    """The placer order number (ORC-2, else OBR-2) with its namespace, else the filler order number
+    (ORC-3, else OBR-3); else as ``order``: the order an ORM placed with its placer number only is
+    the one the ORU answering it (placer and filler numbers) names."""
+    return _order_key(scope, (("placer", 2), ("filler", 3)))
 
 
 @id_key("OBX-1", "OBX-4")
@@ -214,9 +229,9 @@ class _OnSegment:
         return self._scope.nearest_id(resource_type)
 
 
-def _order_key(scope: IdScope, obr: Segment) -> str | None:
-    """The key the order's own id function (``order``, which ServiceRequest and DiagnosticReport
-    use) gives that OBR."""
+def _result_order_key(scope: IdScope, obr: Segment) -> str | None:
+    """The key the results' order function (``order``, filler first: the DiagnosticReport's id) gives
+    that OBR; a child's OBR-29 and its parent are matched on it."""
     return ID_KEYS["order"](_OnSegment(scope, obr))
 
 
@@ -260,7 +275,7 @@ def result_code(scope: IdScope) -> str | None:
     a child order's OBR-26 and OBR-29 name."""
     obr = scope.other_segment("OBR")
     code = text_of(_field(scope.segment, 3, scope.message)[1])
-    order_key = _order_key(scope, obr) if obr is not None else None
+    order_key = _result_order_key(scope, obr) if obr is not None else None
     if order_key is None or not code:
         return None
     return f"{order_key}|{code}|{text_of(_field(scope.segment, 4, scope.message))}"
@@ -270,6 +285,18 @@ def result_code(scope: IdScope) -> str | None:
 def message(scope: IdScope) -> str | None:
     """The message's own resources besides the Provenance (its MessageHeader): the Provenance's key."""
     return provenance(scope)
+
+
+@id_key("MSH-10", "ORC-2", "ORC-3")
+def order_provenance(scope: IdScope) -> str | None:
+    """The Provenance of an order in a message (IG ORC[Provenance]): the message's Provenance key
+    with the ORC's order number (placer, else filler), else the ORC's position in the message."""
+    orc = scope.segment
+    for kind, field in (("placer", 2), ("filler", 3)):
+        number = _field(orc, field, scope.message)
+        if text_of(number[1]):
+            return f"{provenance(scope)}|{kind}|{_ei_key(number)}"
+    return f"{provenance(scope)}|#{scope.position}"
 
 
 def identifier_key(element: Element) -> str:

@@ -51,10 +51,23 @@ RESOURCE_KEYS = {
     "note",
 }
 INCLUDE_KEYS = {"segment", "map", "scope", "to", "after", "before", "note"}
-REFERENCE_KEYS = {"to", "resource", "scope", "wrap", "set", "if_empty", "key", "match", "with", "when", "note"}
+REFERENCE_KEYS = {
+    "to",
+    "resource",
+    "scope",
+    "wrap",
+    "set",
+    "if_empty",
+    "key",
+    "match",
+    "with",
+    "when",
+    "required",
+    "note",
+}
 ID_SPEC_KEYS = {"identifier", "within", "fields", "note"}
 SCOPES = ("nearest", "group", "up", "message", "segment")
-INCLUDE_SCOPES = ("group", "up", "subtree")
+INCLUDE_SCOPES = ("group", "up", "subtree", "order")
 DUPLICATE_POLICIES = ("number", "keep_first", "merge")
 REQUESTS = ("put", "delete")
 
@@ -79,6 +92,8 @@ class Reference:
     referenced resource's segment, completes the written value with what that segment says about
     the relation: each Encounter.diagnosis entry gets the use and rank of the DG1 whose Condition
     it names.
+    With ``required`` a resource whose element is still empty after all its references is left out
+    (a Provenance whose order was left out has nothing to be the provenance of).
     """
 
     to: str
@@ -94,6 +109,7 @@ class Reference:
     when: tuple[Check, ...] = ()
     #: The ``to`` repeats (``[]``): every target is written; else only the first.
     appends: bool = True
+    required: Callable[[dict[str, Any]], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +322,7 @@ def _references(
             compiler = RuleCompiler(mappings._resolver(), segment, in_segment=True, map_name=f"{name} (reference)")
             when = tuple(compiler.conditions(ref.get("when"), ref_at, None))
             mappings.path_uses.extend(compiler.path_uses)
+        required = compile_reader(parse_target(str(ref["to"]).removesuffix("[]"))) if ref.get("required") else None
         references.append(
             Reference(
                 str(ref["to"]),
@@ -320,6 +337,7 @@ def _references(
                 with_map=with_map,
                 when=when,
                 appends=target.appends,
+                required=required,
             )
         )
     return tuple(references)

@@ -163,6 +163,7 @@ def _defs() -> dict[str, Any]:
                 "description": "a segment-to-datatype map of the referenced resource's segment that completes "
                 "the value (DG1[EncounterDiagnosis]: use and rank beside the condition)",
             },
+            "required": {"type": "boolean"},
             "note": NOTE,
         },
         required=["to", "resource"],

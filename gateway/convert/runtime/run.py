@@ -105,6 +105,30 @@ def _order_has(group: GroupNode, names: frozenset[str]) -> bool:
     return False
 
 
+def _holds(group: GroupNode, name: str) -> bool:
+    return any(isinstance(item, Segment) and item.name == name for item in group.items)
+
+
+def _in_order(group: GroupNode, name: str) -> list[Segment]:
+    """Include scope ``order``: the segments ``name`` anywhere in the order this group belongs to,
+    the nearest enclosing group holding an ORC (OML: the ORDER's TIMING beside the OBR's group), but
+    not in the orders nested in it (prior results); without an ORC, in this group's subtree."""
+    node: GroupNode | None = group
+    while node is not None and not _holds(node, "ORC"):
+        node = node.parent
+    top = node if node is not None else group
+
+    def below(at: GroupNode) -> Iterator[Segment]:
+        for item in at.items:
+            if isinstance(item, GroupNode):
+                if not _holds(item, "ORC"):
+                    yield from below(item)
+            elif item.name == name:
+                yield item
+
+    return list(below(top))
+
+
 class Run:
     """The state of one conversion."""
 
@@ -226,6 +250,8 @@ class Run:
                 for seg, at in group.walk()
                 if seg.name == include.segment and (placement is None or placement.holds(seg, at.items))
             ]
+        if include.scope == "order":
+            return _in_order(group, include.segment)
         node: GroupNode | None = group
         while node is not None:
             found = [item for item in node.items if isinstance(item, Segment) and item.name == include.segment]
@@ -236,7 +262,8 @@ class Run:
             node = node.parent
         return []
 
-    def build(self, inst: _Instance) -> dict[str, Any]:
+    def build(self, inst: _Instance) -> dict[str, Any] | None:
+        """The resource with its references; None when a ``required`` reference found nothing."""
         plan = inst.plan
         resource: dict[str, Any] = {"resourceType": plan.resource_type, "id": self.resolve_id(inst)}
         resource.update(inst.content if inst.content is not None else self.content(inst))
@@ -260,6 +287,13 @@ class Run:
                     ref.write(resource, value)
                     if not ref.appends:
                         break  # a single element takes the first one (nearest: there is only one)
+        for ref in plan.references:
+            if ref.required is not None and not ref.required(resource):
+                self.notes.append(
+                    f"{inst.segment.name}#{self._index(inst.segment)} left out ({plan.resource_type} {plan.name}): "
+                    f"nothing in the message for its {ref.to.removesuffix('[]')}"
+                )
+                return None
         return resource
 
     def completed(self, value: Any, with_map: SegmentMap, other: _Instance) -> Any:
@@ -444,6 +478,9 @@ class Run:
             raise
         except Exception as exc:  # a function failed on content it did not expect: say where
             raise self._failed(inst, exc) from exc
+        if resource is None:
+            inst.dropped = True
+            return
         entries[(rtype, rid)] = _put(resource)
 
     def _fill_or_drop(self, inst: _Instance) -> None:
