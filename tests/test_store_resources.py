@@ -80,7 +80,7 @@ def test_changed_content_makes_a_new_version(engine: Engine) -> None:
     assert history_count(engine, "Patient", "p1") == 2
 
 
-def test_meta_is_not_content(engine: Engine) -> None:
+def test_the_stores_meta_is_not_content(engine: Engine) -> None:
     store = ResourceStore(engine)
     store.apply_bundle(transaction(put(patient("p1", "MRN1"))))
     with_meta = patient("p1", "MRN1", meta={"versionId": "7", "lastUpdated": "2001-01-01T00:00:00Z"})
@@ -89,6 +89,23 @@ def test_meta_is_not_content(engine: Engine) -> None:
 
     assert [e.outcome for e in result] == ["unchanged"]
     assert content_hash(with_meta) == content_hash(patient("p1", "MRN1"))
+
+
+def test_a_security_label_alone_makes_a_new_version(engine: Engine) -> None:
+    """meta.security and meta.tag are content: a message that only marks an order restricted
+    (ORC-28) or a visit protected (PV2-22) must be stored, and sent again changes nothing."""
+    store = ResourceStore(engine)
+    store.apply_bundle(transaction(put(patient("p1", "MRN1"))))
+    restricted = {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]}
+
+    assert [e.outcome for e in store.apply_bundle(transaction(put(patient("p1", "MRN1", meta=restricted))))] == [
+        "updated"
+    ]
+    assert [e.outcome for e in store.apply_bundle(transaction(put(patient("p1", "MRN1", meta=restricted))))] == [
+        "unchanged"
+    ]
+    stored = store.read("Patient", "p1")
+    assert stored is not None and stored["meta"]["security"][0]["code"] == "R" and stored["meta"]["versionId"] == "2"
 
 
 def test_incoming_meta_is_kept_but_version_fields_are_ours(engine: Engine) -> None:

@@ -111,7 +111,7 @@ _remembered: LRU[tuple[str, str, str], IndexRows] = LRU(8192)
 
 
 def rows_for_content(resource_type: str, resource_id: str, digest: str, resource: dict[str, Any]) -> IndexRows:
-    """``index_rows`` remembered by content: ``digest`` (the sha256 of the resource without ``meta``,
+    """``index_rows`` remembered by content: ``digest`` (the sha256 of the resource without the store's ``meta``,
     which no search parameter reads) fixes the rows. Worker threads call it before the write
     transaction, so the writer, holding the database's one write lock, finds them made. The result
     is shared: extend another IndexRows with it, never change it."""

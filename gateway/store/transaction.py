@@ -72,7 +72,7 @@ class Change:
     method: Literal["PUT", "DELETE"]
     resource: dict[str, Any] | None
     content_hash: str
-    #: The resource as canonical JSON without meta (b"" for a DELETE): what content_hash hashes.
+    #: The resource as canonical JSON without the store's meta (b"" for a DELETE): what content_hash hashes.
     body: bytes = b""
 
     @property
@@ -80,14 +80,26 @@ class Change:
         return self.type, self.id
 
 
+#: What the store sets in ``meta`` (resource.html#Meta); the rest of meta (security labels, tags,
+#: profiles) is content: a message that only changes a confidentiality label makes a new version.
+_STORE_META = frozenset({"versionId", "lastUpdated"})
+
+
 def canonical_json(resource: dict[str, Any]) -> bytes:
-    """The resource without ``meta`` as JSON with sorted keys: equal content, equal bytes."""
+    """The resource without the store's ``meta.versionId``/``lastUpdated`` as JSON with sorted keys:
+    equal content, equal bytes. (A resource whose meta holds nothing else hashes as it did when the
+    whole meta was left out, so stored digests stay valid.)"""
     body = {key: value for key, value in resource.items() if key != "meta"}
+    meta = resource.get("meta")
+    if meta:
+        kept = {key: value for key, value in meta.items() if key not in _STORE_META}
+        if kept:
+            body["meta"] = kept
     return fhirjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
 def content_hash(resource: dict[str, Any]) -> str:
-    """sha256 of the resource as canonical JSON (sorted keys) without ``meta``: equal content, equal hash."""
+    """sha256 of the resource as canonical JSON (sorted keys, without the store's meta): equal content, equal hash."""
     return hashlib.sha256(canonical_json(resource)).hexdigest()
 
 
