@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent / "gateway"
 STAGES = ("mllp", "queue", "convert", "validate", "deliver", "api")
 #: What every stage may use: no stage, no process.
 LIBRARIES = frozenset(
-    {"errors", "stages", "keys", "envelope", "config", "sinkspec", "logs", "procutil", "lru", "shapecheck", "hl7"}
+    {"errors", "stages", "keys", "envelope", "config", "sinkspec", "logs", "procutil", "lru", "shapecheck", "fhirjson"}
+    | {"hl7"}
     | {"db", "store", "journal"}
 )
 TOP = ("services", "cli")
