@@ -24,12 +24,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import validate  # noqa: E402
+from gateway import fhirjson, validate  # noqa: E402
 from gateway.convert.runtime.engine import Converter  # noqa: E402
 from gateway.hl7.charset import decode_message  # noqa: E402
 from gateway.hl7.message import parse  # noqa: E402
@@ -44,7 +42,7 @@ def pipeline(converter: Converter) -> Callable[[bytes], dict]:
     def run(raw: bytes) -> dict:
         bundle = converter.convert(parse(decode_message(raw)))
         validate.validate_bundle(bundle)
-        orjson.dumps(bundle)
+        fhirjson.dumps(bundle)
         return bundle
 
     return run

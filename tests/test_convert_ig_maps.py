@@ -147,3 +147,16 @@ def test_an_immunization_keeps_its_confidentiality_label() -> None:
     rxa = "RXA|0|1|20240101||08^Hep B^CVX|0.5|mL^mL^UCUM||00^New record^NIP001"
     immunization = only(converter().convert(message(vxu, PID, orc, rxa)), "Immunization")
     assert [c["code"] for c in immunization["meta"]["security"]] == ["V"]
+
+
+def test_the_bed_status_is_the_operational_status_of_the_bed() -> None:
+    pv1 = segment("PV1", {1: "1", 2: "I", 3: "W1^R12^B3^HOSP", 19: "V1^^^H^VN", 40: "K"})
+    bundle = converter().convert(message(MSH_ADT, PID, pv1))
+    bed = _named(bundle, only(bundle, "Encounter")["location"][0]["location"])
+    assert bed["operationalStatus"] == {
+        "system": "http://terminology.hl7.org/CodeSystem/v2-0116",
+        "code": "K",
+        "display": "Contaminated",
+    }
+    without = converter().convert(message(MSH_ADT, PID, pv1.replace("|K", "|")))
+    assert _named(without, only(without, "Encounter")["location"][0]["location"])["id"] == bed["id"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 from gateway.convert.functions.registry import builder
 from gateway.convert.functions.text import oid_to_urn, text_of, to_decimal, uri, uuid_to_urn
@@ -111,7 +112,9 @@ def identifier_system(element: Element | None, ctx: Context, table: Table | None
     """An assigning authority (HD) as Identifier.system (IG CX[Identifier] CX.4): its universal id
     (HD.2 of type ISO, UUID or URI) as the canonical URI ``table`` knows for it (the SSN's OID is
     http://hl7.org/fhir/sid/us-ssn), else as urn:oid/urn:uuid/the URI; else its namespace id
-    (HD.1) as ``table`` maps it (a site's local namespaces), or as sent when it is a URI."""
+    (HD.1) as ``table`` maps it (a site's local namespaces), as sent when it is a URI, else under
+    the base URI the table's ``*`` line gives (the namespace percent-encoded): an identifier whose
+    sender names its namespace never lacks a system."""
     if not element:
         return None
     universal, kind, namespace = text_of(element[2]), text_of(element[3]), text_of(element[1])
@@ -131,7 +134,10 @@ def identifier_system(element: Element | None, ctx: Context, table: Table | None
         if mapped is not None:
             return mapped["code"]
         as_sent: str | None = uri(namespace)
-        return as_sent
+        if as_sent is not None:
+            return as_sent
+        base = known("*")
+        return base["code"] + quote(namespace, safe="") if base is not None else None
     return None
 
 
