@@ -14,18 +14,22 @@ import pytest
 from gateway.convert.runtime.engine import Converter, default_mappings_dir
 from gateway.errors import ConfigError
 from gateway.validate import validate_bundle
-from tests.support.convert import MSH_ADT, PID, PV1, converter, message, message_provenance, only, resources, segment
+from tests.support.convert import (
+    MSH_ADT,
+    PID,
+    PV1,
+    converter,
+    message,
+    message_provenance,
+    only,
+    referenced,
+    resources,
+    segment,
+)
 
 MSH_23 = MSH_ADT.replace("|2.5.1", "|2.3")
 MSH_28 = MSH_ADT.replace("|2.5.1", "|2.8")
 ROLE = "http://terminology.hl7.org/CodeSystem/diagnosis-role"
-
-
-def _by_id(bundle: dict, reference: dict) -> dict:
-    rtype, rid = reference["reference"].split("/")
-    return next(
-        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == rtype and e["resource"]["id"] == rid
-    )
 
 
 def _dg1(set_id: str, code: str, kind: str, priority: str = "", **more: str) -> str:
@@ -54,7 +58,7 @@ def test_each_diagnosis_entry_has_the_use_and_rank_of_its_own_dg1(msh: str) -> N
     encounter, episode = only(bundle, "Encounter"), only(bundle, "EpisodeOfCare")
     seen = {}
     for entry in encounter["diagnosis"]:
-        condition = _by_id(bundle, entry["condition"])
+        condition = referenced(bundle, entry["condition"])
         seen[condition["code"]["coding"][0]["code"]] = (
             [c["code"] for c in entry["use"]["coding"]],
             entry.get("rank"),
@@ -66,7 +70,9 @@ def test_each_diagnosis_entry_has_the_use_and_rank_of_its_own_dg1(msh: str) -> N
     }
     assert encounter["diagnosis"][1]["use"]["coding"][0]["system"] == ROLE
     # The EpisodeOfCare says the same in `role` (IG DG1[EpisodeOfCare]), one entry per DG1.
-    roles = {_by_id(bundle, d["condition"])["code"]["coding"][0]["code"]: d.get("rank") for d in episode["diagnosis"]}
+    roles = {
+        referenced(bundle, d["condition"])["code"]["coding"][0]["code"]: d.get("rank") for d in episode["diagnosis"]
+    }
     assert roles == {"I10": 2, "J18.9": 1, "E11.9": None}
     assert episode["diagnosis"][1]["role"]["coding"][0]["code"] == "AD"
 
@@ -88,7 +94,7 @@ def test_a_visit_refers_only_to_the_diagnoses_of_its_own_visit_group() -> None:
     )
     by_visit = {
         e["identifier"][0]["value"]: [
-            (_by_id(bundle, d["condition"])["code"]["coding"][0]["code"], d["rank"]) for d in e["diagnosis"]
+            (referenced(bundle, d["condition"])["code"]["coding"][0]["code"], d["rank"]) for d in e["diagnosis"]
         ]
         for e in resources(bundle, "Encounter")
     }
@@ -197,7 +203,7 @@ def test_the_last_update_of_the_patient_record_is_a_provenance_of_the_patient() 
     assert update["activity"]["coding"][0]["code"] == "UPDATE"
     (agent,) = update["agent"]
     assert agent["type"]["coding"][0]["code"] == "performer"
-    assert _by_id(bundle, agent["who"])["name"] == "WESTHOSP"
+    assert referenced(bundle, agent["who"])["name"] == "WESTHOSP"
     # PID-33 alone names no agent (1..*): no second Provenance.
     alone = converter().convert(message(MSH_23, pid.replace("|WESTHOSP", ""), PV1))
     assert len(resources(alone, "Provenance")) == 1
@@ -242,7 +248,7 @@ def test_discharged_to_location_is_the_hospitalization_destination() -> None:
     )
     bundle = converter().convert(message(MSH_28.replace("ADT^A01^ADT_A01", "ADT^A03^ADT_A03"), PID, pv1))
     validate_bundle(bundle)
-    destination = _by_id(bundle, only(bundle, "Encounter")["hospitalization"]["destination"])
+    destination = referenced(bundle, only(bundle, "Encounter")["hospitalization"]["destination"])
     assert destination["resourceType"] == "Location" and destination["name"] == "Skilled nursing facility"
     assert destination["type"][0]["coding"][0]["code"] == "SNF"
 
@@ -272,7 +278,7 @@ def test_the_subscriber_is_the_patient_or_the_insured_of_the_same_in1() -> None:
     validate_bundle(bundle)
     patient = only(bundle, "Patient")
     acme, beta, gamma = resources(bundle, "Coverage")
-    john = _by_id(bundle, acme["subscriber"])
+    john = referenced(bundle, acme["subscriber"])
     assert john["resourceType"] == "RelatedPerson" and john["name"] == [{"family": "Doe", "given": ["John"]}]
     assert john["birthDate"] == "1979-02-02" and john["patient"] == {"reference": f"Patient/{patient['id']}"}
     assert acme["relationship"]["coding"][0] == {
@@ -314,7 +320,7 @@ def test_who_reported_an_adverse_reaction_is_its_recorder() -> None:
     doctor = segment("IAM", {1: "3", 2: "FA", 3: "102263004^Eggs^SCT", 7: "AL3^HOSP", 14: "Smith^Ann^^^Dr"})
     bundle = converter().convert(message(msh, "EVN|A60|20240101", PID, PV1, spouse, self_, doctor))
     validate_bundle(bundle)
-    by_spouse, by_self, by_doctor = (_by_id(bundle, a["recorder"]) for a in resources(bundle, "AllergyIntolerance"))
+    by_spouse, by_self, by_doctor = (referenced(bundle, a["recorder"]) for a in resources(bundle, "AllergyIntolerance"))
     assert by_spouse["resourceType"] == "RelatedPerson" and by_spouse["name"] == [{"family": "Doe", "given": ["John"]}]
     assert by_spouse["relationship"][0]["coding"][0]["code"] == "SPS"
     assert by_self is only(bundle, "Patient")
@@ -326,11 +332,11 @@ def test_the_insured_group_employer_is_the_policy_holder() -> None:
     by_id = segment("IN1", {1: "2", 2: "P2", 3: "I2", 4: "Beta", 10: "EMP77^^^STATE^EI"})
     bundle = converter().convert(message(MSH_28, PID, PV1, employer, by_id))
     first, second = resources(bundle, "Coverage")
-    assert _by_id(bundle, first["policyHolder"])["name"] == "Widget Corp"
+    assert referenced(bundle, first["policyHolder"])["name"] == "Widget Corp"
     (subscriber_id,) = first["extension"]
     assert subscriber_id["url"] == "http://hl7.org/fhir/5.0/StructureDefinition/extension-Coverage.subscriberId"
     assert subscriber_id["valueIdentifier"]["value"] == "S123"
-    assert _by_id(bundle, second["policyHolder"])["identifier"][0]["value"] == "EMP77"
+    assert referenced(bundle, second["policyHolder"])["identifier"][0]["value"] == "EMP77"
     assert "extension" not in second
 
 
@@ -355,7 +361,7 @@ def test_a_prior_temporary_location_is_an_encounter_history() -> None:
     )
     assert encounter_ext["valueReference"] == {"reference": f"Encounter/{only(bundle, 'Encounter')['id']}"}
     (where,) = location_ext["extension"]
-    assert where["url"] == "location" and _by_id(bundle, where["valueReference"])["name"] == "XRAY 1"
+    assert where["url"] == "location" and referenced(bundle, where["valueReference"])["name"] == "XRAY 1"
     assert not resources(converter().convert(message(MSH_ADT, PID, PV1)), "Basic")
 
 
@@ -367,7 +373,9 @@ def test_guarantors_of_the_account_are_persons_or_organizations() -> None:
     company = segment("GT1", {1: "2", 3: "Widget Corp", 13: "20240101", 21: "Widget Corp^^^^^HOSP^XX^^^W1"})
     bundle = converter().convert(message(MSH_ADT, pid, PV1, person, company))
     validate_bundle(bundle)
-    parties = {_by_id(bundle, g["party"])["resourceType"]: g["period"] for g in only(bundle, "Account")["guarantor"]}
+    parties = {
+        referenced(bundle, g["party"])["resourceType"]: g["period"] for g in only(bundle, "Account")["guarantor"]
+    }
     assert parties == {
         "RelatedPerson": {"start": "2024-01-01", "end": "2024-12-31"},
         "Organization": {"start": "2024-01-01"},
@@ -408,7 +416,7 @@ def test_an_organization_next_of_kin_is_a_contact_with_the_person_to_call_there(
     bundle = converter().convert(message(MSH_28, PID, nk1, PV1))
     validate_bundle(bundle)
     (contact,) = only(bundle, "Patient")["contact"]
-    assert _by_id(bundle, contact["organization"])["name"] == "Widget Corp"
+    assert referenced(bundle, contact["organization"])["name"] == "Widget Corp"
     assert contact["name"] == {"family": "Boss", "given": ["Bea"]}
     assert contact["telecom"] == [{"value": "217 5550100", "use": "work", "system": "phone"}]
     assert contact["address"] == {"line": ["9 Factory Rd"], "city": "Springfield", "state": "IL"}

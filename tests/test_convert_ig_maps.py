@@ -3,7 +3,17 @@ PRT[Patient-GeneralPractitioner-Practitioner], and MSH[Encounter] as the PV1 map
 
 from __future__ import annotations
 
-from tests.support.convert import MSH_ADT, PID, converter, message, message_provenance, only, resources, segment
+from tests.support.convert import (
+    MSH_ADT,
+    PID,
+    converter,
+    message,
+    message_provenance,
+    only,
+    referenced,
+    resources,
+    segment,
+)
 
 PV1 = segment("PV1", {1: "1", 2: "I", 16: "VIP^Very important^L", 19: "V1^^^H^VN", 20: "SP^20240101"})
 IN1 = "IN1|1|GOLD^Gold^L|INS1^^^PAYER^NIIP|Payer Inc"
@@ -51,15 +61,6 @@ def test_a_prt_after_an_obx_says_where_it_was_observed() -> None:
 # --- addresses and phones that complete a person or organization another field names (`made`) -----
 
 
-def _named(bundle: dict, reference: dict) -> dict:
-    """The resource a Reference names in the bundle."""
-    return next(
-        e["resource"]
-        for e in bundle["entry"]
-        if f"{e['resource']['resourceType']}/{e['resource']['id']}" == reference["reference"]
-    )
-
-
 ORM = MSH_ADT.replace("ADT^A01^ADT_A01", "ORM^O01^ORM_O01")
 OBR = "OBR|1|P1^OE||CBC^Blood count^L"
 FACILITY, FACILITY_ADDRESS, FACILITY_PHONE = (
@@ -77,7 +78,7 @@ def test_the_ordering_facility_and_provider_carry_their_address_and_phone() -> N
     )
     bundle = converter().convert(message(ORM, PID, orc, OBR))
     order = only(bundle, "ServiceRequest")
-    facility = _named(bundle, order["requester"])
+    facility = referenced(bundle, order["requester"])
     assert facility["resourceType"] == "Organization" and facility["name"] == "City Clinic"
     assert facility["address"][0]["city"] == "Bonn" and facility["telecom"][0]["value"] == "+49 228 5550100"
     assert order["meta"]["security"] == [
@@ -85,13 +86,13 @@ def test_the_ordering_facility_and_provider_carry_their_address_and_phone() -> N
     ]
     # The order's Provenance (IG ORC[Provenance]) has the facility as its location, with the same.
     provenance = next(p for p in resources(bundle, "Provenance") if p["id"] != message_provenance(bundle)["id"])
-    location = _named(bundle, provenance["location"])
+    location = referenced(bundle, provenance["location"])
     assert location["address"]["line"] == ["1 Main St"] and location["telecom"][0]["value"] == "+49 228 5550100"
 
     # With an ordering provider, ORC-24 is the provider's address; the facility is not the requester.
     orc = segment("ORC", {1: "NW", 2: "P1^OE", 12: PROVIDER, 21: FACILITY, 24: PROVIDER_ADDRESS})
     bundle = converter().convert(message(ORM, PID, orc, OBR))
-    provider = _named(bundle, only(bundle, "ServiceRequest")["requester"])
+    provider = referenced(bundle, only(bundle, "ServiceRequest")["requester"])
     assert provider["resourceType"] == "Practitioner" and provider["address"][0]["line"] == ["9 Side Rd"]
     # The same Practitioner (one id, however many fields name it) as the order Provenance's author.
     assert len(resources(bundle, "Practitioner")) == 1
@@ -112,7 +113,7 @@ def test_the_insurance_company_address_is_the_payors() -> None:
         "IN1", {1: "1", 2: "GOLD^Gold^L", 3: "INS1^^^PAYER^NIIP", 4: "Payer Inc", 5: "5 Insurance Way^^Cologne^^50667"}
     )
     bundle = converter().convert(message(MSH_ADT, PID, PV1, in1))
-    payor = _named(bundle, only(bundle, "Coverage")["payor"][0])
+    payor = referenced(bundle, only(bundle, "Coverage")["payor"][0])
     assert payor["name"] == "Payer Inc" and payor["address"][0]["city"] == "Cologne"
 
 
@@ -128,7 +129,7 @@ def test_a_participants_address_is_the_practitioners() -> None:
     assert practitioners["Hart"]["address"][0]["line"] == ["3 Oak Ln"]
     assert practitioners["Vale"]["address"][0]["line"] == ["4 Elm Ln"]
     (attending,) = [p for p in only(bundle, "Encounter")["participant"] if p["type"][0]["coding"][0]["code"] == "ATND"]
-    assert _named(bundle, attending["individual"])["name"][0]["family"] == "Vale"
+    assert referenced(bundle, attending["individual"])["name"][0]["family"] == "Vale"
 
     # v2.8 PRT: a care team member (PRT-14 address, PRT-15 phone on the Practitioner).
     oru = "MSH|^~\\&|Lab|Fac|Rcv|RcvFac|20240101120000+0100||ORU^R01^ORU_R01|CTRL2|P|2.8"
@@ -137,7 +138,7 @@ def test_a_participants_address_is_the_practitioners() -> None:
         {2: "AD", 4: "AT^Attending^HL70912", 5: "0700^Rowe^Max", 14: "5 Ash Ln^^Bonn", 15: "^WPN^PH^^49^228^5550700"},
     )
     bundle = converter().convert(message(oru, PID, prt, "OBR|1|P1|F1|GLU^Glucose^L", "OBX|1|NM|GLU^Glucose^L||5|||||F"))
-    member = _named(bundle, only(bundle, "CareTeam")["participant"][0]["member"])
+    member = referenced(bundle, only(bundle, "CareTeam")["participant"][0]["member"])
     assert member["address"][0]["line"] == ["5 Ash Ln"] and member["telecom"][0]["value"] == "+49 228 5550700"
 
 
@@ -152,11 +153,11 @@ def test_an_immunization_keeps_its_confidentiality_label() -> None:
 def test_the_bed_status_is_the_operational_status_of_the_bed() -> None:
     pv1 = segment("PV1", {1: "1", 2: "I", 3: "W1^R12^B3^HOSP", 19: "V1^^^H^VN", 40: "K"})
     bundle = converter().convert(message(MSH_ADT, PID, pv1))
-    bed = _named(bundle, only(bundle, "Encounter")["location"][0]["location"])
+    bed = referenced(bundle, only(bundle, "Encounter")["location"][0]["location"])
     assert bed["operationalStatus"] == {
         "system": "http://terminology.hl7.org/CodeSystem/v2-0116",
         "code": "K",
         "display": "Contaminated",
     }
     without = converter().convert(message(MSH_ADT, PID, pv1.replace("|K", "|")))
-    assert _named(without, only(without, "Encounter")["location"][0]["location"])["id"] == bed["id"]
+    assert referenced(without, only(without, "Encounter")["location"][0]["location"])["id"] == bed["id"]

@@ -7,17 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.support.convert import MSH_ADT, PID, PV1, converter, message, only, resources, segment
+from tests.support.convert import MSH_ADT, PID, PV1, converter, message, only, referenced, resources, segment
 
 MSH_ORU = "MSH|^~\\&|Lab|Fac|Rcv|RcvFac|20240101120000+0100||ORU^R01^ORU_R01|CTRL2|P|2.8"
 MSH_OML = "MSH|^~\\&|Ord|Fac|Rcv|RcvFac|20240101120000+0100||OML^O21^OML_O21|CTRL3|P|2.7"
 OBR = "OBR|1|P1|F1|GLU^Glucose^L"
 OBX = "OBX|1|NM|GLU^Glucose^L||5|mmol/L|||||F"
-
-
-def _by_reference(bundle: dict[str, Any], reference: dict[str, str]) -> dict[str, Any]:
-    rtype, rid = reference["reference"].split("/")
-    return next(r for r in resources(bundle, rtype) if r["id"] == rid)
 
 
 def _codes(concepts: list[dict[str, Any]]) -> set[str]:
@@ -63,13 +58,13 @@ def test_a_rol_pp_after_the_pid_is_the_general_practitioner_as_a_practitioner_ro
     bundle = _adt(ROL_PCP)
     patient = only(bundle, "Patient")
     (gp,) = patient["generalPractitioner"]
-    role = _by_reference(bundle, gp)
+    role = referenced(bundle, gp)
     assert role["resourceType"] == "PractitionerRole"
     assert role["identifier"] == [{"value": "R1"}]  # ROL-1 role instance id
     assert "446050000" in _codes(role["code"])  # ProviderRole: PP -> SNOMED CT primary care physician
-    assert _by_reference(bundle, role["practitioner"])["name"][0]["family"] == "Lee"
-    assert _by_reference(bundle, role["organization"])["name"] == "North Clinic"
-    assert _by_reference(bundle, role["location"][0])["resourceType"] == "Location"
+    assert referenced(bundle, role["practitioner"])["name"][0]["family"] == "Lee"
+    assert referenced(bundle, role["organization"])["name"] == "North Clinic"
+    assert referenced(bundle, role["location"][0])["resourceType"] == "Location"
     assert role["period"]["start"] == "2023-01-01"
     assert role["telecom"][0]["value"] == "030 5550100"
 
@@ -77,7 +72,7 @@ def test_a_rol_pp_after_the_pid_is_the_general_practitioner_as_a_practitioner_ro
 def test_a_rol_after_the_pid_is_not_an_encounter_participant_but_one_after_the_pv1_is() -> None:
     bundle = _adt(ROL_PCP, after_pv1=(ROL_ADMITTING,))
     participants = only(bundle, "Encounter").get("participant", [])
-    named = [_by_reference(bundle, p["individual"])["name"][0]["family"] for p in participants]
+    named = [referenced(bundle, p["individual"])["name"][0]["family"] for p in participants]
     assert named == ["Wong"]
     assert "ADM" in _codes(participants[0]["type"])
 
@@ -86,7 +81,7 @@ def test_practitioner_rols_after_the_pid_are_one_care_team() -> None:
     bundle = _adt(ROL_ATTENDING, ROL_CONSULTING)
     team = only(bundle, "CareTeam")
     assert team["subject"] == {"reference": f"Patient/{only(bundle, 'Patient')['id']}"}
-    members = [_by_reference(bundle, p["member"])["name"][0]["family"] for p in team["participant"]]
+    members = [referenced(bundle, p["member"])["name"][0]["family"] for p in team["participant"]]
     assert members == ["Park", "Gray"]
     assert _codes(team["participant"][0]["role"]) >= {"ATND"} and _codes(team["participant"][1]["role"]) >= {"CON"}
     assert _codes(team["reasonCode"]) == {"FU"}
@@ -122,14 +117,14 @@ def test_prts_in_an_adt_follow_the_pid_or_the_pv1() -> None:
     attending = "PRT||AD||AT^Attending Provider^HL70912|0200^Park^Kim"
     bundle = converter().convert(message(msh, "EVN|A01", PID, pcp, PV1, attending))
     (gp,) = only(bundle, "Patient")["generalPractitioner"]
-    assert _codes(_by_reference(bundle, gp)["code"]) == {"PP"}
+    assert _codes(referenced(bundle, gp)["code"]) == {"PP"}
     (participant,) = only(bundle, "Encounter")["participant"]
-    role = _by_reference(bundle, participant["individual"])
+    role = referenced(bundle, participant["individual"])
     assert role["resourceType"] == "PractitionerRole"
-    assert _by_reference(bundle, role["practitioner"])["name"][0]["family"] == "Park"
+    assert referenced(bundle, role["practitioner"])["name"][0]["family"] == "Park"
     # The PP is a care team member too (IG ADT_A01 follow:PID.PRT), the visit's attending is not.
     (member,) = only(bundle, "CareTeam")["participant"]
-    assert _by_reference(bundle, member["member"])["name"][0]["family"] == "Lee"
+    assert referenced(bundle, member["member"])["name"][0]["family"] == "Lee"
 
 
 # -- v2.8 ORU: PRT of the patient, the visit, the order and the observation ----------------------------
@@ -141,9 +136,9 @@ def test_a_prt_pp_with_an_organization_is_a_practitioner_role_general_practition
     )
     bundle = converter().convert(message(MSH_ORU, PID, prt, OBR, OBX))
     (gp,) = only(bundle, "Patient")["generalPractitioner"]
-    role = _by_reference(bundle, gp)
+    role = referenced(bundle, gp)
     assert role["resourceType"] == "PractitionerRole" and role["period"] == {"start": "2023-01-01"}
-    assert _by_reference(bundle, role["organization"])["name"] == "North Clinic"
+    assert referenced(bundle, role["organization"])["name"] == "North Clinic"
     assert role["active"] is True  # PRT-2 A (add)
 
 
@@ -151,8 +146,8 @@ def test_a_prt_with_a_location_only_is_a_practitioner_role_too() -> None:
     prt = "PRT||A||PP^Primary Care Provider^HL70912|0148^Lee^Dana||||CLINIC^^^NORTH"
     bundle = converter().convert(message(MSH_ORU, PID, prt, OBR, OBX))
     (gp,) = only(bundle, "Patient")["generalPractitioner"]
-    role = _by_reference(bundle, gp)
-    assert role["active"] is True and _by_reference(bundle, role["location"][0])["resourceType"] == "Location"
+    role = referenced(bundle, gp)
+    assert role["active"] is True and referenced(bundle, role["location"][0])["resourceType"] == "Location"
 
 
 def test_a_deleted_prt_pp_is_an_inactive_role_and_no_general_practitioner() -> None:
@@ -188,8 +183,8 @@ def test_a_visit_prt_is_an_encounter_participant() -> None:
     prt = "PRT||AD||AT^Attending Provider^HL70912|0200^Park^Kim"
     bundle = converter().convert(message(MSH_ORU, PID, pv1, prt, OBR, OBX))
     (participant,) = only(bundle, "Encounter")["participant"]
-    role = _by_reference(bundle, participant["individual"])
-    assert _by_reference(bundle, role["practitioner"])["name"][0]["family"] == "Park"
+    role = referenced(bundle, participant["individual"])
+    assert referenced(bundle, role["practitioner"])["name"][0]["family"] == "Park"
     assert resources(bundle, "CareTeam") == []  # the visit's, not the patient's care team
 
 
@@ -197,12 +192,12 @@ def test_an_ordering_provider_prt_is_the_requester_when_the_orc_names_none() -> 
     orc = "ORC|RE|P1|F1"
     prt = "PRT||AD||OP^Ordering Provider^HL70912|0500^Stone^Eve"
     bundle = converter().convert(message(MSH_ORU, PID, orc, prt, OBR, OBX))
-    requester = _by_reference(bundle, only(bundle, "ServiceRequest")["requester"])
+    requester = referenced(bundle, only(bundle, "ServiceRequest")["requester"])
     assert requester["resourceType"] == "PractitionerRole"
-    assert _by_reference(bundle, requester["practitioner"])["name"][0]["family"] == "Stone"
+    assert referenced(bundle, requester["practitioner"])["name"][0]["family"] == "Stone"
     # ORC-12 comes first: the PRT does not replace it.
     named = converter().convert(message(MSH_ORU, PID, orc + "|||||||||0600^Hill^Jo", prt, OBR, OBX))
-    assert _by_reference(named, only(named, "ServiceRequest")["requester"])["resourceType"] == "Practitioner"
+    assert referenced(named, only(named, "ServiceRequest")["requester"])["resourceType"] == "Practitioner"
 
 
 def test_a_device_prt_after_an_obx_is_its_device() -> None:
@@ -239,7 +234,7 @@ def test_a_prt_address_after_an_obx_says_where_it_was_observed() -> None:
     bundle = converter().convert(message(MSH_ORU, PID, OBR, OBX, prt))
     event_location = "http://hl7.org/fhir/StructureDefinition/event-location"
     (where,) = [e for e in only(bundle, "Observation")["extension"] if e["url"] == event_location]
-    assert _by_reference(bundle, where["valueReference"])["address"]["city"] == "Bonn"
+    assert referenced(bundle, where["valueReference"])["address"]["city"] == "Bonn"
 
 
 # -- v2.7 OML: an order's PRT -------------------------------------------------------------------------
@@ -250,15 +245,15 @@ def test_each_order_has_its_own_ordering_provider_prt() -> None:
     second = ["ORC|NW|P2", "OBR|1|P2||K^Potassium^L"]
     bundle = converter().convert(message(MSH_OML, PID, *first, *second))
     glucose, potassium = resources(bundle, "ServiceRequest")
-    requester = _by_reference(bundle, glucose["requester"])
-    assert _by_reference(bundle, requester["practitioner"])["name"][0]["family"] == "Stone"
+    requester = referenced(bundle, glucose["requester"])
+    assert referenced(bundle, requester["practitioner"])["name"][0]["family"] == "Stone"
     assert "requester" not in potassium
 
 
 def test_an_ordering_provider_prt_after_the_obr_is_the_requester() -> None:
     order = ["ORC|NW|P1", "OBR|1|P1||GLU^Glucose^L", "PRT||AD||OP^Ordering Provider^HL70912|0500^Stone^Eve"]
     bundle = converter().convert(message(MSH_OML, PID, *order))
-    assert _by_reference(bundle, only(bundle, "ServiceRequest")["requester"])["resourceType"] == "PractitionerRole"
+    assert referenced(bundle, only(bundle, "ServiceRequest")["requester"])["resourceType"] == "PractitionerRole"
 
 
 def test_a_person_prt_after_an_obx_is_its_performer() -> None:
@@ -267,8 +262,8 @@ def test_a_person_prt_after_an_obx_is_its_performer() -> None:
     bundle = converter().convert(message(MSH_ORU, PID, OBR, OBX, prt, obx2))
     glucose, potassium = resources(bundle, "Observation")
     (performer,) = glucose["performer"]
-    role = _by_reference(bundle, performer)
-    assert _by_reference(bundle, role["practitioner"])["name"][0]["family"] == "Quinn"
+    role = referenced(bundle, performer)
+    assert referenced(bundle, role["practitioner"])["name"][0]["family"] == "Quinn"
     assert "performer" not in potassium
 
 
@@ -280,7 +275,6 @@ def test_the_orders_interpreter_and_technician_prts_are_on_the_report() -> None:
     (interpreter,) = report["resultsInterpreter"]
     (performer,) = report["performer"]
     family = [
-        _by_reference(bundle, _by_reference(bundle, r)["practitioner"])["name"][0]["family"]
-        for r in (interpreter, performer)
+        referenced(bundle, referenced(bundle, r)["practitioner"])["name"][0]["family"] for r in (interpreter, performer)
     ]
     assert family == ["Ito", "Berg"]

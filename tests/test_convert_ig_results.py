@@ -13,7 +13,7 @@ import pytest
 from gateway.convert.functions.ids import resource_id
 from gateway.convert.runtime.engine import Converter, default_mappings_dir
 from gateway.errors import ConfigError
-from tests.support.convert import converter, message, only, resources, sample_message, segment
+from tests.support.convert import converter, message, only, referenced, resources, sample_message, segment
 
 MSH_23 = "MSH|^~\\&|LAB|HOSP|EHR|HOSP|20240301093000+0100||ORU^R01|M1|P|2.3"
 MSH_251 = "MSH|^~\\&|MICRO|CITYLAB|EHR|GENHOSP|20240305101500+0100||ORU^R01^ORU_R01|M2|P|2.5.1"
@@ -78,12 +78,6 @@ def ref(resource: dict[str, Any]) -> dict[str, str]:
     return {"reference": f"{resource['resourceType']}/{resource['id']}"}
 
 
-def entry(bundle: dict[str, Any], reference: dict[str, str]) -> dict[str, Any]:
-    rtype, rid = reference["reference"].split("/")
-    (found,) = [r for r in resources(bundle, rtype) if r["id"] == rid]
-    return found
-
-
 # --- OBR[Specimen] --------------------------------------------------------------------------------
 
 
@@ -103,7 +97,7 @@ def test_a_v23_order_names_its_specimen_in_obr_15() -> None:
     assert collection["bodySite"]["coding"][0]["code"] == "BLDV"
     assert collection["collectedDateTime"] == "2024-03-01T08:00:00+01:00"
     assert collection["quantity"] == {"value": 15, "unit": "mL"}
-    assert entry(bundle, collection["collector"])["name"][0]["family"] == "Keyes"
+    assert referenced(bundle, collection["collector"])["name"][0]["family"] == "Keyes"
     assert collection["fastingStatusCodeableConcept"]["coding"][0]["code"] == "F"
     assert specimen["receivedTime"] == "2024-03-01T08:30:00+01:00"
     # The order, the report and the result refer to it; it names its order and patient.
@@ -223,17 +217,17 @@ def test_an_observation_keeps_its_sub_id_producer_device_and_medical_director() 
         "url": "http://hl7.org/fhir/StructureDefinition/observation-v2-subid",
         "extension": [{"url": "original-sub-identifier", "valueString": "2"}],
     }
-    performers = [entry(bundle, p) for p in glucose["performer"]]
+    performers = [referenced(bundle, p) for p in glucose["performer"]]
     organizations = [p for p in performers if p["resourceType"] == "Organization"]
     assert sorted(o["name"] for o in organizations) == ["CITYLAB", "City Laboratory"]
     producer = next(o for o in organizations if o["name"] == "CITYLAB")
     assert producer["identifier"] == [{"value": "05D0642827"}]
     (director,) = [p for p in performers if p["resourceType"] == "PractitionerRole"]
     assert director["code"][0]["coding"][0]["code"] == "MDIR"
-    assert entry(bundle, director["practitioner"])["name"][0]["family"] == "Nakamura"
-    assert entry(bundle, director["organization"])["name"] == "City Laboratory"
+    assert referenced(bundle, director["practitioner"])["name"][0]["family"] == "Nakamura"
+    assert referenced(bundle, director["organization"])["name"] == "City Laboratory"
     # The first equipment instance is the device; the sodium names the same one and director.
-    device = entry(bundle, glucose["device"])
+    device = referenced(bundle, glucose["device"])
     assert device["identifier"] == [{"value": "ANALYZER-7"}]
     sodium = by_code(bundle, "Observation", "2951-2")
     assert sodium["device"] == glucose["device"]
@@ -305,7 +299,7 @@ def test_the_report_keeps_the_placer_group_status_reason_confidentiality_and_per
     assert reason["valueCodeableConcept"]["coding"][0]["code"] == "RR"
     assert report["meta"]["security"][0]["code"] == "R"
     functions = [
-        (entry(bundle, p)["name"][0]["family"], p["extension"][0]["valueCodeableConcept"]["coding"][0]["code"])
+        (referenced(bundle, p)["name"][0]["family"], p["extension"][0]["valueCodeableConcept"]["coding"][0]["code"])
         for p in report["performer"]
     ]
     assert functions == [("Brandt", "SPRF"), ("Ochoa", "TRANS")]
@@ -323,7 +317,9 @@ def test_the_performing_organization_gets_its_address_without_changing_its_id() 
     bundle = converter().convert(message(MSH_251, PID, OBR_LAB, OBX_LAB))
     observation = only(bundle, "Observation")
     performing = next(
-        entry(bundle, p) for p in observation["performer"] if entry(bundle, p).get("name") == "City Laboratory"
+        referenced(bundle, p)
+        for p in observation["performer"]
+        if referenced(bundle, p).get("name") == "City Laboratory"
     )
     (address,) = performing["address"]
     assert address["line"] == ["1200 Harbor Blvd"] and address["city"] == "Springfield"

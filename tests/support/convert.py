@@ -32,6 +32,13 @@ def resources(bundle: dict, resource_type: str) -> list[dict]:
     return [e["resource"] for e in bundle["entry"] if e.get("resource", {}).get("resourceType") == resource_type]
 
 
+def referenced(bundle: dict, reference: dict) -> dict:
+    """The resource a Reference (``{"reference": "Type/id"}``) names in the bundle."""
+    resource_type, resource_id = reference["reference"].split("/")
+    (found,) = [r for r in resources(bundle, resource_type) if r["id"] == resource_id]
+    return found
+
+
 def only(bundle: dict, resource_type: str) -> dict:
     found = resources(bundle, resource_type)
     assert len(found) == 1, f"expected one {resource_type}, got {len(found)}"
