@@ -47,19 +47,7 @@ def cmd_mllp(settings: Settings, _args: argparse.Namespace) -> int:
     from gateway.services import listener as service
 
     redis_url = _require_redis(settings, "mllp")
-    # Intake answers AR 200/201 for message types no mapping converts (HL7GW_UNSUPPORTED_TYPES).
-    # Broken mappings must not stop intake: messages then wait in the queue for a fixed worker.
-    try:
-        from gateway.convert.runtime.engine import Converter
-
-        converter = Converter.configured(settings.conversion)
-    except Exception as exc:  # noqa: BLE001
-        logging.getLogger(__name__).error("mappings do not load (%s); accepting every message type", exc)
-        rules = service.rules_from(settings, None)
-    else:
-        known_codes = frozenset(name.split("_", 1)[0] for name in converter.plans)
-        rules = service.rules_from(settings, converter.supports, known_codes)
-    service.run(settings, redis_url, rules)
+    service.run(settings, redis_url, service.configured_rules(settings))
     return 0
 
 
@@ -152,8 +140,40 @@ def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     print(f"id: {letter.id}\nstatus: {letter.status}\nstage: {letter.stage}\nerror: {letter.error_type}")
     print(f"sender: {letter.sender}\ncontrol id: {letter.control_id}\nattempts: {letter.attempts}")
+    if letter.replay_of:
+        print(f"replay of: {letter.replay_of} (the letter of an earlier attempt)")
+    if letter.replayed_as:
+        when = datetime.fromtimestamp(letter.handled_at / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"replayed as: message {letter.replayed_as} by {letter.handled_by} at {when} UTC {letter.handled_note}")
     print(f"reason: {letter.reason}\n--- raw message ---")
     print(letter.raw.decode("utf-8", errors="replace").replace("\r", "\n"))
+    return 0
+
+
+def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """Put a dead letter's message (or a corrected copy, ``--raw FILE``) back on the queue."""
+    import getpass
+
+    from gateway.mllp.triage import Triage
+    from gateway.services.embedded_redis import EmbeddedRedis
+    from gateway.services.listener import configured_rules
+    from gateway.services.replay import Replayer, ReplayRefused, queue_at
+
+    redis_url = settings.storage.redis_url or EmbeddedRedis.running_url(settings.storage.data_dir / "redis")
+    if redis_url is None:
+        raise ConfigError(
+            "no queue to replay onto: start the gateway ('hl7gw run'), or set HL7GW_REDIS_URL to its Redis"
+        )
+    edited = Path(args.raw).read_bytes() if args.raw else None
+    with _dead_letter_store(settings) as store, queue_at(redis_url, settings.storage.redis_namespace) as enqueue:
+        replayer = Replayer(store, enqueue, Triage(configured_rules(settings)))
+        try:
+            done = replayer.replay(args.id, f"cli:{getpass.getuser()}", edited)
+        except ReplayRefused as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    print(f"dead letter {done.letter.id} replayed as message {done.envelope.id}")
+    print(f"follow it with: hl7gw message {done.envelope.id}")
     return 0
 
 
@@ -284,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_show = dlq.add_parser("show", help="show one dead letter with its raw message")
     dlq_show.add_argument("id")
     dlq_show.set_defaults(func=cmd_dlq_show)
+    dlq_replay = dlq.add_parser(
+        "replay", help="put a dead letter's message back on the queue (the gateway must be running)"
+    )
+    dlq_replay.add_argument("id")
+    dlq_replay.add_argument(
+        "--raw", metavar="FILE", help="replay this corrected message instead (the letter keeps its own)"
+    )
+    dlq_replay.set_defaults(func=cmd_dlq_replay)
     message = sub.add_parser("message", help="one message's journey: status, resource versions, sink deliveries")
     message.add_argument("key", help="the message's archive id, or its MSH-10")
     message.add_argument("--raw", action="store_true", help="print the raw message too")

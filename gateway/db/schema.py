@@ -195,7 +195,8 @@ dead_letter = Table(
     Column("envelope_id", String(64), nullable=False),
     Column("sender", String(512), nullable=False, default=""),
     Column("control_id", String(256), nullable=False, default=""),
-    Column("stage", String(32), nullable=False),
+    # parse, convert, ..., or deliver:<sink> (a sink's name is up to 64 characters)
+    Column("stage", String(128), nullable=False),
     Column("reason", Text, nullable=False),
     Column("error_type", String(128), nullable=False, default=""),
     Column("attempts", Integer, nullable=False, default=1),
@@ -203,6 +204,14 @@ dead_letter = Table(
     # open -> replayed | discarded
     Column("status", String(16), nullable=False, default="open"),
     Column("raw", LargeBinary, nullable=False),
+    # The letter whose replay this failed attempt was ("" for a first attempt): a chain to follow.
+    Column("replay_of", String(36), nullable=False, default="", server_default=""),
+    # The envelope a replay put on the queue (status replayed).
+    Column("replayed_as", String(64), nullable=False, default="", server_default=""),
+    # Who replayed or discarded the letter, when (ms), and why / what was edited.
+    Column("handled_by", String(128), nullable=False, default="", server_default=""),
+    Column("handled_at", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("handled_note", Text, nullable=False, default="", server_default=""),
 )
 Index("ix_dead_letter_status_created", dead_letter.c.status, dead_letter.c.created_at)
 Index("ix_dead_letter_envelope", dead_letter.c.envelope_id)

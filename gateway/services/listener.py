@@ -41,6 +41,21 @@ def rules_from(
     )
 
 
+def configured_rules(settings: Settings) -> IntakeRules:
+    """The intake rules of these settings and mappings: AR 200/201 for message types no mapping
+    converts (HL7GW_UNSUPPORTED_TYPES). Broken mappings must not stop intake: every type is then
+    accepted, and messages wait in the queue for a fixed worker."""
+    try:
+        from gateway.convert.runtime.engine import Converter
+
+        converter = Converter.configured(settings.conversion)
+    except Exception as exc:  # noqa: BLE001
+        log.error("mappings do not load (%s); accepting every message type", exc)
+        return rules_from(settings, None)
+    known_codes = frozenset(name.split("_", 1)[0] for name in converter.plans)
+    return rules_from(settings, converter.supports, known_codes)
+
+
 def build(settings: Settings, redis_url: str, rules: IntakeRules) -> tuple[Intake, MllpServer]:
     intake = Intake(
         redis_url,
