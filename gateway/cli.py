@@ -145,7 +145,11 @@ def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
     if letter.replayed_as:
         when = datetime.fromtimestamp(letter.handled_at / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
         print(f"replayed as: message {letter.replayed_as} by {letter.handled_by} at {when} UTC {letter.handled_note}")
+    if letter.status == "discarded":
+        print(f"discarded by {letter.handled_by}: {letter.handled_note}")
     print(f"reason: {letter.reason}\n--- raw message ---")
+    if not letter.raw:
+        print("(removed by hl7gw dlq purge)")
     print(letter.raw.decode("utf-8", errors="replace").replace("\r", "\n"))
     return 0
 
@@ -174,6 +178,33 @@ def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
             return 1
     print(f"dead letter {done.letter.id} replayed as message {done.envelope.id}")
     print(f"follow it with: hl7gw message {done.envelope.id}")
+    return 0
+
+
+def cmd_dlq_discard(settings: Settings, args: argparse.Namespace) -> int:
+    """Mark an open dead letter discarded, with who and why (nothing is deleted)."""
+    import getpass
+
+    with _dead_letter_store(settings) as store:
+        letter = store.get(args.id)
+        if letter is None or not store.discard(args.id, f"cli:{getpass.getuser()}", args.reason):
+            print(f"no open dead letter {args.id}" + (f" (it is {letter.status})" if letter else ""), file=sys.stderr)
+            return 1
+    logging.getLogger(__name__).info("dead letter %s discarded by cli:%s", args.id, getpass.getuser())
+    print(f"dead letter {args.id} discarded")
+    return 0
+
+
+def cmd_dlq_purge(settings: Settings, args: argparse.Namespace) -> int:
+    """Remove the raw messages of handled (replayed or discarded) letters older than N days."""
+    import time
+
+    if args.older_than < 1:
+        print("--older-than is a number of days, 1 or more", file=sys.stderr)
+        return 2
+    with _dead_letter_store(settings) as store:
+        count = store.purge(int((time.time() - args.older_than * 86_400) * 1000))
+    print(f"removed the raw message of {count} handled dead letter(s) older than {args.older_than} days")
     return 0
 
 
@@ -312,6 +343,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--raw", metavar="FILE", help="replay this corrected message instead (the letter keeps its own)"
     )
     dlq_replay.set_defaults(func=cmd_dlq_replay)
+    dlq_discard = dlq.add_parser(
+        "discard", help="mark an open dead letter discarded, with the reason (kept, not deleted)"
+    )
+    dlq_discard.add_argument("id")
+    dlq_discard.add_argument("--reason", required=True, help="why, for whoever reads the letter later")
+    dlq_discard.set_defaults(func=cmd_dlq_discard)
+    dlq_purge = dlq.add_parser(
+        "purge", help="remove the raw message (PHI) of replayed and discarded letters older than N days"
+    )
+    dlq_purge.add_argument("--older-than", type=int, required=True, metavar="DAYS")
+    dlq_purge.set_defaults(func=cmd_dlq_purge)
     message = sub.add_parser("message", help="one message's journey: status, resource versions, sink deliveries")
     message.add_argument("key", help="the message's archive id, or its MSH-10")
     message.add_argument("--raw", action="store_true", help="print the raw message too")

@@ -166,6 +166,34 @@ class DeadLetterStore:
             )
         return bool(done.rowcount)
 
+    def discard(self, letter_id: str, who: str, reason: str) -> bool:
+        """An open letter becomes ``discarded`` with who and why; nothing is deleted. False when it
+        was not open."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(dead_letter)
+                .where(dead_letter.c.id == letter_id, dead_letter.c.status == "open")
+                .values(
+                    status="discarded", handled_by=who[:128], handled_at=int(time.time() * 1000), handled_note=reason
+                )
+            )
+        return bool(done.rowcount)
+
+    def purge(self, created_before: int) -> int:
+        """Remove the raw message (PHI) of every letter created before ``created_before`` (ms) that
+        is no longer open, for a retention policy; the rest of the row stays. Returns how many."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(dead_letter)
+                .where(
+                    dead_letter.c.created_at < created_before,
+                    dead_letter.c.status != "open",
+                    dead_letter.c.raw != b"",
+                )
+                .values(raw=b"")
+            )
+        return int(done.rowcount)
+
     def chain(self, letter_id: str) -> tuple[DeadLetter, ...]:
         """The letter and the letters of its earlier attempts, newest first (replay_of links)."""
         found: builtins.list[DeadLetter] = []
