@@ -131,6 +131,16 @@ def test_an_intake_rejection_is_judged_by_the_rules_as_they_are_now(engine: Engi
     assert sent[1].kind == Kind.MESSAGE and sent[1].control_id == "C-OLD2"
 
 
+def test_an_acknowledgement_letter_is_kept_again_not_converted(engine: Engine, store_sink: StoreSink) -> None:
+    ack = b"MSH|^~\\&|LAB|HOSP|GW|GW|20240501120000||ACK^R01^ACK|A-1|P|2.5.1\rMSA|AA|C-9\r"
+    letter_id, _ = _letter(engine, ack, stage=Stage.ARCHIVE, kind=Kind.ACK)
+    sent: list[Envelope] = []
+    Replayer(DeadLetterStore(engine), sent.append).replay(letter_id, "cli:ana")
+    assert sent[0].kind == Kind.ACK
+    Pipeline(Converter.load(), store_sink, MessageArchive(engine)).process(sent[0])
+    assert MessageArchive(engine).get(sent[0].id).status == "ack"  # type: ignore[union-attr]
+
+
 def test_a_sink_letter_goes_to_that_sink_only(
     engine: Engine, store_sink: StoreSink, redis_url: str, redis_namespace: str
 ) -> None:

@@ -105,6 +105,8 @@ class Replayer:
             message_type = verdict.message_type or message_type
             if kind != Kind.MESSAGE:
                 meta["reason"] = verdict.reason
+        elif letter.stage == Stage.ARCHIVE:  # an incoming acknowledgement: kept again, never converted
+            kind = Kind.ACK
         elif letter.stage.startswith(sink_stage("")):
             meta[REPLAY_SINK] = letter.stage.removeprefix(sink_stage(""))
         elif raw is not None:
