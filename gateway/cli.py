@@ -154,9 +154,53 @@ def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
-    """Put a dead letter's message (or a corrected copy, ``--raw FILE``) back on the queue."""
+def _when(text: str | None) -> int | None:
+    """--since/--until: an ISO date or date-time (UTC when it names no offset), as ms since the epoch."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a date or date-time (2024-05-01, 2024-05-01T08:00)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _start_job(settings: Settings, kind: str, filter: dict[str, object]) -> int:
     import getpass
+
+    from gateway.journal.jobs import JobStore
+    from gateway.services.jobs import check_filter
+
+    try:
+        checked = check_filter(kind, filter)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    with _database(settings) as engine:
+        job = JobStore(engine).create(kind, checked, f"cli:{getpass.getuser()}")  # type: ignore[arg-type]
+    logging.getLogger(__name__).info("job %s (%s) started by cli:%s", job.id, kind, getpass.getuser())
+    print(f"job {job.id} started: a running worker works on it at HL7GW_REPLAY_RATE messages/s")
+    print(f"follow it with: hl7gw jobs show {job.id}")
+    return 0
+
+
+def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """Put a dead letter's message (or a corrected copy, ``--raw FILE``) back on the queue; with
+    ``--all``, start a job replaying every open letter the filters match."""
+    import getpass
+
+    if args.all:
+        if args.id or args.raw:
+            print("--all replays the letters the filters match: no id, no --raw", file=sys.stderr)
+            return 2
+        wanted = {"stage": args.stage, "sender": args.sender, "error_type": args.error_type, "reason": args.reason}
+        wanted.update(since=_when(args.since), until=_when(args.until))
+        return _start_job(settings, "replay", wanted)
+    if not args.id:
+        print("name a dead letter, or --all with filters", file=sys.stderr)
+        return 2
 
     from gateway.mllp.triage import Triage
     from gateway.services.embedded_redis import EmbeddedRedis
@@ -205,6 +249,38 @@ def cmd_dlq_purge(settings: Settings, args: argparse.Namespace) -> int:
     with _dead_letter_store(settings) as store:
         count = store.purge(int((time.time() - args.older_than * 86_400) * 1000))
     print(f"removed the raw message of {count} handled dead letter(s) older than {args.older_than} days")
+    return 0
+
+
+def cmd_reprocess(settings: Settings, args: argparse.Namespace) -> int:
+    """Start a job running the archived messages the filters match through the current mappings."""
+    wanted = {"sender": args.sender, "message_type": args.type, "status": args.status}
+    wanted.update(since=_when(args.since), until=_when(args.until))
+    return _start_job(settings, "reprocess", wanted)
+
+
+def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.journal.jobs import JobStore
+
+    with _database(settings) as engine:
+        store = JobStore(engine)
+        if args.action in ("pause", "resume", "cancel"):
+            if not args.id or not store.control(args.id, args.action):
+                print(f"job {args.id} cannot be {args.action}d (unknown, or not in a state for it)", file=sys.stderr)
+                return 1
+            print(f"job {args.id}: {args.action}d")
+            return 0
+        jobs = [store.get(args.id)] if args.action == "show" and args.id else store.list()
+    if not jobs or jobs[0] is None:
+        print("no such job" if args.action == "show" else "no jobs", file=sys.stderr if args.id else sys.stdout)
+        return 1 if args.action == "show" else 0
+    for job in jobs:
+        assert job is not None
+        when = datetime.fromtimestamp(job.created_at / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        counts = f"queued {job.done}, skipped {job.skipped}"
+        print(f"{job.id}  {job.kind:9}  {job.status:9}  {when}  by {job.created_by}  {counts}")
+        if args.action == "show":
+            print(f"  filter: {job.filter}\n  cursor: {job.cursor or '(start)'}\n  summary: {job.summary or '-'}")
     return 0
 
 
@@ -338,7 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_replay = dlq.add_parser(
         "replay", help="put a dead letter's message back on the queue (the gateway must be running)"
     )
-    dlq_replay.add_argument("id")
+    dlq_replay.add_argument("id", nargs="?")
+    dlq_replay.add_argument("--all", action="store_true", help="start a job replaying every open letter matched")
+    for name in ("stage", "sender", "error-type", "reason", "since", "until"):
+        dlq_replay.add_argument(f"--{name}", help="with --all: letters with this " + name.replace("-", " "))
     dlq_replay.add_argument(
         "--raw", metavar="FILE", help="replay this corrected message instead (the letter keeps its own)"
     )
@@ -354,6 +433,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dlq_purge.add_argument("--older-than", type=int, required=True, metavar="DAYS")
     dlq_purge.set_defaults(func=cmd_dlq_purge)
+    reprocess = sub.add_parser(
+        "reprocess", help="start a job running archived messages through the current mappings again"
+    )
+    reprocess.add_argument("--sender", help="APP|FACILITY (MSH-3|MSH-4)")
+    reprocess.add_argument("--type", help="message type, or its start: ADT^A01, ORU")
+    reprocess.add_argument("--status", default="processed", choices=("processed", "failed"))
+    reprocess.add_argument("--since", help="received at or after (ISO date or date-time, UTC)")
+    reprocess.add_argument("--until", help="received before (ISO date or date-time, UTC)")
+    reprocess.set_defaults(func=cmd_reprocess)
+    jobs = sub.add_parser("jobs", help="replay and reprocess jobs: list, show, pause, resume, cancel")
+    jobs.add_argument("action", nargs="?", default="list", choices=("list", "show", "pause", "resume", "cancel"))
+    jobs.add_argument("id", nargs="?")
+    jobs.set_defaults(func=cmd_jobs)
     message = sub.add_parser("message", help="one message's journey: status, resource versions, sink deliveries")
     message.add_argument("key", help="the message's archive id, or its MSH-10")
     message.add_argument("--raw", action="store_true", help="print the raw message too")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway.config import Settings
 from gateway.mllp.limits import Limits
@@ -14,6 +15,9 @@ from gateway.mllp.tls import server_context
 from gateway.mllp.triage import IntakeRules, Triage
 from gateway.procutil import signal_ready
 from gateway.queue.intake import Intake
+
+if TYPE_CHECKING:
+    from gateway.convert.runtime.engine import Converter
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,11 @@ def configured_rules(settings: Settings) -> IntakeRules:
     except Exception as exc:  # noqa: BLE001
         log.error("mappings do not load (%s); accepting every message type", exc)
         return rules_from(settings, None)
+    return rules_for(settings, converter)
+
+
+def rules_for(settings: Settings, converter: Converter) -> IntakeRules:
+    """The intake rules of these settings with the message types ``converter`` supports."""
     known_codes = frozenset(name.split("_", 1)[0] for name in converter.plans)
     return rules_from(settings, converter.supports, known_codes)
 

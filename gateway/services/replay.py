@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+from dramatiq.broker import Broker
 
 from gateway.envelope import Envelope, Kind
 from gateway.errors import GatewayError
@@ -118,19 +119,24 @@ class Replayer:
         return Envelope(new_envelope_id(), body, received_at, sender, control_id, "replay", seq, kind, meta)
 
 
-@contextlib.contextmanager
-def queue_at(redis_url: str, namespace: str) -> Iterator[Callable[[Envelope], None]]:
-    """``enqueue(envelope)`` onto the pipeline's queue at ``redis_url``, as the listener's intake
-    would, but past intake's sequence and duplicate checks (a replay keeps its own)."""
-    broker = make_broker(redis_url, namespace=namespace)
+def enqueue_on(broker: Broker, queue: str = QUEUE, actor: str = ACTOR) -> Callable[[Envelope], None]:
+    """``enqueue(envelope)`` onto a pipeline queue, as the listener's intake would, but past
+    intake's sequence and duplicate checks (a replay keeps the first attempt's)."""
 
     def enqueue(envelope: Envelope) -> None:
         message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=QUEUE, actor_name=ACTOR, args=(envelope.to_json(),), kwargs={}, options={}
+            queue_name=queue, actor_name=actor, args=(envelope.to_json(),), kwargs={}, options={}
         )
         broker.enqueue(message)
 
+    return enqueue
+
+
+@contextlib.contextmanager
+def queue_at(redis_url: str, namespace: str) -> Iterator[Callable[[Envelope], None]]:
+    """``enqueue(envelope)`` onto the pipeline's queue at ``redis_url`` (an operator command's)."""
+    broker = make_broker(redis_url, namespace=namespace)
     try:
-        yield enqueue
+        yield enqueue_on(broker)
     finally:
         broker.close()
