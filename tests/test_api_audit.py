@@ -132,5 +132,7 @@ def test_the_capability_statement_lists_audit_event_search_parameters(app: FastA
     statement = AsgiClient(app).get("/fhir/metadata").json()
     (audit,) = [r for r in statement["rest"][0]["resource"] if r["type"] == "AuditEvent"]
 
+    assert "admin role" in audit["documentation"]
+    assert "AuditEvent: the admin role only" in statement["rest"][0]["security"]["description"]
     names = {param["name"] for param in audit["searchParam"]}
     assert {"date", "subtype", "action", "outcome", "altid", "agent-name", "entity", "entity-identifier"} <= names

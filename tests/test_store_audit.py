@@ -81,7 +81,7 @@ def test_record_stores_an_event_searchable_by_action_who_outcome_and_entity(engi
         role="admin",
     )
     replay = record(
-        store,
+        engine,  # an engine will do: the store is made for it
         OperatorAction.replay,
         "ci-bot",
         Outcome.serious_failure,

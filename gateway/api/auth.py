@@ -19,6 +19,9 @@ from gateway.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: FHIR types only an admin may read, search or see included: who did what to which message.
+ADMIN_ONLY_TYPES = frozenset({"AuditEvent"})
+
 _bearer = HTTPBearer(auto_error=False, description="A token from HL7GW_API_TOKENS or the admin token file")
 
 

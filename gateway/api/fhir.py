@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from gateway.api import bundles
-from gateway.api.auth import Principal, check_role, require_role
+from gateway.api.auth import ADMIN_ONLY_TYPES, Principal, check_role, require_role
 from gateway.api.capability import capability_statement
 from gateway.api.negotiation import FORMAT_PARAMETERS, is_lenient, negotiate, respond
 from gateway.api.outcome import FHIRError, FHIRResponse
@@ -28,9 +28,6 @@ from gateway.store.search_registry import SEARCH_PARAMETERS
 router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(negotiate)])
 
 _reader = Depends(require_role(Role.reader))
-
-#: Types only an admin may read, search or see included: who did what to which message.
-ADMIN_ONLY_TYPES = frozenset({"AuditEvent"})
 
 #: datatypes.html#id: a resource id is 1-64 of letters, digits, "-" and ".".
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.store.fhir_dates import format_instant
@@ -122,7 +122,7 @@ def local_operator() -> str:
 
 
 def record(
-    store: ResourceStore,
+    store: ResourceStore | Engine,
     action: OperatorAction,
     who: str,
     outcome: Outcome,
@@ -132,7 +132,8 @@ def record(
     outcome_text: str | None = None,
     conn: Connection | None = None,
 ) -> str:
-    """Store the AuditEvent of one operator action and log it; return the AuditEvent's id.
+    """Store the AuditEvent of one operator action (in ``store``, or the store of an engine) and log it;
+    return the AuditEvent's id.
 
     ``who`` is the token's name (``Principal.name``) or ``local_operator()``, never a token.
     ``outcome_text`` is a short summary without message content ("3 of 5 replayed").
@@ -144,6 +145,8 @@ def record(
     failed action too. Either way a store that cannot write raises (StoreUnavailable for an
     outage, DeliveryError otherwise), and the caller must then report the action as failed.
     """
+    if isinstance(store, Engine):
+        store = ResourceStore(store)
     event = audit_event(action, who, outcome, entities, role=role, outcome_text=outcome_text)
     bundle = {
         "resourceType": "Bundle",
