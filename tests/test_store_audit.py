@@ -32,6 +32,10 @@ def ids(resources: list[dict[str, Any]]) -> set[str]:
     return {resource["id"] for resource in resources}
 
 
+def audit_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "gateway.store.audit"]
+
+
 @pytest.mark.parametrize("action", list(OperatorAction))
 @pytest.mark.parametrize("outcome", list(Outcome))
 def test_every_action_and_outcome_is_a_valid_r4_audit_event(action: OperatorAction, outcome: Outcome) -> None:
@@ -112,7 +116,7 @@ def test_record_logs_one_line_without_what_the_operator_typed(engine: Engine, ca
     with caplog.at_level(logging.INFO, logger="gateway.store.audit"):
         event_id = record(ResourceStore(engine), OperatorAction.discard, "alice", Outcome.success, entities)
 
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "gateway.store.audit"]
+    (line,) = audit_lines(caplog)
     assert "discard by alice" in line and "outcome success" in line and "12 entities" in line
     assert "dead-letter=0" in line and "dead-letter=9" in line and "and 2 more" in line
     assert event_id in line
@@ -127,24 +131,39 @@ def test_record_raises_when_the_store_cannot_write(engine: Engine, caplog: pytes
         record(store, OperatorAction.purge, "alice", Outcome.success, [Entity("dead-letter", 1)])
 
     assert store.search("AuditEvent", {}) == []
-    assert not [r for r in caplog.records if r.name == "gateway.store.audit"]  # no line for what was not recorded
+    assert audit_lines(caplog) == []  # no line for what was not recorded
 
 
-def test_in_the_callers_transaction_the_action_and_its_record_commit_together(engine: Engine) -> None:
+def test_in_the_callers_transaction_the_action_and_its_record_commit_together(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
     store = ResourceStore(engine)
     change = Job(plan_changes(transaction(put(patient("p1", "MRN1")))), None)
+    caplog.set_level(logging.INFO, logger="gateway.store.audit")
 
-    with store.transaction() as conn:  # left without commit: both roll back
+    with store.transaction() as conn:  # left without commit: both roll back, and nothing is logged
         store.write(conn, [change])
         record(store, OperatorAction.discard, "alice", Outcome.success, [Entity("dead-letter", 1)], conn=conn)
     assert store.read("Patient", "p1") is None
     assert store.search("AuditEvent", {}) == []
+    assert audit_lines(caplog) == []
 
     with store.transaction() as conn:
         store.write(conn, [change])
         event_id = record(store, OperatorAction.discard, "alice", Outcome.success, [], conn=conn)
+        assert audit_lines(caplog) == []  # not before the caller commits
         conn.commit()
     assert store.read("Patient", "p1") is not None
+    assert ids(store.search("AuditEvent", {})) == {event_id}
+    (line,) = audit_lines(caplog)
+    assert event_id in line
+
+    with store.transaction() as conn:  # rolled back, then the connection commits something else
+        record(store, OperatorAction.purge, "alice", Outcome.success, [], conn=conn)
+        conn.rollback()
+        conn.exec_driver_sql("SELECT 1")
+        conn.commit()
+    assert len(audit_lines(caplog)) == 1
     assert ids(store.search("AuditEvent", {})) == {event_id}
 
 

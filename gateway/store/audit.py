@@ -26,11 +26,12 @@ import getpass
 import logging
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -143,42 +144,68 @@ def record(
     this when the action is a database change (discard, purge, a letter's status). Without it the
     event is committed at once: record after the action, with its real outcome, and record a
     failed action too. Either way a store that cannot write raises (StoreUnavailable for an
-    outage, DeliveryError otherwise), and the caller must then report the action as failed.
+    outage, DeliveryError otherwise), and the caller must then report the action as failed. The
+    log line is written once the event is committed (with ``conn``: when the caller commits).
     """
     if isinstance(store, Engine):
         store = ResourceStore(store)
-    event = audit_event(action, who, outcome, entities, role=role, outcome_text=outcome_text)
+    resource = audit_event(action, who, outcome, entities, role=role, outcome_text=outcome_text)
+    event_id = str(resource["id"])
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
             {
-                "fullUrl": f"urn:uuid:{event['id']}",
-                "resource": event,
-                "request": {"method": "PUT", "url": f"AuditEvent/{event['id']}"},
+                "fullUrl": f"urn:uuid:{event_id}",
+                "resource": resource,
+                "request": {"method": "PUT", "url": f"AuditEvent/{event_id}"},
             }
         ],
     }
+    line = _log_line(action, who, outcome, entities, event_id)
     if conn is None:
         store.apply_bundle(bundle)
+        line()
     else:
         try:
             store.write(conn, [Job(plan_changes(bundle), None)])
         except SQLAlchemyError as exc:
             raise delivery_error(exc) from exc
+        _when_committed(conn, line)
+    return event_id
+
+
+def _log_line(
+    action: OperatorAction, who: str, outcome: Outcome, entities: Sequence[Entity], event_id: str
+) -> Callable[[], None]:
+    """The one log line of an action: what, who, outcome, ids (never details), to be written once recorded."""
     ids = [f"{entity.kind}={entity.id}" for entity in entities[:_LOGGED_IDS]]
     more = f" and {len(entities) - _LOGGED_IDS} more" if len(entities) > _LOGGED_IDS else ""
-    log.info(
-        "audit %s by %s: outcome %s, %d entities: %s%s (AuditEvent/%s)",
-        action.value,
-        who,
-        outcome.name,
-        len(entities),
-        ", ".join(ids) or "none",
-        more,
-        event["id"],
-    )
-    return str(event["id"])
+    text = ", ".join(ids) or "none"
+
+    def write() -> None:
+        log.info(
+            "audit %s by %s: outcome %s, %d entities: %s%s (AuditEvent/%s)",
+            *(action.value, who, outcome.name, len(entities), text, more, event_id),
+        )
+
+    return write
+
+
+def _when_committed(conn: Connection, then: Callable[[], None]) -> None:
+    """Call ``then`` once when ``conn``'s transaction commits; never if it rolls back first."""
+    pending = [True]
+
+    def on_commit(_conn: Connection) -> None:
+        if pending:
+            pending.clear()
+            then()
+
+    def on_rollback(_conn: Connection) -> None:
+        pending.clear()
+
+    sqlalchemy_event.listen(conn, "commit", on_commit)
+    sqlalchemy_event.listen(conn, "rollback", on_rollback)
 
 
 def audit_event(
