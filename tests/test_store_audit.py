@@ -16,7 +16,7 @@ from gateway.store.audit import (
     OperatorAction,
     Outcome,
     audit_event,
-    local_operator,
+    cli_operator,
     record,
 )
 from gateway.store.resources import Job, ResourceStore
@@ -58,7 +58,7 @@ def test_every_action_and_outcome_is_a_valid_r4_audit_event(action: OperatorActi
 
 
 def test_an_action_without_entities_is_valid_too() -> None:
-    validate_bundle(transaction(put(audit_event(OperatorAction.purge, local_operator(), Outcome.success, []))))
+    validate_bundle(transaction(put(audit_event(OperatorAction.purge, cli_operator(), Outcome.success, []))))
 
 
 def test_action_codes_say_what_kind_of_change() -> None:
@@ -179,6 +179,6 @@ def test_a_failing_record_in_the_callers_transaction_undoes_the_action(engine: E
     assert store.read("Patient", "p1") is None
 
 
-def test_local_operator_names_the_user() -> None:
-    assert local_operator().startswith("local:")
-    assert len(local_operator()) > len("local:")
+def test_cli_operator_names_the_user() -> None:
+    assert cli_operator().startswith("cli:")
+    assert len(cli_operator()) > len("cli:")

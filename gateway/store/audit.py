@@ -114,12 +114,12 @@ class Entity:
             raise ValueError(f"entity kind {self.kind!r} is not one of {', '.join(ENTITY_SYSTEMS)}")
 
 
-def local_operator() -> str:
-    """The name of an operator working on this machine (the CLI without a token): ``local:<user>``."""
+def cli_operator() -> str:
+    """The name of an operator using the hl7gw command on this machine: ``cli:<user>``, as dead letters record it."""
     try:
-        return f"local:{getpass.getuser()}"
+        return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
-        return "local:unknown"
+        return "cli:unknown"
 
 
 def record(
@@ -136,7 +136,7 @@ def record(
     """Store the AuditEvent of one operator action (in ``store``, or the store of an engine) and log it;
     return the AuditEvent's id.
 
-    ``who`` is the token's name (``Principal.name``) or ``local_operator()``, never a token.
+    ``who`` is the token's name (``Principal.name``) or ``cli_operator()``, never a token.
     ``outcome_text`` is a short summary without message content ("3 of 5 replayed").
 
     Ordering: with ``conn`` (a write transaction from ``store.transaction()``), the event is written
