@@ -125,7 +125,7 @@ class ApiSettings:
 
     host: str
     port: int
-    #: "token:role,..." (gateway/config/values.py parse_tokens); None: the admin token file.
+    #: "name:token:role,..." (gateway/config/values.py parse_tokens); None: the admin token file.
     tokens: str | None
     #: /docs, /redoc and /openapi.json without a token.
     public_docs: bool

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
 
-    # "token:role,token:role"; roles reader < operator < admin.
+    # "name:token:role,..." (or "token:role", named by a digest); roles reader < operator < admin.
     api_tokens: str | None = None
     # /docs and /openapi.json without a token (they describe the API, not its data).
     public_docs: bool = False
