@@ -168,19 +168,15 @@ def _when(text: str | None) -> int | None:
 
 
 def _start_job(settings: Settings, kind: str, filter: dict[str, object]) -> int:
-    import getpass
+    from gateway.services.operator_actions import ActionRefused, start_job
+    from gateway.store.audit import cli_operator
 
-    from gateway.journal.jobs import JobStore
-    from gateway.services.jobs import check_filter
-
-    try:
-        checked = check_filter(kind, filter)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 2
     with _database(settings) as engine:
-        job = JobStore(engine).create(kind, checked, f"cli:{getpass.getuser()}")  # type: ignore[arg-type]
-    logging.getLogger(__name__).info("job %s (%s) started by cli:%s", job.id, kind, getpass.getuser())
+        try:
+            job = start_job(engine, kind, filter, cli_operator())  # type: ignore[arg-type]
+        except ActionRefused as exc:
+            print(exc, file=sys.stderr)
+            return 2
     print(f"job {job.id} started: a running worker works on it at HL7GW_REPLAY_RATE messages/s")
     print(f"follow it with: hl7gw jobs show {job.id}")
     return 0
@@ -189,8 +185,6 @@ def _start_job(settings: Settings, kind: str, filter: dict[str, object]) -> int:
 def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     """Put a dead letter's message (or a corrected copy, ``--raw FILE``) back on the queue; with
     ``--all``, start a job replaying every open letter the filters match."""
-    import getpass
-
     if args.all:
         if args.id or args.raw:
             print("--all replays the letters the filters match: no id, no --raw", file=sys.stderr)
@@ -206,6 +200,7 @@ def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.services.embedded_redis import EmbeddedRedis
     from gateway.services.listener import configured_rules
     from gateway.services.replay import Replayer, ReplayRefused, queue_at
+    from gateway.store.audit import cli_operator
 
     redis_url = settings.storage.redis_url or EmbeddedRedis.running_url(settings.storage.data_dir / "redis")
     if redis_url is None:
@@ -216,7 +211,7 @@ def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     with _dead_letter_store(settings) as store, queue_at(redis_url, settings.storage.redis_namespace) as enqueue:
         replayer = Replayer(store, enqueue, Triage(configured_rules(settings)))
         try:
-            done = replayer.replay(args.id, f"cli:{getpass.getuser()}", edited)
+            done = replayer.replay(args.id, cli_operator(), edited)
         except ReplayRefused as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -227,27 +222,30 @@ def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_dlq_discard(settings: Settings, args: argparse.Namespace) -> int:
     """Mark an open dead letter discarded, with who and why (nothing is deleted)."""
-    import getpass
+    from gateway.services.operator_actions import ActionRefused, discard
+    from gateway.store.audit import cli_operator
 
-    with _dead_letter_store(settings) as store:
-        letter = store.get(args.id)
-        if letter is None or not store.discard(args.id, f"cli:{getpass.getuser()}", args.reason):
-            print(f"no open dead letter {args.id}" + (f" (it is {letter.status})" if letter else ""), file=sys.stderr)
+    with _database(settings) as engine:
+        try:
+            discard(engine, args.id, cli_operator(), args.reason)
+        except ActionRefused as exc:
+            print(exc, file=sys.stderr)
             return 1
-    logging.getLogger(__name__).info("dead letter %s discarded by cli:%s", args.id, getpass.getuser())
     print(f"dead letter {args.id} discarded")
     return 0
 
 
 def cmd_dlq_purge(settings: Settings, args: argparse.Namespace) -> int:
     """Remove the raw messages of handled (replayed or discarded) letters older than N days."""
-    import time
+    from gateway.services.operator_actions import ActionRefused, purge
+    from gateway.store.audit import cli_operator
 
-    if args.older_than < 1:
-        print("--older-than is a number of days, 1 or more", file=sys.stderr)
-        return 2
-    with _dead_letter_store(settings) as store:
-        count = store.purge(int((time.time() - args.older_than * 86_400) * 1000))
+    with _database(settings) as engine:
+        try:
+            count = purge(engine, args.older_than, cli_operator())
+        except ActionRefused as exc:
+            print(exc, file=sys.stderr)
+            return 2
     print(f"removed the raw message of {count} handled dead letter(s) older than {args.older_than} days")
     return 0
 
@@ -265,8 +263,13 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     with _database(settings) as engine:
         store = JobStore(engine)
         if args.action in ("pause", "resume", "cancel"):
-            if not args.id or not store.control(args.id, args.action):
-                print(f"job {args.id} cannot be {args.action}d (unknown, or not in a state for it)", file=sys.stderr)
+            from gateway.services.operator_actions import ActionRefused, control_job
+            from gateway.store.audit import cli_operator
+
+            try:
+                control_job(engine, args.id or "", args.action, cli_operator())
+            except ActionRefused as exc:
+                print(exc, file=sys.stderr)
                 return 1
             print(f"job {args.id}: {args.action}d")
             return 0

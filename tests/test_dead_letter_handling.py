@@ -13,6 +13,8 @@ from sqlalchemy.engine import Engine
 from gateway import cli
 from gateway.journal.dead_letters import DeadLetterStore, Letter
 from gateway.stages import Stage
+from gateway.store.audit import cli_operator
+from gateway.store.resources import ResourceStore
 from tests.support.messages import adt
 from tests.support.queue import parsed_envelope
 
@@ -67,10 +69,18 @@ def test_hl7gw_dlq_discard_and_purge(
     letter_id = _letter(engine, "C9", 10)
     assert cli.main(["dlq", "discard", letter_id, "--reason", "sent twice by the lab"]) == 0
     assert cli.main(["dlq", "discard", letter_id, "--reason", "again"]) == 1
-    assert "it is discarded" in capsys.readouterr().err
+    assert f"dead letter {letter_id} is discarded" in capsys.readouterr().err
     assert cli.main(["dlq", "purge", "--older-than", "0"]) == 2
     assert cli.main(["dlq", "purge", "--older-than", "5"]) == 0
     assert "of 1 handled dead letter(s)" in capsys.readouterr().out
     assert cli.main(["dlq", "show", letter_id]) == 0
     shown = capsys.readouterr().out
     assert "sent twice by the lab" in shown and "(removed by hl7gw dlq purge)" in shown and "C9" in shown
+
+    # Each action is an AuditEvent naming the operator: the discard, the refused second one, the purge.
+    events = ResourceStore(engine).search("AuditEvent", {})
+    actions = sorted((e["subtype"][0]["code"], e["outcome"]) for e in events)
+    assert actions == [("discard", "0"), ("discard", "8"), ("purge", "0")]
+    assert {e["agent"][0]["altId"] for e in events} == {cli_operator()}
+    (done,) = [e for e in events if e["subtype"][0]["code"] == "discard" and e["outcome"] == "0"]
+    assert done["entity"][0]["what"]["identifier"]["value"] == letter_id

@@ -156,3 +156,6 @@ def test_a_worker_runs_a_replay_job_started_from_the_command_line(
     assert cli.main(["jobs", "show", job_id]) == 0
     assert "6 message(s) queued, 0 skipped" in capsys.readouterr().out
     assert cli.main(["jobs", "cancel", job_id]) == 1  # done: nothing to cancel
+    # One AuditEvent for the job (not one per letter), and one for the refused cancel.
+    events = ResourceStore(engine).search("AuditEvent", {})
+    assert sorted((e["subtype"][0]["code"], e["outcome"]) for e in events) == [("job-cancel", "8"), ("replay", "0")]

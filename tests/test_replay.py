@@ -71,6 +71,11 @@ def test_a_replay_is_a_new_envelope_with_the_first_receive_time_and_sequence(eng
     with pytest.raises(ReplayRefused, match="no dead letter"):
         Replayer(DeadLetterStore(engine), sent.append).replay("0" * 36, "cli:ana")
     assert len(sent) == 1  # a refused replay queues nothing
+    # Each attempt is an AuditEvent: the replay (naming the letter and the new message), two refusals.
+    events = ResourceStore(engine).search("AuditEvent", {"subtype": ["replay"]})
+    assert sorted(e["outcome"] for e in events) == ["0", "8", "8"]
+    (replayed,) = [e for e in events if e["outcome"] == "0"]
+    assert {x["what"]["identifier"]["value"] for x in replayed["entity"]} == {letter_id, again.id}
 
 
 def test_a_replay_that_fails_again_is_a_new_letter_linked_to_the_old(engine: Engine, store_sink: StoreSink) -> None:

@@ -149,7 +149,7 @@ class JobRunner:
             if job.kind == "replay":
                 created_at, letter_id = item
                 try:
-                    self.replayer.replay(letter_id, f"job:{job.id}")
+                    self.replayer.replay(letter_id, f"job:{job.id}", audited=False)
                     done += 1
                 except ReplayRefused:
                     skipped += 1  # replayed or discarded meanwhile

@@ -32,6 +32,8 @@ from gateway.queue.broker import make_broker
 from gateway.queue.entry import new_envelope_id
 from gateway.services.pipeline import REPLAY_SINK
 from gateway.stages import Stage, sink_stage
+from gateway.store import audit
+from gateway.store.audit import Entity, OperatorAction, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +63,36 @@ class Replayer:
         self.enqueue = enqueue
         self.triage = triage or Triage()
 
-    def replay(self, letter_id: str, who: str, raw: bytes | None = None) -> Replayed:
+    def replay(
+        self, letter_id: str, who: str, raw: bytes | None = None, *, role: str | None = None, audited: bool = True
+    ) -> Replayed:
         """Queue the letter's message again (``raw``: an operator's corrected copy; the letter keeps
-        the bytes it was received with) and mark the letter replayed."""
+        the bytes it was received with), mark the letter replayed and record the action as an
+        AuditEvent (``audited``: a job records itself once, not each of its letters)."""
+        action = OperatorAction.edit_replay if raw is not None else OperatorAction.replay
         letter = self.letters.get(letter_id)
-        if letter is None:
-            raise ReplayRefused(f"no dead letter {letter_id}")
-        if letter.status != "open":
-            raise ReplayRefused(
-                f"dead letter {letter_id} is {letter.status}"
-                + (f" (replayed as {letter.replayed_as})" if letter.replayed_as else "")
-            )
+        if letter is None or letter.status != "open":
+            why = f"no dead letter {letter_id}" if letter is None else f"dead letter {letter_id} is {letter.status}"
+            if letter is not None and letter.replayed_as:
+                why += f" (replayed as {letter.replayed_as})"
+            if audited:
+                audit.record(
+                    self.letters.engine,
+                    action,
+                    who,
+                    Outcome.serious_failure,
+                    [Entity("dead-letter", letter_id)],
+                    role=role,
+                    outcome_text=why,
+                )
+            raise ReplayRefused(why)
         envelope = self.envelope_for(letter, who, raw)
         self.enqueue(envelope)
         note = "replayed with an edited message" if raw is not None else ""
         marked = self.letters.mark_replayed(letter.id, envelope.id, who, note)
+        if audited:
+            entities = [Entity("dead-letter", letter.id), Entity("message", envelope.id)]
+            audit.record(self.letters.engine, action, who, Outcome.success, entities, role=role)
         log.info(
             "dead letter %s (sender %s, control id %s, stage %s) replayed as %s by %s",
             letter.id,
