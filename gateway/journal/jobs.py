@@ -14,10 +14,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.engine import Engine
 
-from gateway.db.schema import operator_job
+from gateway.db.schema import dead_letter, operator_job
 
 JobKind = Literal["replay", "reprocess"]
 #: What an operator may ask of a job, and the statuses each moves it between.
@@ -144,17 +144,27 @@ class JobStore:
             status: str = conn.execute(select(operator_job.c.status).where(operator_job.c.id == job.id)).scalar_one()
         return status
 
-    def finish(self, job: Job, owner: str, summary: str) -> bool:
-        """A running job whose filter matches nothing more is done, with its summary."""
+    def finish(self, job: Job, owner: str, summary: str, done: int | None = None) -> bool:
+        """A running job whose filter matches nothing more is done, with its summary (and, when
+        known exactly, how many it queued: counts saved per slice miss a slice a crash cut short)."""
+        values: dict[str, Any] = {"status": "done", "summary": summary, "updated_at": _now()}
+        if done is not None:
+            values["done"] = done
         with self.engine.begin() as conn:
-            done = conn.execute(
+            finished = conn.execute(
                 update(operator_job)
                 .where(
                     operator_job.c.id == job.id, operator_job.c.lease_owner == owner, operator_job.c.status == "running"
                 )
-                .values(status="done", summary=summary, updated_at=_now(), lease_owner="", lease_until=0)
+                .values(lease_owner="", lease_until=0, **values)
             )
-        return bool(done.rowcount)
+        return bool(finished.rowcount)
+
+    def replayed_by(self, job: Job) -> int:
+        """How many dead letters a replay job replayed (they name it), crash or not."""
+        with self.engine.connect() as conn:
+            query = select(func.count()).select_from(dead_letter).where(dead_letter.c.handled_by == f"job:{job.id}")
+            return int(conn.execute(query).scalar_one())
 
 
 def _job(row: Any) -> Job:

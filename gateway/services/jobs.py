@@ -138,8 +138,10 @@ class JobRunner:
             items = next_messages(self.engine, job.filter, job.cursor, size)
         if not items:
             fresh = self.jobs.get(job.id) or job
-            summary = f"{fresh.done} message(s) queued, {fresh.skipped} skipped"
-            if self.jobs.finish(job, self.owner, summary):
+            exact = self.jobs.replayed_by(job) if job.kind == "replay" else None
+            queued = exact if exact is not None else fresh.done
+            summary = f"{queued} message(s) queued, {fresh.skipped} skipped"
+            if self.jobs.finish(job, self.owner, summary, exact):
                 log.info("job %s (%s by %s) done: %s", job.id, job.kind, job.created_by, summary)
             return True
         done = skipped = 0
