@@ -194,6 +194,26 @@ class DeadLetterStore:
             )
         return int(done.rowcount)
 
+    def mark_replayed_many(self, replays: builtins.list[tuple[str, str]], who: str) -> int:
+        """``mark_replayed`` for (letter id, envelope id) pairs in one transaction; how many were open."""
+        now, marked = int(time.time() * 1000), 0
+        with self.engine.begin() as conn:
+            for letter_id, envelope_id in replays:
+                done = conn.execute(
+                    update(dead_letter)
+                    .where(dead_letter.c.id == letter_id, dead_letter.c.status == "open")
+                    .values(status="replayed", replayed_as=envelope_id, handled_by=who[:128], handled_at=now)
+                )
+                marked += done.rowcount
+        return marked
+
+    def open_letters(self, ids: builtins.list[str]) -> builtins.list[DeadLetter]:
+        """The letters of ``ids`` that are open, in the order given."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(dead_letter).where(dead_letter.c.id.in_(ids), dead_letter.c.status == "open"))
+            found = {row.id: _row(row) for row in rows}
+        return [found[i] for i in ids if i in found]
+
     def chain(self, letter_id: str) -> tuple[DeadLetter, ...]:
         """The letter and the letters of its earlier attempts, newest first (replay_of links)."""
         found: builtins.list[DeadLetter] = []

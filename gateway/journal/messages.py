@@ -108,6 +108,13 @@ class MessageArchive:
                 first[envelope.id] = known
         return first
 
+    def originals(self, envelope_ids: list[str]) -> dict[str, tuple[int, int, str]]:
+        """Envelope id -> (received_at, seq, message type) of the archived messages among ``envelope_ids``."""
+        t = message_archive.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.id, t.received_at, t.seq, t.message_type).where(t.id.in_(envelope_ids)))
+            return {row.id: (row.received_at, row.seq, row.message_type) for row in rows}
+
     def get(self, envelope_id: str) -> ArchivedMessage | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(message_archive).where(message_archive.c.id == envelope_id)).first()

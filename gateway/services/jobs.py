@@ -29,7 +29,7 @@ from gateway.journal.dead_letters import DeadLetterStore
 from gateway.journal.jobs import Job, JobStore
 from gateway.mllp.triage import Triage
 from gateway.queue.entry import new_envelope_id
-from gateway.services.replay import Replayer, ReplayRefused
+from gateway.services.replay import Replayer
 
 log = logging.getLogger(__name__)
 
@@ -145,21 +145,20 @@ class JobRunner:
                 log.info("job %s (%s by %s) done: %s", job.id, job.kind, job.created_by, summary)
             return True
         done = skipped = 0
-        cursor = job.cursor
-        for item in items:
-            self._pace()
-            if job.kind == "replay":
-                created_at, letter_id = item
-                try:
-                    self.replayer.replay(letter_id, f"job:{job.id}", audited=False)
-                    done += 1
-                except ReplayRefused:
-                    skipped += 1  # replayed or discarded meanwhile
-                cursor = f"{created_at}|{letter_id}"
-            else:
+        if job.kind == "replay":
+            # One read and one write transaction per slice: the database is shared with live traffic.
+            letters = self.replayer.letters.open_letters([letter_id for _, letter_id in items])
+            skipped += len(items) - len(letters)  # replayed or discarded since the slice was read
+            done, refused = self.replayer.replay_many(letters, f"job:{job.id}", self._pace)
+            skipped += refused
+            created_at, letter_id = items[-1]
+            cursor = f"{created_at}|{letter_id}"
+        else:
+            for item in items:
+                self._pace()
                 self.enqueue(self._reprocess_envelope(job, item))
                 done += 1
-                cursor = f"{item.received_at}|{item.id}"
+            cursor = f"{items[-1].received_at}|{items[-1].id}"
         status = self.jobs.advance(job, self.owner, cursor, done, skipped, self.lease_ms)
         if status is None:
             log.warning("job %s: lease lost to another worker; it goes on there", job.id)

@@ -104,12 +104,31 @@ class Replayer:
         )
         return Replayed(letter, envelope, marked)
 
-    def envelope_for(self, letter: DeadLetter, who: str, raw: bytes | None) -> Envelope:
-        """The envelope a replay of ``letter`` queues: the original receive time and sequence."""
-        original = self.archive.get(letter.envelope_id)
-        received_at = original.received_at if original is not None else letter.created_at
-        seq = original.seq if original is not None else 0
-        message_type = original.message_type if original is not None else ""
+    def replay_many(
+        self, letters: list[DeadLetter], who: str, before_each: Callable[[], None] = lambda: None
+    ) -> tuple[int, int]:
+        """A job's slice: queue every letter's message (``before_each``: the job's pacing; archive
+        rows read in one query), then mark them all replayed in one transaction; (replayed, skipped:
+        not open any more)."""
+        originals = self.archive.originals([letter.envelope_id for letter in letters])
+        queued = []
+        for letter in letters:
+            before_each()
+            envelope = self.envelope_for(letter, who, None, originals.get(letter.envelope_id))
+            self.enqueue(envelope)
+            queued.append((letter.id, envelope.id))
+        marked = self.letters.mark_replayed_many(queued, who)
+        return marked, len(letters) - marked
+
+    def envelope_for(
+        self, letter: DeadLetter, who: str, raw: bytes | None, original: tuple[int, int, str] | None = None
+    ) -> Envelope:
+        """The envelope a replay of ``letter`` queues: the original (receive time, sequence, message
+        type) from the archive, so ordering decisions are the first attempt's."""
+        if original is None:
+            archived = self.archive.get(letter.envelope_id)
+            original = (archived.received_at, archived.seq, archived.message_type) if archived else None
+        received_at, seq, message_type = original if original is not None else (letter.created_at, 0, "")
         meta = {REPLAY_OF: letter.id, REPLAYED_BY: who[:128]}
         if raw is not None:
             meta[EDITED] = "1"
