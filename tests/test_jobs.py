@@ -5,6 +5,7 @@ Redis and a running worker."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -159,3 +160,28 @@ def test_a_worker_runs_a_replay_job_started_from_the_command_line(
     # One AuditEvent for the job (not one per letter), and one for the refused cancel.
     events = ResourceStore(engine).search("AuditEvent", {})
     assert sorted((e["subtype"][0]["code"], e["outcome"]) for e in events) == [("job-cancel", "8"), ("replay", "0")]
+
+
+def test_a_failing_slice_is_said_once_per_run_of_failures(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    caplog.set_level(logging.INFO, logger="gateway.services.jobs")
+    runner = JobRunner(engine, lambda envelope: None, rate=1000)
+    stop = threading.Event()
+    outcomes = iter([OperationalError("x", {}, Exception("database is locked"))] * 5 + [False] * 3)
+
+    def step() -> bool:  # the database away for five rounds (fault injection), then back
+        outcome = next(outcomes, None)
+        if outcome is None:
+            stop.set()
+            return False
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    runner.step = step  # type: ignore[method-assign]
+    runner.run(stop, idle_s=0.01)
+    said = [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records if r.name == "gateway.services.jobs"]
+    assert said == [("WARNING", "operator jobs wait"), ("INFO", "operator jobs going on")]

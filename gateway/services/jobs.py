@@ -25,6 +25,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.db.schema import dead_letter, message_archive
 from gateway.envelope import Envelope, Kind
+from gateway.errors import describe
 from gateway.journal.dead_letters import DeadLetterStore
 from gateway.journal.jobs import Job, JobStore
 from gateway.mllp.triage import Triage
@@ -165,13 +166,22 @@ class JobRunner:
         return True
 
     def run(self, stop: threading.Event, idle_s: float = 1.0) -> None:
-        """Work on jobs until ``stop``; a failure of one slice is logged and the slice tried again."""
+        """Work on jobs until ``stop``. A failed slice (the database or Redis away) is tried again a
+        second later, saying so once per run of failures, not once a second."""
+        failing = False
         while not stop.is_set():
             try:
                 busy = self.step()
             except Exception as exc:  # noqa: BLE001 - a job waits for the next round, the worker goes on
-                log.error("operator job slice failed (%s); trying again", type(exc).__name__)
-                busy = False
+                if not failing:
+                    log.warning(
+                        "operator jobs wait: a slice failed (%s); trying again each %.0f s", describe(exc), idle_s
+                    )
+                failing, busy = True, False
+            else:
+                if failing:
+                    log.info("operator jobs going on")
+                failing = False
             if not busy:
                 stop.wait(idle_s)
 
