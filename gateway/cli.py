@@ -78,11 +78,15 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.api.app import create_app
+    from gateway.services.dead_letter_views import CurrentMappings
     from gateway.services.outages import until_available
 
+    dry_run = CurrentMappings(settings.conversion).dry_run  # for /admin/dead-letters/{id}
     # log_config=None: uvicorn's records go through our handler (gateway/logs.py) like all others;
     # no access log, since a query string can carry a name or a birth date.
-    app = until_available("database", lambda: create_app(settings), max_backoff_s=settings.worker.outage_max_backoff_s)
+    app = until_available(
+        "database", lambda: create_app(settings, dry_run=dry_run), max_backoff_s=settings.worker.outage_max_backoff_s
+    )
     config = uvicorn.Config(
         app,
         host=settings.api.host,
