@@ -53,7 +53,7 @@ def failed_letter(engine: Engine, store_sink: StoreSink, raw: bytes, created_at:
 def test_field_names_come_from_hl7() -> None:
     assert field_name("PID", 3) == "Patient Identifier List"
     assert field_name("MSH", 10, "2.3") == "Message Control ID"
-    assert field_name("ZPI", 1) == ""
+    assert field_name("ZPI", 1) == "" and field_name("PV1", 1) == "Set ID PV1"
     assert named_path("PID-3") == "PID-3 Patient Identifier List"
     assert named_path("PID-3.4") == "PID-3.4 in Patient Identifier List"
     assert named_path("CX.4") == "CX.4"

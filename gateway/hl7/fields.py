@@ -39,8 +39,12 @@ def _segment_names(module: str, segment: str) -> dict[int, str]:
 
 
 def _readable(long_name: str) -> str:
-    """``PATIENT_IDENTIFIER_LIST`` -> "Patient Identifier List"; ``SET_ID_PID`` -> "Set ID PID"."""
-    words = [_KEEP.get(word, word.capitalize()) for word in long_name.split("_") if word]
+    """``PATIENT_IDENTIFIER_LIST`` -> "Patient Identifier List"; ``SET_ID_PV1`` -> "Set ID PV1"."""
+    words = [
+        _KEEP.get(word, word if any(c.isdigit() for c in word) else word.capitalize())
+        for word in long_name.split("_")
+        if word
+    ]
     return " ".join(words).replace(" 's", "'s")
 
 

@@ -165,7 +165,9 @@ class DeadLetterStore:
         if where.status:
             query = query.where(table.c.status == where.status)
         if where.stage:
-            query = query.where(or_(table.c.stage == where.stage, table.c.stage.startswith(f"{where.stage}:")))
+            query = query.where(
+                or_(table.c.stage == where.stage, table.c.stage.startswith(f"{where.stage}:", autoescape=True))
+            )
         if where.sender:
             query = query.where(table.c.sender == where.sender)
         if where.since is not None:

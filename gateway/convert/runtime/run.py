@@ -519,11 +519,13 @@ class Run:
         )
 
     def _located(self, inst: _Instance, exc: MappingError) -> MappingError:
-        """``exc`` placed at ``inst``'s segment, the field it names given its HL7 name."""
+        """``exc`` placed at ``inst``'s segment, the field it names given its HL7 name, and the map
+        that made the resource when no rule deeper down said which failed."""
         if exc.segment:
             return exc
         field = named_path(exc.field, self.message.version) if exc.field else ""
-        return MappingError(exc.problem, segment=self._where(inst.segment), field=field, rule=exc.rule)
+        rule = exc.rule or f"map {inst.plan.map.name}"
+        return MappingError(exc.problem, segment=self._where(inst.segment), field=field, rule=rule)
 
     def _where(self, seg: Segment) -> str:
         """``PID#2``: the segment and its place in the message."""
