@@ -99,6 +99,28 @@ def test_a_mapping_change_is_seen_by_the_next_dry_run(tmp_path: Path, monkeypatc
     assert answer["converts"] is False and answer["error"].startswith("the mappings do not load")
 
 
+def test_a_site_rule_fails_then_a_fix_converts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's story: a site overlay requires PID-8; a message without it fails, the reason
+    names the segment, field and map; once the overlay is fixed the dry run converts it."""
+    shipped = (Path(__file__).resolve().parent.parent / "mappings" / "segments" / "PID_Patient.yaml").read_text()
+    rule = '{from: PID-8, to: gender, datatype: "CWE[code]", table: AdministrativeSex}'
+    assert rule in shipped
+    (tmp_path / "segments").mkdir()
+    site_map = tmp_path / "segments" / "PID_Patient.yaml"
+    site_map.write_text(shipped.replace(rule, rule[:-1] + ", required: true}"))
+    monkeypatch.setenv("HL7GW_MAPPINGS_DIR", str(tmp_path))
+    current = CurrentMappings(load_settings().conversion)
+
+    failing = current.dry_run(adt("SITE-1", "Doe"))  # its PID has no PID-8
+    assert failing["converts"] is False and failing["error"] == (
+        "conversion failed at PID#2 (PID-8 Administrative Sex): PID-8 is empty or unusable, "
+        "but Patient.gender is required (map PID[Patient])"
+    )
+    site_map.write_text(shipped)  # the fix
+    fixed = current.dry_run(adt("SITE-1", "Doe"))
+    assert fixed["converts"] is True and fixed["resources"]["Patient"] == 1
+
+
 def test_filters_and_cursor_pages(engine: Engine, store_sink: StoreSink) -> None:
     now = int(time.time() * 1000)
     letters = [failed_letter(engine, store_sink, adt(f"P-{n}", "Doe", mrn=""), now - n * 1000) for n in range(5)]
