@@ -37,7 +37,18 @@ from gateway.journal.messages import MessageArchive
 #: raw message -> what converting it with the current mappings would give (services/dead_letter_views.py).
 DryRun = Callable[[bytes], dict[str, Any]]
 
-router = APIRouter(prefix=ADMIN_PREFIX, tags=["admin"], dependencies=[Depends(require_role(Role.operator))])
+_ERROR = {"content": {"application/json": {"example": {"error": {"status": 400, "message": "status is one of ..."}}}}}
+router = APIRouter(
+    prefix=ADMIN_PREFIX,
+    tags=["admin"],
+    dependencies=[Depends(require_role(Role.operator))],
+    responses={
+        400: {"description": "a filter or cursor that cannot be read, or an unknown parameter", **_ERROR},
+        401: {"description": "no bearer token, or one that is not valid", **_ERROR},
+        403: {"description": "the token's role is below operator", **_ERROR},
+        404: {"description": "no dead letter or message with that id", **_ERROR},
+    },
+)
 
 MAX_COUNT = 500
 Count = Annotated[int, Query(alias="_count", ge=1, le=MAX_COUNT, description="rows a page (default 50)")]
