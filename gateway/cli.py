@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,19 +48,7 @@ def cmd_mllp(settings: Settings, _args: argparse.Namespace) -> int:
     from gateway.services import listener as service
 
     redis_url = _require_redis(settings, "mllp")
-    # Intake answers AR 200/201 for message types no mapping converts (HL7GW_UNSUPPORTED_TYPES).
-    # Broken mappings must not stop intake: messages then wait in the queue for a fixed worker.
-    try:
-        from gateway.convert.runtime.engine import Converter
-
-        converter = Converter.configured(settings.conversion)
-    except Exception as exc:  # noqa: BLE001
-        logging.getLogger(__name__).error("mappings do not load (%s); accepting every message type", exc)
-        rules = service.rules_from(settings, None)
-    else:
-        known_codes = frozenset(name.split("_", 1)[0] for name in converter.plans)
-        rules = service.rules_from(settings, converter.supports, known_codes)
-    service.run(settings, redis_url, rules)
+    service.run(settings, redis_url, service.configured_rules(settings))
     return 0
 
 
@@ -176,6 +165,139 @@ def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     dry = None if args.no_dry_run else CurrentMappings(settings.conversion).dry_run
     print_detail(detail(letter, dry), sys.stdout, args.json)
+    return 0
+
+
+def _when(text: str | None) -> int | None:
+    """--since/--until: an ISO date or date-time (UTC when it names no offset), as ms since the epoch."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a date or date-time (2024-05-01, 2024-05-01T08:00)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _start_job(settings: Settings, kind: str, filter: dict[str, object]) -> int:
+    from gateway.services.operator_actions import ActionRefused, start_job
+    from gateway.store.audit import cli_operator
+
+    with _database(settings) as engine:
+        try:
+            job = start_job(engine, kind, filter, cli_operator())  # type: ignore[arg-type]
+        except ActionRefused as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    print(f"job {job.id} started: a running worker works on it at HL7GW_REPLAY_RATE messages/s")
+    print(f"follow it with: hl7gw jobs show {job.id}")
+    return 0
+
+
+def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """Put a dead letter's message (or a corrected copy, ``--raw FILE``) back on the queue; with
+    ``--all``, start a job replaying every open letter the filters match."""
+    if args.all:
+        if args.id or args.raw:
+            print("--all replays the letters the filters match: no id, no --raw", file=sys.stderr)
+            return 2
+        wanted = {"stage": args.stage, "sender": args.sender, "error_type": args.error_type, "reason": args.reason}
+        wanted.update(since=_when(args.since), until=_when(args.until))
+        return _start_job(settings, "replay", wanted)
+    if not args.id:
+        print("name a dead letter, or --all with filters", file=sys.stderr)
+        return 2
+
+    from gateway.mllp.triage import Triage
+    from gateway.services.embedded_redis import EmbeddedRedis
+    from gateway.services.listener import configured_rules
+    from gateway.services.replay import Replayer, ReplayRefused, queue_at
+    from gateway.store.audit import cli_operator
+
+    redis_url = settings.storage.redis_url or EmbeddedRedis.running_url(settings.storage.data_dir / "redis")
+    if redis_url is None:
+        raise ConfigError(
+            "no queue to replay onto: start the gateway ('hl7gw run'), or set HL7GW_REDIS_URL to its Redis"
+        )
+    edited = Path(args.raw).read_bytes() if args.raw else None
+    with _dead_letter_store(settings) as store, queue_at(redis_url, settings.storage.redis_namespace) as enqueue:
+        replayer = Replayer(store, enqueue, Triage(configured_rules(settings)))
+        try:
+            done = replayer.replay(args.id, cli_operator(), edited)
+        except ReplayRefused as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    print(f"dead letter {done.letter.id} replayed as message {done.envelope.id}")
+    print(f"follow it with: hl7gw message {done.envelope.id}")
+    return 0
+
+
+def cmd_dlq_discard(settings: Settings, args: argparse.Namespace) -> int:
+    """Mark an open dead letter discarded, with who and why (nothing is deleted)."""
+    from gateway.services.operator_actions import ActionRefused, discard
+    from gateway.store.audit import cli_operator
+
+    with _database(settings) as engine:
+        try:
+            discard(engine, args.id, cli_operator(), args.reason)
+        except ActionRefused as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    print(f"dead letter {args.id} discarded")
+    return 0
+
+
+def cmd_dlq_purge(settings: Settings, args: argparse.Namespace) -> int:
+    """Remove the raw messages of handled (replayed or discarded) letters older than N days."""
+    from gateway.services.operator_actions import ActionRefused, purge
+    from gateway.store.audit import cli_operator
+
+    with _database(settings) as engine:
+        try:
+            count = purge(engine, args.older_than, cli_operator())
+        except ActionRefused as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    print(f"removed the raw message of {count} handled dead letter(s) older than {args.older_than} days")
+    return 0
+
+
+def cmd_reprocess(settings: Settings, args: argparse.Namespace) -> int:
+    """Start a job running the archived messages the filters match through the current mappings."""
+    wanted = {"sender": args.sender, "message_type": args.type, "status": args.status}
+    wanted.update(since=_when(args.since), until=_when(args.until))
+    return _start_job(settings, "reprocess", wanted)
+
+
+def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.journal.jobs import JobStore
+
+    with _database(settings) as engine:
+        store = JobStore(engine)
+        if args.action in ("pause", "resume", "cancel"):
+            from gateway.services.operator_actions import ActionRefused, control_job
+            from gateway.store.audit import cli_operator
+
+            try:
+                control_job(engine, args.id or "", args.action, cli_operator())
+            except ActionRefused as exc:
+                print(exc, file=sys.stderr)
+                return 1
+            print(f"job {args.id}: {args.action}d")
+            return 0
+        jobs = [store.get(args.id)] if args.action == "show" and args.id else store.list()
+    if not jobs or jobs[0] is None:
+        print("no such job" if args.action == "show" else "no jobs", file=sys.stderr if args.id else sys.stdout)
+        return 1 if args.action == "show" else 0
+    for job in jobs:
+        assert job is not None
+        when = datetime.fromtimestamp(job.created_at / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        counts = f"queued {job.done}, skipped {job.skipped}"
+        print(f"{job.id}  {job.kind:9}  {job.status:9}  {when}  by {job.created_by}  {counts}")
+        if args.action == "show":
+            print(f"  filter: {job.filter}\n  cursor: {job.cursor or '(start)'}\n  summary: {job.summary or '-'}")
     return 0
 
 
@@ -315,6 +437,41 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_show.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     dlq_show.add_argument("--no-dry-run", action="store_true", help="do not convert the message again")
     dlq_show.set_defaults(func=cmd_dlq_show)
+    dlq_replay = dlq.add_parser(
+        "replay", help="put a dead letter's message back on the queue (the gateway must be running)"
+    )
+    dlq_replay.add_argument("id", nargs="?")
+    dlq_replay.add_argument("--all", action="store_true", help="start a job replaying every open letter matched")
+    for name in ("stage", "sender", "error-type", "reason", "since", "until"):
+        dlq_replay.add_argument(f"--{name}", help="with --all: letters with this " + name.replace("-", " "))
+    dlq_replay.add_argument(
+        "--raw", metavar="FILE", help="replay this corrected message instead (the letter keeps its own)"
+    )
+    dlq_replay.set_defaults(func=cmd_dlq_replay)
+    dlq_discard = dlq.add_parser(
+        "discard", help="mark an open dead letter discarded, with the reason (kept, not deleted)"
+    )
+    dlq_discard.add_argument("id")
+    dlq_discard.add_argument("--reason", required=True, help="why, for whoever reads the letter later")
+    dlq_discard.set_defaults(func=cmd_dlq_discard)
+    dlq_purge = dlq.add_parser(
+        "purge", help="remove the raw message (PHI) of replayed and discarded letters older than N days"
+    )
+    dlq_purge.add_argument("--older-than", type=int, required=True, metavar="DAYS")
+    dlq_purge.set_defaults(func=cmd_dlq_purge)
+    reprocess = sub.add_parser(
+        "reprocess", help="start a job running archived messages through the current mappings again"
+    )
+    reprocess.add_argument("--sender", help="APP|FACILITY (MSH-3|MSH-4)")
+    reprocess.add_argument("--type", help="message type, or its start: ADT^A01, ORU")
+    reprocess.add_argument("--status", default="processed", choices=("processed", "failed"))
+    reprocess.add_argument("--since", help="received at or after (ISO date or date-time, UTC)")
+    reprocess.add_argument("--until", help="received before (ISO date or date-time, UTC)")
+    reprocess.set_defaults(func=cmd_reprocess)
+    jobs = sub.add_parser("jobs", help="replay and reprocess jobs: list, show, pause, resume, cancel")
+    jobs.add_argument("action", nargs="?", default="list", choices=("list", "show", "pause", "resume", "cancel"))
+    jobs.add_argument("id", nargs="?")
+    jobs.set_defaults(func=cmd_jobs)
     message = sub.add_parser("message", help="one message's journey: status, resource versions, sink deliveries")
     message.add_argument("key", help="the message's archive id, or its MSH-10")
     message.add_argument("--raw", action="store_true", help="print the raw message too")

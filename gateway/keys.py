@@ -8,6 +8,10 @@ from dataclasses import dataclass
 QUEUE = "hl7"
 #: Dramatiq actor that runs the pipeline on one envelope.
 ACTOR = "process_message"
+#: The queue and actor of replayed and reprocessed messages (operator jobs): the same pipeline, on
+#: a queue of its own with few threads, so a bulk replay never delays live traffic.
+REPLAY_QUEUE = "hl7-replay"
+REPLAY_ACTOR = "process_replayed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from gateway.journal.dead_letters import DeadLetterStore, Letter
 from gateway.journal.messages import MessageArchive
 from gateway.services.dead_letter_views import CurrentMappings
 from gateway.services.failures import reason_of
+from gateway.services.operator_actions import discard, purge
 from gateway.services.pipeline import Pipeline
 from tests.support.asgi_client import AsgiClient
 from tests.support.messages import adt
@@ -159,3 +160,18 @@ def test_the_admin_routes_are_in_the_openapi_description(client: AsgiClient) -> 
         assert "get" in paths[route] and paths[route]["get"]["tags"] == ["admin"]
     # The FHIR API keeps answering errors as OperationOutcomes.
     assert client.get("/fhir/Patient/nope").json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_discarded_then_purged_letter_keeps_who_and_why(
+    client: AsgiClient, engine: Engine, store_sink: StoreSink
+) -> None:
+    old = int(time.time() * 1000) - 10 * 86_400_000
+    letter = fail(engine, store_sink, adt("GONE-1", "Doe", mrn=""), old)
+    discard(engine, letter.id, "cli:alice", "sent twice by the lab")
+    body = client.get(f"/admin/dead-letters/{letter.id}").json()
+    assert body["status"] == "discarded" and body["handled_by"] == "cli:alice"
+    assert body["handled_note"] == "sent twice by the lab" and body["raw"].startswith("MSH|")
+    assert purge(engine, 5, "cli:alice") == 1
+    body = client.get(f"/admin/dead-letters/{letter.id}").json()
+    assert body["raw_purged"] is True and body["raw"] is None and body["layout"] is None and body["dry_run"] is None
+    assert body["reason"].startswith("conversion failed at PID#2")

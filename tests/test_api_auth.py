@@ -10,11 +10,11 @@ from fastapi import Depends, FastAPI
 
 from gateway.api.app import create_app
 from gateway.api.auth import Principal, TokenRegistry, ensure_admin_token, require_role
-from gateway.config import Role, load_settings
+from gateway.config import ApiToken, Role, legacy_token_name, load_settings
 from gateway.errors import ConfigError
 from tests.support.asgi_client import AsgiClient
 
-TOKENS = "r-token:reader,o-token:operator,a-token:admin"
+TOKENS = "r-token:reader,o-token:operator,a-token:admin,alice:alice-token:operator,root:a:dmin:admin"
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def app(tmp_path: Path) -> FastAPI:
     app = create_app(load_settings(data_dir=tmp_path, api_tokens=TOKENS))
 
     def operator_only(principal: Principal = Depends(require_role(Role.operator))) -> dict[str, str]:
-        return {"role": principal.role.value}
+        return {"role": principal.role.value, "name": principal.name}
 
     app.add_api_route("/operator-only", operator_only)
     return app
@@ -74,6 +74,38 @@ def test_require_role_ranks_roles(app: FastAPI, token: str, status: int) -> None
         assert response.json()["role"] in ("operator", "admin")
 
 
+@pytest.mark.parametrize(
+    ("token", "name", "role"),
+    [
+        ("alice-token", "alice", "operator"),
+        ("a:dmin", "root", "admin"),  # a named token may contain ':'
+        ("o-token", legacy_token_name("o-token"), "operator"),  # token:role: named by a digest
+    ],
+)
+def test_the_principal_carries_the_tokens_name(app: FastAPI, token: str, name: str, role: str) -> None:
+    response = AsgiClient(app, token).get("/operator-only")
+
+    assert response.status_code == 200
+    assert response.json() == {"role": role, "name": name}
+    assert token not in response.json()["name"]
+
+
+def test_a_named_token_with_too_low_a_role_is_403_and_without_a_token_401(tmp_path: Path) -> None:
+    app = create_app(load_settings(data_dir=tmp_path, api_tokens="viewer:v-token:reader"))
+
+    def operator_only(principal: Principal = Depends(require_role(Role.operator))) -> dict[str, str]:
+        return {"name": principal.name}
+
+    app.add_api_route("/operator-only", operator_only)
+
+    assert AsgiClient(app, "v-token").get("/fhir/Patient").status_code == 200
+    forbidden = AsgiClient(app, "v-token").get("/operator-only")
+    assert forbidden.status_code == 403
+    assert outcome_code(forbidden.json()) == "forbidden"
+    assert AsgiClient(app).get("/operator-only").status_code == 401
+    assert AsgiClient(app, "viewer").get("/operator-only").status_code == 401  # the name is not a token
+
+
 def test_metadata_and_health_need_no_token(app: FastAPI) -> None:
     client = AsgiClient(app)
     assert client.get("/fhir/metadata").status_code == 200
@@ -107,11 +139,11 @@ def test_the_admin_token_file_grants_admin(tmp_path: Path) -> None:
     token = settings.storage.admin_token_file.read_text().strip()
 
     def admin_only(principal: Principal = Depends(require_role(Role.admin))) -> dict[str, str]:
-        return {"role": principal.role.value}
+        return {"role": principal.role.value, "name": principal.name}
 
     app.add_api_route("/admin-only", admin_only)
 
-    assert AsgiClient(app, token).get("/admin-only").json() == {"role": "admin"}
+    assert AsgiClient(app, token).get("/admin-only").json() == {"role": "admin", "name": "admin-token-file"}
     assert AsgiClient(app, "not-" + token).get("/admin-only").status_code == 401
 
 
@@ -124,10 +156,12 @@ def test_an_empty_token_file_fails_loudly(tmp_path: Path) -> None:
 
 
 def test_token_registry_lookup() -> None:
-    registry = TokenRegistry({"a": Role.reader, "b": Role.admin})
+    registry = TokenRegistry([ApiToken("ann", "a", Role.reader), ApiToken("bob", "b", Role.admin)])
 
     assert registry.role_of("a") == Role.reader
     assert registry.role_of("b") == Role.admin
+    assert registry.principal_of("b") == Principal(Role.admin, "bob")
+    assert registry.principal_of("bob") is None
     assert registry.role_of("c") is None
     assert registry.role_of("") is None
     assert registry.role_of("é") is None  # non-ASCII input is compared as bytes, not rejected

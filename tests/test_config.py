@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Role, load_settings, parse_tokens, unknown_variables
+from gateway.config import Role, legacy_token_name, load_settings, parse_tokens, unknown_variables
 from gateway.config.values import host_zone
 from gateway.errors import ConfigError
 
@@ -49,9 +49,19 @@ def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, variable:
 
 
 def test_tokens() -> None:
-    assert parse_tokens("a:reader, b:operator,c:admin") == {"a": Role.reader, "b": Role.operator, "c": Role.admin}
-    # A token may itself contain a colon; the role is after the last one.
-    assert parse_tokens("x:y:admin") == {"x:y": Role.admin}
+    # token:role entries are named by a digest; name:token:role entries by their name.
+    entries = parse_tokens("a:reader, b:operator,alice:c:admin")
+    assert [(e.name, e.token, e.role) for e in entries] == [
+        (legacy_token_name("a"), "a", Role.reader),
+        (legacy_token_name("b"), "b", Role.operator),
+        ("alice", "c", Role.admin),
+    ]
+    # With two or more colons, the name is before the first, the role after the last; the token
+    # between may itself contain colons.
+    assert [(e.name, e.token) for e in parse_tokens("x:y:admin, ops:to:ken:operator")] == [
+        ("x", "y"),
+        ("ops", "to:ken"),
+    ]
 
 
 def test_log_level_is_a_setting_any_case(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -155,7 +155,7 @@ def test_dlq_show_and_list_from_the_command_line(
 
     assert cli.main(["dlq", "show", letter.id]) == 0
     text = capsys.readouterr().out
-    assert f"reason:     {NO_ID}" in text
+    assert f"reason: {NO_ID}" in text
     assert "would still fail at convert: conversion failed at PID#2" in text
     assert "PID#2\n" in text and "PID-3    Patient Identifier List" in text
     assert "--- raw message ---\nMSH|^~\\&|ADT|HOSP" in text

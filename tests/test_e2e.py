@@ -189,6 +189,45 @@ def test_unconvertible_message_becomes_a_dead_letter(gateway: GatewayProcess) ->
     assert "LAB|HOSP" in lines[0]
 
 
+def _hl7gw(gateway: GatewayProcess, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """An operator command against the running gateway (its data directory, Redis and namespace)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], capture_output=True, timeout=120, env=dict(gateway.env)
+    )
+
+
+def test_a_dead_letter_fixed_and_replayed_becomes_searchable_and_a_reprocess_changes_nothing(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    broken = b"MSH|^~\\&|LAB|HOSP|GW|GW|20240101120000||ADT^A01^ADT_A01|DL-2|P|2.5.1\rPID|1||||Doe^Jane\r"
+    assert str(send_raw(broken, gateway.mllp_port).segment("MSA")[1]) == "AA"
+    assert wait_processed(gateway, 1) == ["failed"]
+    listing = _hl7gw(gateway, "dlq", "list")
+    (letter_id,) = [line.split()[0] for line in listing.stdout.decode().splitlines() if "DL-2" in line]
+
+    fixed = tmp_path / "fixed.hl7"
+    fixed.write_bytes(broken.replace(b"PID|1||||", b"PID|1||RP-1^^^HOSP^MR||"))
+    replay = _hl7gw(gateway, "dlq", "replay", letter_id, "--raw", str(fixed))
+    assert replay.returncode == 0, replay.stderr.decode()
+    patient = find_patient(gateway, "RP-1", timeout=30)
+    assert patient["meta"]["versionId"] == "1"
+    assert _hl7gw(gateway, "dlq", "replay", letter_id).returncode == 1  # replayed already
+    shown = _hl7gw(gateway, "dlq", "show", letter_id).stdout.decode()
+    assert "status: replayed" in shown and "replayed as: message" in shown and "PID|1||||Doe^Jane" in shown
+
+    # Reprocessing what is stored through the same mappings writes nothing new.
+    job = _hl7gw(gateway, "reprocess", "--sender", "LAB|HOSP")
+    assert job.returncode == 0, job.stderr.decode()
+    job_id = job.stdout.decode().split()[1]
+    deadline = time.monotonic() + 60
+    while b"done" not in _hl7gw(gateway, "jobs", "show", job_id).stdout and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert b"1 message(s) queued" in _hl7gw(gateway, "jobs", "show", job_id).stdout
+    # The first attempt (failed), the replay and the reprocess (both processed).
+    assert sorted(wait_processed(gateway, 3, timeout=60)) == ["failed", "processed", "processed"]
+    assert find_patient(gateway, "RP-1")["meta"]["versionId"] == "1"
+
+
 def test_sigterm_stops_cleanly_and_loses_nothing(tmp_path: Path) -> None:
     import asyncio
 

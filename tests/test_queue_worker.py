@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -81,7 +82,9 @@ def test_transient_failures_are_retried_then_parked(
     redis_url: str,
     redis_namespace: str,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="gateway.services.failures")
     calls: list[str] = []
 
     def always_busy(self, bundle, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -97,3 +100,6 @@ def test_transient_failures_are_retried_then_parked(
     assert len(calls) == 3  # first try and two retries
     (letter,) = DeadLetterStore(engine).list()
     assert letter.stage == "deliver" and "database is locked" in letter.reason and letter.attempts == 3
+    # One line for the retries and one for the dead letter, not one per attempt.
+    lines = [r for r in caplog.records if r.name == "gateway.services.failures" and r.levelno >= logging.INFO]
+    assert [r.levelno for r in lines] == [logging.INFO, logging.WARNING]

@@ -217,6 +217,33 @@ RESOURCES: dict[str, dict[str, Any]] = {
         "recorded": "2024-03-01T08:00:01Z",
         "agent": [{"who": {"reference": "Organization/org"}}],
     },
+    # As gateway/store/audit.py writes it, plus the references R4's own parameters search.
+    "AuditEvent": {
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110100"},
+        "subtype": [{"system": "urn:hl7gw:operator-action", "code": "replay"}],
+        "action": "E",
+        "recorded": "2024-03-01T08:00:02Z",
+        "outcome": "0",
+        "agent": [
+            {
+                "who": {"reference": "Practitioner/dr1", "display": "alice"},
+                "altId": "alice",
+                "name": "Alice Admin",
+                "role": [concept("admin", "urn:hl7gw:api-role")],
+                "requestor": True,
+            }
+        ],
+        "source": {"site": "gw-host", "observer": {"reference": "Device/gw"}},
+        "entity": [
+            {
+                "what": {"identifier": {"system": "urn:hl7gw:dead-letter", "value": "42"}},
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "20"},
+                "name": "replay job",
+            },
+            {"what": {"reference": "Patient/p1"}},
+        ],
+    },
 }
 
 # type -> searches that must find the resource above (and one that must not, as a control).
@@ -415,6 +442,26 @@ SEARCHES: dict[str, list[dict[str, str]]] = {
     "Device": [{"identifier": "urn:dev|D1", "device-name": "rhaps", "manufacturer": "orion", "model": "RAP234"}],
     "MessageHeader": [{"event": "A01", "source": "lab", "focus": "Encounter/e1"}],
     "Provenance": [{"target": "Encounter/e1", "patient": "p1", "recorded": "2024-03-01", "agent": "org"}],
+    "AuditEvent": [
+        {
+            "date": "2024-03-01",
+            "type": "110100",
+            "subtype": "urn:hl7gw:operator-action|replay",
+            "action": "E",
+            "outcome": "0",
+            "agent": "Practitioner/dr1",
+            "agent-name": "alice admin",
+            "agent-role": "urn:hl7gw:api-role|admin",
+            "altid": "alice",
+            "source": "Device/gw",
+            "site": "gw-host",
+            "entity": "Patient/p1",
+            "entity-identifier": "urn:hl7gw:dead-letter|42",
+            "entity-name": "replay",
+            "entity-role": "20",
+            "entity-type": "2",
+        }
+    ],
 }
 
 MUST_NOT_MATCH = {"patient": "p2", "identifier": "nope", "date": "1999", "status": "cancelled", "code": "nope"}
@@ -433,7 +480,7 @@ def store(engine: Engine) -> ResourceStore:
 def test_every_produced_type_is_registered() -> None:
     assert set(SEARCH_PARAMETERS) == {"Patient", *RESOURCES}
     for resource_type, params in SEARCH_PARAMETERS.items():
-        expected = {"identifier"} if resource_type not in ("MessageHeader", "Provenance") else set()
+        expected = {"identifier"} if resource_type not in ("MessageHeader", "Provenance", "AuditEvent") else set()
         assert expected <= set(params), resource_type
 
 

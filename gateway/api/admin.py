@@ -127,11 +127,14 @@ def dead_letter(
         raise FHIRError(404, f"no dead letter {letter_id[:64]}")
     runner: DryRun | None = request.app.state.dry_run if dry_run else None
     message = MessageArchive(engine).get(letter.envelope_id)
+    raw: dict[str, Any] = {"raw": None, "raw_base64": None, "layout": None, "layout_error": None}
+    if letter.raw:  # else purged (hl7gw dlq purge): nothing to lay out or convert
+        raw = raw_view(letter.raw)
     return JSONResponse(
         {
             **letter.summary(),
-            **raw_view(letter.raw),
-            "dry_run": runner(letter.raw) if runner is not None else None,
+            **raw,
+            "dry_run": runner(letter.raw) if runner is not None and letter.raw else None,
             "message": summary(message) if message is not None else None,
         }
     )

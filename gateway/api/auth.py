@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import os
@@ -15,26 +14,32 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.outcome import FHIRError
-from gateway.config import ROLE_RANK, Role, Settings, parse_tokens
+from gateway.config import ADMIN_TOKEN_FILE_NAME, ROLE_RANK, ApiToken, Role, Settings, parse_tokens
 from gateway.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+#: FHIR types only an admin may read, search or see included: who did what to which message.
+ADMIN_ONLY_TYPES = frozenset({"AuditEvent"})
 
 _bearer = HTTPBearer(auto_error=False, description="A token from HL7GW_API_TOKENS or the admin token file")
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who is calling: the role and the name of the token presented (never the token itself)."""
+
     role: Role
-    #: A short digest of the token, to tell callers apart in logs without revealing the token.
-    token_hint: str
+    #: The token's name from HL7GW_API_TOKENS, a digest for a ``token:role`` entry, or
+    #: ``admin-token-file``: what audit records and logs call the caller.
+    name: str
 
 
 class TokenRegistry:
-    """Known tokens and their roles; lookups compare every token in constant time."""
+    """Known tokens, their names and roles; lookups compare every token in constant time."""
 
-    def __init__(self, tokens: dict[str, Role]):
-        self._tokens = [(token.encode(), role) for token, role in tokens.items()]
+    def __init__(self, tokens: list[ApiToken]):
+        self._tokens = [(entry.token.encode(), Principal(entry.role, entry.name)) for entry in tokens]
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -45,27 +50,32 @@ class TokenRegistry:
         if settings.api.tokens:
             tokens = parse_tokens(settings.api.tokens)
             if not tokens:
-                raise ConfigError("HL7GW_API_TOKENS holds no token:role entry")
+                raise ConfigError("HL7GW_API_TOKENS holds no name:token:role entry")
             return cls(tokens)
         path = settings.storage.admin_token_file
         try:
             token = path.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             log.warning("no API tokens configured and no admin token file at %s: every request is refused", path)
-            return cls({})
+            return cls([])
         except OSError as exc:
             raise ConfigError(f"cannot read admin token file {path}: {exc}") from None
         if not token:
             raise ConfigError(f"admin token file {path} is empty")
-        return cls({token: Role.admin})
+        return cls([ApiToken(ADMIN_TOKEN_FILE_NAME, token, Role.admin)])
 
-    def role_of(self, token: str) -> Role | None:
+    def principal_of(self, token: str) -> Principal | None:
+        """The role and name of ``token``, or None when it is not known."""
         presented = token.encode()
         found = None
-        for known, role in self._tokens:  # no early exit: timing does not tell which token matched
+        for known, principal in self._tokens:  # no early exit: timing does not tell which token matched
             if hmac.compare_digest(presented, known):
-                found = role
+                found = principal
         return found
+
+    def role_of(self, token: str) -> Role | None:
+        principal = self.principal_of(token)
+        return principal.role if principal else None
 
 
 def ensure_admin_token(settings: Settings) -> Path | None:
@@ -105,12 +115,17 @@ def require_role(minimum: Role) -> Callable[..., Principal]:
         if credentials is None:
             raise FHIRError(401, "a bearer token is required", "login", {"WWW-Authenticate": "Bearer"})
         registry: TokenRegistry = request.app.state.tokens
-        role = registry.role_of(credentials.credentials)
-        if role is None:
+        principal = registry.principal_of(credentials.credentials)
+        if principal is None:
             challenge = 'Bearer error="invalid_token"'
             raise FHIRError(401, "the bearer token is not valid", "login", {"WWW-Authenticate": challenge})
-        if ROLE_RANK[role] < ROLE_RANK[minimum]:
-            raise FHIRError(403, f"this needs the {minimum.value} role; the token has {role.value}", "forbidden")
-        return Principal(role, hashlib.sha256(credentials.credentials.encode()).hexdigest()[:8])
+        check_role(principal, minimum)
+        return principal
 
     return dependency
+
+
+def check_role(principal: Principal, minimum: Role) -> None:
+    """Raise 403 unless ``principal``'s role ranks at least ``minimum`` (for checks a route makes itself)."""
+    if ROLE_RANK[principal.role] < ROLE_RANK[minimum]:
+        raise FHIRError(403, f"this needs the {minimum.value} role; the token has {principal.role.value}", "forbidden")

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from importlib import metadata as package_metadata
 from typing import Any
 
+from gateway.api.auth import ADMIN_ONLY_TYPES
 from gateway.store.history import HISTORY_PARAMETERS
 from gateway.store.search_params import SearchParam
 from gateway.store.search_registry import (
@@ -70,7 +71,12 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                     f"Read-only. History parameters: {history}. Unknown search parameters are refused "
                     "(400) unless the request says 'Prefer: handling=lenient'."
                 ),
-                "security": {"description": "Send 'Authorization: Bearer <token>'; /metadata needs no token."},
+                "security": {
+                    "description": (
+                        "Send 'Authorization: Bearer <token>'; /metadata needs no token. "
+                        f"{', '.join(sorted(ADMIN_ONLY_TYPES))}: the admin role only."
+                    )
+                },
                 "resource": [_resource(resource_type) for resource_type in supported_types()],
                 "searchParam": [
                     {"name": name, "type": kind, "documentation": docs} for name, kind, docs in _RESULT_PARAMETERS
@@ -96,6 +102,7 @@ def search_revincludes(resource_type: str) -> list[str]:
 
 
 def _resource(resource_type: str) -> dict[str, Any]:
+    admin_only = resource_type in ADMIN_ONLY_TYPES
     common = [
         {"name": name, "type": kind, "documentation": _COMMON_DOCS[name]} for name, kind in COMMON_PARAMETERS.items()
     ]
@@ -105,6 +112,7 @@ def _resource(resource_type: str) -> dict[str, Any]:
     ]
     resource: dict[str, Any] = {
         "type": resource_type,
+        **({"documentation": "Needs the admin role: the audit trail of operator actions."} if admin_only else {}),
         "interaction": [{"code": code} for code in INTERACTIONS],
         "versioning": "versioned",
         "readHistory": True,

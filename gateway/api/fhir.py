@@ -1,18 +1,21 @@
 """FHIR REST API over the built-in store (http.html): capabilities, read, vread, history, search.
 
 Routes are thin: the store answers, ``read``/``bundles`` shape the answer, ``negotiation`` picks the
-format. Order matters: ``[type]/_history`` must be tried before ``[type]/[id]``.
+format. Order matters: ``[type]/_history`` must be tried before ``[type]/[id]``. Every route needs
+the reader role; the types in ``ADMIN_ONLY_TYPES`` (the audit trail) need admin, and are left out
+of what a search of another type includes for anyone else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from gateway.api import bundles
-from gateway.api.auth import require_role
+from gateway.api.auth import ADMIN_ONLY_TYPES, Principal, check_role, require_role
 from gateway.api.capability import capability_statement
 from gateway.api.negotiation import FORMAT_PARAMETERS, is_lenient, negotiate, respond
 from gateway.api.outcome import FHIRError, FHIRResponse
@@ -24,7 +27,7 @@ from gateway.store.search_registry import SEARCH_PARAMETERS
 
 router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(negotiate)])
 
-_reader = [Depends(require_role(Role.reader))]
+_reader = Depends(require_role(Role.reader))
 
 #: datatypes.html#id: a resource id is 1-64 of letters, digits, "-" and ".".
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -38,26 +41,30 @@ def metadata(request: Request) -> Response:
     return respond(request, capability_statement(bundles.base_url(request)))
 
 
-@router.get("/{resource_type}/_history", dependencies=_reader, response_class=FHIRResponse)
-def type_history(resource_type: str, request: Request) -> Response:
+@router.get("/{resource_type}/_history", response_class=FHIRResponse)
+def type_history(resource_type: str, request: Request, principal: Principal = _reader) -> Response:
     """history-type: every version of every resource of a type, newest first."""
-    _check_type(resource_type)
+    _check_type(resource_type, principal)
     return _history(request, resource_type, None)
 
 
-@router.get("/{resource_type}/{resource_id}/_history", dependencies=_reader, response_class=FHIRResponse)
-def instance_history(resource_type: str, resource_id: str, request: Request) -> Response:
+@router.get("/{resource_type}/{resource_id}/_history", response_class=FHIRResponse)
+def instance_history(
+    resource_type: str, resource_id: str, request: Request, principal: Principal = _reader
+) -> Response:
     """history-instance: every version of one resource, deletions included, newest first."""
-    _check_type(resource_type)
+    _check_type(resource_type, principal)
     _check_id(resource_id)
     if _store(request).fetch(resource_type, resource_id) is None:
         raise FHIRError(404, f"{resource_type}/{resource_id} is not known")
     return _history(request, resource_type, resource_id)
 
 
-@router.get("/{resource_type}/{resource_id}/_history/{version_id}", dependencies=_reader, response_class=FHIRResponse)
-def vread(resource_type: str, resource_id: str, version_id: str, request: Request) -> Response:
-    _check_type(resource_type)
+@router.get("/{resource_type}/{resource_id}/_history/{version_id}", response_class=FHIRResponse)
+def vread(
+    resource_type: str, resource_id: str, version_id: str, request: Request, principal: Principal = _reader
+) -> Response:
+    _check_type(resource_type, principal)
     _check_id(resource_id)
     if not version_id.isascii() or not version_id.isdigit():
         raise FHIRError(400, f"version id {version_id[:32]!r} is not a positive integer")
@@ -70,22 +77,30 @@ def vread(resource_type: str, resource_id: str, version_id: str, request: Reques
     return resource_response(request, stored, f"{resource_type}/{resource_id} version {version_id}")
 
 
-@router.get("/{resource_type}/{resource_id}", dependencies=_reader, response_class=FHIRResponse)
-def read(resource_type: str, resource_id: str, request: Request) -> Response:
-    _check_type(resource_type)
+@router.get("/{resource_type}/{resource_id}", response_class=FHIRResponse)
+def read(resource_type: str, resource_id: str, request: Request, principal: Principal = _reader) -> Response:
+    _check_type(resource_type, principal)
     _check_id(resource_id)
     stored = _store(request).fetch(resource_type, resource_id)
     return resource_response(request, stored, f"{resource_type}/{resource_id}")
 
 
-@router.get("/{resource_type}", dependencies=_reader, response_class=FHIRResponse)
-def search(resource_type: str, request: Request) -> Response:
+@router.get("/{resource_type}", response_class=FHIRResponse)
+def search(resource_type: str, request: Request, principal: Principal = _reader) -> Response:
     """search-type (search.html); errors are 400 OperationOutcomes, unknown parameters too unless lenient."""
-    _check_type(resource_type)
+    _check_type(resource_type, principal)
+    query = _query(request)
+    for name in ("_revinclude", "_include"):
+        if any(value.partition(":")[0] in ADMIN_ONLY_TYPES for value in query.get(name, [])):
+            check_role(principal, Role.admin)
     try:
-        result = _store(request).find(resource_type, _query(request), lenient=is_lenient(request))
+        result = _store(request).find(resource_type, query, lenient=is_lenient(request))
     except SearchError as exc:
         raise FHIRError(400, str(exc), exc.code) from None
+    if principal.role is not Role.admin:
+        # A reference parameter that may point anywhere (Provenance.target) could include an admin-only type.
+        visible = [resource for resource in result.included if resource.get("resourceType") not in ADMIN_ONLY_TYPES]
+        result = dataclasses.replace(result, included=visible)
     return respond(request, bundles.searchset(request, result))
 
 
@@ -106,8 +121,10 @@ def _query(request: Request) -> dict[str, list[str]]:
     return params
 
 
-def _check_type(resource_type: str) -> None:
-    if resource_type not in SEARCH_PARAMETERS:
+def _check_type(resource_type: str, principal: Principal) -> None:
+    if resource_type in ADMIN_ONLY_TYPES:
+        check_role(principal, Role.admin)
+    elif resource_type not in SEARCH_PARAMETERS:
         raise FHIRError(404, f"resource type {resource_type!r} is not supported", "not-supported")
 
 

@@ -14,11 +14,21 @@ from gateway.config.sections import (
     WorkerSettings,
 )
 from gateway.config.settings import Settings, load_settings, unknown_variables
-from gateway.config.values import ROLE_RANK, Role, parse_sender_zones, parse_tokens
+from gateway.config.values import (
+    ADMIN_TOKEN_FILE_NAME,
+    ROLE_RANK,
+    ApiToken,
+    Role,
+    legacy_token_name,
+    parse_sender_zones,
+    parse_tokens,
+)
 
 __all__ = [
+    "ADMIN_TOKEN_FILE_NAME",
     "ROLE_RANK",
     "ApiSettings",
+    "ApiToken",
     "ConversionSettings",
     "IntakeSettings",
     "LoggingSettings",
@@ -28,6 +38,7 @@ __all__ = [
     "SinkSettings",
     "StorageSettings",
     "WorkerSettings",
+    "legacy_token_name",
     "load_settings",
     "parse_sender_zones",
     "parse_tokens",

@@ -101,6 +101,8 @@ class WorkerSettings:
     outage_max_backoff_s: float
     #: Silence after which a worker's in-flight messages go back on the queue.
     heartbeat_timeout_ms: int
+    #: Messages per second an operator's replay or reprocess job puts on its queue (live traffic first).
+    replay_rate: float = 50.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +125,7 @@ class ApiSettings:
 
     host: str
     port: int
-    #: "token:role,..." (gateway/config/values.py parse_tokens); None: the admin token file.
+    #: "name:token:role,..." (gateway/config/values.py parse_tokens); None: the admin token file.
     tokens: str | None
     #: /docs, /redoc and /openapi.json without a token.
     public_docs: bool

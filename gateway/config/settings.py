@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
 
-    # "token:role,token:role"; roles reader < operator < admin.
+    # "name:token:role,..." (or "token:role", named by a digest); roles reader < operator < admin.
     api_tokens: str | None = None
     # /docs and /openapi.json without a token (they describe the API, not its data).
     public_docs: bool = False
@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     outage_max_backoff_s: float = Field(default=10.0, ge=0.5, le=600)
     # Milliseconds without a heartbeat after which a worker's in-flight messages are requeued.
     heartbeat_timeout_ms: int = Field(default=15_000, ge=1_000)
+    # Replay and reprocess jobs (gateway/services/jobs.py) queue at most this many messages a
+    # second, on a queue of their own, so live MLLP traffic keeps its latency.
+    replay_rate: float = Field(default=50.0, gt=0, le=100_000)
 
     # Intake: how many messages one Redis commit may carry, and how long a flush may wait.
     commit_batch_max: int = Field(default=256, ge=1, le=10_000)
@@ -238,6 +241,7 @@ class Settings(BaseSettings):
             max_retries=self.max_retries,
             outage_max_backoff_s=self.outage_max_backoff_s,
             heartbeat_timeout_ms=self.heartbeat_timeout_ms,
+            replay_rate=self.replay_rate,
         )
 
     @functools.cached_property

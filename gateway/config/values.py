@@ -1,10 +1,13 @@
-"""Parsers of the settings whose values have a syntax of their own: API tokens and roles, time zones."""
+"""Parsers of the settings whose values have a syntax of their own: API tokens, their names and roles, time zones."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -76,15 +79,58 @@ def parse_sender_policies(value: str, allowed: tuple[str, ...]) -> dict[str, str
     return policies
 
 
-def parse_tokens(value: str) -> dict[str, Role]:
-    """Parse ``token:role,token:role`` into a mapping; raises ValueError naming the bad entry."""
-    tokens: dict[str, Role] = {}
-    for entry in filter(None, (part.strip() for part in value.split(","))):
-        token, sep, role = entry.rpartition(":")
-        if not sep or not token:
-            raise ValueError(f"entry {entry!r} is not token:role")
+#: A token's name: what audit records and logs call the caller (never the token itself).
+TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: The name of the one token in the admin token file.
+ADMIN_TOKEN_FILE_NAME = "admin-token-file"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """One entry of HL7GW_API_TOKENS; its repr leaves the token out."""
+
+    name: str
+    token: str = field(repr=False)
+    role: Role
+
+
+def legacy_token_name(token: str) -> str:
+    """The name of a ``token:role`` entry: a short digest, which tells callers apart without revealing the token."""
+    return "token-" + hashlib.sha256(token.encode()).hexdigest()[:8]
+
+
+def parse_tokens(value: str) -> list[ApiToken]:
+    """Parse ``name:token:role`` and ``token:role`` entries, comma-separated; raises ValueError naming the bad entry.
+
+    The role is after the last ':', the name before the first; the token is what lies between and
+    may itself contain ':'. An entry with one ':' is ``token:role``, named by ``legacy_token_name``.
+    Errors name entries by position and quote neither tokens nor the parts that could be one.
+    """
+    tokens: list[ApiToken] = []
+    for position, entry in enumerate(filter(None, (part.strip() for part in value.split(","))), start=1):
+        rest, sep, role_text = entry.rpartition(":")
+        if not sep or not rest:
+            raise ValueError(f"entry {position} is not name:token:role or token:role")
         try:
-            tokens[token] = Role(role)
+            role = Role(role_text)
         except ValueError:
-            raise ValueError(f"role {role!r} is not one of reader, operator, admin") from None
+            raise ValueError(
+                f"entry {position}: the role after the last ':' is not reader, operator or admin"
+            ) from None
+        name, sep, token = rest.partition(":")
+        if not sep:
+            name, token = legacy_token_name(rest), rest
+        elif not TOKEN_NAME.fullmatch(name):
+            raise ValueError(
+                f"entry {position}: a token name is 1-64 letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit"
+            )
+        if not token:
+            raise ValueError(f"entry {position}: the token is empty")
+        for earlier, other in enumerate(tokens, start=1):
+            if other.name == name:
+                raise ValueError(f"entries {earlier} and {position} have the same name {name!r}")
+            if other.token == token:
+                raise ValueError(f"entries {earlier} and {position} have the same token")
+        tokens.append(ApiToken(name, token, role))
     return tokens

@@ -195,7 +195,8 @@ dead_letter = Table(
     Column("envelope_id", String(64), nullable=False),
     Column("sender", String(512), nullable=False, default=""),
     Column("control_id", String(256), nullable=False, default=""),
-    Column("stage", String(32), nullable=False),
+    # parse, convert, ..., or deliver:<sink> (a sink's name is up to 64 characters)
+    Column("stage", String(128), nullable=False),
     Column("reason", Text, nullable=False),
     Column("error_type", String(128), nullable=False, default=""),
     Column("attempts", Integer, nullable=False, default=1),
@@ -203,8 +204,42 @@ dead_letter = Table(
     # open -> replayed | discarded
     Column("status", String(16), nullable=False, default="open"),
     Column("raw", LargeBinary, nullable=False),
+    # The letter whose replay this failed attempt was ("" for a first attempt): a chain to follow.
+    Column("replay_of", String(36), nullable=False, default="", server_default=""),
+    # The envelope a replay put on the queue (status replayed).
+    Column("replayed_as", String(64), nullable=False, default="", server_default=""),
+    # Who replayed or discarded the letter, when (ms), and why / what was edited.
+    Column("handled_by", String(128), nullable=False, default="", server_default=""),
+    Column("handled_at", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("handled_note", Text, nullable=False, default="", server_default=""),
 )
 Index("ix_dead_letter_status_created", dead_letter.c.status, dead_letter.c.created_at)
+
+#: An operator's bulk replay of dead letters, or reprocess of archived messages (issue 15): durable,
+#: so a crash resumes it after ``cursor``; one worker at a time holds it (``lease_*``).
+operator_job = Table(
+    "operator_job",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    # replay | reprocess
+    Column("kind", String(16), nullable=False),
+    # The filter the job was made with (JSON: stage, sender, since, ...).
+    Column("filter", Text, nullable=False),
+    # running -> done | cancelled; running <-> paused
+    Column("status", String(16), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    # Messages queued, and those skipped (a letter replayed or discarded meanwhile).
+    Column("done", Integer, nullable=False, default=0),
+    Column("skipped", Integer, nullable=False, default=0),
+    # The last item handled, "<time>|<id>" in the order the job goes through them.
+    Column("cursor", String(128), nullable=False, default=""),
+    Column("lease_owner", String(64), nullable=False, default=""),
+    Column("lease_until", BigInteger, nullable=False, default=0),
+    Column("summary", Text, nullable=False, default=""),
+)
+Index("ix_operator_job_status", operator_job.c.status)
 Index("ix_dead_letter_envelope", dead_letter.c.envelope_id)
 
 

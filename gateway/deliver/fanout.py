@@ -82,13 +82,16 @@ class SinkFanout:
     def sink_names(self) -> tuple[str, ...]:
         return tuple(self.specs)
 
-    def enqueue(self, envelope: Envelope, source: Source, bundle: dict[str, Any]) -> None:
-        """Queue the message for every sink; raises QueueUnavailable when the queue cannot take it
-        (the worker waits for Redis and runs the pipeline again: the store finds nothing to change,
-        the sinks get the message)."""
+    def enqueue(
+        self, envelope: Envelope, source: Source, bundle: dict[str, Any], only: tuple[str, ...] | None = None
+    ) -> None:
+        """Queue the message for every sink (or those ``only`` names); raises QueueUnavailable when
+        the queue cannot take it (the worker waits for Redis and runs the pipeline again: the store
+        finds nothing to change, the sinks get the message)."""
         try:
             for spec in self.specs.values():
-                self.send(SinkMessage.of(spec, envelope, source, bundle))
+                if only is None or spec.name in only:
+                    self.send(SinkMessage.of(spec, envelope, source, bundle))
         except (redis.RedisError, BrokerError) as exc:
             raise QueueUnavailable(f"could not queue the message for remote sinks: {describe(exc)}") from exc
 

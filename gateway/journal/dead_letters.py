@@ -9,6 +9,7 @@ row says "dead" (sink letters).
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,9 +31,11 @@ LETTER_NAMESPACE = uuid.UUID("5b0e3f0c-8f0e-4a55-9d2f-3c1f8a4e6d21")
 _INSERT = BulkInsert(
     dead_letter,
     ("id", "envelope_id", "sender", "control_id", "stage", "reason", "error_type", "attempts", "created_at")
-    + ("status", "raw"),
+    + ("status", "raw", "replay_of"),
     conflict="ON CONFLICT (id) DO NOTHING",
 )
+#: The envelope meta key naming the letter a replayed envelope came from.
+REPLAY_OF = "replay_of"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,13 @@ class DeadLetter:
     created_at: int
     status: str
     raw: bytes
+    #: The letter whose replay failed again as this one ("" for a first attempt).
+    replay_of: str = ""
+    #: The envelope a replay of this letter queued (status replayed).
+    replayed_as: str = ""
+    handled_by: str = ""
+    handled_at: int = 0
+    handled_note: str = ""
 
     def summary(self) -> dict[str, Any]:
         """The letter as data, without its raw message (PHI): for lists and scripts."""
@@ -62,6 +72,12 @@ class DeadLetter:
             "attempts": self.attempts,
             "created_at": self.created_at,
             "status": self.status,
+            "replay_of": self.replay_of or None,
+            "replayed_as": self.replayed_as or None,
+            "handled_by": self.handled_by or None,
+            "handled_at": self.handled_at or None,
+            "handled_note": self.handled_note or None,
+            "raw_purged": not self.raw,
         }
 
 
@@ -121,9 +137,9 @@ class DeadLetterStore:
             conn,
             [
                 # Truncated to the columns' sizes: a letter is never refused for a long field.
-                (letter.id, e.id, e.sender[:512], e.control_id[:256], letter.stage[:32], letter.reason[:8000])
+                (letter.id, e.id, e.sender[:512], e.control_id[:256], letter.stage[:128], letter.reason[:8000])
                 + (letter.error_type[:128],)
-                + (letter.attempts, letter.created_at, "open", e.raw)
+                + (letter.attempts, letter.created_at, "open", e.raw, e.meta.get(REPLAY_OF, "")[:36])
             ],
         )
         if letter.sink is None:
@@ -184,6 +200,60 @@ class DeadLetterStore:
             row = conn.execute(select(dead_letter).where(dead_letter.c.id == letter_id)).first()
         return _row(row) if row is not None else None
 
+    def mark_replayed(self, letter_id: str, envelope_id: str, who: str, note: str = "") -> bool:
+        """An open letter becomes ``replayed``, linked to the envelope its replay queued; False when
+        it was not open (replayed or discarded meanwhile: the caller's replay is a harmless repeat)."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(dead_letter)
+                .where(dead_letter.c.id == letter_id, dead_letter.c.status == "open")
+                .values(
+                    status="replayed",
+                    replayed_as=envelope_id,
+                    handled_by=who[:128],
+                    handled_at=int(time.time() * 1000),
+                    handled_note=note,
+                )
+            )
+        return bool(done.rowcount)
+
+    def discard(self, letter_id: str, who: str, reason: str) -> bool:
+        """An open letter becomes ``discarded`` with who and why; nothing is deleted. False when it
+        was not open."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(dead_letter)
+                .where(dead_letter.c.id == letter_id, dead_letter.c.status == "open")
+                .values(
+                    status="discarded", handled_by=who[:128], handled_at=int(time.time() * 1000), handled_note=reason
+                )
+            )
+        return bool(done.rowcount)
+
+    def purge(self, created_before: int) -> int:
+        """Remove the raw message (PHI) of every letter created before ``created_before`` (ms) that
+        is no longer open, for a retention policy; the rest of the row stays. Returns how many."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(dead_letter)
+                .where(
+                    dead_letter.c.created_at < created_before,
+                    dead_letter.c.status != "open",
+                    dead_letter.c.raw != b"",
+                )
+                .values(raw=b"")
+            )
+        return int(done.rowcount)
+
+    def chain(self, letter_id: str) -> tuple[DeadLetter, ...]:
+        """The letter and the letters of its earlier attempts, newest first (replay_of links)."""
+        found: builtins.list[DeadLetter] = []
+        current = self.get(letter_id)
+        while current is not None and len(found) < 100:
+            found.append(current)
+            current = self.get(current.replay_of) if current.replay_of else None
+        return tuple(found)
+
 
 def _row(row) -> DeadLetter:  # type: ignore[no-untyped-def]
     return DeadLetter(
@@ -198,4 +268,9 @@ def _row(row) -> DeadLetter:  # type: ignore[no-untyped-def]
         created_at=row.created_at,
         status=row.status,
         raw=bytes(row.raw),
+        replay_of=row.replay_of,
+        replayed_as=row.replayed_as,
+        handled_by=row.handled_by,
+        handled_at=row.handled_at,
+        handled_note=row.handled_note,
     )

@@ -95,7 +95,17 @@ def dry_run(converter: Converter, raw: bytes) -> dict[str, Any]:
 
 
 def detail(letter: DeadLetter, dry: DryRun | None) -> dict[str, Any]:
-    """One letter in full: its summary, raw message and layout, and the dry run (None: not asked)."""
+    """One letter in full: its summary, raw message and layout, and the dry run (None: not asked,
+    or the raw message was purged)."""
+    if not letter.raw:  # purged (hl7gw dlq purge): nothing to lay out or convert
+        return {
+            **letter.summary(),
+            "raw": None,
+            "raw_base64": None,
+            "layout": None,
+            "layout_error": None,
+            "dry_run": None,
+        }
     return {**letter.summary(), **raw_view(letter.raw), "dry_run": dry(letter.raw) if dry is not None else None}
 
 
@@ -130,11 +140,20 @@ def print_detail(data: dict[str, Any], out: TextIO, as_json: bool) -> None:
         print(file=out)
         return
     for label, key in (("id", "id"), ("status", "status"), ("stage", "stage"), ("error", "error_type")):
-        print(f"{label + ':':12}{data[key]}", file=out)
-    origin = f"MSH-10 {data['control_id'] or '?'} from {data['sender'] or '?'}"
-    print(f"{'message:':12}{data['envelope_id']} ({origin})", file=out)
-    print(f"{'written:':12}{when(data['created_at'])} UTC after {data['attempts']} attempt(s)", file=out)
-    print(f"{'reason:':12}{data['reason']}", file=out)
+        print(f"{label}: {data[key]}", file=out)
+    print(f"sender: {data['sender']}\ncontrol id: {data['control_id']}\nmessage: {data['envelope_id']}", file=out)
+    print(f"written: {when(data['created_at'])} UTC after {data['attempts']} attempt(s)", file=out)
+    if data.get("replay_of"):
+        print(f"replay of: {data['replay_of']} (the letter of an earlier attempt)", file=out)
+    if data.get("replayed_as"):
+        by = f" by {data['handled_by']} at {when(data['handled_at'])} UTC" if data.get("handled_at") else ""
+        print(f"replayed as: message {data['replayed_as']}{by} {data.get('handled_note') or ''}".rstrip(), file=out)
+    if data["status"] == "discarded":
+        print(f"discarded by {data.get('handled_by') or '?'}: {data.get('handled_note') or ''}", file=out)
+    print(f"reason: {data['reason']}", file=out)
+    if data.get("raw_purged"):
+        print("\n--- raw message ---\n(removed by hl7gw dlq purge)", file=out)
+        return
     dry = data.get("dry_run")
     if dry is not None:
         print("\n--- dry run with the mappings as they are now ---", file=out)

@@ -55,6 +55,22 @@ class EmbeddedRedis:
     def pidfile(self) -> Path:
         return self.directory / "redis.pid"
 
+    @classmethod
+    def running_url(cls, directory: Path) -> str | None:
+        """The URL of the embedded redis-server a running ``hl7gw run`` keeps in ``directory``
+        (for operator commands that queue messages), or None when none runs there."""
+        directory = directory.resolve()
+        try:
+            pid = int((directory / "redis.pid").read_text().strip())
+            config = (directory / "redis.conf").read_text()
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except (OSError, ValueError):
+            return None
+        port = next((line.split()[1] for line in config.splitlines() if line.startswith("port ")), None)
+        if cwd != directory or port is None or not port.isdigit():
+            return None
+        return f"redis://127.0.0.1:{port}/0"
+
     def _config(self) -> str:
         lines = [
             f"port {self.port}",

@@ -109,7 +109,11 @@ class FailurePolicy(dramatiq.Middleware):
             message.options["retries"] = retries + 1
             delay = self._backoff_ms(retries)
             self._until_done(lambda: broker.enqueue(message.copy(), delay=delay), "queue a retry")
-            log.info(
+            # One line per message, not per attempt: a retry storm must not flood the log. The first
+            # failure says it will be retried; the later ones are debug; the end is one more line
+            # (the dead letter) or none (it passed).
+            log.log(
+                logging.INFO if retries == 0 else logging.DEBUG,
                 "message %s: attempt %d of %d failed (%s); again in %.1f s",
                 message.message_id,
                 retries + 1,

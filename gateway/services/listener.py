@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway.config import Settings
 from gateway.mllp.limits import Limits
@@ -14,6 +15,9 @@ from gateway.mllp.tls import server_context
 from gateway.mllp.triage import IntakeRules, Triage
 from gateway.procutil import signal_ready
 from gateway.queue.intake import Intake
+
+if TYPE_CHECKING:
+    from gateway.convert.runtime.engine import Converter
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,26 @@ def rules_from(
         reject_unsupported=settings.intake.reject_unsupported,
         honour_enhanced_mode=settings.intake.honour_enhanced_mode,
     )
+
+
+def configured_rules(settings: Settings) -> IntakeRules:
+    """The intake rules of these settings and mappings: AR 200/201 for message types no mapping
+    converts (HL7GW_UNSUPPORTED_TYPES). Broken mappings must not stop intake: every type is then
+    accepted, and messages wait in the queue for a fixed worker."""
+    try:
+        from gateway.convert.runtime.engine import Converter
+
+        converter = Converter.configured(settings.conversion)
+    except Exception as exc:  # noqa: BLE001
+        log.error("mappings do not load (%s); accepting every message type", exc)
+        return rules_from(settings, None)
+    return rules_for(settings, converter)
+
+
+def rules_for(settings: Settings, converter: Converter) -> IntakeRules:
+    """The intake rules of these settings with the message types ``converter`` supports."""
+    known_codes = frozenset(name.split("_", 1)[0] for name in converter.plans)
+    return rules_from(settings, converter.supports, known_codes)
 
 
 def build(settings: Settings, redis_url: str, rules: IntakeRules) -> tuple[Intake, MllpServer]:

@@ -17,7 +17,7 @@ from gateway.convert.runtime.engine import Converter
 from gateway.deliver.source import source_of
 from gateway.deliver.store_sink import StoreSink
 from gateway.envelope import Envelope, Kind
-from gateway.errors import GatewayError, RejectedAtIntake, StageCrash, as_unavailable
+from gateway.errors import DeliveryError, GatewayError, RejectedAtIntake, StageCrash, as_unavailable
 from gateway.hl7.charset import decode_message
 from gateway.hl7.message import Message, parse
 from gateway.journal.messages import MessageArchive
@@ -27,6 +27,8 @@ from gateway.validate import validate_bundle
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: Envelope meta of a replayed ``deliver:<sink>`` letter: deliver to that remote sink only.
+REPLAY_SINK = "replay_sink"
 
 
 def run_stage(stage: Stage, fn: Callable[..., T], *args: object) -> T:
@@ -49,7 +51,9 @@ class Fanout(Protocol):
     @property
     def sink_names(self) -> tuple[str, ...]: ...
 
-    def enqueue(self, envelope: Envelope, source: Source, bundle: dict[str, Any]) -> None: ...
+    def enqueue(
+        self, envelope: Envelope, source: Source, bundle: dict[str, Any], only: tuple[str, ...] | None = None
+    ) -> None: ...
 
 
 @dataclass
@@ -74,10 +78,21 @@ class Pipeline:
         bundle = conversion.bundle
         run_stage(Stage.VALIDATE, validate_bundle, bundle)
         source = run_stage(Stage.DELIVER, source_of, envelope, message, self.converter.zone_for(message))
-        sinks = self.fanout.sink_names if self.fanout else ()
+        sinks = self._sinks_for(envelope)
         message_type = "^".join(part for part in message.message_type if part)
         notes = tuple(conversion.notes)
         run_stage(Stage.DELIVER, self.sink.deliver, bundle, source, envelope, message_type, sinks, notes)
         if self.fanout is not None and sinks:
-            run_stage(Stage.DELIVER, self.fanout.enqueue, envelope, source, bundle)
+            run_stage(Stage.DELIVER, self.fanout.enqueue, envelope, source, bundle, sinks)
         log.debug("processed %s from %s", envelope.control_id, envelope.sender)
+
+    def _sinks_for(self, envelope: Envelope) -> tuple[str, ...]:
+        """The remote sinks to deliver to: all, or the one a replayed sink letter names
+        (gateway/services/replay.py), which must still be configured."""
+        configured = self.fanout.sink_names if self.fanout else ()
+        wanted = envelope.meta.get(REPLAY_SINK)
+        if not wanted:
+            return configured
+        if wanted not in configured:
+            raise DeliveryError(f"the replayed letter's sink {wanted!r} is not configured (HL7GW_SINKS)")
+        return (wanted,)

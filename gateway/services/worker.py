@@ -30,15 +30,21 @@ from gateway.envelope import Envelope
 from gateway.journal.dead_letters import DeadLetterStore, Letter
 from gateway.journal.deliveries import DeliveryStates
 from gateway.journal.messages import MessageArchive
-from gateway.keys import ACTOR, QUEUE, Keys
+from gateway.keys import ACTOR, QUEUE, REPLAY_ACTOR, REPLAY_QUEUE, Keys
+from gateway.mllp.triage import Triage
 from gateway.queue.broker import GatewayBroker, QueueMaintenance, make_broker
 from gateway.services.failures import FailurePolicy, LetterFor, envelope_letter, reason_of
+from gateway.services.jobs import JobRunner
 from gateway.services.letters import LetterBox
+from gateway.services.listener import rules_for
 from gateway.services.outages import Gate, Outages, until_available
 from gateway.services.pipeline import Pipeline
+from gateway.services.replay import enqueue_on
 from gateway.store.resources import ResourceStore
 
 log = logging.getLogger(__name__)
+#: Threads of the replay queue per worker process (operator jobs; live traffic has the rest).
+REPLAY_THREADS = 2
 
 
 class _OneBrokerManyWorkers(logging.Filter):
@@ -72,7 +78,7 @@ def build_broker(
         ]
     )
     workers = sink_workers if sink_workers is not None else {}
-    letter_for: dict[str, LetterFor] = {ACTOR: envelope_letter}
+    letter_for: dict[str, LetterFor] = {ACTOR: envelope_letter, REPLAY_ACTOR: envelope_letter}
     for spec in settings.sinks.specs:
         letter_for[actor_name(spec)] = functools.partial(_sink_letter, workers, spec.name)
     policy = FailurePolicy(outages, letters, letter_for, max_retries=settings.worker.max_retries)
@@ -88,6 +94,10 @@ def build_broker(
         pipeline.process(Envelope.from_json(envelope))
 
     dramatiq.actor(actor_name=ACTOR, queue_name=QUEUE, broker=broker, throws=(Exception,))(process_message)
+    # Replayed and reprocessed messages: the same pipeline, from the operator jobs' own queue.
+    dramatiq.actor(actor_name=REPLAY_ACTOR, queue_name=REPLAY_QUEUE, broker=broker, throws=(Exception,))(
+        process_message
+    )
     for spec in settings.sinks.specs:
 
         def deliver(payload: dict[str, Any], _name: str = spec.name) -> None:
@@ -176,14 +186,24 @@ def run_worker(
     # One dramatiq Worker per queue family: the pipeline's threads never wait on a remote server,
     # and each sink's threads only on its own.
     workers = [dramatiq.Worker(broker, queues={QUEUE}, worker_threads=settings.worker.threads, worker_timeout=500)]
+    # Replays and reprocesses get few threads of their own: a bulk job never crowds out live traffic.
+    workers += [dramatiq.Worker(broker, queues={REPLAY_QUEUE}, worker_threads=REPLAY_THREADS, worker_timeout=500)]
     workers += [
         dramatiq.Worker(broker, queues={spec.queue}, worker_threads=spec.concurrency, worker_timeout=500)
         for spec in settings.sinks.specs
     ]
     maintenance = QueueMaintenance(broker, redis_gate=outages.gates["redis"], move_parked=letters.move_parked)
+    jobs = JobRunner(
+        engine,
+        enqueue_on(broker, REPLAY_QUEUE, REPLAY_ACTOR),
+        settings.worker.replay_rate,
+        triage=Triage(rules_for(settings, pipeline.converter)),
+    )
+    job_thread = threading.Thread(target=jobs.run, args=(stop,), name="operator-jobs", daemon=True)
     for worker in workers:
         worker.start()
     maintenance.start()
+    job_thread.start()
     log.info("worker started: %d thread(s), %d remote sink(s)", settings.worker.threads, len(settings.sinks.specs))
     if ready is not None:
         ready()
@@ -191,6 +211,7 @@ def run_worker(
         stop.wait()
     finally:
         log.info("worker draining")
+        job_thread.join(timeout=10)
         maintenance.stop()
         # Threads waiting out an outage hold their messages in flight: they are not waited for
         # long, and go back on the queue after the heartbeat timeout.

@@ -203,5 +203,25 @@ ADMINISTRATIVE: dict[str, tuple[SearchParam, ...]] = {
         reference("entity", "entity.what"),
         reference("location", "location", targets=("Location",)),
         token("signature-type", "signature.type"),
+    ),  # The audit trail of operator actions (gateway/store/audit.py); read by admins only (api/fhir.py).
+    # ``entity-identifier`` is the gateway's own: its entities name messages by identifier, which the
+    # reference parameter ``entity`` cannot match.
+    "AuditEvent": (
+        date("date", "recorded"),
+        token("type", "type"),
+        token("subtype", "subtype"),
+        token("action", "action"),
+        token("outcome", "outcome"),
+        reference("agent", "agent.who"),
+        string("agent-name", "agent.name"),
+        token("agent-role", "agent.role"),
+        token("altid", "agent.altId"),
+        reference("source", "source.observer"),
+        token("site", "source.site"),
+        reference("entity", "entity.what"),
+        token("entity-identifier", "entity.what.identifier"),
+        string("entity-name", "entity.name"),
+        token("entity-role", "entity.role"),
+        token("entity-type", "entity.type"),
     ),
 }

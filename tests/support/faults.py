@@ -96,18 +96,19 @@ def _close(*sockets: socket.socket) -> None:
         sock.close()
 
 
-def fail_inserts_of(engine: Engine, resource_id: str) -> None:
-    """A real database fault: a trigger that rejects one id, so a later entry fails inside the transaction."""
+def fail_inserts_of(engine: Engine, resource_id: str, column: str = "id") -> None:
+    """A real database fault: a trigger that rejects one id (or, with ``column="type"``, every
+    resource of one type), so an entry fails inside the transaction."""
     with engine.begin() as conn:
         if engine.dialect.name == "sqlite":
             conn.exec_driver_sql(
-                f"CREATE TRIGGER reject BEFORE INSERT ON fhir_resource WHEN NEW.id = '{resource_id}' "
+                f"CREATE TRIGGER reject BEFORE INSERT ON fhir_resource WHEN NEW.{column} = '{resource_id}' "
                 "BEGIN SELECT RAISE(ABORT, 'rejected by test trigger'); END"
             )
         else:
             conn.exec_driver_sql(
                 "CREATE FUNCTION reject() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                f"IF NEW.id = '{resource_id}' THEN RAISE EXCEPTION 'rejected by test trigger'; END IF; "
+                f"IF NEW.{column} = '{resource_id}' THEN RAISE EXCEPTION 'rejected by test trigger'; END IF; "
                 "RETURN NEW; END $$"
             )
             conn.exec_driver_sql(
