@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from gateway.journal.dead_letters import DeadLetterStore
+    from gateway.journal.filters import LetterFilter
 
 
 def _require_redis(settings: Settings, role: str) -> str:
@@ -66,11 +67,15 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.api.app import create_app
+    from gateway.services.dead_letter_views import CurrentMappings
     from gateway.services.outages import until_available
 
+    dry_run = CurrentMappings(settings.conversion).dry_run  # for /admin/dead-letters/{id}
     # log_config=None: uvicorn's records go through our handler (gateway/logs.py) like all others;
     # no access log, since a query string can carry a name or a birth date.
-    app = until_available("database", lambda: create_app(settings), max_backoff_s=settings.worker.outage_max_backoff_s)
+    app = until_available(
+        "database", lambda: create_app(settings, dry_run=dry_run), max_backoff_s=settings.worker.outage_max_backoff_s
+    )
     config = uvicorn.Config(
         app,
         host=settings.api.host,
@@ -118,39 +123,48 @@ def _dead_letter_store(settings: Settings) -> Iterator[DeadLetterStore]:
         yield DeadLetterStore(engine)
 
 
+def _letter_filter(args: argparse.Namespace) -> LetterFilter | None:
+    """The filter of ``dlq list``'s options; None (after saying why) when one cannot be read."""
+    from gateway.journal.filters import LETTER_STATUSES, FilterError, LetterFilter, parse_since
+
+    status = None if args.all else args.status
+    if status is not None and status not in LETTER_STATUSES:
+        print(f"hl7gw dlq list: --status is one of {', '.join(sorted(LETTER_STATUSES))}", file=sys.stderr)
+        return None
+    try:
+        since = parse_since(args.since) if args.since else None
+    except FilterError as exc:
+        print(f"hl7gw dlq list: {exc}", file=sys.stderr)
+        return None
+    return LetterFilter(status=status, stage=args.stage, sender=args.sender, since=since)
+
+
 def cmd_dlq_list(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 with the letters (none is not an error), 2 when a filter cannot be read."""
+    from gateway.services.dead_letter_views import print_list
+
+    where = _letter_filter(args)
+    if where is None:
+        return 2
     with _dead_letter_store(settings) as store:
-        letters = store.list(status=None if args.all else "open", limit=args.limit)
-    if not letters:
-        print("no dead letters")
-        return 0
-    print(f"{'id':36}  {'when (UTC)':19}  {'stage':9}  {'sender':24}  {'control id':20}  reason")
-    for d in letters:
-        when = datetime.fromtimestamp(d.created_at / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-        reason = d.reason.replace("\n", " ")
-        print(f"{d.id:36}  {when:19}  {d.stage:9}  {d.sender[:24]:24}  {d.control_id[:20]:20}  {reason[:120]}")
+        letters = store.list(where=where, limit=args.limit)
+    print_list(letters, sys.stdout, args.json)
     return 0
 
 
 def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 when the letter is found, 1 when no letter has that id."""
+    from gateway.services.dead_letter_views import CurrentMappings, detail, print_detail
+
     with _dead_letter_store(settings) as store:
         letter = store.get(args.id)
     if letter is None:
+        if args.json:
+            print(json.dumps({"error": f"no dead letter {args.id}"}))
         print(f"no dead letter {args.id}", file=sys.stderr)
         return 1
-    print(f"id: {letter.id}\nstatus: {letter.status}\nstage: {letter.stage}\nerror: {letter.error_type}")
-    print(f"sender: {letter.sender}\ncontrol id: {letter.control_id}\nattempts: {letter.attempts}")
-    if letter.replay_of:
-        print(f"replay of: {letter.replay_of} (the letter of an earlier attempt)")
-    if letter.replayed_as:
-        when = datetime.fromtimestamp(letter.handled_at / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"replayed as: message {letter.replayed_as} by {letter.handled_by} at {when} UTC {letter.handled_note}")
-    if letter.status == "discarded":
-        print(f"discarded by {letter.handled_by}: {letter.handled_note}")
-    print(f"reason: {letter.reason}\n--- raw message ---")
-    if not letter.raw:
-        print("(removed by hl7gw dlq purge)")
-    print(letter.raw.decode("utf-8", errors="replace").replace("\r", "\n"))
+    dry = None if args.no_dry_run else CurrentMappings(settings.conversion).dry_run
+    print_detail(detail(letter, dry), sys.stdout, args.json)
     return 0
 
 
@@ -408,11 +422,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="bring the database to this release's schema").set_defaults(func=cmd_migrate)
     dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq.add_parser("list", help="list dead letters, newest first")
-    dlq_list.add_argument("--all", action="store_true", help="include replayed and discarded ones")
+    dlq_list.add_argument("--status", default="open", help="open (default), replayed or discarded")
+    dlq_list.add_argument("--all", action="store_true", help="any status")
+    dlq_list.add_argument("--stage", help="where they failed: parse, convert, validate, deliver (every sink), ...")
+    dlq_list.add_argument("--sender", help="MSH-3|MSH-4 as the gateway names senders, e.g. 'LAB|MAIN'")
+    dlq_list.add_argument("--since", help="ISO 8601 date-time (UTC unless it has an offset), or an age: 30m, 2h, 7d")
     dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_list.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     dlq_list.set_defaults(func=cmd_dlq_list)
-    dlq_show = dlq.add_parser("show", help="show one dead letter with its raw message")
+    dlq_show = dlq.add_parser(
+        "show", help="one dead letter: why, a dry run with today's mappings, the message by segment and field"
+    )
     dlq_show.add_argument("id")
+    dlq_show.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    dlq_show.add_argument("--no-dry-run", action="store_true", help="do not convert the message again")
     dlq_show.set_defaults(func=cmd_dlq_show)
     dlq_replay = dlq.add_parser(
         "replay", help="put a dead letter's message back on the queue (the gateway must be running)"

@@ -70,9 +70,43 @@ class CharsetError(ParseError):
 
 
 class MappingError(GatewayError):
-    """The message cannot be converted (no mapping, or content the mapping cannot handle)."""
+    """The message cannot be converted (no mapping, or content the mapping cannot handle).
+
+    Where the conversion knows it, the error says where it failed in words an interface analyst
+    reads: the segment (``PID#2``: the second segment), the field with its HL7 name (``PID-3
+    Patient Identifier List``) and the rule of the mappings (``map PID[Patient], rule id:
+    patient``). Its text is then "conversion failed at PID#2 (PID-3 Patient Identifier List):
+    <problem> (map PID[Patient], rule id: patient)"; names and positions, never values.
+    """
 
     stage: str = Stage.CONVERT
+
+    def __init__(self, problem: str, *, segment: str = "", field: str = "", rule: str = ""):
+        self.problem = problem
+        #: The failing segment and its place in the message, "PID#2".
+        self.segment = segment
+        #: The field (or fields) read, named: "PID-3 Patient Identifier List".
+        self.field = field
+        #: The map and rule of the mappings that failed: "map PID[Patient], rule id: patient".
+        self.rule = rule
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        rule = f" ({self.rule})" if self.rule else ""
+        if not self.segment:
+            return f"{self.problem}{rule}"
+        field = f" ({self.field})" if self.field else ""
+        return f"conversion failed at {self.segment}{field}: {self.problem}{rule}"
+
+    def located(self, *, segment: str = "", field: str = "", rule: str = "") -> MappingError:
+        """This error with the parts of its location it does not know yet filled in."""
+        return MappingError(
+            self.problem, segment=self.segment or segment, field=self.field or field, rule=self.rule or rule
+        )
+
+    def location(self) -> dict[str, str]:
+        """The location as data (for ``--json`` and /admin): segment, field, rule, problem."""
+        return {"segment": self.segment, "field": self.field, "rule": self.rule, "problem": self.problem}
 
 
 class ValidationError(GatewayError):

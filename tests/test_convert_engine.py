@@ -65,8 +65,24 @@ def test_no_pid_is_a_mapping_error() -> None:
 
 
 def test_empty_patient_identifiers_is_a_mapping_error() -> None:
-    with pytest.raises(MappingError, match="no business identifier to derive the Patient id"):
+    with pytest.raises(MappingError, match="no business identifier to derive the Patient id") as raised:
         converter().convert(message(MSH_ADT, "PID|1||^^^HOSP^MR||Doe^Jane", PV1))
+    # Where, in an analyst's words: the segment and its place, the fields by their HL7 names, the rule.
+    assert str(raised.value) == (
+        "conversion failed at PID#2 (PID-2 Patient ID, PID-3 Patient Identifier List): no business identifier "
+        "to derive the Patient id from (map PID[Patient], rule id: patient)"
+    )
+    assert raised.value.location()["segment"] == "PID#2" and "Doe" not in str(raised.value)
+
+
+def test_a_required_field_names_its_segment_field_and_map() -> None:
+    oru = "MSH|^~\\&|Lab|LabFac|A|B|||ORU^R01^ORU_R01|9|P|2.3"
+    with pytest.raises(MappingError) as raised:
+        converter().convert(message(oru, PID, "OBR|1|P1|F1|GLU^Glucose^L"))
+    assert str(raised.value) == (
+        "conversion failed at MSH#1 (MSH-7 Date Time Of Message): MSH-7 is empty or unusable, "
+        "but Provenance.recorded is required (map MSH[Provenance])"
+    )
 
 
 def test_missing_required_code_leaves_that_resource_out_with_a_note() -> None:

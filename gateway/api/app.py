@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from gateway.api import fhir, health
+from gateway.api import admin, fhir, health
+from gateway.api.admin import DryRun
 from gateway.api.auth import TokenRegistry, ensure_admin_token
 from gateway.api.capability import software_version
 from gateway.api.docs import install_docs
@@ -19,8 +20,10 @@ from gateway.db.migrate import migrate
 from gateway.store.resources import ResourceStore
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """The API app. Without ``engine``, opens ``settings.storage.database_url`` and creates the schema."""
+def create_app(settings: Settings, engine: Engine | None = None, dry_run: DryRun | None = None) -> FastAPI:
+    """The API app. Without ``engine``, opens ``settings.storage.database_url`` and creates the schema.
+    ``dry_run`` converts a dead letter's message with the current mappings for /admin (the process
+    that runs the API gives it: the api may not import the converter); without it there is none."""
     owns_engine = engine is None
     if engine is None:
         engine = make_engine(settings.storage.database_url)
@@ -46,8 +49,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.store = ResourceStore(engine)
     app.state.tokens = tokens
+    app.state.dry_run = dry_run
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(fhir.router)
+    app.include_router(admin.router)
     install_docs(app, public=settings.api.public_docs)
     return app

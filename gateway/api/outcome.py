@@ -13,6 +13,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import fhirjson
+from gateway.api.admin_errors import admin_error, is_admin
 
 log = logging.getLogger(__name__)
 
@@ -79,31 +80,39 @@ def outcome_response(
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Make every error response an OperationOutcome, including routing 404/405 and validation errors."""
+    """Make every error response an OperationOutcome, including routing 404/405 and validation errors
+    (under /admin, where the API is not FHIR, the same errors as plain JSON: api/admin_errors.py)."""
 
-    async def fhir_error(_request: Request, exc: Exception) -> Response:
+    def answer(
+        request: Request, status: int, diagnostics: str, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> Response:
+        if is_admin(request):
+            return admin_error(status, diagnostics, headers)
+        return outcome_response(status, diagnostics, code, headers)
+
+    async def fhir_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, FHIRError)
-        return outcome_response(exc.status, exc.diagnostics, exc.code, exc.headers)
+        return answer(request, exc.status, exc.diagnostics, exc.code, exc.headers)
 
-    async def http_error(_request: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        return outcome_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return answer(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
-    async def validation_error(_request: Request, exc: Exception) -> Response:
+    async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return outcome_response(400, f"invalid request: {problems}")
+        return answer(request, 400, f"invalid request: {problems}")
 
     async def database_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, (OperationalError, InterfaceError)):
             log.warning("database unavailable for %s %s: %s", request.method, request.url.path, exc)
-            return outcome_response(503, "the database is unavailable; try again later", headers={"Retry-After": "5"})
+            return answer(request, 503, "the database is unavailable; try again later", headers={"Retry-After": "5"})
         log.error("database error for %s %s", request.method, request.url.path, exc_info=exc)
-        return outcome_response(500, "internal database error", "exception")
+        return answer(request, 500, "internal database error", "exception")
 
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.error("unhandled error for %s %s", request.method, request.url.path, exc_info=exc)
-        return outcome_response(500, "internal server error", "exception")
+        return answer(request, 500, "internal server error", "exception")
 
     app.add_exception_handler(FHIRError, fhir_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

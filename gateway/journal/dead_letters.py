@@ -15,13 +15,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.db.bulk import BulkInsert
 from gateway.db.schema import dead_letter, sink_delivery
 from gateway.envelope import Envelope
 from gateway.journal.deliveries import DEAD
+from gateway.journal.filters import Cursor, LetterFilter
 from gateway.journal.messages import MessageArchive
 
 #: Namespace of dead-letter ids (UUIDv5 of "<envelope id>/<stage>"). Never change it.
@@ -57,6 +58,27 @@ class DeadLetter:
     handled_by: str = ""
     handled_at: int = 0
     handled_note: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """The letter as data, without its raw message (PHI): for lists and scripts."""
+        return {
+            "id": self.id,
+            "envelope_id": self.envelope_id,
+            "sender": self.sender,
+            "control_id": self.control_id,
+            "stage": self.stage,
+            "reason": self.reason,
+            "error_type": self.error_type,
+            "attempts": self.attempts,
+            "created_at": self.created_at,
+            "status": self.status,
+            "replay_of": self.replay_of or None,
+            "replayed_as": self.replayed_as or None,
+            "handled_by": self.handled_by or None,
+            "handled_at": self.handled_at or None,
+            "handled_note": self.handled_note or None,
+            "raw_purged": not self.raw,
+        }
 
 
 @dataclass(frozen=True)
@@ -137,10 +159,39 @@ class DeadLetterStore:
             )
         return True
 
-    def list(self, *, status: str | None = "open", limit: int = 100) -> list[DeadLetter]:
-        query = select(dead_letter).order_by(dead_letter.c.created_at.desc()).limit(limit)
-        if status:
-            query = query.where(dead_letter.c.status == status)
+    def for_envelope(self, envelope_id: str) -> list[DeadLetter]:
+        """The letters of one message (one per stage or sink it failed at), oldest first."""
+        table = dead_letter
+        query = select(table).where(table.c.envelope_id == envelope_id).order_by(table.c.created_at, table.c.id)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(query)]
+
+    def list(
+        self,
+        *,
+        status: str | None = "open",
+        limit: int = 100,
+        where: LetterFilter | None = None,
+        after: Cursor | None = None,
+    ) -> list[DeadLetter]:
+        """Newest first; ``where`` (its status wins over ``status``) and a page's ``after`` cursor."""
+        table = dead_letter
+        where = where or LetterFilter(status=status)
+        query = select(table).order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit)
+        if where.status:
+            query = query.where(table.c.status == where.status)
+        if where.stage:
+            query = query.where(
+                or_(table.c.stage == where.stage, table.c.stage.startswith(f"{where.stage}:", autoescape=True))
+            )
+        if where.sender:
+            query = query.where(table.c.sender == where.sender)
+        if where.since is not None:
+            query = query.where(table.c.created_at >= where.since)
+        if after is not None:
+            query = query.where(
+                or_(table.c.created_at < after.at, and_(table.c.created_at == after.at, table.c.id < after.id))
+            )
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(query)]
 

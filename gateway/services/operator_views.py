@@ -7,32 +7,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TextIO
 
-from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 
-from gateway.db.schema import message_archive
 from gateway.journal import provenance
 from gateway.journal.deliveries import PENDING, DeliveryStates
-from gateway.journal.messages import ArchivedMessage, MessageArchive
+from gateway.journal.message_life import find_messages, life_of
+from gateway.journal.messages import MessageArchive
 
 
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def find_messages(engine: Engine, key: str, limit: int = 20) -> list[ArchivedMessage]:
-    """Archived messages whose id or MSH-10 is ``key`` (a control id may repeat across senders)."""
-    table = message_archive
-    stmt = (
-        select(table.c.id)
-        .where(or_(table.c.id == key, table.c.control_id == key))
-        .order_by(table.c.received_at.desc())
-        .limit(limit)
-    )
-    with engine.connect() as conn:
-        ids = [row.id for row in conn.execute(stmt)]
-    archive = MessageArchive(engine)
-    return [m for m in (archive.get(i) for i in ids) if m is not None]
 
 
 def show_message(engine: Engine, key: str, out: TextIO, raw: bool = False) -> int:
@@ -42,11 +26,12 @@ def show_message(engine: Engine, key: str, out: TextIO, raw: bool = False) -> in
         print(f"no message with id or MSH-10 {key!r}", file=out)
         return 1
     for message in found:
+        life = life_of(engine, message)
         print(f"message {message.id}", file=out)
         print(f"  sender {message.sender}  MSH-10 {message.control_id}  type {message.message_type or '?'}", file=out)
         print(f"  received {_when(message.received_at)} UTC  sequence {message.seq}", file=out)
         print(f"  status {message.status}  attempts {message.attempts}", file=out)
-        records = provenance.for_message(engine, message.id)
+        records = life.resources
         if records:
             print("  resources:", file=out)
         for r in records:
@@ -56,9 +41,11 @@ def show_message(engine: Engine, key: str, out: TextIO, raw: bool = False) -> in
             print(f"  detail: {message.detail}", file=out)
         for note in filter(None, message.notes.split("\n")):
             print(f"  note: {note}", file=out)
-        for state in DeliveryStates(engine).for_message(message.id):
+        for state in life.deliveries:
             error = f": {state.last_error[:200]}" if state.last_error else ""
             print(f"  sink {state.sink}: {state.status}, {state.attempts} attempt(s){error}", file=out)
+        for letter in life.letters:
+            print(f"  dead letter {letter.id} ({letter.status}) at {letter.stage}: {letter.reason[:200]}", file=out)
         if raw:
             print("  --- raw message ---", file=out)
             print(message.raw.decode("utf-8", errors="replace").replace("\r", "\n"), file=out)

@@ -357,7 +357,9 @@ class RuleCompiler:
                 written = True
             if not written and required:
                 where_ = f"{source_text} " if source_text else ""
-                raise MappingError(f"{where_}is empty or unusable, but {label} is required (map {map_name})")
+                raise MappingError(
+                    f"{where_}is empty or unusable, but {label} is required", field=source_text, rule=f"map {map_name}"
+                )
 
         return apply
 

@@ -21,6 +21,7 @@ from gateway.convert.loading.messages import Include, MessagePlan, Reference, Re
 from gateway.convert.model.context import Context, segment_beside
 from gateway.convert.model.structure import GroupNode, Slot, group_segments
 from gateway.errors import GatewayError, MappingError, describe
+from gateway.hl7.fields import named_path
 from gateway.hl7.message import Message, Segment
 
 #: Segments about the message rather than its content; one that fits nowhere is only reported.
@@ -225,9 +226,13 @@ class Run:
         finally:
             inst.computing = False
         if not key:
+            plan = inst.plan
+            own = sorted(n for name, n in plan.id_fields if name == inst.segment.name)
             raise MappingError(
-                f"{inst.segment.name}: no business identifier to derive the {inst.plan.resource_type} id from "
-                f"(id function {inst.plan.id_name}; e.g. PID-3 must hold a patient identifier)"
+                f"no business identifier to derive the {plan.resource_type} id from",
+                segment=self._where(inst.segment),
+                field=", ".join(named_path(f"{inst.segment.name}-{n}", self.message.version) for n in own),
+                rule=f"map {plan.map.name}, rule id: {plan.id_name}",
             )
         rtype = inst.plan.resource_type
         same = self.keys.setdefault((rtype, key), [])
@@ -474,6 +479,8 @@ class Run:
             return
         try:
             resource = self.build(inst)
+        except MappingError as exc:
+            raise self._located(inst, exc) from exc
         except GatewayError:
             raise
         except Exception as exc:  # a function failed on content it did not expect: say where
@@ -494,10 +501,10 @@ class Run:
             inst.content = self.content(inst)
         except MappingError as exc:
             if inst.plan.required or inst.plan.segment == "MSH":
-                raise
+                raise self._located(inst, exc) from exc
             del self.made[made_mark:]  # what its maps made on the way goes with it
             inst.dropped = True
-            where = f"{inst.segment.name}#{self._index(inst.segment)}"
+            where = self._where(inst.segment)
             self.notes.append(f"{where} left out ({inst.plan.resource_type} {inst.plan.name}): {exc}")
         except GatewayError:
             raise
@@ -505,8 +512,24 @@ class Run:
             raise self._failed(inst, exc) from exc
 
     def _failed(self, inst: _Instance, exc: Exception) -> MappingError:
-        where = f"{inst.segment.name} segment #{self._index(inst.segment)}"
-        return MappingError(f"{inst.plan.map.name} failed on {where}: {describe(exc)}")
+        return MappingError(
+            f"a function met content it did not expect: {describe(exc)}",
+            segment=self._where(inst.segment),
+            rule=f"map {inst.plan.map.name}",
+        )
+
+    def _located(self, inst: _Instance, exc: MappingError) -> MappingError:
+        """``exc`` placed at ``inst``'s segment, the field it names given its HL7 name, and the map
+        that made the resource when no rule deeper down said which failed."""
+        if exc.segment:
+            return exc
+        field = named_path(exc.field, self.message.version) if exc.field else ""
+        rule = exc.rule or f"map {inst.plan.map.name}"
+        return MappingError(exc.problem, segment=self._where(inst.segment), field=field, rule=rule)
+
+    def _where(self, seg: Segment) -> str:
+        """``PID#2``: the segment and its place in the message."""
+        return f"{seg.name}#{self._index(seg)}"
 
     def _index(self, seg: Segment) -> int:
         return next(n for n, s in enumerate(self.message.segments, 1) if s is seg)
