@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from gateway.journal.dead_letters import DeadLetterStore
     from gateway.journal.filters import LetterFilter
+    from gateway.services.operator_actions import OperatorDesk
 
 
 def _require_redis(settings: Settings, role: str) -> str:
@@ -63,6 +64,21 @@ def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator_desk(settings: Settings) -> OperatorDesk:
+    """The operator actions /admin offers: on this process's database, replaying onto its Redis
+    (HL7GW_REDIS_URL, which ``hl7gw run`` gives its API) with the intake rules of its mappings."""
+    from gateway.db.engine import make_engine
+    from gateway.mllp.triage import Triage
+    from gateway.queue.broker import make_broker
+    from gateway.services.listener import configured_rules
+    from gateway.services.operator_actions import OperatorDesk
+    from gateway.services.replay import enqueue_on
+
+    url = settings.storage.redis_url
+    enqueue = enqueue_on(make_broker(url, namespace=settings.storage.redis_namespace)) if url else None
+    return OperatorDesk(make_engine(settings.storage.database_url), enqueue, Triage(configured_rules(settings)))
+
+
 def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -71,10 +87,13 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
     from gateway.services.outages import until_available
 
     dry_run = CurrentMappings(settings.conversion).dry_run  # for /admin/dead-letters/{id}
+    desk = _operator_desk(settings)
     # log_config=None: uvicorn's records go through our handler (gateway/logs.py) like all others;
     # no access log, since a query string can carry a name or a birth date.
     app = until_available(
-        "database", lambda: create_app(settings, dry_run=dry_run), max_backoff_s=settings.worker.outage_max_backoff_s
+        "database",
+        lambda: create_app(settings, dry_run=dry_run, desk=desk),
+        max_backoff_s=settings.worker.outage_max_backoff_s,
     )
     config = uvicorn.Config(
         app,

@@ -170,6 +170,17 @@ class StageCrash(GatewayError):
         self.stage = stage
 
 
+class OperatorRefused(GatewayError):
+    """An operator's action does not apply (an unknown letter or job, one not in a state for it, a
+    filter that cannot be read); the text says why, without PHI. ``missing``: nothing has that id;
+    ``invalid``: what was asked cannot be read (a filter, an empty reason); else the state forbids it."""
+
+    def __init__(self, message: str, *, missing: bool = False, invalid: bool = False):
+        super().__init__(message)
+        self.missing = missing
+        self.invalid = invalid
+
+
 def policy_of(exc: BaseException) -> Policy:
     """The one decision: what a failure means for the message that met it."""
     if isinstance(exc, GatewayError):

@@ -215,6 +215,21 @@ def test_a_dead_letter_fixed_and_replayed_becomes_searchable_and_a_reprocess_cha
     shown = _hl7gw(gateway, "dlq", "show", letter_id).stdout.decode()
     assert "status: replayed" in shown and "replayed as: message" in shown and "PID|1||||Doe^Jane" in shown
 
+    # The same by REST: another broken message, replayed edited through /admin by the admin token.
+    other = broken.replace(b"DL-2", b"DL-3")
+    assert str(send_raw(other, gateway.mllp_port).segment("MSA")[1]) == "AA"
+    assert sorted(wait_processed(gateway, 3)) == ["failed", "failed", "processed"]
+    with gateway.client() as api:
+        (letter,) = [d for d in api.get("/admin/dead-letters?status=open").json()["items"] if d["control_id"] == "DL-3"]
+        edited = other.replace(b"PID|1||||", b"PID|1||RP-2^^^HOSP^MR||").decode()
+        replayed = api.post(f"/admin/dead-letters/{letter['id']}/replay", json={"raw": edited})
+        assert replayed.status_code == 202, replayed.text
+        assert find_patient(gateway, "RP-2", timeout=30)["name"][0]["family"] == "Doe"
+        again = api.post(f"/admin/dead-letters/{letter['id']}/replay")
+        assert again.status_code == 409
+        audit = api.get("/fhir/AuditEvent?subtype=edit-replay").json()
+        assert audit["total"] == 2  # the command line's and the API's
+
     # Reprocessing what is stored through the same mappings writes nothing new.
     job = _hl7gw(gateway, "reprocess", "--sender", "LAB|HOSP")
     assert job.returncode == 0, job.stderr.decode()
@@ -222,9 +237,9 @@ def test_a_dead_letter_fixed_and_replayed_becomes_searchable_and_a_reprocess_cha
     deadline = time.monotonic() + 60
     while b"done" not in _hl7gw(gateway, "jobs", "show", job_id).stdout and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert b"1 message(s) queued" in _hl7gw(gateway, "jobs", "show", job_id).stdout
-    # The first attempt (failed), the replay and the reprocess (both processed).
-    assert sorted(wait_processed(gateway, 3, timeout=60)) == ["failed", "processed", "processed"]
+    assert b"2 message(s) queued" in _hl7gw(gateway, "jobs", "show", job_id).stdout
+    # Two first attempts (failed), two replays and two reprocesses (processed).
+    assert sorted(wait_processed(gateway, 6, timeout=60)) == ["failed"] * 2 + ["processed"] * 4
     assert find_patient(gateway, "RP-1")["meta"]["versionId"] == "1"
 
 

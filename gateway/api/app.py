@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from gateway.api import admin, fhir, health
+from gateway.api import admin, admin_actions, fhir, health
 from gateway.api.admin import DryRun
+from gateway.api.admin_actions import Desk
 from gateway.api.auth import TokenRegistry, ensure_admin_token
 from gateway.api.capability import software_version
 from gateway.api.docs import install_docs
@@ -20,7 +21,9 @@ from gateway.db.migrate import migrate
 from gateway.store.resources import ResourceStore
 
 
-def create_app(settings: Settings, engine: Engine | None = None, dry_run: DryRun | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, engine: Engine | None = None, dry_run: DryRun | None = None, desk: Desk | None = None
+) -> FastAPI:
     """The API app. Without ``engine``, opens ``settings.storage.database_url`` and creates the schema.
     ``dry_run`` converts a dead letter's message with the current mappings for /admin (the process
     that runs the API gives it: the api may not import the converter); without it there is none."""
@@ -50,9 +53,12 @@ def create_app(settings: Settings, engine: Engine | None = None, dry_run: DryRun
     app.state.store = ResourceStore(engine)
     app.state.tokens = tokens
     app.state.dry_run = dry_run
+    #: The operator actions (replay, discard, jobs) for /admin; given by the process running the API.
+    app.state.desk = desk
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(fhir.router)
     app.include_router(admin.router)
+    app.include_router(admin_actions.router)
     install_docs(app, public=settings.api.public_docs)
     return app

@@ -39,6 +39,22 @@ class Job:
     cursor: str
     summary: str
 
+    def as_data(self) -> dict[str, Any]:
+        """The job as data, for the /admin API and scripts."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "filter": self.filter,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "queued": self.done,
+            "skipped": self.skipped,
+            "cursor": self.cursor or None,
+            "summary": self.summary or None,
+        }
+
 
 def _now() -> int:
     return int(time.time() * 1000)

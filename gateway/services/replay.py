@@ -23,7 +23,7 @@ import dramatiq
 from dramatiq.broker import Broker
 
 from gateway.envelope import Envelope, Kind
-from gateway.errors import GatewayError
+from gateway.errors import OperatorRefused
 from gateway.journal.dead_letters import REPLAY_OF, DeadLetter, DeadLetterStore
 from gateway.journal.messages import MessageArchive
 from gateway.keys import ACTOR, QUEUE
@@ -42,7 +42,7 @@ REPLAYED_BY = "replayed_by"
 EDITED = "edited"
 
 
-class ReplayRefused(GatewayError):
+class ReplayRefused(OperatorRefused):
     """The letter cannot be replayed (unknown, or not open); the text says why, without PHI."""
 
 
@@ -85,7 +85,7 @@ class Replayer:
                     role=role,
                     outcome_text=why,
                 )
-            raise ReplayRefused(why)
+            raise ReplayRefused(why, missing=letter is None)
         envelope = self.envelope_for(letter, who, raw)
         self.enqueue(envelope)
         note = "replayed with an edited message" if raw is not None else ""
