@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway import logs
 from gateway.config import Settings, load_settings, unknown_variables
@@ -307,6 +307,11 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             print(f"job {args.id}: {args.action}d")
             return 0
         jobs = [store.get(args.id)] if args.action == "show" and args.id else store.list()
+        if args.follow and args.action == "show" and jobs and jobs[0] is not None:
+            return _follow(store, jobs[0])
+    if args.json:
+        print(json.dumps({"jobs": [job.as_data() for job in jobs if job is not None]}, indent=2))
+        return 0 if jobs and jobs[0] is not None else 1
     if not jobs or jobs[0] is None:
         print("no such job" if args.action == "show" else "no jobs", file=sys.stderr if args.id else sys.stdout)
         return 1 if args.action == "show" else 0
@@ -318,6 +323,26 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "show":
             print(f"  filter: {job.filter}\n  cursor: {job.cursor or '(start)'}\n  summary: {job.summary or '-'}")
     return 0
+
+
+def _follow(store: Any, job: Any) -> int:
+    """Print a job's progress on one line until it ends (or Ctrl-C): queued, skipped, rate."""
+    import time
+
+    started, first = time.monotonic(), job.done
+    try:
+        while True:
+            rate = (job.done - first) / max(time.monotonic() - started, 1e-9)
+            line = f"job {job.id[:8]} {job.status:9} queued {job.done:7d}  skipped {job.skipped:5d}  {rate:6.0f}/s"
+            print("\r" + line, end="", flush=True)
+            if job.status in ("done", "cancelled"):
+                print(f"\n{job.summary or ''}")
+                return 0
+            time.sleep(1.0)
+            job = store.get(job.id) or job
+    except KeyboardInterrupt:
+        print()
+        return 0
 
 
 def cmd_message(settings: Settings, args: argparse.Namespace) -> int:
@@ -490,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="replay and reprocess jobs: list, show, pause, resume, cancel")
     jobs.add_argument("action", nargs="?", default="list", choices=("list", "show", "pause", "resume", "cancel"))
     jobs.add_argument("id", nargs="?")
+    jobs.add_argument("--follow", action="store_true", help="with show: print its progress until it ends")
+    jobs.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     jobs.set_defaults(func=cmd_jobs)
     message = sub.add_parser("message", help="one message's journey: status, resource versions, sink deliveries")
     message.add_argument("key", help="the message's archive id, or its MSH-10")

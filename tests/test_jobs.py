@@ -5,6 +5,7 @@ Redis and a running worker."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -125,6 +126,11 @@ def test_a_reprocess_after_a_mapping_fix_corrects_what_is_stored(engine: Engine,
     (patient,) = ResourceStore(engine).search("Patient", {"identifier": ["R1"]})
     assert patient["identifier"][0]["system"] == "https://hospital.example.org/sid/mrn"
     assert patient["meta"]["versionId"] == "2" and job.kind == "reprocess"
+    # The message's Provenance names the job that ran it again.
+    provenance = next(
+        p for p in ResourceStore(engine).search("Provenance", {}) if any(e.get("role") == "source" for e in p["entity"])
+    )
+    assert {"system": "urn:hl7gw:job", "value": job.id} in [a["who"].get("identifier") for a in provenance["agent"]]
     sink.close()
 
 
@@ -156,6 +162,11 @@ def test_a_worker_runs_a_replay_job_started_from_the_command_line(
     assert {DeadLetterStore(engine).get(i).status for i in ids} == {"replayed"}  # type: ignore[union-attr]
     assert cli.main(["jobs", "show", job_id]) == 0
     assert "6 message(s) queued, 0 skipped" in capsys.readouterr().out
+    assert cli.main(["jobs", "show", job_id, "--follow"]) == 0  # done: one progress line and the summary
+    assert "queued       6" in capsys.readouterr().out
+    assert cli.main(["jobs", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)["jobs"]
+    assert (listed["id"], listed["status"], listed["queued"]) == (job_id, "done", 6)
     assert cli.main(["jobs", "cancel", job_id]) == 1  # done: nothing to cancel
     # One AuditEvent for the job (not one per letter), and one for the refused cancel.
     events = ResourceStore(engine).search("AuditEvent", {})

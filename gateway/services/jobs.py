@@ -30,6 +30,7 @@ from gateway.journal.dead_letters import DeadLetterStore
 from gateway.journal.jobs import Job, JobStore
 from gateway.mllp.triage import Triage
 from gateway.queue.entry import new_envelope_id
+from gateway.services.pipeline import REPROCESS_JOB
 from gateway.services.replay import Replayer
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,8 @@ log = logging.getLogger(__name__)
 #: Filter keys of each kind of job (times in ms since the epoch; ``reason``: text the reason holds).
 REPLAY_FILTERS = frozenset({"stage", "error_type", "sender", "since", "until", "reason"})
 REPROCESS_FILTERS = frozenset({"sender", "message_type", "status", "since", "until"})
-#: Envelope meta of a reprocessed message: the archived message it re-runs, and the job.
+#: Envelope meta of a reprocessed message: the archived message it re-runs (and REPROCESS_JOB, the job).
 REPROCESS_OF = "reprocess_of"
-JOB = "job"
 
 
 def check_filter(kind: str, filter: dict[str, Any]) -> dict[str, Any]:
@@ -203,5 +203,5 @@ class JobRunner:
             "reprocess",
             row.seq,
             Kind.MESSAGE,
-            {REPROCESS_OF: row.id, JOB: job.id, "message_type": row.message_type},
+            {REPROCESS_OF: row.id, REPROCESS_JOB: job.id, "message_type": row.message_type},
         )

@@ -29,6 +29,24 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Envelope meta of a replayed ``deliver:<sink>`` letter: deliver to that remote sink only.
 REPLAY_SINK = "replay_sink"
+#: Envelope meta of a reprocessed message: the operator job that ran it again.
+REPROCESS_JOB = "job"
+_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+
+
+def credit_job(bundle: dict[str, Any], job_id: str) -> None:
+    """The message's Provenance (the one naming its source message) also names the reprocess job
+    that ran it through the current mappings: an agent, by the job's identifier."""
+    agent = {
+        "type": {"coding": [{"system": _PARTICIPANT, "code": "assembler", "display": "Assembler"}]},
+        "who": {"identifier": {"system": "urn:hl7gw:job", "value": job_id}, "display": f"reprocess job {job_id}"},
+    }
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") == "Provenance" and any(
+            e.get("role") == "source" for e in resource.get("entity", [])
+        ):
+            resource.setdefault("agent", []).append(agent)
 
 
 def run_stage(stage: Stage, fn: Callable[..., T], *args: object) -> T:
@@ -76,6 +94,8 @@ class Pipeline:
         message: Message = run_stage(Stage.PARSE, parse, text)
         conversion = run_stage(Stage.CONVERT, self.converter.convert_noted, message)
         bundle = conversion.bundle
+        if envelope.meta.get(REPROCESS_JOB):
+            credit_job(bundle, envelope.meta[REPROCESS_JOB])
         run_stage(Stage.VALIDATE, validate_bundle, bundle)
         source = run_stage(Stage.DELIVER, source_of, envelope, message, self.converter.zone_for(message))
         sinks = self._sinks_for(envelope)
