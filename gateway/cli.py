@@ -173,17 +173,19 @@ def cmd_dlq_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 when the letter is found, 1 when no letter has that id."""
+    from gateway.journal.dead_letters import edited_copy
     from gateway.services.dead_letter_views import CurrentMappings, detail, print_detail
 
     with _dead_letter_store(settings) as store:
         letter = store.get(args.id)
+        edited = edited_copy(store.archive, letter) if letter is not None else None
     if letter is None:
         if args.json:
             print(json.dumps({"error": f"no dead letter {args.id}"}))
         print(f"no dead letter {args.id}", file=sys.stderr)
         return 1
     dry = None if args.no_dry_run else CurrentMappings(settings.conversion).dry_run
-    print_detail(detail(letter, dry), sys.stdout, args.json)
+    print_detail(detail(letter, dry, edited), sys.stdout, args.json)
     return 0
 
 

@@ -214,6 +214,7 @@ def test_a_dead_letter_fixed_and_replayed_becomes_searchable_and_a_reprocess_cha
     assert _hl7gw(gateway, "dlq", "replay", letter_id).returncode == 1  # replayed already
     shown = _hl7gw(gateway, "dlq", "show", letter_id).stdout.decode()
     assert "status: replayed" in shown and "replayed as: message" in shown and "PID|1||||Doe^Jane" in shown
+    assert "--- the edited message it was replayed with ---\n" in shown and "PID|1||RP-1^^^HOSP^MR" in shown
 
     # The same by REST: another broken message, replayed edited through /admin by the admin token.
     other = broken.replace(b"DL-2", b"DL-3")
@@ -227,6 +228,8 @@ def test_a_dead_letter_fixed_and_replayed_becomes_searchable_and_a_reprocess_cha
         assert find_patient(gateway, "RP-2", timeout=30)["name"][0]["family"] == "Doe"
         again = api.post(f"/admin/dead-letters/{letter['id']}/replay")
         assert again.status_code == 409
+        both = api.get(f"/admin/dead-letters/{letter['id']}?dry_run=false").json()
+        assert "PID|1||||Doe^Jane" in both["raw"] and "RP-2^^^HOSP^MR" in both["edited_raw"]
         audit = api.get("/fhir/AuditEvent?subtype=edit-replay").json()
         assert audit["total"] == 2  # the command line's and the API's
 

@@ -206,4 +206,6 @@ def test_hl7gw_dlq_replay(
     assert cli.main(["dlq", "replay", letter_id]) == 1  # replayed already: refused, nothing queued
     assert "is replayed" in capsys.readouterr().err and len(queued(redis_url, redis_namespace)) == 1
     assert cli.main(["dlq", "show", letter_id]) == 0
-    assert f"replayed as: message {envelope.id}" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert f"replayed as: message {envelope.id}" in shown
+    assert "the edited message it was replayed with" not in shown  # not processed yet: nothing archived

@@ -21,7 +21,7 @@ from gateway.api.auth import require_role
 from gateway.api.outcome import FHIRError
 from gateway.config import Role
 from gateway.hl7.layout import raw_view
-from gateway.journal.dead_letters import DeadLetterStore
+from gateway.journal.dead_letters import DeadLetterStore, edited_copy
 from gateway.journal.filters import (
     LETTER_STATUSES,
     MESSAGE_STATUSES,
@@ -135,9 +135,14 @@ def dead_letter(
             **letter.summary(),
             **raw,
             "dry_run": runner(letter.raw) if runner is not None and letter.raw else None,
+            "edited_raw": _text(edited_copy(MessageArchive(engine), letter)),
             "message": summary(message) if message is not None else None,
         }
     )
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode("utf-8", errors="replace") if raw is not None else None
 
 
 @router.get("/messages")

@@ -294,3 +294,12 @@ def _row(row) -> DeadLetter:  # type: ignore[no-untyped-def]
         handled_at=row.handled_at,
         handled_note=row.handled_note,
     )
+
+
+def edited_copy(archive: MessageArchive, letter: DeadLetter) -> bytes | None:
+    """The corrected message an operator replayed the letter with (its archived bytes), or None when
+    the letter was replayed as it was (or not yet): shown beside the original, which stays as it came."""
+    if not letter.replayed_as:
+        return None
+    replayed = archive.get(letter.replayed_as)
+    return replayed.raw if replayed is not None and replayed.raw != letter.raw else None

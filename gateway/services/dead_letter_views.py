@@ -94,9 +94,10 @@ def dry_run(converter: Converter, raw: bytes) -> dict[str, Any]:
     return {"converts": True, "resources": dict(sorted(types.items())), "notes": conversion.notes}
 
 
-def detail(letter: DeadLetter, dry: DryRun | None) -> dict[str, Any]:
-    """One letter in full: its summary, raw message and layout, and the dry run (None: not asked,
-    or the raw message was purged)."""
+def detail(letter: DeadLetter, dry: DryRun | None, edited: bytes | None = None) -> dict[str, Any]:
+    """One letter in full: its summary, raw message and layout, the dry run (None: not asked, or the
+    raw message was purged), and the edited copy it was replayed with, if it was."""
+    shown = {"edited_raw": edited.decode("utf-8", errors="replace") if edited is not None else None}
     if not letter.raw:  # purged (hl7gw dlq purge): nothing to lay out or convert
         return {
             **letter.summary(),
@@ -105,8 +106,10 @@ def detail(letter: DeadLetter, dry: DryRun | None) -> dict[str, Any]:
             "layout": None,
             "layout_error": None,
             "dry_run": None,
+            **shown,
         }
-    return {**letter.summary(), **raw_view(letter.raw), "dry_run": dry(letter.raw) if dry is not None else None}
+    dry_run = dry(letter.raw) if dry is not None else None
+    return {**letter.summary(), **raw_view(letter.raw), "dry_run": dry_run, **shown}
 
 
 def when(ms: int) -> str:
@@ -171,3 +174,6 @@ def print_detail(data: dict[str, Any], out: TextIO, as_json: bool) -> None:
         print(f"(not readable as HL7: {data['layout_error']})", file=out)
     print("\n--- raw message ---", file=out)
     print(data["raw"].replace("\r", "\n").rstrip("\n"), file=out)
+    if data.get("edited_raw"):
+        print("\n--- the edited message it was replayed with ---", file=out)
+        print(data["edited_raw"].replace("\r", "\n").rstrip("\n"), file=out)
