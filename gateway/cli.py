@@ -190,16 +190,15 @@ def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _when(text: str | None) -> int | None:
-    """--since/--until: an ISO date or date-time (UTC when it names no offset), as ms since the epoch."""
+    """--since/--until: an ISO date-time (UTC unless it has an offset) or an age (2h, 7d), as ms."""
+    from gateway.journal.filters import FilterError, parse_since
+
     if not text:
         return None
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{text!r} is not a date or date-time (2024-05-01, 2024-05-01T08:00)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        return parse_since(text)
+    except FilterError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _start_job(settings: Settings, kind: str, filter: dict[str, object]) -> int:

@@ -150,7 +150,7 @@ def test_a_worker_runs_a_replay_job_started_from_the_command_line(
     assert cli.main(["dlq", "replay", "--all", "--stage", "convert", "--sender", "LAB|HOSP"]) == 0
     job_id = capsys.readouterr().out.split()[1]
     assert cli.main(["dlq", "replay", "--all", "--stage", "convert", "--since", "last week"]) != 0
-    assert "is not a date" in capsys.readouterr().err
+    assert "is not an ISO 8601 date-time" in capsys.readouterr().err
 
     settings = worker_settings(tmp_path, database_url, redis_namespace, replay_rate=100)
     with RunningWorker(settings, redis_url):
