@@ -76,6 +76,38 @@ def test_a_job_whose_worker_died_is_taken_over_from_its_cursor(engine: Engine) -
     assert JobStore(engine).get(job.id).status == "done" and not first.step()  # type: ignore[union-attr]
 
 
+def test_a_job_never_takes_what_it_made_itself(engine: Engine, tmp_path: Path) -> None:
+    """A replay that fails again is a new letter the job does not replay again (and again); a
+    reprocessed copy is a new archived message the job does not reprocess again."""
+    _letters(engine, 2)
+    job = JobStore(engine).create("replay", {}, "cli:ana")
+    sent: list[Envelope] = []
+    runner = JobRunner(engine, sent.append, rate=1000, sleep=lambda s: None)
+    assert runner.step()
+    for envelope in sent:  # each replay fails again: a new open letter, written after the job began
+        DeadLetterStore(engine).park(Letter(envelope, Stage.CONVERT, "still no map"))
+    while runner.step():
+        if JobStore(engine).get(job.id).status == "done":  # type: ignore[union-attr]
+            break
+    assert len(sent) == 2 and len(DeadLetterStore(engine).list(status="open")) == 2
+
+    sink = StoreSink(engine)
+    pipeline = Pipeline(Converter.load(), sink, MessageArchive(engine))
+    pipeline.process(parsed_envelope(adt("R-9", "Doe", mrn="R9")))
+    time.sleep(0.01)
+    again = JobStore(engine).create("reprocess", {"sender": "ADT|HOSP"}, "cli:ana")
+    copies: list[Envelope] = []
+    reprocessor = JobRunner(engine, copies.append, rate=1000, sleep=lambda s: None)
+    assert reprocessor.step()
+    for copy in copies:
+        pipeline.process(copy)  # archived now: after the job began
+    while reprocessor.step():
+        if JobStore(engine).get(again.id).status == "done":  # type: ignore[union-attr]
+            break
+    assert len(copies) == 1
+    sink.close()
+
+
 def test_pause_resume_and_cancel(engine: Engine) -> None:
     _letters(engine, 3)
     jobs = JobStore(engine)

@@ -64,10 +64,12 @@ def _after(time_column: Any, id_column: Any, cursor: str) -> ColumnElement[bool]
     return or_(time_column > int(at), and_(time_column == int(at), id_column > key))
 
 
-def next_letters(engine: Engine, filter: dict[str, Any], cursor: str, limit: int) -> list[tuple[int, str]]:
-    """(created_at, id) of the next open dead letters the filter matches, after ``cursor``."""
+def next_letters(engine: Engine, filter: dict[str, Any], cursor: str, limit: int, before: int) -> list[tuple[int, str]]:
+    """(created_at, id) of the next open dead letters the filter matches, after ``cursor``, written
+    before ``before`` (the job's start: a replay that fails again is a new letter, not one more
+    for the same job to replay, and again)."""
     t = dead_letter.c
-    query = select(t.created_at, t.id).where(t.status == "open")
+    query = select(t.created_at, t.id).where(t.status == "open", t.created_at <= before)
     for key in ("stage", "error_type", "sender"):
         if key in filter:
             query = query.where(getattr(t, key) == filter[key])
@@ -84,10 +86,11 @@ def next_letters(engine: Engine, filter: dict[str, Any], cursor: str, limit: int
         return [(row[0], row[1]) for row in conn.execute(query.order_by(t.created_at, t.id).limit(limit))]
 
 
-def next_messages(engine: Engine, filter: dict[str, Any], cursor: str, limit: int) -> list[Any]:
-    """The next archived messages the filter matches, after ``cursor``, as rows."""
+def next_messages(engine: Engine, filter: dict[str, Any], cursor: str, limit: int, before: int) -> list[Any]:
+    """The next archived messages the filter matches, after ``cursor``, as rows: those last handled
+    before ``before`` (the job's start), so the copies the job itself makes are never taken again."""
     t = message_archive.c
-    query = select(message_archive).where(t.status == filter.get("status", "processed"))
+    query = select(message_archive).where(t.status == filter.get("status", "processed"), t.updated_at <= before)
     if "sender" in filter:
         query = query.where(t.sender == filter["sender"])
     if "message_type" in filter:
@@ -134,9 +137,9 @@ class JobRunner:
             return False
         size = max(1, min(500, int(self.rate)))
         if job.kind == "replay":
-            items: list[Any] = next_letters(self.engine, job.filter, job.cursor, size)
+            items: list[Any] = next_letters(self.engine, job.filter, job.cursor, size, job.created_at)
         else:
-            items = next_messages(self.engine, job.filter, job.cursor, size)
+            items = next_messages(self.engine, job.filter, job.cursor, size, job.created_at)
         if not items:
             fresh = self.jobs.get(job.id) or job
             exact = self.jobs.replayed_by(job) if job.kind == "replay" else None
