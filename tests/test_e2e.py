@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -395,3 +396,65 @@ def test_a_bulk_replay_survives_kill_9_and_applies_each_message_once(tmp_path: P
     finally:
         restarted.stop()
         engine.dispose()
+
+
+def test_a_site_mapping_fixed_then_its_dead_letters_replayed_and_a_reprocess_corrects_what_was_stored(
+    tmp_path: Path,
+) -> None:
+    """The operator's story with ``hl7gw run``: a site overlay requires PID-8, a message without it
+    is dead-lettered; the overlay is fixed and the gateway restarted; ``hl7gw dlq replay`` makes the
+    patient searchable; a reprocess after a further mapping change writes new versions whose
+    Provenance names the job."""
+    root = Path(__file__).resolve().parent.parent / "mappings"
+    shipped = (root / "segments" / "PID_Patient.yaml").read_text()
+    rule = '{from: PID-8, to: gender, datatype: "CWE[code]", table: AdministrativeSex}'
+    site = tmp_path / "site"
+    (site / "segments").mkdir(parents=True)
+    (site / "segments" / "PID_Patient.yaml").write_text(shipped.replace(rule, rule[:-1] + ", required: true}"))
+    data = tmp_path / "data"
+    gateway = GatewayProcess(data)
+    gateway.env["HL7GW_MAPPINGS_DIR"] = str(site)
+    gateway.start()
+    no_sex = b"MSH|^~\\&|SITE|HOSP|GW|GW|20240101120000||ADT^A04^ADT_A01|ST-1|P|2.5.1\rPID|1||ST1^^^HOSP^MR||Doe^Jo\r"
+    try:
+        assert str(send_raw(no_sex, gateway.mllp_port).segment("MSA")[1]) == "AA"
+        assert wait_processed(gateway, 1) == ["failed"]
+        shown = _hl7gw(gateway, "dlq", "list", "--json")
+        (letter,) = json.loads(shown.stdout)["dead_letters"]
+        assert "PID-8 Administrative Sex" in letter["reason"] and "map PID[Patient]" in letter["reason"]
+    finally:
+        gateway.stop()
+
+    (site / "segments" / "PID_Patient.yaml").write_text(shipped)  # the fix
+    restarted = GatewayProcess(data)
+    restarted.env["HL7GW_MAPPINGS_DIR"] = str(site)
+    restarted.start()
+    try:
+        assert _hl7gw(restarted, "dlq", "replay", letter["id"]).returncode == 0
+        patient = find_patient(restarted, "ST1", timeout=30)
+        assert patient["meta"]["versionId"] == "1" and "gender" not in patient
+    finally:
+        restarted.stop()
+
+    # A further site change (every patient's identifiers under the site's own URI), then a reprocess.
+    (site / "tables").mkdir()
+    table = (root / "tables" / "IdentifierSystem.yaml").read_text()
+    (site / "tables" / "IdentifierSystem.yaml").write_text(table + "  HOSP: https://hospital.example.org/sid/mrn\n")
+    third = GatewayProcess(data)
+    third.env["HL7GW_MAPPINGS_DIR"] = str(site)
+    third.start()
+    try:
+        job = _hl7gw(third, "reprocess", "--sender", "SITE|HOSP")
+        assert job.returncode == 0, job.stderr.decode()
+        job_id = job.stdout.decode().split()[1]
+        patient = third.wait_for(
+            "/fhir/Patient?identifier=ST1",
+            lambda b: b.get("total") == 1 and b["entry"][0]["resource"]["meta"]["versionId"] == "2",
+            timeout=60,
+        )["entry"][0]["resource"]
+        assert patient["identifier"][0]["system"] == "https://hospital.example.org/sid/mrn"
+        found = third.wait_for(f"/fhir/Provenance?target=Patient/{patient['id']}", lambda b: b.get("total"), 10)
+        agents = [a for e in found["entry"] for a in e["resource"]["agent"]]
+        assert {"system": "urn:hl7gw:job", "value": job_id} in [a["who"].get("identifier") for a in agents]
+    finally:
+        third.stop()
