@@ -56,6 +56,10 @@ class Keys:
         """Counter of messages whose sender and MSH-10 came before with other content."""
         return f"{self.namespace}:stats:control_id_reused"
 
+    def sender_last_seen(self) -> str:
+        """Hash of sender ("app|facility") -> time (ms) of the last message accepted from it."""
+        return f"{self.namespace}:stats:sender-last-seen"
+
     def parked_letters(self) -> str:
         """Hash of dead letters waiting for the database to answer: letter id -> letter JSON."""
         return f"{self.namespace}:parked-letters"
