@@ -122,8 +122,8 @@ _TEXT_NAMES = {"envelope_id": "envelope", "sender": "sender", "control_id": "con
 
 def make_safe(record: logging.LogRecord) -> None:
     """The record's message and arguments as they may be written (see the module docstring)."""
-    if isinstance(record.msg, BaseException):
-        record.msg = describe(record.msg)
+    if not isinstance(record.msg, str):  # an exception, bytes, a container logged as the message itself
+        record.msg = safe_argument(record.msg)
     if isinstance(record.args, tuple):
         record.args = tuple(safe_argument(arg) for arg in record.args)
     elif isinstance(record.args, dict):

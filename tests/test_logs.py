@@ -104,3 +104,12 @@ def test_httpx_request_lines_go_to_debug(captured: tuple[logging.Logger, io.Stri
         httpx_logger.propagate = True
     text = stream.getvalue()
     assert "Patient/1" not in text and "DEBUG HTTP Request: PUT http://x/fhir/Patient/2" in text
+
+
+def test_a_message_that_is_not_text_is_made_safe_too(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = captured
+    logger.info({"family": PHI})
+    logger.info(PHI.encode())
+    logger.info(KeyError(PHI))
+    text = stream.getvalue()
+    assert PHI not in text and "<dict of 1>" in text and f"<{len(PHI)} bytes>" in text and "KeyError at " in text
