@@ -38,7 +38,7 @@ import orjson
 from gateway import logcontext
 from gateway.errors import describe
 
-#: The text format: today's line, with the message it is about appended (``_Stamp``).
+#: The text format: the line it always was, with the message it is about appended (``Stamp``).
 FORMAT = "%(asctime)s %(levelname)s %(processName)s[%(process)d] %(name)s: %(message)s%(message_context)s"
 
 #: dramatiq's lines for every attempt that failed and every second of a Redis outage (made DEBUG).

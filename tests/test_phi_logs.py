@@ -175,8 +175,9 @@ def test_no_phi_in_any_log_line_at_debug(tmp_path: Path, log_format: str, refusi
         assert len(lines) > 50 and all(line["time"] and line["process"] for line in lines)
         assert any(line["level"] == "DEBUG" and line["message"].startswith("Received message ") for line in lines)
         outcomes = {line.get("outcome") for line in lines}
-    else:  # it really ran at DEBUG
+    else:  # it really ran at DEBUG, and names the messages it is about
         assert " DEBUG " in output and "dramatiq.worker.WorkerThread: Received message " in output
+        assert "accepted ADT^A04 [envelope=" in output and " sender=REG|PHIHOSP control_id=PHI-OK-1]" in output
         outcomes = {"sink-refused" if "not delivered to refuser: RemoteRejected" in output else None}
         outcomes.add("sink-expired" if "not delivered to down: SinkMaxAgeExceeded" in output else None)
         outcomes.add("sink-retry" if "refuser: message " in output and "HTTP 503" in output else None)
