@@ -127,7 +127,8 @@ class ReadinessProbe:
         except redis.RedisError as exc:
             return Check(False, describe(exc)), _unknown(), _unknown(), []
         records = [record for data in found if data and (record := WorkerRecord.decode(data)) is not None]
-        return Check(True), _workers_check(records, self.heartbeat_timeout_ms), _mappings_check(records), records
+        workers = _workers_check(records, len(live), self.heartbeat_timeout_ms)
+        return Check(True), workers, _mappings_check(records), records
 
     def _database_check(self) -> Check:
         missing = _missing_sqlite_file(self.engine)
@@ -159,7 +160,13 @@ def _unknown() -> Check:
     return Check(False, "unknown: Redis not reached")
 
 
-def _workers_check(records: list[WorkerRecord], heartbeat_timeout_ms: int) -> Check:
+def _workers_check(records: list[WorkerRecord], heartbeats: int, heartbeat_timeout_ms: int) -> Check:
+    if not records and heartbeats:
+        return Check(
+            False,
+            f"{heartbeats} heartbeat(s) within {heartbeat_timeout_ms / 1000:g} s but no worker record: processes "
+            "that only queue messages, or workers of a release older than this one",
+        )
     if not records:
         return Check(False, f"no worker heartbeat within {heartbeat_timeout_ms / 1000:g} s")
     return Check(True, f"{len(records)} live")

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from gateway.services.status import _without_password
 from tests.conftest import SAMPLES
 from tests.support.gateway_process import GatewayProcess, clean_env
 
@@ -36,6 +37,29 @@ def test_status_with_nothing_running_is_not_ready(tmp_path: Path) -> None:
     data = json.loads(result.stdout)
     assert data["status"] == "not ready" and data["queues"] is None
     assert data["checks"]["database"] == {"ok": False, "reason": "the SQLite database file is missing"}
+
+
+def test_a_redis_password_is_never_shown(tmp_path: Path) -> None:
+    env = clean_env(HL7GW_DATA_DIR=str(tmp_path / "data"), HL7GW_REDIS_URL="redis://:s3cr3t@127.0.0.1:1/0")
+    for args in ((), ("--json",)):
+        result = status(env, *args)
+        assert result.returncode == 1
+        assert "s3cr3t" not in result.stdout + result.stderr
+        assert "Connection refused" in result.stdout
+    assert json.loads(result.stdout)["redis"] == "redis://:***@127.0.0.1:1/0 (HL7GW_REDIS_URL)"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@host:6380/2", "redis://:***@host:6380/2"),
+        ("rediss://user:pw@host/0", "rediss://user:***@host/0"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ],
+)
+def test_redis_urls_lose_their_password(url: str, shown: str) -> None:
+    assert _without_password(url) == shown
 
 
 @pytest.mark.slow

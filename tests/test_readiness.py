@@ -82,7 +82,9 @@ def test_ready_follows_the_workers_and_redis(tmp_path: Path, own_redis: Embedded
 
     # A process that only queues messages (an API replaying a letter) heartbeats too: not a worker.
     redis.Redis.from_url(own_redis.url).zadd(Keys("ready").heartbeats(), {"enqueuer": int(time.time() * 1000)})
-    assert failed(ready(client)[1]) == {"workers", "mappings"}
+    body = ready(client)[1]
+    assert failed(body) == {"workers", "mappings"}
+    assert body["checks"]["workers"]["reason"].startswith("1 heartbeat(s) within 5 s but no worker record")
 
     with RunningWorker(settings, own_redis.url):
         wait_until(lambda: ready(client)[0] == 200, what="ready with a worker")
