@@ -374,6 +374,22 @@ def cmd_sinks(settings: Settings, _args: argparse.Namespace) -> int:
         return sink_status(engine, sys.stdout)
 
 
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    """The readiness checks, queues, workers, senders and open dead letters; exit 0 ready, 1 not."""
+    from gateway.services.embedded_redis import EmbeddedRedis
+    from gateway.services.status import gather, print_status
+
+    redis_url, found_as = settings.storage.redis_url, " (HL7GW_REDIS_URL)"
+    if redis_url is None:
+        # The embedded Redis of an 'hl7gw run' on this data dir: its pid and port are in data/redis.
+        redis_url, found_as = EmbeddedRedis.running_url(settings.storage.data_dir / "redis"), " (embedded)"
+    status = gather(settings, redis_url, found_as)
+    if redis_url is None:
+        status.problems.append(f"no 'hl7gw run' runs on data dir {settings.storage.data_dir.resolve()}")
+    print_status(status, sys.stdout, args.json)
+    return 0 if status.readiness.ready else 1
+
+
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
     """Bring the database to this release's schema (hl7gw run and every part do it at start too)."""
     from gateway.db.engine import make_engine
@@ -464,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("mllp", help="run only the MLLP listener (needs HL7GW_REDIS_URL)").set_defaults(func=cmd_mllp)
     sub.add_parser("worker", help="run only a worker (needs HL7GW_REDIS_URL)").set_defaults(func=cmd_worker)
     sub.add_parser("api", help="run only the FHIR REST API").set_defaults(func=cmd_api)
+    status = sub.add_parser("status", help="is the gateway ready; queues, workers, senders, dead letters")
+    status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    status.set_defaults(func=cmd_status)
     sub.add_parser("migrate", help="bring the database to this release's schema").set_defaults(func=cmd_migrate)
     dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq.add_parser("list", help="list dead letters, newest first")

@@ -38,6 +38,11 @@ class Keys:
         return f"{self.namespace}:__acks__."
 
     # Ours.
+    def worker_record(self, worker_id: str) -> str:
+        """What a worker (by its heartbeat id) tells readiness probes: its mappings compiled, how
+        many message types; refreshed with its heartbeat and expiring with it (gateway/readiness.py)."""
+        return f"{self.namespace}:worker:{worker_id}"
+
     def sequence(self, sender: str) -> str:
         """Per-sender counter giving each accepted message its order number."""
         return f"{self.namespace}:seq:{sender}"

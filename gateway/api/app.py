@@ -18,6 +18,7 @@ from gateway.api.outcome import install_error_handlers
 from gateway.config import Settings
 from gateway.db.engine import make_engine
 from gateway.db.migrate import migrate
+from gateway.readiness import ReadinessProbe
 from gateway.store.resources import ResourceStore
 
 
@@ -33,10 +34,18 @@ def create_app(
         migrate(engine)
     ensure_admin_token(settings)
     tokens = TokenRegistry.from_settings(settings)
+    readiness = ReadinessProbe(
+        settings.storage.redis_url,
+        settings.storage.redis_namespace,
+        engine,
+        settings.worker.heartbeat_timeout_ms,
+        settings.api.health_check_timeout_s,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        readiness.close()
         if owns_engine:
             engine.dispose()
 
@@ -53,6 +62,8 @@ def create_app(
     app.state.store = ResourceStore(engine)
     app.state.tokens = tokens
     app.state.dry_run = dry_run
+    #: GET /health/ready's checks (gateway/readiness.py).
+    app.state.readiness = readiness
     #: The operator actions (replay, discard, jobs) for /admin; given by the process running the API.
     app.state.desk = desk
     install_error_handlers(app)

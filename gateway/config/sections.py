@@ -129,6 +129,8 @@ class ApiSettings:
     tokens: str | None
     #: /docs, /redoc and /openapi.json without a token.
     public_docs: bool
+    #: Longest wait for each readiness check (gateway/readiness.py).
+    health_check_timeout_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     api_tokens: str | None = None
     # /docs and /openapi.json without a token (they describe the API, not its data).
     public_docs: bool = False
+    # How long each check of GET /health/ready and ``hl7gw status`` may take before it counts as failed.
+    health_check_timeout_s: float = Field(default=1.0, gt=0, le=60)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # text: one readable line per record; json: one JSON object per line, for a log pipeline
@@ -264,7 +266,9 @@ class Settings(BaseSettings):
 
     @functools.cached_property
     def api(self) -> ApiSettings:
-        return ApiSettings(self.http_host, self.http_port, self.api_tokens, self.public_docs)
+        return ApiSettings(
+            self.http_host, self.http_port, self.api_tokens, self.public_docs, self.health_check_timeout_s
+        )
 
     @functools.cached_property
     def logging(self) -> LoggingSettings:

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.db.bulk import BulkInsert
@@ -199,6 +199,12 @@ class DeadLetterStore:
         with self.engine.connect() as conn:
             row = conn.execute(select(dead_letter).where(dead_letter.c.id == letter_id)).first()
         return _row(row) if row is not None else None
+
+    def count_open(self) -> int:
+        """How many letters wait for an operator (``hl7gw status``)."""
+        query = select(func.count()).select_from(dead_letter).where(dead_letter.c.status == "open")
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def mark_replayed(self, letter_id: str, envelope_id: str, who: str, note: str = "") -> bool:
         """An open letter becomes ``replayed``, linked to the envelope its replay queued; False when

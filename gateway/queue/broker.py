@@ -187,7 +187,9 @@ class RedisHealth(Protocol):
 class QueueMaintenance(threading.Thread):
     """Every ``interval`` seconds: heartbeat for this process's broker, give dead peers' messages
     back, and move parked dead letters to the database (``move_parked``). A Redis failure here is
-    reported to ``redis_gate``, which logs the outage once and probes until Redis answers."""
+    reported to ``redis_gate``, which logs the outage once and probes until Redis answers.
+    ``record`` (a worker's: its mappings compiled) is written next to the heartbeat and expires
+    with it, so that readiness probes tell workers from other processes that queue messages."""
 
     def __init__(
         self,
@@ -196,20 +198,26 @@ class QueueMaintenance(threading.Thread):
         *,
         redis_gate: RedisHealth | None = None,
         move_parked: Callable[[], object] | None = None,
+        record: bytes | None = None,
     ):
         super().__init__(name="hl7gw-queue-maintenance", daemon=True)
         self.broker = broker
         self.interval = interval
         self.redis_gate = redis_gate
         self.move_parked = move_parked
+        self.record = record
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        heartbeats = Keys(self.broker.namespace).heartbeats()
+        keys = Keys(self.broker.namespace)
+        heartbeats = keys.heartbeats()
         while not self._stop_event.is_set():
             if self.redis_gate is None or self.redis_gate.is_open:
                 try:
                     self.broker.client.zadd(heartbeats, {self.broker.broker_id: int(time.time() * 1000)})
+                    if self.record is not None:
+                        worker = keys.worker_record(self.broker.broker_id)
+                        self.broker.client.set(worker, self.record, px=self.broker.heartbeat_timeout)
                     # Every queue: the pipeline's and each remote sink's (their delay queues too).
                     for queue in sorted(q for q in self.broker.get_declared_queues() if not q.endswith(".DQ")):
                         requeue_orphans(self.broker, queue)

@@ -7,6 +7,8 @@ import dataclasses
 import functools
 import gc
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +35,7 @@ from gateway.journal.messages import MessageArchive
 from gateway.keys import ACTOR, QUEUE, REPLAY_ACTOR, REPLAY_QUEUE, Keys
 from gateway.mllp.triage import Triage
 from gateway.queue.broker import GatewayBroker, QueueMaintenance, make_broker
+from gateway.readiness import WorkerRecord
 from gateway.services.failures import FailurePolicy, LetterFor, envelope_letter, reason_of
 from gateway.services.jobs import JobRunner
 from gateway.services.letters import LetterBox
@@ -168,6 +171,11 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def worker_record(converter: Converter) -> bytes:
+    """What this worker tells readiness probes (gateway/readiness.py WorkerRecord): no PHI, no secret."""
+    return WorkerRecord(os.getpid(), socket.gethostname(), len(converter.plans), int(time.time() * 1000)).encode()
+
+
 def run_worker(
     settings: Settings, redis_url: str, stop: threading.Event, ready: Callable[[], None] | None = None
 ) -> None:
@@ -192,7 +200,13 @@ def run_worker(
         dramatiq.Worker(broker, queues={spec.queue}, worker_threads=spec.concurrency, worker_timeout=500)
         for spec in settings.sinks.specs
     ]
-    maintenance = QueueMaintenance(broker, redis_gate=outages.gates["redis"], move_parked=letters.move_parked)
+    maintenance = QueueMaintenance(
+        broker,
+        redis_gate=outages.gates["redis"],
+        move_parked=letters.move_parked,
+        # Heartbeats start only now, with the mappings compiled: readiness reads this next to them.
+        record=worker_record(pipeline.converter),
+    )
     jobs = JobRunner(
         engine,
         enqueue_on(broker, REPLAY_QUEUE, REPLAY_ACTOR),
