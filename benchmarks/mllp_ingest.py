@@ -2,6 +2,7 @@
 minimal echo-ACK server with no storage, in one run on this machine, with the same client.
 
     python benchmarks/mllp_ingest.py [--connections 20] [--messages 500] [--window 1] [--rate 1000]
+                                     [--log-level WARNING] [--log-format text]
 
 The gateway side is the real ``hl7gw mllp`` process committing to an embedded redis-server with
 ``appendfsync always``. The baseline is what a minimal real MLLP server does without storage: it
@@ -12,6 +13,8 @@ connection keeps at most ``--window``
 messages unacknowledged (1: the usual MLLP exchange, send and wait) and checks every MSA-2
 against the MSH-10 it sent, in order. The latency run offers ``--rate`` messages/s in total, each
 connection's sends evenly spaced and the connections staggered (not all in one burst).
+``--log-level INFO`` (the gateway's default) writes the listener's line per message to a file, as
+a deployment would: run it beside the default WARNING to see what the log costs.
 """
 
 from __future__ import annotations
@@ -189,6 +192,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=1, help="unacknowledged messages per connection")
     parser.add_argument("--rate", type=float, default=1000, help="total msg/s for the latency run (0: skip)")
     parser.add_argument("--seconds", type=float, default=10, help="length of the latency run")
+    parser.add_argument("--log-level", default="WARNING", help="HL7GW_LOG_LEVEL (INFO: a line per message)")
+    parser.add_argument("--log-format", default="text", choices=("text", "json"), help="HL7GW_LOG_FORMAT")
     args = parser.parse_args()
     run = asyncio.run
 
@@ -198,9 +203,14 @@ def main() -> None:
         gw_port, echo_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_")}
         env.update(
-            HL7GW_REDIS_URL=redis_url, HL7GW_MLLP_PORT=str(gw_port), HL7GW_LOG_LEVEL="WARNING", HL7GW_DATA_DIR=tmp
+            HL7GW_REDIS_URL=redis_url,
+            HL7GW_MLLP_PORT=str(gw_port),
+            HL7GW_LOG_LEVEL=args.log_level,
+            HL7GW_LOG_FORMAT=args.log_format,
+            HL7GW_DATA_DIR=tmp,
         )
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "mllp"], env=env, cwd=ROOT)
+        log_file = open(Path(tmp) / "mllp.log", "ab")  # noqa: SIM115 - open for the gateway's lifetime
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "mllp"], env=env, cwd=ROOT, stderr=log_file)
         echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(echo_port)])
         try:
             wait_port(gw_port)
@@ -212,6 +222,7 @@ def main() -> None:
                 flush=True,
             )
             print("event loop: asyncio's own (stdlib) in the echo server, in hl7gw mllp and in the client", flush=True)
+            print(f"hl7gw mllp logs at {args.log_level} as {args.log_format}, to a file", flush=True)
             run(run_clients(echo_port, 4, 100, args.window, None))  # warm up both
             run(run_clients(gw_port, 4, 100, args.window, None))
             redis_pid = int(redis_server.pidfile.read_text())
@@ -237,6 +248,9 @@ def main() -> None:
             echo.terminate()
             gateway.wait(30)
             echo.wait(30)
+            log_file.close()
+            lines = (Path(tmp) / "mllp.log").read_bytes().count(b"\n")
+            print(f"hl7gw mllp wrote {lines} log line(s)")
             redis_server.stop()
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import logs
 from gateway.config import Settings, load_settings, unknown_variables
 from gateway.errors import ConfigError
-from gateway.procutil import signal_ready, supervised
+from gateway.procutil import process_name, signal_ready, supervised
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-        logs.setup(settings.logging.level)
+        logs.setup(settings.logging.level, settings.logging.format, process_name(args.command))
         if not supervised():  # the supervisor warned already; its children would repeat it
             for name, suggestion in unknown_variables(os.environ):
                 hint = f" (did you mean {suggestion}?)" if suggestion else ""

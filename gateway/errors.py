@@ -110,9 +110,17 @@ class MappingError(GatewayError):
 
 
 class ValidationError(GatewayError):
-    """The FHIR produced does not validate."""
+    """The FHIR produced does not validate. ``safe``: the text for logs when the message (kept in
+    the dead letter, for operators) quotes something a mapping may have taken from the data."""
 
     stage: str = Stage.VALIDATE
+
+    def __init__(self, message: str, *, safe: str | None = None):
+        super().__init__(message)
+        self.safe = safe
+
+    def safe_text(self) -> str:
+        return self.safe if self.safe is not None else str(self)
 
 
 class DeliveryError(GatewayError):

@@ -8,6 +8,8 @@ import signal
 
 #: Set by ``hl7gw run`` for each child: the file descriptor to write to once the child is ready.
 READY_FD = "HL7GW_READY_FD"
+#: Set by ``hl7gw run`` for each child: its name in the logs (mllp, worker-0, api).
+PROCESS_NAME = "HL7GW_PROCESS_NAME"
 
 _PR_SET_PDEATHSIG = 1
 
@@ -36,3 +38,10 @@ def signal_ready() -> None:
         os.close(int(fd))
     except (OSError, ValueError):
         pass
+
+
+def process_name(command: str) -> str:
+    """This process's name in the logs: the one ``hl7gw run`` gave it, else what ``command`` makes
+    it (``run``: the supervisor)."""
+    given = os.environ.get(PROCESS_NAME, "")
+    return given[:32] if given else ("supervisor" if command == "run" else command)

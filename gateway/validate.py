@@ -79,19 +79,33 @@ def _model_problem(resource: dict[str, Any]) -> str | None:
     try:
         model.model_validate(resource)
     except pydantic.ValidationError as exc:
-        problems = []
-        for err in exc.errors()[:5]:
-            location = ".".join(str(p) for p in err["loc"]) or "(resource)"
-            # pydantic's own messages describe the rule, not the input; a validator's words
-            # (value_error, assertion_error) may quote the value, so they are left out.
-            message = "invalid value" if err["type"] in _QUOTING_ERRORS else err["msg"]
-            problems.append(f"{location}: {message}")
-        return "; ".join(problems)
+        return pydantic_problems(exc)
     except (TypeError, ValueError) as exc:  # fhir.resources raises these for some malformed input
         return f"the R4B model refused it ({type(exc).__name__})"
     return None
 
 
+def pydantic_problems(exc: pydantic.ValidationError) -> str:
+    """The first problems pydantic found, by element and rule, never by value: pydantic's own
+    messages describe the rule; a validator's words (value_error, assertion_error) may quote the
+    value, so they are left out, and so is a key that is no element name."""
+    problems = []
+    for err in exc.errors()[:5]:
+        location = ".".join(_element_name(p) for p in err["loc"]) or "(resource)"
+        message = "invalid value" if err["type"] in _QUOTING_ERRORS else err["msg"]
+        problems.append(f"{location}: {message}")
+    return "; ".join(problems)
+
+
+def _element_name(part: object) -> str:
+    """A part of an element's location as it may be written: a list index, or a name as FHIR's are
+    (letters and digits); anything else, which only data could have made, as "?"."""
+    if isinstance(part, int) or (isinstance(part, str) and _ELEMENT_NAME.match(part)):
+        return str(part)
+    return "?"
+
+
+_ELEMENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 #: pydantic error types whose message is a validator's own text (which may quote the input).
 _QUOTING_ERRORS = frozenset({"value_error", "assertion_error", "assertion_failed"})
 
@@ -256,7 +270,8 @@ def validate_bundle(bundle: dict[str, Any]) -> None:
             url = request.get("url")
             m = _RELATIVE_REFERENCE.match(url) if isinstance(url, str) else None
             if m is None or not isinstance(url, str) or m.group(3) or not is_resource_type(m.group(1)):
-                raise ValidationError(f"Bundle.entry[{n}].request: DELETE needs a url Type/id, not {url!r}")
+                where = f"Bundle.entry[{n}].request: DELETE needs a url Type/id"
+                raise ValidationError(f"{where}, not {url!r}", safe=where)
             if url in local:
                 raise ValidationError(f"{url} appears twice in the bundle (Bundle.entry[{n}])")
             local.add(url)
@@ -283,4 +298,8 @@ def validate_bundle(bundle: dict[str, Any]) -> None:
             problem = _check_reference(reference, local, full_urls)
             if problem is not None:
                 where = next(w for w, r in _references(resource, "") if r == reference)
-                raise ValidationError(f"{name}: the reference at {where} {problem}")
+                # The log's text leaves out what the reference names: a mapping may build one from data.
+                safe = "names no FHIR resource type" if problem.startswith("names '") else problem
+                raise ValidationError(
+                    f"{name}: the reference at {where} {problem}", safe=f"{name}: the reference at {where} {safe}"
+                )

@@ -21,6 +21,7 @@ STAGES = ("mllp", "queue", "convert", "validate", "deliver", "api")
 LIBRARIES = frozenset(
     {"errors", "stages", "keys", "envelope", "config", "sinkspec", "logs", "procutil", "lru", "shapecheck", "fhirjson"}
     | {"backlog"}
+    | {"logcontext"}
     | {"readiness"}
     | {"hl7"}
     | {"db", "store", "journal"}

@@ -39,6 +39,7 @@ def test_worker_processes_default_to_the_cores_at_most_four(monkeypatch: pytest.
         ("HL7GW_API_TOKENS", "no-role-here"),
         ("HL7GW_WORKER_THREADS", "0"),
         ("HL7GW_LOG_LEVEL", "VERBOSE"),
+        ("HL7GW_LOG_FORMAT", "xml"),
         ("HL7GW_OUTAGE_MAX_BACKOFF_S", "0"),
     ],
 )
@@ -67,6 +68,13 @@ def test_tokens() -> None:
 def test_log_level_is_a_setting_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HL7GW_LOG_LEVEL", "debug")
     assert load_settings().log_level == "DEBUG"
+
+
+def test_log_format_is_text_unless_json_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HL7GW_LOG_FORMAT", raising=False)
+    assert load_settings().logging.format == "text"
+    monkeypatch.setenv("HL7GW_LOG_FORMAT", " JSON ")
+    assert load_settings().logging.format == "json"
 
 
 def test_misspelt_variables_are_named_with_the_closest_setting() -> None:

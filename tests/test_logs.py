@@ -85,3 +85,31 @@ def test_dramatiq_attempt_noise_goes_to_debug(captured: tuple[logging.Logger, io
         dramatiq_logger.handlers[:] = []
         dramatiq_logger.propagate = True
     assert "connection error" not in stream.getvalue() and "WARNING something else" in stream.getvalue()
+
+
+def test_httpx_request_lines_go_to_debug(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = captured
+    httpx_logger = logging.getLogger("httpx")
+    httpx_logger.handlers[:] = list(logger.handlers)
+    httpx_logger.propagate = False
+    previous = logging.getLogger().level
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        httpx_logger.info('HTTP Request: %s %s "%s %d %s"', "PUT", "http://x/fhir/Patient/1", "HTTP/1.1", 201, "OK")
+        logging.getLogger().setLevel(logging.DEBUG)
+        httpx_logger.info('HTTP Request: %s %s "%s %d %s"', "PUT", "http://x/fhir/Patient/2", "HTTP/1.1", 201, "OK")
+    finally:
+        logging.getLogger().setLevel(previous)
+        httpx_logger.handlers[:] = []
+        httpx_logger.propagate = True
+    text = stream.getvalue()
+    assert "Patient/1" not in text and "DEBUG HTTP Request: PUT http://x/fhir/Patient/2" in text
+
+
+def test_a_message_that_is_not_text_is_made_safe_too(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = captured
+    logger.info({"family": PHI})
+    logger.info(PHI.encode())
+    logger.info(KeyError(PHI))
+    text = stream.getvalue()
+    assert PHI not in text and "<dict of 1>" in text and f"<{len(PHI)} bytes>" in text and "KeyError at " in text

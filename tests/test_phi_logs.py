@@ -1,7 +1,9 @@
-"""No patient data in any log line: ``hl7gw run`` at DEBUG, messages full of distinctive PHI through
-every path (stored, dead-lettered at each stage, refused at intake, searched for over the API), and
-not one of the values appears in the output: plain, HL7-escaped, as Python would repr it, or inside
-anything base64 (dramatiq's own log lines used to carry whole envelopes, raw message included).
+"""No patient data in any log line: ``hl7gw run`` at DEBUG, in both log formats, messages full of
+distinctive PHI through every path (stored, dead-lettered at each stage, refused at intake, sent to
+a remote FHIR server that refuses them quoting the data back, and to one that is down, searched for
+over the API), and not one of the values appears in the output: plain, HL7-escaped, as Python
+would repr it, or inside anything base64 (dramatiq's own log lines used to carry whole envelopes,
+raw message included).
 """
 
 from __future__ import annotations
@@ -9,16 +11,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import http.server
 import re
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import func, select
 
 from gateway.db.engine import make_engine
-from gateway.db.schema import message_archive
+from gateway.db.schema import dead_letter, message_archive
 from gateway.mllp.client import send_messages
+from gateway.services.embedded_redis import free_port
 from tests.support.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.slow
@@ -96,11 +103,53 @@ def decoded_base64_runs(text: str) -> list[bytes]:
     return out
 
 
-def test_no_phi_in_any_log_line_at_debug(tmp_path: Path) -> None:
+class _Refuser(http.server.BaseHTTPRequestHandler):
+    """A remote FHIR server that refuses everything, quoting the patient data back: first a 503
+    (retried), then 422 (a dead letter), each with an OperationOutcome naming the values."""
+
+    answered = 0
+
+    def do_PUT(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).answered += 1
+        status = 503 if type(self).answered == 1 else 422
+        issue = {"severity": "error", "code": "invalid", "diagnostics": f"Patient {' '.join(PHI)} is not welcome"}
+        body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [issue]})
+        self.send_response(status)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Retry-After", "0")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_PUT  # noqa: N815
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet, it is not the gateway's log
+        pass
+
+
+@pytest.fixture
+def refusing_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refuser)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/fhir"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_no_phi_in_any_log_line_at_debug(tmp_path: Path, log_format: str, refusing_server: str) -> None:
     gateway = GatewayProcess(tmp_path / "data")
     gateway.env["HL7GW_LOG_LEVEL"] = "DEBUG"
+    gateway.env["HL7GW_LOG_FORMAT"] = log_format
     # The NTE after PV1 fits nowhere in ADT_A01: noted (not refused), so that the message is stored.
     gateway.env["HL7GW_UNPLACED_SEGMENTS"] = "note"
+    # Two remote sinks: one refuses quoting the data, one is down (nothing listens) until the
+    # messages are too old for it: both end in dead letters whose reasons the log must not repeat.
+    down = f"http://127.0.0.1:{free_port()}/fhir"
+    gateway.env["HL7GW_FHIR_SINKS"] = f"refuser={refusing_server};mode=put;timeout=2,down={down};mode=put;timeout=2"
+    gateway.env.update(HL7GW_SINK_MAX_AGE_S="3", HL7GW_SINK_MAX_BACKOFF_S="1", HL7GW_WORKER_PROCESSES="1")
     gateway.start()
     try:
         sent = messages()
@@ -109,6 +158,7 @@ def test_no_phi_in_any_log_line_at_debug(tmp_path: Path) -> None:
         assert codes[:4] == ["AA", "AA", "AA", "AA"], codes
         assert codes[4:6] == ["AR", "AR"], codes  # the others: AA (unreadable bits become dead letters) or AR
         _wait_until_handled(gateway, 5)  # stored, reused control id, no PID; and the kept rejections
+        _wait_for_sink_letters(gateway, 4)  # the two stored messages, at each sink
         with gateway.client() as client:  # PHI in query strings and paths reaches the API too
             found = client.get("/fhir/Patient", params={"family": "Quixbartley", "birthdate": "1931-04-17"}).json()
             assert found["total"] == 1
@@ -120,7 +170,18 @@ def test_no_phi_in_any_log_line_at_debug(tmp_path: Path) -> None:
         gateway.stop()
     output = gateway.log_path.read_bytes().decode("utf-8", errors="replace")
 
-    assert " DEBUG " in output and "dramatiq.worker.WorkerThread: Received message " in output  # it really ran at DEBUG
+    if log_format == "json":
+        lines = [orjson.loads(line) for line in output.split("\n") if line.startswith("{")]
+        assert len(lines) > 50 and all(line["time"] and line["process"] for line in lines)
+        assert any(line["level"] == "DEBUG" and line["message"].startswith("Received message ") for line in lines)
+        outcomes = {line.get("outcome") for line in lines}
+    else:  # it really ran at DEBUG, and names the messages it is about
+        assert " DEBUG " in output and "dramatiq.worker.WorkerThread: Received message " in output
+        assert "accepted ADT^A04 [envelope=" in output and " sender=REG|PHIHOSP control_id=PHI-OK-1]" in output
+        outcomes = {"sink-refused" if "not delivered to refuser: RemoteRejected" in output else None}
+        outcomes.add("sink-expired" if "not delivered to down: SinkMaxAgeExceeded" in output else None)
+        outcomes.add("sink-retry" if "refuser: message " in output and "HTTP 503" in output else None)
+    assert {"sink-refused", "sink-expired", "sink-retry"} <= outcomes  # the remote paths ran
     assert "dead letter" in output and "PHI-NOPID" in output  # control ids may be named
     lowered = output.lower()
     leaks = sorted({value for value in PHI for form in forms(value) if form.lower() in lowered})
@@ -145,5 +206,24 @@ def _wait_until_handled(gateway: GatewayProcess, at_least: int, timeout: float =
                 return
             time.sleep(0.1)
         raise AssertionError(f"{done} handled after {timeout}s\n{gateway.log()}")
+    finally:
+        engine.dispose()
+
+
+def _wait_for_sink_letters(gateway: GatewayProcess, at_least: int, timeout: float = 60.0) -> None:
+    """Until ``at_least`` dead letters of remote sinks are written."""
+    engine = make_engine(f"sqlite:///{gateway.data_dir / 'hl7gw.sqlite3'}")
+    try:
+        deadline = time.monotonic() + timeout
+        found = 0
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                query = select(func.count()).where(dead_letter.c.stage.startswith("deliver:"))
+                found = conn.execute(query).scalar_one()
+            if found >= at_least:
+                time.sleep(1.0)  # let the last log lines be written
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{found} sink dead letters after {timeout}s\n{gateway.log()}")
     finally:
         engine.dispose()

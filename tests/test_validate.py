@@ -5,10 +5,13 @@ from __future__ import annotations
 import copy
 import time
 
+import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import validate
-from gateway.errors import ValidationError
+from gateway.errors import StageCrash, ValidationError, describe
 from gateway.lru import LRU
 from gateway.shapecheck import Walk
 from gateway.validate import validate_bundle
@@ -203,3 +206,108 @@ def test_cache_is_bounded() -> None:
     lru.put(b"new", "problem")
     assert lru.get(bytes([3])) == (False, None)  # least recently used went first
     assert lru.get(bytes([2])) == (True, None)
+
+
+#: Primitive elements of a Patient whose check a value can fail, each given the PHI text.
+_PHI_ELEMENTS = [
+    ("birthDate",),
+    ("deceasedDateTime",),
+    ("multipleBirthInteger",),
+    ("active",),
+    ("meta", "lastUpdated"),
+    ("meta", "versionId"),
+    ("address", 0, "period", "start"),
+    ("telecom", 0, "rank"),
+    ("maritalStatus", "coding", 0, "code"),
+    ("extension", 0, "valueDecimal"),
+    ("photo", 0, "size"),
+    ("managingOrganization",),
+]
+
+
+def _put(resource: dict, path: tuple, value: object) -> None:
+    node: object = resource
+    for key, following in zip(path, path[1:]):
+        default: object = [] if isinstance(following, int) else {}
+        if isinstance(key, int):
+            assert isinstance(node, list)
+            while len(node) <= key:
+                node.append(default)
+            node = node[key]
+        else:
+            assert isinstance(node, dict)
+            node = node.setdefault(key, default)
+    assert isinstance(node, (dict, list))
+    if isinstance(node, list):
+        node.append(value)
+    else:
+        node[path[-1]] = value
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    words=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30).map(lambda t: f"PHI{t}9  Z"),
+    element=st.sampled_from(_PHI_ELEMENTS),
+)
+def test_what_the_model_refuses_is_named_by_its_place_not_its_value(words: str, element: tuple) -> None:
+    base = copy.deepcopy(converter().convert(sample_message("v2-to-fhir-ig/ORU_R01.hl7")))
+    patient = _resource(base, "Patient")
+    _put(patient, element, words)
+    try:
+        validate_bundle(base)
+    except ValidationError as exc:
+        assert words not in exc.safe_text() and words not in describe(exc)
+        assert words not in str(exc)  # pydantic's texts name rules; the validators' words are left out
+    else:
+        raise AssertionError(f"{element} = {words!r} passed")
+
+
+def test_data_in_an_element_name_or_a_reference_stays_out_of_the_log_text(bundle: dict) -> None:
+    _resource(bundle, "Patient")["Quixbartley Zenobiah"] = "x"
+    with pytest.raises(ValidationError, match=r"\?: Extra inputs are not permitted") as caught:
+        validate_bundle(bundle)
+    assert "Quixbartley" not in str(caught.value)
+    bundle = copy.deepcopy(converter().convert(sample_message("v2-to-fhir-ig/ORU_R01.hl7")))
+    _resource(bundle, "Observation")["subject"] = {"reference": "Quixbartley/123"}
+    with pytest.raises(ValidationError) as refused:
+        validate_bundle(bundle)
+    # The dead letter's reason says what it names, for the operator; the log's text does not.
+    assert "names 'Quixbartley'" in str(refused.value)
+    assert "Quixbartley" not in refused.value.safe_text() and "Quixbartley" not in describe(refused.value)
+    assert refused.value.safe_text().endswith("the reference at subject.reference names no FHIR resource type")
+
+
+class _Quoting(pydantic.BaseModel):
+    """A model whose validators quote what they refuse, as a library's may."""
+
+    given: str
+    count: int
+
+    @pydantic.field_validator("given")
+    @classmethod
+    def _no_digits(cls, value: str) -> str:
+        if any(c.isdigit() for c in value):
+            raise ValueError(f"{value!r} has digits")
+        assert value.strip(), f"{value!r} is blank"
+        return value
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(alphabet="QuixbartleyZ ", max_size=20).map(lambda t: f"PHI{t}7"), st.booleans())
+def test_a_validators_words_are_left_out_and_the_rules_kept(words: str, extra: bool) -> None:
+    data: dict[str, object] = {"given": words, "count": words}
+    if extra:
+        data = {"given": f" 0{words}", "count": 1}
+    with pytest.raises(pydantic.ValidationError) as caught:
+        _Quoting.model_validate(data)
+    assert words in str(caught.value)  # pydantic's own text quotes the input
+    text = validate.pydantic_problems(caught.value)
+    assert words not in text and "given: invalid value" in text
+    assert extra or "count: Input should be a valid integer" in text
+
+
+def test_a_pydantic_error_that_escapes_is_described_by_type_and_place() -> None:
+    with pytest.raises(pydantic.ValidationError) as caught:
+        _Quoting.model_validate({"given": "Quixbartley 1931", "count": "Zenobiah"})
+    for text in (describe(caught.value), describe(StageCrash("convert", caught.value))):
+        assert text.startswith("ValidationError at ") and "Quixbartley" not in text and "Zenobiah" not in text

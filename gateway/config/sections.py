@@ -136,3 +136,5 @@ class ApiSettings:
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str
+    #: "text" or "json" (gateway/logs.py).
+    format: str = "text"

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     health_check_timeout_s: float = Field(default=1.0, gt=0, le=60)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # text: one readable line per record; json: one JSON object per line, for a log pipeline
+    # (docs/observability.md, Logs). Both carry the message's envelope id, sender and control id.
+    log_format: Literal["text", "json"] = "text"
 
     # Worker tuning. A worker process converts on one core (the GIL), so by default there is one
     # per core, at most 4 (more only help with PostgreSQL on a bigger machine). Its threads mostly
@@ -133,6 +136,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("default_tz")
     @classmethod
@@ -264,12 +272,12 @@ class Settings(BaseSettings):
 
     @functools.cached_property
     def logging(self) -> LoggingSettings:
-        return LoggingSettings(self.log_level)
+        return LoggingSettings(self.log_level, self.log_format)
 
 
 #: HL7GW_* variables that are not settings but are read elsewhere: the test suite's database, and
 #: what ``hl7gw run`` hands its children.
-OTHER_VARIABLES = frozenset({"HL7GW_TEST_DATABASE_URL", "HL7GW_READY_FD"})
+OTHER_VARIABLES = frozenset({"HL7GW_TEST_DATABASE_URL", "HL7GW_READY_FD", "HL7GW_PROCESS_NAME"})
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

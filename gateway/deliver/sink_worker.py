@@ -11,6 +11,10 @@ For each queued message (gateway/deliver/fanout.py):
 5. sent: success marks it delivered; a timeout, 5xx or 429 counts against the breaker and
    retries after an exponential backoff with full jitter (at least the server's Retry-After);
    a 4xx is final: a dead letter with the server's OperationOutcome.
+
+One log line per outcome, not per attempt (the worker's log context names the message): delivered,
+superseded, a dead letter; of the retries only the first failure is INFO (it says the message
+waits), the later ones and the breaker's holds are DEBUG.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class SinkWorker:
         """Process one queued message; returns what happened (for logs and tests)."""
         state = self.states.get(message.message_id, self.spec.name)
         if state is not None and state.status != PENDING:
+            log.debug("%s: already %s (queued twice)", self.spec.name, state.status, extra=self._fields("duplicate"))
             return "duplicate"
         deadline = message.received_at + self.max_age_ms
         if _now_ms() >= deadline:
@@ -81,10 +86,12 @@ class SinkWorker:
         bundle = self._current(message)
         if not bundle["entry"]:  # every entry is older than what the store holds: nothing to send
             self.states.delivered(message.message_id, self.spec.name)
+            log.info("%s: nothing to send, newer data replaced it", self.spec.name, extra=self._fields("superseded"))
             return "superseded"
         wait = self.breaker.wait_ms()
         if wait > 0:
             self._later(message, wait + self.rng.randint(0, max(1_000, wait // 2)), deadline)
+            log.debug("%s: circuit breaker open, again in %d ms", self.spec.name, wait, extra=self._fields("held"))
             return "breaker-open"
         try:
             self.remote.send(bundle)
@@ -96,19 +103,32 @@ class SinkWorker:
             failures = self.breaker.failure(str(exc))
             delay = self._backoff_ms(message.attempts, exc.retry_after)
             self.states.attempted(message.message_id, self.spec.name, str(exc), _now_ms() + delay)
-            log.info(
-                "%s: message %s, attempt %d failed (%d in a row): %s",
+            log.log(
+                logging.INFO if message.attempts == 0 else logging.DEBUG,
+                "%s: message %s, attempt %d failed (%d in a row): %s; again in %.1f s",
                 self.spec.name,
                 message.message_id,
                 message.attempts + 1,
                 failures,
                 describe(exc),
+                delay / 1000,
+                extra=self._fields("sink-retry", attempt=message.attempts + 1),
             )
             self._later(message.next_attempt(), delay, deadline)
             return "retry"
         self.breaker.success()
         self.states.delivered(message.message_id, self.spec.name)
+        log.info(
+            "delivered to %s after %d attempt(s)",
+            self.spec.name,
+            message.attempts + 1,
+            extra=self._fields("delivered", attempt=message.attempts + 1),
+        )
         return "delivered"
+
+    def _fields(self, outcome: str, **more: object) -> dict[str, object]:
+        """The structured fields of a delivery line (docs/observability.md, Logs)."""
+        return {"outcome": outcome, "sink": self.spec.name, **more}
 
     def _why(self, state: DeliveryState | None) -> str:
         if state is not None and state.last_error:
@@ -151,6 +171,11 @@ class SinkWorker:
             message.sender or "?",
             self.spec.name,
             error_type,
+            extra=self._fields(
+                "sink-expired" if error_type == "SinkMaxAgeExceeded" else "sink-refused",
+                dead_letter_id=letter.id,
+                error_type=error_type,
+            ),
         )
 
     def letter(self, message: SinkMessage, reason: str, error_type: str, *, attempted: bool) -> Letter:

@@ -14,11 +14,13 @@ import time
 from collections import deque
 from typing import Protocol
 
+from gateway import logcontext
 from gateway.hl7.ack import AckError
 from gateway.mllp.framing import COMMIT_ACK, COMMIT_NAK, FrameDecoder, FrameTooLarge, FramingError
 from gateway.mllp.limits import Limits, ListenerStats
 from gateway.mllp.profiles import Profiles
 from gateway.mllp.triage import Judgement, Triage
+from gateway.queue.entry import new_envelope_id
 from gateway.queue.intake import Intake, Receipt
 
 
@@ -44,18 +46,23 @@ log = logging.getLogger(__name__)
 
 
 class _Slot:
-    """One frame waiting for its commit; ``reply`` is set (maybe to b"") once the outcome is known."""
+    """One frame waiting for its commit; ``reply`` is set (maybe to b"") once the outcome is known.
+    Its outcome is settled with the message named in the log context (gateway/logcontext.py)."""
 
-    __slots__ = ("conn", "judgement", "reply")
+    __slots__ = ("conn", "envelope_id", "judgement", "reply")
 
-    def __init__(self, conn: MllpConnection, judgement: Judgement):
+    def __init__(self, conn: MllpConnection, judgement: Judgement, envelope_id: str):
         self.conn = conn
         self.judgement = judgement
+        self.envelope_id = envelope_id
         self.reply: bytes | None = None
 
     def __call__(self, receipt: Receipt | None, error: BaseException | None) -> None:
-        conn = self.conn
-        self.reply = conn.server.settle(self.judgement, receipt, error)
+        conn, judgement = self.conn, self.judgement
+        # A duplicate or a failed commit keeps nothing: its envelope id names nothing to follow.
+        kept = error is None and not (receipt is not None and receipt.duplicate)
+        with logcontext.message_context(self.envelope_id if kept else "", judgement.sender, judgement.control_id):
+            self.reply = conn.server.settle(judgement, receipt, error)
         conn.server.ready(conn)
 
 
@@ -154,15 +161,19 @@ class MllpConnection(asyncio.Protocol):
     def _submit(self, raw: bytes, judgement: Judgement) -> None:
         if not self.slots:
             self.lane = self.server.intake.pick_lane()
-        slot = _Slot(self, judgement)
+        envelope_id = new_envelope_id()
+        slot = _Slot(self, judgement, envelope_id)
         self.slots.append(slot)
-        self.server.intake.receive(judgement.received(raw, self.peer), slot, self.lane)
+        with logcontext.message_context(envelope_id, judgement.sender, judgement.control_id):
+            self.server.intake.receive(judgement.received(raw, self.peer), slot, self.lane, envelope_id)
 
     def _keep(self, raw: bytes, why: str) -> None:
         """Keep bytes that cannot be answered (an unfinished frame) where operators see them."""
         verdict = self.server.triage.kept(raw, AckError("100", why))
-        log.warning("%s: %s; %d byte(s) kept as a dead letter", self.peer, why, len(raw))
-        self.server.intake.receive(verdict.received(raw, self.peer), _log_failure, self.lane)
+        envelope_id = new_envelope_id()
+        with logcontext.message_context(envelope_id, verdict.sender, verdict.control_id):
+            log.warning("%s: %s; %d byte(s) kept as a dead letter", self.peer, why, len(raw))
+            self.server.intake.receive(verdict.received(raw, self.peer), _log_failure, self.lane, envelope_id)
 
     def _framing_problem(self, problem: FramingError) -> None:
         """Answer the broken frame when it can be answered, then close: the stream is out of step."""

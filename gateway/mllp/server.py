@@ -23,6 +23,9 @@ from gateway.mllp.triage import Judgement, Triage
 from gateway.queue.intake import Intake, Receipt
 
 log = logging.getLogger(__name__)
+#: The ``outcome`` field of each intake line (docs/observability.md, Logs).
+_ACCEPTED, _DUPLICATE, _REJECTED = {"outcome": "accepted"}, {"outcome": "duplicate"}, {"outcome": "rejected"}
+_ACK_KEPT, _REFUSED = {"outcome": "ack-kept"}, {"outcome": "not-accepted"}
 
 
 class MllpServer:
@@ -131,16 +134,21 @@ class MllpServer:
         self._closed.set()
 
     def settle(self, judgement: Judgement, receipt: Receipt | None, error: BaseException | None) -> bytes:
-        """Count the outcome of one frame and return its answer bytes."""
+        """Count the outcome of one frame, log it (one line, naming the message: the connection set
+        the log context), and return its answer bytes."""
         stats = self.stats
         kind = judgement.kind
         if error is not None:
             stats.storage_failures += 1
+            log.info("not accepted: the queue did not take it (%s)", error, extra=_REFUSED)
         elif kind == Kind.MESSAGE:
             if receipt is not None and receipt.duplicate:
                 stats.duplicates += 1
+                log.info("duplicate %s: acknowledged, not queued again", judgement.message_type, extra=_DUPLICATE)
             else:
                 stats.accepted += 1
+                reused = " (control id seen before with other content)" if receipt and receipt.control_id_reused else ""
+                log.info("accepted %s%s", judgement.message_type, reused, extra=_ACCEPTED)
         elif kind == Kind.ACK:
             stats.acks_received += 1
             log.info(
@@ -148,11 +156,16 @@ class MllpServer:
                 judgement.message_type,
                 judgement.control_id,
                 judgement.sender,
+                extra=_ACK_KEPT,
             )
         else:
             stats.rejected += 1
             log.info(
-                "rejected %s from %s: %s", judgement.control_id or "message", judgement.sender or "?", judgement.reason
+                "rejected %s from %s: %s",
+                judgement.control_id or "message",
+                judgement.sender or "?",
+                judgement.reason,
+                extra=_REJECTED,
             )
         try:
             return judgement.reply(stored=error is None, commit_acks=self.commit_acks, storage_problem=str(error or ""))

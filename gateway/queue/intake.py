@@ -201,9 +201,10 @@ class Intake:
         e = envelope
         self._push(done, lane, e.id, e.received_at, Received(e.raw, e.sender, e.control_id, e.peer, e.kind, e.meta))
 
-    def receive(self, message: Received, done: Done, lane: int = 0) -> None:
-        """``enqueue`` of a message received now, without building its Envelope (the listener's way)."""
-        self._push(done, lane, new_envelope_id(), int(time.time() * 1000), message)
+    def receive(self, message: Received, done: Done, lane: int = 0, envelope_id: str | None = None) -> None:
+        """``enqueue`` of a message received now, without building its Envelope (the listener's way);
+        ``envelope_id``: the id it was given already (for the log lines about it)."""
+        self._push(done, lane, envelope_id or new_envelope_id(), int(time.time() * 1000), message)
 
     def _push(self, done: Done, lane: int, id: str, received_at: int, message: Received) -> None:
         """Encode one message and queue it on ``lane``; ``done`` hears at once when that cannot be done."""

@@ -11,6 +11,10 @@
   never rejected into dramatiq's own dead-letter set (``.XQ``).
 
 This replaces dramatiq's Retries middleware: there are no per-actor retry rules.
+
+While a message is handled, its envelope id, sender and control id are the log context of the
+worker thread (gateway/logcontext.py): every line logged meanwhile, the pipeline's, a sink's and
+this policy's, names the message.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 
+from gateway import logcontext
 from gateway.envelope import Envelope
 from gateway.errors import GatewayError, Policy, StageCrash, describe, policy_of, stage_of
 from gateway.journal.dead_letters import Letter
@@ -53,6 +58,15 @@ def unreadable_letter(message: MessageProxy, exc: BaseException, attempts: int) 
     """The dead letter of a queue message nobody can read: its whole queue entry is the raw."""
     envelope = Envelope(message.message_id, message.encode(), int(message.message_timestamp))
     return Letter(envelope, Stage.QUEUE, reason_of(exc), type(exc).__name__, attempts)
+
+
+def bind_message(message: MessageProxy) -> None:
+    """Make the queued message's envelope id, sender and control id the log context of this
+    thread: read from its argument, a pipeline Envelope or a SinkMessage (both JSON objects),
+    never anything else of it."""
+    payload = message.args[0] if message.args and isinstance(message.args[0], dict) else {}
+    envelope_id = payload.get("message_id") or payload.get("id") or message.message_id
+    logcontext.bind(envelope_id, payload.get("sender", ""), payload.get("control_id", ""))
 
 
 class FailurePolicy(dramatiq.Middleware):
@@ -97,13 +111,22 @@ class FailurePolicy(dramatiq.Middleware):
         return run
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        bind_message(message)
         self.outages.wait_all()
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        logcontext.clear()
 
     def after_process_message(
         self, broker: Broker, message: MessageProxy, *, result: object = None, exception: BaseException | None = None
     ) -> None:
-        if exception is None:
-            return
+        try:
+            if exception is not None:
+                self._failed(broker, message, exception)
+        finally:
+            logcontext.clear()
+
+    def _failed(self, broker: Broker, message: MessageProxy, exception: BaseException) -> None:
         retries = int(message.options.get("retries", 0))
         if policy_of(exception) is not Policy.PERMANENT and retries < self.max_retries:
             message.options["retries"] = retries + 1
@@ -120,6 +143,7 @@ class FailurePolicy(dramatiq.Middleware):
                 self.max_retries + 1,
                 describe(exception),
                 delay / 1000,
+                extra={"outcome": "retry", "attempt": retries + 1, "stage": stage_of(exception)},
             )
             return
         letter = self._letter(message, exception, retries + 1)
@@ -137,6 +161,13 @@ class FailurePolicy(dramatiq.Middleware):
             letter.attempts,
             describe(exception),
             exc_info=exception if isinstance(exception, StageCrash) else None,
+            extra={
+                "outcome": "dead-letter",
+                "dead_letter_id": letter.id,
+                "stage": letter.stage,
+                "error_type": letter.error_type,
+                "attempt": letter.attempts,
+            },
         )
 
     def _letter(self, message: MessageProxy, exc: BaseException, attempts: int) -> Letter:

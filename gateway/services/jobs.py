@@ -23,6 +23,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
+from gateway import logcontext
 from gateway.db.schema import dead_letter, message_archive
 from gateway.envelope import Envelope, Kind
 from gateway.errors import describe
@@ -160,7 +161,10 @@ class JobRunner:
         else:
             for item in items:
                 self._pace()
-                self.enqueue(self._reprocess_envelope(job, item))
+                envelope = self._reprocess_envelope(job, item)
+                with logcontext.message_context(envelope.id, envelope.sender, envelope.control_id):
+                    self.enqueue(envelope)
+                    log.debug("job %s: message %s queued again", job.id, item.id, extra={"outcome": "reprocess-queued"})
                 done += 1
             cursor = f"{items[-1].received_at}|{items[-1].id}"
         status = self.jobs.advance(job, self.owner, cursor, done, skipped, self.lease_ms)

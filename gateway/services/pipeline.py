@@ -89,6 +89,7 @@ class Pipeline:
             run_stage(
                 Stage.ARCHIVE, self.archive.record_outcome, envelope, "ack", envelope.meta.get("message_type", "ACK")
             )
+            log.info("archived an incoming acknowledgement", extra={"outcome": "ack-archived"})
             return
         text = run_stage(Stage.PARSE, decode_message, envelope.raw)
         message: Message = run_stage(Stage.PARSE, parse, text)
@@ -104,7 +105,15 @@ class Pipeline:
         run_stage(Stage.DELIVER, self.sink.deliver, bundle, source, envelope, message_type, sinks, notes)
         if self.fanout is not None and sinks:
             run_stage(Stage.DELIVER, self.fanout.enqueue, envelope, source, bundle, sinks)
-        log.debug("processed %s from %s", envelope.control_id, envelope.sender)
+        # The worker's one line for the message (the log context names it); a failure's is the
+        # failure policy's (gateway/services/failures.py).
+        log.info(
+            "stored %s: %d resource(s)%s",
+            message_type,
+            len(bundle.get("entry", ())),
+            f", queued for {len(sinks)} remote sink(s)" if self.fanout is not None and sinks else "",
+            extra={"outcome": "stored", "message_type": message_type},
+        )
 
     def _sinks_for(self, envelope: Envelope) -> tuple[str, ...]:
         """The remote sinks to deliver to: all, or the one a replayed sink letter names

@@ -22,6 +22,7 @@ from typing import Any
 import dramatiq
 from dramatiq.broker import Broker
 
+from gateway import logcontext
 from gateway.envelope import Envelope, Kind
 from gateway.errors import OperatorRefused
 from gateway.journal.dead_letters import REPLAY_OF, DeadLetter, DeadLetterStore
@@ -87,21 +88,23 @@ class Replayer:
                 )
             raise ReplayRefused(why, missing=letter is None)
         envelope = self.envelope_for(letter, who, raw)
-        self.enqueue(envelope)
-        note = "replayed with an edited message" if raw is not None else ""
-        marked = self.letters.mark_replayed(letter.id, envelope.id, who, note)
-        if audited:
-            entities = [Entity("dead-letter", letter.id), Entity("message", envelope.id)]
-            audit.record(self.letters.engine, action, who, Outcome.success, entities, role=role)
-        log.info(
-            "dead letter %s (sender %s, control id %s, stage %s) replayed as %s by %s",
-            letter.id,
-            letter.sender,
-            letter.control_id,
-            letter.stage,
-            envelope.id,
-            who,
-        )
+        with logcontext.message_context(envelope.id, envelope.sender, envelope.control_id):
+            self.enqueue(envelope)
+            note = "replayed with an edited message" if raw is not None else ""
+            marked = self.letters.mark_replayed(letter.id, envelope.id, who, note)
+            if audited:
+                entities = [Entity("dead-letter", letter.id), Entity("message", envelope.id)]
+                audit.record(self.letters.engine, action, who, Outcome.success, entities, role=role)
+            log.info(
+                "dead letter %s (sender %s, control id %s, stage %s) replayed as %s by %s",
+                letter.id,
+                letter.sender,
+                letter.control_id,
+                letter.stage,
+                envelope.id,
+                who,
+                extra={"outcome": "replayed", "dead_letter_id": letter.id},
+            )
         return Replayed(letter, envelope, marked)
 
     def replay_many(
@@ -115,7 +118,9 @@ class Replayer:
         for letter in letters:
             before_each()
             envelope = self.envelope_for(letter, who, None, originals.get(letter.envelope_id))
-            self.enqueue(envelope)
+            with logcontext.message_context(envelope.id, envelope.sender, envelope.control_id):
+                self.enqueue(envelope)
+                log.debug("dead letter %s queued again by %s", letter.id, who, extra={"outcome": "replay-queued"})
             queued.append((letter.id, envelope.id))
         marked = self.letters.mark_replayed_many(queued, who)
         return marked, len(letters) - marked

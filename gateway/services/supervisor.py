@@ -23,7 +23,7 @@ from gateway.config import Settings
 from gateway.db.engine import make_engine
 from gateway.db.migrate import migrate
 from gateway.errors import ConfigError
-from gateway.procutil import READY_FD, die_with_parent
+from gateway.procutil import PROCESS_NAME, READY_FD, die_with_parent
 from gateway.queue.broker import forget_all_workers
 from gateway.services.embedded_redis import EmbeddedRedis, free_port
 from gateway.services.outages import until_available
@@ -103,7 +103,7 @@ class Supervisor:
         try:
             child.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", child.role],
-                env={**self.env, READY_FD: str(write_end)},
+                env={**self.env, READY_FD: str(write_end), PROCESS_NAME: child.name},
                 stdin=subprocess.DEVNULL,
                 pass_fds=(write_end,),
                 # Own session: a terminal's Ctrl-C reaches only us, and we stop children in order.
