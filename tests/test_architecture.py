@@ -20,7 +20,7 @@ STAGES = ("mllp", "queue", "convert", "validate", "deliver", "api")
 #: What every stage may use: no stage, no process.
 LIBRARIES = frozenset(
     {"errors", "stages", "keys", "envelope", "config", "sinkspec", "logs", "procutil", "lru", "shapecheck", "fhirjson"}
-    | {"backlog"}
+    | {"backlog", "metrics"}
     | {"hl7"}
     | {"db", "store", "journal"}
 )

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.db.bulk import BulkInsert
@@ -194,6 +194,12 @@ class DeadLetterStore:
             )
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(query)]
+
+    def count_open(self) -> int:
+        """How many letters wait for an operator (one index range count: cheap enough per scrape)."""
+        with self.engine.connect() as conn:
+            query = select(func.count()).select_from(dead_letter).where(dead_letter.c.status == "open")
+            return int(conn.execute(query).scalar_one())
 
     def get(self, letter_id: str) -> DeadLetter | None:
         with self.engine.connect() as conn:

@@ -161,6 +161,7 @@ class JobRunner:
             for item in items:
                 self._pace()
                 self.enqueue(self._reprocess_envelope(job, item))
+                self.replayer.metrics.replayed("reprocess")
                 done += 1
             cursor = f"{items[-1].received_at}|{items[-1].id}"
         status = self.jobs.advance(job, self.owner, cursor, done, skipped, self.lease_ms)

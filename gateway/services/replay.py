@@ -27,6 +27,7 @@ from gateway.errors import OperatorRefused
 from gateway.journal.dead_letters import REPLAY_OF, DeadLetter, DeadLetterStore
 from gateway.journal.messages import MessageArchive
 from gateway.keys import ACTOR, QUEUE
+from gateway.metrics import recorder
 from gateway.mllp.triage import Triage
 from gateway.queue.broker import make_broker
 from gateway.queue.entry import new_envelope_id
@@ -62,6 +63,7 @@ class Replayer:
         self.archive = MessageArchive(letters.engine)
         self.enqueue = enqueue
         self.triage = triage or Triage()
+        self.metrics = recorder()
 
     def replay(
         self, letter_id: str, who: str, raw: bytes | None = None, *, role: str | None = None, audited: bool = True
@@ -88,6 +90,7 @@ class Replayer:
             raise ReplayRefused(why, missing=letter is None)
         envelope = self.envelope_for(letter, who, raw)
         self.enqueue(envelope)
+        self.metrics.replayed("replay")
         note = "replayed with an edited message" if raw is not None else ""
         marked = self.letters.mark_replayed(letter.id, envelope.id, who, note)
         if audited:
@@ -116,6 +119,7 @@ class Replayer:
             before_each()
             envelope = self.envelope_for(letter, who, None, originals.get(letter.envelope_id))
             self.enqueue(envelope)
+            self.metrics.replayed("replay")
             queued.append((letter.id, envelope.id))
         marked = self.letters.mark_replayed_many(queued, who)
         return marked, len(letters) - marked
