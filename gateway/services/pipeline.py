@@ -109,8 +109,8 @@ class Pipeline:
         bundle = conversion.bundle
         converted = clock()
         metrics.stage("convert", converted - parsed)
-        message_type = "^".join(part for part in message.message_type if part)
-        metrics.converted(message_type)
+        code, trigger, _structure = message.message_type
+        metrics.converted(f"{code}^{trigger}")
         if envelope.meta.get(REPROCESS_JOB):
             credit_job(bundle, envelope.meta[REPROCESS_JOB])
         run_stage(Stage.VALIDATE, validate_bundle, bundle)
@@ -118,6 +118,7 @@ class Pipeline:
         metrics.stage("validate", validated - converted)
         source = run_stage(Stage.DELIVER, source_of, envelope, message, self.converter.zone_for(message))
         sinks = self._sinks_for(envelope)
+        message_type = "^".join(part for part in message.message_type if part)
         notes = tuple(conversion.notes)
         run_stage(Stage.DELIVER, self.sink.deliver, bundle, source, envelope, message_type, sinks, notes)
         metrics.stage("store", clock() - validated)
