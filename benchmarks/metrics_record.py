@@ -6,7 +6,8 @@ Runs, for each message, the calls the listener (received, ACK sent) and a worker
 histograms, converted, ACK-to-stored) make, in prometheus_client's multiprocess mode as under
 ``hl7gw run`` (values in memory-mapped files), then the same with metrics off (the no-op
 recorder), and prints microseconds per message of each. Divide by a message's CPU in
-benchmarks/e2e.py (worker ms/message) for the share metrics take.
+benchmarks/e2e.py (worker ms/message) for the share metrics take. Then the time of one /metrics
+rendering of those files (without the scrape-time reads of Redis and the database).
 """
 
 from __future__ import annotations
@@ -57,10 +58,18 @@ def main() -> None:
         for _ in range(3):
             results["on"].append(per_message_us(on, args.messages))
             results["off"].append(per_message_us(off, args.messages))
+        from gateway.metrics.exposition import registry, render
+
+        found = registry()
+        started = time.perf_counter()
+        for _ in range(20):
+            body, _ = render(found)
+        render_ms = (time.perf_counter() - started) / 20 * 1000
     best_on, best_off = min(results["on"]), min(results["off"])
     print(f"metrics on (multiprocess files): {best_on:.2f} us/message (best of 3: {results['on']})")
     print(f"metrics off (no-op recorder):    {best_off:.2f} us/message")
     print(f"cost of recording: {best_on - best_off:.2f} us/message")
+    print(f"rendering /metrics from one process's files: {render_ms:.1f} ms ({len(body)} bytes)")
 
 
 if __name__ == "__main__":
