@@ -171,34 +171,61 @@ def test_metrics_are_for_the_metrics_role_only(gateway: GatewayProcess) -> None:
     assert scrape(f"{base}/metrics", "a-token")
 
 
-def test_a_listener_run_alone_serves_its_own_metrics_port(tmp_path: Path, redis_url: str) -> None:
-    mllp_port, metrics_port = free_port(), free_port()
-    env = clean_env(
+def test_a_listener_and_a_worker_run_alone_serve_their_own_metrics_ports(tmp_path: Path, redis_url: str) -> None:
+    mllp_port = free_port()
+    common = clean_env(
         HL7GW_REDIS_URL=redis_url,
         HL7GW_REDIS_NAMESPACE=f"hl7gw-alone-{uuid.uuid4().hex[:8]}",
         HL7GW_DATA_DIR=str(tmp_path / "data"),
         HL7GW_MLLP_PORT=str(mllp_port),
-        HL7GW_METRICS_PORT=str(metrics_port),
         HL7GW_LOG_LEVEL="WARNING",
+        HL7GW_WORKER_THREADS="4",
     )
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log_path = tmp_path / "mllp.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "mllp"], env=env, stdout=log, stderr=log)
+    common.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    ports = {"mllp": free_port(), "worker": free_port()}
+    processes = {}
+    for role, port in ports.items():
+        with open(tmp_path / f"{role}.log", "wb") as log:
+            processes[role] = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", role],
+                env={**common, "HL7GW_METRICS_PORT": str(port)},
+                stdout=log,
+                stderr=log,
+            )
+
+    def logs() -> str:
+        return "\n".join((tmp_path / f"{role}.log").read_text(errors="replace")[-3000:] for role in ports)
+
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", mllp_port), timeout=5):
                     break
             except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                assert all(p.poll() is None for p in processes.values()), logs()
+                assert time.monotonic() < deadline, logs()
                 time.sleep(0.2)
         assert str(send_raw(ADT_A01, mllp_port).segment("MSA")[1]) == "CA"
-        found = scrape(f"http://127.0.0.1:{metrics_port}/metrics", token=None)
-        assert value(found, "hl7gw_messages_received_total", sender="SndApp|SndFac", message_type="ADT^A01") == 1
-        assert value(found, "hl7gw_acks_sent_total", code="CA") == 1
-        assert "hl7gw_mllp_connections_open" in {name for name, _ in found}
+
+        listener = scrape(f"http://127.0.0.1:{ports['mllp']}/metrics", token=None)
+        assert value(listener, "hl7gw_messages_received_total", sender="SndApp|SndFac", message_type="ADT^A01") == 1
+        assert value(listener, "hl7gw_acks_sent_total", code="CA") == 1
+        assert "hl7gw_mllp_connections_open" in {name for name, _ in listener}
+        assert "hl7gw_messages_converted_total" not in {name for name, _ in listener}  # the worker's, not here
+
+        deadline = time.monotonic() + 60
+        while True:
+            worker = scrape(f"http://127.0.0.1:{ports['worker']}/metrics", token=None)
+            if value(worker, "hl7gw_ack_to_stored_seconds_count") >= 1:
+                break
+            assert time.monotonic() < deadline, logs()
+            time.sleep(0.3)
+        assert value(worker, "hl7gw_messages_converted_total", message_type="ADT^A01") == 1
+        assert value(worker, "hl7gw_stage_duration_seconds_count", stage="store") == 1
+        assert value(worker, "hl7gw_messages_received_total", sender="SndApp|SndFac", message_type="ADT^A01") == 0
     finally:
-        process.terminate()
-        process.wait(30)
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            process.wait(90)

@@ -38,8 +38,8 @@ class ScrapeSources:
     keys: Keys
     #: None: no Redis configured; its metrics are left out and ``hl7gw_redis_up`` is 0.
     redis_client: redis.Redis | None
+    #: (sink name, its queue) per remote sink.
     sinks: tuple[tuple[str, str], ...]
-    """(sink name, its queue) per remote sink."""
     heartbeat_timeout_ms: int
     breaker_threshold: int
     silence_s: float
