@@ -72,6 +72,18 @@ def frame(raw: bytes, port: int) -> bytes:
     return reply
 
 
+def wait_listening(port: int, timeout: float, log: Callable[[], str], alive: Callable[[], bool] = lambda: True) -> None:
+    """Until something accepts connections on ``port`` (a probe connection, closed at once)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                return
+        except OSError:
+            assert alive() and time.monotonic() < deadline, log()
+            time.sleep(0.2)
+
+
 @pytest.fixture
 def gateway(tmp_path: Path):  # type: ignore[no-untyped-def]
     external = os.environ.get("HL7GW_REDIS_URL")
@@ -197,15 +209,7 @@ def test_a_listener_and_a_worker_run_alone_serve_their_own_metrics_ports(tmp_pat
         return "\n".join((tmp_path / f"{role}.log").read_text(errors="replace")[-3000:] for role in ports)
 
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", mllp_port), timeout=5):
-                    break
-            except OSError:
-                assert all(p.poll() is None for p in processes.values()), logs()
-                assert time.monotonic() < deadline, logs()
-                time.sleep(0.2)
+        wait_listening(mllp_port, 90, logs, alive=lambda: all(p.poll() is None for p in processes.values()))
         assert str(send_raw(ADT_A01, mllp_port).segment("MSA")[1]) == "CA"
 
         listener = scrape(f"http://127.0.0.1:{ports['mllp']}/metrics", token=None)
@@ -229,3 +233,46 @@ def test_a_listener_and_a_worker_run_alone_serve_their_own_metrics_ports(tmp_pat
             process.terminate()
         for process in processes.values():
             process.wait(90)
+
+
+def test_a_restarted_listener_keeps_its_counts_and_drops_its_open_connections(tmp_path: Path) -> None:
+    gateway = GatewayProcess(tmp_path / "data")  # embedded Redis: the listener is killed, not Redis
+    gateway.env["HL7GW_API_TOKENS"] = TOKENS
+    gateway.env["HL7GW_WORKER_PROCESSES"] = "1"
+    gateway.start()
+    url = f"{gateway.base_url}/metrics"
+    try:
+        assert str(send_raw(ADT_A01, gateway.mllp_port).segment("MSA")[1]) == "CA"
+        held = socket.create_connection(("127.0.0.1", gateway.mllp_port), timeout=10)
+        try:
+            until(url, lambda f: value(f, "hl7gw_mllp_connections_open") == 1, 10, "the open connection", gateway.log)
+            listener = next(
+                pid
+                for pid in gateway.descendants()
+                if b"gateway.cli\x00mllp" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            )
+            os.kill(listener, 9)
+            found = until(
+                url,
+                lambda f: (
+                    value(f, "hl7gw_mllp_connections_open") == 0
+                    and any(
+                        b"gateway.cli\x00mllp" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                        for pid in gateway.descendants()
+                        if pid != listener and Path(f"/proc/{pid}").exists()
+                    )
+                ),
+                30,
+                "the restarted listener without the dead one's connection",
+                gateway.log,
+            )
+        finally:
+            held.close()
+        # What the dead listener counted stays counted, and the new one counts on top of it.
+        assert value(found, "hl7gw_messages_received_total", sender="SndApp|SndFac", message_type="ADT^A01") == 1
+        wait_listening(gateway.mllp_port, 30, gateway.log)
+        assert str(send_raw(ORU_R01, gateway.mllp_port).segment("MSA")[1]) == "CA"
+        found = scrape(url)
+        assert value(found, "hl7gw_acks_sent_total", code="CA") == 2
+    finally:
+        gateway.stop()
