@@ -2,6 +2,7 @@
 
     python benchmarks/e2e.py [--messages 20000] [--connections 32] [--rate 200] [--seconds 20]
                              [--workers N] [--threads N] [--database-url URL]
+                             [--metrics on|off|both] [--rounds 2] [--scrape-every 5]
 
 Starts ``hl7gw run`` in a temporary directory: embedded Redis; a SQLite file, or a fresh schema of
 the --database-url PostgreSQL, dropped afterwards; the gateway's default worker processes and
@@ -17,6 +18,12 @@ Two runs:
   throughput  all messages as fast as the connections get ACKs; sustained msg/s = messages /
               (last one searchable - first one sent)
   latency     --rate msg/s for --seconds; p50/p99 of ACK -> searchable
+
+--metrics sets HL7GW_METRICS (default: the gateway's, on). ``both`` measures what metrics cost:
+--rounds pairs of throughput runs, each on a fresh gateway, on and off alternating (on first in
+even rounds, off first in odd ones, so drift on a shared machine falls on both alike), with
+/metrics scraped every --scrape-every seconds while metrics are on; it prints each run, the
+throughput ratio on/off per round and of the medians, and the CPU per message of each part.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +254,7 @@ def latencies_ms(run: Run) -> list[float]:
 
 
 def start_gateway(
-    data: Path, args: argparse.Namespace, database_url: str | None
+    data: Path, args: argparse.Namespace, database_url: str | None, metrics: str | None = None
 ) -> tuple[subprocess.Popen[bytes], int, int]:
     mllp_port, http_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_")}
@@ -255,14 +263,17 @@ def start_gateway(
         HL7GW_MLLP_PORT=str(mllp_port),
         HL7GW_HTTP_PORT=str(http_port),
         HL7GW_LOG_LEVEL="WARNING",
-        HL7GW_API_TOKENS="bench-token:reader",
+        HL7GW_API_TOKENS="bench-token:reader,scrape-token:metrics",
     )
+    if metrics:
+        env["HL7GW_METRICS"] = metrics
     if args.workers:
         env["HL7GW_WORKER_PROCESSES"] = str(args.workers)
     if args.threads:
         env["HL7GW_WORKER_THREADS"] = str(args.threads)
     if database_url:
         env["HL7GW_DATABASE_URL"] = database_url
+    data.parent.mkdir(parents=True, exist_ok=True)
     log = open(data.parent / "gateway.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "run"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
@@ -277,6 +288,68 @@ def start_gateway(
     raise RuntimeError("gateway not ready")
 
 
+def scrape(base_url: str, every: float, stop: threading.Event, counts: list[int]) -> None:
+    """GET /metrics every ``every`` seconds until ``stop``, as a (busy) Prometheus would."""
+    with httpx.Client(base_url=base_url, headers={"Authorization": "Bearer scrape-token"}, timeout=30) as client:
+        while not stop.wait(every):
+            client.get("/metrics").raise_for_status()
+            counts[0] += 1
+
+
+def compare_metrics(args: argparse.Namespace, batch: Callable[[str, int], list[tuple[bytes, str, str]]]) -> None:
+    """Throughput with metrics on and off, alternating, each run on a fresh gateway."""
+    results: dict[str, list[float]] = {"on": [], "off": []}
+    cpu: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+    for round_number in range(args.rounds):
+        for setting in ("on", "off") if round_number % 2 == 0 else ("off", "on"):
+            with tempfile.TemporaryDirectory() as tmp:
+                process, mllp_port, http_port = start_gateway(Path(tmp) / setting / "data", args, None, setting)
+                base_url = f"http://127.0.0.1:{http_port}"
+                api = httpx.Client(base_url=base_url, headers={"Authorization": "Bearer bench-token"}, timeout=30)
+                stop, scrapes = threading.Event(), [0]
+                scraper = threading.Thread(target=scrape, args=(base_url, args.scrape_every, stop, scrapes))
+                try:
+                    measure(mllp_port, api, batch(f"w{round_number}{setting}", 200), args.connections, None)
+                    if setting == "on":
+                        scraper.start()
+                    before = cpu_by_role(process.pid)
+                    tag = f"t{round_number}{setting}"
+                    run = measure(mllp_port, api, batch(tag, args.messages), args.connections, None)
+                    after = cpu_by_role(process.pid)
+                finally:
+                    stop.set()
+                    if scraper.is_alive():
+                        scraper.join(30)
+                    api.close()
+                    process.terminate()
+                    process.wait(120)
+            elapsed = max(run.found.values()) - run.sent_first
+            rate = len(run.found) / elapsed
+            results[setting].append(rate)
+            cpu[setting].append({r: (after[r] - before.get(r, 0.0)) * 1000 / args.messages for r in after})
+            print(
+                f"round {round_number + 1} metrics {setting:3}: {len(run.found)}/{args.messages} searchable in "
+                f"{elapsed:.1f} s: {rate:.0f} msg/s, failures {run.failures}, /metrics scraped {scrapes[0]} times",
+                flush=True,
+            )
+    pairs = [on / off for on, off in zip(results["on"], results["off"])]
+    print(
+        "ratio on/off per round: "
+        + ", ".join(f"{ratio:.3f}" for ratio in pairs)
+        + f"; of the medians {statistics.median(results['on']) / statistics.median(results['off']):.3f}"
+        + f" ({statistics.median(results['on']):.0f} vs {statistics.median(results['off']):.0f} msg/s)",
+        flush=True,
+    )
+    for setting in ("on", "off"):
+        roles = sorted({role for used in cpu[setting] for role in used})
+        means = {role: statistics.mean(used.get(role, 0.0) for used in cpu[setting]) for role in roles}
+        print(
+            f"CPU ms/message, metrics {setting:3}: "
+            + ", ".join(f"{role} {ms:.2f}" for role, ms in sorted(means.items(), key=lambda kv: -kv[1])),
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=20_000, help="messages in the throughput run")
@@ -288,6 +361,9 @@ def main() -> None:
     parser.add_argument(
         "--database-url", default=None, help="PostgreSQL base URL: a temporary schema in it (default: SQLite)"
     )
+    parser.add_argument("--metrics", choices=("on", "off", "both"), default=None, help="HL7GW_METRICS")
+    parser.add_argument("--rounds", type=int, default=2, help="with --metrics both: pairs of runs")
+    parser.add_argument("--scrape-every", type=float, default=5.0, help="with --metrics both: seconds")
     args = parser.parse_args()
 
     found = templates()
@@ -301,11 +377,15 @@ def main() -> None:
     def batch(name: str, count: int) -> list[tuple[bytes, str, str]]:
         return [found[n % len(found)].render(f"{run_id}{name}{n}") for n in range(count)]
 
+    if args.metrics == "both":
+        compare_metrics(args, batch)
+        return
+
     # PostgreSQL: a fresh schema per run, dropped afterwards, so runs do not slow down as the
     # database grows from one to the next and compare with SQLite's fresh file.
     database = postgres_schema(args.database_url) if args.database_url else nullcontext(None)
     with tempfile.TemporaryDirectory() as tmp, database as database_url:
-        process, mllp_port, http_port = start_gateway(Path(tmp) / "data", args, database_url)
+        process, mllp_port, http_port = start_gateway(Path(tmp) / "data", args, database_url, args.metrics)
         api = httpx.Client(
             base_url=f"http://127.0.0.1:{http_port}", headers={"Authorization": "Bearer bench-token"}, timeout=30
         )

@@ -38,6 +38,19 @@ def _require_redis(settings: Settings, role: str) -> str:
     return settings.storage.redis_url
 
 
+def _start_metrics(settings: Settings, *, serve: bool) -> None:
+    """This process's metrics recorder (a no-op with HL7GW_METRICS=off); a process run alone
+    (``serve``, not under ``hl7gw run``) serves its metrics on HL7GW_METRICS_PORT when set."""
+    from gateway import metrics
+
+    metrics.configure(settings.prometheus.enabled)
+    port = settings.prometheus.port
+    if serve and port is not None and settings.prometheus.enabled and not supervised():
+        from gateway.metrics.exposition import serve as serve_metrics
+
+        serve_metrics(port, settings.api.host)
+
+
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     from gateway.services.supervisor import run
 
@@ -49,6 +62,7 @@ def cmd_mllp(settings: Settings, _args: argparse.Namespace) -> int:
     from gateway.services import listener as service
 
     redis_url = _require_redis(settings, "mllp")
+    _start_metrics(settings, serve=True)
     service.run(settings, redis_url, service.configured_rules(settings))
     return 0
 
@@ -57,6 +71,7 @@ def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
     from gateway.services.worker import run_worker
 
     redis_url = _require_redis(settings, "worker")
+    _start_metrics(settings, serve=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -86,6 +101,7 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
     from gateway.services.dead_letter_views import CurrentMappings
     from gateway.services.outages import until_available
 
+    _start_metrics(settings, serve=False)  # the API serves /metrics itself
     dry_run = CurrentMappings(settings.conversion).dry_run  # for /admin/dead-letters/{id}
     desk = _operator_desk(settings)
     # log_config=None: uvicorn's records go through our handler (gateway/logs.py) like all others;

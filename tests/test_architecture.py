@@ -23,6 +23,7 @@ LIBRARIES = frozenset(
     | {"backlog"}
     | {"logcontext"}
     | {"readiness"}
+    | {"metrics"}
     | {"hl7"}
     | {"db", "store", "journal"}
 )

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from gateway.api import admin, admin_actions, fhir, health
+from gateway.api import admin, admin_actions, fhir, health, metrics
 from gateway.api.admin import DryRun
 from gateway.api.admin_actions import Desk
 from gateway.api.auth import TokenRegistry, ensure_admin_token
@@ -18,6 +18,9 @@ from gateway.api.outcome import install_error_handlers
 from gateway.config import Settings
 from gateway.db.engine import make_engine
 from gateway.db.migrate import migrate
+from gateway.metrics import recorder
+from gateway.metrics.collector import GatewayCollector, sources_from
+from gateway.metrics.exposition import registry
 from gateway.readiness import ReadinessProbe
 from gateway.store.resources import ResourceStore
 
@@ -66,8 +69,11 @@ def create_app(
     app.state.readiness = readiness
     #: The operator actions (replay, discard, jobs) for /admin; given by the process running the API.
     app.state.desk = desk
+    app.state.metrics_registry = registry([GatewayCollector(sources_from(settings, engine, software_version()))])
+    app.add_middleware(metrics.RequestMetrics, recorder=recorder())
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(fhir.router)
     app.include_router(admin.router)
     app.include_router(admin_actions.router)

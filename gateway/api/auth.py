@@ -1,4 +1,5 @@
-"""Bearer-token authentication with roles reader < operator < admin (RFC 6750)."""
+"""Bearer-token authentication with roles reader < operator < admin, and ``metrics``, which may read
+/metrics only (RFC 6750)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.outcome import FHIRError
-from gateway.config import ADMIN_TOKEN_FILE_NAME, ROLE_RANK, ApiToken, Role, Settings, parse_tokens
+from gateway.config import ADMIN_TOKEN_FILE_NAME, METRICS_ROLES, ROLE_RANK, ApiToken, Role, Settings, parse_tokens
 from gateway.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -108,24 +109,40 @@ def ensure_admin_token(settings: Settings) -> Path | None:
     return path
 
 
+def _authenticated(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    if credentials is None:
+        raise FHIRError(401, "a bearer token is required", "login", {"WWW-Authenticate": "Bearer"})
+    registry: TokenRegistry = request.app.state.tokens
+    principal = registry.principal_of(credentials.credentials)
+    if principal is None:
+        challenge = 'Bearer error="invalid_token"'
+        raise FHIRError(401, "the bearer token is not valid", "login", {"WWW-Authenticate": challenge})
+    return principal
+
+
 def require_role(minimum: Role) -> Callable[..., Principal]:
     """A FastAPI dependency admitting a bearer token whose role ranks at least ``minimum``."""
 
     def dependency(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
-        if credentials is None:
-            raise FHIRError(401, "a bearer token is required", "login", {"WWW-Authenticate": "Bearer"})
-        registry: TokenRegistry = request.app.state.tokens
-        principal = registry.principal_of(credentials.credentials)
-        if principal is None:
-            challenge = 'Bearer error="invalid_token"'
-            raise FHIRError(401, "the bearer token is not valid", "login", {"WWW-Authenticate": challenge})
+        principal = _authenticated(request, credentials)
         check_role(principal, minimum)
         return principal
 
     return dependency
 
 
+def require_metrics_reader(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> Principal:
+    """A FastAPI dependency admitting the ``metrics`` and ``admin`` roles (GET /metrics)."""
+    principal = _authenticated(request, credentials)
+    if principal.role not in METRICS_ROLES:
+        raise FHIRError(403, f"this needs the metrics role; the token has {principal.role.value}", "forbidden")
+    return principal
+
+
 def check_role(principal: Principal, minimum: Role) -> None:
-    """Raise 403 unless ``principal``'s role ranks at least ``minimum`` (for checks a route makes itself)."""
-    if ROLE_RANK[principal.role] < ROLE_RANK[minimum]:
+    """Raise 403 unless ``principal``'s role ranks at least ``minimum`` (for checks a route makes
+    itself); a role outside the rank (``metrics``) ranks below every one in it."""
+    if ROLE_RANK.get(principal.role, -1) < ROLE_RANK[minimum]:
         raise FHIRError(403, f"this needs the {minimum.value} role; the token has {principal.role.value}", "forbidden")

@@ -8,6 +8,7 @@ from gateway.config.sections import (
     ConversionSettings,
     IntakeSettings,
     LoggingSettings,
+    MetricsSettings,
     MllpSettings,
     SinkSettings,
     StorageSettings,
@@ -16,6 +17,7 @@ from gateway.config.sections import (
 from gateway.config.settings import Settings, load_settings, unknown_variables
 from gateway.config.values import (
     ADMIN_TOKEN_FILE_NAME,
+    METRICS_ROLES,
     ROLE_RANK,
     ApiToken,
     Role,
@@ -26,12 +28,14 @@ from gateway.config.values import (
 
 __all__ = [
     "ADMIN_TOKEN_FILE_NAME",
+    "METRICS_ROLES",
     "ROLE_RANK",
     "ApiSettings",
     "ApiToken",
     "ConversionSettings",
     "IntakeSettings",
     "LoggingSettings",
+    "MetricsSettings",
     "MllpSettings",
     "Role",
     "Settings",

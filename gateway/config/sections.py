@@ -138,3 +138,17 @@ class LoggingSettings:
     level: str
     #: "text" or "json" (gateway/logs.py).
     format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Prometheus metrics (docs/observability.md, "Metrics")."""
+
+    #: False: every instrument is a no-op (benchmarks compare the two).
+    enabled: bool
+    #: ``hl7gw mllp`` and ``hl7gw worker`` run alone serve their own /metrics here; None: not at all.
+    port: int | None
+    #: Longest expected gap between two messages of a sender, for all senders and per sender
+    #: ("APP|FACILITY"), exported for the "sender silent" alert.
+    silence_s: float
+    sender_silence_s: Mapping[str, float] = field(default_factory=dict)

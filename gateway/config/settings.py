@@ -18,6 +18,7 @@ from gateway.config.sections import (
     ConversionSettings,
     IntakeSettings,
     LoggingSettings,
+    MetricsSettings,
     MllpSettings,
     SinkSettings,
     StorageSettings,
@@ -28,6 +29,7 @@ from gateway.config.values import (
     _zone,
     host_zone,
     parse_sender_policies,
+    parse_sender_seconds,
     parse_sender_zones,
     parse_tokens,
 )
@@ -132,6 +134,15 @@ class Settings(BaseSettings):
     unplaced_segments: Literal["reject", "note"] = "reject"
     sender_unplaced_segments: str | None = None
 
+    # Prometheus metrics (docs/observability.md): on or off (off: every instrument is a no-op);
+    # the port on which ``hl7gw mllp`` or ``hl7gw worker`` run alone serve theirs (unset: none;
+    # under ``hl7gw run`` the API's /metrics reports every process); the longest expected silence
+    # of a sender, for all and per sender ("APP|FACILITY=seconds,..."), for the alert.
+    metrics: bool = True
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    sender_silence_s: float = Field(default=3600.0, gt=0)
+    sender_silence: str | None = None
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -161,6 +172,13 @@ class Settings(BaseSettings):
     def _check_sender_unplaced(cls, value: str | None) -> str | None:
         if value:
             parse_sender_policies(value, UNPLACED_POLICIES)
+        return value or None
+
+    @field_validator("sender_silence")
+    @classmethod
+    def _check_sender_silence(cls, value: str | None) -> str | None:
+        if value:
+            parse_sender_seconds(value)
         return value or None
 
     @field_validator("api_tokens")
@@ -269,6 +287,11 @@ class Settings(BaseSettings):
         return ApiSettings(
             self.http_host, self.http_port, self.api_tokens, self.public_docs, self.health_check_timeout_s
         )
+
+    @functools.cached_property
+    def prometheus(self) -> MetricsSettings:
+        silence = parse_sender_seconds(self.sender_silence) if self.sender_silence else {}
+        return MetricsSettings(self.metrics, self.metrics_port, self.sender_silence_s, silence)
 
     @functools.cached_property
     def logging(self) -> LoggingSettings:

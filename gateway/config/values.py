@@ -16,9 +16,15 @@ class Role(StrEnum):
     reader = "reader"
     operator = "operator"
     admin = "admin"
+    #: Reads /metrics and nothing else (a Prometheus server's token): outside the rank, so it
+    #: never reaches FHIR data.
+    metrics = "metrics"
 
 
+#: Roles that read FHIR data and act on it, each allowed what those below it may do.
 ROLE_RANK = {Role.reader: 0, Role.operator: 1, Role.admin: 2}
+#: Roles that may read /metrics.
+METRICS_ROLES = frozenset({Role.metrics, Role.admin})
 
 
 def _zone(name: str) -> None:
@@ -68,6 +74,21 @@ def parse_sender_zones(value: str) -> dict[str, str]:
 UNPLACED_POLICIES = ("reject", "note")
 
 
+def parse_sender_seconds(value: str) -> dict[str, float]:
+    """Parse ``APP|FACILITY=seconds,...`` into {sender: seconds}; raises ValueError naming the bad entry."""
+    found: dict[str, float] = {}
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        sender, sep, seconds = entry.rpartition("=")
+        try:
+            number = float(seconds)
+        except ValueError:
+            number = -1.0
+        if not sep or "|" not in sender or not number > 0:
+            raise ValueError(f"entry {entry!r} is not APPLICATION|FACILITY=seconds (a number above 0)")
+        found[sender.strip()] = number
+    return found
+
+
 def parse_sender_policies(value: str, allowed: tuple[str, ...]) -> dict[str, str]:
     """Parse ``APP|FACILITY=policy,...`` into {sender: policy}; raises ValueError naming the bad entry."""
     policies: dict[str, str] = {}
@@ -115,7 +136,7 @@ def parse_tokens(value: str) -> list[ApiToken]:
             role = Role(role_text)
         except ValueError:
             raise ValueError(
-                f"entry {position}: the role after the last ':' is not reader, operator or admin"
+                f"entry {position}: the role after the last ':' is not reader, operator, admin or metrics"
             ) from None
         name, sep, token = rest.partition(":")
         if not sep:

@@ -19,6 +19,7 @@ import httpx
 
 from gateway import fhirjson
 from gateway.errors import DeliveryError, TransientDeliveryError
+from gateway.metrics import recorder
 from gateway.sinkspec import SinkSpec
 
 FHIR_JSON = "application/fhir+json"
@@ -59,6 +60,7 @@ class RemoteRejected(DeliveryError):
 class RemoteSink:
     def __init__(self, spec: SinkSpec, transport: httpx.BaseTransport | None = None):
         self.spec = spec
+        self.metrics = recorder()
         headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
         if spec.auth:
             headers["Authorization"] = spec.auth
@@ -85,12 +87,15 @@ class RemoteSink:
     def _request(self, method: str, url: str, body: dict[str, Any] | None) -> None:
         where = f"{method} {self.spec.url}/{url}".rstrip("/")
         content = fhirjson.dumps(body) if body is not None else None
+        started = time.perf_counter()
         try:
             response = self.client.request(method, url, content=content)
         except httpx.TimeoutException as exc:
             raise RemoteUnavailable(f"{where} timed out ({type(exc).__name__})", stage=self.spec.stage) from None
         except httpx.TransportError as exc:
             raise RemoteUnavailable(f"{where} failed: {exc or type(exc).__name__}", stage=self.spec.stage) from None
+        finally:
+            self.metrics.sink_request(self.spec.name, time.perf_counter() - started)
         status = response.status_code
         if 200 <= status < 300 or (method == "DELETE" and status in (404, 410)):
             return

@@ -33,6 +33,7 @@ from gateway.errors import describe
 from gateway.journal.dead_letters import Letter
 from gateway.journal.deliveries import PENDING, DeliveryState, DeliveryStates
 from gateway.journal.messages import MessageArchive
+from gateway.metrics import recorder
 from gateway.store.resources import ResourceStore
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ BASE_BACKOFF_MS = 1_000
 Reschedule = Callable[[SinkMessage, int], None]
 #: Writes a dead letter (gateway/services/letters.py: to the database, or parked in Redis).
 PostLetter = Callable[[Letter], object]
+#: What ``handle`` returns -> the outcome hl7gw_sink_deliveries_total counts (the others are not
+#: deliveries: a queue duplicate, nothing left to send, held back by the open breaker).
+_COUNTED = {"delivered": "delivered", "retry": "retried", "rejected": "refused", "expired": "expired"}
 
 
 class SinkWorker:
@@ -71,9 +75,17 @@ class SinkWorker:
         self.max_age_ms = int(max_age_s * 1000)
         self.max_backoff_ms = int(max_backoff_s * 1000)
         self.rng = rng or random.Random()
+        self.metrics = recorder()
 
     def handle(self, message: SinkMessage) -> str:
-        """Process one queued message; returns what happened (for logs and tests)."""
+        """Process one queued message; returns what happened (for logs, metrics and tests)."""
+        outcome = self._handle(message)
+        counted = _COUNTED.get(outcome)
+        if counted is not None:
+            self.metrics.sink_delivery(self.spec.name, counted)
+        return outcome
+
+    def _handle(self, message: SinkMessage) -> str:
         state = self.states.get(message.message_id, self.spec.name)
         if state is not None and state.status != PENDING:
             log.debug("%s: already %s (queued twice)", self.spec.name, state.status, extra=self._fields("duplicate"))

@@ -195,16 +195,16 @@ class DeadLetterStore:
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(query)]
 
+    def count_open(self) -> int:
+        """How many letters wait for an operator (an index range count: cheap per scrape or status)."""
+        with self.engine.connect() as conn:
+            query = select(func.count()).select_from(dead_letter).where(dead_letter.c.status == "open")
+            return int(conn.execute(query).scalar_one())
+
     def get(self, letter_id: str) -> DeadLetter | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(dead_letter).where(dead_letter.c.id == letter_id)).first()
         return _row(row) if row is not None else None
-
-    def count_open(self) -> int:
-        """How many letters wait for an operator (``hl7gw status``)."""
-        query = select(func.count()).select_from(dead_letter).where(dead_letter.c.status == "open")
-        with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
 
     def mark_replayed(self, letter_id: str, envelope_id: str, who: str, note: str = "") -> bool:
         """An open letter becomes ``replayed``, linked to the envelope its replay queued; False when

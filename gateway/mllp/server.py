@@ -15,11 +15,12 @@ from dataclasses import asdict
 
 from gateway.envelope import Kind
 from gateway.hl7.ack import build_reject_for_unreadable
+from gateway.metrics import recorder
 from gateway.mllp.connection import MllpConnection
 from gateway.mllp.framing import encode_frame
 from gateway.mllp.limits import Limits, ListenerStats
-from gateway.mllp.profiles import Profiles
-from gateway.mllp.triage import Judgement, Triage
+from gateway.mllp.profiles import Profiled, Profiles
+from gateway.mllp.triage import STORAGE_FAILED, Judgement, Triage, Verdict
 from gateway.queue.intake import Intake, Receipt
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class MllpServer:
         self.ssl_context = ssl_context
         self.commit_acks = commit_acks
         self.stats = ListenerStats()
+        self.metrics = recorder()
+        self.metrics.use_mappings(self.triage.rules.supports)
         self.connections: set[MllpConnection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -111,6 +114,7 @@ class MllpServer:
         self.connections.add(conn)
         stats.connections += 1
         stats.open_connections = len(self.connections)
+        self.metrics.connections_open(stats.open_connections)
         return True
 
     def ready(self, conn: MllpConnection) -> None:
@@ -131,22 +135,26 @@ class MllpServer:
     def forget(self, conn: MllpConnection) -> None:
         self.connections.discard(conn)
         self.stats.open_connections = len(self.connections)
+        self.metrics.connections_open(self.stats.open_connections)
         self._closed.set()
 
     def settle(self, judgement: Judgement, receipt: Receipt | None, error: BaseException | None) -> bytes:
         """Count the outcome of one frame, log it (one line, naming the message: the connection set
         the log context), and return its answer bytes."""
-        stats = self.stats
+        stats, metrics = self.stats, self.metrics
         kind = judgement.kind
         if error is not None:
             stats.storage_failures += 1
+            metrics.rejected(STORAGE_FAILED)
             log.info("not accepted: the queue did not take it (%s)", error, extra=_REFUSED)
         elif kind == Kind.MESSAGE:
             if receipt is not None and receipt.duplicate:
                 stats.duplicates += 1
+                metrics.duplicate(judgement.sender)
                 log.info("duplicate %s: acknowledged, not queued again", judgement.message_type, extra=_DUPLICATE)
             else:
                 stats.accepted += 1
+                metrics.received(judgement.sender, judgement.message_type)
                 reused = " (control id seen before with other content)" if receipt and receipt.control_id_reused else ""
                 log.info("accepted %s%s", judgement.message_type, reused, extra=_ACCEPTED)
         elif kind == Kind.ACK:
@@ -160,6 +168,8 @@ class MllpServer:
             )
         else:
             stats.rejected += 1
+            if isinstance(judgement, Verdict) and judgement.errors:
+                metrics.rejected(judgement.errors[0].code)
             log.info(
                 "rejected %s from %s: %s",
                 judgement.control_id or "message",
@@ -167,6 +177,10 @@ class MllpServer:
                 judgement.reason,
                 extra=_REJECTED,
             )
+        if kind != Kind.ACK and metrics.enabled:
+            code = _ack_code(judgement, stored=error is None)
+            if code is not None:
+                metrics.ack_sent(code)
         try:
             return judgement.reply(stored=error is None, commit_acks=self.commit_acks, storage_problem=str(error or ""))
         except Exception:  # noqa: BLE001 - a bug here must not leave the sender (and its later ACKs) waiting
@@ -182,3 +196,12 @@ class MllpServer:
             now = time.monotonic()
             for conn in list(self.connections):
                 conn.check_timeouts(now)
+
+
+def _ack_code(judgement: Judgement, *, stored: bool) -> str | None:
+    """The MSA-1 code of the answer ``Judgement.reply`` writes (None: no HL7 acknowledgement)."""
+    verdict = judgement.profile.verdict if isinstance(judgement, Profiled) else judgement
+    if not isinstance(verdict, Verdict):
+        return None
+    outcome = verdict.outcome if stored else "AR"
+    return verdict.mode.code(outcome) if verdict.mode.wants(outcome) else None

@@ -37,25 +37,29 @@ log = logging.getLogger(__name__)
 #: one lane waits for another turn, and another fsync.
 LANE_BYTES = 16 * 1024
 
-# KEYS: [queue list, queue messages hash, duplicates counter, control-id-reused counter]
-# ARGV: [dedup window (s), then per message 6 values: sequence key ("" for a message kept only
-#        for operators: no sequence number), dedup key ("" for none), content digest,
-#        redis message id, json prefix, json suffix]
+# KEYS: [queue list, queue messages hash, duplicates counter, control-id-reused counter,
+#        sender last-seen hash]
+# ARGV: [dedup window (s), sequence key prefix, then per message 6 values: sequence key ("" for a
+#        message kept only for operators: no sequence number), dedup key ("" for none), content
+#        digest, redis message id, json prefix, json suffix]
 # Returns "seq,flag,seq,flag,..." (one string: cheap to read back); flag 0 new, 1 duplicate
 # (nothing written; seq is the original's), 2 new but its dedup key was seen with other content.
 # Per message one SET NX (the duplicate check, which also records the message); per batch one
-# GET/SET per sender's sequence counter, one HSET and one RPUSH: fewer commands, a smaller AOF.
+# GET/SET per sender's sequence counter, one HSET and one RPUSH: fewer commands, a smaller AOF;
+# and one TIME and one HSET of every sender's last-seen time (Redis's clock, in ms: /metrics).
 _COMMIT_SCRIPT = """
 local window = tonumber(ARGV[1])
-local out, fields, ids, counters = {}, {}, {}, {}
+local prefix_length = #ARGV[2]
+local out, fields, ids, counters, senders = {}, {}, {}, {}, {}
 local duplicates, reused = 0, 0
-local n = (#ARGV - 1) / 6
+local n = (#ARGV - 2) / 6
 for i = 0, n - 1 do
-    local b = 2 + i * 6
+    local b = 3 + i * 6
     local seq_key, dedup_key, digest, id = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
     local seq, flag = 0, 0
     if seq_key ~= '' then
         seq = (counters[seq_key] or tonumber(redis.call('GET', seq_key) or '0')) + 1
+        senders[seq_key] = true
     end
     if dedup_key ~= '' then
         if not redis.call('SET', dedup_key, digest .. ':' .. seq, 'NX', 'EX', window) then
@@ -95,6 +99,16 @@ end
 if reused > 0 then
     redis.call('INCRBY', KEYS[4], reused)
 end
+if next(senders) ~= nil then
+    local now = redis.call('TIME')
+    local ms = tostring(tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+    local seen = {}
+    for key in pairs(senders) do
+        seen[#seen + 1] = string.sub(key, prefix_length + 1)
+        seen[#seen + 1] = ms
+    end
+    redis.call('HSET', KEYS[5], unpack(seen))
+end
 return table.concat(out, ',')
 """
 _COMMIT_SHA = hashlib.sha1(_COMMIT_SCRIPT.encode()).hexdigest()
@@ -127,9 +141,19 @@ class Intake:
             self.keys.queue_messages(),
             self.keys.duplicates(),
             self.keys.control_id_reused(),
+            self.keys.sender_last_seen(),
         ]
-        # EVALSHA <sha> <numkeys> <keys...> <window>: the part of every commit command that never changes.
-        head: list[str | int] = ["EVALSHA", _COMMIT_SHA, len(script_keys), *script_keys, dedup_window_s]
+        # EVALSHA <sha> <numkeys> <keys...> <window> <sequence key prefix>: the part of every
+        # commit command that never changes.
+        sequence_prefix = self.keys.sequence("")
+        head: list[str | int] = [
+            "EVALSHA",
+            _COMMIT_SHA,
+            len(script_keys),
+            *script_keys,
+            dedup_window_s,
+            sequence_prefix,
+        ]
         outages = OutageLog()
         self._lanes = [
             CommitLane(

@@ -164,6 +164,7 @@ class JobRunner:
                 envelope = self._reprocess_envelope(job, item)
                 with logcontext.message_context(envelope.id, envelope.sender, envelope.control_id):
                     self.enqueue(envelope)
+                    self.replayer.metrics.replayed("reprocess")
                     log.debug("job %s: message %s queued again", job.id, item.id, extra={"outcome": "reprocess-queued"})
                 done += 1
             cursor = f"{items[-1].received_at}|{items[-1].id}"

@@ -17,6 +17,7 @@ import redis
 from gateway.errors import Policy, describe, policy_of
 from gateway.journal.dead_letters import DeadLetterStore, Letter
 from gateway.keys import Keys
+from gateway.metrics import recorder
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,16 @@ class LetterBox:
         self.store = store
         self.client = client
         self.key = keys.parked_letters()
+        self.metrics = recorder()
 
     def post(self, letter: Letter) -> str:
         """Write ``letter``: "stored" in the database, "parked" in Redis when the database does not
         take it, or raise when Redis does not either (the caller waits and tries again)."""
+        where = self._write(letter)
+        self.metrics.dead_letter(letter.stage, letter.error_type)
+        return where
+
+    def _write(self, letter: Letter) -> str:
         try:
             self.store.park(letter)
             return "stored"

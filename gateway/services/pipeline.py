@@ -9,8 +9,9 @@ server never holds up the store or the other sinks.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from gateway.convert.runtime.engine import Converter
@@ -21,6 +22,7 @@ from gateway.errors import DeliveryError, GatewayError, RejectedAtIntake, StageC
 from gateway.hl7.charset import decode_message
 from gateway.hl7.message import Message, parse
 from gateway.journal.messages import MessageArchive
+from gateway.metrics import NullRecorder, recorder
 from gateway.stages import Stage
 from gateway.store.ordering import Source
 from gateway.validate import validate_bundle
@@ -31,6 +33,9 @@ T = TypeVar("T")
 REPLAY_SINK = "replay_sink"
 #: Envelope meta of a reprocessed message: the operator job that ran it again.
 REPROCESS_JOB = "job"
+#: Envelope peers of messages queued again by operators (gateway/services/replay.py, jobs.py):
+#: their receive time is the first attempt's, so they say nothing of today's latency.
+_REQUEUED = frozenset({"replay", "reprocess"})
 _PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 
 
@@ -80,6 +85,10 @@ class Pipeline:
     sink: StoreSink
     archive: MessageArchive
     fanout: Fanout | None = None
+    metrics: NullRecorder = field(default_factory=recorder)
+
+    def __post_init__(self) -> None:
+        self.metrics.use_mappings(self.converter.supports)
 
     def process(self, envelope: Envelope) -> None:
         """Run every stage; raises a GatewayError (with its stage) when one fails."""
@@ -91,18 +100,31 @@ class Pipeline:
             )
             log.info("archived an incoming acknowledgement", extra={"outcome": "ack-archived"})
             return
+        metrics, clock = self.metrics, time.perf_counter
+        started = clock()
         text = run_stage(Stage.PARSE, decode_message, envelope.raw)
         message: Message = run_stage(Stage.PARSE, parse, text)
+        parsed = clock()
+        metrics.stage("parse", parsed - started)
         conversion = run_stage(Stage.CONVERT, self.converter.convert_noted, message)
         bundle = conversion.bundle
+        converted = clock()
+        metrics.stage("convert", converted - parsed)
+        code, trigger, _structure = message.message_type
+        metrics.converted(f"{code}^{trigger}")
         if envelope.meta.get(REPROCESS_JOB):
             credit_job(bundle, envelope.meta[REPROCESS_JOB])
         run_stage(Stage.VALIDATE, validate_bundle, bundle)
+        validated = clock()
+        metrics.stage("validate", validated - converted)
         source = run_stage(Stage.DELIVER, source_of, envelope, message, self.converter.zone_for(message))
         sinks = self._sinks_for(envelope)
         message_type = "^".join(part for part in message.message_type if part)
         notes = tuple(conversion.notes)
         run_stage(Stage.DELIVER, self.sink.deliver, bundle, source, envelope, message_type, sinks, notes)
+        metrics.stage("store", clock() - validated)
+        if envelope.peer not in _REQUEUED:
+            metrics.ack_to_stored(time.time() - envelope.received_at / 1000)
         if self.fanout is not None and sinks:
             run_stage(Stage.DELIVER, self.fanout.enqueue, envelope, source, bundle, sinks)
         # The worker's one line for the message (the log context names it); a failure's is the

@@ -28,6 +28,7 @@ from gateway.errors import OperatorRefused
 from gateway.journal.dead_letters import REPLAY_OF, DeadLetter, DeadLetterStore
 from gateway.journal.messages import MessageArchive
 from gateway.keys import ACTOR, QUEUE
+from gateway.metrics import recorder
 from gateway.mllp.triage import Triage
 from gateway.queue.broker import make_broker
 from gateway.queue.entry import new_envelope_id
@@ -63,6 +64,7 @@ class Replayer:
         self.archive = MessageArchive(letters.engine)
         self.enqueue = enqueue
         self.triage = triage or Triage()
+        self.metrics = recorder()
 
     def replay(
         self, letter_id: str, who: str, raw: bytes | None = None, *, role: str | None = None, audited: bool = True
@@ -90,6 +92,7 @@ class Replayer:
         envelope = self.envelope_for(letter, who, raw)
         with logcontext.message_context(envelope.id, envelope.sender, envelope.control_id):
             self.enqueue(envelope)
+            self.metrics.replayed("replay")
             note = "replayed with an edited message" if raw is not None else ""
             marked = self.letters.mark_replayed(letter.id, envelope.id, who, note)
             if audited:
@@ -120,6 +123,7 @@ class Replayer:
             envelope = self.envelope_for(letter, who, None, originals.get(letter.envelope_id))
             with logcontext.message_context(envelope.id, envelope.sender, envelope.control_id):
                 self.enqueue(envelope)
+                self.metrics.replayed("replay")
                 log.debug("dead letter %s queued again by %s", letter.id, who, extra={"outcome": "replay-queued"})
             queued.append((letter.id, envelope.id))
         marked = self.letters.mark_replayed_many(queued, who)

@@ -23,6 +23,7 @@ from gateway.config import Settings
 from gateway.db.engine import make_engine
 from gateway.db.migrate import migrate
 from gateway.errors import ConfigError
+from gateway.metrics.exposition import MULTIPROC_DIR, child_died, fresh_multiproc_dir
 from gateway.procutil import PROCESS_NAME, READY_FD, die_with_parent
 from gateway.queue.broker import forget_all_workers
 from gateway.services.embedded_redis import EmbeddedRedis, free_port
@@ -82,6 +83,8 @@ class Supervisor:
         mllp_port = s.mllp.port or free_port(s.mllp.host)
         http_port = s.api.port or free_port(s.api.host)
         self.mllp_port, self.http_port = mllp_port, http_port
+        # Every child writes its metrics' values here; the API's /metrics reads them all.
+        self.metrics_dir = fresh_multiproc_dir(s.storage.data_dir.resolve())
         self.env = {
             **os.environ,
             "HL7GW_DATA_DIR": str(s.storage.data_dir.resolve()),
@@ -89,6 +92,7 @@ class Supervisor:
             "HL7GW_DATABASE_URL": s.storage.database_url,
             "HL7GW_MLLP_PORT": str(mllp_port),
             "HL7GW_HTTP_PORT": str(http_port),
+            MULTIPROC_DIR: str(self.metrics_dir),
         }
         token_file = ensure_admin_token(s)
         if token_file is not None:
@@ -168,6 +172,7 @@ class Supervisor:
             if proc is None or child.stopping or proc.poll() is None:
                 continue
             log.error("%s exited with code %s; restarting", child.name, proc.returncode)
+            child_died(proc.pid, self.metrics_dir)
             if time.monotonic() - child.last_start < RESTART_BACKOFF_S:
                 time.sleep(RESTART_BACKOFF_S)
             child.restarts += 1
