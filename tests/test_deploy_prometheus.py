@@ -14,6 +14,8 @@ import json
 import re
 import shutil
 import subprocess
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,40 +28,49 @@ RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "hl7gw.json"
 DOCS = ROOT / "docs" / "observability.md"
 
-#: The metric catalogue of docs/observability.md (name -> type). The coordinator replaces this
-#: with the metrics module's own list when both branches are merged, so drift fails here.
-CATALOGUE = {
-    "hl7gw_messages_received_total": "counter",
-    "hl7gw_acks_sent_total": "counter",
-    "hl7gw_duplicates_total": "counter",
-    "hl7gw_intake_rejections_total": "counter",
-    "hl7gw_messages_converted_total": "counter",
-    "hl7gw_dead_letters_total": "counter",
-    "hl7gw_messages_replayed_total": "counter",
-    "hl7gw_stage_duration_seconds": "histogram",
-    "hl7gw_ack_to_stored_seconds": "histogram",
-    "hl7gw_queue_depth": "gauge",
-    "hl7gw_queue_oldest_age_seconds": "gauge",
-    "hl7gw_queue_delayed": "gauge",
-    "hl7gw_sink_deliveries_total": "counter",
-    "hl7gw_sink_request_duration_seconds": "histogram",
-    "hl7gw_sink_breaker_state": "gauge",
-    "hl7gw_mllp_connections_open": "gauge",
-    "hl7gw_sender_last_message_timestamp_seconds": "gauge",
-    "hl7gw_sender_silence_threshold_seconds": "gauge",
-    "hl7gw_http_requests_total": "counter",
-    "hl7gw_http_request_duration_seconds": "histogram",
-    "hl7gw_redis_up": "gauge",
-    "hl7gw_redis_uptime_seconds": "gauge",
-    "hl7gw_data_dir_free_bytes": "gauge",
-    "hl7gw_data_dir_size_bytes": "gauge",
-    "hl7gw_dead_letters_open": "gauge",
-    "hl7gw_workers_alive": "gauge",
-    "hl7gw_build_info": "gauge",
-    "hl7gw_audit_events_pending": "gauge",
-    "hl7gw_audit_events_written_total": "counter",
-    "hl7gw_audit_events_dropped_total": "counter",
-}
+
+@pytest.fixture(scope="module")
+def catalogue(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Every metric the gateway exports (name as scraped -> type): the recorder's instruments in
+    gateway/metrics/catalogue.py and what a real scrape-time collector reads from a real Redis."""
+    import redis
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from gateway.keys import Keys
+    from gateway.metrics import catalogue as instruments
+    from gateway.metrics.collector import GatewayCollector, ScrapeSources
+
+    found: dict[str, str] = {}
+
+    def add(name: str, kind: str) -> None:
+        found[name + "_total" if kind == "counter" else name] = kind
+
+    for value in vars(instruments).values():
+        if isinstance(value, MetricWrapperBase):
+            add(value._name, value._type)
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(f"hl7gw-test-deploy-{uuid.uuid4().hex[:8]}")
+    client.hset(keys.sender_last_seen(), "LAB|HOSP", int(time.time() * 1000))
+    try:
+        sources = ScrapeSources(
+            keys=keys,
+            redis_client=client,
+            sinks=(("lab", "sink.lab"),),
+            heartbeat_timeout_ms=15_000,
+            breaker_threshold=5,
+            silence_s=3600,
+            sender_silence_s={"LAB|HOSP": 600},
+            data_dir=tmp_path_factory.mktemp("data"),
+            open_dead_letters=lambda: 0,
+            version="test",
+        )
+        for family in GatewayCollector(sources).collect():
+            add(family.name, family.type)
+    finally:
+        client.delete(keys.sender_last_seen())
+        client.close()
+    return found
+
 
 #: Labels an annotation may quote: none of them can hold PHI.
 SAFE_LABELS = {"sender", "queue", "sink", "stage", "error_type", "err_code", "instance", "job"}
@@ -88,12 +99,12 @@ def dashboard_exprs() -> list[tuple[str, str]]:
     return found
 
 
-def unknown_metrics(expr: str) -> set[str]:
+def unknown_metrics(expr: str, catalogue: dict[str, str]) -> set[str]:
     """The ``hl7gw_*`` names in ``expr`` that are not catalogue metrics (or a histogram's series)."""
     unknown = set()
     for name in _METRIC.findall(expr):
         base = next((name.removesuffix(s) for s in _HISTOGRAM_SERIES if name.endswith(s)), None)
-        if name in CATALOGUE or (base is not None and CATALOGUE.get(base) == "histogram"):
+        if name in catalogue or (base is not None and catalogue.get(base) == "histogram"):
             continue
         unknown.add(name)
     return unknown
@@ -108,14 +119,14 @@ def github_anchors(markdown: str) -> set[str]:
     return anchors
 
 
-def test_unknown_metrics_finds_a_misspelt_name() -> None:
-    assert unknown_metrics("rate(hl7gw_messages_recieved_total[5m])") == {"hl7gw_messages_recieved_total"}
-    assert unknown_metrics("hl7gw_queue_depth_bucket") == {"hl7gw_queue_depth_bucket"}
-    assert unknown_metrics("rate(hl7gw_stage_duration_seconds_bucket[5m]) / up{job='hl7gw'}") == set()
+def test_unknown_metrics_finds_a_misspelt_name(catalogue: dict[str, str]) -> None:
+    assert unknown_metrics("rate(hl7gw_messages_recieved_total[5m])", catalogue) == {"hl7gw_messages_recieved_total"}
+    assert unknown_metrics("hl7gw_queue_depth_bucket", catalogue) == {"hl7gw_queue_depth_bucket"}
+    assert unknown_metrics("rate(hl7gw_stage_duration_seconds_bucket[5m]) / up{job='hl7gw'}", catalogue) == set()
 
 
-def test_alert_rules_use_only_catalogue_metrics() -> None:
-    used = {rule["alert"]: unknown_metrics(rule["expr"]) for rule in alert_rules()}
+def test_alert_rules_use_only_catalogue_metrics(catalogue: dict[str, str]) -> None:
+    used = {rule["alert"]: unknown_metrics(rule["expr"], catalogue) for rule in alert_rules()}
     assert {alert: names for alert, names in used.items() if names} == {}
 
 
@@ -162,12 +173,12 @@ def test_dashboard_is_importable_grafana_json() -> None:
             assert panel["targets"], panel["title"]
 
 
-def test_dashboard_uses_only_catalogue_metrics_and_shows_them_all() -> None:
+def test_dashboard_uses_only_catalogue_metrics_and_shows_them_all(catalogue: dict[str, str]) -> None:
     exprs = dashboard_exprs()
-    assert {title: unknown_metrics(expr) for title, expr in exprs if unknown_metrics(expr)} == {}
+    assert {title: unknown_metrics(expr, catalogue) for title, expr in exprs if unknown_metrics(expr, catalogue)} == {}
     shown = {name for _, expr in exprs for name in _METRIC.findall(expr)}
     shown |= {name.removesuffix(s) for name in shown for s in _HISTOGRAM_SERIES if name.endswith(s)}
-    assert set(CATALOGUE) - shown == set()
+    assert set(catalogue) - shown == set()
 
 
 def promtool() -> str:
