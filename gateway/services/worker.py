@@ -32,9 +32,10 @@ from gateway.envelope import Envelope
 from gateway.journal.dead_letters import DeadLetterStore, Letter
 from gateway.journal.deliveries import DeliveryStates
 from gateway.journal.messages import MessageArchive
-from gateway.keys import ACTOR, QUEUE, REPLAY_ACTOR, REPLAY_QUEUE, Keys
+from gateway.keys import ACTOR, IMPORT_ACTOR, IMPORT_QUEUE, QUEUE, REPLAY_ACTOR, REPLAY_QUEUE, Keys
 from gateway.mllp.triage import Triage
 from gateway.queue.broker import GatewayBroker, QueueMaintenance, make_broker
+from gateway.queue.pacing import ImportPace
 from gateway.readiness import WorkerRecord
 from gateway.services.failures import FailurePolicy, LetterFor, envelope_letter, reason_of
 from gateway.services.jobs import JobRunner
@@ -82,6 +83,7 @@ def build_broker(
     )
     workers = sink_workers if sink_workers is not None else {}
     letter_for: dict[str, LetterFor] = {ACTOR: envelope_letter, REPLAY_ACTOR: envelope_letter}
+    letter_for[IMPORT_ACTOR] = envelope_letter
     for spec in settings.sinks.specs:
         letter_for[actor_name(spec)] = functools.partial(_sink_letter, workers, spec.name)
     policy = FailurePolicy(outages, letters, letter_for, max_retries=settings.worker.max_retries)
@@ -100,6 +102,17 @@ def build_broker(
     # Replayed and reprocessed messages: the same pipeline, from the operator jobs' own queue.
     dramatiq.actor(actor_name=REPLAY_ACTOR, queue_name=REPLAY_QUEUE, broker=broker, throws=(Exception,))(
         process_message
+    )
+    # Imported batch files: the same pipeline again, each message started on the gateway's shared
+    # pace (HL7GW_IMPORT_RATE, and never while live messages wait for a worker).
+    pace = ImportPace(client, keys, settings.worker.import_rate)
+
+    def process_imported(envelope: dict[str, Any]) -> None:
+        pace.wait()
+        pipeline.process(Envelope.from_json(envelope), live=False)
+
+    dramatiq.actor(actor_name=IMPORT_ACTOR, queue_name=IMPORT_QUEUE, broker=broker, throws=(Exception,))(
+        process_imported
     )
     for spec in settings.sinks.specs:
 
@@ -196,6 +209,9 @@ def run_worker(
     workers = [dramatiq.Worker(broker, queues={QUEUE}, worker_threads=settings.worker.threads, worker_timeout=500)]
     # Replays and reprocesses get few threads of their own: a bulk job never crowds out live traffic.
     workers += [dramatiq.Worker(broker, queues={REPLAY_QUEUE}, worker_threads=REPLAY_THREADS, worker_timeout=500)]
+    # So do imports, on their own pace (gateway/queue/pacing.py).
+    import_threads = settings.worker.import_threads
+    workers += [dramatiq.Worker(broker, queues={IMPORT_QUEUE}, worker_threads=import_threads, worker_timeout=500)]
     workers += [
         dramatiq.Worker(broker, queues={spec.queue}, worker_threads=spec.concurrency, worker_timeout=500)
         for spec in settings.sinks.specs
