@@ -117,3 +117,20 @@ def test_the_pace_starts_nothing_while_live_messages_wait_for_a_worker(redis_url
 def test_a_rate_of_zero_is_refused(redis_url: str, redis_namespace: str) -> None:
     with pytest.raises(ValueError, match="above 0"):
         _pace(redis_url, redis_namespace, 0, [])
+
+
+def test_the_pace_waits_while_a_live_message_of_its_process_waits_for_a_thread(
+    redis_url: str, redis_namespace: str
+) -> None:
+    keys, client = Keys(redis_namespace), redis.Redis.from_url(redis_url)
+    busy = [True, True, False]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        assert client.get(keys.import_pace()) is None  # nothing asked of Redis while live waits
+        slept.append(seconds)
+
+    pace = ImportPace(client, keys, 1000, yield_s=0.02, live_waiting=lambda: busy.pop(0), sleep=sleep)
+    pace.wait()
+    assert slept == [0.02, 0.02] and not busy
+    assert client.get(keys.import_pace()) is not None

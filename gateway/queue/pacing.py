@@ -9,7 +9,9 @@ worker processes and threads share it, and a restarted worker picks up the same 
 
 Before reserving, the script looks at the live queue: when messages wait there that no worker has
 fetched yet (every live thread is busy and every worker's prefetch is full), it reserves nothing
-and the thread asks again a little later. Live traffic always goes first: an import runs at its
+and the thread asks again a little later. Each process also says whether one of its own live
+messages waits for a thread (``live_waiting``, the dramatiq Worker's work queue): then the import
+thread waits as well, without asking Redis. Live traffic always goes first: an import runs at its
 rate in the capacity live traffic leaves, and waits while live traffic needs all of it. A slot is
 never reserved more than ``ahead_s`` ahead, so a slow rate never parks a thread (and its message)
 for long: a stopping worker finishes its import threads quickly.
@@ -64,6 +66,7 @@ class ImportPace:
         live_waiting_max: int = 0,
         ahead_s: float = 1.0,
         yield_s: float = 0.05,
+        live_waiting: Callable[[], bool] = lambda: False,
         sleep: Callable[[float], None] = time.sleep,
     ):
         if rate <= 0:
@@ -72,6 +75,9 @@ class ImportPace:
         self._keys = [keys.import_pace(), keys.queue(QUEUE)]
         self._args = [round(1e6 / rate), live_waiting_max, round(ahead_s * 1e6), round(yield_s * 1e6)]
         self._script = client.register_script(_PACE_SCRIPT)
+        self._yield_s = yield_s
+        #: Whether a live message of this process waits for a thread (set once the Worker exists).
+        self.live_waiting = live_waiting
         self._sleep = sleep
 
     def reserve(self) -> float:
@@ -83,6 +89,9 @@ class ImportPace:
         """Sleep until this thread's slot; a Redis error goes up (the failure policy waits out
         an outage of Redis and runs the message, and this, again)."""
         while True:
+            if self.live_waiting():
+                self._sleep(self._yield_s)
+                continue
             delay = self.reserve()
             if delay >= 0:
                 if delay:

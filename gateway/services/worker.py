@@ -68,9 +68,11 @@ def build_broker(
     pipeline: Pipeline,
     engine: Engine,
     sink_workers: dict[str, SinkWorker] | None = None,
+    pace: ImportPace | None = None,
 ) -> tuple[GatewayBroker, Outages, LetterBox]:
-    """A broker with the failure policy, the pipeline actor, and one actor per remote sink; the
-    outage gates and the letter box the policy uses."""
+    """A broker with the failure policy, the pipeline actors (live, replay, import: ``pace``, by
+    default one on this broker's Redis), and one actor per remote sink; the outage gates and the
+    letter box the policy uses."""
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
     keys = Keys(settings.storage.redis_namespace)
     letters = LetterBox(DeadLetterStore(engine), client, keys)
@@ -105,7 +107,7 @@ def build_broker(
     )
     # Imported batch files: the same pipeline again, each message started on the gateway's shared
     # pace (HL7GW_IMPORT_RATE, and never while live messages wait for a worker).
-    pace = ImportPace(client, keys, settings.worker.import_rate)
+    pace = pace or ImportPace(client, keys, settings.worker.import_rate)
 
     def process_imported(envelope: dict[str, Any]) -> None:
         pace.wait()
@@ -200,13 +202,18 @@ def run_worker(
     pipeline = Pipeline(Converter.configured(settings.conversion), StoreSink(engine), MessageArchive(engine))
     tune_garbage_collector()
     sink_workers: dict[str, SinkWorker] = {}
-    broker, outages, letters = build_broker(settings, redis_url, pipeline, engine, sink_workers)
+    pace_client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+    pace = ImportPace(pace_client, Keys(settings.storage.redis_namespace), settings.worker.import_rate)
+    broker, outages, letters = build_broker(settings, redis_url, pipeline, engine, sink_workers, pace)
     if settings.sinks.specs:
         pipeline.fanout = fanout = SinkFanout(broker, settings.sinks.specs)
         sink_workers.update(sink_workers_for(settings, engine, broker, fanout, letters))
     # One dramatiq Worker per queue family: the pipeline's threads never wait on a remote server,
     # and each sink's threads only on its own.
-    workers = [dramatiq.Worker(broker, queues={QUEUE}, worker_threads=settings.worker.threads, worker_timeout=500)]
+    live = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=settings.worker.threads, worker_timeout=500)
+    # A live message of this process waiting for a thread: no import message starts meanwhile.
+    pace.live_waiting = lambda: live.work_queue.qsize() > 0
+    workers = [live]
     # Replays and reprocesses get few threads of their own: a bulk job never crowds out live traffic.
     workers += [dramatiq.Worker(broker, queues={REPLAY_QUEUE}, worker_threads=REPLAY_THREADS, worker_timeout=500)]
     # So do imports, on their own pace (gateway/queue/pacing.py).
@@ -254,5 +261,6 @@ def run_worker(
         for sink_worker in sink_workers.values():
             sink_worker.remote.close()
         letters.client.close()
+        pace_client.close()
         engine.dispose()
         log.info("worker stopped")
