@@ -134,3 +134,12 @@ def test_the_pace_waits_while_a_live_message_of_its_process_waits_for_a_thread(
     pace.wait()
     assert slept == [0.02, 0.02] and not busy
     assert client.get(keys.import_pace()) is not None
+
+
+def test_a_draining_worker_runs_what_it_holds_without_waiting(redis_url: str, redis_namespace: str) -> None:
+    slept: list[float] = []
+    pace = _pace(redis_url, redis_namespace, 1, slept)
+    pace.live_waiting = lambda: True  # live traffic would keep it waiting for ever
+    pace.stopping.set()
+    pace.wait()
+    assert slept == []

@@ -14,20 +14,18 @@ messages waits for a thread (``live_waiting``, the dramatiq Worker's work queue)
 thread waits as well, without asking Redis. Live traffic always goes first: an import runs at its
 rate in the capacity live traffic leaves, and waits while live traffic needs all of it. A slot is
 never reserved more than ``ahead_s`` ahead, so a slow rate never parks a thread (and its message)
-for long: a stopping worker finishes its import threads quickly.
+for long; and once the worker drains (``stopping``), a thread holding a message runs it at once.
 """
 
 from __future__ import annotations
 
-import logging
+import threading
 import time
 from collections.abc import Callable
 
 import redis
 
 from gateway.keys import QUEUE, Keys
-
-log = logging.getLogger(__name__)
 
 # KEYS: [pace slot, live queue list]
 # ARGV: [interval (us), live messages waiting that still let an import go, longest reservation
@@ -78,6 +76,8 @@ class ImportPace:
         self._yield_s = yield_s
         #: Whether a live message of this process waits for a thread (set once the Worker exists).
         self.live_waiting = live_waiting
+        #: Set when the worker drains: a thread holding a message runs it now, without waiting.
+        self.stopping = threading.Event()
         self._sleep = sleep
 
     def reserve(self) -> float:
@@ -88,7 +88,7 @@ class ImportPace:
     def wait(self) -> None:
         """Sleep until this thread's slot; a Redis error goes up (the failure policy waits out
         an outage of Redis and runs the message, and this, again)."""
-        while True:
+        while not self.stopping.is_set():
             if self.live_waiting():
                 self._sleep(self._yield_s)
                 continue

@@ -248,6 +248,7 @@ def run_worker(
         stop.wait()
     finally:
         log.info("worker draining")
+        pace.stopping.set()
         job_thread.join(timeout=10)
         maintenance.stop()
         # Threads waiting out an outage hold their messages in flight: they are not waited for
