@@ -9,7 +9,8 @@ Starts ``hl7gw run`` in a temporary directory (embedded Redis, SQLite) with
             nothing else: the baseline
   with      the same live traffic while an importer process commits ``--messages`` ADT^A04s to
             the import queue (``Intake(queue=IMPORT_QUEUE)``: the path ``hl7gw import`` takes) as
-            fast as it can, and the workers drain them; the live traffic runs until the import
+            fast as it can (at ``--importer-nice``, by default what ``hl7gw import`` takes:
+            gateway/procutil.py IMPORT_NICENESS; 0 to compare), and the workers drain them; the live traffic runs until the import
             queue is empty, or for ``--import-seconds`` when that is set: then what is left of the
             import is taken off its queue (as if cancelled), so the next baseline runs without
             it; a 100,000-message import drains at tens of messages a second beside 200 live
@@ -47,6 +48,7 @@ from gateway.db.schema import message_archive  # noqa: E402
 from gateway.envelope import Envelope  # noqa: E402
 from gateway.keys import IMPORT_QUEUE, Keys  # noqa: E402
 from gateway.mllp.framing import FrameDecoder, encode_frame  # noqa: E402
+from gateway.procutil import IMPORT_NICENESS, yield_cpu  # noqa: E402
 from gateway.queue.entry import new_envelope_id  # noqa: E402
 from gateway.queue.intake import Intake  # noqa: E402
 from gateway.services.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
@@ -54,10 +56,12 @@ from gateway.services.embedded_redis import EmbeddedRedis, free_port  # noqa: E4
 NAMESPACE = "hl7gw"
 
 
-async def live(port: int, rate: float, until: Callable[[int], bool], prefix: str) -> tuple[list[float], int]:
+async def live(
+    port: int, rate: float, until: Callable[[int], bool], prefix: str
+) -> tuple[list[tuple[float, float]], int]:
     """``rate`` msg/s in total over CONNECTIONS connections, send and wait for the ACK, until
-    ``until(messages sent)``; latencies in ms, and how many were not AA/CA."""
-    latencies: list[float] = []
+    ``until(messages sent)``; (send time (monotonic), latency in ms) each, and how many were not AA/CA."""
+    latencies: list[tuple[float, float]] = []
     failures = 0
     interval = CONNECTIONS / rate
     sent = 0
@@ -83,7 +87,7 @@ async def live(port: int, rate: float, until: Callable[[int], bool], prefix: str
                 if not data:
                     raise ConnectionError("the gateway closed the connection")
                 acks = decoder.feed(data)
-            latencies.append((time.perf_counter() - started) * 1000)
+            latencies.append((time.monotonic(), (time.perf_counter() - started) * 1000))
             if b"|AA|" not in acks[0] and b"|CA|" not in acks[0]:
                 failures += 1
         writer.close()
@@ -92,10 +96,11 @@ async def live(port: int, rate: float, until: Callable[[int], bool], prefix: str
     return latencies, failures
 
 
-async def commit_import(redis_url: str, messages: int, prefix: str) -> None:
+async def commit_import(redis_url: str, messages: int, prefix: str, **options: int) -> None:
     """The importer: ``messages`` ADT^A04s committed to the import queue as fast as the intake
-    takes them (at most 4,096 waiting for their commit at a time, as a reader ahead of it would)."""
-    intake = Intake(redis_url, namespace=NAMESPACE, queue=IMPORT_QUEUE)
+    takes them (at most 4,096 waiting for their commit at a time, as a reader ahead of it would);
+    ``options``: the intake's (lanes, max_in_flight, batch_max)."""
+    intake = Intake(redis_url, namespace=NAMESPACE, queue=IMPORT_QUEUE, **options)
     await intake.start()
     window = asyncio.Semaphore(4096)
 
@@ -136,12 +141,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--import-seconds", type=float, default=0)
+    parser.add_argument("--import-lanes", type=int, default=4, help="the importer intake's lanes")
+    parser.add_argument("--import-in-flight", type=int, default=8, help="its commits in flight per lane")
+    parser.add_argument("--import-batch", type=int, default=256, help="its most messages per commit")
+    parser.add_argument(
+        "--importer-nice", type=int, default=IMPORT_NICENESS, help="lower the importer's priority by this much"
+    )
     parser.add_argument("--commit-to", help=argparse.SUPPRESS)  # the importer process: a Redis URL
     parser.add_argument("--prefix", default="I", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.commit_to:
         started = time.perf_counter()
-        asyncio.run(commit_import(args.commit_to, args.messages, args.prefix))
+        yield_cpu(args.importer_nice)
+        options = {"lanes": args.import_lanes, "max_in_flight": args.import_in_flight, "batch_max": args.import_batch}
+        asyncio.run(commit_import(args.commit_to, args.messages, args.prefix, **options))
         print(json.dumps({"seconds": time.perf_counter() - started}))
         return
 
@@ -180,13 +193,14 @@ def main() -> None:
                 f"messages at HL7GW_IMPORT_RATE={args.import_rate:g}; {os.cpu_count()} cores, SQLite",
                 flush=True,
             )
-            acks: dict[str, list[float]] = {"without": [], "with": []}
+            acks: dict[str, list[float]] = {"without": [], "with": [], "committing": [], "draining": []}
             stored: dict[str, list[float]] = {"without": [], "with": []}
 
-            def window(kind: str, name: str, until: Callable[[int], bool], prefix: str) -> float:
+            def window(kind: str, name: str, until: Callable[[int], bool], prefix: str) -> list[tuple[float, float]]:
                 started = time.monotonic()
-                latencies, failures = asyncio.run(live(mllp_port, args.live_rate, until, prefix))
+                timed, failures = asyncio.run(live(mllp_port, args.live_rate, until, prefix))
                 seconds = time.monotonic() - started
+                latencies = [ms for _, ms in timed]
                 p50, p99 = percentiles(latencies)
                 acks[kind] += latencies
                 print(
@@ -195,7 +209,7 @@ def main() -> None:
                     end="",
                     flush=True,
                 )
-                return seconds
+                return timed
 
             def stored_figures(kind: str, prefix: str) -> None:
                 # Every live message of the window stored: then its receive -> stored latencies.
@@ -218,7 +232,9 @@ def main() -> None:
                 prefix = f"I{round_}-"
                 importer = subprocess.Popen(
                     [sys.executable, __file__, "--commit-to", redis_url, "--messages", str(args.messages)]
-                    + ["--prefix", prefix],
+                    + ["--prefix", prefix, "--import-lanes", str(args.import_lanes)]
+                    + ["--import-in-flight", str(args.import_in_flight), "--import-batch", str(args.import_batch)]
+                    + ["--importer-nice", str(args.importer_nice)],
                     stdout=subprocess.PIPE,
                 )
                 started = time.monotonic()
@@ -230,11 +246,14 @@ def main() -> None:
                         return True
                     return importer.poll() is not None and import_left() == 0
 
-                window("with", f"with import #{round_ + 1}", done, f"M{round_}-")
+                timed = window("with", f"with import #{round_ + 1}", done, f"M{round_}-")
                 live_seconds = time.monotonic() - started
                 left_when_live_stopped = import_left()
                 stored_figures("with", f"M{round_}-")
                 committed = json.loads(importer.communicate()[0])
+                committed_at = started + committed["seconds"]
+                acks["committing"] += [ms for at, ms in timed if at <= committed_at]
+                acks["draining"] += [ms for at, ms in timed if at > committed_at]
                 beside = (args.messages - left_when_live_stopped) / live_seconds
                 print(
                     f"  import #{round_ + 1}: committed in {committed['seconds']:.1f} s "
@@ -260,6 +279,10 @@ def main() -> None:
             print(f"live ACK without the import: p50 {b50:.2f} ms, p99 {b99:.2f} ms ({len(acks['without'])} messages)")
             print(f"live ACK during the import:  p50 {w50:.2f} ms, p99 {w99:.2f} ms ({len(acks['with'])} messages)")
             print(f"difference: p50 {w50 - b50:+.2f} ms, p99 {w99 - b99:+.2f} ms (target: p99 +50 ms at most)")
+            for phase in ("committing", "draining"):
+                if len(acks[phase]) > 100:
+                    f50, f99 = percentiles(acks[phase])
+                    print(f"  while the importer was {phase}: p50 {f50:.2f} ms, p99 {f99:.2f} ms ({len(acks[phase])})")
             sb, sw = percentiles(stored["without"]), percentiles(stored["with"])
             print(f"live receive -> stored: without p50 {sb[0]:.0f} / p99 {sb[1]:.0f} ms, ", end="")
             print(f"during the import p50 {sw[0]:.0f} / p99 {sw[1]:.0f} ms")
