@@ -10,11 +10,12 @@ Starts ``hl7gw run`` in a temporary directory (embedded Redis, SQLite) with
   with      the same live traffic while an importer process commits ``--messages`` ADT^A04s to
             the import queue (``Intake(queue=IMPORT_QUEUE)``: the path ``hl7gw import`` takes) as
             fast as it can (at ``--importer-nice``, by default what ``hl7gw import`` takes:
-            gateway/procutil.py IMPORT_NICENESS; 0 to compare), and the workers drain them; the live traffic runs until the import
-            queue is empty, or for ``--import-seconds`` when that is set: then what is left of the
-            import is taken off its queue (as if cancelled), so the next baseline runs without
-            it; a 100,000-message import drains at tens of messages a second beside 200 live
-            msg/s on 2 cores, which would make every round an hour long
+            gateway/procutil.py IMPORT_NICENESS; 0 to compare), and the workers drain them; the
+            live traffic runs until the import queue is empty, or for ``--import-seconds`` when
+            that is set: then what is left of the import is taken off its queue (as if
+            cancelled), so the next baseline runs without it; a 100,000-message import drains at
+            tens of messages a second beside 200 live msg/s on 2 cores, which would make every
+            round an hour long
 and a last ``without``. Each window prints the live ACK latency (send -> ACK) p50/p99, and the
 live messages' receive -> stored latency (from the message archive: received_at to updated_at);
 each import its commit rate and its drain rate. At the end: p99 with and without (all windows of
