@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from gateway.api import admin, admin_actions, fhir, health
+from gateway.api.access_audit import AuthFailureAudit
 from gateway.api.admin import DryRun
 from gateway.api.admin_actions import Desk
 from gateway.api.auth import TokenRegistry, ensure_admin_token
@@ -18,6 +19,7 @@ from gateway.api.outcome import install_error_handlers
 from gateway.config import Settings
 from gateway.db.engine import make_engine
 from gateway.db.migrate import migrate
+from gateway.store.audit_trail import AuditTrail
 from gateway.store.resources import ResourceStore
 
 
@@ -33,12 +35,19 @@ def create_app(
         migrate(engine)
     ensure_admin_token(settings)
     tokens = TokenRegistry.from_settings(settings)
+    store = ResourceStore(engine)
+    # The access audit trail: reads, searches and refused requests, written in the background.
+    trail = AuditTrail(store, retention_days=settings.audit.retention_days)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        if owns_engine:
-            engine.dispose()
+        trail.start()
+        try:
+            yield
+        finally:
+            trail.close()  # drain what is queued before the engine goes
+            if owns_engine:
+                engine.dispose()
 
     app = FastAPI(
         title="hl7gw",
@@ -50,12 +59,14 @@ def create_app(
     )
     app.state.settings = settings
     app.state.engine = engine
-    app.state.store = ResourceStore(engine)
+    app.state.store = store
+    app.state.audit_trail = trail
     app.state.tokens = tokens
     app.state.dry_run = dry_run
     #: The operator actions (replay, discard, jobs) for /admin; given by the process running the API.
     app.state.desk = desk
     install_error_handlers(app)
+    app.add_middleware(AuthFailureAudit, trail=trail)
     app.include_router(health.router)
     app.include_router(fhir.router)
     app.include_router(admin.router)

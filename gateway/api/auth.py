@@ -119,6 +119,7 @@ def require_role(minimum: Role) -> Callable[..., Principal]:
         if principal is None:
             challenge = 'Bearer error="invalid_token"'
             raise FHIRError(401, "the bearer token is not valid", "login", {"WWW-Authenticate": challenge})
+        request.state.principal = principal  # who a 403 refused, for the audit trail (api/access_audit.py)
         check_role(principal, minimum)
         return principal
 

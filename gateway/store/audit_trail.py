@@ -1,0 +1,262 @@
+"""The access audit trail's writer: a bounded in-memory queue and one thread that writes it to the store
+in batches, so an API request only appends to a list.
+
+* ``submit`` queues an ``Access`` (its AuditEvents are made on the writer thread: finding the
+  Patients in an answer costs more than the request should pay) or a ready AuditEvent.
+* The thread wakes on the first record, lets a batch form for ``linger_s`` (or until ``batch``
+  records wait), then writes them in one transaction. At most ``linger_s`` plus one write is ever
+  held only in memory: what a killed process (SIGKILL, power loss) loses. SIGTERM drains (``close``).
+* A full queue (the database is down or far too slow) makes ``submit`` wait up to ``block_s`` for
+  room; then the record is refused, counted in ``dropped`` and logged, and the caller decides: the
+  API answers 503 rather than release patient data whose access would go unrecorded (fail closed).
+  Failed authentications may use only ``capacity // 2`` of the queue, so a flood of bad tokens
+  cannot crowd out reads; theirs are dropped (counted, logged) rather than waited for.
+* A write that fails for an outage of the database is retried with backoff until it succeeds; one
+  the database refuses (a defect, a missing table) is given up after three tries; on ``close``
+  whatever still cannot be written after ``drain_s`` is given up. What is given up is counted in
+  ``dropped`` and logged.
+* Once an hour (and at ``start``) it deletes AuditEvents past the retention (gateway/store/audit_retention.py).
+
+``pending``, ``written`` and ``dropped`` are the figures of hl7gw_audit_events_pending,
+hl7gw_audit_events_written_total and hl7gw_audit_events_dropped_total (records, not events:
+one Access may become several AuditEvents, one per Patient).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.errors import GatewayError, Policy, describe, policy_of
+from gateway.store.access_events import Access, access_events
+from gateway.store.audit_retention import purge_expired
+from gateway.store.resources import Job, ResourceStore
+from gateway.store.transaction import plan_changes
+
+log = logging.getLogger(__name__)
+
+Record = Access | dict[str, Any]
+#: Most AuditEvents per transaction (one Access may make many).
+_EVENTS_PER_WRITE = 500
+_RETENTION_EVERY_S = 3600.0
+_MAX_BACKOFF_S = 10.0
+#: A batch the database refuses (not an outage) this many times is given up, counted and logged.
+_REFUSALS = 3
+#: A trail started by a first ``submit`` (an app served without its lifespan, as tests do) stops
+#: its thread after this long with nothing to write, and starts it again on the next record.
+_IDLE_EXIT_S = 5.0
+
+
+class AuditTrail:
+    """Queue AuditEvents and write them in the background; ``start`` and ``close`` bracket its life."""
+
+    def __init__(
+        self,
+        store: ResourceStore,
+        *,
+        retention_days: int = 0,
+        capacity: int = 10_000,
+        batch: int = 200,
+        linger_s: float = 0.25,
+        block_s: float = 2.0,
+        drain_s: float = 10.0,
+    ):
+        self.store = store
+        self.retention_days = retention_days
+        self.capacity, self.batch = capacity, batch
+        self.linger_s, self.block_s, self.drain_s = linger_s, block_s, drain_s
+        #: Records written (committed), and records refused or lost.
+        self.written = 0
+        self.dropped = 0
+        self._queue: collections.deque[Record] = collections.deque()
+        self._in_hand = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._persistent = False
+        self._closing = False
+        self._next_purge = 0.0
+        self._lost_now = 0
+
+    @property
+    def pending(self) -> int:
+        """Records queued or being written."""
+        return len(self._queue) + self._in_hand
+
+    # -- the API's side -----------------------------------------------------------------------------
+    def submit(self, record: Record, *, wait: bool = True) -> bool:
+        """Queue ``record``; False when it was refused (queue full, or closed): then it is counted and logged.
+
+        ``wait`` False (failed authentications): no wait, and only half the queue may be used.
+        """
+        limit = self.capacity if wait else self.capacity // 2
+        with self._cond:
+            if len(self._queue) >= limit and wait and not self._closing:
+                self._cond.wait_for(lambda: len(self._queue) < limit or self._closing, timeout=self.block_s)
+            if len(self._queue) >= limit or self._closing:
+                self.dropped += 1
+                refused = self.dropped
+            else:
+                self._queue.append(record)
+                if len(self._queue) == 1 or len(self._queue) >= self.batch:
+                    self._cond.notify_all()
+                self._ensure_thread()
+                return True
+        log.error(
+            "audit trail: a record was refused (%s; %d refused so far)",
+            "closed" if self._closing else f"{limit} records waiting",
+            refused,
+        )
+        return False
+
+    def start(self) -> None:
+        """Run the writer thread until ``close``, purging expired events now and every hour."""
+        with self._cond:
+            self._persistent = True
+            self._next_purge = time.monotonic()
+            self._ensure_thread()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every record queued so far is written (or refused); False on timeout."""
+        with self._cond:
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: not self._queue and not self._in_hand, timeout=timeout)
+
+    def close(self) -> None:
+        """Write what is queued (trying for at most ``drain_s``), then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(self.drain_s + 5)
+        with self._cond:
+            lost = len(self._queue)
+            self._queue.clear()
+            self.dropped += lost
+        if lost:
+            log.error("audit trail: %d record(s) could not be written before shutdown", lost)
+
+    # -- the writer thread --------------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        """Start the writer if it is not running (the caller holds the lock)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="hl7gw-audit-trail", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            if taken:
+                self._write(taken)
+            if self._persistent and self.retention_days and time.monotonic() >= self._next_purge:
+                self._purge()
+
+    def _take(self) -> list[Record] | None:
+        """The next batch, after letting it form; [] when only the purge is due; None: stop."""
+        with self._cond:
+            idle_since = time.monotonic()
+            while not self._queue:
+                if self._closing:
+                    return None
+                wait: float | None = None
+                if not self._persistent:
+                    wait = idle_since + _IDLE_EXIT_S - time.monotonic()
+                    if wait <= 0:
+                        self._thread = None  # a later submit starts another
+                        return None
+                elif self.retention_days:
+                    wait = self._next_purge - time.monotonic()
+                    if wait <= 0:
+                        return []
+                self._cond.wait(timeout=wait)
+            if not self._closing and len(self._queue) < self.batch:
+                self._cond.wait_for(lambda: len(self._queue) >= self.batch or self._closing, timeout=self.linger_s)
+            taken = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
+            self._in_hand = len(taken)
+            self._cond.notify_all()  # room for waiting submitters
+            return taken
+
+    def _write(self, records: list[Record]) -> None:
+        """Write ``records``' events, retrying with backoff; when closing, give up after ``drain_s``."""
+        try:
+            events = [event for record in records for event in _events(record)]
+        except Exception as exc:  # noqa: BLE001 - a record the builder cannot handle is a defect: say it, go on
+            events = []
+            self._lost(records, f"cannot make their AuditEvents: {type(exc).__name__}")
+        backoff, deadline, refusals = 0.5, None, 0
+        while events:
+            chunk = events[:_EVENTS_PER_WRITE]
+            try:
+                self._store(chunk)
+            except (SQLAlchemyError, GatewayError) as exc:
+                # An outage is waited out; a refusal (a defect, a schema that is not there) is tried a few times.
+                refusals += policy_of(exc) is not Policy.OUTAGE
+                now = time.monotonic()
+                if self._closing:
+                    deadline = deadline or now + self.drain_s
+                if refusals >= _REFUSALS or (deadline is not None and now >= deadline):
+                    self._lost(records, describe(exc))
+                    break
+                log.warning(
+                    "audit trail: cannot write %d event(s), retrying in %.1f s (%s)",
+                    len(events),
+                    backoff,
+                    describe(exc),
+                )
+                time.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                continue
+            events = events[len(chunk) :]
+        with self._cond:
+            self.written += len(records) - self._lost_now
+            self._lost_now = 0
+            self._in_hand = 0
+            self._cond.notify_all()
+
+    def _lost(self, records: list[Record], why: str) -> None:
+        with self._cond:
+            self.dropped += len(records)
+            self._lost_now = len(records)
+        log.error("audit trail: %d record(s) lost: %s", len(records), why)
+
+    def _store(self, events: list[dict[str, Any]]) -> None:
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {"resource": event, "request": {"method": "PUT", "url": f"AuditEvent/{event['id']}"}}
+                for event in events
+            ],
+        }
+        with self.store.transaction() as conn:
+            self.store.write(conn, [Job(plan_changes(bundle), None)])
+            conn.commit()
+
+    def _purge(self) -> None:
+        self._next_purge = time.monotonic() + _RETENTION_EVERY_S
+        before = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=self.retention_days)
+        try:
+            purged = purge_expired(self.store.engine, before)
+        except SQLAlchemyError as exc:
+            log.warning("audit trail: retention could not delete expired AuditEvents (%s)", describe(exc))
+            return
+        if purged:
+            log.info("audit trail: deleted %d AuditEvent(s) recorded before %s", purged, before.date().isoformat())
+
+
+def _events(record: Record) -> list[dict[str, Any]]:
+    return access_events(record) if isinstance(record, Access) else [record]
+
+
+def _chunks(events: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(events), size):
+        yield events[start : start + size]
