@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import base64
 import enum
+import re
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from gateway import fhirjson
 from gateway.store.audit import API_ROLE_SYSTEM
 from gateway.store.fhir_dates import format_instant
 
@@ -48,6 +50,9 @@ _BALP_PROFILE = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.Basic
 #: AuditEvent.agent.network.type (R4 network-type): 2 IP address, 5 URI.
 _IP_ADDRESS, _URI = "2", "5"
 _HOST = socket.gethostname() or "unknown"
+#: A literal reference to a Patient (relative, absolute or versioned) as compact JSON writes it;
+#: a quote inside a string value is escaped, so string values never match.
+_PATIENT_REFERENCE = re.compile(rb'"reference":"(?:[^"]*/)?Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^"]*)?"')
 
 
 class Interaction(enum.StrEnum):
@@ -106,38 +111,16 @@ class Access:
 def patients_in(resources: Iterable[dict[str, Any]]) -> list[str]:
     """The ids of the Patients returned and of those the other resources reference, sorted."""
     found: set[str] = set()
+    others = []
     for resource in resources:
         if resource.get("resourceType") == "Patient":
             if isinstance(resource.get("id"), str):
                 found.add(resource["id"])
         else:
-            found.update(_patient_references(resource))
+            others.append(resource)
+    if others:  # one pass of C code over the JSON: walking the dicts in Python cost more than the search
+        found.update(match.decode() for match in _PATIENT_REFERENCE.findall(fhirjson.dumps(others)))
     return sorted(found)
-
-
-def _patient_references(value: Any) -> Iterator[str]:
-    """Ids of every literal reference to a Patient anywhere in ``value`` (relative, absolute or versioned)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            reference = item.get("reference")
-            if isinstance(reference, str) and "Patient/" in reference:
-                patient = _patient_id(reference)
-                if patient:
-                    yield patient
-            stack.extend(child for child in item.values() if isinstance(child, dict | list))
-        elif isinstance(item, list):
-            stack.extend(child for child in item if isinstance(child, dict | list))
-
-
-def _patient_id(reference: str) -> str | None:
-    parts = reference.split("/")
-    if "_history" in parts:
-        parts = parts[: parts.index("_history")]
-    if len(parts) >= 2 and parts[-2] == "Patient" and parts[-1]:
-        return parts[-1]
-    return None
 
 
 def access_events(access: Access) -> list[dict[str, Any]]:
@@ -152,7 +135,21 @@ def access_events(access: Access) -> list[dict[str, Any]]:
     patients = patients_in(data)
     if not patients:
         return [_access_event(access, None)] if trail else []
-    return [_access_event(access, patient) for patient in patients]
+    model = _access_event(access, patients[0])
+    events = [model]
+    for patient in patients[1:]:  # the same event but for id and Patient: its parts are shared, not copied
+        event = dict(model, id=str(uuid.uuid4()))
+        event["entity"] = [_patient_entity(patient), *model["entity"][1:]]
+        events.append(event)
+    return events
+
+
+def _patient_entity(patient: str) -> dict[str, Any]:
+    return {
+        "what": {"reference": f"Patient/{patient}"},
+        "type": _coding(_ENTITY_TYPE, "1", "Person"),
+        "role": _coding(_OBJECT_ROLE, "1", "Patient"),
+    }
 
 
 def _access_event(access: Access, patient: str | None) -> dict[str, Any]:
@@ -162,13 +159,7 @@ def _access_event(access: Access, patient: str | None) -> dict[str, Any]:
     profile = ("Query" if query else "Read") if patient is None else ("PatientQuery" if query else "PatientRead")
     entities: list[dict[str, Any]] = []
     if patient is not None:
-        entities.append(
-            {
-                "what": {"reference": f"Patient/{patient}"},
-                "type": _coding(_ENTITY_TYPE, "1", "Person"),
-                "role": _coding(_OBJECT_ROLE, "1", "Patient"),
-            }
-        )
+        entities.append(_patient_entity(patient))
     if query:
         entities.append(
             {

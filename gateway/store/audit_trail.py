@@ -3,9 +3,9 @@ in batches, so an API request only appends to a list.
 
 * ``submit`` queues an ``Access`` (its AuditEvents are made on the writer thread: finding the
   Patients in an answer costs more than the request should pay) or a ready AuditEvent.
-* The thread wakes on the first record, lets a batch form for ``linger_s`` (or until ``batch``
-  records wait), then writes them in one transaction. At most ``linger_s`` plus one write is ever
-  held only in memory: what a killed process (SIGKILL, power loss) loses. SIGTERM drains (``close``).
+* The thread wakes every ``linger_s`` (or when ``batch`` records wait) and writes what is queued in
+  one transaction. A record waits at most ``linger_s`` plus one write in memory only: what a killed
+  process (SIGKILL, power loss) loses. SIGTERM drains (``close``).
 * A full queue (the database is down or far too slow) makes ``submit`` wait up to ``block_s`` for
   room; then the record is refused, counted in ``dropped`` and logged, and the caller decides: the
   API answers 503 rather than release patient data whose access would go unrecorded (fail closed).
@@ -36,9 +36,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.errors import GatewayError, Policy, describe, policy_of
 from gateway.store.access_events import Access, access_events
+from gateway.store.audit_append import append_events
 from gateway.store.audit_retention import purge_expired
-from gateway.store.resources import Job, ResourceStore
-from gateway.store.transaction import plan_changes
+from gateway.store.resources import ResourceStore, delivery_error
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ class AuditTrail:
         self._closing = False
         self._next_purge = 0.0
         self._lost_now = 0
+        #: Set by flush: write what is queued now rather than at the next tick.
+        self._hurry = False
 
     @property
     def pending(self) -> int:
@@ -104,7 +106,7 @@ class AuditTrail:
                 refused = self.dropped
             else:
                 self._queue.append(record)
-                if len(self._queue) == 1 or len(self._queue) >= self.batch:
+                if len(self._queue) == self.batch:
                     self._cond.notify_all()
                 self._ensure_thread()
                 return True
@@ -125,8 +127,11 @@ class AuditTrail:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every record queued so far is written (or refused); False on timeout."""
         with self._cond:
+            self._hurry = True
             self._cond.notify_all()
-            return self._cond.wait_for(lambda: not self._queue and not self._in_hand, timeout=timeout)
+            done = self._cond.wait_for(lambda: not self._queue and not self._in_hand, timeout=timeout)
+            self._hurry = False
+            return done
 
     def close(self) -> None:
         """Write what is queued (trying for at most ``drain_s``), then stop the thread."""
@@ -161,42 +166,42 @@ class AuditTrail:
                 self._purge()
 
     def _take(self) -> list[Record] | None:
-        """The next batch, after letting it form; [] when only the purge is due; None: stop."""
+        """The next batch: what is queued at a tick of ``linger_s`` (or sooner when ``batch`` records wait,
+        or on flush or close); [] when only the purge is due; None: stop. The writer wakes on its clock,
+        not on each record, so a request never hands it the processor."""
         with self._cond:
             idle_since = time.monotonic()
-            while not self._queue:
-                if self._closing:
-                    return None
-                wait: float | None = None
-                if not self._persistent:
-                    wait = idle_since + _IDLE_EXIT_S - time.monotonic()
-                    if wait <= 0:
+            while True:
+                if self._queue and (self._closing or self._hurry or len(self._queue) >= self.batch):
+                    break
+                if not self._queue:
+                    if self._closing:
+                        return None
+                    if not self._persistent and time.monotonic() - idle_since >= _IDLE_EXIT_S:
                         self._thread = None  # a later submit starts another
                         return None
-                elif self.retention_days:
-                    wait = self._next_purge - time.monotonic()
-                    if wait <= 0:
+                    if self._persistent and self.retention_days and time.monotonic() >= self._next_purge:
                         return []
-                self._cond.wait(timeout=wait)
-            if not self._closing and len(self._queue) < self.batch:
-                self._cond.wait_for(lambda: len(self._queue) >= self.batch or self._closing, timeout=self.linger_s)
+                if not self._cond.wait(timeout=self.linger_s) and self._queue:
+                    break  # a whole tick passed with records waiting
             taken = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
             self._in_hand = len(taken)
+            self._hurry = bool(self._queue) and self._hurry
             self._cond.notify_all()  # room for waiting submitters
             return taken
 
     def _write(self, records: list[Record]) -> None:
         """Write ``records``' events, retrying with backoff; when closing, give up after ``drain_s``."""
         try:
-            events = [event for record in records for event in _events(record)]
+            groups = [_events(record) for record in records]
         except Exception as exc:  # noqa: BLE001 - a record the builder cannot handle is a defect: say it, go on
-            events = []
+            groups = []
             self._lost(records, f"cannot make their AuditEvents: {type(exc).__name__}")
         backoff, deadline, refusals = 0.5, None, 0
-        while events:
-            chunk = events[:_EVENTS_PER_WRITE]
+        chunks = list(_chunks(groups, _EVENTS_PER_WRITE))
+        while chunks:
             try:
-                self._store(chunk)
+                self._store(chunks[0])
             except (SQLAlchemyError, GatewayError) as exc:
                 # An outage is waited out; a refusal (a defect, a schema that is not there) is tried a few times.
                 refusals += policy_of(exc) is not Policy.OUTAGE
@@ -206,16 +211,14 @@ class AuditTrail:
                 if refusals >= _REFUSALS or (deadline is not None and now >= deadline):
                     self._lost(records, describe(exc))
                     break
+                events = sum(len(group) for chunk in chunks for group in chunk)
                 log.warning(
-                    "audit trail: cannot write %d event(s), retrying in %.1f s (%s)",
-                    len(events),
-                    backoff,
-                    describe(exc),
+                    "audit trail: cannot write %d event(s), retrying in %.1f s (%s)", events, backoff, describe(exc)
                 )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
                 continue
-            events = events[len(chunk) :]
+            chunks.pop(0)
         with self._cond:
             self.written += len(records) - self._lost_now
             self._lost_now = 0
@@ -228,17 +231,12 @@ class AuditTrail:
             self._lost_now = len(records)
         log.error("audit trail: %d record(s) lost: %s", len(records), why)
 
-    def _store(self, events: list[dict[str, Any]]) -> None:
-        bundle = {
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "entry": [
-                {"resource": event, "request": {"method": "PUT", "url": f"AuditEvent/{event['id']}"}}
-                for event in events
-            ],
-        }
+    def _store(self, groups: list[list[dict[str, Any]]]) -> None:
         with self.store.transaction() as conn:
-            self.store.write(conn, [Job(plan_changes(bundle), None)])
+            try:
+                append_events(conn, groups, _now())
+            except SQLAlchemyError as exc:
+                raise delivery_error(exc) from exc
             conn.commit()
 
     def _purge(self) -> None:
@@ -257,6 +255,21 @@ def _events(record: Record) -> list[dict[str, Any]]:
     return access_events(record) if isinstance(record, Access) else [record]
 
 
-def _chunks(events: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(events), size):
-        yield events[start : start + size]
+def _chunks(groups: list[list[dict[str, Any]]], size: int) -> Iterator[list[list[dict[str, Any]]]]:
+    """The groups in runs of about ``size`` events (a group is never split: one access, one transaction)."""
+    run: list[list[dict[str, Any]]] = []
+    count = 0
+    for group in groups:
+        if run and count + len(group) > size:
+            yield run
+            run, count = [], 0
+        run.append(group)
+        count += len(group)
+    if run:
+        yield run
+
+
+def _now() -> datetime:
+    """meta.lastUpdated as the store keeps it: naive UTC, whole milliseconds."""
+    moment = datetime.now(UTC).replace(tzinfo=None)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
