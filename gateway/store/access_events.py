@@ -10,10 +10,14 @@ A read (``read``, ``vread``, ``history-instance``) follows BALP PatientRead, a s
   ``requestor`` true), the client (its IP address) and the server (the FHIR base URL), typed DCM
   110153 Source / 110152 Destination Role ID the way BALP orders them for reads and for queries;
 * ``source``: the gateway, an application server, on this host;
-* ``entity``: one Patient (type 1 Person, role 1 Patient), as BALP asks for one AuditEvent per
-  Patient in the answer; for a read the resource read (type 2, role 4 Domain Resource); for a
-  search the query (type 2, role 24 Query, ``query`` the request base64-encoded, ``description``
-  the same text); the client's X-Request-Id, if any.
+* ``entity``: every Patient in the answer (type 1 Person, role 1 Patient); for a read the resource
+  read (type 2, role 4 Domain Resource); for a search the query (type 2, role 24 Query, ``query``
+  the request base64-encoded, ``description`` the same text); the client's X-Request-Id, if any.
+
+One answer is one AuditEvent. BALP asks for one per Patient (PatientQuery names exactly one): an
+answer naming one Patient, the usual case, is exactly that; one naming several is one event that
+conforms to BALP Query / Read and lists them all. One event per Patient made a page of 50
+Observations cost the API process 17 AuditEvents (docs/observability.md, "What it costs").
 
 The Patients of an answer are the Patients returned and every Patient another returned resource
 references (its subject, patient, performer...): what a Patient compartment holds. Reads of the
@@ -124,24 +128,14 @@ def patients_in(resources: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def access_events(access: Access) -> list[dict[str, Any]]:
-    """The AuditEvents of ``access``: one per Patient in the answer (BALP), none when there is none;
-    one without a Patient for an answer of AuditEvents (the trail itself; their Patients are not counted)."""
-    trail = [resource for resource in access.resources if resource.get("resourceType") == "AuditEvent"]
-    data = (
-        [resource for resource in access.resources if resource.get("resourceType") != "AuditEvent"]
-        if trail
-        else access.resources
-    )
+    """The AuditEvent of ``access``, naming every Patient in the answer; none when there is none; one
+    without a Patient for an answer of AuditEvents (the trail itself: the Patients they name are not counted)."""
+    trail = any(resource.get("resourceType") == "AuditEvent" for resource in access.resources)
+    data = [r for r in access.resources if r.get("resourceType") != "AuditEvent"] if trail else access.resources
     patients = patients_in(data)
-    if not patients:
-        return [_access_event(access, None)] if trail else []
-    model = _access_event(access, patients[0])
-    events = [model]
-    for patient in patients[1:]:  # the same event but for id and Patient: its parts are shared, not copied
-        event = dict(model, id=str(uuid.uuid4()))
-        event["entity"] = [_patient_entity(patient), *model["entity"][1:]]
-        events.append(event)
-    return events
+    if not patients and not trail:
+        return []
+    return [_access_event(access, patients)]
 
 
 def _patient_entity(patient: str) -> dict[str, Any]:
@@ -152,14 +146,13 @@ def _patient_entity(patient: str) -> dict[str, Any]:
     }
 
 
-def _access_event(access: Access, patient: str | None) -> dict[str, Any]:
+def _access_event(access: Access, patients: list[str]) -> dict[str, Any]:
     query = access.interaction.is_query
     # BALP: for a read the server is the source of the data; for a query, the client is the source of the query.
     client_role, server_role = ("110153", "110152") if query else ("110152", "110153")
-    profile = ("Query" if query else "Read") if patient is None else ("PatientQuery" if query else "PatientRead")
-    entities: list[dict[str, Any]] = []
-    if patient is not None:
-        entities.append(_patient_entity(patient))
+    # PatientRead/PatientQuery name exactly one Patient; the Read/Query profiles they refine allow any number.
+    profile = ("PatientQuery" if query else "PatientRead") if len(patients) == 1 else ("Query" if query else "Read")
+    entities = [_patient_entity(patient) for patient in patients]
     if query:
         entities.append(
             {
@@ -228,13 +221,7 @@ def auth_failure_event(
         "outcomeDesc": f"{description} ({failure.value})",
         "agent": [user, _agent(_dcm_role("110153"), client or "unknown", client, _IP_ADDRESS)],
         "source": _source(),
-        "entity": [
-            {
-                "type": _coding(_ENTITY_TYPE, "2", "System Object"),
-                "role": _coding(_OBJECT_ROLE, "4", "Domain Resource"),
-                "description": f"{method} {path}",
-            }
-        ],
+        "entity": [{"type": _coding(_ENTITY_TYPE, "2", "System Object"), "description": f"{method} {path}"}],
     }
 
 

@@ -18,8 +18,8 @@ in batches, so an API request only appends to a list.
 * Once an hour (and at ``start``) it deletes AuditEvents past the retention (gateway/store/audit_retention.py).
 
 ``pending``, ``written`` and ``dropped`` are the figures of hl7gw_audit_events_pending,
-hl7gw_audit_events_written_total and hl7gw_audit_events_dropped_total (records, not events:
-one Access may become several AuditEvents, one per Patient).
+hl7gw_audit_events_written_total and hl7gw_audit_events_dropped_total (records: one read or
+search, or one refused request, is one record and one AuditEvent).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,7 +42,7 @@ from gateway.store.resources import ResourceStore, delivery_error
 log = logging.getLogger(__name__)
 
 Record = Access | dict[str, Any]
-#: Most AuditEvents per transaction (one Access may make many).
+#: Most AuditEvents per transaction.
 _EVENTS_PER_WRITE = 500
 _RETENTION_EVERY_S = 3600.0
 _MAX_BACKOFF_S = 10.0
@@ -66,7 +65,7 @@ class AuditTrail:
         batch: int = 200,
         linger_s: float = 0.25,
         block_s: float = 2.0,
-        drain_s: float = 10.0,
+        drain_s: float = 8.0,
     ):
         self.store = store
         self.retention_days = retention_days
@@ -81,6 +80,7 @@ class AuditTrail:
         self._thread: threading.Thread | None = None
         self._persistent = False
         self._closing = False
+        self._closing_at: float | None = None
         self._next_purge = 0.0
         self._lost_now = 0
         #: Set by flush: write what is queued now rather than at the next tick.
@@ -137,6 +137,7 @@ class AuditTrail:
         """Write what is queued (trying for at most ``drain_s``), then stop the thread."""
         with self._cond:
             self._closing = True
+            self._closing_at = time.monotonic()
             self._cond.notify_all()
             thread = self._thread
         if thread is not None:
@@ -193,29 +194,30 @@ class AuditTrail:
     def _write(self, records: list[Record]) -> None:
         """Write ``records``' events, retrying with backoff; when closing, give up after ``drain_s``."""
         try:
-            groups = [_events(record) for record in records]
+            events = [event for record in records for event in _events(record)]
         except Exception as exc:  # noqa: BLE001 - a record the builder cannot handle is a defect: say it, go on
-            groups = []
+            events = []
             self._lost(records, f"cannot make their AuditEvents: {type(exc).__name__}")
-        backoff, deadline, refusals = 0.5, None, 0
-        chunks = list(_chunks(groups, _EVENTS_PER_WRITE))
+        backoff, refusals = 0.5, 0
+        chunks = [events[start : start + _EVENTS_PER_WRITE] for start in range(0, len(events), _EVENTS_PER_WRITE)]
         while chunks:
             try:
                 self._store(chunks[0])
             except (SQLAlchemyError, GatewayError) as exc:
                 # An outage is waited out; a refusal (a defect, a schema that is not there) is tried a few times.
                 refusals += policy_of(exc) is not Policy.OUTAGE
-                now = time.monotonic()
-                if self._closing:
-                    deadline = deadline or now + self.drain_s
-                if refusals >= _REFUSALS or (deadline is not None and now >= deadline):
+                closing_at = self._closing_at
+                if refusals >= _REFUSALS or (closing_at is not None and time.monotonic() >= closing_at + self.drain_s):
                     self._lost(records, describe(exc))
                     break
-                events = sum(len(group) for chunk in chunks for group in chunk)
+                waiting = sum(len(chunk) for chunk in chunks)
                 log.warning(
-                    "audit trail: cannot write %d event(s), retrying in %.1f s (%s)", events, backoff, describe(exc)
+                    "audit trail: cannot write %d event(s), retrying in %.1f s (%s)", waiting, backoff, describe(exc)
                 )
-                time.sleep(backoff)
+                with self._cond:  # close wakes it, and the drain has its own deadline
+                    if self._closing_at is not None:
+                        backoff = min(backoff, max(0.0, self._closing_at + self.drain_s - time.monotonic()))
+                    self._cond.wait(timeout=backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
                 continue
             chunks.pop(0)
@@ -231,10 +233,10 @@ class AuditTrail:
             self._lost_now = len(records)
         log.error("audit trail: %d record(s) lost: %s", len(records), why)
 
-    def _store(self, groups: list[list[dict[str, Any]]]) -> None:
+    def _store(self, events: list[dict[str, Any]]) -> None:
         with self.store.transaction() as conn:
             try:
-                append_events(conn, groups, _now())
+                append_events(conn, events, _now())
             except SQLAlchemyError as exc:
                 raise delivery_error(exc) from exc
             conn.commit()
@@ -253,20 +255,6 @@ class AuditTrail:
 
 def _events(record: Record) -> list[dict[str, Any]]:
     return access_events(record) if isinstance(record, Access) else [record]
-
-
-def _chunks(groups: list[list[dict[str, Any]]], size: int) -> Iterator[list[list[dict[str, Any]]]]:
-    """The groups in runs of about ``size`` events (a group is never split: one access, one transaction)."""
-    run: list[list[dict[str, Any]]] = []
-    count = 0
-    for group in groups:
-        if run and count + len(group) > size:
-            yield run
-            run, count = [], 0
-        run.append(group)
-        count += len(group)
-    if run:
-        yield run
 
 
 def _now() -> datetime:
