@@ -35,7 +35,7 @@ def record_access(
 ) -> None:
     """Queue the audit record of an answer carrying ``resources``; raise 503 when it cannot be queued."""
     trail: AuditTrail | None = request.app.state.audit_trail
-    if trail is None or not request.app.state.settings.audit.access or not resources:
+    if trail is None or not request.app.state.access_audit or not resources:
         return
     client = request.client
     access = Access(

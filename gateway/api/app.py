@@ -61,6 +61,8 @@ def create_app(
     app.state.engine = engine
     app.state.store = store
     app.state.audit_trail = trail
+    #: Record reads and searches (HL7GW_ACCESS_AUDIT); benchmarks/audit.py flips it in a running server.
+    app.state.access_audit = settings.audit.access
     app.state.tokens = tokens
     app.state.dry_run = dry_run
     #: The operator actions (replay, discard, jobs) for /admin; given by the process running the API.

@@ -11,7 +11,8 @@ makes of the same events.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -25,22 +26,39 @@ from gateway.store.transaction import content_hash, stamp
 _TYPE = "AuditEvent"
 
 
-def append_events(conn: Connection, events: Sequence[dict[str, Any]], now: datetime) -> int:
-    """Insert ``events`` as new AuditEvents in ``conn``'s open transaction; the number inserted.
+@dataclass
+class Prepared:
+    """The rows of some AuditEvents, made before the transaction that inserts them."""
 
-    ``now`` is their meta.lastUpdated (naive UTC, milliseconds). Ids must be new: an id already
-    stored makes the insert fail (the caller's transaction then rolls back).
-    """
+    final: dict[tuple[str, str], StoredRow | None] = field(default_factory=dict)
+    history: list[tuple[Any, ...]] = field(default_factory=list)
+    rows: IndexRows = field(default_factory=IndexRows)
+
+
+def prepare(events: Sequence[dict[str, Any]], now: datetime, pause: Callable[[], None] | None = None) -> Prepared:
+    """The rows of ``events`` as new AuditEvents written at ``now`` (naive UTC, milliseconds); ``pause`` is
+    called between events (the trail's thread lets the API's threads run)."""
     last_updated = format_instant(now)
-    final: dict[tuple[str, str], StoredRow | None] = {}
-    history: list[tuple[Any, ...]] = []
-    rows = IndexRows()
+    prepared = Prepared()
     for event in events:
         content = stamp(event, 1, last_updated)
-        final[(_TYPE, event["id"])] = StoredRow(1, now, False, content_hash(event), content)
-        history.append((_TYPE, event["id"], 1, now, False, content))
-        rows.extend(index_rows(_TYPE, event["id"], event))
-    write_rows(conn, dict.fromkeys(final), final)
-    insert_history(conn, history)
-    insert_index_rows(conn, rows)
-    return len(final)
+        prepared.final[(_TYPE, event["id"])] = StoredRow(1, now, False, content_hash(event), content)
+        prepared.history.append((_TYPE, event["id"], 1, now, False, content))
+        prepared.rows.extend(index_rows(_TYPE, event["id"], event))
+        if pause is not None:
+            pause()
+    return prepared
+
+
+def insert(conn: Connection, prepared: Prepared) -> int:
+    """Insert prepared AuditEvents in ``conn``'s open transaction; the number inserted. Their ids must be
+    new: an id already stored makes the insert fail (the caller's transaction then rolls back)."""
+    write_rows(conn, dict.fromkeys(prepared.final), prepared.final)
+    insert_history(conn, prepared.history)
+    insert_index_rows(conn, prepared.rows)
+    return len(prepared.final)
+
+
+def append_events(conn: Connection, events: Sequence[dict[str, Any]], now: datetime) -> int:
+    """Insert ``events`` as new AuditEvents in ``conn``'s open transaction, written at ``now``."""
+    return insert(conn, prepare(events, now))
