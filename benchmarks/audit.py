@@ -170,7 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resources", type=int, default=100_000, help="resources to load (default 100,000)")
     parser.add_argument("--queries", type=int, default=1000, help="queries per search and mode")
-    parser.add_argument("--block", type=int, default=20, help="queries in a row to one server before switching")
+    parser.add_argument("--block", type=int, default=20, help="queries in a row in one mode before switching")
     parser.add_argument("--only", choices=("sqlite", "postgresql"), help="run one backend")
     parser.add_argument("--control", action="store_true", help="both servers with the trail off: the noise floor")
     args = parser.parse_args()

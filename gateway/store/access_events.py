@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import re
 import socket
 import uuid
@@ -256,5 +257,7 @@ def _source() -> dict[str, Any]:
     }
 
 
+@functools.cache
 def _coding(system: str, code: str, display: str) -> dict[str, str]:
+    """One shared dict per coding (an event names each Patient with two): events are read, never changed."""
     return {"system": system, "code": code, "display": display}
