@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +19,15 @@ from sqlalchemy.engine import Engine
 
 from gateway.api.app import create_app
 from gateway.config import load_settings
+from gateway.db.engine import make_engine
+from gateway.db.migrate import migrate
+from gateway.services.embedded_redis import free_port
 from gateway.store.audit_trail import AuditTrail
 from gateway.store.resources import ResourceStore
 from gateway.validate import validate_bundle
 from tests.support.asgi_client import AsgiClient
 from tests.support.fhir_bundles import observation, patient, put, transaction
+from tests.support.gateway_process import clean_env
 
 TOKENS = "ann:r-token:reader,ada:a-token:admin"
 INTERACTION = "http://hl7.org/fhir/restful-interaction"
@@ -248,3 +256,39 @@ def test_the_lifespan_starts_the_trail_and_its_shutdown_drains_it(app: FastAPI) 
         "Patient/p1",
         "Patient/p2",
     ]
+
+
+@pytest.mark.slow
+def test_hl7gw_api_stopped_by_sigterm_leaves_every_read_recorded(tmp_path: Path, database_url: str) -> None:
+    engine = make_engine(database_url)
+    migrate(engine)
+    ResourceStore(engine).apply_bundle(transaction(put(patient("p1", "MRN1"))))
+    port = free_port()
+    env = clean_env(
+        HL7GW_DATA_DIR=str(tmp_path),
+        HL7GW_DATABASE_URL=database_url,
+        HL7GW_HTTP_PORT=str(port),
+        HL7GW_API_TOKENS=TOKENS,
+        HL7GW_LOG_LEVEL="WARNING",
+    )
+    api = subprocess.Popen([sys.executable, "-m", "gateway.cli", "api"], env=env)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    client.get("/fhir/metadata")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            for _ in range(20):
+                assert client.get("/fhir/Patient/p1", headers={"Authorization": "Bearer r-token"}).status_code == 200
+            assert client.get("/fhir/Patient/p1", headers={"Authorization": "Bearer nope"}).status_code == 401
+        api.send_signal(signal.SIGTERM)  # uvicorn's shutdown runs the lifespan's: the trail drains
+        api.wait(30)
+    finally:
+        if api.poll() is None:
+            api.kill()
+    events = ResourceStore(engine).search("AuditEvent", {"_count": ["100"]})
+    engine.dispose()
+    assert sorted(event["type"]["code"] for event in events) == ["110114"] + ["rest"] * 20

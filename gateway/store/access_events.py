@@ -1,8 +1,8 @@
 """The access audit trail's records: a read or search of patient data through the FHIR API, and a failed
 authentication, each as an R4 AuditEvent shaped as IHE Basic Audit Log Patterns (BALP) say.
 
-A read (``read``, ``vread``, ``history-instance``) follows BALP PatientRead, a search
-(``search-type``, ``history-type``) BALP PatientQuery:
+A read (``read``, ``vread``, ``history-instance``) follows BALP PatientRead (Read when it names
+several Patients), a search (``search-type``, ``history-type``) BALP PatientQuery (or Query):
 
 * ``type`` audit-event-type#rest; ``subtype`` the restful-interaction code; ``action`` R for a
   read, E for a search; ``recorded``; ``outcome`` 0 (only answers that carried data are recorded);
