@@ -281,6 +281,24 @@ def test_an_envelope_line_longer_than_the_limit_is_text_dropped_as_it_goes_by() 
         assert piece.reason == "text outside a message larger than 1024 bytes"
 
 
+def test_segments_before_the_first_msh_of_a_batch_count_in_it() -> None:
+    data = b"BHS|^~\\&\rPID|1||lost-msh\rPV1|1\r" + MSG1 + b"BTS|2\r"
+    items = read_all(data, [4])
+    (piece,) = [i for i in items if isinstance(i, RejectedPiece)]
+    assert (piece.reason, piece.offset, piece.batch, piece.index) == ("segments before any MSH", 9, 1, 1)
+    (m,) = read_messages(items)
+    assert (m.batch, m.index) == (1, 2)
+    (end,) = [i for i in items if isinstance(i, BatchEnd)]
+    assert (end.read, end.declared, end.mismatch) == (2, 2, False)
+
+
+def test_a_utf16_file_is_refused_as_such() -> None:
+    data = "MSH|^~\\&|A|B\rPID|1\r".encode("utf-16")
+    for limit in (1024, 16):
+        (piece,) = [i for i in read_all(data, max_message_bytes=limit) if isinstance(i, RejectedPiece)]
+        assert piece.reason.startswith("UTF-16 text") and (piece.offset, piece.end) == (0, len(data))
+
+
 def test_a_bom_before_a_later_file_in_a_concatenation() -> None:
     data = b"\xef\xbb\xbf" + MSG1 + b"\xef\xbb\xbf" + MSG2
     found = read_messages(read_all(data, [2]))

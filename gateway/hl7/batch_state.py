@@ -34,6 +34,8 @@ _EOL = re.compile(rb"[\r\n]")
 _SEGMENT_START = re.compile(rb"[A-Z][A-Z0-9]{2}(?:[^A-Za-z0-9]|\Z)")
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n|\Z)")
 _NONE, _TEXT, _MESSAGE = 0, 1, 2
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_UTF16 = "UTF-16 text (a batch file must be in an ASCII-compatible character set)"
 
 
 def normalise(body: bytes, blank_lines: bool = True) -> bytes:
@@ -167,6 +169,8 @@ class BatchState:
             self.skipping, head, self.head = False, self.head, b""
             counted = kind == _MESSAGE or self._segment_like(head)
             what = "message" if kind == _MESSAGE else "text outside a message"
+            if head.startswith(_UTF16_BOMS):
+                what = _UTF16
             self._reject(offset, end, f"{what} larger than {self.max_message_bytes} bytes", head, counted)
             return
         body = buf[a:stop]
@@ -201,7 +205,8 @@ class BatchState:
         if self._segment_like(stripped):
             self._reject(offset + lead, end, "segments before any MSH", body[lead:], True)
         else:
-            self._reject(offset + lead, end, "text that is not HL7 segments, outside a message", body[lead:])
+            reason = _UTF16 if body.startswith(_UTF16_BOMS) else "text that is not HL7 segments, outside a message"
+            self._reject(offset + lead, end, reason, body[lead:])
 
     @staticmethod
     def _segment_like(text: bytes) -> bool:
