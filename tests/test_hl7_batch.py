@@ -22,6 +22,7 @@ from gateway.hl7.batch import (
     RejectedPiece,
     looks_like_batch,
     open_batch_file,
+    open_batch_stream,
     read_batch,
 )
 from gateway.hl7.batch_state import normalise
@@ -110,6 +111,9 @@ def test_gzip_is_recognised_by_its_magic_number_too(tmp_path: Path) -> None:
     path = tmp_path / "batch.hl7"
     path.write_bytes(gzip.compress(MSG1 + MSG2))
     with open_batch_file(path) as stream:
+        assert [m.raw for m in read_messages(list(read_batch(stream)))] == [MSG1, MSG2]
+    for data in (gzip.compress(MSG1 + MSG2), MSG1 + MSG2):  # a stream (standard input, an upload)
+        stream = open_batch_stream(ShortReads(data, [1]))  # type: ignore[arg-type]
         assert [m.raw for m in read_messages(list(read_batch(stream)))] == [MSG1, MSG2]
 
 

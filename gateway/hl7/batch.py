@@ -21,10 +21,11 @@ ending inside an MLLP frame opened before ``start`` is not seen as truncated.
 from __future__ import annotations
 
 import gzip
+import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from gateway.hl7.batch_items import (
     BatchEnd,
@@ -52,6 +53,7 @@ __all__ = [
     "RejectedPiece",
     "looks_like_batch",
     "open_batch_file",
+    "open_batch_stream",
     "read_batch",
 ]
 
@@ -87,11 +89,54 @@ def open_batch_file(path: Path) -> BinaryIO:
     path = Path(path)
     if path.suffix.lower() == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
-    handle = path.open("rb")
-    if handle.peek(2)[:2] == _GZIP_MAGIC:
-        handle.close()
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return handle
+    return open_batch_stream(path.open("rb"))
+
+
+def open_batch_stream(stream: BinaryIO) -> BinaryIO:
+    """``stream`` (standard input, an upload), decompressed if it starts with the gzip magic number."""
+    head = b""
+    while len(head) < len(_GZIP_MAGIC):
+        data = stream.read(len(_GZIP_MAGIC) - len(head))
+        if not data:
+            break
+        head += data
+    whole = _Prefixed(head, stream)
+    if head == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=whole, mode="rb")  # type: ignore[return-value]
+    return whole  # type: ignore[return-value]
+
+
+class _Prefixed(io.RawIOBase):
+    """``stream`` with ``head``, already read from it, put back in front."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self.head = head
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self.head:
+            head, self.head = (
+                (self.head, b"")
+                if size < 0 or size >= len(self.head)
+                else (
+                    self.head[:size],
+                    self.head[size:],
+                )
+            )
+            return head
+        return self.stream.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
 
 
 def looks_like_batch(payload: bytes) -> bool:
