@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -249,6 +250,7 @@ def test_out_of_place_trailers_and_a_bhs_without_bts() -> None:
         ("RejectedPiece", "BTS outside a batch"),
         ("FileEnd", None),
         ("RejectedPiece", "FTS outside a file"),
+        ("FileEnd", None),  # the last item is always a FileEnd
     ]
     first, second = [i for i in items if isinstance(i, BatchEnd)]
     assert (first.batch, first.declared, first.read, first.trailer_missing) == (1, None, 1, True)
@@ -401,3 +403,64 @@ def test_a_hundred_thousand_messages_are_read_in_bounded_memory() -> None:
         tracemalloc.stop()
     assert count == last == 100_000
     assert peak < 2 * 1024 * 1024, f"peak {peak} bytes"
+
+
+# Any bytes at all: no crash, pieces in order without overlap, and nothing lost but blank lines,
+# framing and the envelope segments the items stand for.
+
+SOUP_TOKENS = st.sampled_from(
+    [
+        MSG1,
+        MSG2,
+        b"PID|1||x\r",
+        b"BHS|^~\\&|S|F||||||B1\r",
+        b"BTS|1\r",
+        b"FHS|^~\\&\r",
+        b"FTS|1\n",
+        b"\x0b",
+        b"\x1c",
+        b"\x1c\r",
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b"\xef\xbb\xbf",
+        b" \t",
+        b"garbage",
+        b"MSH",
+        b"MSH|",
+        b"\x1a",
+        b"\rMSH|^~\\&|A\r\n",
+        b"BHS",
+        b"\xef\xbb",
+        b"OBX|1|TX|||text\r\n\r\n",
+        b"  \r",
+        b"MSH#^~\\&#X\nPID#1\n",
+    ]
+)
+soups = st.lists(st.one_of(SOUP_TOKENS, st.binary(max_size=6)), max_size=30).map(b"".join)
+
+
+@PROPERTY
+@given(soups, read_sizes)
+def test_any_bytes_read_without_loss(data, sizes):
+    items = read_all(data, sizes)
+    assert isinstance(items[-1], FileEnd)
+    pieces = sorted(
+        [(i.offset, i.end) for i in items if isinstance(i, (ReadMessage, RejectedPiece))]
+        + [
+            (i.header.offset, i.header.offset + len(i.header.raw))
+            for i in items
+            if isinstance(i, (FileStart, BatchStart)) and i.header
+        ]
+    )
+    for (a, b), (c, _) in zip(pieces, pieces[1:]):
+        assert a < b <= c
+    for m in read_messages(items):
+        assert m.raw.startswith(b"MSH") and data[m.offset : m.offset + 3] == b"MSH"
+        assert m.raw.endswith(b"\r") and normalise(data[m.offset : m.end].replace(b"\x1c", b"")) == m.raw
+    rest = bytearray(data)
+    for a, b in pieces:
+        rest[a:b] = b"\r" * (b - a)
+    for line in re.split(rb"[\r\n\x0b\x1c]", bytes(rest)):
+        line = line.replace(b"\xef\xbb\xbf", b"").strip(b" \t\x1a")
+        assert not line or line[:3] in (b"BTS", b"FTS"), line

@@ -95,6 +95,19 @@ def tail_start(body: bytes, separator: int) -> int:
     return last
 
 
+def _leading_blank(text: bytes) -> int:
+    """How many bytes of blank lines, white space and BOMs ``text`` starts with."""
+    i = 0
+    while i < len(text):
+        if text.startswith(_BOM, i):
+            i += 3
+        elif text[i] in _BLANK:
+            i += 1
+        else:
+            break
+    return i
+
+
 def _count_of(line: bytes) -> int | None:
     """BTS-1/FTS-1 of a trailer line, None when absent or not a number."""
     sep = line[3:4]
@@ -125,6 +138,7 @@ class BatchState:
         self.file_header: BatchHeader | None = None
         self.file_batches = 0
         self.files_ended = 0
+        self._outside = False  # a piece was rejected outside any file since the last FileEnd
         self.batch_open = False
         self.batch_header: BatchHeader | None = None
         self.batch = 0
@@ -201,7 +215,7 @@ class BatchState:
         stripped = body.replace(_BOM, b"").strip(_BLANK)
         if not stripped:
             return
-        lead = len(body) - len(body.lstrip(_BLANK + _BOM))
+        lead = _leading_blank(body)
         if self._segment_like(stripped):
             self._reject(offset + lead, end, "segments before any MSH", body[lead:], True)
         else:
@@ -214,6 +228,7 @@ class BatchState:
 
     def _reject(self, offset: int, end: int, reason: str, raw: bytes, counted: bool = False) -> None:
         batch, index = self._count() if counted else (self.batch if self.batch_open else 0, 0)
+        self._outside = self._outside or not self.file_open
         self.out.append(RejectedPiece(offset, end, reason, raw, batch, index))
 
     def _count(self) -> tuple[int, int]:
@@ -247,7 +262,7 @@ class BatchState:
                 self.batch_open = False
                 self.out.append(BatchEnd(self.batch, self.batch_header, _count_of(line), self.index))
             else:
-                self.out.append(RejectedPiece(offset, after, "BTS outside a batch", line))
+                self._reject(offset, after, "BTS outside a batch", line)
         elif kind == b"FHS":
             self._close_batch()
             self._close_file(None, trailer=False)
@@ -259,7 +274,7 @@ class BatchState:
             if self.file_open:
                 self._close_file(_count_of(line), trailer=True)
             else:
-                self.out.append(RejectedPiece(offset, after, "FTS outside a file", line))
+                self._reject(offset, after, "FTS outside a file", line)
 
     def _open_file(self) -> None:
         if not self.file_open:
@@ -273,7 +288,7 @@ class BatchState:
 
     def _close_file(self, declared: int | None, *, trailer: bool) -> None:
         if self.file_open:
-            self.file_open = False
+            self.file_open, self._outside = False, False
             self.files_ended += 1
             missing = not trailer and self.file_header is not None
             self.out.append(FileEnd(self.file_header, declared, self.file_batches, missing))
@@ -283,5 +298,6 @@ class BatchState:
         self._close_batch()
         if self.file_open:
             self._close_file(None, trailer=False)
-        elif not self.files_ended:
+        elif self._outside or not self.files_ended:
+            # Pieces after the last file's end (or no file at all): an empty file without envelope.
             self.out.append(FileEnd(None, None, 0))
