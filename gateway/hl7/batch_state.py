@@ -198,9 +198,12 @@ class BatchState:
     def _message(self, body: bytes, offset: int, frame_end: int) -> None:
         if not last_line_is_segment(body, self.separator):
             split = tail_start(body, self.separator)
-            self._emit(body[:split], offset, offset + split, True)
             junk = body[split:]
-            lead = len(junk) - len(junk.lstrip(_BLANK))
+            lead = _leading_blank(junk)
+            if lead == len(junk) or not junk.replace(_BOM, b"").strip(_BLANK):  # blank lines and BOMs
+                self._emit(body[:split], offset, frame_end or offset + split, True)
+                return
+            self._emit(body[:split], offset, offset + split, True)
             end = frame_end or offset + len(body)
             self._reject(offset + split + lead, end, "text that is not HL7 segments, after a message", junk[lead:])
             return
