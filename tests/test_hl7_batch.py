@@ -26,7 +26,7 @@ from gateway.hl7.batch import (
     open_batch_stream,
     read_batch,
 )
-from gateway.hl7.batch_state import normalise
+from gateway.hl7.batch_body import normalise
 from gateway.hl7.message import parse
 from tests.support.batch_files import (
     ShortReads,

@@ -11,9 +11,16 @@ message); text that is not HL7 at all is rejected but not counted.
 
 from __future__ import annotations
 
-import re
-from itertools import repeat
-
+from gateway.hl7.batch_body import (
+    BLANK,
+    BOM,
+    SEGMENT_START,
+    content_end,
+    last_line_is_segment,
+    leading_blank,
+    normalise,
+    tail_start,
+)
 from gateway.hl7.batch_items import (
     BatchEnd,
     BatchHeader,
@@ -28,84 +35,9 @@ from gateway.hl7.batch_items import (
 
 #: How much of an oversized piece is kept for operators (as mllp.framing keeps of a frame).
 OVERSIZED_HEAD_BYTES = 64 * 1024
-_BLANK = b" \t\r\n\x1a"  # 0x1A: the DOS end-of-file mark some exports end with
-_BOM = b"\xef\xbb\xbf"
-_EOL = re.compile(rb"[\r\n]")
-_SEGMENT_START = re.compile(rb"[A-Z][A-Z0-9]{2}(?:[^A-Za-z0-9]|\Z)")
-_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n|\Z)")
 _NONE, _TEXT, _MESSAGE = 0, 1, 2
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _UTF16 = "UTF-16 text (a batch file must be in an ASCII-compatible character set)"
-
-
-def normalise(body: bytes, blank_lines: bool = True) -> bytes:
-    """Segments ended by CR; blank lines dropped (``blank_lines`` False: the caller knows there are
-    none, so the general and slower path is skipped)."""
-    if b"\n" in body:
-        # Cut at each LF: when every piece but the last ends in CR (CRLF line ends), joining them
-        # is the CR form; 5 times cheaper than replace(b"\r\n", b"\r") on long messages.
-        lines = body.split(b"\n")
-        if all(map(bytes.endswith, lines[:-1], repeat(b"\r"))):
-            body = b"".join(lines)
-        else:
-            body = body.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
-    if body[-1:] != b"\r":
-        body += b"\r"
-    if blank_lines:
-        body = b"".join(line + b"\r" for line in body.split(b"\r") if line.strip(b" \t\x1a"))
-    return body
-
-
-def content_end(body: bytes) -> int:
-    """Where the last non-blank line of ``body`` ends, its terminator included."""
-    last = body[-1:]
-    if last == b"\r" or last == b"\n":
-        before = body[-2:-1]
-        if before not in _BLANK_ONE and not (last == b"\n" and before == b"\r" and body[-3:-2] in _BLANK_ONE):
-            return len(body)
-    k = len(body.rstrip(_BLANK))
-    found = _EOL.search(body, k)
-    if found is None:
-        return len(body)
-    j = found.start()
-    return j + (2 if body[j : j + 2] == b"\r\n" else 1)
-
-
-_BLANK_ONE = frozenset(bytes([b]) for b in _BLANK) | {b""}
-
-
-def last_line_is_segment(body: bytes, separator: int) -> bool:
-    """The last non-blank line of a message body is a segment written with ``separator``."""
-    k = len(body.rstrip(_BLANK))
-    start = max(body.rfind(b"\r", 0, k), body.rfind(b"\n", 0, k)) + 1
-    if _SEGMENT_START.match(body, start) is None:
-        return False
-    return k - start == 3 or body[start + 3] == separator
-
-
-def tail_start(body: bytes, separator: int) -> int:
-    """Where the lines after the last segment of a message body start."""
-    last = 0
-    for line in _LINE.finditer(body):
-        text = line.group().rstrip(b"\r\n")
-        if _SEGMENT_START.match(text) and (len(text) == 3 or text[3] == separator):
-            last = line.end()
-        if line.end() == len(body):
-            break
-    return last
-
-
-def _leading_blank(text: bytes) -> int:
-    """How many bytes of blank lines, white space and BOMs ``text`` starts with."""
-    i = 0
-    while i < len(text):
-        if text.startswith(_BOM, i):
-            i += 3
-        elif text[i] in _BLANK:
-            i += 1
-        else:
-            break
-    return i
 
 
 def _count_of(line: bytes) -> int | None:
@@ -199,8 +131,8 @@ class BatchState:
         if not last_line_is_segment(body, self.separator):
             split = tail_start(body, self.separator)
             junk = body[split:]
-            lead = _leading_blank(junk)
-            if lead == len(junk) or not junk.replace(_BOM, b"").strip(_BLANK):  # blank lines and BOMs
+            lead = leading_blank(junk)
+            if lead == len(junk) or not junk.replace(BOM, b"").strip(BLANK):  # blank lines and BOMs
                 self._emit(body[:split], offset, frame_end or offset + split, True)
                 return
             self._emit(body[:split], offset, offset + split, True)
@@ -215,10 +147,10 @@ class BatchState:
         self.out.append(ReadMessage(normalise(body, blank_lines), offset, end, batch, index))
 
     def _text(self, body: bytes, offset: int, end: int) -> None:
-        stripped = body.replace(_BOM, b"").strip(_BLANK)
+        stripped = body.replace(BOM, b"").strip(BLANK)
         if not stripped:
             return
-        lead = _leading_blank(body)
+        lead = leading_blank(body)
         if self._segment_like(stripped):
             self._reject(offset + lead, end, "segments before any MSH", body[lead:], True)
         else:
@@ -227,7 +159,7 @@ class BatchState:
 
     @staticmethod
     def _segment_like(text: bytes) -> bool:
-        return _SEGMENT_START.match(text.replace(_BOM, b"").lstrip(_BLANK)) is not None
+        return SEGMENT_START.match(text.replace(BOM, b"").lstrip(BLANK)) is not None
 
     def _reject(self, offset: int, end: int, reason: str, raw: bytes, counted: bool = False) -> None:
         batch, index = self._count() if counted else (self.batch if self.batch_open else 0, 0)
@@ -236,10 +168,7 @@ class BatchState:
 
     def _count(self) -> tuple[int, int]:
         if not self.batch_open:
-            self._open_file()
-            self.batch_open, self.batch, self.batch_header, self.enveloped, self.index = True, 0, None, False, 0
-            self.file_batches += 1
-            self.out.append(BatchStart(None, 0))
+            self._open_batch(None, 0)
         self.index += 1
         return self.batch, self.index
 
@@ -248,18 +177,8 @@ class BatchState:
     def on_envelope(self, kind: bytes, line: bytes, offset: int, after: int) -> None:
         if kind == b"BHS":
             self._close_batch()
-            self._open_file()
             self.last_numbered += 1
-            header = parse_header(line, offset)
-            self.batch_open, self.batch, self.batch_header, self.enveloped, self.index = (
-                True,
-                self.last_numbered,
-                header,
-                True,
-                0,
-            )
-            self.file_batches += 1
-            self.out.append(BatchStart(header, self.batch))
+            self._open_batch(parse_header(line, offset), self.last_numbered)
         elif kind == b"BTS":
             if self.batch_open:
                 self.batch_open = False
@@ -282,6 +201,13 @@ class BatchState:
     def _open_file(self) -> None:
         if not self.file_open:
             self.file_open, self.file_header, self.file_batches = True, None, 0
+
+    def _open_batch(self, header: BatchHeader | None, number: int) -> None:
+        self._open_file()
+        self.batch_open, self.batch, self.batch_header, self.index = True, number, header, 0
+        self.enveloped = header is not None
+        self.file_batches += 1
+        self.out.append(BatchStart(header, number))
 
     def _close_batch(self) -> None:
         """The open batch ends without a BTS."""
