@@ -107,7 +107,7 @@ class WorkerSettings:
     #: live message waits for a worker (gateway/queue/pacing.py).
     import_rate: float = 100.0
     #: Threads of the import queue per worker process.
-    import_threads: int = 4
+    import_threads: int = 8
 
 
 @dataclass(frozen=True, slots=True)
