@@ -18,6 +18,7 @@ from gateway.config.sections import (
     AuditSettings,
     ConversionSettings,
     IntakeSettings,
+    InboxSettings,
     LoggingSettings,
     MetricsSettings,
     MllpSettings,
@@ -94,6 +95,17 @@ class Settings(BaseSettings):
     # Replay and reprocess jobs (gateway/services/jobs.py) queue at most this many messages a
     # second, on a queue of their own, so live MLLP traffic keeps its latency.
     replay_rate: float = Field(default=50.0, gt=0, le=100_000)
+
+    # The watched inbox (docs/batch.md, The watched inbox): batch files put in this directory are
+    # imported by a process of ``hl7gw run``, then moved to done/ or failed/ with a report beside
+    # them. Unset: no inbox. A file not renamed in from a temporary name is imported once its size
+    # and modification time have not changed for inbox_settle_s; the directory is looked at every
+    # inbox_poll_s.
+    inbox_dir: Path | None = None
+    inbox_settle_s: float = Field(default=10.0, ge=0, le=86_400)
+    inbox_poll_s: float = Field(default=1.0, gt=0, le=600)
+    # Largest body POST /hl7/batch takes (as sent: gzip counts compressed); larger ones get 413.
+    batch_max_upload_bytes: int = Field(default=1 << 30, ge=1024)
 
     # Intake: how many messages one Redis commit may carry, and how long a flush may wait.
     commit_batch_max: int = Field(default=256, ge=1, le=10_000)
@@ -304,6 +316,10 @@ class Settings(BaseSettings):
     @functools.cached_property
     def audit(self) -> AuditSettings:
         return AuditSettings(self.access_audit, self.audit_retention_days)
+
+    @functools.cached_property
+    def inbox(self) -> InboxSettings:
+        return InboxSettings(self.inbox_dir, self.inbox_settle_s, self.inbox_poll_s, self.batch_max_upload_bytes)
 
     @functools.cached_property
     def logging(self) -> LoggingSettings:

@@ -1,0 +1,78 @@
+"""What POST /hl7/batch runs (gateway/api/hl7_batch.py BatchUploads): an uploaded batch file
+imported as ``hl7gw import`` imports one (gateway/services/importer.py: the same feeder, intake,
+queue, job record and log line), answered with its batch acknowledgement.
+
+The importer (its intake: Redis connections, its triage: the mappings' message types) is made
+once, on an event loop of its own in a thread, so that an import never holds up the API's loop;
+uploads run on it side by side. An upload is imported as a stream: no resume by hash (the sender
+waits for the acknowledgement; sent again, its messages are answered as duplicates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Settings
+from gateway.hl7.batch import open_batch_file, read_batch
+from gateway.journal.jobs import JobStore
+from gateway.services.batch_answer import batch_acknowledgement, not_accepted
+from gateway.services.importer import Importer
+
+log = logging.getLogger(__name__)
+
+
+class BatchUploads:
+    def __init__(self, settings: Settings, redis_url: str, jobs: JobStore | None):
+        self.settings, self.redis_url, self.jobs = settings, redis_url, jobs
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._importer: Importer | None = None
+
+    def import_upload(self, path: Path, who: str) -> tuple[bytes, dict[str, Any]]:
+        """Import the file at ``path`` (blocking: call it from a worker thread)."""
+        loop = self._started()
+        return asyncio.run_coroutine_threadsafe(self._import(path, who), loop).result()
+
+    def _started(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="hl7gw-batch-uploads", daemon=True).start()
+                self._loop = loop
+            return self._loop
+
+    async def _import(self, path: Path, who: str) -> tuple[bytes, dict[str, Any]]:
+        if self._importer is None:
+            importer = Importer(self.settings, self.redis_url, jobs=self.jobs, who="POST /hl7/batch")
+            await importer.__aenter__()
+            self._importer = importer
+        importer = self._importer
+        # The job record names the token (no await between this and the job's creation).
+        importer.who = f"POST /hl7/batch ({who})"
+        with open_batch_file(path) as stream:
+            result = await importer.import_stream(stream, name="POST /hl7/batch")
+        report = result.report
+        rest = read_batch(open_batch_file(path)) if report.error else ()
+        ack = await asyncio.to_thread(batch_acknowledgement, report, rest)
+        summary: dict[str, Any] = {
+            "job": result.job_id,
+            "read": report.read + report.pieces,
+            "accepted": report.accepted,
+            "duplicates": report.duplicates,
+            "not_accepted": not_accepted(report),
+            "mismatch": report.mismatch,
+            "error": report.error or None,
+        }
+        return ack, summary
+
+    def close(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if self._importer is not None:
+            asyncio.run_coroutine_threadsafe(self._importer.__aexit__(None, None, None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
