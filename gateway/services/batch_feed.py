@@ -236,7 +236,9 @@ class BatchFeeder:
         while waiting and waiting[0].outcome and waiting[0].outcome != NOT_STORED:
             slot = waiting.popleft()
             item = slot.item
-            committed.end, committed.batch, committed.index = item.end, item.batch, item.index
+            committed.end = item.end
+            if item.index:  # an uncounted piece (text that is not HL7) leaves the count where it was
+                committed.batch, committed.index = item.batch, item.index
             committed.count += 1
             outcomes[slot.outcome] = outcomes.get(slot.outcome, 0) + 1
             moved = True
