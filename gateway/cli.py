@@ -406,14 +406,29 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if status.readiness.ready else 1
 
 
+def _share_metrics_with_run(settings: Settings) -> None:
+    """Beside an ``hl7gw run`` on this data dir, count into its metric files, so that its /metrics
+    shows the import's counters (set before prometheus_client is first imported, as its children
+    get it; gateway/metrics/exposition.py)."""
+    from gateway.metrics.exposition import MULTIPROC_DIR
+
+    shared = settings.storage.data_dir / "metrics"
+    if MULTIPROC_DIR not in os.environ and "prometheus_client" not in sys.modules and shared.is_dir():
+        from gateway.services.embedded_redis import EmbeddedRedis
+
+        if EmbeddedRedis.running_url(settings.storage.data_dir / "redis") is not None:
+            os.environ[MULTIPROC_DIR] = str(shared)
+
+
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     """Import batch files (or a directory of them, or stdin) through the intake MLLP uses."""
     from gateway.journal.jobs import JobStore
     from gateway.services.embedded_redis import EmbeddedRedis
     from gateway.services.import_console import UNFINISHED, run_import
 
-    _start_metrics(settings, serve=False)
     redis_url = settings.storage.redis_url or EmbeddedRedis.running_url(settings.storage.data_dir / "redis")
+    _share_metrics_with_run(settings)
+    _start_metrics(settings, serve=False)
     if redis_url is None:
         print(
             f"hl7gw import: no Redis: start 'hl7gw run' on data dir {settings.storage.data_dir.resolve()} "

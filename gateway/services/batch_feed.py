@@ -7,9 +7,10 @@ commit, same duplicate check on sender + MSH-10, same per-sender sequence number
 reader could not read as a message (a RejectedPiece) are kept as a dead letter at stage intake,
 as the listener keeps an unfinished frame, with the reader's reason and their byte offsets.
 
-Many messages are in flight at once: up to ``window`` waiting for their commit, the reader
-pausing when that many wait. A sender's messages all go on one intake lane, so they keep their
-file order in the queue (lane order is commit order). The feeder tracks the committed prefix of
+Many messages are in flight at once: up to ``window`` (and ``window_bytes`` of them) waiting for
+their commit, the reader pausing when that many wait until half of them are committed. A
+sender's messages all go on one intake lane, so they keep their file order in the queue (lane
+order is commit order). The feeder tracks the committed prefix of
 the file: the last message such that it and every item before it are committed; ``on_commit``
 hears of it after every group commit that moves it (the resumable progress, importer.py).
 """
@@ -80,6 +81,7 @@ class BatchFeeder:
         *,
         peer: str,
         window: int = 8192,
+        window_bytes: int = 8 << 20,
         max_problems: int = 100_000,
         on_commit: Callable[[Committed, FeedReport], None] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
@@ -87,6 +89,8 @@ class BatchFeeder:
     ):
         self.intake, self.profiles, self.peer = intake, profiles, peer
         self.window = window
+        #: Message bytes in flight at most: the encoded entries are about twice as large.
+        self.window_bytes = window_bytes
         self.max_problems = max_problems
         self.on_commit = on_commit
         self.on_progress = on_progress
@@ -96,6 +100,7 @@ class BatchFeeder:
         self.committed = Committed()
         self._waiting: deque[_Slot] = deque()
         self._outstanding = 0
+        self._outstanding_bytes = 0
         self._drained = asyncio.Event()
         self._stopped = False
         self._batch: BatchReport | None = None
@@ -117,7 +122,7 @@ class BatchFeeder:
             else:
                 self._envelope(item)
             count += 1
-            if self._outstanding >= window:
+            if self._outstanding >= window or self._outstanding_bytes >= self.window_bytes:
                 self._drained.clear()
                 await self._drained.wait()
             elif count % 256 == 0:
@@ -157,6 +162,7 @@ class BatchFeeder:
     def _commit(self, slot: _Slot, received: Received) -> None:
         self._waiting.append(slot)
         self._outstanding += 1
+        self._outstanding_bytes += len(received.raw)
         lane = hash(received.sender) % self.intake.lanes  # one lane per sender: its file order kept
         self.intake.receive(received, slot, lane)
 
@@ -194,8 +200,9 @@ class BatchFeeder:
 
     # -- commits ------------------------------------------------------------------------------
     def _settle(self, slot: _Slot, receipt: Receipt | None, error: BaseException | None) -> None:
-        self._outstanding -= 1
         report, judgement, item = self.report, slot.judgement, slot.item
+        self._outstanding -= 1
+        self._outstanding_bytes -= len(item.raw)
         if error is not None:
             slot.outcome = NOT_STORED
             report.not_stored += 1
@@ -225,7 +232,7 @@ class BatchFeeder:
                 log.info("rejected %s: %s", _where(item), judgement.reason, extra=_REJECTED_LINE)
         self._unrecorded[slot.outcome] = self._unrecorded.get(slot.outcome, 0) + 1
         self._advance()
-        if self._outstanding <= self.window // 2:
+        if self._outstanding <= self.window // 2 and self._outstanding_bytes <= self.window_bytes // 2:
             self._drained.set()
 
     def _advance(self) -> None:

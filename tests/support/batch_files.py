@@ -51,7 +51,7 @@ def write_a04_batch(path: Path, count: int, prefix: str = "IMP") -> Path:
 def sample_copy(sample: str, tag: str) -> tuple[bytes, str]:
     """A copy of ``sample`` with MSH-10 ``BATCH-<tag>`` and every PID-3 id suffixed with ``-<tag>``;
     returns (bytes, the first PID-3 id)."""
-    text = (SAMPLES / sample).read_bytes().decode("utf-8", "replace")
+    text = (SAMPLES / sample).read_bytes().decode("utf-8", "replace").lstrip("\ufeff")
     segments = [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s.strip()]
     out, identifier = [], ""
     for segment in segments:
