@@ -34,9 +34,9 @@ from gateway.keys import Keys  # noqa: E402
 from gateway.services.embedded_redis import free_port, redis_server_binary  # noqa: E402
 
 
-def write_file(path: Path, count: int) -> int:
-    """The batch file of ``count`` messages; returns its size."""
-    found = templates()
+def write_file(path: Path, count: int, max_bytes: int = 0) -> int:
+    """The batch file of ``count`` messages (from templates of at most ``max_bytes``); its size."""
+    found = [t for t in templates() if not max_bytes or len(t.render("B0")[0]) <= max_bytes]
     with path.open("wb") as out:
         out.write(b"FHS|^~\\&|BENCH|HOSP|GW|GW|20240501120000||||F1\r")
         out.write(b"BHS|^~\\&|BENCH|HOSP|GW|GW|20240501120000||||B1\r")
@@ -74,15 +74,21 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--fsync", choices=("always", "everysec"), default="always")
     parser.add_argument("--profile", action="store_true", help="run the import under cProfile")
+    parser.add_argument("--env", action="append", default=[], help="NAME=value for the import (HL7GW_* settings)")
+    parser.add_argument("--max-bytes", type=int, default=0, help="only templates of at most this size")
+    parser.add_argument("--file", type=Path, help="keep the generated file here; reuse it when it exists")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hl7gw-batch-") as tmp:
         work = Path(tmp)
-        path = work / "batch.hl7"
+        path = args.file or work / "batch.hl7"
         started = time.perf_counter()
-        size = write_file(path, args.messages)
+        if args.file is None or not args.file.exists():
+            write_file(path, args.messages, args.max_bytes)
+        size = path.stat().st_size
         print(
-            f"file: {args.messages:,} messages, {size / 1e6:.1f} MB, written in {time.perf_counter() - started:.1f} s"
+            f"file: {args.messages:,} messages, {size / 1e6:.1f} MB ({size / args.messages:,.0f} B each), "
+            f"ready in {time.perf_counter() - started:.1f} s"
         )
         redis_dir = work / "redis"
         redis_dir.mkdir()
@@ -91,6 +97,7 @@ def main() -> None:
             env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_")}
             env.update(HL7GW_REDIS_URL=url, HL7GW_DATA_DIR=str(work / "data"), HL7GW_LOG_LEVEL="WARNING")
             env["PYTHONPATH"] = str(ROOT)
+            env.update(item.split("=", 1) for item in args.env)
             command = [sys.executable, "-m", "gateway.cli", "import", str(path), "--json"]
             if args.profile:
                 command[1:3] = ["-m", "cProfile", "-o", str(work / "import.prof"), "-m", "gateway.cli"]

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
 from gateway.envelope import Kind
+from gateway.hl7.batch_ack import build_batch_ack
 from gateway.journal.jobs import JobStore
 from gateway.keys import Keys
 from gateway.services.importer import Importer, ImportResult, file_identity
@@ -61,6 +62,11 @@ def test_a_batch_is_queued_as_mllp_would_rejections_and_unreadable_pieces_kept_w
         (data.index(JUNK), "", "AR", ("100",)),
         (data.index(BAD_VERSION), "BADV", "AR", ("203",)),
     }
+
+    ack = build_batch_ack(only.header, report.file_header, report.outcomes(1)).split(b"\r")
+    assert [line[:3] for line in ack if line] == [b"FHS", b"BHS", *[b"MSH", b"MSA", b"ERR"] * 3, b"BTS", b"FTS"]
+    assert [line.split(b"|")[1] for line in ack if line.startswith(b"MSA")] == [b"AR"] * 3
+    assert b"BTS|3" in ack and b"MSA|AR|BADV" in ack
 
     envelopes = queued(redis_url, redis_namespace)
     assert [e.control_id for e in envelopes if e.kind == Kind.MESSAGE] == ["IMP-1", "IMP-2", "IMP-3"]
@@ -189,3 +195,47 @@ def test_an_import_killed_with_sigkill_resumes_after_the_last_committed_message(
         if process.poll() is None:
             process.kill()
         client.close()
+
+
+def test_hl7gw_import_of_a_directory_and_of_stdin_with_its_exit_codes(
+    tmp_path: Path,
+    redis_url: str,
+    redis_namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from gateway.cli import main
+
+    for name, value in {"HL7GW_REDIS_URL": redis_url, "HL7GW_REDIS_NAMESPACE": redis_namespace,
+                        "HL7GW_DATA_DIR": str(tmp_path / "data"), "HL7GW_LOG_LEVEL": "WARNING"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.hl7").write_bytes(batch([a04(n, "A") for n in range(5)], control_id="BA"))
+    assert main(["import", str(inbox / "a.hl7")]) == 0
+    (inbox / "b.hl7").write_bytes(batch([a04(n, "B") for n in range(5)] + [BAD_VERSION], control_id="BB"))
+    capsys.readouterr()
+
+    assert main(["import", str(inbox), "--json"]) == 1  # b.hl7 has a rejection
+    files = {f["file"]: f for f in json.loads(capsys.readouterr().out)["files"]}
+    assert files["a.hl7"]["status"] == "already-done"
+    assert files["b.hl7"]["totals"] == {"accepted": 5, "read": 6, "rejected": 1}
+    b = (inbox / "b.hl7").read_bytes()
+    assert files["b.hl7"]["this_run"]["problems"] == [
+        {"offset": b.index(BAD_VERSION), "end": b.index(b"BTS"), "batch": 1, "index": 6, "control_id": "BADV",
+         "outcome": "rejected", "ack_code": "AR", "errors": ["203"]}
+    ]  # fmt: skip
+
+    class Stdin:
+        buffer = __import__("io").BytesIO(batch([a04(n, "C") for n in range(3)], declared=4))
+
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    assert main(["import", "-"]) == 1  # BTS-1 says 4, 3 read
+    out = capsys.readouterr()
+    assert "cannot be resumed" in out.err
+    assert "-: read 3, accepted 3, duplicates 0, rejected 0\n  batch 1 (BHS-11 'B1'): BTS-1 4, read 3" in out.out
+    assert len([e for e in queued(redis_url, redis_namespace) if e.kind == Kind.MESSAGE]) == 13
+
+    monkeypatch.delenv("HL7GW_REDIS_URL")
+    assert main(["import", str(inbox)]) == 2  # no Redis: no hl7gw run on this data dir
+    assert "no Redis" in capsys.readouterr().err

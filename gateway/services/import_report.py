@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.hl7.ack import AckError
+from gateway.hl7.batch_ack import MessageOutcome
 from gateway.hl7.batch_items import BatchHeader
 
 #: Per-message outcomes (``MessageResult.outcome``); "accepted" and "duplicate" are answered AA.
@@ -107,6 +108,11 @@ class FeedReport:
     @property
     def mismatch(self) -> bool:
         return self.file_mismatch or any(batch.mismatch for batch in self.batches)
+
+    def outcomes(self, batch: int) -> list[MessageOutcome]:
+        """The messages of batch number ``batch`` that were not accepted, as the batch
+        acknowledgement (gateway/hl7/batch_ack.py ``build_batch_ack``) takes them."""
+        return [MessageOutcome(p.raw, p.ack_code, p.errors) for p in self.problems if p.batch == batch]
 
     def counts(self) -> dict[str, int]:
         return {
