@@ -34,14 +34,18 @@ from gateway.keys import Keys  # noqa: E402
 from gateway.services.embedded_redis import free_port, redis_server_binary  # noqa: E402
 
 
-def write_file(path: Path, count: int, max_bytes: int = 0) -> int:
-    """The batch file of ``count`` messages (from templates of at most ``max_bytes``); its size."""
+def write_file(path: Path, count: int, max_bytes: int = 0, one_sender: bool = False) -> int:
+    """The batch file of ``count`` messages (from templates of at most ``max_bytes``; all from one
+    sender, MSH-3/4 ``BENCH|HOSP``, with ``one_sender``); its size."""
     found = [t for t in templates() if not max_bytes or len(t.render("B0")[0]) <= max_bytes]
     with path.open("wb") as out:
         out.write(b"FHS|^~\\&|BENCH|HOSP|GW|GW|20240501120000||||F1\r")
         out.write(b"BHS|^~\\&|BENCH|HOSP|GW|GW|20240501120000||||B1\r")
         for n in range(count):
             raw, _, _ = found[n % len(found)].render(f"B{n}")
+            if one_sender:  # MSH|^~\&|app|facility|...: fields 2 and 3 of the split
+                parts = raw.split(b"|", 4)
+                raw = b"|".join([parts[0], parts[1], b"BENCH", b"HOSP", parts[4]])
             out.write(raw + b"\r")
         out.write(f"BTS|{count}\rFTS|1\r".encode())
     return path.stat().st_size
@@ -76,6 +80,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="run the import under cProfile")
     parser.add_argument("--env", action="append", default=[], help="NAME=value for the import (HL7GW_* settings)")
     parser.add_argument("--max-bytes", type=int, default=0, help="only templates of at most this size")
+    parser.add_argument("--one-sender", action="store_true", help="every message from one sender (one lane)")
     parser.add_argument("--file", type=Path, help="keep the generated file here; reuse it when it exists")
     args = parser.parse_args()
 
@@ -84,7 +89,7 @@ def main() -> None:
         path = args.file or work / "batch.hl7"
         started = time.perf_counter()
         if args.file is None or not args.file.exists():
-            write_file(path, args.messages, args.max_bytes)
+            write_file(path, args.messages, args.max_bytes, args.one_sender)
         size = path.stat().st_size
         print(
             f"file: {args.messages:,} messages, {size / 1e6:.1f} MB ({size / args.messages:,.0f} B each), "
@@ -116,6 +121,8 @@ def main() -> None:
             client = redis.Redis.from_url(url)
             queued = client.llen(Keys().queue())
             client.close()
+            stat = Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            redis_cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
         finally:
             server.terminate()
             server.wait(30)
@@ -125,7 +132,14 @@ def main() -> None:
         print(f"import: {rate:,.0f} msg/s over the import ({seconds:.1f} s: hash, read, triage, commits)")
         print(f"process: {args.messages / wall:,.0f} msg/s over the whole process ({wall:.1f} s, start-up included)")
         print(f"peak RSS of the importing process: {usage.ru_maxrss / 1024:.0f} MB")
+        cpu = usage.ru_utime + usage.ru_stime
         print(f"CPU of the importing process: user {usage.ru_utime:.1f} s, system {usage.ru_stime:.1f} s")
+        print(f"CPU of redis-server: {redis_cpu:.1f} s")
+        print(
+            f"CPU per message: importer {cpu / args.messages * 1e6:.0f} us, "
+            f"redis {redis_cpu / args.messages * 1e6:.0f} us "
+            f"(each on a core of its own: ~{args.messages / max(cpu, redis_cpu):,.0f} msg/s)"
+        )
         if queued != args.messages:
             raise SystemExit("the queue does not hold every message")
         if args.profile:
