@@ -22,7 +22,8 @@ FORBIDDEN_TO = ["r-token", "o-token"]
 
 @pytest.fixture
 def app(tmp_path: Path, engine: Engine) -> FastAPI:
-    return create_app(load_settings(data_dir=tmp_path, api_tokens=TOKENS), engine)
+    # These tests are about operator actions: reads of the trail would add access records (test_api_access_audit.py).
+    return create_app(load_settings(data_dir=tmp_path, api_tokens=TOKENS, access_audit=False), engine)
 
 
 @pytest.fixture

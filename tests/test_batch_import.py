@@ -24,8 +24,8 @@ from gateway.hl7.batch_ack import build_batch_ack
 from gateway.journal.jobs import JobStore
 from gateway.keys import Keys
 from gateway.services.importer import Importer, ImportResult, file_identity
-from tests.support.batch_files import a04, batch, write_a04_batch
 from tests.support.gateway_process import clean_env
+from tests.support.import_files import a04, batch, write_a04_batch
 from tests.support.queue import queued
 
 BAD_VERSION = b"MSH|^~\\&|LAB|HOSP|GW|GW|20240501120000||ADT^A04^ADT_A01|BADV|P|9.9\r"

@@ -19,8 +19,8 @@ from gateway.db.schema import fhir_resource, message_archive
 from gateway.keys import Keys
 from gateway.services.embedded_redis import EmbeddedRedis
 from gateway.services.importer import file_identity
-from tests.support.batch_files import PATIENT_SAMPLES, batch, sample_copy, write_a04_batch
 from tests.support.gateway_process import GatewayProcess
+from tests.support.import_files import PATIENT_SAMPLES, batch, sample_copy, write_a04_batch
 
 pytestmark = pytest.mark.slow
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from gateway.api import admin, admin_actions, fhir, health, metrics
+from gateway.api.access_audit import AuthFailureAudit
 from gateway.api.admin import DryRun
 from gateway.api.admin_actions import Desk
 from gateway.api.auth import TokenRegistry, ensure_admin_token
@@ -22,6 +23,7 @@ from gateway.metrics import recorder
 from gateway.metrics.collector import GatewayCollector, sources_from
 from gateway.metrics.exposition import registry
 from gateway.readiness import ReadinessProbe
+from gateway.store.audit_trail import AuditTrail
 from gateway.store.resources import ResourceStore
 
 
@@ -45,12 +47,20 @@ def create_app(
         settings.api.health_check_timeout_s,
     )
 
+    store = ResourceStore(engine)
+    # The access audit trail: reads, searches and refused requests, written in the background.
+    trail = AuditTrail(store, retention_days=settings.audit.retention_days)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        readiness.close()
-        if owns_engine:
-            engine.dispose()
+        trail.start()
+        try:
+            yield
+        finally:
+            trail.close()  # drain what is queued before the engine goes
+            readiness.close()
+            if owns_engine:
+                engine.dispose()
 
     app = FastAPI(
         title="hl7gw",
@@ -62,7 +72,10 @@ def create_app(
     )
     app.state.settings = settings
     app.state.engine = engine
-    app.state.store = ResourceStore(engine)
+    app.state.store = store
+    app.state.audit_trail = trail
+    #: Record reads and searches (HL7GW_ACCESS_AUDIT); benchmarks/audit.py flips it in a running server.
+    app.state.access_audit = settings.audit.access
     app.state.tokens = tokens
     app.state.dry_run = dry_run
     #: GET /health/ready's checks (gateway/readiness.py).
@@ -72,6 +85,7 @@ def create_app(
     app.state.metrics_registry = registry([GatewayCollector(sources_from(settings, engine, software_version()))])
     app.add_middleware(metrics.RequestMetrics, recorder=recorder())
     install_error_handlers(app)
+    app.add_middleware(AuthFailureAudit, trail=trail)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(fhir.router)

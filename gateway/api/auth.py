@@ -117,6 +117,7 @@ def _authenticated(request: Request, credentials: HTTPAuthorizationCredentials |
     if principal is None:
         challenge = 'Bearer error="invalid_token"'
         raise FHIRError(401, "the bearer token is not valid", "login", {"WWW-Authenticate": challenge})
+    request.state.principal = principal  # who a 403 refused, for the audit trail (api/access_audit.py)
     return principal
 
 

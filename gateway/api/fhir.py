@@ -3,7 +3,8 @@
 Routes are thin: the store answers, ``read``/``bundles`` shape the answer, ``negotiation`` picks the
 format. Order matters: ``[type]/_history`` must be tried before ``[type]/[id]``. Every route needs
 the reader role; the types in ``ADMIN_ONLY_TYPES`` (the audit trail) need admin, and are left out
-of what a search of another type includes for anyone else.
+of what a search of another type includes for anyone else. Every answer that returns resources is
+handed to the access audit trail (``access_audit.record_access``) before it is sent.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from gateway.api import bundles
+from gateway.api.access_audit import record_access
 from gateway.api.auth import ADMIN_ONLY_TYPES, Principal, check_role, require_role
 from gateway.api.capability import capability_statement
 from gateway.api.negotiation import FORMAT_PARAMETERS, is_lenient, negotiate, respond
 from gateway.api.outcome import FHIRError, FHIRResponse
 from gateway.api.read import resource_response
 from gateway.config import Role
-from gateway.store.resources import ResourceStore
+from gateway.store.access_events import Interaction
+from gateway.store.resources import ResourceStore, StoredResource
 from gateway.store.search import SearchError
 from gateway.store.search_registry import SEARCH_PARAMETERS
 
@@ -45,7 +48,7 @@ def metadata(request: Request) -> Response:
 def type_history(resource_type: str, request: Request, principal: Principal = _reader) -> Response:
     """history-type: every version of every resource of a type, newest first."""
     _check_type(resource_type, principal)
-    return _history(request, resource_type, None)
+    return _history(request, principal, resource_type, None)
 
 
 @router.get("/{resource_type}/{resource_id}/_history", response_class=FHIRResponse)
@@ -57,7 +60,7 @@ def instance_history(
     _check_id(resource_id)
     if _store(request).fetch(resource_type, resource_id) is None:
         raise FHIRError(404, f"{resource_type}/{resource_id} is not known")
-    return _history(request, resource_type, resource_id)
+    return _history(request, principal, resource_type, resource_id)
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}", response_class=FHIRResponse)
@@ -74,7 +77,11 @@ def vread(
     stored = _store(request).vread(resource_type, resource_id, version)
     if stored is not None and stored.deleted:
         raise FHIRError(410, f"version {version_id} of {resource_type}/{resource_id} is a deletion")
-    return resource_response(request, stored, f"{resource_type}/{resource_id} version {version_id}")
+    response = resource_response(request, stored, f"{resource_type}/{resource_id} version {version_id}")
+    _record_read(
+        request, principal, Interaction.vread, stored, response, f"{resource_type}/{resource_id}/_history/{version}"
+    )
+    return response
 
 
 @router.get("/{resource_type}/{resource_id}", response_class=FHIRResponse)
@@ -82,7 +89,9 @@ def read(resource_type: str, resource_id: str, request: Request, principal: Prin
     _check_type(resource_type, principal)
     _check_id(resource_id)
     stored = _store(request).fetch(resource_type, resource_id)
-    return resource_response(request, stored, f"{resource_type}/{resource_id}")
+    response = resource_response(request, stored, f"{resource_type}/{resource_id}")
+    _record_read(request, principal, Interaction.read, stored, response, f"{resource_type}/{resource_id}")
+    return response
 
 
 @router.get("/{resource_type}", response_class=FHIRResponse)
@@ -101,15 +110,36 @@ def search(resource_type: str, request: Request, principal: Principal = _reader)
         # A reference parameter that may point anywhere (Provenance.target) could include an admin-only type.
         visible = [resource for resource in result.included if resource.get("resourceType") not in ADMIN_ONLY_TYPES]
         result = dataclasses.replace(result, included=visible)
-    return respond(request, bundles.searchset(request, result))
+    response = respond(request, bundles.searchset(request, result))
+    record_access(request, principal, Interaction.search_type, [*result.resources, *result.included])
+    return response
 
 
-def _history(request: Request, resource_type: str, resource_id: str | None) -> Response:
+def _history(request: Request, principal: Principal, resource_type: str, resource_id: str | None) -> Response:
     try:
         page = _store(request).history(resource_type, resource_id, _query(request), lenient=is_lenient(request))
     except SearchError as exc:
         raise FHIRError(400, str(exc), exc.code) from None
-    return respond(request, bundles.history(request, page.versions, page.next_cursor, page.ignored))
+    response = respond(request, bundles.history(request, page.versions, page.next_cursor, page.ignored))
+    versions = [version.resource for version in page.versions if version.resource is not None]
+    if resource_id is None:
+        record_access(request, principal, Interaction.history_type, versions)
+    else:
+        record_access(request, principal, Interaction.history_instance, versions, f"{resource_type}/{resource_id}")
+    return response
+
+
+def _record_read(
+    request: Request,
+    principal: Principal,
+    interaction: Interaction,
+    stored: StoredResource | None,
+    response: Response,
+    what: str,
+) -> None:
+    """Audit a read that returned the resource (a 304 returns nothing: the client's copy is current)."""
+    if response.status_code == 200 and stored is not None and stored.resource is not None:
+        record_access(request, principal, interaction, [stored.resource], what)
 
 
 def _query(request: Request) -> dict[str, list[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from gateway.config.sections import (
     ApiSettings,
+    AuditSettings,
     ConversionSettings,
     IntakeSettings,
     LoggingSettings,
@@ -32,6 +33,7 @@ __all__ = [
     "ROLE_RANK",
     "ApiSettings",
     "ApiToken",
+    "AuditSettings",
     "ConversionSettings",
     "IntakeSettings",
     "LoggingSettings",

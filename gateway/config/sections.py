@@ -134,6 +134,16 @@ class ApiSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditSettings:
+    """The access audit trail (gateway/store/audit_trail.py)."""
+
+    #: Record every read and search of patient data through the FHIR API as an AuditEvent.
+    access: bool
+    #: AuditEvents older than this many days are deleted; 0 keeps them for ever.
+    retention_days: int
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str
     #: "text" or "json" (gateway/logs.py).

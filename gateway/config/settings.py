@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.config.sections import (
     ApiSettings,
+    AuditSettings,
     ConversionSettings,
     IntakeSettings,
     LoggingSettings,
@@ -68,6 +69,13 @@ class Settings(BaseSettings):
     # text: one readable line per record; json: one JSON object per line, for a log pipeline
     # (docs/observability.md, Logs). Both carry the message's envelope id, sender and control id.
     log_format: Literal["text", "json"] = "text"
+
+    # The access audit trail (docs/observability.md): every read and search of patient data through
+    # the FHIR API becomes an AuditEvent (on|off; failed authentications are recorded either way).
+    access_audit: bool = True
+    # AuditEvents are deleted this many days after they were recorded; 0 keeps them for ever. Six
+    # years by default: HIPAA's retention for security documentation (45 CFR 164.316(b)(2)).
+    audit_retention_days: int = Field(default=6 * 365, ge=0, le=100 * 365)
 
     # Worker tuning. A worker process converts on one core (the GIL), so by default there is one
     # per core, at most 4 (more only help with PostgreSQL on a bigger machine). Its threads mostly
@@ -292,6 +300,10 @@ class Settings(BaseSettings):
     def prometheus(self) -> MetricsSettings:
         silence = parse_sender_seconds(self.sender_silence) if self.sender_silence else {}
         return MetricsSettings(self.metrics, self.metrics_port, self.sender_silence_s, silence)
+
+    @functools.cached_property
+    def audit(self) -> AuditSettings:
+        return AuditSettings(self.access_audit, self.audit_retention_days)
 
     @functools.cached_property
     def logging(self) -> LoggingSettings:

@@ -218,7 +218,9 @@ ADMINISTRATIVE: dict[str, tuple[SearchParam, ...]] = {
         token("altid", "agent.altId"),
         reference("source", "source.observer"),
         token("site", "source.site"),
-        reference("entity", "entity.what"),
+        (entity := reference("entity", "entity.what")),
+        # R4's patient also looks at agent.who; the gateway names Patients only as entities (BALP).
+        restricted(entity, "patient", "Patient"),
         token("entity-identifier", "entity.what.identifier"),
         string("entity-name", "entity.name"),
         token("entity-role", "entity.role"),

@@ -1,75 +1,160 @@
-"""Batch files the tests build: HL7 v2 messages wrapped in FHS/BHS ... BTS/FTS (chapter 2.10.3)."""
+"""Batch files for tests: hypothesis strategies for messages and the shapes a batch file takes,
+a writer that records where each message lands, and a stream whose reads return short pieces."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
+from dataclasses import dataclass, field
 
-from tests.conftest import SAMPLES
+from hypothesis import strategies as st
 
-#: Samples whose copies (unique MSH-10 and PID-3) the converter turns into a Patient found by that id.
-PATIENT_SAMPLES = (
-    "ADT_A01/ADT-A01-01.hl7",
-    "ADT_A04/ADT-A04-01.hl7",
-    "ADT_A08/ADT-A08-01.hl7",
-    "ORU_R01/ORU-R01-01.hl7",
-    "VXU_V04/ig-VXU_V04.hl7",
-    "ADT_A04/ADT04-251.hl7",
+#: Field separator and encoding characters senders use; the reader must read each message with its own.
+DIALECTS = [("|", "^~\\&"), ("|", "^~\\&#"), ("#", "^~\\&"), ("!", "@%\\*")]
+_TEXT = st.text(
+    alphabet=st.characters(
+        # letters, digits, marks, spaces, and punctuation that no dialect above uses as a delimiter
+        whitelist_categories=("Lu", "Ll", "Nd", "Lo", "Zs"),
+        whitelist_characters=".,-_:/()=+'\"?;[]{}",
+        blacklist_characters="\r\n\x0b\x1c\x1a\x85\u2028\u2029",
+    ),
+    max_size=12,
 )
-#: Business identifiers the converter derives resource ids from: made unique per copy too.
-_UNIQUE_FIELDS = {"PV1": (19,), "ORC": (2, 3), "OBR": (2, 3)}
+SEGMENT_NAMES = st.sampled_from(["PID", "PV1", "OBX", "NTE", "EVN", "ZX1", "AL1", "OBR"])
+LINE_ENDS = st.sampled_from([b"\r", b"\n", b"\r\n"])
 
 
-def batch(messages: list[bytes], *, declared: int | None = None, control_id: str = "B1", file: bool = True) -> bytes:
-    """``messages`` in one BHS batch (BTS-1 ``declared``, else the true count), inside FHS/FTS."""
-    count = len(messages) if declared is None else declared
-    head = b"FHS|^~\\&|LAB|HOSP|GW|GW|20240501120000||||F-" + control_id.encode() + b"\r" if file else b""
-    tail = b"FTS|1\r" if file else b""
-    body = b"".join(m if m.endswith(b"\r") else m + b"\r" for m in messages)
-    bhs = b"BHS|^~\\&|LAB|HOSP|GW|GW|20240501120000||||" + control_id.encode() + b"\r"
-    return head + bhs + body + b"BTS|" + str(count).encode() + b"\r" + tail
+@st.composite
+def messages(draw: st.DrawFn) -> list[bytes]:
+    """A message as its segments (no terminators): an MSH with a unique-looking control id and
+    a few segments of arbitrary field text in one dialect."""
+    sep, enc = draw(st.sampled_from(DIALECTS))
+    comp = enc[0]
+    control = draw(st.text(alphabet="0123456789ABCDEF", min_size=1, max_size=10))
+    head = sep.join(["MSH", enc, draw(_TEXT), "FAC", "RCV", "RFAC", "20240101120000", "", f"ADT{comp}A01", control])
+    head += sep + "P" + sep + "2.5"
+    segments = [head]
+    for _ in range(draw(st.integers(0, 4))):
+        name = draw(SEGMENT_NAMES)
+        fields = draw(st.lists(_TEXT, max_size=5))
+        segments.append(sep.join([name, *fields]) if fields else name)
+    return [s.encode("utf-8") for s in segments]
 
 
-def a04(number: int, prefix: str = "IMP") -> bytes:
-    """An ADT^A04 with MSH-10 ``<prefix>-<number>`` for its own Patient ``<prefix><number>``."""
-    return (
-        f"MSH|^~\\&|LAB|HOSP|GW|GW|20240501120000||ADT^A04^ADT_A01|{prefix}-{number}|P|2.5.1\r"
-        f"EVN|A04|20240501120000\r"
-        f"PID|1||{prefix}{number}^^^HOSP^MR||Patient{number}^Pat||19800101|F\r"
-    ).encode()
+@dataclass
+class Written:
+    """A stream and what the reader must find in it."""
+
+    data: bytes
+    #: (offset, end, raw) of each message, in order.
+    messages: list[tuple[int, int, bytes]] = field(default_factory=list)
+    #: (messages read, BTS-1 written or None) per batch, in order; the run outside BHS batches included.
+    batches: list[tuple[int, int | None]] = field(default_factory=list)
 
 
-def write_a04_batch(path: Path, count: int, prefix: str = "IMP") -> Path:
-    """A file of ``count`` ADT^A04s in one batch, written in pieces (constant memory)."""
-    with path.open("wb") as out:
-        out.write(b"FHS|^~\\&|LAB|HOSP|GW|GW|20240501120000||||F1\rBHS|^~\\&|LAB|HOSP|GW|GW|20240501120000||||B1\r")
-        for n in range(count):
-            out.write(a04(n, prefix))
-        out.write(f"BTS|{count}\rFTS|1\r".encode())
-    return path
+@dataclass
+class Shape:
+    envelope: str  # "none" | "bhs" | "fhs" | "fhs-only"
+    line_ends: list[bytes]  # cycled through, segment by segment
+    bom: bool = False
+    framed: bool = False
+    blank_lines: bool = False
+    blank: bytes = b""  # what a blank line holds: nothing, or white space
+
+    def end(self, n: int) -> bytes:
+        return self.line_ends[n % len(self.line_ends)]
 
 
-def sample_copy(sample: str, tag: str) -> tuple[bytes, str]:
-    """A copy of ``sample`` with MSH-10 ``BATCH-<tag>`` and every PID-3 id suffixed with ``-<tag>``;
-    returns (bytes, the first PID-3 id)."""
-    text = (SAMPLES / sample).read_bytes().decode("utf-8", "replace").lstrip("\ufeff")
-    segments = [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s.strip()]
-    out, identifier = [], ""
-    for segment in segments:
-        fields = segment.split("|")
-        if fields[0] == "MSH":
-            fields[9] = f"BATCH-{tag}"
-        elif fields[0] == "PID" and len(fields) > 3:
-            reps = []
-            for rep in fields[3].split("~"):
-                comps = rep.split("^")
-                comps[0] = f"{comps[0]}-{tag}"[:60]
-                identifier = identifier or comps[0]
-                reps.append("^".join(comps))
-            fields[3] = "~".join(reps)
-        for number in _UNIQUE_FIELDS.get(fields[0], ()):
-            if len(fields) > number and fields[number]:
-                comps = fields[number].split("~")[0].split("^")
-                comps[0] = f"{comps[0]}-{tag}"[:60]
-                fields[number] = "^".join(comps)
-        out.append("|".join(fields))
-    return ("\r".join(out) + "\r").encode(), identifier
+class Writer:
+    def __init__(self, shape: Shape) -> None:
+        self.shape = shape
+        self.out = io.BytesIO()
+        self.written = Written(b"")
+        self.lines = 0
+
+    def raw(self, data: bytes) -> None:
+        self.out.write(data)
+
+    def line(self, segment: bytes) -> None:
+        self.out.write(segment + self.shape.end(self.lines))
+        self.lines += 1
+
+    def message(self, segments: list[bytes]) -> None:
+        if self.shape.blank_lines:
+            # the previous line's end again: a CR then an LF would be one CRLF, not a blank line
+            self.raw(self.shape.blank + self.shape.end(max(self.lines - 1, 0)))
+        if self.shape.framed:
+            self.raw(b"\x0b")
+        offset = self.out.tell()
+        for segment in segments:
+            self.line(segment)
+        if self.shape.framed:
+            self.raw(b"\x1c\r")
+        self.written.messages.append((offset, self.out.tell(), b"".join(s + b"\r" for s in segments)))
+
+    def finish(self) -> Written:
+        self.written.data = self.out.getvalue()
+        return self.written
+
+
+def write_batch_file(batches: list[list[list[bytes]]], shape: Shape, *, declared: list[int] | None = None) -> Written:
+    """``batches`` of messages written in ``shape``; ``declared`` overrides BTS-1 per batch."""
+    w = Writer(shape)
+    if shape.bom:
+        w.raw(b"\xef\xbb\xbf")
+    if shape.envelope in ("fhs", "fhs-only"):
+        w.line(b"FHS|^~\\&|SEND|SFAC|RECV|RFAC|20240101||file-name|comment|F0001")
+    if shape.envelope in ("none", "fhs-only"):
+        flat = [m for b in batches for m in b]
+        for m in flat:
+            w.message(m)
+        if flat:
+            w.written.batches.append((len(flat), None))
+    else:
+        for n, batch in enumerate(batches):
+            w.line(f"BHS|^~\\&|SEND|SFAC|RECV|RFAC|20240101||||B{n:04d}".encode())
+            for m in batch:
+                w.message(m)
+            count = declared[n] if declared is not None else len(batch)
+            w.line(f"BTS|{count}".encode())
+            w.written.batches.append((len(batch), count))
+    if shape.envelope in ("fhs", "fhs-only"):
+        w.line(f"FTS|{len(w.written.batches)}".encode())
+    return w.finish()
+
+
+@st.composite
+def shapes(draw: st.DrawFn) -> Shape:
+    return Shape(
+        envelope=draw(st.sampled_from(["none", "bhs", "fhs", "fhs-only"])),
+        line_ends=draw(st.lists(LINE_ENDS, min_size=1, max_size=3)),
+        bom=draw(st.booleans()),
+        framed=draw(st.booleans()),
+        blank_lines=draw(st.booleans()),
+        blank=draw(st.sampled_from([b"", b" ", b"\t \t", b"\x1a"])),
+    )
+
+
+batch_lists = st.lists(st.lists(messages(), max_size=4), min_size=1, max_size=4)
+
+
+class ShortReads(io.RawIOBase):
+    """A stream whose read(n) returns at most the next of ``sizes`` bytes (cycled), as a pipe or a
+    socket may: the reader must not take a short read for the end."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self.data = data
+        self.at = 0
+        self.sizes = [s for s in sizes if s > 0] or [1 << 16]
+        self.calls = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        size = self.sizes[self.calls % len(self.sizes)]
+        self.calls += 1
+        if n is not None and n >= 0:
+            size = min(size, n)
+        piece = self.data[self.at : self.at + size]
+        self.at += len(piece)
+        return piece

@@ -1,0 +1,105 @@
+"""What the FHIR API hands the access audit trail: each answer that carried resources, and each refused request.
+
+``record_access`` is called by a route once its answer is ready: it queues an ``Access`` (cheap: the
+Patients in the answer are found on the trail's writer thread) and answers 503 instead of the data
+when the trail cannot take it (gateway/store/audit_trail.py: fail closed). ``AuthFailureAudit`` is an
+ASGI middleware that turns every 401 and 403 answer into a failed-authentication AuditEvent, with
+the route and the client's address and never the token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.api.auth import Principal
+from gateway.api.outcome import FHIRError
+from gateway.store.access_events import Access, AuthFailure, Interaction, auth_failure_event
+from gateway.store.audit_trail import AuditTrail
+
+#: A token sent in the query string (RFC 6750 2.3) is never recorded.
+_TOKEN_PARAMETER = "access_token"
+
+
+def record_access(
+    request: Request,
+    principal: Principal,
+    interaction: Interaction,
+    resources: Sequence[dict[str, Any]],
+    what: str | None = None,
+) -> None:
+    """Queue the audit record of an answer carrying ``resources``; raise 503 when it cannot be queued."""
+    trail: AuditTrail | None = request.app.state.audit_trail
+    if trail is None or not request.app.state.access_audit or not resources:
+        return
+    client = request.client
+    access = Access(
+        interaction=interaction,
+        who=principal.name,
+        role=principal.role.value,
+        client=client.host if client else None,
+        server=str(request.base_url).rstrip("/") + "/fhir",
+        request=_request_line(request.method, request.url.path, request.scope.get("query_string", b"")),
+        resources=resources,
+        recorded=datetime.now(UTC).replace(tzinfo=None),
+        what=what,
+        request_id=request.headers.get("x-request-id"),
+    )
+    if not trail.submit(access):
+        raise FHIRError(503, "the access audit trail cannot record this read now; try again later", "transient")
+
+
+def _request_line(method: str, path: str, query: bytes) -> str:
+    text = query.decode("latin-1")
+    if _TOKEN_PARAMETER in text:
+        kept = [(k, v) for k, v in parse_qsl(text, keep_blank_values=True) if k != _TOKEN_PARAMETER]
+        text = urlencode(kept)
+    return f"{method} {path}?{text}" if text else f"{method} {path}"
+
+
+class AuthFailureAudit:
+    """ASGI middleware: a 401 or 403 answer becomes a failed-authentication AuditEvent."""
+
+    def __init__(self, app: ASGIApp, trail: AuditTrail):
+        self.app = app
+        self.trail = trail
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if status in (401, 403):
+            self._record(scope, status)
+
+    def _record(self, scope: Scope, status: int) -> None:
+        principal = scope.get("state", {}).get("principal")
+        if status == 403:
+            failure = AuthFailure.forbidden
+        elif any(name == b"authorization" for name, _ in scope.get("headers", ())):
+            failure = AuthFailure.invalid
+        else:
+            failure = AuthFailure.missing
+        client = scope.get("client")
+        event = auth_failure_event(
+            failure,
+            scope.get("method", "GET"),
+            scope.get("path", ""),
+            client[0] if client else None,
+            datetime.now(UTC).replace(tzinfo=None),
+            who=principal.name if isinstance(principal, Principal) else None,
+        )
+        self.trail.submit(event, wait=False)
