@@ -374,7 +374,7 @@ def _follow(store: Any, job: Any) -> int:
             rate = (job.done - first) / max(time.monotonic() - started, 1e-9)
             line = f"job {job.id[:8]} {job.status:9} queued {job.done:7d}  skipped {job.skipped:5d}  {rate:6.0f}/s"
             print("\r" + line, end="", flush=True)
-            if job.status in ("done", "cancelled"):
+            if job.status in ("done", "cancelled", "failed"):
                 print(f"\n{job.summary or ''}")
                 return 0
             time.sleep(1.0)
@@ -426,6 +426,40 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         status.problems.append(f"no 'hl7gw run' runs on data dir {settings.storage.data_dir.resolve()}")
     print_status(status, sys.stdout, args.json)
     return 0 if status.readiness.ready else 1
+
+
+def _share_metrics_with_run(settings: Settings) -> None:
+    """Beside an ``hl7gw run`` on this data dir, count into its metric files, so that its /metrics
+    shows the import's counters (set before prometheus_client is first imported, as its children
+    get it; gateway/metrics/exposition.py)."""
+    from gateway.metrics.exposition import MULTIPROC_DIR
+
+    shared = settings.storage.data_dir / "metrics"
+    if MULTIPROC_DIR not in os.environ and "prometheus_client" not in sys.modules and shared.is_dir():
+        from gateway.services.embedded_redis import EmbeddedRedis
+
+        if EmbeddedRedis.running_url(settings.storage.data_dir / "redis") is not None:
+            os.environ[MULTIPROC_DIR] = str(shared)
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    """Import batch files (or a directory of them, or stdin) through the intake MLLP uses."""
+    from gateway.journal.jobs import JobStore
+    from gateway.services.embedded_redis import EmbeddedRedis
+    from gateway.services.import_console import UNFINISHED, run_import
+
+    redis_url = settings.storage.redis_url or EmbeddedRedis.running_url(settings.storage.data_dir / "redis")
+    _share_metrics_with_run(settings)
+    _start_metrics(settings, serve=False)
+    if redis_url is None:
+        print(
+            f"hl7gw import: no Redis: start 'hl7gw run' on data dir {settings.storage.data_dir.resolve()} "
+            "or set HL7GW_REDIS_URL",
+            file=sys.stderr,
+        )
+        return UNFINISHED
+    with _database(settings) as engine:
+        return run_import(settings, redis_url, args.paths, jobs=JobStore(engine), again=args.again, as_json=args.json)
 
 
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
@@ -525,6 +559,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     status.set_defaults(func=cmd_status)
     sub.add_parser("migrate", help="bring the database to this release's schema").set_defaults(func=cmd_migrate)
+    imports = sub.add_parser(
+        "import",
+        help="import HL7 batch files through the intake (resumable; exit 1 rejected/mismatch, 2 unfinished)",
+    )
+    imports.add_argument("paths", nargs="+", metavar="FILE|DIR|-", help="batch files, directories of them, - for stdin")
+    imports.add_argument("--again", action="store_true", help="import a file already imported once more")
+    imports.add_argument("--json", action="store_true", help="the summary and per-batch detail as one JSON document")
+    imports.set_defaults(func=cmd_import)
     dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq.add_parser("list", help="list dead letters, newest first")
     dlq_list.add_argument("--status", default="open", help="open (default), replayed or discarded")

@@ -65,6 +65,11 @@ class Keys:
         """Hash of sender ("app|facility") -> time (ms) of the last message accepted from it."""
         return f"{self.namespace}:stats:sender-last-seen"
 
+    def import_progress(self, file_sha256: str) -> str:
+        """Hash of one batch file's import (by the SHA-256 of its bytes): status, the committed
+        prefix (offset, batch, index, count) and its counts (gateway/services/import_progress.py)."""
+        return f"{self.namespace}:import:{file_sha256}"
+
     def parked_letters(self) -> str:
         """Hash of dead letters waiting for the database to answer: letter id -> letter JSON."""
         return f"{self.namespace}:parked-letters"
