@@ -552,9 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("mllp", help="run only the MLLP listener (needs HL7GW_REDIS_URL)").set_defaults(func=cmd_mllp)
     sub.add_parser("worker", help="run only a worker (needs HL7GW_REDIS_URL)").set_defaults(func=cmd_worker)
     sub.add_parser("api", help="run only the FHIR REST API").set_defaults(func=cmd_api)
-    sub.add_parser(
-        "inbox", help="run only the watched inbox, HL7GW_INBOX_DIR (needs HL7GW_REDIS_URL)"
-    ).set_defaults(func=cmd_inbox)
+    sub.add_parser("inbox", help="run only the watched inbox, HL7GW_INBOX_DIR (needs HL7GW_REDIS_URL)").set_defaults(
+        func=cmd_inbox
+    )
     status = sub.add_parser("status", help="is the gateway ready; queues, workers, senders, dead letters")
     status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     status.set_defaults(func=cmd_status)

@@ -127,7 +127,9 @@ async def post_batch(request: Request, principal: Operator) -> Response:
 def _check_media(request: Request) -> None:
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media and media not in ACCEPTED_TYPES:
-        raise FHIRError(415, f"Content-Type {media[:60]!r} is not a batch file: send {HL7_V2}, text/plain or octet-stream")
+        raise FHIRError(
+            415, f"Content-Type {media[:60]!r} is not a batch file: send {HL7_V2}, text/plain or octet-stream"
+        )
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding not in ("", "identity", "gzip", "x-gzip"):
         raise FHIRError(415, f"Content-Encoding {encoding[:30]!r} is not taken: gzip or none")

@@ -111,7 +111,13 @@ class Inbox:
         self, path: Path, where: str, reason: str, result: ImportResult | None = None, seconds: float = 0.0
     ) -> str:
         target = _free_name(self.directory / where, path.name)
-        status = "failed" if where == FAILED else "already-imported" if result and result.status == "already-done" else "imported"
+        status = (
+            "failed"
+            if where == FAILED
+            else "already-imported"
+            if result and result.status == "already-done"
+            else "imported"
+        )
         report: dict[str, Any] = {
             "file": path.name,
             "moved_to": f"{where}/{target.name}",

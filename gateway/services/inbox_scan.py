@@ -66,9 +66,10 @@ class InboxScanner:
         for name, stat in files.items():
             inode = (stat.st_dev, stat.st_ino)
             before = self._seen.get(name)
-            unchanged = (
-                before is not None
-                and (before.size, before.mtime_ns, before.inode) == (stat.st_size, stat.st_mtime_ns, inode)
+            unchanged = before is not None and (before.size, before.mtime_ns, before.inode) == (
+                stat.st_size,
+                stat.st_mtime_ns,
+                inode,
             )
             renamed_in = inode in self._temporary_inodes or (unchanged and before is not None and before.renamed_in)
             since = before.since if unchanged and before is not None else now
