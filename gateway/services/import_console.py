@@ -106,7 +106,11 @@ def run_import(
 
     async def main() -> list[ImportResult]:
         results: list[ImportResult] = []
-        async with Importer(settings, redis_url, jobs=jobs, again=again, on_progress=bar) as importer:
+        # No batch acknowledgement here: 10,000 rejections listed per file are enough to read.
+        kept = 10_000
+        async with Importer(
+            settings, redis_url, jobs=jobs, again=again, on_progress=bar, max_problems=kept
+        ) as importer:
             for target in targets:
                 if target == "-":
                     print("hl7gw import: reading stdin: it cannot be resumed if interrupted", file=sys.stderr)

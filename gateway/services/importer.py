@@ -95,9 +95,12 @@ class Importer:
         again: bool = False,
         on_progress: Progress | None = None,
         window: int = 8192,
+        max_problems: int = 100_000,
     ):
         self.settings, self.redis_url, self.jobs, self.who = settings, redis_url, jobs, who
         self.again, self.on_progress, self.window = again, on_progress, window
+        #: Messages not accepted kept in a report (with their bytes, for a batch acknowledgement).
+        self.max_problems = max_problems
         self.keys = Keys(settings.storage.redis_namespace)
         self.intake = Intake(
             redis_url,
@@ -207,7 +210,7 @@ class Importer:
 
         feeder = BatchFeeder(
             self.intake, self.profiles, peer=f"import:{result.name}", window=self.window,
-            on_commit=on_commit, on_progress=on_progress,
+            max_problems=self.max_problems, on_commit=on_commit, on_progress=on_progress,
         )  # fmt: skip
         if record is not None:
             feeder.committed = Committed(record["offset"], record["batch"], record["index"], record["count"])
