@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,11 @@ class BatchUploads:
 
     async def _import(self, path: Path, who: str) -> tuple[bytes, dict[str, Any]]:
         if self._importer is None:
-            importer = Importer(self.settings, self.redis_url, jobs=self.jobs, who="POST /hl7/batch")
+            # Every message not accepted is kept (with its bytes) for the acknowledgement: at most
+            # the upload itself, which HL7GW_BATCH_MAX_UPLOAD_BYTES bounds.
+            importer = Importer(
+                self.settings, self.redis_url, jobs=self.jobs, who="POST /hl7/batch", max_problems=sys.maxsize
+            )
             await importer.__aenter__()
             self._importer = importer
         importer = self._importer

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 DONE, FAILED = "done", "failed"
 #: Seconds before a file whose messages the queue did not take is tried again.
 RETRY_S = 10.0
+#: Messages not accepted listed in a report (beyond them, ``problems_omitted`` counts them).
+REPORTED_PROBLEMS = 10_000
 
 
 class Inbox:
@@ -176,7 +178,10 @@ async def serve(settings: Settings, redis_url: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     engine = make_engine(settings.storage.database_url)
     try:
-        async with Importer(settings, redis_url, jobs=JobStore(engine), who="inbox") as importer:
+        # As hl7gw import: the first 10,000 messages not accepted are listed in a file's report.
+        async with Importer(
+            settings, redis_url, jobs=JobStore(engine), who="inbox", max_problems=REPORTED_PROBLEMS
+        ) as importer:
             inbox = Inbox(settings.inbox, importer)
             signal_ready()
             await inbox.watch(stop)
