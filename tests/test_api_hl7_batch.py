@@ -19,6 +19,7 @@ from gateway.hl7.batch import BatchEnd, BatchStart, ReadMessage, read_batch
 from gateway.hl7.message import parse
 from gateway.journal.jobs import JobStore
 from gateway.services.batch_uploads import BatchUploads
+from gateway.store.resources import ResourceStore
 from tests.support.asgi_client import AsgiClient
 from tests.support.messages import a04
 
@@ -69,6 +70,9 @@ def test_a_batch_with_a_bad_message_gets_a_batch_ack_listing_only_it(app: FastAP
     job = JobStore(engine).get(answer.headers["x-import-job"])
     assert job is not None and job.kind == "import" and "ana" in job.created_by
     assert (job.status, job.done, json.loads(job.summary)["totals"]["rejected"]) == ("done", 2, 1)
+    (event,) = ResourceStore(engine).search("AuditEvent", {"subtype": ["batch-upload"]})
+    assert (event["outcome"], event["agent"][0]["altId"], event["action"]) == ("4", "ana", "C")  # done in part
+    assert event["entity"][0]["what"]["identifier"]["value"] == job.id
 
 
 def test_gzip_by_content_encoding_or_magic_and_a_resend_is_all_duplicates(app: FastAPI) -> None:

@@ -36,9 +36,10 @@ _OUTCOME = {"application/fhir+json": {"example": {"resourceType": "OperationOutc
 class BatchUploads(Protocol):
     """What the route needs of the import (gateway/services/batch_uploads.py BatchUploads)."""
 
-    def import_upload(self, path: Path, who: str) -> tuple[bytes, dict[str, Any]]:
-        """Import the batch file at ``path`` (blocking); its batch ACK and a summary with at least
-        ``job`` (the job id) and ``error`` (why the queue did not take every message, or None)."""
+    def import_upload(self, path: Path, who: str, role: str) -> tuple[bytes, dict[str, Any]]:
+        """Import the batch file at ``path`` (blocking) for the token named ``who`` with ``role``
+        (recorded as an AuditEvent); its batch ACK and a summary with at least ``job`` (the job
+        id) and ``error`` (why the queue did not take every message, or None)."""
         ...
 
 
@@ -105,7 +106,7 @@ async def post_batch(request: Request, principal: Operator) -> Response:
             raise FHIRError(400, "the body is empty: send an HL7 v2 batch file")
         if not await run_in_threadpool(file_starts_like_hl7, path):
             raise FHIRError(400, "the body is not HL7 v2: it does not start with an MSH, BHS or FHS segment")
-        ack, summary = await run_in_threadpool(uploads.import_upload, path, principal.name)
+        ack, summary = await run_in_threadpool(uploads.import_upload, path, principal.name, principal.role.value)
     finally:
         path.unlink(missing_ok=True)
     job = str(summary.get("job") or "")

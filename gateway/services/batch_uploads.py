@@ -22,6 +22,8 @@ from gateway.hl7.batch import open_batch_file, read_batch
 from gateway.journal.jobs import JobStore
 from gateway.services.batch_answer import batch_acknowledgement, not_accepted
 from gateway.services.importer import Importer
+from gateway.store import audit
+from gateway.store.audit import Entity, OperatorAction, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +35,26 @@ class BatchUploads:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._importer: Importer | None = None
 
-    def import_upload(self, path: Path, who: str) -> tuple[bytes, dict[str, Any]]:
-        """Import the file at ``path`` (blocking: call it from a worker thread)."""
+    def import_upload(self, path: Path, who: str, role: str) -> tuple[bytes, dict[str, Any]]:
+        """Import the file at ``path`` (blocking: call it from a worker thread); recorded as an
+        AuditEvent naming the token (``who``, ``role``) and the import's job."""
         loop = self._started()
-        return asyncio.run_coroutine_threadsafe(self._import(path, who), loop).result()
+        ack, summary = asyncio.run_coroutine_threadsafe(self._import(path, who), loop).result()
+        if self.jobs is not None:
+            outcome = (
+                Outcome.serious_failure
+                if summary["error"]
+                else Outcome.minor_failure
+                if summary["not_accepted"]
+                else Outcome.success
+            )
+            text = f"read {summary['read']}, accepted {summary['accepted']}, duplicates {summary['duplicates']}, "
+            text += f"not accepted {summary['not_accepted']}"
+            entities = [Entity("job", summary["job"])] if summary["job"] else []
+            audit.record(
+                self.jobs.engine, OperatorAction.batch_upload, who, outcome, entities, role=role, outcome_text=text
+            )
+        return ack, summary
 
     def _started(self) -> asyncio.AbstractEventLoop:
         with self._lock:
