@@ -22,6 +22,7 @@ from gateway.journal.jobs import JobStore
 from gateway.keys import Keys
 from gateway.services.importer import Importer
 from gateway.services.inbox import Inbox
+from tests.support.import_files import write_a04_batch
 from tests.support.messages import a04
 
 QUEUES = ("hl7", "hl7-import")
@@ -40,6 +41,14 @@ def committed(redis_url: str, namespace: str) -> list[str]:
     finally:
         client.close()
     return found
+
+
+def queued_count(redis_url: str, namespace: str) -> int:
+    keys, client = Keys(namespace), redis.Redis.from_url(redis_url)
+    try:
+        return sum(int(client.llen(keys.queue(queue))) for queue in QUEUES)
+    finally:
+        client.close()
 
 
 def batch_file(path: Path, *messages: bytes) -> Path:
@@ -152,3 +161,36 @@ def test_the_watch_loop_waits_for_a_file_being_written(
 
     assert asyncio.run(scenario()) == (True, True)
     assert sorted(committed(redis_url, redis_namespace)) == sorted(f"SINK-{n}" for n in range(10))
+
+
+def test_a_stop_in_the_middle_of_an_import_leaves_the_file_to_resume_at_the_next_start(
+    tmp_path: Path, engine: Engine, redis_url: str, redis_namespace: str
+) -> None:
+    count = 60_000
+
+    async def watch_until(stop_after: float | None) -> float:
+        async with inbox(tmp_path, engine, redis_url, redis_namespace, inbox_settle_s=0, inbox_poll_s=0.05) as box:
+            big = box.directory / "big.hl7"
+            if not big.exists() and not (box.directory / "done" / "big.hl7").exists():
+                write_a04_batch(tmp_path / "big.hl7", count)
+                os.rename(tmp_path / "big.hl7", big)
+            stop = asyncio.Event()
+            watching = asyncio.create_task(box.watch(stop))
+            if stop_after is None:
+                while not (box.directory / "done" / "big.hl7.report.json").exists():
+                    await asyncio.sleep(0.05)
+            else:
+                while queued_count(redis_url, redis_namespace) == 0:  # the import has begun committing
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(stop_after)
+            asked = time.monotonic()
+            stop.set()
+            await asyncio.wait_for(watching, 10)
+            return time.monotonic() - asked
+
+    assert asyncio.run(watch_until(0.1)) < 5  # the import is cancelled, not waited for
+    assert (tmp_path / "inbox" / "big.hl7").exists() and not (tmp_path / "inbox" / "done" / "big.hl7").exists()
+    asyncio.run(watch_until(None))
+    imported = report(tmp_path / "inbox" / "done" / "big.hl7")["import"]
+    assert imported["resumed_at"] > 0 and imported["totals"]["accepted"] == count
+    assert len(committed(redis_url, redis_namespace)) == count
