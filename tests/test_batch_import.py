@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -42,12 +43,17 @@ def run_import(tmp_path: Path, redis_url: str, namespace: str, path: Path, **kw:
 
 
 def test_a_batch_is_queued_as_mllp_would_rejections_and_unreadable_pieces_kept_with_their_offsets(
-    tmp_path: Path, redis_url: str, redis_namespace: str, engine: Engine
+    tmp_path: Path, redis_url: str, redis_namespace: str, engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "in.hl7"
     path.write_bytes(batch([BEFORE_MSH, a04(1), a04(2), JUNK, BAD_VERSION, a04(3)], declared=9))
     jobs = JobStore(engine)
-    result = run_import(tmp_path, redis_url, redis_namespace, path, jobs=jobs)
+    with caplog.at_level(logging.DEBUG):
+        result = run_import(tmp_path, redis_url, redis_namespace, path, jobs=jobs)
+    # One line per rejection and one for the file, naming positions and control ids, no content.
+    assert "rejected bytes" in caplog.text and "import of in.hl7" in caplog.text
+    for content in ("LOST", "junk", "Patient1", "Pat^", "19800101"):
+        assert content not in caplog.text
 
     report = result.report
     assert (report.read, report.pieces, report.accepted, report.rejected) == (4, 2, 3, 3)
