@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import redis
 from dramatiq import Message
 from sqlalchemy.engine import Engine
@@ -78,8 +80,10 @@ def report(path: Path) -> dict:  # type: ignore[type-arg]
 
 
 def test_a_file_is_imported_and_moved_to_done_with_its_report(
-    tmp_path: Path, engine: Engine, redis_url: str, redis_namespace: str
+    tmp_path: Path, engine: Engine, redis_url: str, redis_namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
+
     async def scenario() -> str:
         async with inbox(tmp_path, engine, redis_url, redis_namespace) as box:
             path = batch_file(box.directory / "adt.hl7", a04(1), bad(2), a04(3))
@@ -97,6 +101,9 @@ def test_a_file_is_imported_and_moved_to_done_with_its_report(
     assert problem["offset"] == done.read_bytes().index(b"MSH|^~\\&|REG|HOSP|GW|GW|20240501000002")
     text = json.dumps(found)
     assert "Patient2" not in text and "19800101" not in text  # no PHI in a report
+    lines = "\n".join(record.getMessage() for record in caplog.records)
+    assert "inbox: adt.hl7 imported -> done/adt.hl7" in lines
+    assert "Patient" not in lines and "19800101" not in lines  # nor in a log line, DEBUG included
     assert sorted(committed(redis_url, redis_namespace)) == ["SINK-1", "SINK-3"]
 
 
