@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +115,19 @@ def test_the_route_is_described_in_openapi(app: FastAPI) -> None:
     operation = app.openapi()["paths"]["/hl7/batch"]["post"]
     assert "application/hl7-v2" in operation["requestBody"]["content"]
     assert {"200", "400", "403", "413"} <= set(operation["responses"])
+
+
+def test_the_body_is_spooled_and_removed_and_a_stale_one_is_cleaned_at_start(
+    tmp_path: Path, engine: Engine, uploads: BatchUploads, redis_url: str
+) -> None:
+    app = create_app(uploads.settings, engine, batch_uploads=uploads)
+    answer = AsgiClient(app, token="o-token").request("POST", "/hl7/batch", content=batch(a04(4)), headers=HL7)
+    assert answer.status_code == 200
+    spool = tmp_path / "uploads"
+    assert spool.is_dir() and list(spool.iterdir()) == []
+    stale, fresh = spool / "upload-old.hl7", spool / "upload-new.hl7"
+    for path in (stale, fresh):
+        path.write_bytes(b"MSH|")
+    os.utime(stale, (time.time() - 2 * 86_400,) * 2)
+    BatchUploads(uploads.settings, redis_url, None).close()
+    assert sorted(p.name for p in spool.iterdir()) == ["upload-new.hl7"]

@@ -27,6 +27,8 @@ from gateway.hl7.batch_sniff import file_starts_like_hl7
 
 log = logging.getLogger(__name__)
 HL7_V2 = "application/hl7-v2"
+#: Where bodies are spooled, under the data dir; files named ``upload-*`` while being imported.
+UPLOAD_DIR = "uploads"
 #: Media types a batch may be sent as (parameters such as charset aside); none given is taken too.
 ACCEPTED_TYPES = frozenset({HL7_V2, "text/plain", "application/octet-stream", "application/gzip", "application/x-gzip"})
 _ACK_EXAMPLE = "BHS|^~\\&|GW|GWF|LAB|LABF|20240101120000||||B7F3...|BATCH-42\rMSH|...\rMSA|AR|MSG-2\rERR|...\rBTS|1\r"
@@ -90,7 +92,7 @@ async def post_batch(request: Request, principal: Operator) -> Response:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise FHIRError(413, f"the body is over {limit} bytes (HL7GW_BATCH_MAX_UPLOAD_BYTES)", "too-costly")
-    spool = Path(settings.storage.data_dir) / "uploads"
+    spool = Path(settings.storage.data_dir) / UPLOAD_DIR
     spool.mkdir(parents=True, exist_ok=True)
     descriptor, name = tempfile.mkstemp(prefix="upload-", suffix=".hl7", dir=spool)
     path = Path(name)

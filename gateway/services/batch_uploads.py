@@ -14,9 +14,11 @@ import asyncio
 import logging
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from gateway.api.hl7_batch import UPLOAD_DIR
 from gateway.config import Settings
 from gateway.hl7.batch import open_batch_file, read_batch
 from gateway.journal.jobs import JobStore
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 class BatchUploads:
     def __init__(self, settings: Settings, redis_url: str, jobs: JobStore | None):
         self.settings, self.redis_url, self.jobs = settings, redis_url, jobs
+        _remove_stale_uploads(settings.storage.data_dir / UPLOAD_DIR)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._importer: Importer | None = None
@@ -99,3 +102,20 @@ class BatchUploads:
         if self._importer is not None:
             asyncio.run_coroutine_threadsafe(self._importer.__aexit__(None, None, None), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
+
+
+#: An upload's spooled body older than this is left over from an API process that died.
+STALE_UPLOAD_S = 86_400
+
+
+def _remove_stale_uploads(spool: Path) -> None:
+    """Delete bodies a killed API process left in the spool (a day old: no upload takes that long)."""
+    if not spool.is_dir():
+        return
+    for path in spool.glob("upload-*"):
+        try:
+            if time.time() - path.stat().st_mtime > STALE_UPLOAD_S:
+                path.unlink()
+                log.info("removed %s, an upload left by an API process that stopped", path.name)
+        except OSError:
+            continue
