@@ -6,7 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
+import uuid
 from collections.abc import AsyncIterator
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.hl7.batch import BatchEnd, BatchStart, FileEnd, FileStart, ReadMessage, read_batch
 from gateway.hl7.message import parse
@@ -144,3 +149,40 @@ def test_a_batch_frame_over_the_frame_limit_is_refused_as_any_frame(redis_url: s
     answer = asyncio.run(scenario())
     assert b"MSA|AR" in answer and b"HL7GW_MLLP_MAX_MESSAGE_BYTES" in answer
     assert [e.control_id for e in queued(redis_url, redis_namespace) if e.kind == "message"] == []
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    shapes=st.lists(st.one_of(st.just(0), st.integers(1, 4)), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(1, 400), max_size=6),
+)
+def test_any_mix_of_frames_and_batches_in_any_writes_keeps_arrival_order(
+    redis_url: str, redis_namespace: str, shapes: list[int], cuts: list[int]
+) -> None:
+    """0: a single frame; n: a batch frame of n messages. Sent in writes cut anywhere."""
+    run = uuid.uuid4().hex[:8]
+    frames, expected, numbers = [], [], iter(range(1000))
+    for shape in shapes:
+        ids = [f"{run}-{next(numbers)}" for _ in range(max(shape, 1))]
+        expected += ids
+        frames.append(encode_frame(adt(ids[0]) if shape == 0 else batch(*(adt(i) for i in ids))))
+    stream = b"".join(frames)
+    points = sorted({min(c, len(stream)) for c in itertools.accumulate(cuts)} | {len(stream)})
+
+    async def scenario() -> list[bytes]:
+        async with listener(redis_url, redis_namespace) as port:
+            client = await RawClient.connect(port)
+            start = 0
+            for point in points:
+                await client.send(stream[start:point])
+                start = point
+            answers = [await client.read_frame() for _ in shapes]
+            await client.close()
+            return answers
+
+    answers = asyncio.run(scenario())
+    for shape, answer in zip(shapes, answers, strict=True):
+        assert answer.startswith(b"MSH") if shape == 0 else answer.startswith(b"BHS") and b"BTS|0" in answer
+    mine = [e for e in queued(redis_url, redis_namespace) if e.control_id.startswith(run)]
+    assert [e.control_id for e in mine] == expected
+    assert [e.seq for e in mine] == sorted(e.seq for e in mine)
