@@ -114,9 +114,11 @@ def test_a_file_that_is_not_hl7_goes_to_failed_with_a_report(
         async with inbox(tmp_path, engine, redis_url, redis_namespace) as box:
             (box.directory / "scan.pdf").write_bytes(b"%PDF-1.7\n" + os.urandom(2000))
             (box.directory / "broken.hl7.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
-            return [await box.take(box.directory / name) for name in ("scan.pdf", "broken.hl7.gz")]
+            (box.directory / "empty.hl7").write_bytes(b"")
+            return [await box.take(box.directory / name) for name in ("scan.pdf", "broken.hl7.gz", "empty.hl7")]
 
-    assert asyncio.run(scenario()) == ["failed", "failed"]
+    assert asyncio.run(scenario()) == ["failed", "failed", "failed"]
+    assert report(tmp_path / "inbox" / "failed" / "empty.hl7")["reason"] == "empty file"
     for name in ("scan.pdf", "broken.hl7.gz"):
         found = report(tmp_path / "inbox" / "failed" / name)
         assert found["status"] == "failed" and "not HL7" in found["reason"]

@@ -91,6 +91,8 @@ class Inbox:
         started = time.monotonic()
         result: ImportResult | None = None
         try:
+            if path.stat().st_size == 0:
+                return self._finish(path, FAILED, "empty file")
             if not await asyncio.to_thread(file_starts_like_hl7, path):
                 return self._finish(path, FAILED, "not HL7 v2: the file does not start with an MSH, BHS or FHS segment")
             result = await self.importer.import_file(path)
