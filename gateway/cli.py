@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from gateway.journal.dead_letters import DeadLetterStore
     from gateway.journal.filters import LetterFilter
+    from gateway.services.batch_uploads import BatchUploads
     from gateway.services.operator_actions import OperatorDesk
 
 
@@ -67,6 +68,15 @@ def cmd_mllp(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inbox(settings: Settings, _args: argparse.Namespace) -> int:
+    from gateway.services import inbox
+
+    redis_url = _require_redis(settings, "inbox")
+    _start_metrics(settings, serve=True)
+    inbox.run(settings, redis_url)
+    return 0
+
+
 def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
     from gateway.services.worker import run_worker
 
@@ -94,6 +104,17 @@ def _operator_desk(settings: Settings) -> OperatorDesk:
     return OperatorDesk(make_engine(settings.storage.database_url), enqueue, Triage(configured_rules(settings)))
 
 
+def _batch_uploads(settings: Settings) -> BatchUploads | None:
+    """What POST /hl7/batch imports with: onto this process's Redis (HL7GW_REDIS_URL, which
+    ``hl7gw run`` gives its API), job records in its database; None without a Redis."""
+    from gateway.db.engine import make_engine
+    from gateway.journal.jobs import JobStore
+    from gateway.services.batch_uploads import BatchUploads
+
+    url = settings.storage.redis_url
+    return BatchUploads(settings, url, JobStore(make_engine(settings.storage.database_url))) if url else None
+
+
 def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -104,11 +125,12 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
     _start_metrics(settings, serve=False)  # the API serves /metrics itself
     dry_run = CurrentMappings(settings.conversion).dry_run  # for /admin/dead-letters/{id}
     desk = _operator_desk(settings)
+    uploads = _batch_uploads(settings)
     # log_config=None: uvicorn's records go through our handler (gateway/logs.py) like all others;
     # no access log, since a query string can carry a name or a birth date.
     app = until_available(
         "database",
-        lambda: create_app(settings, dry_run=dry_run, desk=desk),
+        lambda: create_app(settings, dry_run=dry_run, desk=desk, batch_uploads=uploads),
         max_backoff_s=settings.worker.outage_max_backoff_s,
     )
     config = uvicorn.Config(
@@ -352,7 +374,7 @@ def _follow(store: Any, job: Any) -> int:
             rate = (job.done - first) / max(time.monotonic() - started, 1e-9)
             line = f"job {job.id[:8]} {job.status:9} queued {job.done:7d}  skipped {job.skipped:5d}  {rate:6.0f}/s"
             print("\r" + line, end="", flush=True)
-            if job.status in ("done", "cancelled"):
+            if job.status in ("done", "cancelled", "failed"):
                 print(f"\n{job.summary or ''}")
                 return 0
             time.sleep(1.0)
@@ -404,6 +426,40 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         status.problems.append(f"no 'hl7gw run' runs on data dir {settings.storage.data_dir.resolve()}")
     print_status(status, sys.stdout, args.json)
     return 0 if status.readiness.ready else 1
+
+
+def _share_metrics_with_run(settings: Settings) -> None:
+    """Beside an ``hl7gw run`` on this data dir, count into its metric files, so that its /metrics
+    shows the import's counters (set before prometheus_client is first imported, as its children
+    get it; gateway/metrics/exposition.py)."""
+    from gateway.metrics.exposition import MULTIPROC_DIR
+
+    shared = settings.storage.data_dir / "metrics"
+    if MULTIPROC_DIR not in os.environ and "prometheus_client" not in sys.modules and shared.is_dir():
+        from gateway.services.embedded_redis import EmbeddedRedis
+
+        if EmbeddedRedis.running_url(settings.storage.data_dir / "redis") is not None:
+            os.environ[MULTIPROC_DIR] = str(shared)
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    """Import batch files (or a directory of them, or stdin) through the intake MLLP uses."""
+    from gateway.journal.jobs import JobStore
+    from gateway.services.embedded_redis import EmbeddedRedis
+    from gateway.services.import_console import UNFINISHED, run_import
+
+    redis_url = settings.storage.redis_url or EmbeddedRedis.running_url(settings.storage.data_dir / "redis")
+    _share_metrics_with_run(settings)
+    _start_metrics(settings, serve=False)
+    if redis_url is None:
+        print(
+            f"hl7gw import: no Redis: start 'hl7gw run' on data dir {settings.storage.data_dir.resolve()} "
+            "or set HL7GW_REDIS_URL",
+            file=sys.stderr,
+        )
+        return UNFINISHED
+    with _database(settings) as engine:
+        return run_import(settings, redis_url, args.paths, jobs=JobStore(engine), again=args.again, as_json=args.json)
 
 
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
@@ -496,10 +552,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("mllp", help="run only the MLLP listener (needs HL7GW_REDIS_URL)").set_defaults(func=cmd_mllp)
     sub.add_parser("worker", help="run only a worker (needs HL7GW_REDIS_URL)").set_defaults(func=cmd_worker)
     sub.add_parser("api", help="run only the FHIR REST API").set_defaults(func=cmd_api)
+    sub.add_parser("inbox", help="run only the watched inbox, HL7GW_INBOX_DIR (needs HL7GW_REDIS_URL)").set_defaults(
+        func=cmd_inbox
+    )
     status = sub.add_parser("status", help="is the gateway ready; queues, workers, senders, dead letters")
     status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     status.set_defaults(func=cmd_status)
     sub.add_parser("migrate", help="bring the database to this release's schema").set_defaults(func=cmd_migrate)
+    imports = sub.add_parser(
+        "import",
+        help="import HL7 batch files through the intake (resumable; exit 1 rejected/mismatch, 2 unfinished)",
+    )
+    imports.add_argument("paths", nargs="+", metavar="FILE|DIR|-", help="batch files, directories of them, - for stdin")
+    imports.add_argument("--again", action="store_true", help="import a file already imported once more")
+    imports.add_argument("--json", action="store_true", help="the summary and per-batch detail as one JSON document")
+    imports.set_defaults(func=cmd_import)
     dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq.add_parser("list", help="list dead letters, newest first")
     dlq_list.add_argument("--status", default="open", help="open (default), replayed or discarded")

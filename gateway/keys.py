@@ -71,6 +71,11 @@ class Keys:
         """Hash of sender ("app|facility") -> time (ms) of the last message accepted from it."""
         return f"{self.namespace}:stats:sender-last-seen"
 
+    def import_progress(self, file_sha256: str) -> str:
+        """Hash of one batch file's import (by the SHA-256 of its bytes): status, the committed
+        prefix (offset, batch, index, count) and its counts (gateway/services/import_progress.py)."""
+        return f"{self.namespace}:import:{file_sha256}"
+
     def sender_last_imported(self) -> str:
         """Like ``sender_last_seen``, for messages committed to the import queue: an import of old
         messages must not hide that a sender's live feed has gone silent."""

@@ -221,11 +221,12 @@ operator_job = Table(
     "operator_job",
     metadata,
     Column("id", String(36), primary_key=True),
-    # replay | reprocess
+    # replay | reprocess | import (a batch file's import: a record of it, run by hl7gw import)
     Column("kind", String(16), nullable=False),
-    # The filter the job was made with (JSON: stage, sender, since, ...).
+    # The filter the job was made with (JSON: stage, sender, since, ...); for an import, the file
+    # (JSON: file name, sha256, size).
     Column("filter", Text, nullable=False),
-    # running -> done | cancelled; running <-> paused
+    # running -> done | cancelled; running <-> paused; an import: importing -> done | failed
     Column("status", String(16), nullable=False),
     Column("created_by", String(128), nullable=False),
     Column("created_at", BigInteger, nullable=False),

@@ -19,7 +19,10 @@ from sqlalchemy.engine import Engine
 
 from gateway.db.schema import dead_letter, operator_job
 
-JobKind = Literal["replay", "reprocess"]
+JobKind = Literal["replay", "reprocess", "import"]
+#: Kinds a worker's JobRunner works on; an import job is run by its own ``hl7gw import`` process
+#: and only recorded here (file, hash, size, counts, batch mismatches: gateway/services/importer.py).
+RUNNABLE = ("replay", "reprocess")
 #: What an operator may ask of a job, and the statuses each moves it between.
 CONTROLS = {"pause": ("running", "paused"), "resume": ("paused", "running"), "cancel": (None, "cancelled")}
 FINISHED = ("done", "cancelled")
@@ -66,13 +69,14 @@ class JobStore:
 
     def create(self, kind: JobKind, filter: dict[str, Any], who: str) -> Job:
         job_id, now = str(uuid.uuid4()), _now()
+        status = "importing" if kind == "import" else "running"
         with self.engine.begin() as conn:
             conn.execute(
                 operator_job.insert().values(
                     id=job_id,
                     kind=kind,
                     filter=json.dumps(filter, sort_keys=True),
-                    status="running",
+                    status=status,
                     created_by=who[:128],
                     created_at=now,
                     updated_at=now,
@@ -105,7 +109,7 @@ class JobStore:
         with self.engine.begin() as conn:
             done = conn.execute(
                 update(operator_job)
-                .where(operator_job.c.id == job_id, condition)
+                .where(operator_job.c.id == job_id, condition, operator_job.c.kind.in_(RUNNABLE))
                 .values(status=after, updated_at=_now(), lease_owner="", lease_until=0)
             )
         return bool(done.rowcount)
@@ -118,6 +122,7 @@ class JobStore:
                 select(operator_job.c.id)
                 .where(
                     operator_job.c.status == "running",
+                    operator_job.c.kind.in_(RUNNABLE),
                     or_(operator_job.c.lease_until < now, operator_job.c.lease_owner == owner),
                 )
                 .order_by(operator_job.c.created_at)
@@ -175,6 +180,21 @@ class JobStore:
                 .values(lease_owner="", lease_until=0, **values)
             )
         return bool(finished.rowcount)
+
+    def record_import(
+        self, job_id: str, *, status: str, accepted: int, duplicates: int, cursor: str, summary: str
+    ) -> None:
+        """Save an import job's state: ``status`` importing, done or failed (an import killed
+        mid-way stays importing until it is run again), ``done`` = accepted, ``skipped`` =
+        duplicates, ``cursor`` = the byte offset committed, ``summary`` = its counts (JSON)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(operator_job)
+                .where(operator_job.c.id == job_id, operator_job.c.kind == "import")
+                .values(
+                    status=status, done=accepted, skipped=duplicates, cursor=cursor, summary=summary, updated_at=_now()
+                )
+            )
 
     def replayed_by(self, job: Job) -> int:
         """How many dead letters a replay job replayed (they name it), crash or not."""

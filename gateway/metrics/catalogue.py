@@ -32,6 +32,22 @@ INTAKE_REJECTIONS = Counter(
 )
 MLLP_CONNECTIONS_OPEN = Gauge("hl7gw_mllp_connections_open", "MLLP connections open now", multiprocess_mode="livesum")
 
+# -- batch file imports (hl7gw import) -------------------------------------------------------------
+IMPORT_MESSAGES = Counter(
+    "hl7gw_import_messages",
+    "Messages (and unreadable pieces) of imported batch files, by outcome: accepted, duplicate, "
+    "rejected, ack-kept, not-stored",
+    ["outcome"],
+)
+IMPORT_BATCHES_MISMATCHED = Counter(
+    "hl7gw_import_batches_mismatched", "Imported batches whose BTS-1 differs from the messages read"
+)
+INBOX_FILES = Counter(
+    "hl7gw_inbox_files",
+    "Files of the watched inbox taken, by outcome: imported, already-imported (to done/), failed (to failed/)",
+    ["outcome"],
+)
+
 # -- the workers ----------------------------------------------------------------------------------
 MESSAGES_CONVERTED = Counter("hl7gw_messages_converted", "Messages converted to a FHIR Bundle", ["message_type"])
 DEAD_LETTERS = Counter("hl7gw_dead_letters", "Dead letters written, by stage and error type", ["stage", "error_type"])

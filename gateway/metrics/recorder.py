@@ -12,6 +12,8 @@ from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 from gateway.metrics.labels import (
+    IMPORT_OUTCOMES,
+    INBOX_OUTCOMES,
     REPLAY_KINDS,
     SINK_OUTCOMES,
     ErrorTypeLabels,
@@ -86,6 +88,12 @@ class NullRecorder:
 
     def audit_dropped(self, count: int = 1) -> None: ...
 
+    def imported(self, outcome: str, count: int = 1) -> None: ...
+
+    def import_batch_mismatched(self) -> None: ...
+
+    def inbox_file(self, outcome: str) -> None: ...
+
 
 class Recorder(NullRecorder):
     """Records into the catalogue (gateway/metrics/catalogue.py) with bounded labels."""
@@ -116,6 +124,10 @@ class Recorder(NullRecorder):
         )
         self._http_time: _Children[tuple[str, str]] = _Children(c.HTTP_REQUEST_DURATION, lambda key: key)
         self._ack_to_stored = c.ACK_TO_STORED
+        self._imported: _Children[str] = _Children(
+            c.IMPORT_MESSAGES, lambda outcome: (one_of(outcome, IMPORT_OUTCOMES),)
+        )
+        self._inbox: _Children[str] = _Children(c.INBOX_FILES, lambda outcome: (one_of(outcome, INBOX_OUTCOMES),))
         self._connections = c.MLLP_CONNECTIONS_OPEN
 
     def use_mappings(self, supports: Callable[[str, str], bool] | None) -> None:
@@ -176,6 +188,16 @@ class Recorder(NullRecorder):
 
     def audit_dropped(self, count: int = 1) -> None:
         self._c.AUDIT_EVENTS_DROPPED.inc(count)
+
+    def imported(self, outcome: str, count: int = 1) -> None:
+        if count:
+            self._imported(outcome).inc(count)
+
+    def import_batch_mismatched(self) -> None:
+        self._c.IMPORT_BATCHES_MISMATCHED.inc()
+
+    def inbox_file(self, outcome: str) -> None:
+        self._inbox(outcome).inc()
 
 
 _current: NullRecorder | None = None
