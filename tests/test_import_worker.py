@@ -45,7 +45,7 @@ def test_imported_messages_are_stored_and_bad_ones_dead_lettered_and_replayable(
     assert commit(redis_url, redis_namespace, IMPORT_QUEUE, imported) == [1, 2, 3, 4]
     settings = worker_settings(tmp_path, database_url, redis_namespace, import_rate=50.0)
     with RunningWorker(settings, redis_url):
-        wait_until(lambda: archive_statuses(engine, imported) == ["processed"] * 3 + ["failed"], what="imported")
+        wait_until(lambda: archive_statuses(engine, imported) == ["processed"] * 3 + ["failed"], 60, "imported")
         store = ResourceStore(engine)
         assert all(store.search("Patient", {"identifier": [f"IM{n}"]}) for n in range(3))
         client, keys = redis.Redis.from_url(redis_url), Keys(redis_namespace)
@@ -58,7 +58,8 @@ def test_imported_messages_are_stored_and_bad_ones_dead_lettered_and_replayable(
             replayed = Replayer(DeadLetterStore(engine), enqueue).replay(letter.id, "cli:ana", fixed)
         wait_until(
             lambda: getattr(MessageArchive(engine).get(replayed.envelope.id), "status", "") == "processed",
-            what="the replayed letter processed",
+            60,
+            "the replayed letter processed",
         )
     assert store.search("Patient", {"identifier": ["IMX"]})
     assert replayed.envelope.seq == 4  # the import's place in the sender's order
