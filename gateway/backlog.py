@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import redis
 
-from gateway.keys import QUEUE, REPLAY_QUEUE, Keys
+from gateway.keys import IMPORT_QUEUE, QUEUE, REPLAY_QUEUE, Keys
 
 _TIMESTAMP = re.compile(rb'"message_timestamp":(\d+)')
 
@@ -34,8 +34,8 @@ class QueueBacklog:
 
 
 def pipeline_queues(sink_queues: Iterable[str] = ()) -> list[str]:
-    """The queues of this gateway: live messages, operator jobs, then one per remote sink."""
-    return [QUEUE, REPLAY_QUEUE, *sink_queues]
+    """The queues of this gateway: live messages, operator jobs, imported files, then one per remote sink."""
+    return [QUEUE, REPLAY_QUEUE, IMPORT_QUEUE, *sink_queues]
 
 
 def live_workers(client: redis.Redis, keys: Keys, heartbeat_timeout_ms: int, now_ms: int | None = None) -> list[str]:

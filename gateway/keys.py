@@ -12,6 +12,12 @@ ACTOR = "process_message"
 #: a queue of its own with few threads, so a bulk replay never delays live traffic.
 REPLAY_QUEUE = "hl7-replay"
 REPLAY_ACTOR = "process_replayed"
+#: The queue and actor of imported batch files (docs/batch.md, Order and fairness): the same
+#: pipeline, on a queue of its own, paced at HL7GW_IMPORT_RATE and yielding to a live backlog.
+IMPORT_QUEUE = "hl7-import"
+IMPORT_ACTOR = "process_imported"
+#: The actor of each pipeline queue: what the intake writes into the messages it commits there.
+PIPELINE_ACTORS = {QUEUE: ACTOR, REPLAY_QUEUE: REPLAY_ACTOR, IMPORT_QUEUE: IMPORT_ACTOR}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,16 @@ class Keys:
         """Hash of one batch file's import (by the SHA-256 of its bytes): status, the committed
         prefix (offset, batch, index, count) and its counts (gateway/services/import_progress.py)."""
         return f"{self.namespace}:import:{file_sha256}"
+
+    def sender_last_imported(self) -> str:
+        """Like ``sender_last_seen``, for messages committed to the import queue: an import of old
+        messages must not hide that a sender's live feed has gone silent."""
+        return f"{self.namespace}:stats:sender-last-imported"
+
+    def import_pace(self) -> str:
+        """The import queue's pacing slot (gateway/queue/pacing.py): when, in microseconds of
+        Redis's clock, the next imported message may start; shared by every worker process."""
+        return f"{self.namespace}:pace:{IMPORT_QUEUE}"
 
     def parked_letters(self) -> str:
         """Hash of dead letters waiting for the database to answer: letter id -> letter JSON."""

@@ -12,6 +12,10 @@ READY_FD = "HL7GW_READY_FD"
 PROCESS_NAME = "HL7GW_PROCESS_NAME"
 
 _PR_SET_PDEATHSIG = 1
+#: How much lower an importer runs than the gateway's own processes (an ``os.nice`` increment):
+#: beside live traffic, the listener and the workers get the CPU first while it reads and commits
+#: a big file (docs/batch.md, Order and fairness: without it, live ACK p99 rose by ~60 ms).
+IMPORT_NICENESS = 10
 
 
 def die_with_parent() -> None:
@@ -45,3 +49,12 @@ def process_name(command: str) -> str:
     it (``run``: the supervisor)."""
     given = os.environ.get(PROCESS_NAME, "")
     return given[:32] if given else ("supervisor" if command == "run" else command)
+
+
+def yield_cpu(increment: int = IMPORT_NICENESS) -> None:
+    """Lower this process's CPU priority by ``increment`` (an importer beside live traffic); a
+    system that refuses leaves it as it was."""
+    try:
+        os.nice(increment)
+    except OSError:
+        pass

@@ -8,7 +8,7 @@ import dramatiq
 import redis
 
 from gateway.backlog import live_workers, pipeline_queues, read_backlog, senders_last_seen
-from gateway.keys import QUEUE, REPLAY_QUEUE, Keys
+from gateway.keys import IMPORT_QUEUE, QUEUE, REPLAY_QUEUE, Keys
 from gateway.queue.broker import make_broker
 
 
@@ -33,6 +33,7 @@ def test_backlog_counts_waiting_in_flight_and_delayed_and_ages_the_oldest(redis_
         assert [(b.queue, b.depth, b.in_flight, b.delayed, b.oldest_age_s) for b in empty] == [
             (QUEUE, 0, 0, 0, 0.0),
             (REPLAY_QUEUE, 0, 0, 0, 0.0),
+            (IMPORT_QUEUE, 0, 0, 0, 0.0),
         ]
         broker.enqueue(_message(QUEUE, age_ms=90_000))  # the oldest: fetched below, so in flight
         broker.enqueue(_message(QUEUE, age_ms=30_000))
@@ -43,10 +44,11 @@ def test_backlog_counts_waiting_in_flight_and_delayed_and_ages_the_oldest(redis_
         assert fetched is not None
         workers = live_workers(client, keys, heartbeat_timeout_ms=15_000)
         assert workers == [broker.broker_id]
-        live, replay = read_backlog(client, keys, pipeline_queues(), workers)
+        live, replay, imported = read_backlog(client, keys, pipeline_queues(), workers)
         assert (live.depth, live.in_flight, live.delayed) == (3, 1, 1)
         assert 89 <= live.oldest_age_s < 100
         assert (replay.depth, replay.delayed, replay.oldest_age_s) == (0, 0, 0.0)
+        assert (imported.depth, imported.delayed, imported.oldest_age_s) == (0, 0, 0.0)
         # Without the worker's in-flight set the oldest is the head of the waiting list.
         (live_without,) = read_backlog(client, keys, [QUEUE], [])
         assert 29 <= live_without.oldest_age_s < 40

@@ -93,7 +93,7 @@ def test_status_beside_a_running_gateway(tmp_path: Path) -> None:
         assert data["status"] == "ready"
         assert data["redis"].endswith("(embedded)")
         assert data["workers"] == 1
-        assert [q["queue"] for q in data["queues"]] == ["hl7", "hl7-replay", "sink.lab"]
+        assert [q["queue"] for q in data["queues"]] == ["hl7", "hl7-replay", "hl7-import", "sink.lab"]
         assert data["dead_letters_open"] == 0
 
         text = status(gateway.env)
@@ -102,8 +102,13 @@ def test_status_beside_a_running_gateway(tmp_path: Path) -> None:
         assert lines[0] == "hl7gw: ready"
         assert any(line.split()[:2] == ["workers", "ok"] for line in lines)
         header = lines.index(next(line for line in lines if line.startswith("queue ")))
-        assert [line.split()[0] for line in lines[header + 1 : header + 4]] == ["hl7", "hl7-replay", "sink.lab"]
-        assert all(field.isdigit() for line in lines[header + 1 : header + 4] for field in line.split()[1:4])
+        assert [line.split()[0] for line in lines[header + 1 : header + 5]] == [
+            "hl7",
+            "hl7-replay",
+            "hl7-import",
+            "sink.lab",
+        ]
+        assert all(field.isdigit() for line in lines[header + 1 : header + 5] for field in line.split()[1:4])
         assert "open dead letters: 0" in lines
     finally:
         gateway.stop()

@@ -207,7 +207,7 @@ def test_the_collector_reads_senders_breakers_queues_and_disk(
         (("sink", "spare"),): 0,
     }
     queues = {dict(labels)["queue"] for labels in found["hl7gw_queue_depth"]}
-    assert queues == {"hl7", "hl7-replay", "sink.lab", "sink.hapi", "sink.spare"}
+    assert queues == {"hl7", "hl7-replay", "hl7-import", "sink.lab", "sink.hapi", "sink.spare"}
     assert set(found) >= {"hl7gw_queue_oldest_age_seconds", "hl7gw_queue_delayed", "hl7gw_queue_in_flight"}
     assert found["hl7gw_dead_letters_open"] == {(): 3}
     assert found["hl7gw_data_dir_free_bytes"][()] > 0

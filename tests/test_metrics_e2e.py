@@ -160,7 +160,12 @@ def test_hl7gw_run_reports_every_process_through_one_metrics_endpoint(gateway: G
     assert value(found, "hl7gw_sink_request_duration_seconds_count", sink="down") >= 2
     assert value(found, "hl7gw_sink_breaker_state", sink="down") == 2  # open
     # Read at scrape time.
-    assert {q["queue"] for q in labelled(found, "hl7gw_queue_depth")} == {"hl7", "hl7-replay", "sink.down"}
+    assert {q["queue"] for q in labelled(found, "hl7gw_queue_depth")} == {
+        "hl7",
+        "hl7-replay",
+        "hl7-import",
+        "sink.down",
+    }
     assert value(found, "hl7gw_queue_depth", queue="hl7") == 0
     assert value(found, "hl7gw_workers_alive") == 2
     assert value(found, "hl7gw_redis_up") == 1

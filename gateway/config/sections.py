@@ -103,6 +103,11 @@ class WorkerSettings:
     heartbeat_timeout_ms: int
     #: Messages per second an operator's replay or reprocess job puts on its queue (live traffic first).
     replay_rate: float = 50.0
+    #: Messages per second the workers of a gateway together take from the import queue, while no
+    #: live message waits for a worker (gateway/queue/pacing.py).
+    import_rate: float = 100.0
+    #: Threads of the import queue per worker process.
+    import_threads: int = 8
 
 
 @dataclass(frozen=True, slots=True)

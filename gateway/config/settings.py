@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     # Replay and reprocess jobs (gateway/services/jobs.py) queue at most this many messages a
     # second, on a queue of their own, so live MLLP traffic keeps its latency.
     replay_rate: float = Field(default=50.0, gt=0, le=100_000)
+    # Imported batch files (docs/batch.md, Order and fairness) are worked through from a queue of
+    # their own: at most this many messages a second for the whole gateway (every worker process
+    # shares one pace, kept in Redis), and none started while live messages wait for a worker.
+    import_rate: float = Field(default=100.0, gt=0, le=100_000)
+    # Threads per worker process for the import queue (the live queue has HL7GW_WORKER_THREADS).
+    # Each waits for the store's group commit like a live one, so they bound the drain rate too:
+    # on 2 cores, 2 processes x 4 threads stored ~90 msg/s whatever the rate, x 8 reached 100/s.
+    import_threads: int = Field(default=8, ge=1, le=64)
 
     # Intake: how many messages one Redis commit may carry, and how long a flush may wait.
     commit_batch_max: int = Field(default=256, ge=1, le=10_000)
@@ -278,6 +286,8 @@ class Settings(BaseSettings):
             outage_max_backoff_s=self.outage_max_backoff_s,
             heartbeat_timeout_ms=self.heartbeat_timeout_ms,
             replay_rate=self.replay_rate,
+            import_rate=self.import_rate,
+            import_threads=self.import_threads,
         )
 
     @functools.cached_property

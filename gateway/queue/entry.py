@@ -3,8 +3,9 @@
 Per message the script takes six values: the sender's sequence key ("" for a message kept only for
 operators), its dedup key ("" for none), a content digest, the Redis message id, and dramatiq's
 message JSON split where the sequence number goes (``..."seq":`` | ``<n>`` | ``}],...``). The
-JSON is exactly what ``dramatiq`` writes for an enqueue of ``process_message(envelope)``, the
-envelope in ``Envelope.to_json`` form; it is built with byte formatting, not a dict and a dump,
+JSON is exactly what ``dramatiq`` writes for an enqueue of ``process_message(envelope)`` (or of
+the actor of another pipeline queue, gateway/keys.py PIPELINE_ACTORS), the envelope in
+``Envelope.to_json`` form; it is built with byte formatting, not a dict and a dump,
 because the listener encodes thousands of these a second.
 """
 
@@ -20,13 +21,13 @@ from collections.abc import Mapping
 import orjson
 
 from gateway.envelope import Kind
-from gateway.keys import ACTOR, QUEUE, Keys
+from gateway.keys import PIPELINE_ACTORS, QUEUE, Keys
 
 #: Values per message in the commit script's ARGV.
 ARGS_PER_MESSAGE = 6
 _KIND_JSON = {kind: orjson.dumps(kind.value) for kind in Kind}
 
-_HEAD = b'{"queue_name":%b,"actor_name":%b,"args":[' % (orjson.dumps(QUEUE), orjson.dumps(ACTOR))
+_HEAD = b'{"queue_name":%b,"actor_name":%b,"args":['
 _BODY = b'%b{"id":%b,"raw":"%b","received_at":%d,"sender":%b,"control_id":%b,"peer":%b,"kind":%b,"meta":%b,"seq":'
 _TAIL = b'}],"kwargs":{},"options":{"redis_message_id":%b},"message_id":%b,"message_timestamp":%d}'
 _ENTRY = b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
@@ -58,11 +59,16 @@ class Received:
 
 
 class EntryEncoder:
-    """Encodes messages for one namespace's commit script; remembers each sender's key parts."""
+    """Encodes messages for one namespace's commit script, as messages of one pipeline queue's
+    actor; remembers each sender's key parts."""
 
-    def __init__(self, keys: Keys, dedup_window_s: int):
+    def __init__(self, keys: Keys, dedup_window_s: int, queue: str = QUEUE):
+        if queue not in PIPELINE_ACTORS:
+            raise ValueError(f"{queue!r} is not a pipeline queue ({', '.join(PIPELINE_ACTORS)})")
         self.keys = keys
         self.dedup_window_s = dedup_window_s
+        self.queue = queue
+        self._head = _HEAD % (orjson.dumps(queue), orjson.dumps(PIPELINE_ACTORS[queue]))
         self._senders: dict[str, tuple[bytes, bytes, bytes]] = {}
 
     def encode(self, id: str, received_at: int, message: Received) -> bytes:
@@ -79,7 +85,7 @@ class EntryEncoder:
             dedup_key = digest = b""
         id_json = orjson.dumps(id)
         prefix = _BODY % (
-            _HEAD,
+            self._head,
             id_json,
             binascii.b2a_base64(raw, newline=False),
             received_at,

@@ -10,6 +10,12 @@ With ``appendfsync always`` the reply comes only after the batch is on disk, so 
 released knowing its message is durable. Messages kept only for operators (rejected ones,
 incoming ACKs) go the same way, with their ``kind`` saying so, without a sequence number
 and without the duplicate check.
+
+An intake commits to one pipeline queue: the live queue by default, or ``queue=IMPORT_QUEUE`` for
+an importer (docs/batch.md, Order and fairness). Only the queue (and the hash of senders' last
+times) differ: the duplicate window and the per-sender sequence counters are the same keys, so a
+message imported after it came live is a duplicate, and a sender's messages are numbered in the
+order they were committed whichever way they came.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from redis.exceptions import RedisError
 
 from gateway.envelope import Envelope
 from gateway.errors import IntakeUnavailable, describe
-from gateway.keys import Keys
+from gateway.keys import QUEUE, Keys
 from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, Received, new_envelope_id
 from gateway.queue.lane import CommitLane, Done, OutageLog, Receipt, report
 from gateway.queue.resp import bulk
@@ -119,6 +125,9 @@ class Intake:
 
     Messages go out on ``lanes`` pipelined Redis connections (gateway/queue/lane.py); the caller
     names the lane, and the messages of one lane are committed in the order they were queued.
+    ``queue``: the pipeline queue they go to (gateway/keys.py PIPELINE_ACTORS); messages committed
+    to another queue than the live one leave the senders' last-seen times alone (they are kept
+    apart, ``Keys.sender_last_imported``): those say whether a live feed has gone silent.
     """
 
     def __init__(
@@ -131,17 +140,19 @@ class Intake:
         dedup_window_s: int = 7 * 86_400,
         max_in_flight: int = 8,
         lanes: int = 4,
+        queue: str = QUEUE,
     ):
         self.keys = Keys(namespace)
         self.timeout = timeout
         self.dedup_window_s = dedup_window_s
-        self._encoder = EntryEncoder(self.keys, dedup_window_s)
+        self.queue = queue
+        self._encoder = EntryEncoder(self.keys, dedup_window_s, queue)
         script_keys = [
-            self.keys.queue(),
-            self.keys.queue_messages(),
+            self.keys.queue(queue),
+            self.keys.queue_messages(queue),
             self.keys.duplicates(),
             self.keys.control_id_reused(),
-            self.keys.sender_last_seen(),
+            self.keys.sender_last_seen() if queue == QUEUE else self.keys.sender_last_imported(),
         ]
         # EVALSHA <sha> <numkeys> <keys...> <window> <sequence key prefix>: the part of every
         # commit command that never changes.

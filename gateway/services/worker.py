@@ -32,9 +32,10 @@ from gateway.envelope import Envelope
 from gateway.journal.dead_letters import DeadLetterStore, Letter
 from gateway.journal.deliveries import DeliveryStates
 from gateway.journal.messages import MessageArchive
-from gateway.keys import ACTOR, QUEUE, REPLAY_ACTOR, REPLAY_QUEUE, Keys
+from gateway.keys import ACTOR, IMPORT_ACTOR, IMPORT_QUEUE, QUEUE, REPLAY_ACTOR, REPLAY_QUEUE, Keys
 from gateway.mllp.triage import Triage
 from gateway.queue.broker import GatewayBroker, QueueMaintenance, make_broker
+from gateway.queue.pacing import ImportPace
 from gateway.readiness import WorkerRecord
 from gateway.services.failures import FailurePolicy, LetterFor, envelope_letter, reason_of
 from gateway.services.jobs import JobRunner
@@ -67,9 +68,11 @@ def build_broker(
     pipeline: Pipeline,
     engine: Engine,
     sink_workers: dict[str, SinkWorker] | None = None,
+    pace: ImportPace | None = None,
 ) -> tuple[GatewayBroker, Outages, LetterBox]:
-    """A broker with the failure policy, the pipeline actor, and one actor per remote sink; the
-    outage gates and the letter box the policy uses."""
+    """A broker with the failure policy, the pipeline actors (live, replay, import: ``pace``, by
+    default one on this broker's Redis), and one actor per remote sink; the outage gates and the
+    letter box the policy uses."""
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
     keys = Keys(settings.storage.redis_namespace)
     letters = LetterBox(DeadLetterStore(engine), client, keys)
@@ -82,6 +85,7 @@ def build_broker(
     )
     workers = sink_workers if sink_workers is not None else {}
     letter_for: dict[str, LetterFor] = {ACTOR: envelope_letter, REPLAY_ACTOR: envelope_letter}
+    letter_for[IMPORT_ACTOR] = envelope_letter
     for spec in settings.sinks.specs:
         letter_for[actor_name(spec)] = functools.partial(_sink_letter, workers, spec.name)
     policy = FailurePolicy(outages, letters, letter_for, max_retries=settings.worker.max_retries)
@@ -100,6 +104,17 @@ def build_broker(
     # Replayed and reprocessed messages: the same pipeline, from the operator jobs' own queue.
     dramatiq.actor(actor_name=REPLAY_ACTOR, queue_name=REPLAY_QUEUE, broker=broker, throws=(Exception,))(
         process_message
+    )
+    # Imported batch files: the same pipeline again, each message started on the gateway's shared
+    # pace (HL7GW_IMPORT_RATE, and never while live messages wait for a worker).
+    pace = pace or ImportPace(client, keys, settings.worker.import_rate)
+
+    def process_imported(envelope: dict[str, Any]) -> None:
+        pace.wait()
+        pipeline.process(Envelope.from_json(envelope), live=False)
+
+    dramatiq.actor(actor_name=IMPORT_ACTOR, queue_name=IMPORT_QUEUE, broker=broker, throws=(Exception,))(
+        process_imported
     )
     for spec in settings.sinks.specs:
 
@@ -187,15 +202,23 @@ def run_worker(
     pipeline = Pipeline(Converter.configured(settings.conversion), StoreSink(engine), MessageArchive(engine))
     tune_garbage_collector()
     sink_workers: dict[str, SinkWorker] = {}
-    broker, outages, letters = build_broker(settings, redis_url, pipeline, engine, sink_workers)
+    pace_client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+    pace = ImportPace(pace_client, Keys(settings.storage.redis_namespace), settings.worker.import_rate)
+    broker, outages, letters = build_broker(settings, redis_url, pipeline, engine, sink_workers, pace)
     if settings.sinks.specs:
         pipeline.fanout = fanout = SinkFanout(broker, settings.sinks.specs)
         sink_workers.update(sink_workers_for(settings, engine, broker, fanout, letters))
     # One dramatiq Worker per queue family: the pipeline's threads never wait on a remote server,
     # and each sink's threads only on its own.
-    workers = [dramatiq.Worker(broker, queues={QUEUE}, worker_threads=settings.worker.threads, worker_timeout=500)]
+    live = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=settings.worker.threads, worker_timeout=500)
+    # A live message of this process waiting for a thread: no import message starts meanwhile.
+    pace.live_waiting = lambda: live.work_queue.qsize() > 0
+    workers = [live]
     # Replays and reprocesses get few threads of their own: a bulk job never crowds out live traffic.
     workers += [dramatiq.Worker(broker, queues={REPLAY_QUEUE}, worker_threads=REPLAY_THREADS, worker_timeout=500)]
+    # So do imports, on their own pace (gateway/queue/pacing.py).
+    import_threads = settings.worker.import_threads
+    workers += [dramatiq.Worker(broker, queues={IMPORT_QUEUE}, worker_threads=import_threads, worker_timeout=500)]
     workers += [
         dramatiq.Worker(broker, queues={spec.queue}, worker_threads=spec.concurrency, worker_timeout=500)
         for spec in settings.sinks.specs
@@ -225,6 +248,7 @@ def run_worker(
         stop.wait()
     finally:
         log.info("worker draining")
+        pace.stopping.set()
         job_thread.join(timeout=10)
         maintenance.stop()
         # Threads waiting out an outage hold their messages in flight: they are not waited for
@@ -238,5 +262,6 @@ def run_worker(
         for sink_worker in sink_workers.values():
             sink_worker.remote.close()
         letters.client.close()
+        pace_client.close()
         engine.dispose()
         log.info("worker stopped")
