@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from gateway.journal.dead_letters import DeadLetterStore
     from gateway.journal.filters import LetterFilter
+    from gateway.services.batch_uploads import BatchUploads
     from gateway.services.operator_actions import OperatorDesk
 
 
@@ -67,6 +68,15 @@ def cmd_mllp(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inbox(settings: Settings, _args: argparse.Namespace) -> int:
+    from gateway.services import inbox
+
+    redis_url = _require_redis(settings, "inbox")
+    _start_metrics(settings, serve=True)
+    inbox.run(settings, redis_url)
+    return 0
+
+
 def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
     from gateway.services.worker import run_worker
 
@@ -94,6 +104,17 @@ def _operator_desk(settings: Settings) -> OperatorDesk:
     return OperatorDesk(make_engine(settings.storage.database_url), enqueue, Triage(configured_rules(settings)))
 
 
+def _batch_uploads(settings: Settings) -> BatchUploads | None:
+    """What POST /hl7/batch imports with: onto this process's Redis (HL7GW_REDIS_URL, which
+    ``hl7gw run`` gives its API), job records in its database; None without a Redis."""
+    from gateway.db.engine import make_engine
+    from gateway.journal.jobs import JobStore
+    from gateway.services.batch_uploads import BatchUploads
+
+    url = settings.storage.redis_url
+    return BatchUploads(settings, url, JobStore(make_engine(settings.storage.database_url))) if url else None
+
+
 def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -104,11 +125,12 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
     _start_metrics(settings, serve=False)  # the API serves /metrics itself
     dry_run = CurrentMappings(settings.conversion).dry_run  # for /admin/dead-letters/{id}
     desk = _operator_desk(settings)
+    uploads = _batch_uploads(settings)
     # log_config=None: uvicorn's records go through our handler (gateway/logs.py) like all others;
     # no access log, since a query string can carry a name or a birth date.
     app = until_available(
         "database",
-        lambda: create_app(settings, dry_run=dry_run, desk=desk),
+        lambda: create_app(settings, dry_run=dry_run, desk=desk, batch_uploads=uploads),
         max_backoff_s=settings.worker.outage_max_backoff_s,
     )
     config = uvicorn.Config(
@@ -535,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("mllp", help="run only the MLLP listener (needs HL7GW_REDIS_URL)").set_defaults(func=cmd_mllp)
     sub.add_parser("worker", help="run only a worker (needs HL7GW_REDIS_URL)").set_defaults(func=cmd_worker)
     sub.add_parser("api", help="run only the FHIR REST API").set_defaults(func=cmd_api)
+    sub.add_parser("inbox", help="run only the watched inbox, HL7GW_INBOX_DIR (needs HL7GW_REDIS_URL)").set_defaults(
+        func=cmd_inbox
+    )
     status = sub.add_parser("status", help="is the gateway ready; queues, workers, senders, dead letters")
     status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     status.set_defaults(func=cmd_status)

@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -37,13 +38,37 @@ def postgres_schema(base: str) -> Iterator[str]:
         admin.dispose()
 
 
+@contextlib.contextmanager
+def closing_audit_trails() -> Iterator[None]:
+    """Close every access audit trail made meanwhile (apps a test builds without running their
+    lifespan start its writer on the first read), so none writes after the test's database is gone."""
+    from gateway.store.audit_trail import AuditTrail
+
+    made: list[AuditTrail] = []
+    original = AuditTrail.__init__
+
+    def remembered(self: AuditTrail, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    AuditTrail.__init__ = remembered  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        AuditTrail.__init__ = original  # type: ignore[method-assign]
+        for trail in made:
+            trail.close()
+
+
 @pytest.fixture(params=DATABASE_BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database URL: a SQLite file, or a private schema on the test PostgreSQL."""
+    """A fresh, empty database URL: a SQLite file, or a private schema on the test PostgreSQL.
+    Audit trails made by the test are closed (written out) before the database goes."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'test.sqlite3'}"
+        with closing_audit_trails():
+            yield f"sqlite:///{tmp_path / 'test.sqlite3'}"
         return
-    with postgres_schema(os.environ["HL7GW_TEST_DATABASE_URL"]) as url:
+    with postgres_schema(os.environ["HL7GW_TEST_DATABASE_URL"]) as url, closing_audit_trails():
         yield url
 
 

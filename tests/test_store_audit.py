@@ -52,7 +52,7 @@ def test_every_action_and_outcome_is_a_valid_r4_audit_event(action: OperatorActi
     assert event["subtype"][0]["system"] == OPERATOR_ACTION_SYSTEM
     assert event["subtype"][0]["code"] == action.value
     assert event["outcome"] == outcome.value
-    assert event["action"] in ("E", "U", "D")
+    assert event["action"] in ("C", "E", "U", "D")
     assert event["agent"][0]["who"]["display"] == event["agent"][0]["altId"] == "alice"
     assert event["agent"][0]["requestor"] is True
 
@@ -67,6 +67,7 @@ def test_action_codes_say_what_kind_of_change() -> None:
     assert codes[OperatorAction.replay] == codes[OperatorAction.reprocess] == "E"
     assert codes[OperatorAction.purge] == "D"
     assert codes[OperatorAction.discard] == codes[OperatorAction.edit_replay] == codes[OperatorAction.job_cancel] == "U"
+    assert codes[OperatorAction.batch_upload] == "C"
 
 
 def test_an_unknown_entity_kind_is_refused() -> None:

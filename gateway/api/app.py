@@ -8,13 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from gateway.api import admin, admin_actions, fhir, health, metrics
+from gateway.api import admin, admin_actions, fhir, health, hl7_batch, metrics
 from gateway.api.access_audit import AuthFailureAudit
 from gateway.api.admin import DryRun
 from gateway.api.admin_actions import Desk
 from gateway.api.auth import TokenRegistry, ensure_admin_token
 from gateway.api.capability import software_version
 from gateway.api.docs import install_docs
+from gateway.api.hl7_batch import BatchUploads
 from gateway.api.outcome import install_error_handlers
 from gateway.config import Settings
 from gateway.db.engine import make_engine
@@ -28,11 +29,16 @@ from gateway.store.resources import ResourceStore
 
 
 def create_app(
-    settings: Settings, engine: Engine | None = None, dry_run: DryRun | None = None, desk: Desk | None = None
+    settings: Settings,
+    engine: Engine | None = None,
+    dry_run: DryRun | None = None,
+    desk: Desk | None = None,
+    batch_uploads: BatchUploads | None = None,
 ) -> FastAPI:
     """The API app. Without ``engine``, opens ``settings.storage.database_url`` and creates the schema.
     ``dry_run`` converts a dead letter's message with the current mappings for /admin (the process
-    that runs the API gives it: the api may not import the converter); without it there is none."""
+    that runs the API gives it: the api may not import the converter); without it there is none.
+    ``batch_uploads`` imports what POST /hl7/batch receives (without it the route answers 503)."""
     owns_engine = engine is None
     if engine is None:
         engine = make_engine(settings.storage.database_url)
@@ -82,6 +88,8 @@ def create_app(
     app.state.readiness = readiness
     #: The operator actions (replay, discard, jobs) for /admin; given by the process running the API.
     app.state.desk = desk
+    #: The import behind POST /hl7/batch; given by the process running the API.
+    app.state.batch_uploads = batch_uploads
     app.state.metrics_registry = registry([GatewayCollector(sources_from(settings, engine, software_version()))])
     app.add_middleware(metrics.RequestMetrics, recorder=recorder())
     install_error_handlers(app)
@@ -91,5 +99,6 @@ def create_app(
     app.include_router(fhir.router)
     app.include_router(admin.router)
     app.include_router(admin_actions.router)
+    app.include_router(hl7_batch.router)
     install_docs(app, public=settings.api.public_docs)
     return app

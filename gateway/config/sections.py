@@ -167,3 +167,17 @@ class MetricsSettings:
     #: ("APP|FACILITY"), exported for the "sender silent" alert.
     silence_s: float
     sender_silence_s: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxSettings:
+    """The ways a batch file comes in besides ``hl7gw import`` (docs/batch.md)."""
+
+    #: The watched inbox (HL7GW_INBOX_DIR); None: no inbox process.
+    directory: Path | None
+    #: A file not renamed in is imported once its size and time are unchanged this long.
+    settle_s: float
+    #: How often the inbox is looked at.
+    poll_s: float
+    #: Largest POST /hl7/batch body (bytes as sent, compressed or not).
+    max_upload_bytes: int

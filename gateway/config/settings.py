@@ -17,6 +17,7 @@ from gateway.config.sections import (
     ApiSettings,
     AuditSettings,
     ConversionSettings,
+    InboxSettings,
     IntakeSettings,
     LoggingSettings,
     MetricsSettings,
@@ -102,6 +103,17 @@ class Settings(BaseSettings):
     # Each waits for the store's group commit like a live one, so they bound the drain rate too:
     # on 2 cores, 2 processes x 4 threads stored ~90 msg/s whatever the rate, x 8 reached 100/s.
     import_threads: int = Field(default=8, ge=1, le=64)
+
+    # The watched inbox (docs/batch.md, The watched inbox): batch files put in this directory are
+    # imported by a process of ``hl7gw run``, then moved to done/ or failed/ with a report beside
+    # them. Unset: no inbox. A file not renamed in from a temporary name is imported once its size
+    # and modification time have not changed for inbox_settle_s; the directory is looked at every
+    # inbox_poll_s.
+    inbox_dir: Path | None = None
+    inbox_settle_s: float = Field(default=10.0, ge=0, le=86_400)
+    inbox_poll_s: float = Field(default=1.0, gt=0, le=600)
+    # Largest body POST /hl7/batch takes (as sent: gzip counts compressed); larger ones get 413.
+    batch_max_upload_bytes: int = Field(default=1 << 30, ge=1024)
 
     # Intake: how many messages one Redis commit may carry, and how long a flush may wait.
     commit_batch_max: int = Field(default=256, ge=1, le=10_000)
@@ -314,6 +326,10 @@ class Settings(BaseSettings):
     @functools.cached_property
     def audit(self) -> AuditSettings:
         return AuditSettings(self.access_audit, self.audit_retention_days)
+
+    @functools.cached_property
+    def inbox(self) -> InboxSettings:
+        return InboxSettings(self.inbox_dir, self.inbox_settle_s, self.inbox_poll_s, self.batch_max_upload_bytes)
 
     @functools.cached_property
     def logging(self) -> LoggingSettings:

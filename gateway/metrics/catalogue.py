@@ -42,6 +42,11 @@ IMPORT_MESSAGES = Counter(
 IMPORT_BATCHES_MISMATCHED = Counter(
     "hl7gw_import_batches_mismatched", "Imported batches whose BTS-1 differs from the messages read"
 )
+INBOX_FILES = Counter(
+    "hl7gw_inbox_files",
+    "Files of the watched inbox taken, by outcome: imported, already-imported (to done/), failed (to failed/)",
+    ["outcome"],
+)
 
 # -- the workers ----------------------------------------------------------------------------------
 MESSAGES_CONVERTED = Counter("hl7gw_messages_converted", "Messages converted to a FHIR Bundle", ["message_type"])

@@ -22,6 +22,7 @@ LETTER_STAGES = frozenset({"intake", "queue", "parse", "convert", "validate", "d
 REPLAY_KINDS = frozenset({"replay", "reprocess"})
 SINK_OUTCOMES = frozenset({"delivered", "retried", "refused", "expired"})
 IMPORT_OUTCOMES = frozenset({"accepted", "duplicate", "rejected", "ack-kept", "not-stored"})
+INBOX_OUTCOMES = frozenset({"imported", "already-imported", "failed"})
 
 _MESSAGE_TYPE = re.compile(r"[A-Z0-9]{2,3}\^[A-Z0-9]{2,3}")
 _ERR_CODE = re.compile(r"\d{1,3}")

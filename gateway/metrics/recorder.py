@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from gateway.metrics.labels import (
     IMPORT_OUTCOMES,
+    INBOX_OUTCOMES,
     REPLAY_KINDS,
     SINK_OUTCOMES,
     ErrorTypeLabels,
@@ -91,6 +92,8 @@ class NullRecorder:
 
     def import_batch_mismatched(self) -> None: ...
 
+    def inbox_file(self, outcome: str) -> None: ...
+
 
 class Recorder(NullRecorder):
     """Records into the catalogue (gateway/metrics/catalogue.py) with bounded labels."""
@@ -124,6 +127,7 @@ class Recorder(NullRecorder):
         self._imported: _Children[str] = _Children(
             c.IMPORT_MESSAGES, lambda outcome: (one_of(outcome, IMPORT_OUTCOMES),)
         )
+        self._inbox: _Children[str] = _Children(c.INBOX_FILES, lambda outcome: (one_of(outcome, INBOX_OUTCOMES),))
         self._connections = c.MLLP_CONNECTIONS_OPEN
 
     def use_mappings(self, supports: Callable[[str, str], bool] | None) -> None:
@@ -191,6 +195,9 @@ class Recorder(NullRecorder):
 
     def import_batch_mismatched(self) -> None:
         self._c.IMPORT_BATCHES_MISMATCHED.inc()
+
+    def inbox_file(self, outcome: str) -> None:
+        self._inbox(outcome).inc()
 
 
 _current: NullRecorder | None = None

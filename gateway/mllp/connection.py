@@ -16,6 +16,7 @@ from typing import Protocol
 
 from gateway import logcontext
 from gateway.hl7.ack import AckError
+from gateway.hl7.batch import looks_like_batch
 from gateway.mllp.framing import COMMIT_ACK, COMMIT_NAK, FrameDecoder, FrameTooLarge, FramingError
 from gateway.mllp.limits import Limits, ListenerStats
 from gateway.mllp.profiles import Profiles
@@ -40,6 +41,11 @@ class Listener(Protocol):
     def forget(self, conn: MllpConnection) -> None: ...
 
     def settle(self, judgement: Judgement, receipt: Receipt | None, error: BaseException | None) -> bytes: ...
+
+    @property
+    def takes_batches(self) -> bool: ...
+
+    async def answer_batch(self, payload: bytes, peer: str) -> bytes: ...
 
 
 log = logging.getLogger(__name__)
@@ -66,6 +72,16 @@ class _Slot:
         conn.server.ready(conn)
 
 
+class _BatchSlot:
+    """A frame holding a batch (gateway/mllp/batch_frames.py): answered by one batch ACK once every
+    message in it is committed."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self) -> None:
+        self.reply: bytes | None = None
+
+
 class MllpConnection(asyncio.Protocol):
     def __init__(self, server: Listener):
         self.server = server
@@ -75,7 +91,11 @@ class MllpConnection(asyncio.Protocol):
         self.lane = 0
         limits = server.limits
         self.decoder = FrameDecoder(limits.max_message_bytes, limits.require_trailing_cr)
-        self.slots: deque[_Slot] = deque()
+        self.slots: deque[_Slot | _BatchSlot] = deque()
+        #: A batch frame is being committed: later frames wait in ``held`` (so that every frame of
+        #: the connection is committed in arrival order), and reading pauses.
+        self.batch_running = False
+        self.held: deque[bytes] = deque()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.last_activity = time.monotonic()
@@ -156,7 +176,46 @@ class MllpConnection(asyncio.Protocol):
             # An empty frame: some senders' keepalive, nothing to answer or keep.
             self.server.stats.empty_frames += 1
             return
+        if self.batch_running or self.held:
+            self.held.append(frame)
+            return
+        if self.server.takes_batches and looks_like_batch(frame):
+            if self.slots:  # earlier frames are committed first: a sender's order is arrival order
+                self.held.append(frame)
+            else:
+                self._start_batch(frame)
+            return
         self._submit(frame, self.server.profiles.judge(frame))
+
+    def _start_batch(self, frame: bytes) -> None:
+        slot = _BatchSlot()
+        self.slots.append(slot)
+        self.batch_running = True
+        task = self.loop.create_task(self.server.answer_batch(frame, self.peer), name="hl7gw-mllp-batch")
+        task.add_done_callback(lambda done: self._batch_answered(slot, done))
+
+    def _batch_answered(self, slot: _BatchSlot, task: asyncio.Task[bytes]) -> None:
+        if task.cancelled():
+            slot.reply = b""
+        else:
+            slot.reply = task.result()  # answer_batch answers every failure itself
+        self.batch_running = False
+        self.server.ready(self)
+
+    def _take_held(self) -> None:
+        """Judge the frames that waited for a batch, up to the next batch (which waits in turn
+        for the answers of the frames before it)."""
+        held = self.held
+        while held and not self.batch_running:
+            frame = held[0]
+            if self.server.takes_batches and looks_like_batch(frame):
+                if self.slots:
+                    return
+                held.popleft()
+                self._start_batch(frame)
+            else:
+                held.popleft()
+                self._submit(frame, self.server.profiles.judge(frame))
 
     def _submit(self, raw: bytes, judgement: Judgement) -> None:
         if not self.slots:
@@ -204,7 +263,9 @@ class MllpConnection(asyncio.Protocol):
             return
         if ready:
             self.transport.write(b"".join(ready))
-        if self.closing and not slots:
+        if self.held:
+            self._take_held()
+        if self.closing and not slots and not self.held:
             self.transport.close()
         else:
             self._update_reading()
@@ -214,7 +275,7 @@ class MllpConnection(asyncio.Protocol):
         """Read nothing more; close once every frame already read is answered."""
         self.closing = True
         self._update_reading()
-        if not self.slots and self.transport is not None and not self.lost:
+        if not self.slots and not self.held and self.transport is not None and not self.lost:
             self.transport.close()
 
     def abort(self) -> None:
@@ -243,7 +304,13 @@ class MllpConnection(asyncio.Protocol):
     def _update_reading(self) -> None:
         if self.transport is None or self.lost:
             return
-        want = not self.closing and not self._writing_paused and len(self.slots) < self.server.limits.max_outstanding
+        want = (
+            not self.closing
+            and not self._writing_paused
+            and not self.batch_running
+            and not self.held
+            and len(self.slots) < self.server.limits.max_outstanding
+        )
         if want == self._reading_paused:
             self._reading_paused = not want
             if want:

@@ -36,3 +36,5 @@ class ListenerStats:
     idle_timeouts: int = 0
     commit_acks_received: int = 0
     empty_frames: int = 0
+    #: Frames that held a batch, each answered by one batch acknowledgement.
+    batch_frames: int = 0

@@ -11,13 +11,14 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 
 from gateway.envelope import Kind
 from gateway.hl7.ack import build_reject_for_unreadable
 from gateway.metrics import recorder
 from gateway.mllp.connection import MllpConnection
-from gateway.mllp.framing import encode_frame
+from gateway.mllp.framing import COMMIT_ACK, encode_frame
 from gateway.mllp.limits import Limits, ListenerStats
 from gateway.mllp.profiles import Profiled, Profiles
 from gateway.mllp.triage import STORAGE_FAILED, Judgement, Triage, Verdict
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 #: The ``outcome`` field of each intake line (docs/observability.md, Logs).
 _ACCEPTED, _DUPLICATE, _REJECTED = {"outcome": "accepted"}, {"outcome": "duplicate"}, {"outcome": "rejected"}
 _ACK_KEPT, _REFUSED = {"outcome": "ack-kept"}, {"outcome": "not-accepted"}
+#: What answers a frame holding a batch (given by the process: gateway/services/batch_frames.py):
+#: (payload, peer) -> the batch acknowledgement, unframed, once every message in it is committed.
+BatchAnswer = Callable[[bytes, str], Awaitable[bytes]]
 
 
 class MllpServer:
@@ -38,8 +42,12 @@ class MllpServer:
         limits: Limits | None = None,
         ssl_context: ssl.SSLContext | None = None,
         commit_acks: bool = False,
+        batches: BatchAnswer | None = None,
     ):
         self.intake = intake
+        #: Frames that hold a batch (FHS/BHS first) go to ``batches`` when given; without it each
+        #: frame is one message, as before (a batch frame is then judged, and refused, as one).
+        self.batches = batches
         self.triage = triage or Triage()
         self.profiles = Profiles(self.triage, commit_acks=commit_acks)
         self.limits = limits or Limits()
@@ -131,6 +139,21 @@ class MllpServer:
         ready, self._ready = self._ready, set()
         for conn in ready:
             conn.release()
+
+    @property
+    def takes_batches(self) -> bool:
+        return self.batches is not None
+
+    async def answer_batch(self, payload: bytes, peer: str) -> bytes:
+        """The framed answer to a frame holding a batch: its batch acknowledgement (one frame)."""
+        assert self.batches is not None
+        self.stats.batch_frames += 1
+        commit = encode_frame(COMMIT_ACK) if self.commit_acks else b""
+        try:
+            return commit + encode_frame(await self.batches(payload, peer))
+        except Exception:  # noqa: BLE001 - the sender must get an answer, and the connection go on
+            log.exception("could not answer a batch frame of %d bytes from %s", len(payload), peer)
+            return encode_frame(build_reject_for_unreadable(payload, RuntimeError("internal error")).encode())
 
     def forget(self, conn: MllpConnection) -> None:
         self.connections.discard(conn)

@@ -35,6 +35,9 @@ class ProgressRecord:
         self._latest: dict[str, Any] | None = None
         self._writer: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
+        #: Closed: later advances are dropped (commits that land after a cancelled import closed
+        #: its record: the resumed import sends those messages again, answered as duplicates).
+        self._closed = False
 
     async def load(self) -> dict[str, Any] | None:
         """The record as saved (numbers as ints, counts and batches decoded), None when absent."""
@@ -54,6 +57,8 @@ class ProgressRecord:
 
     def advance(self, fields: dict[str, Any]) -> None:
         """Save ``fields`` soon (the newest wins when several wait); call from the event loop."""
+        if self._closed:
+            return
         self._latest = fields
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write(), name="hl7gw-import-progress")
@@ -78,6 +83,7 @@ class ProgressRecord:
 
     async def close(self) -> None:
         await self.flush()
+        self._closed = True
         await self._redis.aclose()
 
 

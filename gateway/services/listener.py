@@ -15,6 +15,7 @@ from gateway.mllp.tls import server_context
 from gateway.mllp.triage import IntakeRules, Triage
 from gateway.procutil import signal_ready
 from gateway.queue.intake import Intake
+from gateway.services.batch_frames import BatchFrames
 
 if TYPE_CHECKING:
     from gateway.convert.runtime.engine import Converter
@@ -83,6 +84,8 @@ def build(settings: Settings, redis_url: str, rules: IntakeRules) -> tuple[Intak
         ssl_context=tls,
         commit_acks=settings.mllp.commit_acks,
     )
+    # A frame holding a batch is answered with a batch ACK (docs/batch.md, Batches over MLLP).
+    server.batches = BatchFrames(intake, server.profiles, max_message_bytes=settings.mllp.max_message_bytes)
     return intake, server
 
 

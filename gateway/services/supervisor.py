@@ -1,8 +1,9 @@
 """``hl7gw run``: one supervisor that starts every part, restarts what dies, and stops in order.
 
 Start: embedded Redis (unless HL7GW_REDIS_URL is set), schema, admin token, then the worker, API
-and MLLP listener as child processes. Stop (SIGTERM or Ctrl-C): intake first, so nothing new is
-acknowledged; then the workers drain; then the API; the embedded Redis last.
+and MLLP listener as child processes, and the watched inbox when HL7GW_INBOX_DIR is set. Stop
+(SIGTERM or Ctrl-C): intake first (the inbox, then the listener), so nothing new is acknowledged;
+then the workers drain; then the API; the embedded Redis last.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from gateway.services.outages import until_available
 log = logging.getLogger(__name__)
 
 #: Order in which children are stopped; started in reverse.
-STOP_ORDER = ("mllp", "worker", "api")
+STOP_ORDER = ("inbox", "mllp", "worker", "api")
 RESTART_BACKOFF_S = 2.0
 
 
@@ -98,6 +99,8 @@ class Supervisor:
         if token_file is not None:
             print(f"hl7gw: admin API token is in {token_file.resolve()}", flush=True)
         self.children = [Child("api"), *(Child("worker", i) for i in range(s.worker.processes)), Child("mllp")]
+        if s.inbox.directory is not None:  # the watched inbox (gateway/services/inbox.py)
+            self.children.append(Child("inbox"))
 
     def _spawn(self, child: Child) -> None:
         if child.ready_fd is not None:
@@ -194,7 +197,7 @@ class Supervisor:
 
     # -- stop ------------------------------------------------------------------------------
     def stop(self) -> None:
-        timeouts = {"mllp": 35.0, "worker": 75.0, "api": 15.0}
+        timeouts = {"inbox": 35.0, "mllp": 35.0, "worker": 75.0, "api": 15.0}
         for role in STOP_ORDER:
             group = [c for c in self.children if c.role == role and c.process is not None]
             for child in group:

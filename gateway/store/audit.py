@@ -69,10 +69,11 @@ class OperatorAction(enum.StrEnum):
     purge = "purge"
     reprocess = "reprocess"
     job_cancel = "job-cancel"
+    batch_upload = "batch-upload"
 
 
 #: AuditEvent.action (R4 audit-event-action): a replay or reprocess executes; an edit, a discard or
-#: a cancel updates what is kept; a purge deletes raw content.
+#: a cancel updates what is kept; a purge deletes raw content; a batch upload creates messages.
 _ACTION_CODE = {
     OperatorAction.replay: "E",
     OperatorAction.edit_replay: "U",
@@ -80,6 +81,7 @@ _ACTION_CODE = {
     OperatorAction.purge: "D",
     OperatorAction.reprocess: "E",
     OperatorAction.job_cancel: "U",
+    OperatorAction.batch_upload: "C",
 }
 _DISPLAY = {
     OperatorAction.replay: "Replay of a dead letter",
@@ -88,6 +90,7 @@ _DISPLAY = {
     OperatorAction.purge: "Purge of dead letters' raw content",
     OperatorAction.reprocess: "Reprocess of archived messages",
     OperatorAction.job_cancel: "Cancel of a job",
+    OperatorAction.batch_upload: "Upload of an HL7 v2 batch file (POST /hl7/batch)",
 }
 
 
