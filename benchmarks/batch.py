@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from e2e import templates  # noqa: E402
 
-from gateway.keys import Keys  # noqa: E402
+from gateway.keys import IMPORT_QUEUE, Keys  # noqa: E402
 from gateway.services.embedded_redis import free_port, redis_server_binary  # noqa: E402
 
 
@@ -119,7 +119,7 @@ def main() -> None:
             import redis
 
             client = redis.Redis.from_url(url)
-            queued = client.llen(Keys().queue())
+            queued = client.llen(Keys().queue(IMPORT_QUEUE))
             client.close()
             stat = Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()
             redis_cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime

@@ -448,7 +448,12 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.services.embedded_redis import EmbeddedRedis
     from gateway.services.import_console import UNFINISHED, run_import
 
-    redis_url = settings.storage.redis_url or EmbeddedRedis.running_url(settings.storage.data_dir / "redis")
+    embedded = EmbeddedRedis.running_url(settings.storage.data_dir / "redis")
+    redis_url = settings.storage.redis_url or embedded
+    if embedded is not None:  # an hl7gw run on this machine: its listener and workers get the CPU first
+        from gateway.procutil import yield_cpu
+
+        yield_cpu()
     _share_metrics_with_run(settings)
     _start_metrics(settings, serve=False)
     if redis_url is None:

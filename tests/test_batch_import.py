@@ -23,7 +23,7 @@ from gateway.config import Settings
 from gateway.envelope import Kind
 from gateway.hl7.batch_ack import build_batch_ack
 from gateway.journal.jobs import JobStore
-from gateway.keys import Keys
+from gateway.keys import IMPORT_QUEUE, Keys
 from gateway.services.importer import Importer, ImportResult, file_identity
 from tests.support.gateway_process import clean_env
 from tests.support.import_files import a04, batch, write_a04_batch
@@ -74,7 +74,8 @@ def test_a_batch_is_queued_as_mllp_would_rejections_and_unreadable_pieces_kept_w
     assert [line.split(b"|")[1] for line in ack if line.startswith(b"MSA")] == [b"AR"] * 3
     assert b"BTS|3" in ack and b"MSA|AR|BADV" in ack
 
-    envelopes = queued(redis_url, redis_namespace)
+    assert queued(redis_url, redis_namespace) == []  # nothing on the live queue: imports have their own
+    envelopes = queued(redis_url, redis_namespace, IMPORT_QUEUE)
     assert [e.control_id for e in envelopes if e.kind == Kind.MESSAGE] == ["IMP-1", "IMP-2", "IMP-3"]
     assert [e.seq for e in envelopes if e.kind == Kind.MESSAGE] == [1, 2, 3]  # the sender's order
     kept = [e for e in envelopes if e.kind == Kind.REJECTED]
@@ -110,7 +111,7 @@ def test_a_finished_file_is_recognised_and_again_queues_nothing_new(
 
     again = run_import(tmp_path, redis_url, redis_namespace, path, again=True)
     assert again.status == "done" and again.totals == {"duplicate": 50, "read": 50}
-    assert len(queued(redis_url, redis_namespace)) == 50
+    assert len(queued(redis_url, redis_namespace, IMPORT_QUEUE)) == 50
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -145,7 +146,7 @@ def test_resuming_from_any_committed_message_queues_each_message_once(
         result = run_import(tmp_path, redis_url, namespace, path)
         assert result.status == "done" and result.resumed_at == offset
         assert result.totals["accepted"] + result.totals.get("duplicate", 0) - recorded == count - recorded
-        envelopes = [e for e in queued(redis_url, namespace) if e.kind == Kind.MESSAGE]
+        envelopes = [e for e in queued(redis_url, namespace, IMPORT_QUEUE) if e.kind == Kind.MESSAGE]
         assert sorted(e.control_id for e in envelopes) == sorted(f"IMP-{n}" for n in range(count))
         assert not result.report.mismatch  # the BTS-1 count still checks out across the resume
     finally:
@@ -186,14 +187,14 @@ def test_an_import_killed_with_sigkill_resumes_after_the_last_committed_message(
         process.wait(10)
         record = client.hgetall(key)
         assert record["status"] == "running" and 0 < int(record["count"]) < count  # killed mid-way
-        assert len(queued(redis_url, redis_namespace)) < count
+        assert len(queued(redis_url, redis_namespace, IMPORT_QUEUE)) < count
 
         again = subprocess.run([*command, "--json"], env=env, capture_output=True, timeout=300)
         assert again.returncode == 0, again.stderr.decode()
         [summary] = json.loads(again.stdout)["files"]
         assert summary["status"] == "done" and summary["resumed_at"] >= int(record["offset"]) > 0
         assert summary["totals"]["accepted"] + summary["totals"].get("duplicate", 0) >= count
-        envelopes = queued(redis_url, redis_namespace)
+        envelopes = queued(redis_url, redis_namespace, IMPORT_QUEUE)
         assert len(envelopes) == count
         assert len({e.control_id for e in envelopes}) == count
         assert summary["this_run"]["batches"][0]["mismatch"] is False
@@ -240,7 +241,7 @@ def test_hl7gw_import_of_a_directory_and_of_stdin_with_its_exit_codes(
     out = capsys.readouterr()
     assert "cannot be resumed" in out.err
     assert "-: read 3, accepted 3, duplicates 0, rejected 0\n  batch 1 (BHS-11 'B1'): BTS-1 4, read 3" in out.out
-    assert len([e for e in queued(redis_url, redis_namespace) if e.kind == Kind.MESSAGE]) == 13
+    assert len([e for e in queued(redis_url, redis_namespace, IMPORT_QUEUE) if e.kind == Kind.MESSAGE]) == 13
 
     monkeypatch.delenv("HL7GW_REDIS_URL")
     assert main(["import", str(inbox)]) == 2  # no Redis: no hl7gw run on this data dir

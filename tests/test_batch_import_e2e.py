@@ -42,7 +42,9 @@ def test_a_batch_of_samples_is_imported_every_patient_found_and_a_second_import_
     copies = [sample_copy(PATIENT_SAMPLES[n % len(PATIENT_SAMPLES)], f"e2e-{n}") for n in range(30)]
     path = tmp_path / "samples.hl7"
     path.write_bytes(batch([raw for raw, _ in copies]))
-    gateway = GatewayProcess(tmp_path / "data").start()
+    gateway = GatewayProcess(tmp_path / "data")
+    gateway.env["HL7GW_IMPORT_RATE"] = "100000"  # the import queue unpaced: nothing else runs
+    gateway.start()
     engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'hl7gw.sqlite3'}")
     try:
         first = _import(gateway, str(path))
@@ -83,7 +85,9 @@ def test_an_import_killed_with_sigkill_beside_hl7gw_run_is_resumed_and_each_mess
 ) -> None:
     count = 50_000
     path = write_a04_batch(tmp_path / "big.hl7", count, prefix="KILL")
-    gateway = GatewayProcess(tmp_path / "data").start()
+    gateway = GatewayProcess(tmp_path / "data")
+    gateway.env["HL7GW_IMPORT_RATE"] = "100000"  # the import queue unpaced: nothing else runs
+    gateway.start()
     engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'hl7gw.sqlite3'}")
     redis_url = EmbeddedRedis.running_url(tmp_path / "data" / "redis")
     assert redis_url is not None

@@ -23,7 +23,7 @@ from typing import IO, Any, BinaryIO
 from gateway.config import Settings
 from gateway.hl7.batch import read_batch
 from gateway.journal.jobs import JobStore
-from gateway.keys import Keys
+from gateway.keys import IMPORT_QUEUE, Keys
 from gateway.mllp.profiles import Profiles
 from gateway.mllp.triage import Triage
 from gateway.queue.intake import Intake
@@ -108,6 +108,7 @@ class Importer:
             batch_max=settings.intake.batch_max,
             timeout=settings.intake.commit_timeout_s,
             dedup_window_s=settings.intake.dedup_window_s,
+            queue=IMPORT_QUEUE,  # worked through at HL7GW_IMPORT_RATE, live traffic first
         )
         self.profiles = Profiles(Triage(configured_rules(settings)))
 

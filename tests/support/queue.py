@@ -18,7 +18,7 @@ from gateway.config import Settings
 from gateway.envelope import Envelope
 from gateway.hl7.message import parse
 from gateway.journal.messages import MessageArchive
-from gateway.keys import Keys
+from gateway.keys import QUEUE, Keys
 from gateway.queue.intake import Intake, Receipt
 from gateway.services.worker import run_worker
 
@@ -66,13 +66,13 @@ def enqueue(redis_url: str, namespace: str, envelopes: list[Envelope]) -> None:
     asyncio.run(submit_all(redis_url, namespace, envelopes))
 
 
-def queued(redis_url: str, namespace: str) -> list[Envelope]:
-    """The envelopes waiting in the queue, oldest first."""
+def queued(redis_url: str, namespace: str, queue: str = QUEUE) -> list[Envelope]:
+    """The envelopes waiting in ``queue`` (the live one unless told), oldest first."""
     keys = Keys(namespace)
     client = redis.Redis.from_url(redis_url)
     try:
-        ids = client.lrange(keys.queue(), 0, -1)
-        return [Envelope.from_json(Message.decode(client.hget(keys.queue_messages(), i)).args[0]) for i in ids]
+        ids = client.lrange(keys.queue(queue), 0, -1)
+        return [Envelope.from_json(Message.decode(client.hget(keys.queue_messages(queue), i)).args[0]) for i in ids]
     finally:
         client.close()
 
