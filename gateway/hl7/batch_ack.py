@@ -15,7 +15,6 @@ own message (gateway.hl7.ack) and is encoded in the character set its MSH-18 nam
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +22,7 @@ from datetime import datetime
 from gateway.errors import CharsetError
 from gateway.hl7.ack import AckError, AckHeader, new_control_id, render_ack, salvage_header, timestamp
 from gateway.hl7.batch_items import BatchHeader
-from gateway.hl7.charset import codec_for, decode_message
+from gateway.hl7.charset import ack_codec, decode_message
 from gateway.hl7.escape import Separators
 
 #: Table 0008 codes that say "accepted": such messages are left out of the acknowledgement.
@@ -104,15 +103,7 @@ def _ack_message(outcome: MessageOutcome, now: datetime | None) -> tuple[AckHead
         text = outcome.raw.decode("utf-8", errors="replace")
     header = salvage_header(text)
     ack = render_ack(header, outcome.ack_code, errors=outcome.errors, now=now)
-    return header, ack.encode(_codec(header.charset), errors="replace")
-
-
-@functools.lru_cache(maxsize=64)
-def _codec(charset: str) -> str:
-    try:
-        return codec_for(charset)
-    except CharsetError:
-        return "utf-8"
+    return header, ack.encode(ack_codec(header.charset), errors="replace")
 
 
 def _dialect(header: BatchHeader | None, acks: list[tuple[AckHeader, bytes]]) -> tuple[Separators, str]:
@@ -146,7 +137,7 @@ def _envelope(
         ours = (message.receiving_application, message.receiving_facility)
         theirs = (message.sending_application, message.sending_facility)
         reference = ""
-        codec = _codec(message.charset)
+        codec = ack_codec(message.charset)
     else:
         ours = theirs = ("", "")
         reference = ""

@@ -7,6 +7,7 @@ cannot carry UTF-16/UTF-32 (their bytes collide with the block characters), so t
 
 from __future__ import annotations
 
+import functools
 import re
 
 from gateway.errors import CharsetError
@@ -46,6 +47,15 @@ def codec_for(charset: str) -> str:
     else:
         reason = f"character set {charset!r} in MSH-18 is not in HL7 table 0211"
     raise CharsetError(reason, segment="MSH", field=18, code="103")  # 103: table value not found
+
+
+@functools.lru_cache(maxsize=64)
+def ack_codec(charset: str) -> str:
+    """The codec an acknowledgement is written in: the message's MSH-18, or UTF-8 when that is unknown."""
+    try:
+        return codec_for(charset)
+    except CharsetError:
+        return "utf-8"
 
 
 def declared_charset(raw: bytes) -> str:

@@ -22,7 +22,7 @@ from gateway.envelope import Kind
 from gateway.errors import CharsetError, ParseError
 from gateway.hl7.ack import AckError, AckHeader, header_from_fields, render_ack, salvage_header
 from gateway.hl7.ackmode import ORIGINAL, AckMode
-from gateway.hl7.charset import codec_for, decode_message
+from gateway.hl7.charset import ack_codec, decode_message
 from gateway.hl7.escape import Separators, unescape
 from gateway.hl7.message import read_separators
 from gateway.mllp.framing import COMMIT_ACK, COMMIT_NAK, encode_frame
@@ -159,7 +159,7 @@ class Triage:
             Kind.REJECTED,
             "AR",
             header,
-            codec=_codec(header.charset),
+            codec=ack_codec(header.charset),
             errors=(error,),
             sender=sender,
             control_id=header.control_id,
@@ -194,7 +194,7 @@ class Triage:
             "AA",
             header_from_fields(fields, seps),
             mode=_mode(fields[15], fields[16], seps) if self.rules.honour_enhanced_mode else ORIGINAL,
-            codec=_codec(fields[18].split(seps.repetition, 1)[0]),
+            codec=ack_codec(fields[18].split(seps.repetition, 1)[0]),
             sender=f"{_component(fields[3], seps)}|{_component(fields[4], seps)}",
             control_id=control_id,
             message_type=f"{code}^{trigger}" if trigger else code,
@@ -254,15 +254,6 @@ def _components(raw: str, seps: Separators, count: int) -> list[str]:
     parts = raw.split(seps.repetition, 1)[0].split(seps.component, count)[:count]
     parts += [""] * (count - len(parts))
     return [(unescape(p, seps) if seps.escape in p else p).strip() for p in parts]
-
-
-@functools.lru_cache(maxsize=64)
-def _codec(charset: str) -> str:
-    """Codec for the ACK: the message's MSH-18, or UTF-8 when that is unknown."""
-    try:
-        return codec_for(charset)
-    except CharsetError:
-        return "utf-8"
 
 
 def _describe(error: AckError) -> str:
