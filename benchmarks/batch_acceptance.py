@@ -21,6 +21,7 @@ import io
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,9 @@ def main() -> None:
         finally:
             gateway.terminate()
             gateway.wait(60)
+            kept = Path(tempfile.gettempdir()) / "batch_acceptance_gateway.log"
+            shutil.copyfile(Path(tmp) / "gateway.log", kept)
+            print(f"the gateway's log: {kept}")
 
 
 if __name__ == "__main__":
