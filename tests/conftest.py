@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +42,26 @@ def postgres_schema(base: str) -> Iterator[str]:
 def closing_audit_trails() -> Iterator[None]:
     """Close every access audit trail made meanwhile (apps a test builds without running their
     lifespan start its writer on the first read), so none writes after the test's database is gone."""
+    from gateway.store.audit_relay import AuditRelay
     from gateway.store.audit_trail import AuditTrail
 
-    made: list[AuditTrail] = []
-    original = AuditTrail.__init__
+    made: list[AuditTrail | AuditRelay] = []
+    originals = {kind: kind.__init__ for kind in (AuditTrail, AuditRelay)}
 
-    def remembered(self: AuditTrail, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        made.append(self)
+    def remembering(kind: type[AuditTrail | AuditRelay]) -> Callable[..., None]:
+        def remembered(self: AuditTrail | AuditRelay, *args: Any, **kwargs: Any) -> None:
+            originals[kind](self, *args, **kwargs)
+            made.append(self)
 
-    AuditTrail.__init__ = remembered  # type: ignore[method-assign]
+        return remembered
+
+    for kind in originals:
+        kind.__init__ = remembering(kind)  # type: ignore[method-assign]
     try:
         yield
     finally:
-        AuditTrail.__init__ = original  # type: ignore[method-assign]
+        for kind, original in originals.items():
+            kind.__init__ = original  # type: ignore[method-assign]
         for trail in made:
             trail.close()
 

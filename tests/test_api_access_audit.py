@@ -22,7 +22,7 @@ from gateway.config import load_settings
 from gateway.db.engine import make_engine
 from gateway.db.migrate import migrate
 from gateway.services.embedded_redis import free_port
-from gateway.store.audit_trail import AuditTrail
+from gateway.store.audit_relay import AuditRelay
 from gateway.store.resources import ResourceStore
 from gateway.validate import validate_bundle
 from tests.support.asgi_client import AsgiClient
@@ -53,8 +53,8 @@ def app(tmp_path: Path, engine: Engine) -> FastAPI:
     return make_app(tmp_path, engine)
 
 
-def trail(app: FastAPI) -> AuditTrail:
-    audit: AuditTrail = app.state.audit_trail
+def trail(app: FastAPI) -> AuditRelay:
+    audit: AuditRelay = app.state.audit_trail
     assert audit.flush(), "the trail did not write its queue"
     return audit
 
@@ -222,8 +222,8 @@ def test_with_the_access_audit_off_only_refusals_are_recorded(tmp_path: Path, en
 
 
 def test_a_full_queue_refuses_the_read_rather_than_leave_it_unrecorded(app: FastAPI) -> None:
-    audit: AuditTrail = app.state.audit_trail
-    audit.capacity, audit.linger_s, audit.block_s, audit.batch = 1, 30.0, 0.05, 10  # the writer holds on
+    audit: AuditRelay = app.state.audit_trail
+    audit.capacity, audit.linger_s, audit.block_s = 1, 30.0, 0.05  # the writer holds on
     client = AsgiClient(app, "r-token")
     assert client.get("/fhir/Patient/p1").status_code == 200
     refused = client.get("/fhir/Patient/p2")
@@ -237,7 +237,7 @@ def test_a_full_queue_refuses_the_read_rather_than_leave_it_unrecorded(app: Fast
 
 
 def test_the_lifespan_starts_the_trail_and_its_shutdown_drains_it(app: FastAPI) -> None:
-    audit: AuditTrail = app.state.audit_trail
+    audit: AuditRelay = app.state.audit_trail
     audit.linger_s = 60.0  # nothing would be written for a minute but for the drain
 
     async def serve() -> None:

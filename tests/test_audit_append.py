@@ -29,11 +29,15 @@ TABLES = {
 
 
 def access(resources: list[dict[str, Any]], interaction: Interaction = Interaction.search_type) -> Access:
+    """The Access of an answer of ``resources``: the resource of a read, or a searchset Bundle of them."""
     what = f"Observation/{resources[0]['id']}" if interaction is Interaction.read else None
     line = "GET /fhir/Observation?code=x"
-    return Access(
-        interaction, "ann", "reader", "10.1.2.3", "http://gw/fhir", line, resources, datetime(2026, 5, 1), what
-    )
+    if interaction is Interaction.read:
+        answer = fhirjson.dumps(resources[0])
+    else:
+        entries = [{"fullUrl": f"http://gw/fhir/{r['resourceType']}/{r['id']}", "resource": r} for r in resources]
+        answer = fhirjson.dumps({"resourceType": "Bundle", "type": "searchset", "entry": entries})
+    return Access(interaction, "ann", "reader", "10.1.2.3", "http://gw/fhir", line, answer, datetime(2026, 5, 1), what)
 
 
 def stored_rows(engine: Engine, ids: list[str]) -> dict[str, list[tuple[Any, ...]]]:

@@ -1,26 +1,24 @@
 """What the FHIR API hands the access audit trail: each answer that carried resources, and each refused request.
 
-``record_access`` is called by a route once its answer is ready: it queues an ``Access`` (cheap: the
-Patients in the answer are found on the trail's writer thread) and answers 503 instead of the data
-when the trail cannot take it (gateway/store/audit_trail.py: fail closed). ``AuthFailureAudit`` is an
-ASGI middleware that turns every 401 and 403 answer into a failed-authentication AuditEvent, with
-the route and the client's address and never the token.
+``record_access`` is called by a route once its answer is ready: it hands the trail an ``Access``
+(cheap: the answer's bytes as sent; the Patients in it are found by the trail's writer process) and
+answers 503 instead of the data when the trail cannot take it (gateway/store/audit_relay.py: fail
+closed). ``AuthFailureAudit`` is an ASGI middleware that turns every 401 and 403 answer into a
+failed-authentication AuditEvent, with the route and the client's address and never the token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from fastapi import Request
+from fastapi import Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.auth import Principal
 from gateway.api.outcome import FHIRError
 from gateway.store.access_events import Access, AuthFailure, Interaction, auth_failure_event
-from gateway.store.audit_trail import AuditTrail
+from gateway.store.audit_relay import AuditRelay
 
 #: A token sent in the query string (RFC 6750 2.3) is never recorded.
 _TOKEN_PARAMETER = "access_token"
@@ -30,12 +28,12 @@ def record_access(
     request: Request,
     principal: Principal,
     interaction: Interaction,
-    resources: Sequence[dict[str, Any]],
+    response: Response,
     what: str | None = None,
 ) -> None:
-    """Queue the audit record of an answer carrying ``resources``; raise 503 when it cannot be queued."""
-    trail: AuditTrail | None = request.app.state.audit_trail
-    if trail is None or not request.app.state.access_audit or not resources:
+    """Queue the audit record of ``response``, an answer that carried resources; raise 503 when it cannot be queued."""
+    trail: AuditRelay | None = request.app.state.audit_trail
+    if trail is None or not request.app.state.access_audit:
         return
     client = request.client
     access = Access(
@@ -45,7 +43,7 @@ def record_access(
         client=client.host if client else None,
         server=str(request.base_url).rstrip("/") + "/fhir",
         request=_request_line(request.method, request.url.path, request.scope.get("query_string", b"")),
-        resources=resources,
+        answer=bytes(response.body),
         recorded=datetime.now(UTC).replace(tzinfo=None),
         what=what,
         request_id=request.headers.get("x-request-id"),
@@ -65,7 +63,7 @@ def _request_line(method: str, path: str, query: bytes) -> str:
 class AuthFailureAudit:
     """ASGI middleware: a 401 or 403 answer becomes a failed-authentication AuditEvent."""
 
-    def __init__(self, app: ASGIApp, trail: AuditTrail):
+    def __init__(self, app: ASGIApp, trail: AuditRelay):
         self.app = app
         self.trail = trail
 

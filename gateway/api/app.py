@@ -24,7 +24,7 @@ from gateway.metrics import recorder
 from gateway.metrics.collector import GatewayCollector, sources_from
 from gateway.metrics.exposition import registry
 from gateway.readiness import ReadinessProbe
-from gateway.store.audit_trail import AuditTrail
+from gateway.store.audit_relay import AuditRelay
 from gateway.store.resources import ResourceStore
 
 
@@ -54,8 +54,13 @@ def create_app(
     )
 
     store = ResourceStore(engine)
-    # The access audit trail: reads, searches and refused requests, written in the background.
-    trail = AuditTrail(store, retention_days=settings.audit.retention_days)
+    # The access audit trail: reads, searches and refused requests, written by a process of its own.
+    trail = AuditRelay(
+        engine.url.render_as_string(hide_password=False),
+        retention_days=settings.audit.retention_days,
+        log_level=settings.logging.level,
+        log_format=settings.logging.format,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

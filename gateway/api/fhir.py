@@ -111,7 +111,8 @@ def search(resource_type: str, request: Request, principal: Principal = _reader)
         visible = [resource for resource in result.included if resource.get("resourceType") not in ADMIN_ONLY_TYPES]
         result = dataclasses.replace(result, included=visible)
     response = respond(request, bundles.searchset(request, result))
-    record_access(request, principal, Interaction.search_type, [*result.resources, *result.included])
+    if result.resources or result.included:
+        record_access(request, principal, Interaction.search_type, response)
     return response
 
 
@@ -121,11 +122,12 @@ def _history(request: Request, principal: Principal, resource_type: str, resourc
     except SearchError as exc:
         raise FHIRError(400, str(exc), exc.code) from None
     response = respond(request, bundles.history(request, page.versions, page.next_cursor, page.ignored))
-    versions = [version.resource for version in page.versions if version.resource is not None]
+    if not any(version.resource is not None for version in page.versions):
+        return response
     if resource_id is None:
-        record_access(request, principal, Interaction.history_type, versions)
+        record_access(request, principal, Interaction.history_type, response)
     else:
-        record_access(request, principal, Interaction.history_instance, versions, f"{resource_type}/{resource_id}")
+        record_access(request, principal, Interaction.history_instance, response, f"{resource_type}/{resource_id}")
     return response
 
 
@@ -139,7 +141,7 @@ def _record_read(
 ) -> None:
     """Audit a read that returned the resource (a 304 returns nothing: the client's copy is current)."""
     if response.status_code == 200 and stored is not None and stored.resource is not None:
-        record_access(request, principal, interaction, [stored.resource], what)
+        record_access(request, principal, interaction, response, what)
 
 
 def _query(request: Request) -> dict[str, list[str]]:

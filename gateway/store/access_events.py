@@ -34,7 +34,7 @@ import functools
 import re
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -104,8 +104,8 @@ class Access:
     server: str
     #: The request line as received, e.g. "GET /fhir/Observation?patient=p1" (access_token left out).
     request: str
-    #: The resources of the answer (matches and included ones, or the versions of a history).
-    resources: Sequence[dict[str, Any]]
+    #: The answer's JSON as the client got it: the resource read, or the Bundle of a search or history.
+    answer: bytes
     recorded: datetime
     #: The resource read (read, vread, history-instance): "Type/id" or "Type/id/_history/n".
     what: str | None = None
@@ -128,11 +128,21 @@ def patients_in(resources: Iterable[dict[str, Any]]) -> list[str]:
     return sorted(found)
 
 
+def answer_resources(access: Access) -> list[dict[str, Any]]:
+    """The resources of the answer: the one read, or the matches, included ones or versions of a Bundle."""
+    answer = fhirjson.loads(access.answer)
+    if access.interaction in (Interaction.read, Interaction.vread):
+        return [answer]
+    entries = answer.get("entry", ()) if isinstance(answer, dict) else ()
+    return [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+
+
 def access_events(access: Access) -> list[dict[str, Any]]:
     """The AuditEvent of ``access``, naming every Patient in the answer; none when there is none; one
     without a Patient for an answer of AuditEvents (the trail itself: the Patients they name are not counted)."""
-    trail = any(resource.get("resourceType") == "AuditEvent" for resource in access.resources)
-    data = [r for r in access.resources if r.get("resourceType") != "AuditEvent"] if trail else access.resources
+    resources = answer_resources(access)
+    trail = any(resource.get("resourceType") == "AuditEvent" for resource in resources)
+    data = [r for r in resources if r.get("resourceType") != "AuditEvent"] if trail else resources
     patients = patients_in(data)
     if not patients and not trail:
         return []

@@ -69,11 +69,14 @@ class AuditTrail:
         linger_s: float = 0.25,
         block_s: float = 2.0,
         drain_s: float = 8.0,
+        pause_s: float = _PAUSE_S,
     ):
         self.store = store
         self.retention_days = retention_days
         self.capacity, self.batch = capacity, batch
         self.linger_s, self.block_s, self.drain_s = linger_s, block_s, drain_s
+        #: Sleep this long after each record and event made; 0 in a process of its own (gateway/store/audit_relay.py).
+        self.pause_s = pause_s
         #: Records written (committed), and records refused or lost.
         self.written = 0
         self.dropped = 0
@@ -205,7 +208,7 @@ class AuditTrail:
             events = []
             for record in records:
                 events += _events(record)
-                _pause()
+                self._pause()
         except Exception as exc:  # noqa: BLE001 - a record the builder cannot handle is a defect: say it, go on
             events = []
             self._lost(records, f"cannot make their AuditEvents: {type(exc).__name__}")
@@ -248,7 +251,7 @@ class AuditTrail:
         log.error("audit trail: %d record(s) lost: %s", len(records), why)
 
     def _store(self, events: list[dict[str, Any]]) -> None:
-        prepared = prepare(events, _now(), _pause)  # before the transaction: SQLite's write lock is held briefly
+        prepared = prepare(events, _now(), self._pause)  # before the transaction: SQLite's write lock is held briefly
         with self.store.transaction() as conn:
             try:
                 insert(conn, prepared)
@@ -267,14 +270,14 @@ class AuditTrail:
         if purged:
             log.info("audit trail: deleted %d AuditEvent(s) recorded before %s", purged, before.date().isoformat())
 
+    def _pause(self) -> None:
+        """Let the API's threads have the interpreter: the trail's work is never urgent, a request's is."""
+        if self.pause_s:
+            time.sleep(self.pause_s)
+
 
 def _events(record: Record) -> list[dict[str, Any]]:
     return access_events(record) if isinstance(record, Access) else [record]
-
-
-def _pause() -> None:
-    """Let the API's threads have the interpreter: the trail's work is never urgent, a request's is."""
-    time.sleep(_PAUSE_S)
 
 
 def _now() -> datetime:
