@@ -9,8 +9,9 @@ blocks of B queries, with the access audit trail turned on and off (SIGUSR1) bet
 process, so on and off differ in nothing else (two servers measured 13% apart with both off), and
 alternating, so both see the same machine. After turning it off the client waits for the trail's
 last write, so an "off" block does not pay for the "on" block before it. Prints p50/p99 per search
-and mode, the ratio on/off, and the AuditEvents written. ``--control`` keeps the trail off in both
-halves: the noise floor. Searches:
+and mode, the ratio on/off, the processor time per query of the API process in each mode and of the
+audit writer process, and the AuditEvents written. ``--control`` keeps the trail off in both halves:
+the noise floor. Searches:
 
 * ``Patient?identifier=`` (one Patient: one AuditEvent);
 * ``Observation?patient=&date=ge`` (one Patient's Observations: one AuditEvent);
@@ -101,6 +102,29 @@ class Api:
         self.process.wait(60)
 
 
+def cpu_ms(pid: int) -> float:
+    """Processor time (user + system) ``pid`` has used, in milliseconds (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """Processes started by ``pid``, at any depth (the audit writer is a child of a fork server)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def percentiles(timings: list[float]) -> tuple[float, float]:
     cuts = statistics.quantiles(timings, n=100)
     return cuts[49], cuts[98]
@@ -141,23 +165,36 @@ def benchmark(name: str, database_url: str, args: argparse.Namespace) -> None:
         try:
             for label, search in searches:
                 timings: dict[bool, list[float]] = {True: [], False: []}
+                api_cpu = {True: 0.0, False: 0.0}  # the API process's processor time per mode
                 for _ in range(30):  # warm up
                     search(server.client)
+                helpers = descendants(server.process.pid)
+                helpers_before = sum(cpu_ms(pid) for pid in helpers)
                 done = 0
                 while done < args.queries:
                     for on in (True, False) if done // args.block % 2 == 0 else (False, True):
                         # --control: "on" blocks run with the trail off too: how far apart equal halves measure.
                         server.audit(on and not args.control)
+                        before = cpu_ms(server.process.pid)
                         for _ in range(args.block):
                             started = time.perf_counter()
                             search(server.client)
                             timings[on].append((time.perf_counter() - started) * 1000)
+                        api_cpu[on] += cpu_ms(server.process.pid) - before
                     done += args.block
+                server.audit(True)  # and back off below: the writer's last batch is in its figure
+                server.audit(False)
+                writer_cpu = sum(cpu_ms(pid) for pid in helpers) - helpers_before
                 (on50, on99), (off50, off99) = percentiles(timings[True]), percentiles(timings[False])
+                queries = len(timings[True])
                 print(
                     f"{name}: {label:<30} audit off p50 {off50:6.2f} ms p99 {off99:6.2f} ms | "
                     f"on p50 {on50:6.2f} ms p99 {on99:6.2f} ms | on/off p50 {on50 / off50:5.2f} p99 {on99 / off99:5.2f}"
-                    f"  ({len(timings[True])} queries each{', CONTROL: both off' if args.control else ''})"
+                    f"  ({queries} queries each{', CONTROL: both off' if args.control else ''})"
+                )
+                print(
+                    f"{name}: {label:<30} CPU per query: API process off {api_cpu[False] / queries:5.2f} ms, "
+                    f"on {api_cpu[True] / queries:5.2f} ms; audit writer process {writer_cpu / queries:5.2f} ms"
                 )
         finally:
             server.stop()
