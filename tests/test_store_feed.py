@@ -9,11 +9,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from alembic import command
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import MetaData, select
 from sqlalchemy.engine import Engine
 
+from gateway.db.engine import make_engine
+from gateway.db.migrate import _config
 from gateway.db.schema import fhir_resource_history
 from gateway.store.audit_append import append_events
 from gateway.store.feed import Change, FeedPage, decode_position, encode_position, read_changes
@@ -260,3 +263,38 @@ def test_concurrent_writers_and_a_following_reader_see_every_change_once_in_comm
     for change in seen:
         assert change.version_id == last.get(change.resource_id, 0) + 1
         last[change.resource_id] = change.version_id
+
+
+def test_the_migration_numbers_older_versions_in_time_order_before_new_ones(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(_config(conn), "0004")
+            old = MetaData()
+            old.reflect(conn, only=["fhir_resource_history"])
+            rows = [
+                ("Patient", "b", 1, datetime(2026, 1, 2)),
+                ("Patient", "a", 2, datetime(2026, 1, 3)),
+                ("Patient", "a", 1, datetime(2026, 1, 1)),
+                ("Observation", "z", 1, datetime(2026, 1, 2)),
+            ]
+            conn.execute(
+                old.tables["fhir_resource_history"].insert(),
+                [
+                    {"type": t, "id": i, "version_id": v, "last_updated": when, "deleted": False, "content": None}
+                    for t, i, v, when in rows
+                ],
+            )
+            command.upgrade(_config(conn), "head")
+        ResourceStore(engine).apply_bundle(transaction(put(patient("c", "M3"))))
+        changes, _ = follow(engine)
+        assert versions(changes) == [
+            ("Patient", "a", 1),
+            ("Observation", "z", 1),
+            ("Patient", "b", 1),
+            ("Patient", "a", 2),
+            ("Patient", "c", 1),
+        ]
+        assert [int(c.position) for c in changes] == [1, 2, 3, 4, 5]
+    finally:
+        engine.dispose()
