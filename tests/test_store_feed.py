@@ -19,7 +19,7 @@ from gateway.db.engine import make_engine
 from gateway.db.migrate import _config
 from gateway.db.schema import fhir_resource_history
 from gateway.store.audit_append import append_events
-from gateway.store.feed import Change, FeedPage, decode_position, encode_position, read_changes
+from gateway.store.feed import Change, FeedPage, decode_position, encode_position, head_position, read_changes
 from gateway.store.resources import ResourceStore
 from gateway.store.search_values import SearchError
 from gateway.store.transaction import plan_changes
@@ -298,3 +298,15 @@ def test_the_migration_numbers_older_versions_in_time_order_before_new_ones(data
         assert [int(c.position) for c in changes] == [1, 2, 3, 4, 5]
     finally:
         engine.dispose()
+
+
+def test_a_follower_that_starts_at_the_head_sees_only_what_comes_after(engine: Engine) -> None:
+    store = ResourceStore(engine)
+    with engine.connect() as conn:
+        assert head_position(conn) is None
+    store.apply_bundle(transaction(put(patient("old", "M1"))))
+    with engine.connect() as conn:
+        head = head_position(conn)
+    assert head is not None and page(engine, head).changes == []
+    store.apply_bundle(transaction(put(patient("new", "M2"))))
+    assert [c.resource_id for c in page(engine, head).changes] == ["new"]

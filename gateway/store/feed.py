@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from gateway import fhirjson
@@ -66,6 +66,13 @@ def decode_position(token: str) -> int:
     if not (0 < len(token) <= _DIGITS and token.isascii() and token.isdigit()) or int(token) >= 2**63:
         raise SearchError("not a history feed position (use the one in a next link)")
     return int(token)
+
+
+def head_position(conn: Connection) -> str | None:
+    """The position of the newest change committed (None: none yet): reading after it returns only
+    what commits from now on, so a new follower that wants no past starts here."""
+    highest = conn.execute(select(func.max(_table.c.feed_position))).scalar_one()
+    return encode_position(highest) if highest is not None else None
 
 
 def read_changes(
