@@ -5,12 +5,13 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from alembic import command
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import MetaData, select
 from sqlalchemy.engine import Engine
@@ -310,3 +311,51 @@ def test_a_follower_that_starts_at_the_head_sees_only_what_comes_after(engine: E
     assert head is not None and page(engine, head).changes == []
     store.apply_bundle(transaction(put(patient("new", "M2"))))
     assert [c.resource_id for c in page(engine, head).changes] == ["new"]
+
+
+_OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("write"),
+            st.lists(
+                st.tuples(st.sampled_from(["Patient", "Observation"]), st.integers(0, 3), st.booleans()),
+                min_size=1,
+                max_size=3,
+                unique_by=lambda e: e[:2],
+            ),
+        ),
+        st.tuples(st.just("read"), st.integers(1, 4)),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=_OPERATIONS, types=st.sampled_from([None, ["Patient"], ["Observation"]]))
+def test_pages_read_between_writes_add_up_to_the_history_in_order(
+    engine: Engine, operations: list[tuple[Any, ...]], types: list[str] | None
+) -> None:
+    """Writes (PUTs and DELETEs) and page reads of any size, interleaved: the pages read, then the rest,
+    are exactly the history of the chosen types in feed order."""
+    store, after, seen = ResourceStore(engine), None, []
+    run = uuid.uuid4().hex[:8]  # hypothesis reuses the database: ids of this example only
+    for operation in operations:
+        if operation[0] == "write":
+            entries = [
+                delete(kind, f"{run}-{n}") if gone else put(_resource(kind, f"{run}-{n}", len(seen)))
+                for kind, n, gone in operation[1]
+            ]
+            store.apply_bundle(transaction(*entries))
+        else:
+            got = page(engine, after, operation[1], types=types)
+            seen.extend(got.changes)
+            after = got.next_position or after
+    rest, _ = follow(engine, after, 2, types=types)
+    mine = [v for v in history_in_feed_order(engine) if v[1].startswith(run) and (types is None or v[0] in types)]
+    assert [v for v in versions(seen + rest) if v[1].startswith(run)] == mine
+
+
+def _resource(kind: str, resource_id: str, salt: int) -> dict[str, Any]:
+    if kind == "Patient":
+        return patient(resource_id, f"M-{resource_id}", family=f"F{salt}")
+    return observation(resource_id, "p0", valueString=str(salt))
