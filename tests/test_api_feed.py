@@ -203,3 +203,8 @@ def test_the_capability_statement_lists_history_system(app: FastAPI) -> None:
     (rest,) = statement["rest"]
     assert rest["interaction"] == [{"code": "history-system"}]
     assert "_sort" in rest["documentation"] and "_type" in rest["documentation"]
+
+
+def test_a_huge_count_is_the_largest_page(app: FastAPI) -> None:
+    response = reader(app).get(f"{FEED}&_count={'9' * 5000}")
+    assert response.status_code == 200 and len(response.json()["entry"]) == 4

@@ -2,10 +2,10 @@
 
 Routes are thin: the store answers, ``read``/``bundles`` shape the answer, ``negotiation`` picks the
 format. Order matters: ``_history`` must be tried before ``[type]``, ``[type]/_history`` before
-``[type]/[id]``. Every route needs
-the reader role; the types in ``ADMIN_ONLY_TYPES`` (the audit trail) need admin, and are left out
-of what a search of another type includes for anyone else. Every answer that returns resources is
-handed to the access audit trail (``access_audit.record_access``) before it is sent.
+``[type]/[id]``. Every route needs the reader role; the types in ``ADMIN_ONLY_TYPES`` (the audit
+trail) need admin, and are left out of what a search of another type, or the history of all
+types, holds for anyone else. Every answer that returns resources is handed to the access audit
+trail (``access_audit.record_access``) before it is sent.
 """
 
 from __future__ import annotations

@@ -96,9 +96,9 @@ def parse_count(params: dict[str, list[str]]) -> int:
     if "_count" not in params:
         return DEFAULT_COUNT
     values = params["_count"]
-    if len(values) != 1 or not values[0].isascii() or not values[0].isdigit() or int(values[0]) == 0:
-        raise SearchError(f"_count must be one positive integer, got {values!r}")
-    return min(int(values[0]), MAX_COUNT)
+    if len(values) != 1 or not values[0].isascii() or not values[0].isdigit() or not values[0].strip("0"):
+        raise SearchError(f"_count must be one positive integer, got {[v[:32] for v in values]!r}")
+    return min(int(values[0][-12:]) if len(values[0].lstrip("0")) <= 12 else MAX_COUNT, MAX_COUNT)
 
 
 def parse_since(values: list[str]) -> datetime:
