@@ -178,7 +178,7 @@ def test_fhirpy_elements_summary_count_first_get(served: Served) -> None:
     assert client.resources("Observation").search(patient="p001").count() == 7
     assert client.resources("Patient").search(family="nobody").fetch() == []
     assert client.resources("Patient").search(family="nobody").first() is None
-    assert client.resources("Patient").get("p004")["id"] == "p004"
+    assert client.resources("Patient").search(_id="p004").get()["id"] == "p004"
     read = client.get("Patient", "p001")  # a read; _summary on a read goes through execute
     assert read["meta"]["versionId"] == "2"
     text = client.execute("Patient/p001", method="get", params={"_summary": "text"})
@@ -275,7 +275,8 @@ def test_fhirclient_elements_and_post_search(served: Served) -> None:
     server = client.server
 
     # fhirclient checks the mandatory elements when it parses: a subset keeps them.
-    subsetted = SmartObservation.where(struct={"patient": "p001", "_elements": "effective"}).perform_resources(server)
+    subsetted = SmartObservation.where(struct={"patient": "p001", "_elements": "effective"})
+    subsetted = list(subsetted.perform_resources_iter(server))
     assert len(subsetted) == 7 and all(o.status == "final" and o.code and o.effectiveDateTime for o in subsetted)
     assert subsetted[0].meta.tag[0].code == "SUBSETTED"
     summary = SmartPatient.read_from("Patient/p003?_summary=true", server)
