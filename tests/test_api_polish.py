@@ -276,6 +276,11 @@ def test_head_is_not_audited(tmp_path: Path) -> None:
     client.get("/fhir/Patient/p1")
     assert app.state.audit_trail.flush()
     assert len(ResourceStore(app.state.engine).search("AuditEvent", {"patient": ["p1"]})) == 1
+    # A refused HEAD is a failed authentication like any other, recorded as the HEAD it was.
+    assert client.request("HEAD", "/fhir/Patient/p1", token="").status_code == 401
+    assert app.state.audit_trail.flush()
+    (refusal,) = ResourceStore(app.state.engine).search("AuditEvent", {"type": ["110114"]})
+    assert refusal["entity"][0]["description"] == "HEAD /fhir/Patient/p1"
 
 
 # 6. CORS

@@ -16,7 +16,7 @@ from fastapi import Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.auth import Principal
-from gateway.api.head import is_head
+from gateway.api.head import is_head, sent_as_head
 from gateway.api.outcome import FHIRError
 from gateway.store.access_events import Access, AuthFailure, Interaction, auth_failure_event
 from gateway.store.audit_relay import AuditRelay
@@ -108,7 +108,7 @@ class AuthFailureAudit:
         client = scope.get("client")
         event = auth_failure_event(
             failure,
-            scope.get("method", "GET"),
+            "HEAD" if sent_as_head(scope) else scope.get("method", "GET"),
             scope.get("path", ""),
             client[0] if client else None,
             datetime.now(UTC).replace(tzinfo=None),

@@ -37,4 +37,8 @@ class HeadAsGet:
 
 def is_head(request: Request) -> bool:
     """Whether ``request`` came as HEAD (its answer goes without a body)."""
-    return bool(request.scope.get("state", {}).get(_MARK))
+    return sent_as_head(request.scope)
+
+
+def sent_as_head(scope: Scope) -> bool:
+    return bool((scope.get("state") or {}).get(_MARK))
