@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fhirclient import client as smart_client
@@ -187,6 +188,30 @@ def test_fhirpy_elements_summary_count_first_get(served: Served) -> None:
     assert [entry["response"]["etag"] for entry in history["entry"]] == ['W/"2"', 'W/"1"']
 
 
+def test_fhirpy_malformed_and_unknown_ids(served: Served) -> None:
+    client = SyncFHIRClient(served.base, authorization=f"Bearer {TOKEN}")
+    with pytest.raises(OperationOutcome, match="resource id"):
+        client.reference("Patient", "not_an$id").to_resource()
+    with pytest.raises(ResourceNotFound):
+        client.reference("Patient", "no-such-patient").to_resource()
+
+
+def test_head_and_cors_preflight_over_a_real_server(served: Served) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    got = httpx.get(f"{served.base}/Patient/p001", headers=auth)
+    head = httpx.head(f"{served.base}/Patient/p001", headers=auth)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["etag"] == got.headers["etag"] == 'W/"2"'
+    assert head.headers["content-length"] == str(len(got.content))
+    searched = httpx.head(f"{served.base}/Observation", params={"patient": "p001"}, headers=auth)
+    assert searched.status_code == 200 and searched.content == b""
+    # CORS is off in this server: a preflight gets no CORS headers (tests/test_api_polish.py turns it on).
+    preflight = httpx.options(
+        f"{served.base}/Patient", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+
+
 def test_fhirpy_needs_the_token(served: Served) -> None:
     with pytest.raises(AuthorizationError):
         SyncFHIRClient(served.base).resources("Patient").fetch()
@@ -238,6 +263,9 @@ def test_fhirclient_reads_the_capability_statement(served: Served) -> None:
     resources = {resource.type: resource for resource in server.capabilityStatement.rest[0].resource}
     assert {"Patient", "Observation", "Provenance", "MedicationAdministration"} <= set(resources)
     assert "Observation:patient" in resources["Observation"].searchInclude
+    definitions = {param.name: param.definition for param in resources["Observation"].searchParam}
+    assert definitions["patient"] == "http://hl7.org/fhir/SearchParameter/clinical-patient"
+    assert definitions["_id"] == "http://hl7.org/fhir/SearchParameter/Resource-id"
 
 
 def test_fhirclient_read_vread_history(served: Served) -> None:
