@@ -40,11 +40,11 @@ def dumps(value: Any, option: int = 0) -> bytes:
 def dumps_served(value: Any, option: int = 0) -> bytes:
     """``dumps`` for what the API serves: empty arrays and objects, and null properties, left out.
 
-    Checked on the bytes (a search in C, ~0.1 ms a megabyte), so an answer without any pays almost
-    nothing; one with ``[]``, ``{}`` or ``null`` anywhere (in a string too) is pruned and written again.
+    Checked on the bytes (a search in C), so an answer without any pays almost nothing; one with
+    ``[]``, ``{}`` or ``:null`` anywhere (in a string too) is pruned and written again.
     """
     data = dumps(value, option)
-    if b"[]" not in data and b"{}" not in data and b"null" not in data:
+    if b"[]" not in data and b"{}" not in data and b":null" not in data and b": null" not in data:
         return data
     return dumps(without_empty(value), option)
 
