@@ -44,7 +44,8 @@ def dumps_served(value: Any, option: int = 0) -> bytes:
     ``[]``, ``{}`` or ``:null`` anywhere (in a string too) is pruned and written again.
     """
     data = dumps(value, option)
-    if b"[]" not in data and b"{}" not in data and b":null" not in data and b": null" not in data:
+    null_property = b": null" if option & orjson.OPT_INDENT_2 else b":null"
+    if b"[]" not in data and b"{}" not in data and null_property not in data:
         return data
     return dumps(without_empty(value), option)
 
