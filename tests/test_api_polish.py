@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import orjson
@@ -201,6 +201,10 @@ def test_post_search_answers_as_get(client: AsgiClient) -> None:
     first = client.request("POST", "/fhir/Patient/_search", content="_count=1&_sort=_id", headers=FORM).json()
     following = next(link["url"] for link in first["link"] if link["relation"] == "next")
     assert "/_search" not in following and ids(client.get(following).json()) == ["p2"]
+    # Or the client POSTs the next page too, its cursor in the form: nothing of the search in a URL.
+    cursor = parse_qs(urlsplit(following).query)["_cursor"][0]
+    form = urlencode({"_count": "1", "_sort": "_id", "_cursor": cursor})
+    assert ids(client.request("POST", "/fhir/Patient/_search", content=form, headers=FORM).json()) == ["p2"]
     # _summary, _elements and charset parameters work the same.
     summary = client.request(
         "POST",
