@@ -26,6 +26,12 @@ import orjson
 _FLOAT_WOULD_CHANGE = re.compile(rb"\.(?:\d*0[,}\]\s]|\d{8})")
 
 
+#: Literal searches, compiled: re finds a two-byte literal about twice as fast as ``bytes in`` does
+#: (benchmarks/fhir_serialize.py). Both are written so by orjson, compact or indented.
+_EMPTY_ARRAY = re.compile(rb"\[\]")
+_EMPTY_OBJECT = re.compile(rb"\{\}")
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, Decimal) and value.is_finite():
         return orjson.Fragment(format(value, "f"))  # 0.0000001, not str()'s 1E-7
@@ -45,7 +51,7 @@ def dumps_served(value: Any, option: int = 0) -> bytes:
     """
     data = dumps(value, option)
     null_property = b": null" if option & orjson.OPT_INDENT_2 else b":null"
-    if b"[]" not in data and b"{}" not in data and null_property not in data:
+    if _EMPTY_ARRAY.search(data) is None and _EMPTY_OBJECT.search(data) is None and null_property not in data:
         return data
     return dumps(without_empty(value), option)
 
