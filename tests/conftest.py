@@ -66,6 +66,18 @@ def closing_audit_trails() -> Iterator[None]:
             trail.close()
 
 
+@pytest.fixture(autouse=True)
+def served_fhir_is_valid() -> Iterator[None]:
+    """Every FHIR payload an in-process API serves during the test must pass fhirkit and the R4B
+    models (tests/support/fhir_validation.py); the test fails naming the payloads that do not."""
+    from tests.support.fhir_validation import PayloadCheck
+
+    with PayloadCheck().installed() as check:
+        yield
+    if check.problems:
+        pytest.fail("served FHIR payloads failed validation:\n" + "\n".join(check.problems[:20]), pytrace=False)
+
+
 @pytest.fixture(params=DATABASE_BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database URL: a SQLite file, or a private schema on the test PostgreSQL.

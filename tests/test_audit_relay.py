@@ -4,6 +4,7 @@ process is killed."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -59,6 +60,10 @@ def test_a_record_crosses_the_pipe_unchanged() -> None:
     assert decode(encode(access)) == access
     event = refusal()
     assert decode(encode(event)) == event
+    posted = dataclasses.replace(
+        access, interaction=Interaction.search_type, request="POST /fhir/Patient/_search", parameters="family=Doe"
+    )
+    assert decode(encode(posted)) == posted
 
 
 def test_the_writer_process_writes_reads_and_refusals(engine: Engine) -> None:

@@ -70,14 +70,14 @@ class Consumer:
                     response = client.get(url)
                     response.raise_for_status()
                     bundle = response.json()
-                    for entry in bundle["entry"]:  # "process" the page
+                    for entry in bundle.get("entry", []):  # "process" the page (an empty one has no entry)
                         resource_type, resource_id = entry["request"]["url"].split("/")
                         version = int(entry["response"]["etag"].removeprefix('W/"').removesuffix('"'))
                         self.seen.append((resource_type, resource_id, version))
                     (url,) = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
                     self.cursor_file.write_text(url)  # then keep the next link
                     self.pages += 1
-                    if bundle["entry"]:
+                    if "entry" in bundle:
                         self._empty.clear()
                     else:
                         self._empty.set()

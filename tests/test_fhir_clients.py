@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fhirclient import client as smart_client
@@ -162,6 +163,55 @@ def test_fhirpy_include_and_revinclude(served: Served) -> None:
     assert client.resources("Patient").search(_id="p001").revinclude("Provenance", "target").fetch()[0]["id"] == "p001"
 
 
+def test_fhirpy_elements_summary_count_first_get(served: Served) -> None:
+    client = SyncFHIRClient(served.base, authorization=f"Bearer {TOKEN}")
+    subsetted = "SUBSETTED"
+
+    names = client.resources("Patient").search(_id="p003").elements("name").fetch()
+    assert set(names[0]) == {"resourceType", "id", "meta", "name"}
+    assert [tag["code"] for tag in names[0]["meta"]["tag"]] == [subsetted]
+    left_out = client.resources("Observation").search(_id="o1").elements("encounter", exclude=True).first()
+    assert left_out is not None and "encounter" not in left_out and left_out["subject"]
+    summary = client.resources("Observation").search(patient="p001", _summary="true").fetch_all()
+    assert len(summary) == 7 and all(subsetted in [t["code"] for t in o["meta"]["tag"]] for o in summary)
+    counted = client.resources("Observation").search(patient="p001", _summary="count").fetch_raw()
+    assert counted["total"] == 7 and "entry" not in counted
+    assert client.resources("Observation").search(patient="p001").count() == 7
+    assert client.resources("Patient").search(family="nobody").fetch() == []
+    assert client.resources("Patient").search(family="nobody").first() is None
+    assert client.resources("Patient").search(_id="p004").get()["id"] == "p004"
+    read = client.get("Patient", "p001")  # a read; _summary on a read goes through execute
+    assert read["meta"]["versionId"] == "2"
+    text = client.execute("Patient/p001", method="get", params={"_summary": "text"})
+    assert set(text) <= {"resourceType", "id", "meta", "text"} and subsetted in [t["code"] for t in text["meta"]["tag"]]
+    history = client.resource("Patient", id="p001").execute("_history", method="get")
+    assert [entry["response"]["etag"] for entry in history["entry"]] == ['W/"2"', 'W/"1"']
+
+
+def test_fhirpy_malformed_and_unknown_ids(served: Served) -> None:
+    client = SyncFHIRClient(served.base, authorization=f"Bearer {TOKEN}")
+    with pytest.raises(OperationOutcome, match="resource id"):
+        client.reference("Patient", "not_an$id").to_resource()
+    with pytest.raises(ResourceNotFound):
+        client.reference("Patient", "no-such-patient").to_resource()
+
+
+def test_head_and_cors_preflight_over_a_real_server(served: Served) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    got = httpx.get(f"{served.base}/Patient/p001", headers=auth)
+    head = httpx.head(f"{served.base}/Patient/p001", headers=auth)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["etag"] == got.headers["etag"] == 'W/"2"'
+    assert head.headers["content-length"] == str(len(got.content))
+    searched = httpx.head(f"{served.base}/Observation", params={"patient": "p001"}, headers=auth)
+    assert searched.status_code == 200 and searched.content == b""
+    # CORS is off in this server: a preflight gets no CORS headers (tests/test_api_polish.py turns it on).
+    preflight = httpx.options(
+        f"{served.base}/Patient", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+
+
 def test_fhirpy_needs_the_token(served: Served) -> None:
     with pytest.raises(AuthorizationError):
         SyncFHIRClient(served.base).resources("Patient").fetch()
@@ -213,6 +263,9 @@ def test_fhirclient_reads_the_capability_statement(served: Served) -> None:
     resources = {resource.type: resource for resource in server.capabilityStatement.rest[0].resource}
     assert {"Patient", "Observation", "Provenance", "MedicationAdministration"} <= set(resources)
     assert "Observation:patient" in resources["Observation"].searchInclude
+    definitions = {param.name: param.definition for param in resources["Observation"].searchParam}
+    assert definitions["patient"] == "http://hl7.org/fhir/SearchParameter/clinical-patient"
+    assert definitions["_id"] == "http://hl7.org/fhir/SearchParameter/Resource-id"
 
 
 def test_fhirclient_read_vread_history(served: Served) -> None:
@@ -243,6 +296,26 @@ def test_fhirclient_search_and_paging_under_writes(served: Served) -> None:
     ids = [pid for page in pages for pid in page]
     assert ids == sorted(PATIENTS + ["pz-after"])
     assert [len(page) for page in pages] == [5, 5, 3]
+
+
+def test_fhirclient_elements_and_post_search(served: Served) -> None:
+    client = smart(served)
+    server = client.server
+
+    # fhirclient checks the mandatory elements when it parses: a subset keeps them.
+    subsetted = SmartObservation.where(struct={"patient": "p001", "_elements": "effective"})
+    subsetted = list(subsetted.perform_resources_iter(server))
+    assert len(subsetted) == 7 and all(o.status == "final" and o.code and o.effectiveDateTime for o in subsetted)
+    assert subsetted[0].meta.tag[0].code == "SUBSETTED"
+    summary = SmartPatient.read_from("Patient/p003?_summary=true", server)
+    assert summary.name[0].family == "Family0" and summary.meta.tag[0].code == "SUBSETTED"
+
+    posted = server.post_as_form(f"{served.base}/Patient/_search", {"family": "family1", "_count": "2"})
+    bundle = SmartBundle(posted.json())
+    assert bundle.type == "searchset" and bundle.total == 3 and len(bundle.entry) == 2
+    following = next(link.url for link in bundle.link if link.relation == "next")
+    rest = SmartBundle.read_from(following.removeprefix(served.base + "/"), server)
+    assert len(rest.entry) == 1
 
 
 def test_fhirclient_include(served: Served) -> None:

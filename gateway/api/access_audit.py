@@ -16,6 +16,7 @@ from fastapi import Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.auth import Principal
+from gateway.api.head import is_head, sent_as_head
 from gateway.api.outcome import FHIRError
 from gateway.store.access_events import Access, AuthFailure, Interaction, auth_failure_event
 from gateway.store.audit_relay import AuditRelay
@@ -30,10 +31,19 @@ def record_access(
     interaction: Interaction,
     response: Response,
     what: str | None = None,
+    *,
+    parameters: str | None = None,
+    answer: bytes | None = None,
 ) -> None:
-    """Queue the audit record of ``response``, an answer that carried resources; raise 503 when it cannot be queued."""
+    """Queue the audit record of ``response``, an answer that carried resources; raise 503 when it cannot be queued.
+
+    ``parameters``: a search's parameters when they came in a body (POST [type]/_search), form-encoded;
+    the request line then stays "POST /fhir/T/_search" and they become the query entity's content.
+    ``answer``: what to find the Patients in when the response holds a subset (``_elements`` may have
+    left the subject out): the whole answer. A HEAD request carried nothing and is not recorded.
+    """
     trail: AuditRelay | None = request.app.state.audit_trail
-    if trail is None or not request.app.state.access_audit:
+    if trail is None or not request.app.state.access_audit or is_head(request):
         return
     client = request.client
     access = Access(
@@ -43,21 +53,25 @@ def record_access(
         client=client.host if client else None,
         server=str(request.base_url).rstrip("/") + "/fhir",
         request=_request_line(request.method, request.url.path, request.scope.get("query_string", b"")),
-        answer=bytes(response.body),
+        answer=bytes(response.body) if answer is None else answer,
         recorded=datetime.now(UTC).replace(tzinfo=None),
         what=what,
         request_id=request.headers.get("x-request-id"),
+        parameters=None if parameters is None else _without_token(parameters),
     )
     if not trail.submit(access):
         raise FHIRError(503, "the access audit trail cannot record this read now; try again later", "transient")
 
 
 def _request_line(method: str, path: str, query: bytes) -> str:
-    text = query.decode("latin-1")
-    if _TOKEN_PARAMETER in text:
-        kept = [(k, v) for k, v in parse_qsl(text, keep_blank_values=True) if k != _TOKEN_PARAMETER]
-        text = urlencode(kept)
+    text = _without_token(query.decode("latin-1"))
     return f"{method} {path}?{text}" if text else f"{method} {path}"
+
+
+def _without_token(text: str) -> str:
+    if _TOKEN_PARAMETER not in text:
+        return text
+    return urlencode([(k, v) for k, v in parse_qsl(text, keep_blank_values=True) if k != _TOKEN_PARAMETER])
 
 
 class AuthFailureAudit:
@@ -94,7 +108,7 @@ class AuthFailureAudit:
         client = scope.get("client")
         event = auth_failure_event(
             failure,
-            scope.get("method", "GET"),
+            "HEAD" if sent_as_head(scope) else scope.get("method", "GET"),
             scope.get("path", ""),
             client[0] if client else None,
             datetime.now(UTC).replace(tzinfo=None),

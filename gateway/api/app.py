@@ -14,7 +14,9 @@ from gateway.api.admin import DryRun
 from gateway.api.admin_actions import Desk
 from gateway.api.auth import TokenRegistry, ensure_admin_token
 from gateway.api.capability import software_version
+from gateway.api.cors import install_cors
 from gateway.api.docs import install_docs
+from gateway.api.head import HeadAsGet
 from gateway.api.hl7_batch import BatchUploads
 from gateway.api.outcome import install_error_handlers
 from gateway.config import Settings
@@ -99,6 +101,8 @@ def create_app(
     app.add_middleware(metrics.RequestMetrics, recorder=recorder())
     install_error_handlers(app)
     app.add_middleware(AuthFailureAudit, trail=trail)
+    app.add_middleware(HeadAsGet)
+    install_cors(app, settings.api.cors_origins)  # outermost: a preflight is answered before anything else
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(fhir.router)

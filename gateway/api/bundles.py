@@ -21,8 +21,9 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/") + "/fhir"
 
 
-def searchset(request: Request, result: SearchResult) -> dict[str, Any]:
-    """A searchset Bundle: matches, then included resources, then warnings (bundle.html#searchset)."""
+def searchset(request: Request, result: SearchResult, params: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """A searchset Bundle: matches, then included resources, then warnings (bundle.html#searchset).
+    ``params`` are the search's parameters when not (only) the URL's: a POST's form merged with its URL."""
     base = base_url(request)
     entries = [_entry(base, resource, "match") for resource in result.resources]
     entries += [_entry(base, resource, "include") for resource in result.included]
@@ -30,7 +31,8 @@ def searchset(request: Request, result: SearchResult) -> dict[str, Any]:
         {"resource": operation_outcome(warning, "too-costly", "warning"), "search": {"mode": "outcome"}}
         for warning in result.warnings
     ]
-    bundle = _bundle("searchset", _links(request, result.ignored, result.next_cursor, result.previous_cursor), entries)
+    links = _links(request, result.ignored, result.next_cursor, result.previous_cursor, params=params)
+    bundle = _bundle("searchset", links, entries)
     if result.total is not None:
         bundle["total"] = result.total
     return bundle
@@ -66,18 +68,21 @@ def history(
         entry["request"] = {"method": "DELETE" if version.deleted else "PUT", "url": url}
         entry["response"] = response
         entries.append(entry)
-    return _bundle("history", _links(request, ignored, next_cursor, None, always_next), entries)
+    return _bundle("history", _links(request, ignored, next_cursor, None, always_next=always_next), entries)
 
 
 def _bundle(kind: str, links: list[dict[str, str]], entries: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+    bundle: dict[str, Any]
+    bundle = {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
         "meta": {"lastUpdated": format_instant(datetime.now(UTC).replace(tzinfo=None))},
         "type": kind,
         "link": links,
-        "entry": entries,
     }
+    if entries:  # an empty search has no entry element: [] is not valid FHIR JSON (json.html)
+        bundle["entry"] = entries
+    return bundle
 
 
 def _entry(base: str, resource: dict[str, Any], mode: str) -> dict[str, Any]:
@@ -94,13 +99,17 @@ def _links(
     next_cursor: str | None,
     previous_cursor: str | None,
     always_next: bool = False,
+    params: list[tuple[str, str]] | None = None,
 ) -> list[dict[str, str]]:
-    """self (the parameters used, ignored ones left out), first, next and previous page links."""
-    kept = [(name, value) for name, value in request.query_params.multi_items() if name not in ignored]
+    """self (the parameters used, ignored ones left out), first, next and previous page links; a
+    POST [type]/_search's links are the same search as GET URLs (what a client pages with)."""
+    items = request.query_params.multi_items() if params is None else params
+    kept = [(name, value) for name, value in items if name not in ignored]
     unpaged = [(name, value) for name, value in kept if name != "_cursor"]
+    path = request.url.path.removesuffix("/_search")
 
     def url(items: list[tuple[str, str]]) -> str:
-        return str(request.url.replace(query=urlencode(items)))
+        return str(request.url.replace(path=path, query=urlencode(items)))
 
     links = [{"relation": "self", "url": url(kept)}]
     if next_cursor or previous_cursor or len(unpaged) != len(kept):

@@ -7,6 +7,7 @@ from importlib import metadata as package_metadata
 from typing import Any
 
 from gateway.api.auth import ADMIN_ONLY_TYPES
+from gateway.api.search_definitions import definition
 from gateway.store.feed_query import SYSTEM_PARAMETERS
 from gateway.store.search_params import SearchParam
 from gateway.store.search_registry import (
@@ -33,7 +34,8 @@ _RESULT_PARAMETERS = [
     ("_revinclude", "special", "[type]:[parameter](:[target]) for the reference parameters listed per type"),
     ("_total", "token", "none | estimate | accurate (estimate counts exactly); default accurate"),
     ("_totalMethod", "token", "Read as _total (what fhirpy's count() sends)"),
-    ("_summary", "token", "count (the total, no entries) or false"),
+    ("_summary", "token", "true | text | data | count (the total, no entries) | false; on read and search"),
+    ("_elements", "string", "Top-level elements to keep ([Type.]name,...) or, each with '-', to leave out"),
     ("_cursor", "string", "Opaque page position from the next/previous links; keyset paging, stable under writes"),
 ]
 _HISTORY_DOCS = {
@@ -74,7 +76,9 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                 "mode": "server",
                 "documentation": (
                     f"Read-only. History parameters: {history}. Unknown search parameters are refused "
-                    "(400) unless the request says 'Prefer: handling=lenient'."
+                    "(400) unless the request says 'Prefer: handling=lenient'. Search by GET or by "
+                    "POST [type]/_search with a form body; HEAD on every GET. _summary and _elements "
+                    "subset reads and searches alike (meta.tag SUBSETTED)."
                 ),
                 "security": {
                     "description": (
@@ -111,10 +115,16 @@ def search_revincludes(resource_type: str) -> list[str]:
 def _resource(resource_type: str) -> dict[str, Any]:
     admin_only = resource_type in ADMIN_ONLY_TYPES
     common = [
-        {"name": name, "type": kind, "documentation": _COMMON_DOCS[name]} for name, kind in COMMON_PARAMETERS.items()
+        {"name": name, "definition": definition(resource_type, name), "type": kind, "documentation": _COMMON_DOCS[name]}
+        for name, kind in COMMON_PARAMETERS.items()
     ]
     specific = [
-        {"name": param.name, "type": param.kind, "documentation": _documentation(resource_type, param)}
+        {
+            "name": param.name,
+            "definition": definition(resource_type, param.name),
+            "type": param.kind,
+            "documentation": _documentation(resource_type, param),
+        }
         for param in SEARCH_PARAMETERS[resource_type].values()
     ]
     resource: dict[str, Any] = {

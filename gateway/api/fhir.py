@@ -1,21 +1,27 @@
-"""FHIR REST API over the built-in store (http.html): capabilities, read, vread, history, search.
+"""FHIR REST API over the built-in store (http.html): capabilities, read, vread, history, search
+(GET, and POST [type]/_search with a form body), ``_summary``/``_elements`` on read and search.
 
-Routes are thin: the store answers, ``read``/``bundles`` shape the answer, ``negotiation`` picks the
-format. Order matters: ``_history`` must be tried before ``[type]``, ``[type]/_history`` before
-``[type]/[id]``. Every route needs the reader role; the types in ``ADMIN_ONLY_TYPES`` (the audit
-trail) need admin, and are left out of what a search of another type, or the history of all
-types, holds for anyone else. Every answer that returns resources is handed to the access audit
-trail (``access_audit.record_access``) before it is sent.
+Routes are thin: the store answers, ``read``/``bundles`` shape the answer, ``subsetting`` trims it,
+``negotiation`` picks the format. Order matters: ``_history`` must be tried before ``[type]``,
+``[type]/_history`` before ``[type]/[id]``. Every route needs the reader role; the types in
+``ADMIN_ONLY_TYPES`` (the audit trail) need admin, and are left out of what a search of another type,
+or the history of all types, holds for anyone else. Every answer that returns resources is handed to
+the access audit trail (``access_audit.record_access``) before it is sent. HEAD works on every GET
+route (``head``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
+from gateway import fhirjson
 from gateway.api import bundles
 from gateway.api.access_audit import record_access
 from gateway.api.auth import ADMIN_ONLY_TYPES, Principal, check_role, require_role
@@ -23,6 +29,7 @@ from gateway.api.capability import capability_statement
 from gateway.api.negotiation import FORMAT_PARAMETERS, is_lenient, negotiate, respond
 from gateway.api.outcome import FHIRError, FHIRResponse
 from gateway.api.read import resource_response
+from gateway.api.subsetting import Subset, requested_subset
 from gateway.config import Role
 from gateway.store.access_events import Interaction
 from gateway.store.feed_query import NEWEST_FIRST, asks_for_feed, build_feed
@@ -38,6 +45,9 @@ _reader = Depends(require_role(Role.reader))
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 #: Version ids are positive integers stored in 64 bits.
 _MAX_VERSION = 2**63 - 1
+#: POST [type]/_search takes its parameters as a form (http.html#search); a body this big is refused.
+_FORM = "application/x-www-form-urlencoded"
+_MAX_FORM_BYTES = 1 << 20
 
 
 @router.get("/metadata", response_class=FHIRResponse)
@@ -87,12 +97,19 @@ def vread(
     version = int(version_id)
     if not 1 <= version <= _MAX_VERSION:
         raise FHIRError(404, f"{resource_type}/{resource_id} version {version_id[:32]} is not known")
+    subset = requested_subset(resource_type, _query(request))
     stored = _store(request).vread(resource_type, resource_id, version)
     if stored is not None and stored.deleted:
         raise FHIRError(410, f"version {version_id} of {resource_type}/{resource_id} is a deletion")
-    response = resource_response(request, stored, f"{resource_type}/{resource_id} version {version_id}")
+    response = resource_response(request, stored, f"{resource_type}/{resource_id} version {version_id}", subset)
     _record_read(
-        request, principal, Interaction.vread, stored, response, f"{resource_type}/{resource_id}/_history/{version}"
+        request,
+        principal,
+        Interaction.vread,
+        stored,
+        response,
+        f"{resource_type}/{resource_id}/_history/{version}",
+        subset,
     )
     return response
 
@@ -101,9 +118,10 @@ def vread(
 def read(resource_type: str, resource_id: str, request: Request, principal: Principal = _reader) -> Response:
     _check_type(resource_type, principal)
     _check_id(resource_id)
+    subset = requested_subset(resource_type, _query(request))
     stored = _store(request).fetch(resource_type, resource_id)
-    response = resource_response(request, stored, f"{resource_type}/{resource_id}")
-    _record_read(request, principal, Interaction.read, stored, response, f"{resource_type}/{resource_id}")
+    response = resource_response(request, stored, f"{resource_type}/{resource_id}", subset)
+    _record_read(request, principal, Interaction.read, stored, response, f"{resource_type}/{resource_id}", subset)
     return response
 
 
@@ -111,21 +129,58 @@ def read(resource_type: str, resource_id: str, request: Request, principal: Prin
 def search(resource_type: str, request: Request, principal: Principal = _reader) -> Response:
     """search-type (search.html); errors are 400 OperationOutcomes, unknown parameters too unless lenient."""
     _check_type(resource_type, principal)
-    query = _query(request)
+    return _search(request, principal, resource_type, request.query_params.multi_items(), posted=False)
+
+
+@router.post("/{resource_type}/_search", response_class=FHIRResponse)
+async def search_by_post(resource_type: str, request: Request, principal: Principal = _reader) -> Response:
+    """search-type by POST (http.html#search): the form body's parameters and the URL's together, the
+    same answer as GET; names and birth dates stay out of URLs and server logs. Paging links are GET URLs."""
+    _check_type(resource_type, principal)
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != _FORM:
+        raise FHIRError(415, f"POST {resource_type}/_search takes a {_FORM} body, not {media_type[:64]!r}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_FORM_BYTES:
+            raise FHIRError(413, f"a search form is at most {_MAX_FORM_BYTES} bytes", "too-costly")
+    try:
+        form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise FHIRError(400, "the search form is not UTF-8") from None
+    params = [*request.query_params.multi_items(), *form]
+    return await run_in_threadpool(_search, request, principal, resource_type, params, True)
+
+
+def _search(
+    request: Request, principal: Principal, resource_type: str, params: list[tuple[str, str]], posted: bool
+) -> Response:
+    query = _parameters(params)
+    subset = requested_subset(resource_type, query)
     for name in ("_revinclude", "_include"):
         if any(value.partition(":")[0] in ADMIN_ONLY_TYPES for value in query.get(name, [])):
             check_role(principal, Role.admin)
     try:
-        result = _store(request).find(resource_type, query, lenient=is_lenient(request))
+        result = _store(request).find(resource_type, _store_query(query), lenient=is_lenient(request))
     except SearchError as exc:
         raise FHIRError(400, str(exc), exc.code) from None
     if principal.role is not Role.admin:
         # A reference parameter that may point anywhere (Provenance.target) could include an admin-only type.
         visible = [resource for resource in result.included if resource.get("resourceType") not in ADMIN_ONLY_TYPES]
         result = dataclasses.replace(result, included=visible)
-    response = respond(request, bundles.searchset(request, result))
+    whole = result
+    if not subset.whole:
+        result = dataclasses.replace(
+            result,
+            resources=[subset.apply(resource) for resource in result.resources],
+            included=[subset.apply(resource) for resource in result.included],
+        )
+    response = respond(request, bundles.searchset(request, result, params))
     if result.resources or result.included:
-        record_access(request, principal, Interaction.search_type, response)
+        searched = urlencode(params) if posted else None
+        answer = None if subset.whole else fhirjson.dumps(bundles.searchset(request, whole, params))
+        record_access(request, principal, Interaction.search_type, response, parameters=searched, answer=answer)
     return response
 
 
@@ -175,19 +230,36 @@ def _record_read(
     stored: StoredResource | None,
     response: Response,
     what: str,
+    subset: Subset,
 ) -> None:
-    """Audit a read that returned the resource (a 304 returns nothing: the client's copy is current)."""
+    """Audit a read that returned the resource (a 304 returns nothing: the client's copy is current).
+    A subset is audited from the whole resource, so the Patient it is about is found even when
+    ``_elements`` left its subject out."""
     if response.status_code == 200 and stored is not None and stored.resource is not None:
-        record_access(request, principal, interaction, response, what)
+        answer = None if subset.whole else fhirjson.dumps(stored.resource)
+        record_access(request, principal, interaction, response, what, answer=answer)
 
 
 def _query(request: Request) -> dict[str, list[str]]:
     """Query parameters by name, without the ones about the response format."""
+    return _parameters(request.query_params.multi_items())
+
+
+def _parameters(items: Any) -> dict[str, list[str]]:
+    """Parameters by name, without the ones about the response format."""
     params: dict[str, list[str]] = {}
-    for name, value in request.query_params.multi_items():
+    for name, value in items:
         if name not in FORMAT_PARAMETERS:
             params.setdefault(name, []).append(value)
     return params
+
+
+def _store_query(query: dict[str, list[str]]) -> dict[str, list[str]]:
+    """What the store searches with: ``_summary`` only as ``count`` (the rest is the API's subsetting)."""
+    kept = {name: values for name, values in query.items() if name not in ("_summary", "_elements")}
+    if query.get("_summary") == ["count"]:
+        kept["_summary"] = ["count"]
+    return kept
 
 
 def _check_type(resource_type: str, principal: Principal) -> None:

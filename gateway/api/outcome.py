@@ -35,7 +35,8 @@ _ISSUE_CODES = {
 
 
 class FHIRResponse(Response):
-    """A JSON body rendered with orjson, served as application/fhir+json (http.html#mime-type)."""
+    """A JSON body rendered with orjson, served as application/fhir+json (http.html#mime-type); never
+    with an empty array or object (``fhirjson.dumps_served``)."""
 
     media_type = FHIR_JSON
 
@@ -51,7 +52,7 @@ class FHIRResponse(Response):
         super().__init__(content, status_code, headers, media_type)
 
     def render(self, content: Any) -> bytes:
-        return fhirjson.dumps(content, option=self._options)
+        return fhirjson.dumps_served(content, option=self._options)
 
 
 class FHIRError(Exception):

@@ -14,11 +14,12 @@ from fastapi.responses import Response
 
 from gateway.api.negotiation import respond
 from gateway.api.outcome import FHIRError
+from gateway.api.subsetting import Subset
 from gateway.store.resources import StoredResource
 
 
-def resource_response(request: Request, stored: StoredResource | None, what: str) -> Response:
-    """200 with the resource, 304 when the client's copy is current, 404 unknown, 410 deleted."""
+def resource_response(request: Request, stored: StoredResource | None, what: str, subset: Subset) -> Response:
+    """200 with the resource (``subset`` of it), 304 when the client's copy is current, 404 unknown, 410 deleted."""
     if stored is None:
         raise FHIRError(404, f"{what} is not known")
     if stored.deleted:  # http.html#read: a deleted resource answers 410 Gone
@@ -26,7 +27,8 @@ def resource_response(request: Request, stored: StoredResource | None, what: str
     headers = validators(stored)
     if not_modified(request, stored):
         return Response(status_code=304, headers=headers)
-    return respond(request, stored.resource, headers=headers)
+    resource = stored.resource if subset.whole or stored.resource is None else subset.apply(stored.resource)
+    return respond(request, resource, headers=headers)
 
 
 def validators(stored: StoredResource) -> dict[str, str]:

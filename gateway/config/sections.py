@@ -136,6 +136,8 @@ class ApiSettings:
     public_docs: bool
     #: Longest wait for each readiness check (gateway/readiness.py).
     health_check_timeout_s: float = 1.0
+    #: Origins browsers may call the API from (CORS, gateway/api/cors.py); ("*",) any; () none.
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from gateway.config.values import (
     UNPLACED_POLICIES,
     _zone,
     host_zone,
+    parse_origins,
     parse_sender_policies,
     parse_sender_seconds,
     parse_sender_zones,
@@ -63,6 +64,9 @@ class Settings(BaseSettings):
     api_tokens: str | None = None
     # /docs and /openapi.json without a token (they describe the API, not its data).
     public_docs: bool = False
+    # Origins a browser app may call the API from (CORS): "https://app.example.org,http://localhost:3000",
+    # or "*" for any. Unset: no CORS headers, so browsers keep pages of other origins out.
+    cors_origins: str | None = None
     # How long each check of GET /health/ready and ``hl7gw status`` may take before it counts as failed.
     health_check_timeout_s: float = Field(default=1.0, gt=0, le=60)
 
@@ -216,6 +220,13 @@ class Settings(BaseSettings):
             parse_tokens(value)
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_cors_origins(cls, value: str | None) -> str | None:
+        if value:
+            parse_origins(value)
+        return value or None
+
     @field_validator("fhir_sinks")
     @classmethod
     def _check_sinks(cls, value: str | None) -> str | None:
@@ -315,7 +326,12 @@ class Settings(BaseSettings):
     @functools.cached_property
     def api(self) -> ApiSettings:
         return ApiSettings(
-            self.http_host, self.http_port, self.api_tokens, self.public_docs, self.health_check_timeout_s
+            self.http_host,
+            self.http_port,
+            self.api_tokens,
+            self.public_docs,
+            self.health_check_timeout_s,
+            parse_origins(self.cors_origins) if self.cors_origins else (),
         )
 
     @functools.cached_property

@@ -120,6 +120,21 @@ def legacy_token_name(token: str) -> str:
     return "token-" + hashlib.sha256(token.encode()).hexdigest()[:8]
 
 
+#: An origin (RFC 6454): scheme, host and an optional port, nothing after.
+_ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """``HL7GW_CORS_ORIGINS``: origins, comma-separated, or ``*``; raises ValueError naming the bad one."""
+    origins = tuple(filter(None, (part.strip().rstrip("/") for part in value.split(","))))
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ValueError(f"{origin[:80]!r} is not an origin (scheme://host[:port]) or '*'")
+    if "*" in origins and len(origins) > 1:
+        raise ValueError("'*' allows every origin; list origins or give '*' alone")
+    return origins
+
+
 def parse_tokens(value: str) -> list[ApiToken]:
     """Parse ``name:token:role`` and ``token:role`` entries, comma-separated; raises ValueError naming the bad entry.
 

@@ -13,7 +13,8 @@ PatientQuery (or Query):
 * ``source``: the gateway, an application server, on this host;
 * ``entity``: every Patient in the answer (type 1 Person, role 1 Patient); for a read the resource
   read (type 2, role 4 Domain Resource); for a search the query (type 2, role 24 Query, ``query``
-  the request base64-encoded, ``description`` the same text); the client's X-Request-Id, if any.
+  the request base64-encoded, ``description`` the same text; for POST [type]/_search ``description``
+  is "POST /fhir/T/_search" and ``query`` its parameters, form-encoded); the client's X-Request-Id, if any.
 
 One answer is one AuditEvent. BALP asks for one per Patient (PatientQuery names exactly one): an
 answer naming one Patient, the usual case, is exactly that; one naming several is one event that
@@ -113,6 +114,9 @@ class Access:
     what: str | None = None
     #: The client's X-Request-Id header, if any.
     request_id: str | None = None
+    #: A search's parameters when they came in the body (POST [type]/_search), form-encoded; the
+    #: request line then has none of them (names and birth dates stay out of URLs).
+    parameters: str | None = None
 
 
 def patients_in(resources: Iterable[dict[str, Any]]) -> list[str]:
@@ -172,7 +176,7 @@ def _access_event(access: Access, patients: list[str]) -> dict[str, Any]:
                 "type": _coding(_ENTITY_TYPE, "2", "System Object"),
                 "role": _coding(_OBJECT_ROLE, "24", "Query"),
                 "description": access.request,
-                "query": base64.b64encode(access.request.encode()).decode("ascii"),
+                "query": base64.b64encode((access.parameters or access.request).encode()).decode("ascii"),
             }
         )
     elif access.what:

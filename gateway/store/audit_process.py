@@ -52,6 +52,7 @@ def encode(record: Record) -> bytes:
         "recorded": record.recorded.isoformat(),
         "what": record.what,
         "request_id": record.request_id,
+        "parameters": record.parameters,
     }
     return b"".join((ACCESS, fhirjson.dumps(header), b"\n", record.answer))
 
@@ -74,6 +75,7 @@ def decode(message: bytes) -> Record:
         recorded=datetime.fromisoformat(header["recorded"]),
         what=header["what"],
         request_id=header["request_id"],
+        parameters=header.get("parameters"),
     )
 
 
