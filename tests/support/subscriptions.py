@@ -1,0 +1,184 @@
+"""Subscription tests' parts: a real HTTP receiver for notifications, and a stand-in feed.
+
+``Receiver`` is a threading http.server on a port of its own that records every notification it
+accepts and answers what the test says (``respond``); it can be stopped and started again on the
+same port, as a subscriber that goes away and comes back.
+
+``table_feed`` reads changes in the shape of gateway/store/feed.py's contract from the history
+table, ordered by (lastUpdated, type, id, version): good enough for tests that write one
+transaction at a time (the real feed orders by commit, which concurrent writers need).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.engine import Connection
+
+from gateway import fhirjson
+from gateway.db.schema import fhir_resource_history
+from gateway.services.embedded_redis import free_port
+
+
+@dataclass(frozen=True)
+class Received:
+    headers: dict[str, str]
+    bundle: dict[str, Any]
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """The SubscriptionStatus Parameters of the notification."""
+        resource: dict[str, Any] = self.bundle["entry"][0]["resource"]
+        return resource
+
+    @property
+    def event_numbers(self) -> list[int]:
+        return [
+            int(part["valueString"])
+            for parameter in self.status["parameter"]
+            if parameter["name"] == "notification-event"
+            for part in parameter["part"]
+            if part["name"] == "event-number"
+        ]
+
+    @property
+    def focus(self) -> list[str]:
+        return [
+            part["valueReference"]["reference"]
+            for parameter in self.status["parameter"]
+            if parameter["name"] == "notification-event"
+            for part in parameter["part"]
+            if part["name"] == "focus"
+        ]
+
+
+class Receiver:
+    """A subscriber's endpoint: records what it accepts; ``respond(bundle) -> status`` decides."""
+
+    def __init__(self, respond: Callable[[dict[str, Any]], int] | None = None):
+        self.port = free_port()
+        self.respond = respond or (lambda bundle: 200)
+        self.received: list[Received] = []
+        self.attempts = 0
+        self.lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+        self.thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/notify"
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                bundle = json.loads(body)
+                with receiver.lock:
+                    receiver.attempts += 1
+                    status = receiver.respond(bundle)
+                    if 200 <= status < 300:
+                        receiver.received.append(Received(dict(self.headers.items()), bundle))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def event_numbers(self) -> list[int]:
+        with self.lock:
+            return [number for item in self.received for number in item.event_numbers]
+
+
+@dataclass(frozen=True)
+class TableChange:
+    position: str
+    resource_type: str
+    resource_id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    resource: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class TablePage:
+    changes: list[TableChange]
+    next_position: str | None
+
+
+def table_feed(
+    conn: Connection,
+    after: str | None,
+    count: int,
+    types: Collection[str] | None = None,
+    since: datetime | None = None,
+) -> TablePage:
+    """Changes after ``after`` from the history table (see the module's note)."""
+    table = fhir_resource_history
+    key = tuple_(table.c.last_updated, table.c.type, table.c.id, table.c.version_id)
+    stmt = select(table).order_by(table.c.last_updated, table.c.type, table.c.id, table.c.version_id).limit(count)
+    if after:
+        moment, resource_type, resource_id, version = json.loads(after)
+        stmt = stmt.where(key > tuple_(datetime.fromisoformat(moment), resource_type, resource_id, version))
+    if types is not None:
+        stmt = stmt.where(table.c.type.in_(sorted(types)))
+    if since is not None:
+        stmt = stmt.where(table.c.last_updated >= since)
+    changes = [
+        TableChange(
+            json.dumps([row.last_updated.isoformat(), row.type, row.id, row.version_id]),
+            row.type,
+            row.id,
+            row.version_id,
+            row.last_updated,
+            bool(row.deleted),
+            fhirjson.loads(row.content) if row.content else None,
+        )
+        for row in conn.execute(stmt)
+    ]
+    return TablePage(changes, changes[-1].position if changes else None)
+
+
+def subscription(
+    endpoint: str,
+    criteria: str = "Observation?code=http://loinc.org|2345-7",
+    *,
+    payload: str | None = "application/fhir+json",
+    headers: list[str] | None = None,
+    status: str = "requested",
+) -> dict[str, Any]:
+    """A Subscription resource as a client would write it."""
+    channel: dict[str, Any] = {"type": "rest-hook", "endpoint": endpoint}
+    if payload is not None:
+        channel["payload"] = payload
+    if headers:
+        channel["header"] = headers
+    return {
+        "resourceType": "Subscription",
+        "status": status,
+        "reason": "test",
+        "criteria": criteria,
+        "channel": channel,
+    }
