@@ -46,14 +46,15 @@ class StoredSubscription:
         return out
 
     def spec(self) -> SubscriptionSpec:
-        return _spec(self.id, self.version_id, self.content)
+        return _spec(self.id, self.content)
 
 
-_specs: dict[tuple[str, int], SubscriptionSpec] = {}
+#: Specs by (id, content JSON): parsed once per content, whatever database it came from.
+_specs: dict[tuple[str, bytes], SubscriptionSpec] = {}
 
 
-def _spec(resource_id: str, version_id: int, content: dict[str, Any]) -> SubscriptionSpec:
-    key = (resource_id, version_id)
+def _spec(resource_id: str, content: dict[str, Any]) -> SubscriptionSpec:
+    key = (resource_id, fhirjson.dumps(content))
     found = _specs.get(key)
     if found is None:
         found, _ = parse_subscription(content, resource_id)
