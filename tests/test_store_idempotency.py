@@ -62,14 +62,20 @@ def conflicting_bundles(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 def snapshot(engine: Engine) -> dict[str, list[Any]]:
-    """Everything stored, without the write times (they differ between runs)."""
+    """Everything stored, without the write times (they differ between runs), and with the history
+    feed's order instead of its positions (the feed counter is not reset between runs)."""
     state: dict[str, list[Any]] = {}
     with engine.connect() as conn:
         for table in _TABLES:
             columns = [c for c in table.c if c.name != "last_updated"]
             rows = []
-            for row in conn.execute(select(*columns)):
+            stmt = select(*columns)
+            if table is fhir_resource_history:
+                stmt = stmt.order_by(table.c.feed_position)
+            for rank, row in enumerate(conn.execute(stmt)):
                 values = {str(key): value for key, value in row._asdict().items()}
+                if "feed_position" in values:
+                    values["feed_position"] = rank
                 if values.get("content"):
                     content = orjson.loads(values["content"])
                     content["meta"].pop("lastUpdated")

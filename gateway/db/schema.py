@@ -53,9 +53,24 @@ fhir_resource_history = Table(
     Column("last_updated", DateTime, nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
     Column("content", Text, nullable=True),
+    # Where this version stands in commit order (gateway/store/feed_positions.py): unique, and a
+    # transaction's versions are numbered after every version of the transactions committed before it.
+    Column("feed_position", BigInteger, nullable=False),
 )
 # Type history (GET [type]/_history) reads newest first within a type.
 Index("ix_fhir_resource_history_updated", fhir_resource_history.c.type, fhir_resource_history.c.last_updated)
+# The history feed (gateway/store/feed.py) reads in commit order, of every type or of some.
+Index("ix_fhir_resource_history_feed", fhir_resource_history.c.feed_position, unique=True)
+Index("ix_fhir_resource_history_type_feed", fhir_resource_history.c.type, fhir_resource_history.c.feed_position)
+
+# One row (id 1): the last feed position handed out. A writer takes positions by updating it,
+# which locks the row until the writer commits, so positions are handed out in commit order.
+fhir_feed_counter = Table(
+    "fhir_feed_counter",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_position", BigInteger, nullable=False),
+)
 
 # Search index: one row per (resource, parameter, value). Each table has a lookup index that
 # starts with (type, param, value...) and ends with id, so a search reads only the index, and an

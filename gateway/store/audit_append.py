@@ -54,8 +54,8 @@ def insert(conn: Connection, prepared: Prepared) -> int:
     """Insert prepared AuditEvents in ``conn``'s open transaction; the number inserted. Their ids must be
     new: an id already stored makes the insert fail (the caller's transaction then rolls back)."""
     write_rows(conn, dict.fromkeys(prepared.final), prepared.final)
-    insert_history(conn, prepared.history)
     insert_index_rows(conn, prepared.rows)
+    insert_history(conn, prepared.history)  # last: it holds the feed counter until commit
     return len(prepared.final)
 
 

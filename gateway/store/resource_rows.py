@@ -15,13 +15,15 @@ from sqlalchemy.engine import Connection
 
 from gateway.db.bulk import BulkInsert, BulkUpdate, KeyedRows
 from gateway.db.schema import SEARCH_TABLES, fhir_resource, fhir_resource_history
+from gateway.store import feed_positions
 from gateway.store.index import COLUMNS, IndexRows
 
 Key = tuple[str, str]
 _CONTENT_COLUMNS = ("version_id", "last_updated", "deleted", "content_hash", "content")
 _SOURCE_COLUMNS = ("source_time", "source_sender", "source_seq", "source_message")
 ROW_COLUMNS = _CONTENT_COLUMNS + _SOURCE_COLUMNS
-#: fhir_resource_history rows: (type, id, version_id, last_updated, deleted, content).
+#: fhir_resource_history rows as the write path makes them: (type, id, version_id, last_updated,
+#: deleted, content); ``insert_history`` adds their feed positions.
 HISTORY_COLUMNS = ("type", "id", "version_id", "last_updated", "deleted", "content")
 
 
@@ -79,7 +81,7 @@ _CLAIM = BulkInsert(
 _INSERT = BulkInsert(fhir_resource, ("type", "id", *ROW_COLUMNS))
 _UPDATE = BulkUpdate(fhir_resource, ROW_COLUMNS, ("type", "id"))
 _UPDATE_SOURCE = BulkUpdate(fhir_resource, _SOURCE_COLUMNS, ("type", "id"))
-_INSERT_HISTORY = BulkInsert(fhir_resource_history, HISTORY_COLUMNS)
+_INSERT_HISTORY = BulkInsert(fhir_resource_history, (*HISTORY_COLUMNS, "feed_position"))
 _INSERT_INDEX = {kind: BulkInsert(SEARCH_TABLES[kind], COLUMNS[kind]) for kind in COLUMNS}
 
 _RESOURCES = KeyedRows(fhir_resource, ROW_COLUMNS)
@@ -122,8 +124,15 @@ def write_rows(conn: Connection, stored: dict[Key, StoredRow | None], final: dic
 
 
 def insert_history(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert versions, as tuples in ``HISTORY_COLUMNS`` order."""
-    _INSERT_HISTORY.run(conn, rows)
+    """Insert versions, as tuples in ``HISTORY_COLUMNS`` order, with feed positions in list order.
+
+    Taking positions locks the feed counter until commit (gateway/store/feed_positions.py): make
+    this the last statement of a write on the store, once per transaction where possible.
+    """
+    if not rows:
+        return
+    first = feed_positions.take(conn, len(rows))
+    _INSERT_HISTORY.run(conn, [(*row, first + offset) for offset, row in enumerate(rows)])
 
 
 def drop_index_rows(conn: Connection, keys: Iterable[Key]) -> None:

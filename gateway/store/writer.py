@@ -12,10 +12,14 @@ statements per batch rather than per entry:
    claimed, and missing rows are inserted in step 3;
 2. read the rows, then decide every change in memory: created, updated, deleted, unchanged
    (same content), or superseded (gateway/store/ordering.py);
-3. write the differences: changed rows, new versions, search index rows, provenance rows
+3. write the differences: changed rows, search index rows, provenance rows
    (gateway/store/resource_rows.py);
 4. when a Patient was merged away (gateway/store/merges.py), give every resource that references
-   it a new version pointing at the survivor.
+   it a new version pointing at the survivor;
+5. last, insert the new versions (of steps 3 and 4) into the history with their feed positions,
+   which locks the feed counter until the caller commits (gateway/store/feed_positions.py): as
+   late as possible, and after every row lock of the batch is held, so it neither waits long nor
+   deadlocks with a writer that holds the counter.
 
 A job's changes are all decided before any is written, and nothing in step 2 can fail, so a
 database error fails the whole batch (the caller retries the jobs one by one) and never half a job.
@@ -79,9 +83,12 @@ def write_batch(conn: Connection, jobs: list[Job], now: datetime) -> list[ApplyR
     results = [batch.apply(job) for job in jobs]
     batch.flush()
 
+    history = batch.history
     for index, (message_id, old_ids) in sorted(batch.moves.items()):
-        moved = _move_references(conn, now, merges, message_id, old_ids)
+        moved, versions = _move_references(conn, now, merges, message_id, old_ids)
         results[index] = replace(results[index], moved=tuple(moved))
+        history.extend(versions)
+    resource_rows.insert_history(conn, history)
     return results
 
 
@@ -101,6 +108,7 @@ class _Batch:
         self.existed: set[Key] = set()
         self.resources: dict[Key, dict[str, Any]] = {}
         self.reindex: set[Key] = set()
+        #: New versions as history rows (``resource_rows.HISTORY_COLUMNS``); ``write_batch`` inserts them.
         self.history: list[tuple[Any, ...]] = []
         self.provenance: list[tuple[Any, ...]] = []
         self.merged: dict[str, tuple[str, str | None]] = {}
@@ -260,8 +268,8 @@ class _Batch:
 
     # -- writing ----------------------------------------------------------------------------------
     def flush(self) -> None:
+        """Write everything but the history rows (``self.history``, inserted by ``write_batch``)."""
         resource_rows.write_rows(self.conn, self.stored, self.state)
-        resource_rows.insert_history(self.conn, self.history)
         drop_index_rows(self.conn, [key for key in self.reindex if key in self.existed])
         rows = IndexRows()
         for key in sorted(self.reindex):
@@ -276,11 +284,12 @@ class _Batch:
 
 def _move_references(
     conn: Connection, now: datetime, merges: merge_rules.MergeMap, message_id: str | None, old_ids: set[str]
-) -> list[AppliedEntry]:
-    """New versions of every resource referencing a Patient in ``old_ids``, pointing at its survivor."""
+) -> tuple[list[AppliedEntry], list[tuple[Any, ...]]]:
+    """New versions of every resource referencing a Patient in ``old_ids``, pointing at its survivor,
+    and their history rows (not inserted)."""
     keys = sorted({key for old in old_ids for key in merge_rules.referrers(conn, old)})
     if not keys:
-        return []
+        return [], []
     mover = _Batch(conn, now, merges)
     mover.lock(keys, lambda key: StoredRow(0, now, True, "", None))
     moved = []
@@ -296,7 +305,7 @@ def _move_references(
         change = Change(0, key[0], key[1], "PUT", rewritten, digest)
         moved.append(mover._write(change, state, rewritten, digest, None, "moved", keep_source=True, credit=message_id))
     mover.flush()
-    return moved
+    return moved, mover.history
 
 
 def _source_values(source: Source | None) -> tuple[Any, Any, Any, Any]:
