@@ -21,11 +21,12 @@ from gateway.deliver.subscription_dispatch import Dispatcher
 from gateway.journal.dead_letters import DeadLetterStore
 from gateway.keys import Keys
 from gateway.services.replay import Replayer, ReplayRefused
+from gateway.store.feed import read_changes
 from gateway.store.resources import ResourceStore
 from gateway.store.subscription_outbox import DispatchLease, Outbox
 from gateway.store.subscriptions import SubscriptionStore
 from tests.support.fhir_bundles import delete, observation, put, transaction
-from tests.support.subscriptions import Receiver, subscription, table_feed
+from tests.support.subscriptions import Receiver, subscription
 
 BASE = "https://gateway.example/fhir"
 
@@ -78,7 +79,7 @@ def dispatch(engine: Engine, *bundles: dict[str, Any]) -> None:
     """Activate the subscriptions, write ``bundles`` into the store, and dispatch the changes."""
     lease = DispatchLease(engine, "test")
     assert lease.hold()
-    dispatcher = Dispatcher(engine, lease, table_feed)
+    dispatcher = Dispatcher(engine, lease, read_changes)
     dispatcher.activate()
     store = ResourceStore(engine)
     for bundle in bundles:

@@ -10,12 +10,13 @@ from sqlalchemy.engine import Engine
 
 import gateway.deliver.subscription_dispatch as dispatch_module
 from gateway.deliver.subscription_dispatch import Dispatcher
+from gateway.store.feed import read_changes
 from gateway.store.resources import ResourceStore
 from gateway.store.subscription_outbox import DispatchLease, LeaseLost, Outbox
 from gateway.store.subscriptions import SubscriptionStore
 from tests.support.fhir_bundles import delete, observation, patient, put, transaction
 from tests.support.queue import wait_until
-from tests.support.subscriptions import subscription, table_feed
+from tests.support.subscriptions import subscription
 
 ENDPOINT = "http://127.0.0.1:9/notify"
 
@@ -38,7 +39,7 @@ def dispatcher(engine: Engine) -> Dispatcher:
     subscriptions.put(subscription(ENDPOINT, "Patient"), "patients")
     lease = DispatchLease(engine, "worker-a")
     assert lease.hold()
-    made = Dispatcher(engine, lease, table_feed, page_size=3)
+    made = Dispatcher(engine, lease, read_changes, page_size=3)
     assert sorted(made.activate()) == ["glucose", "patients"]
     return made
 
@@ -95,7 +96,7 @@ def test_a_crash_before_the_commit_loses_and_repeats_nothing(
         drain(dispatcher)
     monkeypatch.setattr(dispatch_module, "record", real_record)
     # a new dispatcher (a restarted worker) carries on from the persisted position
-    again = Dispatcher(engine, dispatcher.lease, table_feed, page_size=3)
+    again = Dispatcher(engine, dispatcher.lease, read_changes, page_size=3)
     drain(again)
 
     assert focus(engine, "glucose") == EXPECTED_GLUCOSE
@@ -111,7 +112,7 @@ def test_a_crash_after_the_commit_repeats_nothing(engine: Engine, dispatcher: Di
     dispatcher.on_recorded = crash
     with pytest.raises(RuntimeError):
         dispatcher.run_once()
-    drain(Dispatcher(engine, dispatcher.lease, table_feed, page_size=3))
+    drain(Dispatcher(engine, dispatcher.lease, read_changes, page_size=3))
 
     assert focus(engine, "glucose") == EXPECTED_GLUCOSE
 
@@ -143,7 +144,7 @@ def test_one_dispatcher_at_a_time_and_a_stale_one_cannot_commit(engine: Engine) 
     second = DispatchLease(engine, "worker-b", lease_s=30)
     assert first.hold()
     assert not second.hold()
-    stale = Dispatcher(engine, first, table_feed)
+    stale = Dispatcher(engine, first, read_changes)
     stale.activate()
     ResourceStore(engine).apply_bundle(transaction(put(observation("o1", "p1", code="2345-7"))))
 
@@ -151,6 +152,6 @@ def test_one_dispatcher_at_a_time_and_a_stale_one_cannot_commit(engine: Engine) 
     with pytest.raises(LeaseLost):
         stale.run_once()
     assert focus(engine, "glucose") == []
-    drain(Dispatcher(engine, second, table_feed))
+    drain(Dispatcher(engine, second, read_changes))
     assert focus(engine, "glucose") == [(1, "o1", 1, False)]
     assert not first.hold()

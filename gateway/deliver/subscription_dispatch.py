@@ -11,44 +11,19 @@ changes written at or after it became active.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
+from gateway.store.feed import Change, FeedPage
 from gateway.store.resources import ResourceStore
 from gateway.store.subscription_criteria import Candidate, CriteriaMatcher
 from gateway.store.subscription_outbox import DispatchLease, Matched, record
 from gateway.store.subscriptions import StoredSubscription, SubscriptionStore
 
 log = logging.getLogger(__name__)
-
-
-class Change(Protocol):
-    """One change of the history feed (gateway/store/feed.py)."""
-
-    @property
-    def position(self) -> str: ...
-    @property
-    def resource_type(self) -> str: ...
-    @property
-    def resource_id(self) -> str: ...
-    @property
-    def version_id(self) -> int: ...
-    @property
-    def last_updated(self) -> datetime: ...
-    @property
-    def deleted(self) -> bool: ...
-    @property
-    def resource(self) -> dict[str, Any] | None: ...
-
-
-class FeedPage(Protocol):
-    @property
-    def changes(self) -> Sequence[Change]: ...
-    @property
-    def next_position(self) -> str | None: ...
 
 
 #: ``read_changes(conn, after, count, types, since)`` of gateway/store/feed.py.

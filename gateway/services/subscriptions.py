@@ -11,7 +11,6 @@ feed position. A notification being sent when the holder died is sent again by t
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -45,16 +44,6 @@ log = logging.getLogger(__name__)
 LEASE_S = 15.0
 #: Pages dispatched in a row before the runner looks at its lease and threads again.
 PAGES_PER_ROUND = 20
-
-
-def feed_reader() -> ReadChanges | None:
-    """gateway/store/feed.py's ``read_changes``, or None while this build has no history feed."""
-    try:
-        module = importlib.import_module("gateway.store.feed")
-    except ImportError:
-        return None
-    reader: ReadChanges = module.read_changes
-    return reader
 
 
 def load_subscription_file(path: Path, store: SubscriptionStore) -> list[str]:

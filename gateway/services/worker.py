@@ -44,7 +44,8 @@ from gateway.services.listener import rules_for
 from gateway.services.outages import Gate, Outages, until_available
 from gateway.services.pipeline import Pipeline
 from gateway.services.replay import enqueue_on
-from gateway.services.subscriptions import SubscriptionRunner, feed_reader, load_subscription_file
+from gateway.services.subscriptions import SubscriptionRunner, load_subscription_file
+from gateway.store.feed import read_changes
 from gateway.store.resources import ResourceStore
 from gateway.store.subscriptions import SubscriptionStore
 
@@ -168,7 +169,7 @@ def sink_workers_for(
 
 def _subscription_thread(
     settings: Settings, engine: Engine, client: redis.Redis, stop: threading.Event
-) -> threading.Thread | None:
+) -> threading.Thread:
     """Load HL7GW_SUBSCRIPTIONS_FILE, and make the thread that dispatches and sends notifications
     while this process holds the dispatcher's lease (gateway/services/subscriptions.py)."""
     path, store = settings.subscriptions.file, SubscriptionStore(engine)
@@ -176,10 +177,6 @@ def _subscription_thread(
         until_available(
             "database", lambda: load_subscription_file(path, store), max_backoff_s=settings.worker.outage_max_backoff_s
         )
-    read_changes = feed_reader()
-    if read_changes is None:
-        log.warning("subscriptions: this build has no history feed (gateway/store/feed.py); nothing is dispatched")
-        return None
     runner = SubscriptionRunner(
         engine, client, Keys(settings.storage.redis_namespace), settings.subscriptions, read_changes
     )
@@ -264,8 +261,7 @@ def run_worker(
         worker.start()
     maintenance.start()
     job_thread.start()
-    if subscription_thread is not None:
-        subscription_thread.start()
+    subscription_thread.start()
     log.info("worker started: %d thread(s), %d remote sink(s)", settings.worker.threads, len(settings.sinks.specs))
     if ready is not None:
         ready()
@@ -275,8 +271,7 @@ def run_worker(
         log.info("worker draining")
         pace.stopping.set()
         job_thread.join(timeout=10)
-        if subscription_thread is not None:
-            subscription_thread.join(timeout=20)
+        subscription_thread.join(timeout=20)
         maintenance.stop()
         # Threads waiting out an outage hold their messages in flight: they are not waited for
         # long, and go back on the queue after the heartbeat timeout.

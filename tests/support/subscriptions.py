@@ -1,29 +1,19 @@
-"""Subscription tests' parts: a real HTTP receiver for notifications, and a stand-in feed.
+"""Subscription tests' parts: a real HTTP receiver for notifications, and Subscription resources.
 
 ``Receiver`` is a threading http.server on a port of its own that records every notification it
 accepts and answers what the test says (``respond``); it can be stopped and started again on the
 same port, as a subscriber that goes away and comes back.
-
-``table_feed`` reads changes in the shape of gateway/store/feed.py's contract from the history
-table, ordered by (lastUpdated, type, id, version): good enough for tests that write one
-transaction at a time (the real feed orders by commit, which concurrent writers need).
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from sqlalchemy import select, tuple_
-from sqlalchemy.engine import Connection
-
-from gateway import fhirjson
-from gateway.db.schema import fhir_resource_history
 from gateway.services.embedded_redis import free_port
 
 
@@ -109,56 +99,6 @@ class Receiver:
     def event_numbers(self) -> list[int]:
         with self.lock:
             return [number for item in self.received for number in item.event_numbers]
-
-
-@dataclass(frozen=True)
-class TableChange:
-    position: str
-    resource_type: str
-    resource_id: str
-    version_id: int
-    last_updated: datetime
-    deleted: bool
-    resource: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class TablePage:
-    changes: list[TableChange]
-    next_position: str | None
-
-
-def table_feed(
-    conn: Connection,
-    after: str | None,
-    count: int,
-    types: Collection[str] | None = None,
-    since: datetime | None = None,
-) -> TablePage:
-    """Changes after ``after`` from the history table (see the module's note)."""
-    table = fhir_resource_history
-    key = tuple_(table.c.last_updated, table.c.type, table.c.id, table.c.version_id)
-    stmt = select(table).order_by(table.c.last_updated, table.c.type, table.c.id, table.c.version_id).limit(count)
-    if after:
-        moment, resource_type, resource_id, version = json.loads(after)
-        stmt = stmt.where(key > tuple_(datetime.fromisoformat(moment), resource_type, resource_id, version))
-    if types is not None:
-        stmt = stmt.where(table.c.type.in_(sorted(types)))
-    if since is not None:
-        stmt = stmt.where(table.c.last_updated >= since)
-    changes = [
-        TableChange(
-            json.dumps([row.last_updated.isoformat(), row.type, row.id, row.version_id]),
-            row.type,
-            row.id,
-            row.version_id,
-            row.last_updated,
-            bool(row.deleted),
-            fhirjson.loads(row.content) if row.content else None,
-        )
-        for row in conn.execute(stmt)
-    ]
-    return TablePage(changes, changes[-1].position if changes else None)
 
 
 def subscription(
