@@ -122,3 +122,14 @@ def subscription(
         "criteria": criteria,
         "channel": channel,
     }
+
+
+def oru(number: int, code: str = "2345-7") -> bytes:
+    """An ORU^R01 with MSH-10 ``SUB-<number>`` whose one OBX (LOINC ``code``) becomes an Observation
+    of its own (its ids come from the order numbers, unique per message)."""
+    return (
+        f"MSH|^~\\&|LAB|HOSP|GW|GW|20260101120000||ORU^R01^ORU_R01|SUB-{number}|P|2.5.1\r"
+        f"PID|1||P{number % 7}^^^HOSP^MR||Doe^Jane||19800101|F\r"
+        f"OBR|1|PL{number}^LAB|FI{number}^LAB|{code}^Test^LN|||20260101110000\r"
+        f"OBX|1|NM|{code}^Test^LN||{90 + number % 50}|mg/dL|70-99||||F|||20260101110000\r"
+    ).encode()
