@@ -23,7 +23,6 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from gateway import fhirjson
 from gateway.deliver.breaker import CircuitBreaker
@@ -33,7 +32,6 @@ from gateway.deliver.rest_hook import RestHook
 from gateway.envelope import Envelope
 from gateway.journal.dead_letters import DeadLetterStore, Letter
 from gateway.metrics import recorder
-from gateway.store.resources import ResourceStore
 from gateway.store.subscription_outbox import Event, Outbox
 from gateway.store.subscriptions import StoredSubscription, SubscriptionStore
 
@@ -72,13 +70,13 @@ class SubscriptionDelivery:
         self.outbox = outbox
         self.subscriptions = subscriptions
         self.letters = letters
-        self.store = ResourceStore(outbox.engine)
         self.policy = policy
         self.rng = rng or random.Random()
         self.metrics = recorder()
         #: Events up to this number go one per notification (a refused batch is being split).
         self._single_through = 0
         self._in_error = stored.status == "error"
+        self._breaker_closed = False
 
     def close(self) -> None:
         self.hook.close()
@@ -91,7 +89,9 @@ class SubscriptionDelivery:
         wait_ms = head[0].next_attempt_at - _now_ms()
         if wait_ms > 0:
             return wait_ms / 1000
-        breaker_ms = self.breaker.wait_ms()
+        # The breaker is shared through Redis, but only this process sends for the subscription:
+        # after a success it is closed until this process counts a failure.
+        breaker_ms = 0 if self._breaker_closed else self.breaker.wait_ms()
         if breaker_ms > 0:
             return (breaker_ms + self.rng.randint(0, max(100, breaker_ms // 4))) / 1000
         batch = head[:1] if head[0].event_number <= self._single_through else _due(head)
@@ -100,7 +100,7 @@ class SubscriptionDelivery:
         try:
             self.hook.send(body)
         except RemoteRejected as exc:
-            self.breaker.success()  # the endpoint is up: it answered
+            self._closed()  # the endpoint is up: it answered
             if len(batch) > 1:
                 self._single_through = numbers[-1]
                 log.info(
@@ -112,6 +112,7 @@ class SubscriptionDelivery:
             self._dead_letter(batch[0], body, exc)
             return 0.0
         except RemoteUnavailable as exc:
+            self._breaker_closed = False
             failures = self.breaker.failure(exc.summary)
             delay = self._backoff_ms(batch[0].attempts, exc.retry_after)
             self.outbox.failed(self.spec.id, numbers, exc.summary, _now_ms() + delay)
@@ -131,7 +132,7 @@ class SubscriptionDelivery:
                 delay / 1000,
             )
             return delay / 1000
-        self.breaker.success()
+        self._closed()
         self.outbox.sent(self.spec.id, numbers)
         self.metrics.subscription_notification(self.spec.id, "sent", len(batch))
         if self._in_error and self.subscriptions.set_recovered(self.spec.id):
@@ -139,15 +140,14 @@ class SubscriptionDelivery:
         self._in_error = False
         return 0.0
 
+    def _closed(self) -> None:
+        if not self._breaker_closed:
+            self.breaker.success()
+            self._breaker_closed = True
+
     def body(self, batch: list[Event]) -> bytes:
         """The notification of ``batch`` as JSON bytes."""
-        resources: dict[tuple[str, str, int], dict[str, Any]] = {}
-        if self.spec.payload == "full-resource":
-            for event in batch:
-                if not event.deleted:
-                    stored = self.store.vread(event.resource_type, event.resource_id, event.version_id)
-                    if stored is not None and stored.resource is not None:
-                        resources[(event.resource_type, event.resource_id, event.version_id)] = stored.resource
+        resources = self.outbox.contents(batch) if self.spec.payload == "full-resource" else {}
         since_start = max(self.stored.events, batch[-1].event_number)
         bundle = notification_bundle(
             self.policy.base_url, self.spec.id, "active", since_start, batch, self.spec.payload, resources

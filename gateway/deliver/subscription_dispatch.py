@@ -48,27 +48,39 @@ class Dispatcher:
         self.store = ResourceStore(engine)
         self.matcher = CriteriaMatcher()
         self.on_recorded = on_recorded
+        #: The feed position after the last page this process recorded, when known.
+        self._position: tuple[str | None] | None = None
 
     def close(self) -> None:
         self.matcher.close()
 
     def activate(self) -> list[str]:
         """Requested subscriptions become active, matching changes written from now on."""
+        with self.engine.connect() as conn:  # a read first: most rounds have nothing to activate
+            if not self.subscriptions.requested(conn):
+                return []
         with self.engine.begin() as conn:
             activated = self.subscriptions.activate_requested(conn, _now())
         for subscription_id in activated:
             log.info("Subscription/%s active", subscription_id)
         return activated
 
-    def run_once(self) -> int:
-        """Dispatch one page; returns how many changes it held (0: caught up, or nothing to follow).
-        Raises LeaseLost when another process took the lease meanwhile (nothing was recorded)."""
-        running = self.subscriptions.running()
+    def forget(self) -> None:
+        """Read the feed position from the database again (the lease was lost or taken anew)."""
+        self._position = None
+
+    def run_once(self, running: list[StoredSubscription] | None = None) -> int:
+        """Dispatch one page for the ``running`` subscriptions (read when not given); returns how
+        many changes it held (0: caught up, or nothing to follow). Raises LeaseLost when another
+        process took the lease meanwhile (nothing was recorded)."""
+        if running is None:
+            running = self.subscriptions.running()
         if not running:
             return 0
         types = sorted({s.spec().criteria.resource_type for s in running})
         with self.engine.connect() as conn:
-            position = self.lease.position(conn)
+            # While this process holds the lease nobody else moves the position: kept in memory.
+            position = self._position[0] if self._position is not None else self.lease.position(conn)
             # Nothing before the earliest activation can match: the feed need not read it (the
             # first page ever, or after a time without subscriptions).
             since = min((s.active_since for s in running if s.active_since), default=None)
@@ -76,10 +88,13 @@ class Dispatcher:
         changes = list(page.changes)
         following = page.next_position or (changes[-1].position if changes else position)
         if not changes and following == position:
+            self._position = (position,)
             return 0
         matched = self.match(changes, running)
+        self._position = None
         with self.engine.begin() as conn:
             numbered = record(conn, self.lease.owner, matched, following)
+        self._position = (following,)
         if numbered:
             self.on_recorded(numbered)
         return len(changes)

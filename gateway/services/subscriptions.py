@@ -148,8 +148,7 @@ class SubscriptionRunner:
                 if not self.holding:
                     clock.wait(renew_every if not stop.is_set() else 0)
                     continue
-                busy = self._dispatch()
-                self._sync_senders(stop)
+                busy = self._dispatch(stop)
                 if not busy:
                     stop.wait(self.settings.poll_s)
         finally:
@@ -168,32 +167,38 @@ class SubscriptionRunner:
             log.warning("subscriptions: cannot reach the database for the dispatcher's lease: %s", describe(exc))
             held = False
         if held != self.holding:
+            self.dispatcher.forget()
             log.info("subscriptions: %s the dispatcher's lease", "took" if held else "lost")
             if not held:
                 self._stop_senders()
         self.holding = held
 
-    def _dispatch(self) -> bool:
-        """Activate new subscriptions and dispatch a few pages; True when there may be more."""
+    def _dispatch(self, stop: threading.Event) -> bool:
+        """Activate new subscriptions, dispatch a few pages, start and stop senders; True when
+        there may be more to dispatch."""
         try:
-            self.dispatcher.activate()
+            current = [s for s in self.subscriptions.all() if s.status != "off"]
+            if any(s.status == "requested" for s in current):
+                self.dispatcher.activate()
+                current = [s for s in self.subscriptions.all() if s.status != "off"]
+            running = [s for s in current if s.status in ("active", "error")]
+            self._sync_senders(running, stop)
             for _ in range(PAGES_PER_ROUND):
-                if self.dispatcher.run_once() == 0:
+                if self.dispatcher.run_once(running) == 0:
                     return False
             return True
         except LeaseLost:
             self.holding = False
+            self.dispatcher.forget()
             self._stop_senders()
             log.info("subscriptions: lost the dispatcher's lease")
         except SQLAlchemyError as exc:
+            self.dispatcher.forget()
             log.warning("subscriptions: dispatching paused: %s", describe(exc))
         return False
 
-    def _sync_senders(self, stop: threading.Event) -> None:
-        try:
-            running = {s.id: s for s in self.subscriptions.running()}
-        except SQLAlchemyError:
-            return
+    def _sync_senders(self, current: list[StoredSubscription], stop: threading.Event) -> None:
+        running = {s.id: s for s in current}
         for subscription_id in list(self.senders):
             sender = self.senders[subscription_id]
             stored = running.get(subscription_id)

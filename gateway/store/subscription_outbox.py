@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from gateway.db.schema import subscription, subscription_dispatch, subscription_event
+from gateway import fhirjson
+from gateway.db.schema import fhir_resource_history, subscription, subscription_dispatch, subscription_event
 
 DISPATCHER = "dispatcher"
 PENDING, SENT, DEAD = "pending", "sent", "dead"
@@ -182,6 +183,18 @@ class Outbox:
         )
         with self.engine.connect() as conn:
             return [_event(row) for row in conn.execute(stmt)]
+
+    def contents(self, events: list[Event]) -> dict[tuple[str, str, int], dict[str, Any]]:
+        """The content of each event's version (deletions have none), in one query."""
+        keys = sorted({(e.resource_type, e.resource_id, e.version_id) for e in events if not e.deleted})
+        if not keys:
+            return {}
+        table = fhir_resource_history
+        stmt = select(table.c.type, table.c.id, table.c.version_id, table.c.content).where(
+            tuple_(table.c.type, table.c.id, table.c.version_id).in_(keys), table.c.content.is_not(None)
+        )
+        with self.engine.connect() as conn:
+            return {(row.type, row.id, row.version_id): fhirjson.loads(row.content) for row in conn.execute(stmt)}
 
     def sent(self, subscription_id: str, numbers: list[int]) -> None:
         self._set(subscription_id, numbers, status=SENT, sent_at=_ms(), last_error="")

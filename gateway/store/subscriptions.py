@@ -142,6 +142,11 @@ class SubscriptionStore:
         return gone
 
     # -- the dispatcher's and the delivery's ---------------------------------------------------
+    def requested(self, conn: Connection) -> bool:
+        """Whether some subscription waits to become active."""
+        stmt = select(subscription.c.id).where(subscription.c.status == "requested").limit(1)
+        return conn.execute(stmt).first() is not None
+
     def activate_requested(self, conn: Connection, now: datetime) -> list[str]:
         """``requested`` -> ``active``, matching changes written from ``now`` on; returns their ids."""
         rows = conn.execute(select(subscription.c.id).where(subscription.c.status == "requested")).all()
