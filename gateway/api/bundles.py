@@ -37,9 +37,20 @@ def searchset(request: Request, result: SearchResult) -> dict[str, Any]:
 
 
 def history(
-    request: Request, versions: Iterable[StoredResource], next_cursor: str | None, ignored: tuple[str, ...]
+    request: Request,
+    versions: Iterable[StoredResource],
+    next_cursor: str | None,
+    ignored: tuple[str, ...],
+    *,
+    always_next: bool = False,
 ) -> dict[str, Any]:
-    """A history Bundle, newest version first, each with its request and response (bundle.html#history)."""
+    """A history Bundle, in the order given (R4: newest first; the feed: oldest first), each version
+    with its request and response (bundle.html#history). ``always_next``: the feed's pages always
+    link to the next one (where later changes will appear), the page from the start without a
+    cursor when there is none yet.
+
+    Every write of the store is a PUT (update as create, http.html#upsert) or a DELETE, so request
+    says so; response.status says what it did (201 created, 200 updated, 204 deleted)."""
     base = base_url(request)
     entries = []
     for version in versions:
@@ -55,7 +66,7 @@ def history(
         entry["request"] = {"method": "DELETE" if version.deleted else "PUT", "url": url}
         entry["response"] = response
         entries.append(entry)
-    return _bundle("history", _links(request, ignored, next_cursor, None), entries)
+    return _bundle("history", _links(request, ignored, next_cursor, None, always_next), entries)
 
 
 def _bundle(kind: str, links: list[dict[str, str]], entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -78,7 +89,11 @@ def _entry(base: str, resource: dict[str, Any], mode: str) -> dict[str, Any]:
 
 
 def _links(
-    request: Request, ignored: tuple[str, ...], next_cursor: str | None, previous_cursor: str | None
+    request: Request,
+    ignored: tuple[str, ...],
+    next_cursor: str | None,
+    previous_cursor: str | None,
+    always_next: bool = False,
 ) -> list[dict[str, str]]:
     """self (the parameters used, ignored ones left out), first, next and previous page links."""
     kept = [(name, value) for name, value in request.query_params.multi_items() if name not in ignored]
@@ -92,6 +107,8 @@ def _links(
         links.append({"relation": "first", "url": url(unpaged)})
     if next_cursor:
         links.append({"relation": "next", "url": url([*unpaged, ("_cursor", next_cursor)])})
+    elif always_next:
+        links.append({"relation": "next", "url": url(unpaged)})
     if previous_cursor:
         links.append({"relation": "previous", "url": url([*unpaged, ("_cursor", previous_cursor)])})
     return links

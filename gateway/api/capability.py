@@ -7,7 +7,7 @@ from importlib import metadata as package_metadata
 from typing import Any
 
 from gateway.api.auth import ADMIN_ONLY_TYPES
-from gateway.store.history import HISTORY_PARAMETERS
+from gateway.store.feed_query import SYSTEM_PARAMETERS
 from gateway.store.search_params import SearchParam
 from gateway.store.search_registry import (
     COMMON_PARAMETERS,
@@ -40,6 +40,11 @@ _HISTORY_DOCS = {
     "_count": "Versions per page (default 50, at most 1000)",
     "_since": "Only versions written at or after this instant",
     "_cursor": "Opaque page position from the next link",
+    "_sort": (
+        "_lastUpdated: the history feed, oldest first in commit order, every page with a next link "
+        "(resume from the last one: every change once, in order); -_lastUpdated (default): newest first"
+    ),
+    "_type": "System history only: comma-separated resource types",
 }
 
 
@@ -52,7 +57,7 @@ def software_version() -> str:
 
 def capability_statement(base_url: str) -> dict[str, Any]:
     """Build the server's CapabilityStatement (capabilitystatement.html) for the API at ``base_url``."""
-    history = "; ".join(f"{name}: {_HISTORY_DOCS[name]}" for name in HISTORY_PARAMETERS)
+    history = "; ".join(f"{name}: {_HISTORY_DOCS[name]}" for name in SYSTEM_PARAMETERS)
     return {
         "resourceType": "CapabilityStatement",
         "id": "hl7gw",
@@ -61,7 +66,10 @@ def capability_statement(base_url: str) -> dict[str, Any]:
         "publisher": "hl7gw",
         "kind": "instance",
         "software": {"name": "hl7gw", "version": software_version()},
-        "implementation": {"description": "hl7gw built-in FHIR store (read-only API)", "url": base_url},
+        "implementation": {
+            "description": "hl7gw built-in FHIR store (read-only API; Subscriptions are written)",
+            "url": base_url,
+        },
         "fhirVersion": FHIR_VERSION,
         "format": list(FORMATS),
         "rest": [
@@ -78,6 +86,8 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                     )
                 },
                 "resource": [_resource(resource_type) for resource_type in supported_types()] + [_subscription()],
+                # GET [base]/_history, and its feed: docs/consumers.md, "The history feed".
+                "interaction": [{"code": "history-system"}],
                 "searchParam": [
                     {"name": name, "type": kind, "documentation": docs} for name, kind, docs in _RESULT_PARAMETERS
                 ],

@@ -1,7 +1,8 @@
 """FHIR REST API over the built-in store (http.html): capabilities, read, vread, history, search.
 
 Routes are thin: the store answers, ``read``/``bundles`` shape the answer, ``negotiation`` picks the
-format. Order matters: ``[type]/_history`` must be tried before ``[type]/[id]``. Every route needs
+format. Order matters: ``_history`` must be tried before ``[type]``, ``[type]/_history`` before
+``[type]/[id]``. Every route needs
 the reader role; the types in ``ADMIN_ONLY_TYPES`` (the audit trail) need admin, and are left out
 of what a search of another type includes for anyone else. Every answer that returns resources is
 handed to the access audit trail (``access_audit.record_access``) before it is sent.
@@ -24,6 +25,7 @@ from gateway.api.outcome import FHIRError, FHIRResponse
 from gateway.api.read import resource_response
 from gateway.config import Role
 from gateway.store.access_events import Interaction
+from gateway.store.feed_query import NEWEST_FIRST, asks_for_feed, build_feed
 from gateway.store.resources import ResourceStore, StoredResource
 from gateway.store.search import SearchError
 from gateway.store.search_registry import SEARCH_PARAMETERS
@@ -44,10 +46,21 @@ def metadata(request: Request) -> Response:
     return respond(request, capability_statement(bundles.base_url(request)))
 
 
+@router.get("/_history", response_class=FHIRResponse)
+def system_history(request: Request, principal: Principal = _reader) -> Response:
+    """history-system: every version of every resource, newest first, or with ``_sort=_lastUpdated``
+    the history feed: oldest first in commit order (gateway/store/feed_query.py). Other roles than
+    admin never see the admin-only types: they are left out in the query, so pages stay full."""
+    return _feed(request, principal, None)
+
+
 @router.get("/{resource_type}/_history", response_class=FHIRResponse)
 def type_history(resource_type: str, request: Request, principal: Principal = _reader) -> Response:
-    """history-type: every version of every resource of a type, newest first."""
+    """history-type: every version of every resource of a type, newest first; with
+    ``_sort=_lastUpdated`` the type's part of the history feed, oldest first in commit order."""
     _check_type(resource_type, principal)
+    if asks_for_feed(_query(request)):
+        return _feed(request, principal, resource_type)
     return _history(request, principal, resource_type, None)
 
 
@@ -116,9 +129,33 @@ def search(resource_type: str, request: Request, principal: Principal = _reader)
     return response
 
 
-def _history(request: Request, principal: Principal, resource_type: str, resource_id: str | None) -> Response:
+def _feed(request: Request, principal: Principal, resource_type: str | None) -> Response:
     try:
-        page = _store(request).history(resource_type, resource_id, _query(request), lenient=is_lenient(request))
+        query = build_feed(_query(request), resource_type, lenient=is_lenient(request))
+        if query.types is not None and query.types & ADMIN_ONLY_TYPES:
+            check_role(principal, Role.admin)
+        exclude = () if principal.role is Role.admin else ADMIN_ONLY_TYPES
+        page, next_cursor = _store(request).feed(query, exclude)
+    except SearchError as exc:
+        raise FHIRError(400, str(exc), exc.code) from None
+    versions = [
+        StoredResource(c.resource_type, c.resource_id, c.version_id, c.last_updated, c.deleted, c.resource)
+        for c in page.changes
+    ]
+    bundle = bundles.history(request, versions, next_cursor, query.ignored, always_next=query.oldest_first)
+    response = respond(request, bundle)
+    if any(version.resource is not None for version in versions):
+        interaction = Interaction.history_system if resource_type is None else Interaction.history_type
+        record_access(request, principal, interaction, response)
+    return response
+
+
+def _history(request: Request, principal: Principal, resource_type: str, resource_id: str | None) -> Response:
+    params = _query(request)
+    if resource_id is None and params.get("_sort") == [NEWEST_FIRST]:
+        del params["_sort"]  # the order type history has anyway
+    try:
+        page = _store(request).history(resource_type, resource_id, params, lenient=is_lenient(request))
     except SearchError as exc:
         raise FHIRError(400, str(exc), exc.code) from None
     response = respond(request, bundles.history(request, page.versions, page.next_cursor, page.ignored))

@@ -2,7 +2,8 @@
 authentication, each as an R4 AuditEvent shaped as IHE Basic Audit Log Patterns (BALP) say.
 
 A read (``read``, ``vread``, ``history-instance``) follows BALP PatientRead (Read when it names
-several Patients), a search (``search-type``, ``history-type``) BALP PatientQuery (or Query):
+several Patients), a search (``search-type``, ``history-type``, ``history-system``) BALP
+PatientQuery (or Query):
 
 * ``type`` audit-event-type#rest; ``subtype`` the restful-interaction code; ``action`` R for a
   read, E for a search; ``recorded``; ``outcome`` 0 (only answers that carried data are recorded);
@@ -67,11 +68,12 @@ class Interaction(enum.StrEnum):
     vread = "vread"
     history_instance = "history-instance"
     history_type = "history-type"
+    history_system = "history-system"
     search_type = "search-type"
 
     @property
     def is_query(self) -> bool:
-        return self in (Interaction.history_type, Interaction.search_type)
+        return self in (Interaction.history_type, Interaction.history_system, Interaction.search_type)
 
 
 class AuthFailure(enum.StrEnum):

@@ -83,18 +83,46 @@ def read_changes(
     admin-only types out for other roles here, so pages are full); ``since``: only versions whose
     lastUpdated is at or after it (naive UTC).
     """
+    return _read(conn, after, count, types, since, exclude, newest_first=False)
+
+
+def read_changes_newest_first(
+    conn: Connection,
+    before: str | None,
+    count: int,
+    types: Collection[str] | None = None,
+    since: datetime | None = None,
+    *,
+    exclude: Collection[str] = (),
+) -> FeedPage:
+    """Like ``read_changes``, the other way: changes before ``before`` (from the newest when None),
+    newest first (R4 history order, http.html#history); ``next_position`` is the oldest shown."""
+    return _read(conn, before, count, types, since, exclude, newest_first=True)
+
+
+def _read(
+    conn: Connection,
+    start: str | None,
+    count: int,
+    types: Collection[str] | None,
+    since: datetime | None,
+    exclude: Collection[str],
+    *,
+    newest_first: bool,
+) -> FeedPage:
     if count < 1:
         raise SearchError("a feed page holds at least one change")
+    position = _table.c.feed_position
     stmt = select(*_COLUMNS)
-    if after is not None:
-        stmt = stmt.where(_table.c.feed_position > decode_position(after))
+    if start is not None:
+        stmt = stmt.where(position < decode_position(start) if newest_first else position > decode_position(start))
     if types is not None:
         stmt = stmt.where(_table.c.type.in_(sorted(set(types))))
     if exclude:
         stmt = stmt.where(_table.c.type.not_in(sorted(set(exclude))))
     if since is not None:
         stmt = stmt.where(_table.c.last_updated >= since)
-    rows = conn.execute(stmt.order_by(_table.c.feed_position).limit(count)).all()
+    rows = conn.execute(stmt.order_by(position.desc() if newest_first else position).limit(count)).all()
     changes = [_change(row) for row in rows]
     return FeedPage(changes, changes[-1].position if changes else None)
 

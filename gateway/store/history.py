@@ -67,13 +67,8 @@ def build_history(
         raise SearchError(
             f"unknown history parameter {ignored[0]!r} (supported: {', '.join(HISTORY_PARAMETERS)})", "not-supported"
         )
-    count = DEFAULT_COUNT
-    if "_count" in params:
-        values = params["_count"]
-        if len(values) != 1 or not values[0].isdigit() or values[0] == "0":
-            raise SearchError(f"_count must be one positive integer, got {values!r}")
-        count = min(int(values[0]), MAX_COUNT)
-    since = _since(params["_since"]) if "_since" in params else None
+    count = parse_count(params)
+    since = parse_since(params["_since"]) if "_since" in params else None
     canonical = orjson.dumps([resource_type, resource_id, since.isoformat() if since else None])
     fingerprint = hashlib.sha256(canonical).hexdigest()[:16]
     cursor = None
@@ -96,7 +91,18 @@ def run_history(conn: Connection, query: HistoryQuery) -> tuple[list[Any], str |
     return list(rows[: query.count]), following
 
 
-def _since(values: list[str]) -> datetime:
+def parse_count(params: dict[str, list[str]]) -> int:
+    """The page size of ``_count`` (DEFAULT_COUNT without it, at most MAX_COUNT)."""
+    if "_count" not in params:
+        return DEFAULT_COUNT
+    values = params["_count"]
+    if len(values) != 1 or not values[0].isascii() or not values[0].isdigit() or int(values[0]) == 0:
+        raise SearchError(f"_count must be one positive integer, got {values!r}")
+    return min(int(values[0]), MAX_COUNT)
+
+
+def parse_since(values: list[str]) -> datetime:
+    """The instant of ``_since`` (naive UTC): versions written at or after it."""
     if len(values) != 1:
         raise SearchError("_since must be given once")
     try:

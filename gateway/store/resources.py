@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +15,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway import fhirjson
 from gateway.db.schema import fhir_resource, fhir_resource_history
 from gateway.errors import DeliveryError, GatewayError, as_unavailable, describe
+from gateway.store.feed import FeedPage
+from gateway.store.feed_query import FeedQuery, run_feed
 from gateway.store.history import build_history, run_history
 from gateway.store.index import IndexRows, index_rows
 from gateway.store.ordering import Source, is_older, stored_key
@@ -142,6 +144,12 @@ class ResourceStore:
         with self.engine.connect() as conn:
             rows, next_cursor = run_history(conn, query)
         return HistoryPage([_stored(row.type, row.id, row) for row in rows], next_cursor, query.ignored)
+
+    def feed(self, query: FeedQuery, exclude: Collection[str] = ()) -> tuple[FeedPage, str | None]:
+        """A page of the history feed (gateway/store/feed_query.py) without the types in ``exclude``,
+        and the cursor of the next page."""
+        with self.engine.connect() as conn:
+            return run_feed(conn, query, exclude)
 
     def reindex(self, resource_type: str | None = None, batch: int = 500) -> int:
         """Rebuild the search index rows (after search parameters changed); returns resources indexed."""
