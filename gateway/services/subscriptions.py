@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 LEASE_S = 15.0
 #: Pages dispatched in a row before the runner looks at its lease and threads again.
 PAGES_PER_ROUND = 20
+#: Sent events are kept this long (for operators), then pruned, every PRUNE_EVERY_S.
+SENT_KEPT_S = 7 * 86_400
+PRUNE_EVERY_S = 600
 
 
 def load_subscription_file(path: Path, store: SubscriptionStore) -> list[str]:
@@ -138,6 +141,7 @@ class SubscriptionRunner:
     def run(self, stop: threading.Event) -> None:
         renew_every = LEASE_S / 3
         last_renewal = 0.0
+        last_prune = _monotonic()
         clock = threading.Event()  # only for its wait
         try:
             while not stop.is_set():
@@ -149,6 +153,9 @@ class SubscriptionRunner:
                     clock.wait(renew_every if not stop.is_set() else 0)
                     continue
                 busy = self._dispatch(stop)
+                if now - last_prune >= PRUNE_EVERY_S:
+                    last_prune = now
+                    self._prune()
                 if not busy:
                     stop.wait(self.settings.poll_s)
         finally:
@@ -196,6 +203,17 @@ class SubscriptionRunner:
             self.dispatcher.forget()
             log.warning("subscriptions: dispatching paused: %s", describe(exc))
         return False
+
+    def _prune(self) -> None:
+        try:
+            pruned = self.outbox.prune(int((time.time() - SENT_KEPT_S) * 1000))
+        except SQLAlchemyError as exc:
+            log.warning("subscriptions: pruning sent notifications failed: %s", describe(exc))
+            return
+        if pruned:
+            log.info(
+                "subscriptions: %d notification event(s) sent over %d days ago forgotten", pruned, SENT_KEPT_S // 86_400
+            )
 
     def _sync_senders(self, current: list[StoredSubscription], stop: threading.Event) -> None:
         running = {s.id: s for s in current}

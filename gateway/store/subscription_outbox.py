@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -209,6 +209,14 @@ class Outbox:
             last_error=error[:4000],
             next_attempt_at=next_attempt_at,
         )
+
+    def prune(self, sent_before: int) -> int:
+        """Forget the events sent before ``sent_before`` (ms); pending and dead ones stay. The
+        numbering lives on the subscription row, so nothing is numbered twice after this."""
+        table = subscription_event
+        with self.engine.begin() as conn:
+            done = conn.execute(delete(table).where(table.c.status == SENT, table.c.sent_at < sent_before))
+        return int(done.rowcount)
 
     def pending(self, subscription_id: str) -> int:
         table = subscription_event
