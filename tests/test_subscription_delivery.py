@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.parameters import Parameters
 from sqlalchemy.engine import Engine
 
+from gateway.api.app import create_app
+from gateway.config import load_settings
 from gateway.deliver.breaker import CircuitBreaker
 from gateway.deliver.rest_hook import RestHook
 from gateway.deliver.subscription_delivery import DeliveryPolicy, SubscriptionDelivery
@@ -25,6 +28,7 @@ from gateway.store.feed import read_changes
 from gateway.store.resources import ResourceStore
 from gateway.store.subscription_outbox import DispatchLease, Outbox
 from gateway.store.subscriptions import SubscriptionStore
+from tests.support.asgi_client import AsgiClient
 from tests.support.fhir_bundles import delete, observation, put, transaction
 from tests.support.subscriptions import Receiver, subscription
 
@@ -141,7 +145,7 @@ def test_an_id_only_notification_names_the_version(
 
 
 def test_a_refused_notification_is_a_dead_letter_and_the_rest_go_on(
-    engine: Engine, redis_url: str, redis_namespace: str, receiver: Receiver
+    engine: Engine, redis_url: str, redis_namespace: str, receiver: Receiver, tmp_path: Path
 ) -> None:
     def refuse_o2(bundle: dict[str, Any]) -> int:
         ids = [e["resource"]["id"] for e in bundle["entry"][1:] if "resource" in e]
@@ -168,6 +172,13 @@ def test_a_refused_notification_is_a_dead_letter_and_the_rest_go_on(
     assert SubscriptionStore(engine).get("glucose").status == "active"  # type: ignore[union-attr]
     with pytest.raises(ReplayRefused):
         Replayer(DeadLetterStore(engine), lambda envelope: None).replay(letter.id, "ops")
+    # operators read it like any letter (its raw bytes are JSON, not HL7: no layout, no 500)
+    app = create_app(load_settings(data_dir=tmp_path, api_tokens="o:op:operator"), engine=engine)
+    shown = AsgiClient(app, token="op").get(f"/admin/dead-letters/{letter.id}")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["stage"] == "subscription:glucose"
+    listed = AsgiClient(app, token="op").get("/admin/dead-letters", params={"stage": "subscription"}).json()
+    assert [item["id"] for item in listed["items"]] == [letter.id]
 
 
 def test_a_failing_endpoint_is_retried_in_order_and_the_status_says_error_until_it_recovers(

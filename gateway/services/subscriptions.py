@@ -104,6 +104,9 @@ class _Sender:
             except (SQLAlchemyError, redis.RedisError) as exc:
                 log.warning("Subscription/%s: sending paused: %s", self.delivery.spec.id, describe(exc))
                 wait = 2.0
+            except Exception as exc:  # a bug: say so, and keep the thread (and the queue's order)
+                log.error("Subscription/%s: sending failed: %s", self.delivery.spec.id, describe(exc), exc_info=exc)
+                wait = 5.0
             if wait > 0:
                 self.wake.wait(min(wait, 5.0))
                 self.wake.clear()
@@ -152,7 +155,13 @@ class SubscriptionRunner:
                 if not self.holding:
                     clock.wait(renew_every if not stop.is_set() else 0)
                     continue
-                busy = self._dispatch(stop)
+                try:
+                    busy = self._dispatch(stop)
+                except Exception as exc:  # a bug: say so, and try again (the outbox is consistent)
+                    log.error("subscriptions: dispatching failed: %s", describe(exc), exc_info=exc)
+                    self.dispatcher.forget()
+                    busy = False
+                    stop.wait(5.0)
                 if now - last_prune >= PRUNE_EVERY_S:
                     last_prune = now
                     self._prune()
@@ -188,7 +197,7 @@ class SubscriptionRunner:
             if any(s.status == "requested" for s in current):
                 self.dispatcher.activate()
                 current = [s for s in self.subscriptions.all() if s.status != "off"]
-            running = [s for s in current if s.status in ("active", "error")]
+            running = [s for s in current if s.status in ("active", "error") and self._usable(s)]
             self._sync_senders(running, stop)
             for _ in range(PAGES_PER_ROUND):
                 if self.dispatcher.run_once(running) == 0:
@@ -203,6 +212,17 @@ class SubscriptionRunner:
             self.dispatcher.forget()
             log.warning("subscriptions: dispatching paused: %s", describe(exc))
         return False
+
+    def _usable(self, stored: StoredSubscription) -> bool:
+        """Whether a stored subscription still parses (a criteria may not, after an upgrade that
+        dropped a search parameter): one that does not is set to error and left out."""
+        try:
+            stored.spec()
+        except SubscriptionInvalid as exc:
+            if self.subscriptions.set_error(stored.id, f"not valid any more: {exc}"):
+                log.warning("Subscription/%s: not valid any more, status error: %s", stored.id, exc)
+            return False
+        return True
 
     def _prune(self) -> None:
         try:
