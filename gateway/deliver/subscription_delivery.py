@@ -22,6 +22,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway import fhirjson
@@ -62,6 +63,7 @@ class SubscriptionDelivery:
         letters: DeadLetterStore,
         policy: DeliveryPolicy,
         rng: random.Random | None = None,
+        may_send: Callable[[], bool] = lambda: True,
     ):
         self.stored = stored
         self.spec = stored.spec()
@@ -72,6 +74,8 @@ class SubscriptionDelivery:
         self.letters = letters
         self.policy = policy
         self.rng = rng or random.Random()
+        #: False once this process may no longer hold the dispatcher's lease: another may send now.
+        self.may_send = may_send
         self.metrics = recorder()
         #: Events up to this number go one per notification (a refused batch is being split).
         self._single_through = 0
@@ -83,6 +87,8 @@ class SubscriptionDelivery:
 
     def step(self) -> float:
         """One attempt at the head of the queue; returns how long to wait before the next (0: now)."""
+        if not self.may_send():
+            return IDLE_S
         head = self.outbox.head(self.spec.id, self.policy.batch_max)
         if not head:
             return IDLE_S

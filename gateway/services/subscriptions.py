@@ -40,8 +40,9 @@ from gateway.store.subscriptions import CONFIG, StoredSubscription, Subscription
 
 log = logging.getLogger(__name__)
 
-#: How long the lease lasts without renewal; renewed every third of it.
-LEASE_S = 15.0
+#: How long the lease lasts without renewal; renewed every third of it. A holder whose renewal
+#: is late (a database slow to answer) stops sending at 80% of it, before another may take over.
+LEASE_S = 30.0
 #: Pages dispatched in a row before the runner looks at its lease and threads again.
 PAGES_PER_ROUND = 20
 #: Sent events are kept this long (for operators), then pruned, every PRUNE_EVERY_S.
@@ -261,7 +262,9 @@ class SubscriptionRunner:
             probe_s=self.settings.timeout_s * 3,
         )
         hook = RestHook(spec, self.settings.timeout_s)
-        return SubscriptionDelivery(stored, hook, breaker, self.outbox, self.subscriptions, self.letters, self.policy)
+        return SubscriptionDelivery(
+            stored, hook, breaker, self.outbox, self.subscriptions, self.letters, self.policy, may_send=self.lease.valid
+        )
 
     def _wake(self, numbered: dict[str, list[int]]) -> None:
         for subscription_id in numbered:

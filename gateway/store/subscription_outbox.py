@@ -71,9 +71,13 @@ class DispatchLease:
         self.engine = engine
         self.owner = owner[:64]
         self.lease_ms = int(lease_s * 1000)
+        #: Until when (time.monotonic) this process may act as the holder: the lease's length from
+        #: before the renewal began, less a margin, so it stops before anyone else may start.
+        self.valid_until = 0.0
 
     def hold(self) -> bool:
         """Take or renew the lease; True when this process holds it until now + lease."""
+        started = time.monotonic()
         now = _ms()
         table = subscription_dispatch
         with self.engine.begin() as conn:
@@ -93,9 +97,15 @@ class DispatchLease:
                 .where((table.c.lease_owner == self.owner) | (table.c.lease_until < now))
                 .values(lease_owner=self.owner, lease_until=now + self.lease_ms, updated_at=now)
             ).rowcount
+        self.valid_until = started + self.lease_ms / 1000 * 0.8 if taken else 0.0
         return bool(taken)
 
+    def valid(self) -> bool:
+        """Whether this process still holds the lease by its own clock (see ``valid_until``)."""
+        return time.monotonic() < self.valid_until
+
     def release(self) -> None:
+        self.valid_until = 0.0
         with self.engine.begin() as conn:
             conn.execute(
                 update(subscription_dispatch)
