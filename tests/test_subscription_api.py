@@ -11,6 +11,7 @@ from fhir.resources.R4B.subscription import Subscription
 
 from gateway.api.app import create_app
 from gateway.config import load_settings
+from gateway.store.audit import OPERATOR_ACTION_SYSTEM
 from tests.support.asgi_client import AsgiClient
 from tests.support.subscriptions import subscription
 
@@ -51,7 +52,7 @@ def test_an_operator_creates_reads_and_finds_a_subscription(client: AsgiClient) 
     assert client.get("/fhir/Subscription", params={"status": "active"}).json()["total"] == 0
 
 
-def test_put_creates_then_updates_and_off_turns_it_off(client: AsgiClient) -> None:
+def test_put_creates_then_updates_and_off_turns_it_off(app: FastAPI, client: AsgiClient) -> None:
     first = client.request("PUT", "/fhir/Subscription/glucose", json=subscription(ENDPOINT))
     assert first.status_code == 201
     second = client.request("PUT", "/fhir/Subscription/glucose", json=subscription(ENDPOINT, status="off"))
@@ -64,6 +65,12 @@ def test_put_creates_then_updates_and_off_turns_it_off(client: AsgiClient) -> No
     assert client.request("DELETE", "/fhir/Subscription/glucose").status_code == 204
     assert client.get("/fhir/Subscription/glucose").status_code == 404
     assert client.request("DELETE", "/fhir/Subscription/glucose").status_code == 204
+
+    # who did it is an operator action in the audit trail: three writes, one delete (not the second)
+    found = app.state.store.search("AuditEvent", {"subtype": [f"{OPERATOR_ACTION_SYSTEM}|"], "_count": ["100"]})
+    kinds = sorted(e["subtype"][0]["code"] for e in found)
+    assert kinds == ["subscription-create", "subscription-delete", "subscription-update", "subscription-update"]
+    assert {e["agent"][0]["name"] for e in found} == {"o"}
 
 
 def test_readers_may_not_see_subscriptions(client: AsgiClient) -> None:

@@ -3,13 +3,13 @@
 Operators and admins only, for reading too: a Subscription's ``channel.header`` may hold the
 endpoint's credentials, and its endpoint receives patient data. Subscriptions are not patient
 data, so these reads are not in the access audit trail; who created, changed or deleted one is
-logged (by token name). Included before the generic FHIR routes, which would answer 404 for the
-type (it is not in the store). The status is the gateway's (docs/consumers.md, "Subscriptions").
+recorded as an operator action (an admin-only AuditEvent and a log line naming the token).
+Included before the generic FHIR routes, which would answer 404 for the type (it is not in the
+store). The status is the gateway's (docs/consumers.md, "Subscriptions").
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from datetime import UTC
 from typing import Any
@@ -23,10 +23,10 @@ from gateway.api.auth import Principal, require_role
 from gateway.api.negotiation import FORMAT_PARAMETERS, is_lenient, negotiate, respond
 from gateway.api.outcome import FHIRError, FHIRResponse
 from gateway.config import Role
+from gateway.store import audit
+from gateway.store.audit import Entity, OperatorAction, Outcome
 from gateway.store.subscription_resource import SubscriptionInvalid, check_id
 from gateway.store.subscriptions import StoredSubscription, SubscriptionStore
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/fhir/Subscription", tags=["fhir"], dependencies=[Depends(negotiate)])
 _operator = Depends(require_role(Role.operator))
@@ -104,7 +104,7 @@ def remove(resource_id: str, request: Request, principal: Principal = _operator)
     not there either."""
     _check(resource_id)
     if _store(request).delete(resource_id):
-        log.info("Subscription/%s deleted by %s", resource_id, principal.name)
+        _audit(request, OperatorAction.subscription_delete, resource_id, principal)
     return Response(status_code=204)
 
 
@@ -113,15 +113,21 @@ def _put(request: Request, body: Any, resource_id: str, principal: Principal) ->
         stored, created = _store(request).put(body, resource_id)
     except SubscriptionInvalid as exc:
         raise FHIRError(400, str(exc), exc.code) from None
-    log.info(
-        "Subscription/%s %s by %s (criteria type %s, status %s)",
-        resource_id,
-        "created" if created else "updated",
-        principal.name,
-        stored.spec().criteria.resource_type,
-        stored.status,
-    )
+    action = OperatorAction.subscription_create if created else OperatorAction.subscription_update
+    _audit(request, action, resource_id, principal)
     return stored
+
+
+def _audit(request: Request, action: OperatorAction, resource_id: str, principal: Principal) -> None:
+    """The AuditEvent of a Subscription written or deleted (store/audit.py logs it too)."""
+    audit.record(
+        request.app.state.engine,
+        action,
+        principal.name,
+        Outcome.success,
+        [Entity("subscription", resource_id)],
+        role=principal.role.value,
+    )
 
 
 async def _body(request: Request) -> Any:
