@@ -5,6 +5,8 @@ restarted from the next link it kept, and ends with every change of the store on
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -153,3 +155,33 @@ def test_a_restarted_consumer_gets_every_change_once_in_commit_order(
     assert seen == expected  # nothing missed, in commit order
     # Deletes (the A23s' tombstones) and merges (the A40s' merged-away Patients) are among them.
     assert counts[0] >= 100 and counts[1] >= 30, counts
+
+
+def test_the_example_consumer_in_the_docs_runs(tmp_path: Path) -> None:
+    """docs/consumers.md's httpx consumer, as written, follows the feed and keeps its cursor file."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "consumers.md").read_text()
+    section = text[text.index("## The history feed") : text.index("## Subscriptions")]
+    code = section[section.index("```python\n") + len("```python\n") :]
+    (tmp_path / "follow_feed.py").write_text(code[: code.index("```")])
+    external = os.environ.get("HL7GW_REDIS_URL")
+    namespace = f"hl7gw-feed-{uuid.uuid4().hex[:8]}" if external else None
+    gateway = GatewayProcess(tmp_path / "data", redis_url=external, namespace=namespace)
+    gateway.env["HL7GW_API_TOKENS"] = f"feed:{TOKEN}:reader"
+    gateway.start()
+    try:
+        with MLLPClient("127.0.0.1", gateway.mllp_port) as mllp:
+            for n in (0, 1):  # a Patient; a Patient with a visit
+                assert b"MSA|AA" in mllp.send_message(feed_message(n).decode())
+        env = {**gateway.env, "HL7GW_URL": gateway.base_url, "HL7GW_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
+        consumer = subprocess.Popen(
+            [sys.executable, "follow_feed.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            wait_until(lambda: (tmp_path / "feed-cursor.txt").exists(), 30, "the consumer to keep its cursor")
+            wait_until(lambda: "_cursor=" in (tmp_path / "feed-cursor.txt").read_text(), 30, "a cursor past the start")
+        finally:
+            consumer.terminate()
+            output, _ = consumer.communicate(timeout=30)
+    finally:
+        gateway.stop()
+    assert "PUT Patient/" in output and "PUT Encounter/" in output
