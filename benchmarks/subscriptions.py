@@ -3,6 +3,7 @@ the notification of the Observation it made, at a steady rate.
 
     python benchmarks/subscriptions.py [--rate 200] [--seconds 30] [--connections 8]
                                        [--database-url URL] [--payload full|id-only]
+    python benchmarks/subscriptions.py --matching [--database-url URL] [--page 500] [--criteria 5]
 
 Starts ``hl7gw run`` in a temporary directory (embedded Redis, or HL7GW_REDIS_URL under a
 namespace of its own; a SQLite file, or a fresh schema of --database-url), a receiver (a
@@ -13,6 +14,11 @@ the message's number, so the receiver knows which message each notified Observat
 over --connections connections at --rate msg/s for --seconds; the run waits until every
 notification arrived (or none did for 60 s). Prints p50/p90/p99/max of ACK -> notification and
 the notifications and events per second the receiver saw.
+
+``--matching`` measures the two ways of matching a page of changes against criteria: the
+dispatcher's (the page indexed into an in-memory database, each criteria's search run there) and
+the other candidate (each criteria's search run on the store's database, restricted to the
+page's ids). Prints changes matched per second for each, with --criteria subscriptions.
 """
 
 from __future__ import annotations
@@ -138,6 +144,69 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
+def matching(database_url: str | None, page: int, criteria_count: int) -> None:
+    """Changes per second matched in memory vs by the store's database (see the module's note)."""
+    from datetime import UTC
+
+    from sqlalchemy import select
+
+    from gateway.db.engine import make_engine
+    from gateway.db.migrate import migrate
+    from gateway.db.schema import fhir_resource
+    from gateway.store.resources import ResourceStore
+    from gateway.store.search import build_search
+    from gateway.store.subscription_criteria import Candidate, CriteriaMatcher, parse_criteria
+
+    codes = ["2345-7", "8867-4", "8310-5", "718-7", "4548-4", "2160-0", "6690-2", "789-8"]
+    texts = [f"Observation?code=http://loinc.org|{codes[n % len(codes)]}&status=final" for n in range(criteria_count)]
+    criteria = [parse_criteria(text) for text in texts]
+    resources = [
+        {
+            "resourceType": "Observation",
+            "id": f"m{n}",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": codes[n % len(codes)]}]},
+            "subject": {"reference": f"Patient/p{n % 50}"},
+            "effectiveDateTime": "2026-01-01T10:00:00Z",
+            "valueQuantity": {"value": n, "unit": "mg/dL"},
+        }
+        for n in range(page)
+    ]
+    schema = postgres_schema(database_url) if database_url else nullcontext(None)
+    with tempfile.TemporaryDirectory() as tmp, schema as url:
+        engine = make_engine(url or f"sqlite:///{tmp}/m.sqlite3")
+        migrate(engine)
+        store = ResourceStore(engine)
+        entries = [{"resource": r, "request": {"method": "PUT", "url": f"Observation/{r['id']}"}} for r in resources]
+        store.apply_bundle({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        now = datetime.now(UTC).replace(tzinfo=None)
+        candidates = [Candidate("Observation", r["id"], now, r) for r in resources]
+        matcher = CriteriaMatcher()
+        rounds = 20
+        started = time.perf_counter()
+        for _ in range(rounds):
+            in_memory = matcher.match(candidates, criteria)
+        memory_s = (time.perf_counter() - started) / rounds
+        ids = [r["id"] for r in resources]
+        started = time.perf_counter()
+        for _ in range(rounds):
+            by_store: dict[str, set[tuple[str, str]]] = {}
+            with engine.connect() as conn:
+                for c in criteria:
+                    query = build_search(c.resource_type, c.as_query())
+                    stmt = select(fhir_resource.c.type, fhir_resource.c.id).where(
+                        *query.where, fhir_resource.c.id.in_(ids)
+                    )
+                    by_store[c.text] = {(row.type, row.id) for row in conn.execute(stmt)}
+        store_s = (time.perf_counter() - started) / rounds
+        assert in_memory == by_store, "the two ways disagree"
+        engine.dispose()
+    backend = "postgresql" if database_url else "sqlite"
+    print(f"matching a page of {page} changes against {criteria_count} criteria ({backend} store):")
+    print(f"  in memory (the dispatcher's): {memory_s * 1000:.1f} ms a page, {page / memory_s:,.0f} changes/s")
+    print(f"  on the store's database:      {store_s * 1000:.1f} ms a page, {page / store_s:,.0f} changes/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=200)
@@ -145,7 +214,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--database-url")
     parser.add_argument("--payload", choices=("full", "id-only"), default="full")
+    parser.add_argument("--matching", action="store_true")
+    parser.add_argument("--page", type=int, default=500)
+    parser.add_argument("--criteria", type=int, default=5)
     args = parser.parse_args()
+    if args.matching:
+        matching(args.database_url, args.page, args.criteria)
+        return
     count = int(args.rate * args.seconds)
     receiver = Receiver()
     schema = postgres_schema(args.database_url) if args.database_url else nullcontext(None)

@@ -44,6 +44,13 @@ class Criteria:
     def as_query(self) -> dict[str, list[str]]:
         return {name: list(values) for name, values in self.params}
 
+    @property
+    def index_names(self) -> frozenset[str]:
+        """The index rows a match needs (``_id`` and ``_lastUpdated`` need none)."""
+        definitions = SEARCH_PARAMETERS[self.resource_type]
+        names = (name.partition(":")[0] for name, _ in self.params)
+        return frozenset(definitions[name].index_name for name in names if name in definitions)
+
 
 def parse_criteria(text: str) -> Criteria:
     """Check ``Type?name=value&...`` (or ``Type``); raises SearchError saying what is wrong."""
@@ -103,15 +110,19 @@ class CriteriaMatcher:
         wanted = list(criteria)
         if not candidates or not wanted:
             return {c.text: set() for c in wanted}
+        needed: dict[str, frozenset[str]] = {}
+        for c in wanted:
+            needed[c.resource_type] = needed.get(c.resource_type, frozenset()) | c.index_names
         with self._lock, self._engine.begin() as conn:
             try:
-                self._load(conn, candidates)
+                self._load(conn, candidates, needed)
                 return {c.text: self._run(conn, c) for c in wanted}
             finally:
                 for table in (fhir_resource, *SEARCH_TABLES.values()):
                     conn.execute(delete(table))
 
-    def _load(self, conn: Connection, candidates: list[Candidate]) -> None:
+    def _load(self, conn: Connection, candidates: list[Candidate], needed: dict[str, frozenset[str]]) -> None:
+        """The candidates' rows, and their index rows of the parameters some criteria uses."""
         conn.execute(
             insert(fhir_resource),
             [
@@ -129,7 +140,10 @@ class CriteriaMatcher:
         )
         rows: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in SEARCH_TABLES}
         for c in candidates:
-            found = index_rows(c.resource_type, c.resource_id, c.resource)
+            only = needed.get(c.resource_type)
+            if not only:  # no criteria on this type uses an indexed parameter
+                continue
+            found = index_rows(c.resource_type, c.resource_id, c.resource, only)
             rows["token"] += found.tokens
             rows["string"] += found.strings
             rows["date"] += found.dates
