@@ -70,6 +70,7 @@ def test_metadata_lists_exactly_what_is_supported(client: AsgiClient) -> None:
     assert statement["kind"] == "instance"
     assert statement["format"] == ["application/fhir+json", "application/json", "json"]
     resources = statement["rest"][0]["resource"]
+    assert resources.pop()["type"] == "Subscription"  # kept apart from the store (tests/test_subscription_api.py)
     assert [r["type"] for r in resources] == supported_types()
     for resource in resources:
         codes = [i["code"] for i in resource["interaction"]]

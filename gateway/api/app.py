@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from gateway.api import admin, admin_actions, fhir, health, hl7_batch, metrics
+from gateway.api import admin, admin_actions, fhir, health, hl7_batch, metrics, subscriptions
 from gateway.api.access_audit import AuthFailureAudit
 from gateway.api.admin import DryRun
 from gateway.api.admin_actions import Desk
@@ -28,6 +28,7 @@ from gateway.metrics.exposition import registry
 from gateway.readiness import ReadinessProbe
 from gateway.store.audit_relay import AuditRelay
 from gateway.store.resources import ResourceStore
+from gateway.store.subscriptions import SubscriptionStore
 
 
 def create_app(
@@ -86,6 +87,8 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.store = store
+    #: Subscription resources (/fhir/Subscription, operators and admins).
+    app.state.subscriptions = SubscriptionStore(engine)
     app.state.audit_trail = trail
     #: Record reads and searches (HL7GW_ACCESS_AUDIT); benchmarks/audit.py flips it in a running server.
     app.state.access_audit = settings.audit.access
@@ -105,6 +108,7 @@ def create_app(
     install_cors(app, settings.api.cors_origins)  # outermost: a preflight is answered before anything else
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(subscriptions.router)  # before fhir's /{resource_type} routes
     app.include_router(fhir.router)
     app.include_router(admin.router)
     app.include_router(admin_actions.router)

@@ -68,17 +68,20 @@ def capability_statement(base_url: str) -> dict[str, Any]:
         "publisher": "hl7gw",
         "kind": "instance",
         "software": {"name": "hl7gw", "version": software_version()},
-        "implementation": {"description": "hl7gw built-in FHIR store (read-only API)", "url": base_url},
+        "implementation": {
+            "description": "hl7gw built-in FHIR store (read-only API; Subscriptions are written)",
+            "url": base_url,
+        },
         "fhirVersion": FHIR_VERSION,
         "format": list(FORMATS),
         "rest": [
             {
                 "mode": "server",
                 "documentation": (
-                    f"Read-only. History parameters: {history}. Unknown search parameters are refused "
-                    "(400) unless the request says 'Prefer: handling=lenient'. Search by GET or by "
-                    "POST [type]/_search with a form body; HEAD on every GET. _summary and _elements "
-                    "subset reads and searches alike (meta.tag SUBSETTED)."
+                    f"Read-only, but for Subscription. History parameters: {history}. Unknown search "
+                    "parameters are refused (400) unless the request says 'Prefer: handling=lenient'. Search "
+                    "by GET or by POST [type]/_search with a form body; HEAD on every GET. _summary and "
+                    "_elements subset reads and searches alike (meta.tag SUBSETTED)."
                 ),
                 "security": {
                     "description": (
@@ -86,7 +89,7 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                         f"{', '.join(sorted(ADMIN_ONLY_TYPES))}: the admin role only."
                     )
                 },
-                "resource": [_resource(resource_type) for resource_type in supported_types()],
+                "resource": [_resource(resource_type) for resource_type in supported_types()] + [_subscription()],
                 # GET [base]/_history, and its feed: docs/consumers.md, "The history feed".
                 "interaction": [{"code": "history-system"}],
                 "searchParam": [
@@ -142,6 +145,31 @@ def _resource(resource_type: str) -> dict[str, Any]:
         resource["searchRevInclude"] = revincludes
     resource["searchParam"] = common + specific
     return resource
+
+
+def _subscription() -> dict[str, Any]:
+    """Subscription (rest-hook, criteria-based; notifications in the shape of the Subscriptions R5
+    Backport IG for R4): operators and admins write and read them."""
+    return {
+        "type": "Subscription",
+        "documentation": (
+            "Operator or admin role. criteria: a search on one supported type (its search parameters); "
+            "channel.type rest-hook; channel.payload application/fhir+json (full resource) or absent (id only); "
+            "status requested -> active -> error | off, kept by the server. Notifications: history Bundles "
+            "whose first entry is a backport-subscription-status-r4 Parameters with event numbers."
+        ),
+        "supportedProfile": [
+            "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-notification-r4"
+        ],
+        "interaction": [{"code": code} for code in ("read", "search-type", "create", "update", "delete")],
+        "versioning": "versioned-update",
+        "readHistory": False,
+        "updateCreate": True,
+        "searchParam": [
+            {"name": "_id", "type": "token", "documentation": "Logical id of the Subscription"},
+            {"name": "status", "type": "token", "documentation": "requested | active | error | off"},
+        ],
+    }
 
 
 def _documentation(resource_type: str, param: SearchParam) -> str:

@@ -14,6 +14,7 @@ from gateway.config.sections import (
     MllpSettings,
     SinkSettings,
     StorageSettings,
+    SubscriptionSettings,
     WorkerSettings,
 )
 from gateway.config.settings import Settings, load_settings, unknown_variables
@@ -44,6 +45,7 @@ __all__ = [
     "Role",
     "Settings",
     "SinkSettings",
+    "SubscriptionSettings",
     "StorageSettings",
     "WorkerSettings",
     "legacy_token_name",

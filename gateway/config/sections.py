@@ -125,6 +125,27 @@ class SinkSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SubscriptionSettings:
+    """Subscriptions (docs/consumers.md, "Subscriptions"): where they are configured, how
+    notifications are made and sent."""
+
+    #: Subscription resources loaded at start (YAML or JSON); None: only those of the API.
+    file: Path | None
+    #: The FHIR base URL notifications name resources by (``.../fhir``).
+    base_url: str
+    #: How often the dispatcher looks for changes when it found none.
+    poll_s: float
+    #: At most this many events in one notification (a backlog goes out in fewer requests).
+    batch_max: int
+    #: The endpoint's time limit per request.
+    timeout_s: float
+    #: Backoff ceiling and circuit breaker, as for remote sinks.
+    max_backoff_s: float
+    breaker_failures: int
+    breaker_cooldown_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class ApiSettings:
     """The FHIR REST API."""
 

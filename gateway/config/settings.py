@@ -24,6 +24,7 @@ from gateway.config.sections import (
     MllpSettings,
     SinkSettings,
     StorageSettings,
+    SubscriptionSettings,
     WorkerSettings,
 )
 from gateway.config.values import (
@@ -153,6 +154,17 @@ class Settings(BaseSettings):
     # Circuit breaker per sink: open after this many failures in a row; stay open this long at first.
     sink_breaker_failures: int = Field(default=5, ge=1)
     sink_breaker_cooldown_s: float = Field(default=10.0, gt=0)
+
+    # Subscriptions (docs/consumers.md, "Subscriptions"): a file of Subscription resources loaded
+    # at start (YAML or JSON); the base URL notifications name resources by (default: the API's
+    # own address); how often the dispatcher looks for new changes; at most this many events in
+    # one notification (while a backlog is sent); the endpoint's time limit per request. Retries,
+    # backoff and the circuit breaker use the HL7GW_SINK_* settings.
+    subscriptions_file: Path | None = None
+    public_base_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    subscription_poll_s: float = Field(default=0.05, gt=0, le=60)
+    subscription_batch_max: int = Field(default=50, ge=1, le=1000)
+    subscription_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
     # Conversion (docs/mappings.md): a site's mapping overlay (and per-sender maps in its senders/),
     # and the IANA time zone of v2 timestamps without an offset, for all senders and per sender
@@ -324,6 +336,20 @@ class Settings(BaseSettings):
         )
 
     @functools.cached_property
+    def subscriptions(self) -> SubscriptionSettings:
+        base = (self.public_base_url or f"http://{_client_host(self.http_host)}:{self.http_port}").rstrip("/")
+        return SubscriptionSettings(
+            file=self.subscriptions_file,
+            base_url=f"{base}/fhir",
+            poll_s=self.subscription_poll_s,
+            batch_max=self.subscription_batch_max,
+            timeout_s=self.subscription_timeout_s,
+            max_backoff_s=self.sink_max_backoff_s,
+            breaker_failures=self.sink_breaker_failures,
+            breaker_cooldown_s=self.sink_breaker_cooldown_s,
+        )
+
+    @functools.cached_property
     def api(self) -> ApiSettings:
         return ApiSettings(
             self.http_host,
@@ -350,6 +376,11 @@ class Settings(BaseSettings):
     @functools.cached_property
     def logging(self) -> LoggingSettings:
         return LoggingSettings(self.log_level, self.log_format)
+
+
+def _client_host(host: str) -> str:
+    """The address a client uses for a server listening on ``host`` (a wildcard is this machine)."""
+    return "localhost" if host in ("0.0.0.0", "::", "") else host
 
 
 #: HL7GW_* variables that are not settings but are read elsewhere: the test suite's database, and

@@ -259,6 +259,75 @@ Index("ix_operator_job_status", operator_job.c.status)
 Index("ix_dead_letter_envelope", dead_letter.c.envelope_id)
 
 
+# -- Subscriptions (docs/consumers.md, "Subscriptions") -----------------------------------------
+#: R4 Subscription resources, kept apart from the FHIR store: their endpoint headers may hold
+#: secrets, so they appear in no history feed, search or export of other types.
+subscription = Table(
+    "subscription",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("version_id", Integer, nullable=False),
+    # Naive UTC, millisecond precision; meta.lastUpdated of the content.
+    Column("last_updated", DateTime, nullable=False),
+    # The resource as given (status and error are the columns below, kept by the gateway).
+    Column("content", Text, nullable=False),
+    # requested -> active -> error -> active ...; off (set by an operator)
+    Column("status", String(16), nullable=False),
+    # Why the status is error ("" otherwise): the endpoint's last failure, without its words.
+    Column("error", Text, nullable=False, default=""),
+    # The resource type of the criteria, for the dispatcher's feed filter.
+    Column("resource_type", String(64), nullable=False),
+    # api | config (HL7GW_SUBSCRIPTIONS_FILE)
+    Column("origin", String(16), nullable=False),
+    # Changes written at or after this instant (naive UTC) match; set when it became active.
+    Column("active_since", DateTime, nullable=True),
+    # The last event number given (events-since-subscription-start).
+    Column("events", BigInteger, nullable=False, default=0),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+#: The outbox: one row per matching change and subscription, with its gapless event number,
+#: written in the transaction that advances the dispatcher's feed position.
+subscription_event = Table(
+    "subscription_event",
+    metadata,
+    Column("subscription_id", String(64), primary_key=True),
+    Column("event_number", BigInteger, primary_key=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    # When the change was written (naive UTC): the notification event's timestamp.
+    Column("occurred_at", DateTime, nullable=False),
+    # pending -> sent | dead (refused by the endpoint: a dead letter holds it)
+    Column("status", String(16), nullable=False, default="pending"),
+    Column("attempts", Integer, nullable=False, default=0),
+    # Milliseconds since the epoch.
+    Column("next_attempt_at", BigInteger, nullable=False, default=0),
+    Column("last_error", Text, nullable=False, default=""),
+    Column("created_at", BigInteger, nullable=False),
+    Column("sent_at", BigInteger, nullable=False, default=0),
+)
+Index(
+    "ix_subscription_event_status",
+    subscription_event.c.subscription_id,
+    subscription_event.c.status,
+    subscription_event.c.event_number,
+)
+
+#: The dispatcher's place in the history feed and the lease of the one process that dispatches.
+subscription_dispatch = Table(
+    "subscription_dispatch",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    # The feed position after the last change dispatched; NULL before the first.
+    Column("position", String(256), nullable=True),
+    Column("lease_owner", String(64), nullable=False, default=""),
+    Column("lease_until", BigInteger, nullable=False, default=0),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+
 # -- the gateway's own ---------------------------------------------------------------------------
 #: One row a worker writes to see whether the database takes writes (gateway/services/outages.py).
 write_probe_table = Table(

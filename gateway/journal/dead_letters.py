@@ -4,7 +4,8 @@ A dead letter's id is derived from the message and the stage (or sink) it failed
 the same letter twice (a redelivered message failing the same way again, a letter moved from its
 Redis parking place after a crash) leaves one letter. It is written in one transaction with what
 it means elsewhere: the archive row says "failed" (pipeline letters), the remote sink's delivery
-row says "dead" (sink letters).
+row says "dead" (sink letters), the subscription's outbox row says "dead" (a notification its
+endpoint refused: stage ``subscription:<id>``, the notification Bundle as its raw bytes).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.db.bulk import BulkInsert
-from gateway.db.schema import dead_letter, sink_delivery
+from gateway.db.schema import dead_letter, sink_delivery, subscription_event
 from gateway.envelope import Envelope
 from gateway.journal.deliveries import DEAD
 from gateway.journal.filters import Cursor, LetterFilter
@@ -95,6 +96,8 @@ class Letter:
     sink: str | None = None
     #: Whether the sink was called for this message (counts as an attempt on the delivery row).
     sink_attempted: bool = False
+    #: (subscription id, event number): a notification's letter; its outbox row becomes "dead".
+    subscription_event: tuple[str, int] | None = None
 
     @property
     def id(self) -> str:
@@ -110,11 +113,19 @@ class Letter:
             "created_at": self.created_at,
             "sink": self.sink,
             "sink_attempted": self.sink_attempted,
+            "subscription_event": list(self.subscription_event) if self.subscription_event else None,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Letter:
-        return cls(**{**data, "envelope": Envelope.from_json(data["envelope"])})
+        event = data.get("subscription_event")
+        return cls(
+            **{
+                **data,
+                "envelope": Envelope.from_json(data["envelope"]),
+                "subscription_event": (str(event[0]), int(event[1])) if event else None,
+            }
+        )
 
 
 class DeadLetterStore:
@@ -142,7 +153,15 @@ class DeadLetterStore:
                 + (letter.attempts, letter.created_at, "open", e.raw, e.meta.get(REPLAY_OF, "")[:36])
             ],
         )
-        if letter.sink is None:
+        if letter.subscription_event is not None:
+            subscription_id, event_number = letter.subscription_event
+            table = subscription_event
+            conn.execute(
+                update(table)
+                .where(table.c.subscription_id == subscription_id, table.c.event_number == event_number)
+                .values(status=DEAD, last_error=letter.reason[:4000], attempts=table.c.attempts + 1)
+            )
+        elif letter.sink is None:
             detail = f"{letter.stage}: {letter.reason}"
             self.archive.record(conn, [(e, "failed", detail, e.meta.get("message_type", ""), "")])
         else:

@@ -72,6 +72,14 @@ SINK_REQUEST_DURATION = Histogram(
     buckets=_REQUEST_BUCKETS,
 )
 
+# -- subscriptions ---------------------------------------------------------------------------------
+SUBSCRIPTION_NOTIFICATIONS = Counter(
+    "hl7gw_subscription_events",
+    "Notification events sent to Subscription endpoints, by subscription id and outcome "
+    "(sent, retried, refused: a dead letter)",
+    ["subscription", "outcome"],
+)
+
 # -- the API --------------------------------------------------------------------------------------
 HTTP_REQUESTS = Counter(
     "hl7gw_http_requests", "API requests, by route template, method and status", ["route", "method", "status"]

@@ -23,6 +23,7 @@ REPLAY_KINDS = frozenset({"replay", "reprocess"})
 SINK_OUTCOMES = frozenset({"delivered", "retried", "refused", "expired"})
 IMPORT_OUTCOMES = frozenset({"accepted", "duplicate", "rejected", "ack-kept", "not-stored"})
 INBOX_OUTCOMES = frozenset({"imported", "already-imported", "failed"})
+SUBSCRIPTION_OUTCOMES = frozenset({"sent", "retried", "refused"})
 
 _MESSAGE_TYPE = re.compile(r"[A-Z0-9]{2,3}\^[A-Z0-9]{2,3}")
 _ERR_CODE = re.compile(r"\d{1,3}")
@@ -94,6 +95,8 @@ def err_code(code: str) -> str:
 def letter_stage(stage: str) -> str:
     if stage in LETTER_STAGES:
         return stage
+    if stage.startswith("subscription:"):  # a notification an endpoint refused
+        return "subscription"
     return "sink" if stage.startswith(f"{Stage.DELIVER.value}:") else OTHER
 
 

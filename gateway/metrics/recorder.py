@@ -16,6 +16,7 @@ from gateway.metrics.labels import (
     INBOX_OUTCOMES,
     REPLAY_KINDS,
     SINK_OUTCOMES,
+    SUBSCRIPTION_OUTCOMES,
     ErrorTypeLabels,
     MessageTypeLabels,
     SenderLabels,
@@ -80,6 +81,8 @@ class NullRecorder:
 
     def sink_request(self, sink: str, seconds: float) -> None: ...
 
+    def subscription_notification(self, subscription: str, outcome: str, count: int = 1) -> None: ...
+
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None: ...
 
     def audit_pending(self, count: int) -> None: ...
@@ -119,6 +122,10 @@ class Recorder(NullRecorder):
             c.SINK_DELIVERIES, lambda key: (key[0], one_of(key[1], SINK_OUTCOMES))
         )
         self._sink_requests: _Children[str] = _Children(c.SINK_REQUEST_DURATION, lambda sink: (sink,))
+        # Subscription ids are bounded by the number of subscriptions an operator made.
+        self._notifications: _Children[tuple[str, str]] = _Children(
+            c.SUBSCRIPTION_NOTIFICATIONS, lambda key: (key[0][:64], one_of(key[1], SUBSCRIPTION_OUTCOMES))
+        )
         self._http: _Children[tuple[str, str, int]] = _Children(
             c.HTTP_REQUESTS, lambda key: (key[0], key[1], str(key[2]))
         )
@@ -175,6 +182,10 @@ class Recorder(NullRecorder):
 
     def sink_request(self, sink: str, seconds: float) -> None:
         self._sink_requests(sink).observe(seconds)
+
+    def subscription_notification(self, subscription: str, outcome: str, count: int = 1) -> None:
+        if count:
+            self._notifications((subscription, outcome)).inc(count)
 
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self._http((route, method, status)).inc()

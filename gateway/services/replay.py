@@ -74,6 +74,11 @@ class Replayer:
         AuditEvent (``audited``: a job records itself once, not each of its letters)."""
         action = OperatorAction.edit_replay if raw is not None else OperatorAction.replay
         letter = self.letters.get(letter_id)
+        if letter is not None and _is_notification(letter):
+            raise ReplayRefused(
+                f"dead letter {letter_id} is a Subscription notification its endpoint refused: it is not a "
+                "message to replay (the subscriber fetches what it missed from the history feed)"
+            )
         if letter is None or letter.status != "open":
             why = f"no dead letter {letter_id}" if letter is None else f"dead letter {letter_id} is {letter.status}"
             if letter is not None and letter.replayed_as:
@@ -116,6 +121,8 @@ class Replayer:
         """A job's slice: queue every letter's message (``before_each``: the job's pacing; archive
         rows read in one query), then mark them all replayed in one transaction; (replayed, skipped:
         not open any more)."""
+        notifications = [letter for letter in letters if _is_notification(letter)]
+        letters = [letter for letter in letters if not _is_notification(letter)]
         originals = self.archive.originals([letter.envelope_id for letter in letters])
         queued = []
         for letter in letters:
@@ -127,7 +134,7 @@ class Replayer:
                 log.debug("dead letter %s queued again by %s", letter.id, who, extra={"outcome": "replay-queued"})
             queued.append((letter.id, envelope.id))
         marked = self.letters.mark_replayed_many(queued, who)
-        return marked, len(letters) - marked
+        return marked, len(letters) - marked + len(notifications)
 
     def envelope_for(
         self, letter: DeadLetter, who: str, raw: bytes | None, original: tuple[int, int, str] | None = None
@@ -162,6 +169,11 @@ class Replayer:
         if message_type:
             meta["message_type"] = message_type
         return Envelope(new_envelope_id(), body, received_at, sender, control_id, "replay", seq, kind, meta)
+
+
+def _is_notification(letter: DeadLetter) -> bool:
+    """A Subscription notification refused by its endpoint (gateway/deliver/subscription_delivery.py)."""
+    return letter.stage.startswith("subscription:")
 
 
 def enqueue_on(broker: Broker, queue: str = QUEUE, actor: str = ACTOR) -> Callable[[Envelope], None]:

@@ -44,7 +44,10 @@ from gateway.services.listener import rules_for
 from gateway.services.outages import Gate, Outages, until_available
 from gateway.services.pipeline import Pipeline
 from gateway.services.replay import enqueue_on
+from gateway.services.subscriptions import SubscriptionRunner, load_subscription_file
+from gateway.store.feed import read_changes
 from gateway.store.resources import ResourceStore
+from gateway.store.subscriptions import SubscriptionStore
 
 log = logging.getLogger(__name__)
 #: Threads of the replay queue per worker process (operator jobs; live traffic has the rest).
@@ -164,6 +167,22 @@ def sink_workers_for(
     return workers
 
 
+def _subscription_thread(
+    settings: Settings, engine: Engine, client: redis.Redis, stop: threading.Event
+) -> threading.Thread:
+    """Load HL7GW_SUBSCRIPTIONS_FILE, and make the thread that dispatches and sends notifications
+    while this process holds the dispatcher's lease (gateway/services/subscriptions.py)."""
+    path, store = settings.subscriptions.file, SubscriptionStore(engine)
+    if path is not None:
+        until_available(
+            "database", lambda: load_subscription_file(path, store), max_backoff_s=settings.worker.outage_max_backoff_s
+        )
+    runner = SubscriptionRunner(
+        engine, client, Keys(settings.storage.redis_namespace), settings.subscriptions, read_changes
+    )
+    return threading.Thread(target=runner.run, args=(stop,), name="subscriptions", daemon=True)
+
+
 def log_time_zones(conversion: ConversionSettings) -> None:
     """Say once, at start, in which zone timestamps without an offset are read."""
     if conversion.default_tz:
@@ -237,10 +256,12 @@ def run_worker(
         triage=Triage(rules_for(settings, pipeline.converter)),
     )
     job_thread = threading.Thread(target=jobs.run, args=(stop,), name="operator-jobs", daemon=True)
+    subscription_thread = _subscription_thread(settings, engine, pace_client, stop)
     for worker in workers:
         worker.start()
     maintenance.start()
     job_thread.start()
+    subscription_thread.start()
     log.info("worker started: %d thread(s), %d remote sink(s)", settings.worker.threads, len(settings.sinks.specs))
     if ready is not None:
         ready()
@@ -250,6 +271,7 @@ def run_worker(
         log.info("worker draining")
         pace.stopping.set()
         job_thread.join(timeout=10)
+        subscription_thread.join(timeout=20)
         maintenance.stop()
         # Threads waiting out an outage hold their messages in flight: they are not waited for
         # long, and go back on the queue after the heartbeat timeout.

@@ -50,6 +50,7 @@ ENTITY_SYSTEMS = {
     "message": "urn:hl7gw:envelope",  # an envelope id: one received message, or one attempt at it
     "dead-letter": "urn:hl7gw:dead-letter",
     "job": "urn:hl7gw:job",
+    "subscription": "urn:hl7gw:subscription",
 }
 _DCM = "http://dicom.nema.org/resources/ontology/DCM"
 _ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
@@ -70,6 +71,10 @@ class OperatorAction(enum.StrEnum):
     reprocess = "reprocess"
     job_cancel = "job-cancel"
     batch_upload = "batch-upload"
+    #: A Subscription written or removed: where patient data will be sent (docs/consumers.md).
+    subscription_create = "subscription-create"
+    subscription_update = "subscription-update"
+    subscription_delete = "subscription-delete"
 
 
 #: AuditEvent.action (R4 audit-event-action): a replay or reprocess executes; an edit, a discard or
@@ -82,6 +87,9 @@ _ACTION_CODE = {
     OperatorAction.reprocess: "E",
     OperatorAction.job_cancel: "U",
     OperatorAction.batch_upload: "C",
+    OperatorAction.subscription_create: "C",
+    OperatorAction.subscription_update: "U",
+    OperatorAction.subscription_delete: "D",
 }
 _DISPLAY = {
     OperatorAction.replay: "Replay of a dead letter",
@@ -91,6 +99,9 @@ _DISPLAY = {
     OperatorAction.reprocess: "Reprocess of archived messages",
     OperatorAction.job_cancel: "Cancel of a job",
     OperatorAction.batch_upload: "Upload of an HL7 v2 batch file (POST /hl7/batch)",
+    OperatorAction.subscription_create: "Subscription created (notifications of patient data to its endpoint)",
+    OperatorAction.subscription_update: "Subscription changed",
+    OperatorAction.subscription_delete: "Subscription deleted",
 }
 
 

@@ -75,8 +75,11 @@ def parse_reference(value: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
-def index_rows(resource_type: str, resource_id: str, resource: dict[str, Any]) -> IndexRows:
-    """Every index row ``resource`` needs for the search parameters of ``resource_type``."""
+def index_rows(
+    resource_type: str, resource_id: str, resource: dict[str, Any], only: frozenset[str] | None = None
+) -> IndexRows:
+    """Every index row ``resource`` needs for the search parameters of ``resource_type`` (or, with
+    ``only``, for the parameters of those index names: what a few searches need)."""
     rows = IndexRows()
     plan = _plan(resource_type)
     present = set(plan.always)
@@ -86,6 +89,8 @@ def index_rows(resource_type: str, resource_id: str, resource: dict[str, Any]) -
             present.update(found)
     for position in sorted(present):
         param = plan.params[position]
+        if only is not None and param.name not in only:
+            continue
         values = _values(resource, param.paths)
         if not values:
             continue
