@@ -350,3 +350,23 @@ def test_a_crash_mid_way_resumes_without_a_line_twice(client: AsgiClient, settin
     observations = ids(found)["Observation"]
     assert observations == sorted(["o1", "o2", "o3", "o4", *(f"x{n:03}" for n in range(40))])
     assert len(observations) == len(set(observations))
+
+
+def test_a_cancel_while_running_stops_the_worker(client: AsgiClient, settings: Settings, app: FastAPI) -> None:
+    status = status_path(kick_off(client))
+    work = runner(settings, app, save_every_s=0.0)
+    original_save = work.jobs.save
+    saves = 0
+
+    def cancel_on_second_save(*args: Any, **kwargs: Any) -> bool:
+        nonlocal saves
+        saves += 1
+        if saves == 2:
+            assert client.request("DELETE", status).status_code == 202
+        return original_save(*args, **kwargs)
+
+    work.jobs.save = cancel_on_second_save  # type: ignore[method-assign]
+    assert work.step()
+    assert saves == 2  # it stopped at the save that found the job cancelled
+    assert not (settings.export.directory / status.rsplit("/", 1)[1]).exists()
+    assert client.get(status).status_code == 404

@@ -137,7 +137,11 @@ def _kick_off(request: Request, principal: Principal, level: str, group_id: str,
         role=principal.role.value,
         notes=kick_off.notes,
     )
-    _record(request, principal, job)
+    try:
+        _record(request, principal, job)
+    except FHIRError:
+        _jobs(request).cancel(job.id)  # not audited: not done
+        raise
     location = f"{bundles.base_url(request)}/{_STATUS}/{job.id}"
     return FHIRResponse(_accepted(kick_off, job), status_code=202, headers={"Content-Location": location})
 

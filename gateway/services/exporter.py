@@ -100,8 +100,12 @@ class ExportRunner:
         except (OperationalError, InterfaceError):
             raise
         except Exception as exc:  # noqa: BLE001 - the client is told; the worker goes on
-            log.error("export %s failed: %s", job.id, describe(exc))
             files.close()
+            current = self.jobs.get(job.id)
+            if current is None or current.status != "running" or current.lease_owner != self.owner:
+                self._stopped(job, files)  # cancelled (its directory went away under the writes) or taken over
+                return
+            log.error("export %s failed: %s", job.id, describe(exc))
             remove_job_files(self.settings.directory, job.id)
             self.jobs.fail(job, self.owner, describe(exc), self._retention_ms)
         finally:
