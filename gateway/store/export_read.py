@@ -50,9 +50,10 @@ def read_page(conn: Connection, resource_type: str, after: str, scope: ExportSco
     page = ExportPage(last_id=rows[-1][0] if rows else None)
     moment, since = scope.transaction_time, scope.since
     lines, later = page.lines, []
-    # The rows are tuples, unpacked: this loop is most of the exporter's own processor time.
-    for resource_id, last_updated, deleted, content in rows:
-        if last_updated > moment:
+    # The rows are tuples, unpacked, and the database compares the times (no datetime is made per
+    # row): this loop and the rows' conversion are most of the exporter's own processor time.
+    for resource_id, later_than_moment, deleted, content in rows:
+        if later_than_moment:
             later.append(resource_id)
         elif not deleted:
             lines.append(content)
@@ -103,9 +104,8 @@ def stored_types(conn: Connection) -> list[str]:
 
 def _page_query(resource_type: str, after: str, scope: ExportScope, limit: int) -> Select[Any]:
     t = fhir_resource.c
-    query = select(t.id, t.last_updated, t.deleted, t.content).where(
-        t.type == resource_type, t.id > after, t.version_id > 0
-    )
+    later = (t.last_updated > scope.transaction_time).label("later")
+    query = select(t.id, later, t.deleted, t.content).where(t.type == resource_type, t.id > after, t.version_id > 0)
     if scope.since is not None:
         # A row changed after transactionTime is newer than since too: its version then is checked later.
         query = query.where(t.last_updated >= scope.since)
