@@ -370,3 +370,17 @@ def test_a_cancel_while_running_stops_the_worker(client: AsgiClient, settings: S
     assert saves == 2  # it stopped at the save that found the job cancelled
     assert not (settings.export.directory / status.rsplit("/", 1)[1]).exists()
     assert client.get(status).status_code == 404
+
+
+def test_a_failed_export_answers_500_with_an_outcome(client: AsgiClient, settings: Settings, app: FastAPI) -> None:
+    group = {"resourceType": "Group", "id": "g1", "type": "person", "actual": True}
+    app.state.store.apply_bundle(transaction(put(group)))
+    status = status_path(kick_off(client, "/fhir/Group/g1/$export"))
+    app.state.store.apply_bundle(transaction(delete("Group", "g1")))  # gone before a worker starts
+    assert runner(settings, app).step()
+    failed = client.get(status)
+    assert failed.status_code == 500
+    assert failed.headers["content-type"] == "application/fhir+json"
+    outcome = OperationOutcome.model_validate(failed.json())
+    assert outcome.issue[0].code == "exception" and "LookupError" in (outcome.issue[0].diagnostics or "")
+    assert not (settings.export.directory / status.rsplit("/", 1)[1]).exists()

@@ -122,7 +122,7 @@ class ExportRunner:
         log.info(
             "export %s: %s from type %d after %r",
             job.id,
-            "resumed" if state.after else "started",
+            "resumed" if state.files else "started",
             state.type_index,
             state.after,
         )
