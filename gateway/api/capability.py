@@ -21,6 +21,13 @@ from gateway.store.search_registry import (
 FHIR_VERSION = "4.0.1"
 INTERACTIONS = ("read", "vread", "history-instance", "history-type", "search-type")
 FORMATS = ("application/fhir+json", "application/json", "json")
+#: FHIR Bulk Data Access (IG v2): the CapabilityStatement this server instantiates and its operations.
+BULK_DATA = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+_BULK_OPERATIONS = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+_EXPORT_DOCS = (
+    "FHIR Bulk Data $export (async: Accept application/fhir+json, Prefer respond-async; _outputFormat "
+    "application/fhir+ndjson, _since, _type); files need the token that asked."
+)
 
 _COMMON_DOCS = {
     "_id": "Logical id of the resource (Resource.id)",
@@ -72,6 +79,7 @@ def capability_statement(base_url: str) -> dict[str, Any]:
             "description": "hl7gw built-in FHIR store (read-only API; Subscriptions are written)",
             "url": base_url,
         },
+        "instantiates": [BULK_DATA],
         "fhirVersion": FHIR_VERSION,
         "format": list(FORMATS),
         "rest": [
@@ -89,12 +97,14 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                         f"{', '.join(sorted(ADMIN_ONLY_TYPES))}: the admin role only."
                     )
                 },
-                "resource": [_resource(resource_type) for resource_type in supported_types()] + [_subscription()],
+                "resource": [_resource(resource_type) for resource_type in supported_types()]
+                + [_subscription(), _group()],
                 # GET [base]/_history, and its feed: docs/consumers.md, "The history feed".
                 "interaction": [{"code": "history-system"}],
                 "searchParam": [
                     {"name": name, "type": kind, "documentation": docs} for name, kind, docs in _RESULT_PARAMETERS
                 ],
+                "operation": [_operation("export", _EXPORT_DOCS)],
             }
         ],
     }
@@ -144,6 +154,8 @@ def _resource(resource_type: str) -> dict[str, Any]:
     if revincludes:
         resource["searchRevInclude"] = revincludes
     resource["searchParam"] = common + specific
+    if resource_type == "Patient":
+        resource["operation"] = [_operation("patient-export", "The compartments of every Patient. " + _EXPORT_DOCS)]
     return resource
 
 
@@ -170,6 +182,16 @@ def _subscription() -> dict[str, Any]:
             {"name": "status", "type": "token", "documentation": "requested | active | error | off"},
         ],
     }
+
+
+def _group() -> dict[str, Any]:
+    """Group: no interaction of its own, only $export of a stored Group's member Patients."""
+    docs = "The compartments of a stored Group's member Patients. " + _EXPORT_DOCS
+    return {"type": "Group", "operation": [_operation("group-export", docs)]}
+
+
+def _operation(name: str, documentation: str) -> dict[str, str]:
+    return {"name": name.split("-")[0], "definition": _BULK_OPERATIONS + name, "documentation": documentation}
 
 
 def _documentation(resource_type: str, param: SearchParam) -> str:

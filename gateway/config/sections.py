@@ -204,3 +204,19 @@ class InboxSettings:
     poll_s: float
     #: Largest POST /hl7/batch body (bytes as sent, compressed or not).
     max_upload_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSettings:
+    """FHIR Bulk Data $export (docs/consumers.md, "Bulk export")."""
+
+    #: Where each export's NDJSON files go, in a directory named by the job's id.
+    directory: Path
+    #: How long a finished export's files are kept (and served), from its completion.
+    retention_s: float
+    #: Resources per NDJSON file; a type with more is split over several files.
+    file_resources: int
+    #: Resources read from the store per page (one keyset query each).
+    page_size: int
+    #: A worker that stops saving progress for this long loses the export to another worker.
+    lease_s: float

@@ -17,6 +17,7 @@ from gateway.config.sections import (
     ApiSettings,
     AuditSettings,
     ConversionSettings,
+    ExportSettings,
     InboxSettings,
     IntakeSettings,
     LoggingSettings,
@@ -119,6 +120,16 @@ class Settings(BaseSettings):
     inbox_poll_s: float = Field(default=1.0, gt=0, le=600)
     # Largest body POST /hl7/batch takes (as sent: gzip counts compressed); larger ones get 413.
     batch_max_upload_bytes: int = Field(default=1 << 30, ge=1024)
+
+    # FHIR Bulk Data $export (docs/consumers.md, "Bulk export"): files under export_dir (default
+    # <data dir>/export), one directory per export, kept export_retention_hours after it finishes;
+    # at most export_file_resources resources per file; the store read export_page_size at a time;
+    # an export whose worker stops saving progress for export_lease_s is taken over by another.
+    export_dir: Path | None = None
+    export_retention_hours: float = Field(default=24.0, gt=0, le=24 * 365)
+    export_file_resources: int = Field(default=100_000, ge=1, le=10_000_000)
+    export_page_size: int = Field(default=2_000, ge=1, le=50_000)
+    export_lease_s: float = Field(default=60.0, ge=1, le=3_600)
 
     # Intake: how many messages one Redis commit may carry, and how long a flush may wait.
     commit_batch_max: int = Field(default=256, ge=1, le=10_000)
@@ -372,6 +383,16 @@ class Settings(BaseSettings):
     @functools.cached_property
     def inbox(self) -> InboxSettings:
         return InboxSettings(self.inbox_dir, self.inbox_settle_s, self.inbox_poll_s, self.batch_max_upload_bytes)
+
+    @functools.cached_property
+    def export(self) -> ExportSettings:
+        return ExportSettings(
+            directory=self.export_dir or self.data_dir / "export",
+            retention_s=self.export_retention_hours * 3600,
+            file_resources=self.export_file_resources,
+            page_size=self.export_page_size,
+            lease_s=self.export_lease_s,
+        )
 
     @functools.cached_property
     def logging(self) -> LoggingSettings:

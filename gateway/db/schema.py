@@ -256,6 +256,41 @@ operator_job = Table(
     Column("summary", Text, nullable=False, default=""),
 )
 Index("ix_operator_job_status", operator_job.c.status)
+
+#: A FHIR Bulk Data $export (gateway/store/export_jobs.py, docs/consumers.md "Bulk export"): the
+#: request, where the worker running it is (``state``: JSON, saved with the files' lengths after
+#: each page, so a crash resumes there) and the files made; one worker at a time holds it (``lease_*``).
+bulk_export = Table(
+    "bulk_export",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    # accepted -> running -> done | failed; any -> cancelled (DELETE); done -> expired (files deleted)
+    Column("status", String(16), nullable=False),
+    # system | patient | group, and the Group's id for a group export
+    Column("level", String(16), nullable=False),
+    Column("group_id", String(64), nullable=False, default=""),
+    # The kick-off request's URL, as the manifest's ``request`` repeats it.
+    Column("request", Text, nullable=False),
+    # JSON: the resource types to export, in order; the _since instant (naive UTC) or NULL.
+    Column("types", Text, nullable=False),
+    Column("since", DateTime, nullable=True),
+    # The manifest's transactionTime (naive UTC, ms): the data is exported as it was then.
+    Column("transaction_time", DateTime, nullable=False),
+    # Who asked (the token's name and role): only they (or an admin) may poll, download, cancel.
+    Column("created_by", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    # When the files are deleted (ms since the epoch; 0 until the export is done).
+    Column("expires_at", BigInteger, nullable=False, default=0),
+    # JSON: the position (type, last id, open file and its length) and the files written.
+    Column("state", Text, nullable=False),
+    # JSON list of warnings (parameters ignored under handling=lenient) and failures, for error[].
+    Column("notes", Text, nullable=False, default="[]"),
+    Column("lease_owner", String(64), nullable=False, default=""),
+    Column("lease_until", BigInteger, nullable=False, default=0),
+)
+Index("ix_bulk_export_status", bulk_export.c.status)
 Index("ix_dead_letter_envelope", dead_letter.c.envelope_id)
 
 

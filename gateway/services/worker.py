@@ -37,6 +37,7 @@ from gateway.mllp.triage import Triage
 from gateway.queue.broker import GatewayBroker, QueueMaintenance, make_broker
 from gateway.queue.pacing import ImportPace
 from gateway.readiness import WorkerRecord
+from gateway.services.exporter import ExportRunner
 from gateway.services.failures import FailurePolicy, LetterFor, envelope_letter, reason_of
 from gateway.services.jobs import JobRunner
 from gateway.services.letters import LetterBox
@@ -257,11 +258,14 @@ def run_worker(
     )
     job_thread = threading.Thread(target=jobs.run, args=(stop,), name="operator-jobs", daemon=True)
     subscription_thread = _subscription_thread(settings, engine, pace_client, stop)
+    exports = ExportRunner(engine, settings.export)
+    export_thread = threading.Thread(target=exports.run, args=(stop,), name="bulk-export", daemon=True)
     for worker in workers:
         worker.start()
     maintenance.start()
     job_thread.start()
     subscription_thread.start()
+    export_thread.start()
     log.info("worker started: %d thread(s), %d remote sink(s)", settings.worker.threads, len(settings.sinks.specs))
     if ready is not None:
         ready()
@@ -272,6 +276,7 @@ def run_worker(
         pace.stopping.set()
         job_thread.join(timeout=10)
         subscription_thread.join(timeout=20)
+        export_thread.join(timeout=10)
         maintenance.stop()
         # Threads waiting out an outage hold their messages in flight: they are not waited for
         # long, and go back on the queue after the heartbeat timeout.

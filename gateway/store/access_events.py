@@ -54,6 +54,8 @@ _SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 _PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 _BALP_ENTITY_TYPE = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
 _BALP_PROFILE = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."
+#: The Bulk Data IG's $export OperationDefinition, naming the operation in a subtype.
+_BULK_EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
 #: AuditEvent.agent.network.type (R4 network-type): 2 IP address, 5 URI.
 _IP_ADDRESS, _URI = "2", "5"
 _HOST = socket.gethostname() or "unknown"
@@ -277,3 +279,93 @@ def _source() -> dict[str, Any]:
 def _coding(system: str, code: str, display: str) -> dict[str, str]:
     """One shared dict per coding (an event names each Patient with two): events are read, never changed."""
     return {"system": system, "code": code, "display": display}
+
+
+@dataclass(frozen=True, slots=True)
+class ExportAccess:
+    """A FHIR Bulk Data $export kick-off (``file`` None) or the download of one of its files."""
+
+    job_id: str
+    who: str
+    role: str
+    client: str | None
+    server: str
+    #: The kick-off request's URL (for a download too: what the file answers).
+    request: str
+    recorded: datetime
+    #: The file downloaded (its URL) and its resource type.
+    file: str | None = None
+    file_type: str | None = None
+    #: A Group export's Group id.
+    group: str | None = None
+    request_id: str | None = None
+
+
+def export_event(access: ExportAccess) -> dict[str, Any]:
+    """One AuditEvent per kick-off and per file downloaded, shaped as BALP Query (a kick-off: action
+    E, the query entity) or Read (a download: action R, the file and the query it answers).
+
+    The Patients are not listed: a file holds up to 100,000 resources of thousands of Patients, and
+    an event naming them all would cost as much as the download. The query and the export's
+    transactionTime say exactly which resources the file holds (the store keeps every version), so
+    an auditor can find every Patient a download disclosed.
+    """
+    download = access.file is not None
+    client_role, server_role = ("110153", "110152") if not download else ("110152", "110153")
+    entities: list[dict[str, Any]] = [
+        {
+            "type": _coding(_ENTITY_TYPE, "2", "System Object"),
+            "role": _coding(_OBJECT_ROLE, "24", "Query"),
+            "description": access.request,
+            "query": base64.b64encode(access.request.encode()).decode("ascii"),
+        },
+        {
+            "what": {"identifier": {"system": "urn:hl7gw:bulk-export", "value": access.job_id}},
+            "type": _coding(_ENTITY_TYPE, "2", "System Object"),
+            "role": _coding(_OBJECT_ROLE, "20", "Job"),
+        },
+    ]
+    if access.group:
+        entities.append(
+            {
+                "what": {"reference": f"Group/{access.group}"},
+                "type": _coding(_ENTITY_TYPE, "2", "System Object"),
+                "role": _coding(_OBJECT_ROLE, "4", "Domain Resource"),
+            }
+        )
+    if download:
+        entities.append(
+            {
+                "what": {"identifier": {"value": access.file}},
+                "type": _coding(_ENTITY_TYPE, "2", "System Object"),
+                "role": _coding(_OBJECT_ROLE, "3", "Report"),
+                "description": f"NDJSON file of {access.file_type} resources",
+            }
+        )
+    if access.request_id:
+        entities.append(
+            {
+                "what": {"identifier": {"value": access.request_id}},
+                "type": _coding(_BALP_ENTITY_TYPE, "XrequestId", "X-Request-Id"),
+            }
+        )
+    return {
+        "resourceType": "AuditEvent",
+        "id": str(uuid.uuid4()),
+        "meta": {"profile": [_BALP_PROFILE + ("Read" if download else "Query")]},
+        "type": _coding(_EVENT_TYPE, "rest", "Restful Operation"),
+        "subtype": [
+            _coding(_INTERACTION, "operation", "operation"),
+            _coding(_BULK_EXPORT, "export", "$export file download" if download else "$export kick-off"),
+        ],
+        "action": "R" if download else "E",
+        "recorded": format_instant(access.recorded),
+        "outcome": "0",
+        "agent": [
+            _user(access.who, access.role),
+            _agent(_dcm_role(client_role), access.client or "unknown", access.client, _IP_ADDRESS),
+            _agent(_dcm_role(server_role), "hl7gw", access.server, _URI),
+        ],
+        "source": _source(),
+        "entity": entities,
+    }
