@@ -178,8 +178,18 @@ def _subscription() -> dict[str, Any]:
         "readHistory": False,
         "updateCreate": True,
         "searchParam": [
-            {"name": "_id", "type": "token", "documentation": "Logical id of the Subscription"},
-            {"name": "status", "type": "token", "documentation": "requested | active | error | off"},
+            {
+                "name": "_id",
+                "definition": "http://hl7.org/fhir/SearchParameter/Resource-id",
+                "type": "token",
+                "documentation": "Logical id of the Subscription",
+            },
+            {
+                "name": "status",
+                "definition": "http://hl7.org/fhir/SearchParameter/Subscription-status",
+                "type": "token",
+                "documentation": "requested | active | error | off",
+            },
         ],
     }
 
