@@ -74,7 +74,8 @@ def parse_include(
             )
         params = [param]
     if not reverse and source_type not in types and not iterate:
-        raise SearchError(f"{kind}={raw}: a search of {', '.join(types)} can only include through {', '.join(types)} parameters")
+        searched = ", ".join(types)
+        raise SearchError(f"{kind}={raw}: a search of {searched} can only include through {searched} parameters")
     if reverse and not iterate and name != "*" and not any(can_refer_to(params[0], t) for t in types):
         raise SearchError(f"_revinclude={raw}: {source_type}.{name} never refers to {', '.join(types)}")
     if len(parts) == 3 and parts[2] not in SEARCH_PARAMETERS:
