@@ -1,9 +1,11 @@
-"""FHIR REST API over the built-in store (http.html): capabilities, read, vread, history, search.
+"""FHIR REST API over the built-in store (http.html): capabilities, read, vread, history, search (of a
+type, and across types: ``GET [base]?_type=``).
 
 Routes are thin: the store answers, ``read``/``bundles`` shape the answer, ``negotiation`` picks the
 format. Order matters: ``[type]/_history`` must be tried before ``[type]/[id]``. Every route needs
 the reader role; the types in ``ADMIN_ONLY_TYPES`` (the audit trail) need admin, and are left out
-of what a search of another type includes for anyone else. Every answer that returns resources is
+of what a search of another type includes for anyone else; a chain or ``_has`` through them needs
+admin too. Every answer that returns resources is
 handed to the access audit trail (``access_audit.record_access``) before it is sent.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -25,7 +28,7 @@ from gateway.api.read import resource_response
 from gateway.config import Role
 from gateway.store.access_events import Interaction
 from gateway.store.resources import ResourceStore, StoredResource
-from gateway.store.search import SearchError
+from gateway.store.search import ForbiddenType, SearchError, SearchResult
 from gateway.store.search_registry import SEARCH_PARAMETERS
 
 router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(negotiate)])
@@ -42,6 +45,24 @@ _MAX_VERSION = 2**63 - 1
 def metadata(request: Request) -> Response:
     """The CapabilityStatement (http.html#capabilities); needs no token."""
     return respond(request, capability_statement(bundles.base_url(request)))
+
+
+@router.get("", response_class=FHIRResponse)
+def search_system(request: Request, principal: Principal = _reader) -> Response:
+    """search-system (search.html#searchsystem): ``_type=A,B`` and the parameters every type has."""
+    query = _query(request)
+    named = [name for value in query.pop("_type", []) for name in value.split(",") if name]
+    types = sorted(set(named)) if named else None
+    for resource_type in types or ():
+        if resource_type not in SEARCH_PARAMETERS:
+            raise FHIRError(400, f"_type: resource type {resource_type[:64]!r} is not supported", "not-supported")
+        if resource_type in ADMIN_ONLY_TYPES:
+            check_role(principal, Role.admin)
+    result = _run(principal, lambda hidden: _store(request).find_across(types, query, is_lenient(request), hidden))
+    response = respond(request, bundles.searchset(request, result))
+    if result.resources or result.included:
+        record_access(request, principal, Interaction.search_system, response)
+    return response
 
 
 @router.get("/{resource_type}/_history", response_class=FHIRResponse)
@@ -102,18 +123,28 @@ def search(resource_type: str, request: Request, principal: Principal = _reader)
     for name in ("_revinclude", "_include"):
         if any(value.partition(":")[0] in ADMIN_ONLY_TYPES for value in query.get(name, [])):
             check_role(principal, Role.admin)
-    try:
-        result = _store(request).find(resource_type, query, lenient=is_lenient(request))
-    except SearchError as exc:
-        raise FHIRError(400, str(exc), exc.code) from None
-    if principal.role is not Role.admin:
-        # A reference parameter that may point anywhere (Provenance.target) could include an admin-only type.
-        visible = [resource for resource in result.included if resource.get("resourceType") not in ADMIN_ONLY_TYPES]
-        result = dataclasses.replace(result, included=visible)
+    result = _run(principal, lambda hidden: _store(request).find(resource_type, query, is_lenient(request), hidden))
     response = respond(request, bundles.searchset(request, result))
     if result.resources or result.included:
         record_access(request, principal, Interaction.search_type, response)
     return response
+
+
+def _run(principal: Principal, find: Callable[[frozenset[str]], SearchResult]) -> SearchResult:
+    """Run a search with the admin-only types hidden from lower roles; its errors as OperationOutcomes."""
+    admin = principal.role is Role.admin
+    try:
+        result = find(frozenset() if admin else frozenset(ADMIN_ONLY_TYPES))
+    except ForbiddenType:
+        check_role(principal, Role.admin)
+        raise
+    except SearchError as exc:
+        raise FHIRError(400, str(exc), exc.code) from None
+    if not admin:
+        # A reference parameter that may point anywhere (Provenance.target) could include an admin-only type.
+        visible = [resource for resource in result.included if resource.get("resourceType") not in ADMIN_ONLY_TYPES]
+        result = dataclasses.replace(result, included=visible)
+    return result
 
 
 def _history(request: Request, principal: Principal, resource_type: str, resource_id: str | None) -> Response:

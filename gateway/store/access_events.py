@@ -68,10 +68,11 @@ class Interaction(enum.StrEnum):
     history_instance = "history-instance"
     history_type = "history-type"
     search_type = "search-type"
+    search_system = "search-system"
 
     @property
     def is_query(self) -> bool:
-        return self in (Interaction.history_type, Interaction.search_type)
+        return self in (Interaction.history_type, Interaction.search_type, Interaction.search_system)
 
 
 class AuthFailure(enum.StrEnum):
