@@ -42,8 +42,12 @@ MAX_COUNT = 1000
 #: is what fhirpy's ``count()`` sends (an Aidbox name); it is read like ``_total``.
 RESULT_PARAMETERS = ("_count", "_sort", "_cursor", "_include", "_revinclude", "_total", "_totalMethod", "_summary")
 _TOTAL_MODES = ("none", "estimate", "accurate", "count")
-#: Modifiers of the result parameters: ``:iterate`` (and its STU3 name ``:recurse``) on the includes.
-_RESULT_MODIFIERS = {"_include": ("iterate", "recurse"), "_revinclude": ("iterate", "recurse")}
+#: Modifiers of the result parameters: ``:iterate`` on the includes, and its STU3 name ``:recurse`` (fhirpy
+#: sends ``:recursive``).
+_RESULT_MODIFIERS = {
+    "_include": ("iterate", "recurse", "recursive"),
+    "_revinclude": ("iterate", "recurse", "recursive"),
+}
 
 
 class UnknownResourceType(SearchError):
