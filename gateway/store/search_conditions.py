@@ -46,6 +46,8 @@ MAX_VALUES = 200
 # Which condition should pick the candidate rows (lowest first); the rest are checked per candidate.
 _RANK = {"_id": 0, "reference": 1, "token": 2, "composite": 2, "string": 3, "date": 4, "quantity": 4}
 _RANK_LAST_UPDATED, _RANK_PRESENT, _RANK_NEGATED = 5, 6, 8
+# A reverse chain often names a common code (every Patient with a heart rate): after the tokens.
+_RANK_REVERSE = 3
 
 Match = Callable[[FromClause], ColumnElement[bool]]
 
@@ -276,7 +278,7 @@ def _reverse_chain(resource_type: str, key: str, raw: str, hidden: frozenset[str
         index.c.target_type == resource_type,
         index.c.id.in_(inner.ids()),
     )
-    return Condition(_RANK["reference"], resource_type, lambda row: row.c.id.in_(lookup), lookup)
+    return Condition(_RANK_REVERSE, resource_type, lambda row: row.c.id.in_(lookup), lookup)
 
 
 def _by_identifier(resource_type: str, param: SearchParam, values: list[str], hidden: frozenset[str]) -> Condition:
