@@ -6,17 +6,25 @@ against a plain Python oracle with hypothesis.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import delete as delete_rows
 from sqlalchemy.engine import Engine
 
+from gateway.db.engine import make_engine
+from gateway.db.migrate import migrate
+from gateway.db.schema import fhir_search_string
 from gateway.store.resources import ResourceStore
 from gateway.store.search import ForbiddenType, SearchError
 from tests.support.fhir_bundles import delete, observation, patient, put, transaction
+from tests.support.gateway_process import clean_env
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
@@ -362,3 +370,23 @@ def test_pages_across_types_follow_type_and_id(store: ResourceStore) -> None:
         params = {"_count": ["2"], "_cursor": [page.next_cursor]}
     expected = [f"Observation/o{n}" for n in range(1, 6)] + ["Organization/org1"] + [f"Patient/p{n}" for n in (1, 2, 3)]
     assert seen == expected
+
+
+def test_hl7gw_reindex_makes_the_rows_of_resources_stored_before(database_url: str, tmp_path: Path) -> None:
+    """Resources written by a release without the :text rows are found by :text after ``hl7gw reindex``."""
+    engine = make_engine(database_url)
+    try:
+        migrate(engine)
+        store = ResourceStore(engine)
+        store.apply_bundle(transaction(*(put(resource) for resource in OBSERVATIONS)))
+        with engine.begin() as conn:  # as an older release left them: no rows for :text
+            conn.execute(delete_rows(fhir_search_string).where(fhir_search_string.c.param == "code:text"))
+        assert ids(store, "Observation", **{"code:text": "heart"}) == []
+        command = [sys.executable, "-m", "gateway.cli", "reindex", "--type", "Observation"]
+        env = clean_env(HL7GW_DATA_DIR=str(tmp_path), HL7GW_DATABASE_URL=database_url)
+        done = subprocess.run(command, capture_output=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr.decode()
+        assert b"reindexed 5 resources of type Observation" in done.stdout
+        assert ids(store, "Observation", **{"code:text": "heart"}) == ["o1", "o3"]
+    finally:
+        engine.dispose()
