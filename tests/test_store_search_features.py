@@ -109,6 +109,14 @@ def ids(store: ResourceStore, resource_type: str, **params: Any) -> list[str]:
         ({"patient.organization:Organization.identifier": "urn:orgs|ORG1", "code": "8310-5"}, ["o2"]),
         ({"patient.birthdate": "1970"}, ["o1", "o2"]),
         ({"patient.name": "nobody"}, []),
+        # checked per candidate (another condition picks the rows)
+        ({"_id": "o1,o3", "patient.name": "smith"}, ["o3"]),
+        ({"patient": "p1", "patient.organization.name": "general"}, ["o1", "o2"]),
+        (
+            {"_id": "o1,o2,o3", "patient.organization.name": "general,x", "patient.birthdate:missing": "false"},
+            ["o1", "o2"],
+        ),
+        ({"_id": "o3", "patient._lastUpdated": "gt2000"}, ["o3"]),
     ],
 )
 def test_chained_parameters(store: ResourceStore, params: dict[str, str], expected: list[str]) -> None:
@@ -122,9 +130,12 @@ def test_a_chain_through_a_type_the_parameter_cannot_tell_needs_the_type(store: 
     assert ids(store, "Observation", **{"subject.birthdate": "1970"}) == ["o1", "o2"]  # only Patient has it
 
 
-def test_a_chain_does_not_find_a_deleted_target(store: ResourceStore) -> None:
-    store.apply_bundle(transaction(delete("Patient", "p2")))
+def test_chains_do_not_go_through_deleted_resources(store: ResourceStore) -> None:
+    store.apply_bundle(transaction(delete("Patient", "p2"), delete("Observation", "o2")))
     assert ids(store, "Observation", **{"patient.name": "smith"}) == []
+    assert ids(store, "Observation", **{"_id": "o3", "patient._id": "p2"}) == []
+    assert ids(store, "Patient", **{"_has:Observation:patient:code": "8310-5"}) == []
+    assert ids(store, "Patient", **{"_id": "p1", "_has:Observation:patient:_id": "o2"}) == []
 
 
 @pytest.mark.parametrize(
@@ -138,6 +149,14 @@ def test_a_chain_does_not_find_a_deleted_target(store: ResourceStore) -> None:
         ("Organization", {"_has:Patient:organization:_has:Observation:patient:code": "8310-5"}, ["org1"]),
         ("Organization", {"_has:Patient:organization:family": "smith"}, []),
         ("Location", {"_has:Observation:subject:code": "8867-4"}, ["loc1"]),
+        # checked per candidate (another condition picks the rows)
+        ("Patient", {"_id": "p1,p2", "_has:Observation:patient:code": "8310-5"}, ["p1"]),
+        (
+            "Patient",
+            {"_has:Observation:patient:code": "8867-4", "_has:Observation:patient:value-quantity": "lt100"},
+            ["p1"],
+        ),
+        ("Patient", {"_id": "p1,p2,p3", "_has:Observation:patient:_lastUpdated": "gt2000"}, ["p1", "p2"]),
     ],
 )
 def test_reverse_chains(store: ResourceStore, resource_type: str, params: dict[str, str], expected: list[str]) -> None:

@@ -140,13 +140,23 @@ def _simple(resource_type: str, param: SearchParam, modifier: str, values: list[
     return _indexed(resource_type, kind, stored, _each(values, lambda t, v: reference_match(t, param, modifier, v)), 1)
 
 
-def _indexed(resource_type: str, kind: str, param: str, match: Match, rank: int, negated: bool = False) -> Condition:
-    """Rows of ``param`` in the ``kind`` index that ``match``; ``negated``: resources without such a row."""
+def _indexed(
+    resource_type: str,
+    kind: str,
+    param: str,
+    match: Match,
+    rank: int,
+    negated: bool = False,
+    check: Match | None = None,
+) -> Condition:
+    """Rows of ``param`` in the ``kind`` index that ``match``; ``negated``: resources without such a row.
+    ``check``, when given, is ``match`` as a test of one index row (correlated), for candidates."""
     table = SEARCH_TABLES[kind]
 
     def predicate(row: FromClause) -> ColumnElement[bool]:
         index = table.alias()
-        found = exists().where(index.c.type == row.c.type, index.c.id == row.c.id, index.c.param == param, match(index))
+        test = (check or match)(index)
+        found = exists().where(index.c.type == row.c.type, index.c.id == row.c.id, index.c.param == param, test)
         return ~found if negated else found
 
     if negated:
@@ -228,8 +238,23 @@ def _chain(
     target = _chain_target(resource_type, param, modifier, rest, hidden)
     inner = parse_condition(target, rest, raw, hidden, depth + 1)
     ids = inner.ids()
-    match: Match = lambda t: and_(t.c.target_type == target, t.c.target_id.in_(ids))  # noqa: E731
-    return _indexed(resource_type, "reference", param.index_name, match, _RANK["reference"])
+
+    def match(t: FromClause) -> ColumnElement[bool]:  # from the index: every target that matches
+        return and_(t.c.target_type == target, t.c.target_id.in_(ids))
+
+    def check(t: FromClause) -> ColumnElement[bool]:  # for one candidate: its own targets, one by one
+        pointed = fhir_resource.alias()
+        return and_(
+            t.c.target_type == target,
+            exists().where(
+                pointed.c.type == target,
+                pointed.c.id == t.c.target_id,
+                pointed.c.deleted == false(),
+                inner.predicate(pointed),
+            ),
+        )
+
+    return _indexed(resource_type, "reference", param.index_name, match, _RANK["reference"], check=check)
 
 
 def _chain_target(resource_type: str, param: SearchParam, modifier: str, rest: str, hidden: frozenset[str]) -> str:
@@ -278,7 +303,21 @@ def _reverse_chain(resource_type: str, key: str, raw: str, hidden: frozenset[str
         index.c.target_type == resource_type,
         index.c.id.in_(inner.ids()),
     )
-    return Condition(_RANK_REVERSE, resource_type, lambda row: row.c.id.in_(lookup), lookup)
+
+    def predicate(row: FromClause) -> ColumnElement[bool]:  # for one candidate: the resources pointing at it
+        pointing, referrer = SEARCH_TABLES["reference"].alias(), fhir_resource.alias()
+        return exists().where(
+            pointing.c.type == source,
+            pointing.c.param == param.index_name,
+            pointing.c.target_type == row.c.type,
+            pointing.c.target_id == row.c.id,
+            referrer.c.type == source,
+            referrer.c.id == pointing.c.id,
+            referrer.c.deleted == false(),
+            inner.predicate(referrer),
+        )
+
+    return Condition(_RANK_REVERSE, resource_type, predicate, lookup)
 
 
 def _by_identifier(resource_type: str, param: SearchParam, values: list[str], hidden: frozenset[str]) -> Condition:
