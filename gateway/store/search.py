@@ -1,8 +1,10 @@
 """Turn FHIR search parameters into one SQL query over the resource table and the search index, and run it.
 
 Semantics follow FHIR R4 search.html: repeated parameters are ANDed, comma-separated values ORed
-(value syntax in ``search_values``); result parameters ``_count``, ``_sort``, ``_include``,
-``_revinclude``, ``_total``, ``_summary=count``; pages are keyset pages (``search_paging``).
+(each occurrence, with its modifiers, chains and ``_has``, in ``search_conditions``; value syntax in
+``search_values``); result parameters ``_count``, ``_sort``, ``_include``, ``_revinclude`` (with
+``*`` and ``:iterate``, ``search_includes``), ``_total``, ``_summary=count``; pages are keyset pages
+(``search_paging``). ``build_system_search`` is ``GET [base]?_type=``: the parameters every type has.
 """
 
 from __future__ import annotations
