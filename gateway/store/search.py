@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from gateway import fhirjson
 from gateway.db.schema import fhir_resource
-from gateway.store.search_conditions import MAX_VALUES, Condition, parse_condition
+from gateway.store.search_conditions import MAX_VALUES, Condition, numbered_aliases, parse_condition
 from gateway.store.search_includes import Include, fetch_included, parse_include
 from gateway.store.search_paging import Cursor, SortKey, after, decode_cursor, encode_cursor, order_by, parse_sort
 from gateway.store.search_registry import COMMON_PARAMETERS, SEARCH_PARAMETERS, SYSTEM_PARAMETERS
@@ -117,7 +117,8 @@ def build_search(
     """
     if resource_type not in SEARCH_PARAMETERS:
         raise UnknownResourceType(resource_type)
-    return _build((resource_type,), params, lenient, hidden, system=False)
+    with numbered_aliases():
+        return _build((resource_type,), params, lenient, hidden, system=False)
 
 
 def build_system_search(
@@ -134,7 +135,8 @@ def build_system_search(
             raise ForbiddenType(resource_type)
     if not types:
         raise SearchError("_type names no resource type")
-    return _build(tuple(sorted(set(types))), params, lenient, hidden, system=True)
+    with numbered_aliases():
+        return _build(tuple(sorted(set(types))), params, lenient, hidden, system=True)
 
 
 def _build(

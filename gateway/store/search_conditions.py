@@ -10,15 +10,22 @@ kind, ``:not``, ``:text`` and ``:of-type`` on tokens, ``:exact`` and ``:contains
 Each ``Condition`` can test a candidate row (``predicate``, an EXISTS correlated to the row) and,
 when it can, list the ids that match from the index alone (``lookup``), which lets the database
 start from the index. Every index table is aliased afresh wherever it is used, so nested
-subqueries never correlate to the wrong level.
+subqueries never correlate to the wrong level; the aliases are numbered in the order a search
+builds them (``numbered_aliases``), so the same kind of search makes the same SQL and SQLAlchemy's
+compiled cache serves it (anonymous aliases would make every statement new: compiling it cost
+more than running it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import itertools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, FromClause, Select, and_, exists, false, or_, select, true, union
+from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, exists, false, or_, select, true, union
 
 from gateway.db.schema import SEARCH_TABLES, fhir_resource
 from gateway.store.index import MAX_INDEXED, identifier_param, of_type_param, text_param
@@ -51,6 +58,31 @@ _RANK_REVERSE = 3
 
 Match = Callable[[FromClause], ColumnElement[bool]]
 
+_numbers: ContextVar[Iterator[int]] = ContextVar("search_alias_numbers")
+#: How deep in chains and reverse chains the condition being parsed is (0: a parameter of the search).
+_depth: ContextVar[int] = ContextVar("search_depth", default=0)
+
+
+@contextmanager
+def numbered_aliases() -> Iterator[None]:
+    """Number the aliases of the statement built inside from 1 (per thread or task)."""
+    token = _numbers.set(itertools.count(1))
+    try:
+        yield
+    finally:
+        _numbers.reset(token)
+
+
+def _alias(table: Table, plain: bool = False) -> FromClause:
+    """A numbered alias of ``table``; with ``plain``, the table itself (for the conditions of the search
+    itself, not nested in a chain: their subqueries sit side by side, as the index tables' only users)."""
+    if plain and table is not fhir_resource:
+        return table
+    numbers = _numbers.get(None)
+    if numbers is None:
+        raise RuntimeError("build search conditions inside numbered_aliases()")
+    return table.alias(f"{table.name}_{next(numbers)}")
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -60,9 +92,14 @@ class Condition:
     resource_type: str
     #: The test of a row of fhir_resource (or an alias of it), correlated to that row.
     predicate: Match
-    #: Ids of ``resource_type`` from the index alone: exactly the matches, or (``exact`` False) a superset.
-    lookup: Select[tuple[str]] | None = None
+    #: Makes the ids of ``resource_type`` from the index alone: exactly the matches, or (``exact`` False)
+    #: a superset. Made only when used: a condition checked per candidate needs none.
+    lookup_of: Callable[[], Select[tuple[str]]] | None = None
     exact: bool = True
+
+    @functools.cached_property
+    def lookup(self) -> Select[tuple[str]] | None:
+        return self.lookup_of() if self.lookup_of is not None else None
 
     def driving(self) -> ColumnElement[bool]:
         """As ``id IN (index lookup)``: the database starts from the index rows."""
@@ -79,7 +116,7 @@ class Condition:
         """Ids of current ``resource_type`` resources that match, as a subquery of its own (for chains)."""
         if self.lookup is not None and self.exact:
             return self.lookup
-        row = fhir_resource.alias()
+        row = _alias(fhir_resource)
         stmt = select(row.c.id).where(row.c.type == self.resource_type, row.c.deleted == false(), self.predicate(row))
         return stmt.where(row.c.id.in_(self.lookup)) if self.lookup is not None else stmt
 
@@ -90,6 +127,14 @@ def parse_condition(
     """``key`` (name, modifier, chain, _has) with one raw value (comma-separated: OR) on ``resource_type``."""
     if depth > MAX_DEPTH:
         raise SearchError(f"a chain or _has goes at most {MAX_DEPTH} steps deep")
+    token = _depth.set(depth)
+    try:
+        return _parse(resource_type, key, raw, hidden, depth)
+    finally:
+        _depth.reset(token)
+
+
+def _parse(resource_type: str, key: str, raw: str, hidden: frozenset[str], depth: int) -> Condition:
     if key.startswith("_has:"):
         return _reverse_chain(resource_type, key, raw, hidden, depth)
     head, dot, rest = key.partition(".")
@@ -151,18 +196,21 @@ def _indexed(
 ) -> Condition:
     """Rows of ``param`` in the ``kind`` index that ``match``; ``negated``: resources without such a row.
     ``check``, when given, is ``match`` as a test of one index row (correlated), for candidates."""
-    table = SEARCH_TABLES[kind]
+    table, plain = SEARCH_TABLES[kind], _depth.get() == 0
 
     def predicate(row: FromClause) -> ColumnElement[bool]:
-        index = table.alias()
+        index = _alias(table, plain)
         test = (check or match)(index)
         found = exists().where(index.c.type == row.c.type, index.c.id == row.c.id, index.c.param == param, test)
         return ~found if negated else found
 
     if negated:
         return Condition(_RANK_NEGATED, resource_type, predicate)
-    index = table.alias()
-    lookup = select(index.c.id).where(index.c.type == resource_type, index.c.param == param, match(index))
+
+    def lookup() -> Select[tuple[str]]:
+        index = _alias(table, plain)
+        return select(index.c.id).where(index.c.type == resource_type, index.c.param == param, match(index))
+
     return Condition(rank, resource_type, predicate, lookup)
 
 
@@ -217,14 +265,17 @@ def _composite(resource_type: str, param: SearchParam, values: list[str], hidden
             parse_condition(resource_type, component, part, hidden) for component, part in zip(param.components, parts)
         )
         pairs.append((first, second))
-    lookups = [first.lookup for first, _ in pairs if first.lookup is not None]
 
     def predicate(row: FromClause) -> ColumnElement[bool]:
         return or_(*(and_(first.predicate(row), second.predicate(row)) for first, second in pairs))
 
-    if len(lookups) != len(pairs):
+    if any(first.lookup_of is None for first, _ in pairs):
         return Condition(_RANK["composite"], resource_type, predicate)
-    lookup = lookups[0] if len(lookups) == 1 else select(union(*lookups).subquery().c[0])
+
+    def lookup() -> Select[tuple[str]]:
+        lookups = [first.lookup for first, _ in pairs if first.lookup is not None]
+        return lookups[0] if len(lookups) == 1 else select(union(*lookups).subquery().c[0])
+
     return Condition(_RANK["composite"], resource_type, predicate, lookup, exact=False)
 
 
@@ -243,7 +294,7 @@ def _chain(
         return and_(t.c.target_type == target, t.c.target_id.in_(ids))
 
     def check(t: FromClause) -> ColumnElement[bool]:  # for one candidate: its own targets, one by one
-        pointed = fhir_resource.alias()
+        pointed = _alias(fhir_resource)
         return and_(
             t.c.target_type == target,
             exists().where(
@@ -296,16 +347,19 @@ def _reverse_chain(resource_type: str, key: str, raw: str, hidden: frozenset[str
     if param is None or param.kind != "reference" or not can_refer_to(param, resource_type):
         raise SearchError(f"_has: {source} has no reference parameter {name!r} that can refer to {resource_type}")
     inner = parse_condition(source, rest, raw, hidden, depth + 1)
-    index = SEARCH_TABLES["reference"].alias()
-    lookup = select(index.c.target_id).where(
-        index.c.type == source,
-        index.c.param == param.index_name,
-        index.c.target_type == resource_type,
-        index.c.id.in_(inner.ids()),
-    )
+    plain = depth == 0
+
+    def lookup() -> Select[tuple[str]]:
+        index = _alias(SEARCH_TABLES["reference"], plain)
+        return select(index.c.target_id).where(
+            index.c.type == source,
+            index.c.param == param.index_name,
+            index.c.target_type == resource_type,
+            index.c.id.in_(inner.ids()),
+        )
 
     def predicate(row: FromClause) -> ColumnElement[bool]:  # for one candidate: the resources pointing at it
-        pointing, referrer = SEARCH_TABLES["reference"].alias(), fhir_resource.alias()
+        pointing, referrer = _alias(SEARCH_TABLES["reference"], plain), _alias(fhir_resource)
         return exists().where(
             pointing.c.type == source,
             pointing.c.param == param.index_name,
@@ -331,7 +385,7 @@ def _by_identifier(resource_type: str, param: SearchParam, values: list[str], hi
     ]
 
     def identified(t: FromClause) -> ColumnElement[bool]:
-        tokens = SEARCH_TABLES["token"].alias()
+        tokens = _alias(SEARCH_TABLES["token"])
         return and_(
             t.c.target_type.in_(targets),
             exists().where(
@@ -343,8 +397,10 @@ def _by_identifier(resource_type: str, param: SearchParam, values: list[str], hi
         )
 
     literal = _indexed(resource_type, "reference", param.index_name, identified, 1)
-    assert logical.lookup is not None and literal.lookup is not None
-    lookup = select(union(logical.lookup, literal.lookup).subquery().c[0])
+
+    def lookup() -> Select[tuple[str]]:
+        assert logical.lookup is not None and literal.lookup is not None
+        return select(union(logical.lookup, literal.lookup).subquery().c[0])
 
     def predicate(row: FromClause) -> ColumnElement[bool]:
         return or_(logical.predicate(row), literal.predicate(row))

@@ -78,7 +78,7 @@ def parse_include(
         raise SearchError(f"{kind}={raw}: a search of {searched} can only include through {searched} parameters")
     if reverse and not iterate and name != "*" and not any(can_refer_to(params[0], t) for t in types):
         raise SearchError(f"_revinclude={raw}: {source_type}.{name} never refers to {', '.join(types)}")
-    if len(parts) == 3 and parts[2] not in SEARCH_PARAMETERS:
+    if len(parts) == 3 and name == "*" and parts[2] not in SEARCH_PARAMETERS:
         raise SearchError(f"{kind}={raw}: resource type {parts[2]!r} is not supported", "not-supported")
     found = []
     for param in params:
