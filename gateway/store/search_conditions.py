@@ -215,7 +215,7 @@ def _indexed(
 
 
 def _each(values: list[str], match: Callable[[FromClause, str], ColumnElement[bool]]) -> Match:
-    """Any of ``values`` (comma: OR). A bad value raises SearchError when the lookup is built, at parse time."""
+    """Any of ``values`` (comma: OR). A bad value raises SearchError when the statement is built (build_search)."""
     return lambda table: or_(*(match(table, value) for value in values))
 
 
