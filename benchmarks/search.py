@@ -5,7 +5,9 @@
 Builds N resources (N/(K+1) Patients, the rest Observations, K per patient) in a temporary SQLite
 file, and in a temporary schema of HL7GW_TEST_DATABASE_URL when set, then prints the load time and
 the p50/p99 latency of ``Patient?identifier=system|value`` and ``Observation?patient=&date=ge...``
-through ResourceStore.find (the API's own search path).
+through ResourceStore.find (the API's own search path), and of the issue 19 features: a chain
+(``Observation?patient.identifier=``), a reverse chain (``Patient?identifier=&_has:Observation:...``)
+and a quantity (``Observation?patient=&value-quantity=gt100``).
 
 Loading goes through ResourceStore.apply_bundle, in transactions of 10,000 resources: the rows are
 exactly the ones the gateway writes (a bulk path beside the write path would drift from it). A
@@ -38,6 +40,7 @@ from gateway.store.resources import ResourceStore  # noqa: E402
 from gateway.store.search import build_search  # noqa: E402
 
 MRN_SYSTEM = "urn:oid:2.16.840.1.113883.19.5"
+UCUM = "http://unitsofmeasure.org"
 CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
 BATCH_PATIENTS = 2500  # with 3 Observations each: 10,000 resources per transaction
 FAMILIES = ["Smith", "Jones", "Müller", "Garcia", "Nguyen", "Okafor", "Rossi", "Kowalski"]
@@ -50,6 +53,8 @@ class Dataset:
         self.patients, self.per_patient, self.seed = patients, per_patient, seed
         #: Observations dated 2022 or later, per patient: the expected answer of the date query.
         self.recent = [0] * patients
+        #: Observations with a value above 100, per patient: the expected answer of the quantity query.
+        self.high = [0] * patients
 
     def bundles(self) -> Iterator[dict[str, Any]]:
         rnd = random.Random(self.seed)
@@ -60,7 +65,9 @@ class Dataset:
                 for k in range(self.per_patient):
                     year = rnd.randint(2020, 2023)
                     self.recent[number] += year >= 2022
-                    entries.append(_put(self._observation(rnd, number, k, year)))
+                    observation = self._observation(rnd, number, k, year)
+                    self.high[number] += observation["valueQuantity"]["value"] > 100
+                    entries.append(_put(observation))
             yield {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
     @staticmethod
@@ -85,7 +92,7 @@ class Dataset:
             "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
             "subject": {"reference": f"Patient/p{number}"},
             "effectiveDateTime": f"{day}T10:00:00Z",
-            "valueQuantity": {"value": rnd.randint(50, 120), "unit": "/min"},
+            "valueQuantity": {"value": rnd.randint(50, 120), "unit": "/min", "system": UCUM, "code": "/min"},
         }
 
 
@@ -157,12 +164,36 @@ def benchmark(name: str, engine: Engine, args: argparse.Namespace) -> None:
         found = store.find("Observation", {"patient": [f"Patient/p{number}"], "date": ["ge2022-01-01"]})
         assert found.total == dataset.recent[number]
 
-    for label, run in (("Patient?identifier=", by_identifier), ("Observation?patient=&date=ge", by_patient_and_date)):
+    def by_chain() -> None:
+        number = rnd.randrange(patients)
+        found = store.find("Observation", {"patient.identifier": [f"{MRN_SYSTEM}|MRN{number:08d}"]})
+        assert found.total == dataset.per_patient, found
+
+    def by_reverse_chain() -> None:
+        number = rnd.randrange(patients)
+        params = {"identifier": [f"{MRN_SYSTEM}|MRN{number:08d}"], "_has:Observation:patient:code": ["8867-4"]}
+        assert store.find("Patient", params).total == 1
+
+    def by_quantity() -> None:
+        number = rnd.randrange(patients)
+        found = store.find("Observation", {"patient": [f"p{number}"], "value-quantity": [f"gt100|{UCUM}|/min"]})
+        assert found.total == dataset.high[number]
+
+    queries = (
+        ("Patient?identifier=", by_identifier),
+        ("Observation?patient=&date=ge", by_patient_and_date),
+        ("Observation?patient.identifier=", by_chain),
+        ("Patient?identifier=&_has:Obs..", by_reverse_chain),
+        ("Observation?patient=&value-q..", by_quantity),
+    )
+    for label, run in queries[: 2 if args.before else None]:
         p50, p99 = measure(run, args.queries)
         print(f"{name}: {label:<30} p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   ({args.queries} queries)")
     if args.explain:
         print(explain(engine, "Patient", {"identifier": [f"{MRN_SYSTEM}|MRN00000001"]}))
         print(explain(engine, "Observation", {"patient": ["Patient/p1"], "date": ["ge2022-01-01"]}))
+        print(explain(engine, "Observation", {"patient.identifier": [f"{MRN_SYSTEM}|MRN00000001"]}))
+        print(explain(engine, "Observation", {"patient": ["p1"], "value-quantity": [f"gt100|{UCUM}|/min"]}))
 
 
 @contextmanager
@@ -186,6 +217,7 @@ def main() -> None:
     parser.add_argument("--observations-per-patient", type=int, default=3)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--explain", action="store_true", help="print the query plans")
+    parser.add_argument("--before", action="store_true", help="only the queries of the release before issue 19")
     parser.add_argument("--only", choices=("sqlite", "postgresql"), help="run one backend")
     args = parser.parse_args()
 

@@ -486,6 +486,16 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    """Rebuild the search index of the stored resources (after an upgrade that indexes more, docs/fhir-api.md)."""
+    from gateway.store.resources import ResourceStore
+
+    with _database(settings) as engine:
+        done = ResourceStore(engine).reindex(args.type)
+    print(f"reindexed {done} resources" + (f" of type {args.type}" if args.type else ""))
+    return 0
+
+
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     """Send every message in the files; exit 1 if any got AE/AR/CE/CR, a NAK, or no ACK in time."""
     from gateway.mllp.client import send_messages, split_messages
@@ -564,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     status.set_defaults(func=cmd_status)
     sub.add_parser("migrate", help="bring the database to this release's schema").set_defaults(func=cmd_migrate)
+    reindex = sub.add_parser("reindex", help="rebuild the FHIR store's search index (once after an upgrade)")
+    reindex.add_argument("--type", help="only resources of this type (e.g. Observation)")
+    reindex.set_defaults(func=cmd_reindex)
     imports = sub.add_parser(
         "import",
         help="import HL7 batch files through the intake (resumable; exit 1 rejected/mismatch, 2 unfinished)",

@@ -136,6 +136,19 @@ def test_a_search_records_one_event_per_patient_with_the_query(app: FastAPI) -> 
     assert one["id"] == event["id"]
 
 
+def test_a_search_across_types_and_a_chained_search_are_recorded(app: FastAPI) -> None:
+    client = AsgiClient(app, "r-token")
+    assert len(client.get("/fhir?_type=Observation,Practitioner&_id=o1,dr1").json()["entry"]) == 2
+    assert "entry" not in client.get("/fhir/Practitioner?_has:Observation:performer:_id=o2").json()
+    assert len(client.get("/fhir/Observation?patient.identifier=MRN2").json()["entry"]) == 1
+
+    across, chained = recorded(app)  # the _has search found nobody's data: not recorded
+    assert subtype(across) == "search-system" and of([across], "1") == ["Patient/p1"]
+    assert across["meta"]["profile"][0].endswith("IHE.BasicAudit.PatientQuery")
+    validate_bundle(transaction(put(across)))
+    assert subtype(chained) == "search-type" and of([chained], "1") == ["Patient/p1", "Patient/p2"]  # o2.performer
+
+
 def test_included_resources_count_too(app: FastAPI) -> None:
     client = AsgiClient(app, "r-token")
     assert client.get("/fhir/Practitioner?_revinclude=Observation:performer").json()["total"] == 1  # none names dr1

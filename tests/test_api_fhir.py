@@ -101,7 +101,14 @@ class _GroupExport:
 
 
 ANY_GROUP_EXPORT = _GroupExport()
-_SAMPLE_VALUES = {"token": "x", "string": "x", "date": "ge2020", "reference": "x"}
+_SAMPLE_VALUES = {"token": "x", "string": "x", "date": "ge2020", "reference": "x", "quantity": "gt1||mg"}
+
+
+def sample_value(resource_type: str, name: str, kind: str) -> str:
+    if kind != "composite":
+        return _SAMPLE_VALUES[kind]
+    components = SEARCH_PARAMETERS[resource_type][name].components
+    return "$".join(_SAMPLE_VALUES[SEARCH_PARAMETERS[resource_type][part].kind] for part in components)
 
 
 def test_every_advertised_parameter_and_include_is_accepted(app: FastAPI) -> None:
@@ -112,7 +119,8 @@ def test_every_advertised_parameter_and_include_is_accepted(app: FastAPI) -> Non
             continue  # Group: $export only
         path = f"/fhir/{resource['type']}"
         for param in resource["searchParam"]:
-            response = client.get(path, params={param["name"]: _SAMPLE_VALUES[param["type"]], "_count": "1"})
+            value = sample_value(resource["type"], param["name"], param["type"])
+            response = client.get(path, params={param["name"]: value, "_count": "1"})
             assert response.status_code == 200, (path, param, response.text)
         for name, values in (("_include", "searchInclude"), ("_revinclude", "searchRevInclude")):
             for value in resource.get(values, []):
@@ -218,7 +226,7 @@ def test_framework_errors_are_operation_outcomes(client: AsgiClient) -> None:
     assert not_allowed.headers["allow"] == "GET"
     assert_outcome(client.request("POST", "/fhir/Patient", json={}), 405, "not-supported")
     assert_outcome(client.get("/nowhere"), 404, "not-found")
-    assert_outcome(client.get("/fhir"), 404, "not-found")
+    assert_outcome(client.get("/fhir-nowhere"), 404, "not-found")
 
 
 def test_unexpected_errors_are_operation_outcomes(app: FastAPI, client: AsgiClient) -> None:

@@ -81,7 +81,13 @@ def served(engine: Engine, tmp_path: Path) -> Iterator[Served]:
     encounter["subject"] = {"reference": "Patient/p001"}
     at_e1 = {"encounter": {"reference": "Encounter/e1"}}
     observations = [
-        observation(f"o{month}", "p001", effectiveDateTime=f"2024-{month:02d}-01T08:00:00Z", **at_e1)
+        observation(
+            f"o{month}",
+            "p001",
+            effectiveDateTime=f"2024-{month:02d}-01T08:00:00Z",
+            valueQuantity={"value": 10 * month, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"},
+            **at_e1,
+        )
         for month in range(1, 8)
     ]
     report = {
@@ -210,6 +216,42 @@ def test_head_and_cors_preflight_over_a_real_server(served: Served) -> None:
         f"{served.base}/Patient", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
     )
     assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_fhirpy_chains_has_modifiers_and_quantities(served: Served) -> None:
+    client = SyncFHIRClient(served.base, authorization=f"Bearer {TOKEN}")
+    observations = client.resources("Observation")
+
+    def ids(search: Any) -> list[str]:
+        return sorted(resource["id"] for resource in search.fetch_all())
+
+    months = [f"o{month}" for month in range(1, 8)]
+    assert ids(observations.search(patient__Patient__family="renamed")) == months  # patient:Patient.family
+    assert ids(observations.search(subject__Patient__identifier=f"{MRN}|MRN1")) == months
+    assert ids(observations.search(encounter__subject__Patient__family="renamed")) == months  # two steps
+    assert ids(observations.search(patient="p001", value_quantity__gt=50)) == ["o6", "o7"]
+    assert ids(observations.search(value_quantity="le20|http://unitsofmeasure.org|/min")) == ["o1", "o2"]
+    assert ids(observations.search(code_value_quantity="8867-4$ap30")) == ["o3"]
+    assert ids(observations.search(_lastUpdated__gt="2000-01-01", _id="o1,o2")) == ["o1", "o2"]
+    assert ids(client.resources("Patient").has("Observation", "patient", code="8867-4")) == ["p001"]
+    assert ids(client.resources("Patient").has("Encounter", "subject").search(_id="p001")) == ["p001"]
+    assert ids(client.resources("Patient").search(name__exact="Renamed")) == ["p001"]
+    assert ids(client.resources("Patient").search(birthdate__missing=True)) == sorted(PATIENTS)
+    assert ids(client.resources("DiagnosticReport").search(code__text="pan")) == ["r1"]
+    assert ids(client.resources("DiagnosticReport").search(status__not="final")) == []
+    with pytest.raises(OperationOutcome):  # subject may be a Patient, a Group, a Device or a Location
+        observations.search(subject__name="renamed").fetch()
+
+    with_star = client.resources("Observation").search(_id="o1").include("*").fetch_raw()
+    assert sorted(e["resource"]["id"] for e in with_star["entry"]) == ["e1", "o1", "p001"]
+    iterated = (
+        client.resources("Patient")
+        .search(_id="p001")
+        .revinclude("Encounter", "subject")
+        .revinclude("Observation", "encounter", iterate=True)
+        .fetch_raw()
+    )
+    assert {e["resource"]["id"] for e in iterated["entry"]} == {"p001", "e1", *months}
 
 
 def test_fhirpy_needs_the_token(served: Served) -> None:

@@ -180,5 +180,10 @@ def test_every_registered_parameter_is_well_formed() -> None:
     for resource_type, params in SEARCH_PARAMETERS.items():
         assert resource_type[0].isupper()
         for name, param in params.items():
-            assert isinstance(param, SearchParam) and param.name == name and param.paths
-            assert param.kind in ("token", "string", "date", "reference")
+            assert isinstance(param, SearchParam) and param.name == name
+            assert param.kind in ("token", "string", "date", "reference", "quantity", "composite")
+            if param.kind == "composite":  # two other parameters of the type, none composite
+                assert not param.paths and len(param.components) == 2
+                assert all(params[part].kind != "composite" for part in param.components)
+            else:
+                assert param.paths and not param.components

@@ -233,7 +233,8 @@ def test_included_resources_are_current_and_not_repeated(clinical: ResourceStore
         ("Observation", "Observation", r"is not \[type\]:\[parameter\]"),
         ("Observation", "Encounter:subject", "can only include through Observation parameters"),
         ("Observation", "Observation:patient:Group", "never refers to Group"),
-        ("Observation", "*", r"is not \[type\]:\[parameter\]"),
+        ("Observation", "*:*", "'\\*' is not supported"),
+        ("Observation", "Observation:*:Foo", "'Foo' is not supported"),
     ],
 )
 def test_bad_includes(clinical: ResourceStore, resource_type: str, value: str, message: str) -> None:

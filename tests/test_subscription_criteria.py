@@ -39,7 +39,7 @@ def test_good_criteria_are_taken(text: str) -> None:
         ("Observation?_count=5", "shapes a result"),
         ("Observation?_include=Observation:subject", "shapes a result"),
         ("Observation?code=", "has no value"),
-        ("Observation?code:text=x", "modifier"),
+        ("Observation?code:above=x", "modifier"),
         ("Observation?date=yesterday", "date"),
         ("AuditEvent", "cannot be subscribed"),
         ("Patient/123", "resource type"),

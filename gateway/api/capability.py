@@ -12,6 +12,7 @@ from gateway.store.feed_query import SYSTEM_PARAMETERS
 from gateway.store.search_params import SearchParam
 from gateway.store.search_registry import (
     COMMON_PARAMETERS,
+    META_PARAMETERS,
     SEARCH_PARAMETERS,
     can_refer_to,
     reference_parameters,
@@ -20,6 +21,8 @@ from gateway.store.search_registry import (
 
 FHIR_VERSION = "4.0.1"
 INTERACTIONS = ("read", "vread", "history-instance", "history-type", "search-type")
+#: Interactions on the whole system (CapabilityStatement.rest.interaction).
+SYSTEM_INTERACTIONS = ("history-system", "search-system")
 FORMATS = ("application/fhir+json", "application/json", "json")
 #: FHIR Bulk Data Access (IG v2): the CapabilityStatement this server instantiates and its operations.
 BULK_DATA = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
@@ -30,15 +33,31 @@ _EXPORT_DOCS = (
 )
 
 _COMMON_DOCS = {
-    "_id": "Logical id of the resource (Resource.id)",
-    "_lastUpdated": "When the stored version was written (Resource.meta.lastUpdated)",
+    "_id": "Logical id of the resource (Resource.id); a comma-separated list matches any",
+    "_lastUpdated": "When the stored version was written (Resource.meta.lastUpdated); prefixes eq ne gt lt ge le sa eb",
 }
+#: What each kind of parameter accepts beyond plain values (search.html#modifiers, #prefix, #chaining).
+_KIND_DOCS = {
+    "token": "modifiers :missing :not :text :of-type (on identifiers)",
+    "string": "modifiers :missing :exact :contains",
+    "date": "prefixes eq ne gt lt ge le sa eb; modifier :missing",
+    "reference": "modifiers :missing :[type] :identifier; chains name[:type].parameter",
+    "quantity": "[prefix]number[|system|code] or number||code-or-unit; prefixes eq ne gt lt ge le sa eb ap; :missing",
+    "composite": "[first]$[second]: both values on the same resource",
+}
+_SEARCH_DOCS = (
+    "Search: chains (subject:Patient.name=, patient.identifier=, up to 3 steps; the type modifier is required "
+    "when the reference may point at several types that have the parameter), reverse chains "
+    "(_has:Observation:patient:code=, nestable), _include and _revinclude with * and :iterate, and "
+    "GET [base]?_type=A,B with _id, _lastUpdated, _tag, _security. Quantities compare numbers, not "
+    "UCUM-converted units."
+)
 # Parameters of every search (search.html#return), listed once for all types.
 _RESULT_PARAMETERS = [
     ("_count", "number", "Page size (default 50, at most 1000; 0 gives the total only)"),
     ("_sort", "string", "Sort keys, '-' for descending: _id, _lastUpdated, or a date or string parameter"),
-    ("_include", "special", "[type]:[parameter](:[target]) for the reference parameters listed per type"),
-    ("_revinclude", "special", "[type]:[parameter](:[target]) for the reference parameters listed per type"),
+    ("_include", "special", "[type]:[parameter](:[target]), [type]:* or *; :iterate follows included resources too"),
+    ("_revinclude", "special", "[type]:[parameter](:[target]) or [type]:*; :iterate follows included resources too"),
     ("_total", "token", "none | estimate | accurate (estimate counts exactly); default accurate"),
     ("_totalMethod", "token", "Read as _total (what fhirpy's count() sends)"),
     ("_summary", "token", "true | text | data | count (the total, no entries) | false; on read and search"),
@@ -89,7 +108,7 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                     f"Read-only, but for Subscription. History parameters: {history}. Unknown search "
                     "parameters are refused (400) unless the request says 'Prefer: handling=lenient'. Search "
                     "by GET or by POST [type]/_search with a form body; HEAD on every GET. _summary and "
-                    "_elements subset reads and searches alike (meta.tag SUBSETTED)."
+                    f"_elements subset reads and searches alike (meta.tag SUBSETTED). {_SEARCH_DOCS}"
                 ),
                 "security": {
                     "description": (
@@ -99,10 +118,11 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                 },
                 "resource": [_resource(resource_type) for resource_type in supported_types()]
                 + [_subscription(), _group()],
-                # GET [base]/_history, and its feed: docs/consumers.md, "The history feed".
-                "interaction": [{"code": "history-system"}],
+                # GET [base]/_history (and its feed: docs/consumers.md), GET [base]?_type= (docs/fhir-api.md).
+                "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "searchParam": [
-                    {"name": name, "type": kind, "documentation": docs} for name, kind, docs in _RESULT_PARAMETERS
+                    {"name": name, "type": kind, "documentation": docs}
+                    for name, kind, docs in [*_RESULT_PARAMETERS, *_system_parameters()]
                 ],
                 "operation": [_operation("export", _EXPORT_DOCS)],
             }
@@ -111,8 +131,16 @@ def capability_statement(base_url: str) -> dict[str, Any]:
 
 
 def search_includes(resource_type: str) -> list[str]:
-    """``_include`` values a search of ``resource_type`` accepts."""
-    return [f"{resource_type}:{param.name}" for param in reference_parameters(resource_type)]
+    """``_include`` values a search of ``resource_type`` accepts (``*``: all of them)."""
+    named = [f"{resource_type}:{param.name}" for param in reference_parameters(resource_type)]
+    return ["*", *named] if named else []
+
+
+def _system_parameters() -> list[tuple[str, str, str]]:
+    """The parameters of ``GET [base]?_type=``."""
+    meta = [(param.name, param.kind, f"Resource.{param.paths[0]} (every type)") for param in META_PARAMETERS]
+    common = [(name, kind, _COMMON_DOCS[name]) for name, kind in COMMON_PARAMETERS.items()]
+    return [("_type", "token", "Search across these types (comma-separated), GET [base]?_type=A,B"), *common, *meta]
 
 
 def search_revincludes(resource_type: str) -> list[str]:
@@ -205,5 +233,8 @@ def _operation(name: str, documentation: str) -> dict[str, str]:
 
 
 def _documentation(resource_type: str, param: SearchParam) -> str:
+    if param.kind == "composite":
+        return f"{' $ '.join(param.components)} ({_KIND_DOCS['composite']})"
     paths = " | ".join(f"{resource_type}.{path}" for path in param.paths)
-    return f"{paths} ({', '.join(param.targets)} only)" if param.targets else paths
+    targets = f" ({', '.join(param.targets)} only)" if param.targets else ""
+    return f"{paths}{targets}; {_KIND_DOCS[param.kind]}"

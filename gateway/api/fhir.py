@@ -1,19 +1,21 @@
-"""FHIR REST API over the built-in store (http.html): capabilities, read, vread, history, search
-(GET, and POST [type]/_search with a form body), ``_summary``/``_elements`` on read and search.
+"""FHIR REST API over the built-in store (http.html): capabilities, read, vread, history, search (of a
+type, and across types: ``GET [base]?_type=``; GET, and POST [type]/_search with a form body),
+``_summary``/``_elements`` on read and search.
 
 Routes are thin: the store answers, ``read``/``bundles`` shape the answer, ``subsetting`` trims it,
 ``negotiation`` picks the format. Order matters: ``_history`` must be tried before ``[type]``,
 ``[type]/_history`` before ``[type]/[id]``. Every route needs the reader role; the types in
 ``ADMIN_ONLY_TYPES`` (the audit trail) need admin, and are left out of what a search of another type,
-or the history of all types, holds for anyone else. Every answer that returns resources is handed to
-the access audit trail (``access_audit.record_access``) before it is sent. HEAD works on every GET
-route (``head``).
+or the history of all types, holds for anyone else; a chain or ``_has`` through them needs admin too.
+Every answer that returns resources is handed to the access audit trail (``access_audit.record_access``)
+before it is sent. HEAD works on every GET route (``head``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -34,7 +36,7 @@ from gateway.config import Role
 from gateway.store.access_events import Interaction
 from gateway.store.feed_query import NEWEST_FIRST, asks_for_feed, build_feed
 from gateway.store.resources import ResourceStore, StoredResource
-from gateway.store.search import SearchError
+from gateway.store.search import ForbiddenType, SearchError, SearchResult
 from gateway.store.search_registry import SEARCH_PARAMETERS
 
 router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(negotiate)])
@@ -62,6 +64,24 @@ def system_history(request: Request, principal: Principal = _reader) -> Response
     the history feed: oldest first in commit order (gateway/store/feed_query.py). Other roles than
     admin never see the admin-only types: they are left out in the query, so pages stay full."""
     return _feed(request, principal, None)
+
+
+@router.get("", response_class=FHIRResponse)
+def search_system(request: Request, principal: Principal = _reader) -> Response:
+    """search-system (search.html#searchsystem): ``_type=A,B`` and the parameters every type has."""
+    query = _query(request)
+    named = [name for value in query.pop("_type", []) for name in value.split(",") if name]
+    types = sorted(set(named)) if named else None
+    for resource_type in types or ():
+        if resource_type not in SEARCH_PARAMETERS:
+            raise FHIRError(400, f"_type: resource type {resource_type[:64]!r} is not supported", "not-supported")
+        if resource_type in ADMIN_ONLY_TYPES:
+            check_role(principal, Role.admin)
+    result = _run(principal, lambda hidden: _store(request).find_across(types, query, is_lenient(request), hidden))
+    response = respond(request, bundles.searchset(request, result))
+    if result.resources or result.included:
+        record_access(request, principal, Interaction.search_system, response)
+    return response
 
 
 @router.get("/{resource_type}/_history", response_class=FHIRResponse)
@@ -161,14 +181,10 @@ def _search(
     for name in ("_revinclude", "_include"):
         if any(value.partition(":")[0] in ADMIN_ONLY_TYPES for value in query.get(name, [])):
             check_role(principal, Role.admin)
-    try:
-        result = _store(request).find(resource_type, _store_query(query), lenient=is_lenient(request))
-    except SearchError as exc:
-        raise FHIRError(400, str(exc), exc.code) from None
-    if principal.role is not Role.admin:
-        # A reference parameter that may point anywhere (Provenance.target) could include an admin-only type.
-        visible = [resource for resource in result.included if resource.get("resourceType") not in ADMIN_ONLY_TYPES]
-        result = dataclasses.replace(result, included=visible)
+    result = _run(
+        principal,
+        lambda hidden: _store(request).find(resource_type, _store_query(query), is_lenient(request), hidden),
+    )
     whole = result
     if not subset.whole:
         result = dataclasses.replace(
@@ -203,6 +219,23 @@ def _feed(request: Request, principal: Principal, resource_type: str | None) -> 
         interaction = Interaction.history_system if resource_type is None else Interaction.history_type
         record_access(request, principal, interaction, response)
     return response
+
+
+def _run(principal: Principal, find: Callable[[frozenset[str]], SearchResult]) -> SearchResult:
+    """Run a search with the admin-only types hidden from lower roles; its errors as OperationOutcomes."""
+    admin = principal.role is Role.admin
+    try:
+        result = find(frozenset() if admin else frozenset(ADMIN_ONLY_TYPES))
+    except ForbiddenType:
+        check_role(principal, Role.admin)
+        raise
+    except SearchError as exc:
+        raise FHIRError(400, str(exc), exc.code) from None
+    if not admin:
+        # A reference parameter that may point anywhere (Provenance.target) could include an admin-only type.
+        visible = [resource for resource in result.included if resource.get("resourceType") not in ADMIN_ONLY_TYPES]
+        result = dataclasses.replace(result, included=visible)
+    return result
 
 
 def _history(request: Request, principal: Principal, resource_type: str, resource_id: str | None) -> Response:

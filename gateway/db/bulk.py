@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Integer, LargeBinary, String, Table
+from sqlalchemy import BigInteger, Boolean, DateTime, Double, Integer, LargeBinary, String, Table
 from sqlalchemy.engine import Connection, Dialect
 
 Processor = Callable[[Any], Any]
@@ -220,6 +220,7 @@ _ARRAY_TYPES = (
     (BigInteger, "bigint[]"),
     (Integer, "integer[]"),
     (LargeBinary, "bytea[]"),
+    (Double, "double precision[]"),
     (String, "text[]"),
 )
 

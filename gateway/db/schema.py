@@ -7,7 +7,20 @@ the migrations make exactly this schema.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 metadata = MetaData()
 
@@ -126,11 +139,28 @@ Index(
 )
 Index("ix_fhir_search_reference_resource", *(fhir_search_reference.c[n] for n in ("type", "id", "param")))
 
+# Quantities (Observation.valueQuantity): the number as a double, with the unit's system, code and
+# human text; a search by value reads a range of the lookup index.
+fhir_search_quantity = Table(
+    "fhir_search_quantity",
+    metadata,
+    Column("type", _TYPE, nullable=False),
+    Column("id", _ID, nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("system", _TEXT, nullable=False),  # "" when the quantity has none
+    Column("code", _TEXT, nullable=False),
+    Column("unit", _TEXT, nullable=False),
+    Column("value", Double, nullable=False),
+)
+Index("ix_fhir_search_quantity_value", *(fhir_search_quantity.c[n] for n in ("type", "param", "value", "code", "id")))
+Index("ix_fhir_search_quantity_resource", *(fhir_search_quantity.c[n] for n in ("type", "id", "param")))
+
 SEARCH_TABLES = {
     "token": fhir_search_token,
     "string": fhir_search_string,
     "date": fhir_search_date,
     "reference": fhir_search_reference,
+    "quantity": fhir_search_quantity,
 }
 
 #: The target of a merged-away Patient (gateway/store/merges.py).

@@ -73,10 +73,16 @@ class Interaction(enum.StrEnum):
     history_type = "history-type"
     history_system = "history-system"
     search_type = "search-type"
+    search_system = "search-system"
 
     @property
     def is_query(self) -> bool:
-        return self in (Interaction.history_type, Interaction.history_system, Interaction.search_type)
+        return self in (
+            Interaction.history_type,
+            Interaction.history_system,
+            Interaction.search_type,
+            Interaction.search_system,
+        )
 
 
 class AuthFailure(enum.StrEnum):

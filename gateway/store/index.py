@@ -7,10 +7,12 @@ a Reference. This keeps the extraction generic; new resource types need only new
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from functools import cache, lru_cache
 from typing import Any
 
@@ -43,12 +45,15 @@ class IndexRows:
     dates: list[tuple[str, str, str, datetime, datetime]] = field(default_factory=list)
     #: (type, id, param, target_type, target_id)
     references: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    #: (type, id, param, system, code, unit, value)
+    quantities: list[tuple[str, str, str, str, str, str, float]] = field(default_factory=list)
 
     def extend(self, other: IndexRows) -> None:
         self.tokens += other.tokens
         self.strings += other.strings
         self.dates += other.dates
         self.references += other.references
+        self.quantities += other.quantities
 
 
 #: The columns of each search table, in the order of the IndexRows tuples.
@@ -57,7 +62,24 @@ COLUMNS = {
     "string": ("type", "id", "param", "value", "exact"),
     "date": ("type", "id", "param", "low", "high"),
     "reference": ("type", "id", "param", "target_type", "target_id"),
+    "quantity": ("type", "id", "param", "system", "code", "unit", "value"),
 }
+
+
+def text_param(name: str) -> str:
+    """Where the texts of token parameter ``name`` are indexed (string rows), for ``:text``."""
+    return f"{name}:text"
+
+
+def of_type_param(name: str) -> str:
+    """Where Identifier type and value of token parameter ``name`` are indexed (token rows ``system``,
+    ``code|value``), for ``:of-type``."""
+    return f"{name}:of-type"
+
+
+def identifier_param(name: str) -> str:
+    """Where Reference.identifier of reference parameter ``name`` is indexed (token rows), for ``:identifier``."""
+    return f"{name}:identifier"
 
 
 def normalize_text(text: str) -> str:
@@ -98,6 +120,7 @@ def index_rows(
         if param.kind == "token":
             tokens = dict.fromkeys(_tokens(values, []))
             rows.tokens += [(resource_type, resource_id, name, system, code) for system, code in tokens]
+            _token_extras(rows, resource_type, resource_id, name, values)
         elif param.kind == "string":
             texts = dict.fromkeys(_strings(values, []))
             rows.strings += [
@@ -105,10 +128,73 @@ def index_rows(
             ]
         elif param.kind == "date":
             rows.dates += [(resource_type, resource_id, name, low, high) for low, high in dict.fromkeys(_dates(values))]
+        elif param.kind == "quantity":
+            quantities = dict.fromkeys(_quantities(values))
+            rows.quantities += [(resource_type, resource_id, name, *quantity) for quantity in quantities]
         else:
             targets = dict.fromkeys(_references(values, param))
             rows.references += [(resource_type, resource_id, name, kind, target) for kind, target in targets]
+            logical = dict.fromkeys(_tokens([v["identifier"] for v in values if _has_dict(v, "identifier")], []))
+            by_identifier = identifier_param(name)
+            rows.tokens += [(resource_type, resource_id, by_identifier, system, code) for system, code in logical]
     return rows
+
+
+def _token_extras(rows: IndexRows, resource_type: str, resource_id: str, name: str, values: list[Any]) -> None:
+    """The texts of codes (for ``:text``) and the typed identifiers (for ``:of-type``) of a token parameter."""
+    texts = dict.fromkeys(_code_texts(values, []))
+    by_text = text_param(name)
+    rows.strings += [(resource_type, resource_id, by_text, normalize_text(text), text[:MAX_INDEXED]) for text in texts]
+    typed = dict.fromkeys(_typed_identifiers(values))
+    by_type = of_type_param(name)
+    rows.tokens += [(resource_type, resource_id, by_type, system, code) for system, code in typed]
+
+
+def _has_dict(value: Any, key: str) -> bool:
+    return isinstance(value, dict) and isinstance(value.get(key), dict)
+
+
+def _code_texts(values: list[Any], out: list[str]) -> list[str]:
+    """CodeableConcept.text, Coding.display and Identifier.type.text (search.html#modifiers, :text)."""
+    for value in values:
+        if not isinstance(value, dict):
+            continue
+        for key in ("text", "display"):
+            text = value.get(key)
+            if isinstance(text, str) and text.strip():
+                out.append(text)
+        coding = value.get("coding")
+        if isinstance(coding, list):
+            _code_texts(coding, out)
+        if _has_dict(value, "type") and "value" in value:  # an Identifier
+            _code_texts([{"text": value["type"].get("text")}], out)
+    return out
+
+
+def _typed_identifiers(values: list[Any]) -> list[tuple[str, str]]:
+    """(type system, ``type code|value``) of each Identifier with a type (search.html#modifiers, :of-type)."""
+    out = []
+    for value in values:
+        if not _has_dict(value, "type") or not isinstance(value.get("value"), str):
+            continue
+        for system, code in _tokens([value["type"]], []):
+            out.append((system, f"{code}|{value['value']}"[:MAX_INDEXED]))
+    return out
+
+
+def _quantities(values: list[Any]) -> list[tuple[str, str, str, float]]:
+    """(system, code, unit, value) of each Quantity with a number (the comparator is not kept)."""
+    out = []
+    for value in values:
+        if not isinstance(value, dict):
+            continue
+        number = value.get("value")
+        if isinstance(number, bool) or not isinstance(number, (int, float, Decimal)) or not math.isfinite(number):
+            continue
+        texts = [value.get(key) for key in ("system", "code", "unit")]
+        system, code, unit = (text[:MAX_INDEXED] if isinstance(text, str) else "" for text in texts)
+        out.append((system, code, unit, float(number)))
+    return out
 
 
 #: Index rows by (type, id, content hash): see ``rows_for_content``.

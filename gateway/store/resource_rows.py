@@ -147,3 +147,4 @@ def insert_index_rows(conn: Connection, rows: IndexRows) -> None:
     _INSERT_INDEX["string"].run(conn, rows.strings)
     _INSERT_INDEX["date"].run(conn, rows.dates)
     _INSERT_INDEX["reference"].run(conn, rows.references)
+    _INSERT_INDEX["quantity"].run(conn, rows.quantities)

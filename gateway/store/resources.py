@@ -21,7 +21,7 @@ from gateway.store.history import build_history, run_history
 from gateway.store.index import IndexRows, index_rows
 from gateway.store.ordering import Source, is_older, stored_key
 from gateway.store.resource_rows import drop_index_rows, insert_index_rows
-from gateway.store.search import SearchResult, build_search, run_search
+from gateway.store.search import SearchResult, build_search, build_system_search, run_search
 from gateway.store.transaction import AppliedEntry, ApplyResult, Outcome, content_hash, plan_changes
 from gateway.store.writer import Job, write_batch
 
@@ -128,11 +128,28 @@ class ResourceStore:
         """Resources of ``resource_type`` matching FHIR search ``params``; raises search.SearchError."""
         return self.find(resource_type, params).resources
 
-    def find(self, resource_type: str, params: dict[str, list[str]], lenient: bool = False) -> SearchResult:
-        """Like ``search``: one page with the total, included resources and cursors of the next/previous page."""
-        query = build_search(
-            resource_type, {k: [v] if isinstance(v, str) else list(v) for k, v in params.items()}, lenient
-        )
+    def find(
+        self,
+        resource_type: str,
+        params: dict[str, list[str]],
+        lenient: bool = False,
+        hidden: frozenset[str] = frozenset(),
+    ) -> SearchResult:
+        """Like ``search``: one page with the total, included resources and cursors of the next/previous page.
+        A chain, ``_has`` or include through a type in ``hidden`` raises search.ForbiddenType."""
+        query = build_search(resource_type, _lists(params), lenient, hidden)
+        with self.engine.connect() as conn:
+            return run_search(conn, query)
+
+    def find_across(
+        self,
+        types: list[str] | None,
+        params: dict[str, list[str]],
+        lenient: bool = False,
+        hidden: frozenset[str] = frozenset(),
+    ) -> SearchResult:
+        """A search across ``types`` (None: every type not ``hidden``), ``GET [base]?_type=``."""
+        query = build_system_search(types, _lists(params), lenient, hidden)
         with self.engine.connect() as conn:
             return run_search(conn, query)
 
@@ -190,6 +207,10 @@ class ResourceStore:
                 # then race to change it; a busy database waits for busy_timeout, then fails.
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             yield conn
+
+
+def _lists(params: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {k: [v] if isinstance(v, str) else list(v) for k, v in params.items()}
 
 
 def _stored(resource_type: str, resource_id: str, row: Any) -> StoredResource:

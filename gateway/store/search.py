@@ -1,8 +1,10 @@
 """Turn FHIR search parameters into one SQL query over the resource table and the search index, and run it.
 
 Semantics follow FHIR R4 search.html: repeated parameters are ANDed, comma-separated values ORed
-(value syntax in ``search_values``); result parameters ``_count``, ``_sort``, ``_include``,
-``_revinclude``, ``_total``, ``_summary=count``; pages are keyset pages (``search_paging``).
+(each occurrence, with its modifiers, chains and ``_has``, in ``search_conditions``; value syntax in
+``search_values``); result parameters ``_count``, ``_sort``, ``_include``, ``_revinclude`` (with
+``*`` and ``:iterate``, ``search_includes``), ``_total``, ``_summary=count``; pages are keyset pages
+(``search_paging``). ``build_system_search`` is ``GET [base]?_type=``: the parameters every type has.
 """
 
 from __future__ import annotations
@@ -12,26 +14,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Select, exists, false, func, or_, select
+from sqlalchemy import ColumnElement, Select, false, func, select
 from sqlalchemy.engine import Connection
 
 from gateway import fhirjson
-from gateway.db.schema import SEARCH_TABLES, fhir_resource
+from gateway.db.schema import fhir_resource
+from gateway.store.search_conditions import MAX_VALUES, Condition, numbered_aliases, parse_condition
 from gateway.store.search_includes import Include, fetch_included, parse_include
 from gateway.store.search_paging import Cursor, SortKey, after, decode_cursor, encode_cursor, order_by, parse_sort
-from gateway.store.search_params import SearchParam
-from gateway.store.search_registry import COMMON_PARAMETERS, SEARCH_PARAMETERS
-from gateway.store.search_values import (
-    SearchError,
-    point_in_range,
-    range_match,
-    reference_match,
-    split,
-    string_match,
-    token_match,
-)
+from gateway.store.search_registry import COMMON_PARAMETERS, SEARCH_PARAMETERS, SYSTEM_PARAMETERS
+from gateway.store.search_values import ForbiddenType, SearchError, UnsupportedParameter, split
 
-__all__ = ["SearchError", "SearchQuery", "SearchResult", "UnknownResourceType", "UnsupportedParameter", "build_search"]
+__all__ = [
+    "MAX_VALUES",
+    "ForbiddenType",
+    "SearchError",
+    "SearchQuery",
+    "SearchResult",
+    "UnknownResourceType",
+    "UnsupportedParameter",
+    "build_search",
+    "build_system_search",
+]
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 1000
@@ -40,8 +44,12 @@ MAX_COUNT = 1000
 #: is what fhirpy's ``count()`` sends (an Aidbox name); it is read like ``_total``.
 RESULT_PARAMETERS = ("_count", "_sort", "_cursor", "_include", "_revinclude", "_total", "_totalMethod", "_summary")
 _TOTAL_MODES = ("none", "estimate", "accurate", "count")
-# Which kind of condition should pick the candidate rows; the rest are checked per candidate.
-_SELECTIVITY = {"_id": 0, "reference": 1, "token": 2, "string": 3, "date": 4, "_lastUpdated": 5}
+#: Modifiers of the result parameters: ``:iterate`` on the includes, and its STU3 name ``:recurse`` (fhirpy
+#: sends ``:recursive``).
+_RESULT_MODIFIERS = {
+    "_include": ("iterate", "recurse", "recursive"),
+    "_revinclude": ("iterate", "recurse", "recursive"),
+}
 
 
 class UnknownResourceType(SearchError):
@@ -49,17 +57,11 @@ class UnknownResourceType(SearchError):
         super().__init__(f"resource type {resource_type!r} is not supported", code="not-supported")
 
 
-class UnsupportedParameter(SearchError):
-    """A parameter or modifier the server does not know; ignored under ``Prefer: handling=lenient``."""
-
-    def __init__(self, message: str):
-        super().__init__(message, code="not-supported")
-
-
 @dataclass(frozen=True)
 class SearchQuery:
     """A parsed search: the matching rows, their order, and the page asked for."""
 
+    #: The type searched; "" for a search across ``types`` (``GET [base]?_type=``).
     resource_type: str
     where: tuple[ColumnElement[bool], ...]
     count: int
@@ -70,6 +72,7 @@ class SearchQuery:
     fingerprint: str
     #: Parameter names dropped under lenient handling, in request order.
     ignored: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
 
     def page(self) -> Select[Any]:
         """One row more than the page, to tell whether another page follows."""
@@ -98,60 +101,110 @@ class SearchResult:
     ignored: tuple[str, ...] = ()
 
 
-#: Values one parameter may list (OR), and parameters one search may combine (AND). Beyond these a
-#: search is refused with a 400 rather than sent to the database as a statement it cannot plan
-#: (SQLite refuses expressions deeper than 1000; PostgreSQL spends seconds planning 300 joins).
-MAX_VALUES = 200
+#: Parameters one search may combine (AND). Beyond this a search is refused with a 400 rather than
+#: sent to the database as a statement it cannot plan (SQLite refuses expressions deeper than 1000;
+#: PostgreSQL spends seconds planning 300 joins). One parameter lists at most MAX_VALUES values.
 MAX_CONDITIONS = 100
 
 
-def build_search(resource_type: str, params: dict[str, list[str]], lenient: bool = False) -> SearchQuery:
+def build_search(
+    resource_type: str, params: dict[str, list[str]], lenient: bool = False, hidden: frozenset[str] = frozenset()
+) -> SearchQuery:
     """Parse ``params`` (name[:modifier] -> raw values) for ``resource_type``; raises SearchError.
 
     With ``lenient``, unknown parameters and unsupported modifiers are dropped (http.html#prefer).
+    A chain, ``_has`` or include through a type in ``hidden`` raises ForbiddenType.
     """
     if resource_type not in SEARCH_PARAMETERS:
         raise UnknownResourceType(resource_type)
-    definitions = SEARCH_PARAMETERS[resource_type]
+    with numbered_aliases():
+        return _build((resource_type,), params, lenient, hidden, system=False)
+
+
+def build_system_search(
+    types: list[str] | None, params: dict[str, list[str]], lenient: bool = False, hidden: frozenset[str] = frozenset()
+) -> SearchQuery:
+    """``GET [base]?_type=A,B&...`` (search.html#searchsystem): the parameters every type has, over ``types``
+    (None: every type not ``hidden``); sorted by ``_sort`` (``_id``, ``_lastUpdated``), then type and id."""
+    if types is None:
+        types = [name for name in SEARCH_PARAMETERS if name not in hidden]
+    for resource_type in types:
+        if resource_type not in SEARCH_PARAMETERS:
+            raise UnknownResourceType(resource_type)
+        if resource_type in hidden:
+            raise ForbiddenType(resource_type)
+    if not types:
+        raise SearchError("_type names no resource type")
+    with numbered_aliases():
+        return _build(tuple(sorted(set(types))), params, lenient, hidden, system=True)
+
+
+def _build(
+    types: tuple[str, ...], params: dict[str, list[str]], lenient: bool, hidden: frozenset[str], system: bool
+) -> SearchQuery:
+    resource_type = "" if system else types[0]
     result = {name: values for name, values in params.items() if name.partition(":")[0] in RESULT_PARAMETERS}
-    conditions: list[tuple[int, _Condition]] = []
+    conditions: list[Condition] = []
     used: list[tuple[str, list[str]]] = []
     ignored: list[str] = []
     for key, raw_values in params.items():
         if key in result:
             continue
         try:
-            found = [_condition(resource_type, definitions, key, raw) for raw in raw_values if split(raw)]
+            if system:
+                _check_system_parameter(key)
+            found = [parse_condition(resource_type or types[0], key, raw, hidden) for raw in raw_values if split(raw)]
         except UnsupportedParameter:
             if not lenient:
                 raise
             ignored.append(key)
             continue
-        conditions += [(_SELECTIVITY[condition.kind], condition) for condition in found]
+        conditions += found
         used.append((key, raw_values))
         if len(conditions) > MAX_CONDITIONS:
             raise SearchError(f"a search combines at most {MAX_CONDITIONS} parameters")
-    includes = []
+    includes: list[Include] = []
     for key, values in result.items():
         name, _, modifier = key.partition(":")
-        if modifier:  # _include:iterate, _sort:..., none supported
+        if modifier and modifier not in _RESULT_MODIFIERS.get(name, ()):
             if not lenient:
                 raise UnsupportedParameter(f"modifier :{modifier} is not supported on {name!r}")
             ignored.append(key)
             continue
         if name in ("_include", "_revinclude"):
-            includes += [parse_include(resource_type, name == "_revinclude", value) for value in values if value]
-    sort = parse_sort(result.get("_sort", []), definitions)
-    fingerprint = _fingerprint(resource_type, used, result.get("_sort", []))
+            for value in values:
+                if value:
+                    includes += parse_include(types, name == "_revinclude", value, bool(modifier), hidden)
+    definitions = {} if system else SEARCH_PARAMETERS[resource_type]
+    sort = parse_sort(result.get("_sort", []), definitions, by_type=system)
+    fingerprint = _fingerprint(",".join(types), used, result.get("_sort", []))
     count, with_total = _page_size(result)
     cursor = decode_cursor(_single("_cursor", result["_cursor"]), fingerprint, sort) if result.get("_cursor") else None
-    where: list[ColumnElement[bool]] = [fhir_resource.c.type == resource_type, fhir_resource.c.deleted == false()]
-    conditions.sort(key=lambda item: item[0])
-    for position, (_, condition) in enumerate(conditions):
-        where.append(condition.driving() if position == 0 else condition.correlated())
+    type_filter = fhir_resource.c.type.in_(types) if system else fhir_resource.c.type == resource_type
+    where: list[ColumnElement[bool]] = [type_filter, fhir_resource.c.deleted == false()]
+    conditions.sort(key=lambda condition: condition.rank)
+    for position, condition in enumerate(conditions):
+        # Index lookups by id hold for one type only; a search across types checks every row.
+        where.append(condition.driving() if position == 0 and not system else condition.correlated())
     return SearchQuery(
-        resource_type, tuple(where), count, sort, cursor, tuple(includes), with_total, fingerprint, tuple(ignored)
+        resource_type,
+        tuple(where),
+        count,
+        sort,
+        cursor,
+        tuple(includes),
+        with_total,
+        fingerprint,
+        tuple(ignored),
+        types,
     )
+
+
+def _check_system_parameter(key: str) -> None:
+    name = key.partition(":")[0]
+    if name not in COMMON_PARAMETERS and name not in SYSTEM_PARAMETERS:
+        known = ", ".join(sorted([*COMMON_PARAMETERS, *SYSTEM_PARAMETERS, "_type", *RESULT_PARAMETERS]))
+        raise UnsupportedParameter(f"a search across types takes only {known}; {name!r} is not one of them")
 
 
 def run_search(conn: Connection, query: SearchQuery) -> SearchResult:
@@ -182,69 +235,10 @@ def run_search(conn: Connection, query: SearchQuery) -> SearchResult:
         whole = query.cursor is None and not more  # the first page holds every match
         total = len(rows) if whole else conn.execute(query.total()).scalar_one()
     resources = [fhirjson.loads(row.content) for row in rows]
-    included, truncated = fetch_included(conn, query.resource_type, [r["id"] for r in resources], query.includes)
+    matches = [(resource["resourceType"], resource["id"]) for resource in resources]
+    included, truncated = fetch_included(conn, matches, query.includes)
     warnings = ["more resources were included than one page may hold; some were left out"] if truncated else []
     return SearchResult(resources, total, query.count, included, next_cursor, previous_cursor, warnings, query.ignored)
-
-
-@dataclass(frozen=True)
-class _Condition:
-    """One parameter occurrence: rows of an index table (or, without ``param``, the resource table) that match."""
-
-    kind: str
-    match: ColumnElement[bool]
-    resource_type: str = ""
-    param: str = ""
-
-    def driving(self) -> ColumnElement[bool]:
-        """As ``id IN (index lookup)``: the database starts from the index rows."""
-        if not self.param:
-            return self.match
-        table = SEARCH_TABLES[self.kind]
-        lookup = select(table.c.id).where(table.c.type == self.resource_type, table.c.param == self.param, self.match)
-        return fhir_resource.c.id.in_(lookup)
-
-    def correlated(self) -> ColumnElement[bool]:
-        """As ``EXISTS (row for this candidate)``: checked per candidate through (type, id, param)."""
-        if not self.param:
-            return self.match
-        table = SEARCH_TABLES[self.kind]
-        return exists().where(
-            table.c.type == fhir_resource.c.type,
-            table.c.id == fhir_resource.c.id,
-            table.c.param == self.param,
-            self.match,
-        )
-
-
-def _condition(resource_type: str, definitions: dict[str, SearchParam], key: str, raw: str) -> _Condition:
-    name, _, modifier = key.partition(":")
-    values = split(raw)
-    if len(values) > MAX_VALUES:
-        raise SearchError(f"{name} lists {len(values)} values; one parameter takes at most {MAX_VALUES}")
-    if name in COMMON_PARAMETERS:
-        _no_modifier(name, modifier)
-        if name == "_id":
-            return _Condition("_id", fhir_resource.c.id.in_(values))
-        return _Condition("_lastUpdated", _any(point_in_range(fhir_resource.c.last_updated, v) for v in values))
-    param = definitions.get(name)
-    if param is None:
-        known = ", ".join(sorted([*definitions, *COMMON_PARAMETERS, *RESULT_PARAMETERS]))
-        raise UnsupportedParameter(f"unknown search parameter {name!r} for {resource_type} (supported: {known})")
-    table = SEARCH_TABLES[param.kind]
-    if param.kind == "token":
-        _no_modifier(name, modifier)
-        match = _any(token_match(table, value) for value in values)
-    elif param.kind == "string":
-        if modifier not in ("", "exact", "contains"):
-            raise UnsupportedParameter(f"modifier :{modifier} is not supported on string parameter {name!r}")
-        match = _any(string_match(table, value, modifier) for value in values)
-    elif param.kind == "date":
-        _no_modifier(name, modifier)
-        match = _any(range_match(table.c.low, table.c.high, value) for value in values)
-    else:
-        match = _any(reference_match(table, param, modifier, value) for value in values)
-    return _Condition(param.kind, match, resource_type, param.index_name)
 
 
 def _page_size(result: dict[str, list[str]]) -> tuple[int, bool]:
@@ -272,10 +266,6 @@ def _fingerprint(resource_type: str, used: list[tuple[str, list[str]]], sort: li
     return hashlib.sha256(canonical).hexdigest()[:16]
 
 
-def _any(matches: Any) -> ColumnElement[bool]:
-    return or_(*matches)
-
-
 def _single(name: str, values: list[str]) -> str:
     if len(values) != 1:
         raise SearchError(f"{name} must be given once, got {values!r}")
@@ -286,8 +276,3 @@ def _integer(name: str, values: list[str]) -> int:
     if len(values) != 1 or not values[0].isdigit():
         raise SearchError(f"{name} must be one non-negative integer, got {values!r}")
     return int(values[0])
-
-
-def _no_modifier(name: str, modifier: str) -> None:
-    if modifier:
-        raise UnsupportedParameter(f"modifier :{modifier} is not supported on {name!r}")

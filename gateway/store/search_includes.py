@@ -2,8 +2,11 @@
 
 search.html#include (R4): ``_include=[type]:[param](:[target type])`` adds what the matches point at
 through a reference parameter of the searched type; ``_revinclude=[type]:[param](:[target type])``
-adds resources of ``type`` whose ``param`` points at a match. Both are answered from the reference
-index, so only indexed reference parameters can be used (``:iterate`` and ``*`` are not supported).
+adds resources of ``type`` whose ``param`` points at a match. ``[param]`` may be ``*``: every
+reference parameter of ``type`` (``_include=*`` alone: of the searched type). With ``:iterate``
+(``:recurse`` in STU3) an include applies to the resources included as well, round after round,
+until no new resource comes or ``MAX_INCLUDED`` are reached. Both are answered from the reference
+index, so only indexed reference parameters can be used.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ from sqlalchemy.engine import Connection
 from gateway import fhirjson
 from gateway.db.schema import fhir_resource, fhir_search_reference
 from gateway.store.search_params import SearchParam
-from gateway.store.search_registry import SEARCH_PARAMETERS, can_refer_to
-from gateway.store.search_values import SearchError
+from gateway.store.search_registry import SEARCH_PARAMETERS, can_refer_to, reference_parameters
+from gateway.store.search_values import ForbiddenType, SearchError
 
 #: At most this many included resources per page; more are left out with a warning.
 MAX_INCLUDED = 1000
+#: Rounds of ``:iterate`` after the first.
+MAX_ROUNDS = 4
 _CHUNK = 500
+
+Key = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,7 @@ class Include:
     #: Only targets of these types (empty: any the parameter allows).
     target_types: tuple[str, ...]
     reverse: bool
+    iterate: bool = False
 
     @property
     def value(self) -> str:
@@ -40,51 +48,99 @@ class Include:
         return f"{self.source_type}:{self.param.name}"
 
 
-def parse_include(resource_type: str, reverse: bool, raw: str) -> Include:
-    """Check one ``_include``/``_revinclude`` value against the registry; raises SearchError."""
+def parse_include(
+    types: tuple[str, ...], reverse: bool, raw: str, iterate: bool = False, hidden: frozenset[str] = frozenset()
+) -> list[Include]:
+    """Check one ``_include``/``_revinclude`` value of a search of ``types`` against the registry; raises
+    SearchError (a ``hidden`` source type: ForbiddenType)."""
     kind = "_revinclude" if reverse else "_include"
+    if raw == "*" and not reverse and len(types) == 1:
+        raw = f"{types[0]}:*"
     parts = raw.split(":")
     if len(parts) not in (2, 3) or not all(parts):
         raise SearchError(f"{kind} value {raw!r} is not [type]:[parameter] or [type]:[parameter]:[target type]")
     source_type, name = parts[0], parts[1]
-    param = SEARCH_PARAMETERS.get(source_type, {}).get(name)
-    if param is None or param.kind != "reference":
-        raise SearchError(f"{kind}={raw}: {source_type} has no reference search parameter {name!r}", "not-supported")
-    if not reverse and source_type != resource_type:
-        raise SearchError(
-            f"_include={raw}: a search of {resource_type} can only include through {resource_type} parameters"
-        )
-    if reverse and not can_refer_to(param, resource_type):
-        raise SearchError(f"_revinclude={raw}: {source_type}.{name} never refers to {resource_type}")
-    target_types = param.targets
-    if len(parts) == 3:
-        if not can_refer_to(param, parts[2]):
-            raise SearchError(f"{kind}={raw}: {source_type}.{name} never refers to {parts[2]}")
-        target_types = (parts[2],)
-    return Include(source_type, param, target_types, reverse)
+    if source_type in hidden:
+        raise ForbiddenType(source_type)
+    if name == "*":
+        if source_type not in SEARCH_PARAMETERS:
+            raise SearchError(f"{kind}={raw}: resource type {source_type!r} is not supported", "not-supported")
+        params = reference_parameters(source_type)
+    else:
+        param = SEARCH_PARAMETERS.get(source_type, {}).get(name)
+        if param is None or param.kind != "reference":
+            raise SearchError(
+                f"{kind}={raw}: {source_type} has no reference search parameter {name!r}", "not-supported"
+            )
+        params = [param]
+    if not reverse and source_type not in types and not iterate:
+        searched = ", ".join(types)
+        raise SearchError(f"{kind}={raw}: a search of {searched} can only include through {searched} parameters")
+    if reverse and not iterate and name != "*" and not any(can_refer_to(params[0], t) for t in types):
+        raise SearchError(f"_revinclude={raw}: {source_type}.{name} never refers to {', '.join(types)}")
+    if len(parts) == 3 and name == "*" and parts[2] not in SEARCH_PARAMETERS:
+        raise SearchError(f"{kind}={raw}: resource type {parts[2]!r} is not supported", "not-supported")
+    found = []
+    for param in params:
+        target_types = param.targets
+        if len(parts) == 3:
+            if not can_refer_to(param, parts[2]):
+                if name == "*":
+                    continue
+                raise SearchError(f"{kind}={raw}: {source_type}.{name} never refers to {parts[2]}")
+            target_types = (parts[2],)
+        if reverse and name == "*" and not iterate and not any(can_refer_to(param, t) for t in types):
+            continue
+        found.append(Include(source_type, param, target_types, reverse, iterate))
+    if not found and len(parts) == 3:
+        raise SearchError(f"{kind}={raw}: {source_type}.* never refers to {parts[2]}")
+    return found
 
 
 def fetch_included(
-    conn: Connection, resource_type: str, match_ids: list[str], includes: Iterable[Include]
+    conn: Connection, matches: list[Key], includes: Iterable[Include]
 ) -> tuple[list[dict[str, Any]], bool]:
-    """The resources ``includes`` add to a page of matches, each once, and whether some were cut off."""
-    wanted: set[tuple[str, str]] = set()
-    for include in includes:
-        wanted |= (
-            _revinclude_keys(conn, resource_type, match_ids, include)
-            if include.reverse
-            else _include_keys(conn, match_ids, include)
-        )
-    wanted -= {(resource_type, resource_id) for resource_id in match_ids}
-    keys = sorted(wanted)
-    truncated = len(keys) > MAX_INCLUDED
-    return _contents(conn, keys[:MAX_INCLUDED]), truncated
+    """The resources ``includes`` add to a page of ``matches`` (type, id), each once, and whether some were cut off."""
+    includes = list(includes)
+    iterating = [include for include in includes if include.iterate]
+    seen: set[Key] = set(matches)
+    wanted: set[Key] = set()
+    frontier, active = list(matches), includes
+    for _ in range(1 + MAX_ROUNDS):
+        found: set[Key] = set()
+        for include in active:
+            found |= (
+                _revinclude_keys(conn, frontier, include) if include.reverse else _include_keys(conn, frontier, include)
+            )
+        new = found - seen
+        seen |= new
+        wanted |= new
+        if not iterating or not new or len(wanted) > MAX_INCLUDED:
+            break
+        frontier, active = sorted(_existing(conn, sorted(new))), iterating
+    ordered = sorted(wanted)
+    return _contents(conn, ordered[:MAX_INCLUDED]), len(ordered) > MAX_INCLUDED
 
 
-def _include_keys(conn: Connection, match_ids: list[str], include: Include) -> set[tuple[str, str]]:
+def _existing(conn: Connection, keys: list[Key]) -> set[Key]:
+    """The ``keys`` of current, not deleted resources (an include may point at a resource not stored)."""
+    table, found = fhir_resource, set[Key]()
+    for resource_type in sorted({resource_type for resource_type, _ in keys}):
+        ids = [resource_id for kind, resource_id in keys if kind == resource_type]
+        for chunk in _chunks(ids):
+            stmt = select(table.c.id).where(
+                table.c.type == resource_type, table.c.id.in_(chunk), table.c.deleted == false()
+            )
+            found.update((resource_type, resource_id) for resource_id in conn.execute(stmt).scalars())
+    return found
+
+
+def _include_keys(conn: Connection, frontier: list[Key], include: Include) -> set[Key]:
     table = fhir_search_reference
-    found: set[tuple[str, str]] = set()
-    for chunk in _chunks(match_ids):
+    found: set[Key] = set()
+    for chunk in _chunks(
+        [resource_id for resource_type, resource_id in frontier if resource_type == include.source_type]
+    ):
         stmt = select(table.c.target_type, table.c.target_id).where(
             table.c.type == include.source_type, table.c.param == include.param.index_name, table.c.id.in_(chunk)
         )
@@ -94,14 +150,25 @@ def _include_keys(conn: Connection, match_ids: list[str], include: Include) -> s
     return found
 
 
-def _revinclude_keys(
-    conn: Connection, resource_type: str, match_ids: list[str], include: Include
-) -> set[tuple[str, str]]:
-    if include.target_types and resource_type not in include.target_types:
-        return set()
+def _revinclude_keys(conn: Connection, frontier: list[Key], include: Include) -> set[Key]:
+    found: set[Key] = set()
+    by_type: dict[str, list[str]] = {}
+    for resource_type, resource_id in frontier:
+        if (
+            resource_type in include.target_types
+            if include.target_types
+            else can_refer_to(include.param, resource_type)
+        ):
+            by_type.setdefault(resource_type, []).append(resource_id)
+    for resource_type, ids in by_type.items():
+        found |= _referrers(conn, resource_type, ids, include)
+    return found
+
+
+def _referrers(conn: Connection, resource_type: str, ids: list[str], include: Include) -> set[Key]:
     table = fhir_search_reference
-    found: set[tuple[str, str]] = set()
-    for chunk in _chunks(match_ids):
+    found: set[Key] = set()
+    for chunk in _chunks(ids):
         stmt = (
             select(table.c.id)
             .where(

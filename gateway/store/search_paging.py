@@ -42,8 +42,9 @@ class Cursor:
     values: tuple[Any, ...]
 
 
-def parse_sort(raw: list[str], params: dict[str, SearchParam]) -> tuple[SortKey, ...]:
-    """The sort keys of ``_sort=[-]name,...`` (search.html#_sort), always ending with ``_id``."""
+def parse_sort(raw: list[str], params: dict[str, SearchParam], by_type: bool = False) -> tuple[SortKey, ...]:
+    """The sort keys of ``_sort=[-]name,...`` (search.html#_sort), always ending with ``_id`` (with
+    ``by_type``, a search across types, with the type and then ``_id``)."""
     if len(raw) > 1:
         raise SearchError(f"_sort must be given once, got {raw!r}")
     keys: list[SortKey] = []
@@ -56,6 +57,9 @@ def parse_sort(raw: list[str], params: dict[str, SearchParam]) -> tuple[SortKey,
         keys.append(_sort_key(name, descending, params))
     if not any(key.name == "_id" for key in keys):
         keys.append(_sort_key("_id", keys[-1].descending if keys else False, params))
+    if by_type:  # ids are unique within a type only
+        position = next(n for n, key in enumerate(keys) if key.name == "_id")
+        keys.insert(position, SortKey("_type", keys[position].descending, fhir_resource.c.type, "text"))
     return tuple(keys)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["token", "string", "date", "reference"]
+Kind = Literal["token", "string", "date", "reference", "quantity", "composite"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,8 @@ class SearchParam:
     targets: tuple[str, ...] = ()
     #: Reuse the index rows of this parameter (same paths) instead of storing a copy.
     stored_as: str | None = None
+    #: Composite parameters: the parameters of the same resource whose values ``a$b`` pair up.
+    components: tuple[str, ...] = ()
 
     @property
     def index_name(self) -> str:
@@ -39,6 +41,15 @@ def string(name: str, *paths: str) -> SearchParam:
 
 def date(name: str, *paths: str) -> SearchParam:
     return SearchParam(name, "date", paths)
+
+
+def quantity(name: str, *paths: str) -> SearchParam:
+    return SearchParam(name, "quantity", paths)
+
+
+def composite(name: str, *components: str) -> SearchParam:
+    """Values of top-level elements matched together (``code-value-quantity``: code$value); stores no rows."""
+    return SearchParam(name, "composite", (), components=components)
 
 
 def reference(name: str, *paths: str, targets: tuple[str, ...] = (), stored_as: str | None = None) -> SearchParam:
@@ -60,6 +71,11 @@ def registry(definitions: dict[str, tuple[SearchParam, ...]]) -> dict[str, dict[
         if len(by_name) != len(params):
             raise AssertionError(f"{resource_type}: a search parameter is defined twice")
         for param in params:
+            if param.kind == "composite":
+                parts = [by_name.get(part) for part in param.components]
+                if len(parts) != 2 or any(part is None or part.kind == "composite" for part in parts):
+                    raise AssertionError(f"{resource_type}.{param.name}: components must be two simple parameters")
+                continue
             shared = by_name.get(param.stored_as) if param.stored_as else param
             if shared is None or shared.stored_as or (shared.kind, shared.paths) != (param.kind, param.paths):
                 raise AssertionError(

@@ -1,7 +1,8 @@
 """The search parameters the store indexes, per resource type, from the FHIR R4 registry.
 
-Names, kinds and expressions follow searchparameter-registry.html (R4, 4.0.1); quantity, uri,
-number, composite and special parameters are left out, as are a few rarely used ones. The
+Names, kinds and expressions follow searchparameter-registry.html (R4, 4.0.1); uri, number and
+special parameters, composites other than Observation's code-value-*, and a few rarely used ones
+are left out. Every type also has ``_tag`` and ``_security`` (``META_PARAMETERS``). The
 definitions are data, by R4 module: ``search_registry_admin`` and ``search_registry_clinical``.
 To support a new resource type, add an entry there (an empty one is enough to store, read and
 search it by ``_id``). Resources stored before a parameter was added need ``ResourceStore.reindex``.
@@ -9,15 +10,23 @@ search it by ``_id``). Resources stored before a parameter was added need ``Reso
 
 from __future__ import annotations
 
-from gateway.store.search_params import Kind, SearchParam, registry
+from gateway.store.search_params import Kind, SearchParam, registry, token
 from gateway.store.search_registry_admin import ADMINISTRATIVE
 from gateway.store.search_registry_clinical import CLINICAL
 
+#: Parameters of every type read from Resource.meta (search.html#all), indexed like the others.
+META_PARAMETERS = (token("_tag", "meta.tag"), token("_security", "meta.security"))
+
 #: resource type -> parameter name -> definition.
-SEARCH_PARAMETERS: dict[str, dict[str, SearchParam]] = registry({**ADMINISTRATIVE, **CLINICAL})
+SEARCH_PARAMETERS: dict[str, dict[str, SearchParam]] = registry(
+    {name: (*params, *META_PARAMETERS) for name, params in {**ADMINISTRATIVE, **CLINICAL}.items()}
+)
 
 #: Parameters every type supports, answered from the resource table itself (search.html#all).
 COMMON_PARAMETERS: dict[str, Kind] = {"_id": "token", "_lastUpdated": "date"}
+
+#: What a search across types (``GET [base]?_type=``) may filter by: the parameters every type has.
+SYSTEM_PARAMETERS: dict[str, SearchParam] = {param.name: param for param in META_PARAMETERS}
 
 
 def supported_types() -> list[str]:
@@ -38,6 +47,6 @@ def can_refer_to(param: SearchParam, target_type: str) -> bool:
 
 
 _INDEXED = {
-    resource_type: [param for param in params.values() if param.stored_as is None]
+    resource_type: [param for param in params.values() if param.stored_as is None and param.kind != "composite"]
     for resource_type, params in SEARCH_PARAMETERS.items()
 }

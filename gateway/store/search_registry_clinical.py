@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from gateway.store.search_params import (
     SearchParam,
+    composite,
     date,
     encounter_param,
+    quantity,
     reference,
     string,
     subject_params,
@@ -127,7 +129,13 @@ CLINICAL: dict[str, tuple[SearchParam, ...]] = {
         token("value-concept", "valueCodeableConcept"),
         date("value-date", "valueDateTime", "valuePeriod"),
         string("value-string", "valueString"),
+        quantity("value-quantity", "valueQuantity"),
         token("component-code", "component.code"),
+        quantity("component-value-quantity", "component.valueQuantity"),
+        composite("code-value-quantity", "code", "value-quantity"),
+        composite("code-value-concept", "code", "value-concept"),
+        composite("code-value-date", "code", "value-date"),
+        composite("code-value-string", "code", "value-string"),
     ),
     "Specimen": (
         token("identifier", "identifier"),

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from decimal import Decimal
 
-from sqlalchemy import ColumnElement, Table, and_, or_
+from sqlalchemy import ColumnElement, FromClause, and_, or_
 
 from gateway.store.fhir_dates import InvalidDate, date_range
 from gateway.store.index import MAX_INDEXED, normalize_text, parse_reference
 from gateway.store.search_params import SearchParam
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
+#: Numbers and quantities also take ``ap`` (approximately: within 10%).
+NUMBER_PREFIXES = (*PREFIXES, "ap")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 # DSTU1 comparators, which fhirclient's "$gt"/"$gte"/"$lt"/"$lte" still produce; no R4 date starts so.
 _COMPARATORS = {">=": "ge", "<=": "le", ">": "gt", "<": "lt"}
 TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
@@ -30,7 +34,21 @@ class SearchError(ValueError):
         self.code = code
 
 
-def token_match(table: Table, value: str) -> ColumnElement[bool]:
+class UnsupportedParameter(SearchError):
+    """A parameter or modifier the server does not know; ignored under ``Prefer: handling=lenient``."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code="not-supported")
+
+
+class ForbiddenType(SearchError):
+    """A chain, reverse chain, include or search through a type the caller may not read (the audit trail)."""
+
+    def __init__(self, resource_type: str):
+        super().__init__(f"searching through {resource_type} needs the admin role", code="forbidden")
+
+
+def token_match(table: FromClause, value: str) -> ColumnElement[bool]:
     parts = [unescape(part)[:MAX_INDEXED] for part in split(value, "|", limit=1)]
     if len(parts) == 1:  # code : in any system, or none
         return table.c.code == parts[0]
@@ -40,7 +58,7 @@ def token_match(table: Table, value: str) -> ColumnElement[bool]:
     return and_(table.c.system == system, table.c.code == code)  # |code : code with no system
 
 
-def string_match(table: Table, value: str, modifier: str) -> ColumnElement[bool]:
+def string_match(table: FromClause, value: str, modifier: str) -> ColumnElement[bool]:
     text = unescape(value)
     normalized = normalize_text(text)
     if modifier == "contains":
@@ -55,7 +73,7 @@ def string_match(table: Table, value: str, modifier: str) -> ColumnElement[bool]
     return and_(lower, table.c.value < following) if following else lower
 
 
-def reference_match(table: Table, param: SearchParam, modifier: str, value: str) -> ColumnElement[bool]:
+def reference_match(table: FromClause, param: SearchParam, modifier: str, value: str) -> ColumnElement[bool]:
     target_types = param.targets
     if modifier:
         if not TYPE_NAME.fullmatch(modifier) or (target_types and modifier not in target_types):
@@ -125,6 +143,59 @@ def date_value(value: str) -> tuple[str, datetime, datetime]:
     except InvalidDate as exc:
         raise SearchError(str(exc)) from None
     return prefix or "eq", start, end
+
+
+def quantity_match(table: FromClause, value: str) -> ColumnElement[bool]:
+    """``[prefix]number|system|code`` (search.html#quantity); ``number||code`` matches the code or the unit."""
+    parts = [unescape(part) for part in split(value, "|", limit=2)]
+    if len(parts) == 2:
+        raise SearchError(f"quantity {value!r} is not [number], [number]|[system]|[code] or [number]||[code]")
+    match = number_match(table.c.value, parts[0])
+    if len(parts) == 1:
+        return match
+    system, code = (part[:MAX_INDEXED] for part in parts[1:])
+    units = []
+    if system:
+        units.append(table.c.system == system)
+    if code:
+        units.append(table.c.code == code if system else or_(table.c.code == code, table.c.unit == code))
+    return and_(match, *units)
+
+
+def number_match(column: ColumnElement[float], value: str) -> ColumnElement[bool]:
+    """A stored number against ``[prefix]number``; ``eq``, ``ne``, ``sa``, ``eb`` and ``ap`` use the implicit
+    range of the search value's precision (``5.4`` is [5.35, 5.45)), the others the value itself."""
+    prefix, number, low, high = number_value(value)
+    if prefix == "eq":
+        return and_(column >= low, column < high)
+    if prefix == "ne":
+        return or_(column < low, column >= high)
+    if prefix == "gt":
+        return column > number
+    if prefix == "lt":
+        return column < number
+    if prefix == "ge":
+        return column >= number
+    if prefix == "le":
+        return column <= number
+    if prefix == "sa":
+        return column >= high
+    if prefix == "eb":
+        return column < low
+    margin = max(abs(Decimal(number)) / 10, (Decimal(high) - Decimal(low)) / 2)  # ap
+    return and_(column >= float(Decimal(number) - margin), column <= float(Decimal(number) + margin))
+
+
+def number_value(value: str) -> tuple[str, float, float, float]:
+    """The prefix (``eq`` when none), the number, and its implicit range [low, high)."""
+    prefix = value[:2] if value[:2] in NUMBER_PREFIXES else ""
+    text = value[len(prefix) :].strip()
+    if not _NUMBER.fullmatch(text):
+        raise SearchError(f"{value!r} is not a number with an optional prefix ({', '.join(NUMBER_PREFIXES)})")
+    number = Decimal(text)
+    exponent = number.as_tuple().exponent
+    half = Decimal(5).scaleb(int(exponent) - 1)
+    return prefix or "eq", float(number), float(number - half), float(number + half)
 
 
 def split(value: str, separator: str = ",", limit: int = -1) -> list[str]:
