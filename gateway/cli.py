@@ -124,7 +124,8 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
 
     _start_metrics(settings, serve=False)  # the API serves /metrics itself
     mappings = CurrentMappings(settings.conversion)
-    dry_run = mappings.dry_run  # for /admin/dead-letters/{id}
+    dry_run = mappings.dry_run  # for /admin/dead-letters/{id} and the console's letters and test page
+    threading.Thread(target=mappings.warm, name="warm-mappings", daemon=True).start()
     desk = _operator_desk(settings)
     uploads = _batch_uploads(settings)
     # log_config=None: uvicorn's records go through our handler (gateway/logs.py) like all others;

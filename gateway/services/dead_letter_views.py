@@ -6,6 +6,7 @@ mappings as they are now: after a mapping fix, does it convert?). ``hl7gw dlq`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import Counter
@@ -61,6 +62,12 @@ class CurrentMappings:
                 loaded = Converter.configured(self.conversion) if self.conversion else Converter.load()
                 self._converter, self._stamp = loaded, stamp
             return self._converter
+
+    def warm(self) -> None:
+        """Compile the mappings now (in a background thread at the API's start), so the first dead
+        letter an operator opens does not wait for it; a failure is reported by the first dry run."""
+        with contextlib.suppress(GatewayError):
+            self.converter()
 
     def dry_run(self, raw: bytes) -> dict[str, Any]:
         """Would ``raw`` convert (and validate) now? Its resource counts, or where it fails."""
