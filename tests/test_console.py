@@ -65,8 +65,8 @@ def processed(engine: Engine) -> Iterator[Envelope]:
     sink.close()
 
 
-def _letter(engine: Engine, family: str = "Doe", control: str = "DL-1") -> str:
-    letter = Letter(parsed_envelope(adt(control, family), seq=3), Stage.CONVERT, "no map for this")
+def _letter(engine: Engine, family: str = "Doe", control: str = "DL-1", stage: str = Stage.CONVERT) -> str:
+    letter = Letter(parsed_envelope(adt(control, family), seq=3), stage, "no map for this")
     DeadLetterStore(engine).park(letter)
     return letter.id
 
@@ -136,6 +136,16 @@ def test_a_session_ends_when_it_expires_is_forged_or_its_token_goes() -> None:
 def test_the_key_is_kept_private_in_the_data_dir(app: FastAPI, tmp_path: Path) -> None:
     key = tmp_path / "console.key"
     assert key.stat().st_mode & 0o777 == 0o600 and len(bytes.fromhex(key.read_text().strip())) == 32
+    tokens = TokenRegistry(parse_tokens("ana:o-token:operator"))
+    made = SessionSigner.from_key_file(key, tokens).sign_in("o-token")
+    assert made is not None  # another API process with the same data dir accepts the session
+    assert SessionSigner.from_key_file(key, tokens).session_of(made[1]) == made[0]
+    # A data dir that cannot hold a key: a key of the process alone, and the console still works.
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")
+    alone = SessionSigner.from_key_file(blocked / "console.key", tokens)
+    again = alone.sign_in("o-token")
+    assert again is not None and alone.session_of(again[1]) == again[0]
 
 
 def test_every_page_has_the_security_headers_and_no_inline_script_or_style(
@@ -193,11 +203,12 @@ def test_a_script_in_pid_5_renders_as_text(operator: ConsoleClient, engine: Engi
 
 def test_the_dashboard_shows_each_sender(operator: ConsoleClient, engine: Engine, processed: Envelope) -> None:
     _letter(engine)
+    _letter(engine, control="AR-1", stage=Stage.INTAKE)  # answered AR at the listener
     html = operator.get("/console").text
     (row,) = re.findall(r"<tr>\s*<td>ADT\|HOSP</td>(.*?)</tr>", html, re.S)
-    # Today, the last hour, failed (the dead letter's message is archived as failed).
-    assert re.findall(r'<td class="n[^"]*">(\d+)</td>', row)[:3] == ["2", "2", "1"]
-    assert ">1</a>" in row  # one open dead letter, linked
+    # Today, the last hour, failed (each dead letter's message is archived as failed), rejected.
+    assert re.findall(r'<td class="n[^"]*">(\d+)</td>', row)[:4] == ["3", "3", "2", "1"]
+    assert ">2</a>" in row  # two open dead letters, linked
     assert 'hx-trigger="every 5s"' in html
     assert "ADT|HOSP" in operator.get("/console/dashboard/panel").text
 
@@ -304,3 +315,22 @@ def test_the_test_message_page_converts_without_storing(operator: ConsoleClient,
 def test_sign_out_ends_the_session(operator: ConsoleClient) -> None:
     assert operator.submit("/console", "/console/logout").status_code == 303
     assert operator.get("/console").status_code == 303
+
+
+def test_a_reprocess_job_from_the_jobs_page(operator: ConsoleClient, engine: Engine) -> None:
+    started = operator.submit("/console/jobs", "/console/jobs/reprocess", {"sender": "ADT|HOSP", "since": "1d"})
+    assert started.status_code == 303
+    job = JobStore(engine).get(started.headers["location"].rsplit("/", 1)[1])
+    assert job is not None and job.kind == "reprocess" and job.filter["sender"] == "ADT|HOSP"
+    assert isinstance(job.filter["since"], int)
+    bad = operator.submit("/console/jobs", "/console/jobs/reprocess", {"status": "open"})
+    assert bad.status_code == 400 and "processed or failed" in bad.text
+
+
+def test_patient_data_is_not_shown_when_its_read_cannot_be_audited(
+    app: FastAPI, operator: ConsoleClient, processed: Envelope
+) -> None:
+    app.state.audit_trail.close()
+    refused = operator.submit("/console/messages", "/console/messages", {"mrn": "MRN-7"})
+    assert refused.status_code == 503 and "audit trail" in refused.text and processed.id not in refused.text
+    assert refused.headers["content-type"].startswith("text/html")

@@ -1,14 +1,16 @@
 """Per sender (MSH-3|MSH-4), from the message archive and the dead letters: messages since a time
-and in the last hour, the last one's time, failures, open dead letters. The console's dashboard."""
+and in the last hour, the last one's time, failures, rejections at intake, open dead letters. The
+console's dashboard."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.engine import Engine
 
 from gateway.db.schema import dead_letter, message_archive
+from gateway.stages import Stage
 
 _HOUR_MS = 3_600_000
 
@@ -23,6 +25,8 @@ class SenderActivity:
     #: Messages since ``since`` whose processing failed (each has a dead letter).
     failed: int
     open_letters: int
+    #: Messages since ``since`` the listener answered AR/AE (dead letters at stage intake).
+    rejected: int = 0
 
 
 def sender_activity(engine: Engine, since_ms: int, now_ms: int, limit: int = 200) -> list[SenderActivity]:
@@ -40,15 +44,21 @@ def sender_activity(engine: Engine, since_ms: int, now_ms: int, limit: int = 200
         .where(t.received_at >= since_ms, t.status != "ack")
         .group_by(t.sender)
     )
+    d = dead_letter.c
+    rejected_since = and_(d.stage == Stage.INTAKE, d.created_at >= since_ms)
     letters = (
-        select(dead_letter.c.sender, func.count().label("open"))
-        .where(dead_letter.c.status == "open")
-        .group_by(dead_letter.c.sender)
+        select(
+            d.sender,
+            func.sum(case((d.status == "open", 1), else_=0)).label("open"),
+            func.sum(case((rejected_since, 1), else_=0)).label("rejected"),
+        )
+        .where(or_(d.status == "open", rejected_since))
+        .group_by(d.sender)
     )
     with engine.connect() as conn:
         rows = {row.sender: row for row in conn.execute(received)}
-        open_letters = {row.sender: int(row.open) for row in conn.execute(letters)}
-        missing = [s for s in open_letters if s not in rows]
+        counted = {row.sender: (int(row.open or 0), int(row.rejected or 0)) for row in conn.execute(letters)}
+        missing = [s for s in counted if s not in rows]
         last_seen: dict[str, int] = {}
         if missing:
             stmt = select(t.sender, func.max(t.received_at)).where(t.sender.in_(missing)).group_by(t.sender)
@@ -60,9 +70,9 @@ def sender_activity(engine: Engine, since_ms: int, now_ms: int, limit: int = 200
             int(row.last_hour or 0),
             int(row.last_received_at or 0),
             int(row.failed or 0),
-            open_letters.get(sender, 0),
+            *counted.get(sender, (0, 0)),
         )
         for sender, row in rows.items()
     ]
-    found += [SenderActivity(s, 0, 0, last_seen.get(s, 0), 0, open_letters[s]) for s in missing]
+    found += [SenderActivity(s, 0, 0, last_seen.get(s, 0), 0, *counted[s]) for s in missing]
     return sorted(found, key=lambda a: (-a.last_received_at, a.sender))[:limit]

@@ -1,13 +1,16 @@
-"""Jobs: bulk replays, reprocesses and imports with their progress (the page refreshes it), and
-pause, resume and cancel through the /admin API's desk."""
+"""Jobs: bulk replays, reprocesses and imports with their progress (the page refreshes it), pause,
+resume and cancel, and a reprocess started here; all through the /admin API's desk."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from gateway.api.console.web import PREFIX, ConsoleError, act, checked_form, page, require, signed_in
+from gateway.api.console.web import PREFIX, ConsoleError, act, checked_form, first, page, require, signed_in
 from gateway.config import Role
+from gateway.journal.filters import FilterError, parse_since
 from gateway.journal.jobs import Job, JobStore
 
 router = APIRouter(prefix=f"{PREFIX}/jobs", include_in_schema=False)
@@ -27,6 +30,23 @@ def _job(request: Request, job_id: str) -> Job:
 def jobs(request: Request) -> HTMLResponse:
     session = signed_in(request)
     return page(request, "jobs.html", session, jobs=JobStore(request.app.state.engine).list(limit=100), live=LIVE)
+
+
+@router.post("/reprocess")
+async def reprocess(request: Request) -> RedirectResponse:
+    """A reprocess job: the archived messages the form matches through the current mappings."""
+    session = signed_in(request)
+    require(session, Role.operator)
+    form = await checked_form(request, session)
+    job_filter: dict[str, Any] = {k: first(form, k) for k in ("sender", "message_type", "status") if first(form, k)}
+    for key in ("since", "until"):
+        if first(form, key):
+            try:
+                job_filter[key] = parse_since(first(form, key))
+            except FilterError as exc:
+                raise ConsoleError(400, str(exc).replace("since", key, 1)) from None
+    job = act(request, "start_job", "reprocess", job_filter, session.principal.name, session.principal.role.value)
+    return RedirectResponse(f"{PREFIX}/jobs/{job['id']}", status_code=303)
 
 
 @router.get("/{job_id}")

@@ -16,6 +16,7 @@ from gateway.api.access_audit import record_access
 from gateway.api.auth import ADMIN_ONLY_TYPES
 from gateway.api.console.session import Session
 from gateway.api.console.web import PREFIX, ConsoleError, checked_form, first, page, require, signed_in
+from gateway.api.outcome import FHIRError
 from gateway.config import Role
 from gateway.hl7.fields import component_name, field_name
 from gateway.hl7.layout import raw_view
@@ -38,6 +39,15 @@ def _time(name: str, text: str) -> int | None:
         raise ConsoleError(400, str(exc).replace("since", name, 1)) from None
 
 
+def _audited(request: Request, session: Session, interaction: Interaction, answer: bytes) -> None:
+    """Record a read of patient data as the FHIR API does (``answer``: its FHIR JSON); when the
+    trail cannot take it, an error page instead of the data (fail closed)."""
+    try:
+        record_access(request, session.principal, interaction, Response(answer))
+    except FHIRError as exc:
+        raise ConsoleError(exc.status, exc.diagnostics) from None
+
+
 def _by_patient(request: Request, session: Session, identifier: str) -> list[ArchivedMessage]:
     """The messages that wrote the Patients with ``identifier`` (a search of the store, audited as one)."""
     store = request.app.state.store
@@ -46,7 +56,7 @@ def _by_patient(request: Request, session: Session, identifier: str) -> list[Arc
     except SearchError as exc:
         raise ConsoleError(400, str(exc)) from None
     bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": p} for p in patients]}
-    record_access(request, session.principal, Interaction.search_type, Response(fhirjson.dumps(bundle)))
+    _audited(request, session, Interaction.search_type, fhirjson.dumps(bundle))
     engine = request.app.state.engine
     ids = dict.fromkeys(r.message_id for p in patients for r in provenance.for_resource(engine, "Patient", p["id"]))
     archive = MessageArchive(engine)
@@ -163,7 +173,7 @@ def resource(resource_type: str, resource_id: str, version_id: int, request: Req
         raise ConsoleError(404, "no such resource version")
     pretty = ""
     if stored.resource is not None:
-        record_access(request, session.principal, Interaction.vread, Response(fhirjson.dumps(stored.resource)))
+        _audited(request, session, Interaction.vread, fhirjson.dumps(stored.resource))
         pretty = fhirjson.dumps(stored.resource, option=orjson.OPT_INDENT_2).decode()
     reference = f"{resource_type}/{resource_id}"
     return page(request, "resource.html", session, reference=reference, version=version_id, json=pretty)

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ COOKIE_PATH = "/console"
 SESSION_TTL_S = 8 * 3600
 LOGIN_TTL_S = 900
 KEY_FILE_NAME = "console.key"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +67,19 @@ class SessionSigner:
 
     @classmethod
     def from_key_file(cls, key_file: Path, tokens: TokenRegistry) -> SessionSigner:
-        """The signer of the key in ``key_file``, written (random, mode 0600) when there is none yet."""
-        create_secret_file(key_file, secrets.token_hex(32))
-        return cls(bytes.fromhex(key_file.read_text(encoding="utf-8").strip()), tokens)
+        """The signer of the key in ``key_file``, written (random, mode 0600) when there is none yet.
+        When the data dir cannot hold it (read-only), a key of this process alone: sessions then
+        end when it restarts."""
+        try:
+            create_secret_file(key_file, secrets.token_hex(32))
+            return cls(bytes.fromhex(key_file.read_text(encoding="utf-8").strip()), tokens)
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "console: cannot use the key file %s (%s); sessions last until this process ends",
+                key_file,
+                type(exc).__name__,
+            )
+            return cls(secrets.token_bytes(32), tokens)
 
     def _mac(self, purpose: str, text: str) -> str:
         return _b64(hmac.new(self._key, f"{purpose}|{text}".encode(), hashlib.sha256).digest())
