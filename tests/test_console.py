@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from gateway.api.app import create_app
@@ -310,6 +312,9 @@ def test_the_test_message_page_converts_without_storing(operator: ConsoleClient,
     assert ResourceStore(engine).search("Patient", {"identifier": ["WB-MRN"]}) == []
     bad = operator.submit("/console/test-message", "/console/test-message", {"raw": "not hl7"})
     assert bad.status_code == 200 and "Does not convert" in bad.text
+    pasted = adt("WB-2", SCRIPT).decode()
+    shown = operator.submit("/console/test-message", "/console/test-message", {"raw": pasted})
+    assert SCRIPT not in shown.text and "&lt;script&gt;" in shown.text
 
 
 def test_sign_out_ends_the_session(operator: ConsoleClient) -> None:
@@ -334,3 +339,18 @@ def test_patient_data_is_not_shown_when_its_read_cannot_be_audited(
     refused = operator.submit("/console/messages", "/console/messages", {"mrn": "MRN-7"})
     assert refused.status_code == 503 and "audit trail" in refused.text and processed.id not in refused.text
     assert refused.headers["content-type"].startswith("text/html")
+
+
+_SIGNER = SessionSigner(b"s" * 32, TokenRegistry(parse_tokens("ana:o-token:operator")))
+_COOKIE = _SIGNER.sign_in("o-token", now=0)[1]  # type: ignore[index]
+
+
+@given(st.text(max_size=300))
+def test_no_made_up_cookie_is_a_session(text: str) -> None:
+    assert _SIGNER.session_of(text, now=1) is None
+
+
+@given(st.integers(min_value=0, max_value=len(_COOKIE) - 1), st.characters(codec="ascii"))
+def test_a_cookie_changed_anywhere_is_no_session(position: int, character: str) -> None:
+    changed = _COOKIE[:position] + character + _COOKIE[position + 1 :]
+    assert _SIGNER.session_of(changed, now=1) is None or changed == _COOKIE
