@@ -176,7 +176,7 @@ def test_a_forged_form_without_the_csrf_token_is_refused(
     letter_id = _letter(engine)
     form: dict[str, str] = {}
     if without == "wrong token":
-        form["csrf_token"] = "x" * 43
+        form["csrf_token"] = "é" * 43
     elif without == "another session's token":
         other = ConsoleClient(app)
         other.sign_in("o-token")
@@ -192,6 +192,8 @@ def test_a_sign_in_form_from_elsewhere_is_refused(app: FastAPI) -> None:
     client = ConsoleClient(app)
     answer = client.post("/console/login", {"token": "o-token", "csrf_token": "made-up"})
     assert answer.status_code == 403 and COOKIE not in client.cookies
+    client.get("/console/login")  # with the nonce cookie, but a token of other text
+    assert client.post("/console/login", {"token": "o-token", "csrf_token": "ü"}).status_code == 403
 
 
 def test_a_script_in_pid_5_renders_as_text(operator: ConsoleClient, engine: Engine) -> None:

@@ -47,6 +47,11 @@ class Session:
     expires_at: int
 
 
+def _same(presented: str, expected: str) -> bool:
+    """Constant-time comparison of what a browser sent (any text) with what we made."""
+    return hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), expected.encode())
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
@@ -102,7 +107,7 @@ class SessionSigner:
         if not cookie or cookie.count(".") != 1:
             return None
         body, mac = cookie.split(".")
-        if not hmac.compare_digest(mac, self._mac("session", body)):
+        if not _same(mac, self._mac("session", body)):
             return None
         try:
             data = json.loads(_unb64(body))
@@ -121,7 +126,7 @@ class SessionSigner:
         return self._mac("csrf", session.session_id)
 
     def csrf_ok(self, session: Session, presented: str | None) -> bool:
-        return bool(presented) and hmac.compare_digest(str(presented), self.csrf_token(session))
+        return bool(presented) and _same(str(presented), self.csrf_token(session))
 
     def login_nonce(self) -> tuple[str, str]:
         """(cookie value, form token) for one sign-in form."""
@@ -129,7 +134,7 @@ class SessionSigner:
         return nonce, self._mac("login", nonce)
 
     def login_ok(self, nonce: str | None, presented: str | None) -> bool:
-        return bool(nonce) and bool(presented) and hmac.compare_digest(str(presented), self._mac("login", str(nonce)))
+        return bool(nonce) and bool(presented) and _same(str(presented), self._mac("login", str(nonce)))
 
 
 def may_use_console(role: Role) -> bool:

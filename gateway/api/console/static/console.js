@@ -8,13 +8,15 @@ function hl7Position(text, offset) {
   const before = text.slice(start, offset);
   const segment = line.slice(0, 3);
   if (!/^[A-Z][A-Z0-9]{2}$/.test(segment)) return null;
-  const fieldSep = segment === "MSH" ? line.charAt(3) || "|" : "|";
-  const componentSep = segment === "MSH" ? line.charAt(4) || "^" : (document.body.dataset.componentSep || "^");
+  // The separators are the message's own (MSH-1, MSH-2), HL7's defaults without an MSH.
+  const msh = text.slice(0, 3) === "MSH" ? text : "";
+  const fieldSep = msh.charAt(3) || "|";
+  const componentSep = msh.charAt(4) || "^";
+  const repetitionSep = msh.charAt(5) || "~";
   const fields = before.split(fieldSep);
-  let field = fields.length - 1;
-  if (segment === "MSH") field += 1;
-  if (field < 1) return { segment: segment, field: null };
-  const component = fields[fields.length - 1].split("~").pop().split(componentSep).length;
+  if (fields.length < 2) return { segment: segment, field: null };
+  const field = segment === "MSH" ? fields.length : fields.length - 1;
+  const component = fields[fields.length - 1].split(repetitionSep).pop().split(componentSep).length;
   return { segment: segment, field: field, component: component };
 }
 
