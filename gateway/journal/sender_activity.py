@@ -13,6 +13,9 @@ from gateway.db.schema import dead_letter, message_archive
 from gateway.stages import Stage
 
 _HOUR_MS = 3_600_000
+#: Every status but "ack" (acknowledgements a sender sent back are no traffic), listed so the
+#: database reads only the period asked for from the (status, received_at) index.
+COUNTED = ("received", "processed", "failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +44,7 @@ def sender_activity(engine: Engine, since_ms: int, now_ms: int, limit: int = 200
             func.max(t.received_at).label("last_received_at"),
             func.sum(case((t.status == "failed", 1), else_=0)).label("failed"),
         )
-        .where(t.received_at >= since_ms, t.status != "ack")
+        .where(t.status.in_(COUNTED), t.received_at >= since_ms)  # the (status, received_at) index: today only
         .group_by(t.sender)
     )
     d = dead_letter.c

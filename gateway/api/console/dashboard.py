@@ -52,7 +52,26 @@ def runtime(collector: GatewayCollector | None) -> Runtime:
     return found
 
 
+#: Dashboards open side by side share one reading of the figures at least this long (seconds);
+#: longer when reading them is slow (a large day in the archive), so that the dashboards keep the
+#: database busy a tenth of the time at most.
+PANEL_TTL_S = 4.0
+PANEL_BUSY_SHARE = 0.1
+
+
 def _panel(request: Request) -> dict[str, Any]:
+    """The figures, read again only when the last reading is older than its time to live."""
+    cached: tuple[float, float, dict[str, Any]] | None = getattr(request.app.state, "console_panel", None)
+    if cached is not None and time.monotonic() < cached[0] + cached[1]:
+        return cached[2]
+    started = time.monotonic()
+    figures = _read_panel(request)
+    ttl = max(PANEL_TTL_S, (time.monotonic() - started) / PANEL_BUSY_SHARE)
+    request.app.state.console_panel = (time.monotonic(), ttl, figures)
+    return figures
+
+
+def _read_panel(request: Request) -> dict[str, Any]:
     now_ms = int(time.time() * 1000)
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     senders = sender_activity(request.app.state.engine, int(midnight.timestamp() * 1000), now_ms)
