@@ -1,5 +1,6 @@
 """Run the gateway from an installed wheel, away from the source tree: start ``hl7gw run``, send a
-sample message over MLLP, read the Patient back over HTTP, stop. Exits non-zero on any failure.
+sample message over MLLP, read the Patient back over HTTP, load the console's sign-in page, stop.
+Exits non-zero on any failure.
 
     python .ci/wheel_smoke.py SAMPLE.hl7     (with the wheel's venv active, from any directory)
 """
@@ -22,6 +23,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def console_served(api: httpx.Client) -> bool:
+    """The operator console's templates and vendored htmx travel inside the wheel."""
+    login = api.get("/console/login")
+    htmx = api.get("/console/static/htmx.min.js")
+    if login.status_code != 200 or "API token" not in login.text or htmx.status_code != 200:
+        print(f"wheel smoke: console not served ({login.status_code}, {htmx.status_code})", file=sys.stderr)
+        return False
+    print("wheel smoke: console served")
+    return True
 
 
 def main(sample: Path) -> int:
@@ -50,7 +62,7 @@ def main(sample: Path) -> int:
                     if bundle.get("total", 0) >= 1:
                         family = bundle["entry"][0]["resource"]["name"][0]["family"]
                         print(f"wheel smoke: Patient stored, family {family}")
-                        return 0
+                        return 0 if console_served(api) else 1
                     time.sleep(0.2)
             print("wheel smoke: no Patient stored", file=sys.stderr)
             print(log.read_text(errors="replace"), file=sys.stderr)

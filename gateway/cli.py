@@ -123,14 +123,18 @@ def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
     from gateway.services.outages import until_available
 
     _start_metrics(settings, serve=False)  # the API serves /metrics itself
-    dry_run = CurrentMappings(settings.conversion).dry_run  # for /admin/dead-letters/{id}
+    mappings = CurrentMappings(settings.conversion)
+    dry_run = mappings.dry_run  # for /admin/dead-letters/{id} and the console's letters and test page
+    threading.Thread(target=mappings.warm, name="warm-mappings", daemon=True).start()
     desk = _operator_desk(settings)
     uploads = _batch_uploads(settings)
     # log_config=None: uvicorn's records go through our handler (gateway/logs.py) like all others;
     # no access log, since a query string can carry a name or a birth date.
     app = until_available(
         "database",
-        lambda: create_app(settings, dry_run=dry_run, desk=desk, batch_uploads=uploads),
+        lambda: create_app(
+            settings, dry_run=dry_run, desk=desk, batch_uploads=uploads, test_message=mappings.workbench
+        ),
         max_backoff_s=settings.worker.outage_max_backoff_s,
     )
     config = uvicorn.Config(

@@ -14,6 +14,7 @@ from gateway.api.admin import DryRun
 from gateway.api.admin_actions import Desk
 from gateway.api.auth import TokenRegistry, ensure_admin_token
 from gateway.api.capability import software_version
+from gateway.api.console import Workbench, install_console
 from gateway.api.cors import install_cors
 from gateway.api.docs import install_docs
 from gateway.api.head import HeadAsGet
@@ -37,11 +38,13 @@ def create_app(
     dry_run: DryRun | None = None,
     desk: Desk | None = None,
     batch_uploads: BatchUploads | None = None,
+    test_message: Workbench | None = None,
 ) -> FastAPI:
     """The API app. Without ``engine``, opens ``settings.storage.database_url`` and creates the schema.
     ``dry_run`` converts a dead letter's message with the current mappings for /admin (the process
     that runs the API gives it: the api may not import the converter); without it there is none.
-    ``batch_uploads`` imports what POST /hl7/batch receives (without it the route answers 503)."""
+    ``batch_uploads`` imports what POST /hl7/batch receives (without it the route answers 503).
+    ``test_message`` converts a message pasted into the console's test page, storing nothing."""
     owns_engine = engine is None
     if engine is None:
         engine = make_engine(settings.storage.database_url)
@@ -100,12 +103,14 @@ def create_app(
     app.state.desk = desk
     #: The import behind POST /hl7/batch; given by the process running the API.
     app.state.batch_uploads = batch_uploads
-    app.state.metrics_registry = registry([GatewayCollector(sources_from(settings, engine, software_version()))])
+    collector = GatewayCollector(sources_from(settings, engine, software_version()))
+    app.state.metrics_registry = registry([collector])
+    #: The same scrape-time figures for the console's dashboard.
+    app.state.gateway_collector = collector
     app.add_middleware(metrics.RequestMetrics, recorder=recorder())
     install_error_handlers(app)
     app.add_middleware(AuthFailureAudit, trail=trail)
     app.add_middleware(HeadAsGet)
-    install_cors(app, settings.api.cors_origins)  # outermost: a preflight is answered before anything else
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(subscriptions.router)  # before fhir's /{resource_type} routes
@@ -114,5 +119,7 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(admin_actions.router)
     app.include_router(hl7_batch.router)
+    install_console(app, settings, tokens, test_message)
     install_docs(app, public=settings.api.public_docs)
+    install_cors(app, settings.api.cors_origins)  # last, so outermost: a preflight is answered before anything else
     return app

@@ -74,6 +74,10 @@ class TokenRegistry:
                 found = principal
         return found
 
+    def principal_named(self, name: str) -> Principal | None:
+        """The principal of the token called ``name`` (a console session names its token, never holds it)."""
+        return next((principal for _, principal in self._tokens if principal.name == name), None)
+
     def role_of(self, token: str) -> Role | None:
         principal = self.principal_of(token)
         return principal.role if principal else None
@@ -89,14 +93,23 @@ def ensure_admin_token(settings: Settings) -> Path | None:
     path = settings.storage.admin_token_file
     if path.exists():
         return path
+    create_secret_file(path, secrets.token_urlsafe(32))
+    log.info("created admin API token in %s", path)
+    return path
+
+
+def create_secret_file(path: Path, content: str) -> None:
+    """Write ``content`` to a new file ``path`` (mode 0600) unless one is there: a private temporary
+    file linked into place, so it appears complete or not at all, and when two processes race, the
+    first link wins and both then read the winner's content."""
+    if path.exists():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write a private temporary file, then link it into place: the token file appears complete or not
-    # at all, and when two processes race, the first link wins and the other keeps the winner's token.
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(secrets.token_urlsafe(32) + "\n")
+            handle.write(content + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         try:
@@ -105,8 +118,6 @@ def ensure_admin_token(settings: Settings) -> Path | None:
             pass
     finally:
         temporary.unlink(missing_ok=True)
-    log.info("created admin API token in %s", path)
-    return path
 
 
 def _authenticated(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:

@@ -70,3 +70,32 @@ def named_path(path: str, version: str = "") -> str:
     if not name:
         return path
     return f"{path} {name}" if found.end() == len(path) else f"{path} in {name}"
+
+
+@functools.cache
+def _component_names(module: str, segment: str, number: int) -> dict[int, str]:
+    """component number -> hl7apy's long name (``FAMILY_NAME``) of field ``number`` of ``segment``."""
+    try:
+        segments = importlib.import_module(f"hl7apy.{module}.segments").SEGMENTS
+    except ImportError:
+        return {}
+    definition = segments.get(segment)
+    for entry in definition[1] if definition and len(definition) > 1 else ():
+        if entry[0] == f"{segment}_{number}" and entry[1] and entry[1][0] == "sequence":
+            return {
+                int(name.rpartition("_")[2]): spec[3]
+                for name, spec, *_ in entry[1][1]
+                if name.rpartition("_")[2].isdigit() and len(spec) > 3 and spec[3]
+            }
+    return {}
+
+
+@functools.cache
+def component_name(segment: str, field: int, component: int, version: str = "") -> str:
+    """HL7's name of a component (``PID-5.1`` is "Family Name"); "" when no version defines it."""
+    wanted = _module(version)
+    for module in ((wanted,) if wanted in _VERSIONS else ()) + _VERSIONS:
+        long_name = _component_names(module, segment, field).get(component)
+        if long_name:
+            return _readable(long_name)
+    return ""

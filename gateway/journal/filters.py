@@ -71,12 +71,16 @@ class LetterFilter:
 
 @dataclass(frozen=True, slots=True)
 class MessageFilter:
-    """Archived messages by MSH-10, sender, status (received, processed, failed, ack) and time received."""
+    """Archived messages by MSH-10, sender, status (received, processed, failed, ack), time received
+    (``since`` and ``until``, ms) and message type (MSH-9 as archived, or its start: ``ADT^A01``
+    finds ``ADT^A01^ADT_A01``)."""
 
     control_id: str | None = None
     sender: str | None = None
     status: str | None = None
     since: int | None = None
+    until: int | None = None
+    message_type: str | None = None
 
 
 #: Dead-letter and archive statuses an operator may filter by.

@@ -101,6 +101,10 @@ def search_messages(
         stmt = stmt.where(table.c.status == where.status)
     if where.since is not None:
         stmt = stmt.where(table.c.received_at >= where.since)
+    if where.until is not None:
+        stmt = stmt.where(table.c.received_at < where.until)
+    if where.message_type:
+        stmt = stmt.where(table.c.message_type.startswith(where.message_type, autoescape=True))
     if after is not None:
         stmt = stmt.where(
             or_(table.c.received_at < after.at, and_(table.c.received_at == after.at, table.c.id < after.id))

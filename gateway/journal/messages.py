@@ -56,6 +56,8 @@ class ArchivedMessage:
     raw: bytes
     #: What the conversion could not carry over, one note per line ("" when nothing).
     notes: str = ""
+    #: When the row last changed (ms): the last attempt's end.
+    updated_at: int = 0
 
 
 def _now_ms() -> int:
@@ -132,4 +134,5 @@ class MessageArchive:
             detail=row.detail,
             raw=bytes(row.raw),
             notes=row.notes,
+            updated_at=row.updated_at,
         )

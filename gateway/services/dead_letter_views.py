@@ -6,6 +6,7 @@ mappings as they are now: after a mapping fix, does it convert?). ``hl7gw dlq`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import Counter
@@ -14,6 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import orjson
+
+from gateway import fhirjson
 from gateway.config.sections import ConversionSettings
 from gateway.convert.runtime.engine import Converter, default_mappings_dir
 from gateway.errors import GatewayError, MappingError, describe, stage_of
@@ -59,6 +63,12 @@ class CurrentMappings:
                 self._converter, self._stamp = loaded, stamp
             return self._converter
 
+    def warm(self) -> None:
+        """Compile the mappings now (in a background thread at the API's start), so the first dead
+        letter an operator opens does not wait for it; a failure is reported by the first dry run."""
+        with contextlib.suppress(GatewayError):
+            self.converter()
+
     def dry_run(self, raw: bytes) -> dict[str, Any]:
         """Would ``raw`` convert (and validate) now? Its resource counts, or where it fails."""
         try:
@@ -66,6 +76,39 @@ class CurrentMappings:
         except GatewayError as exc:
             return {"converts": False, "stage": Stage.CONFIG, "error": f"the mappings do not load: {exc.safe_text()}"}
         return dry_run(converter, raw)
+
+    def workbench(self, raw: bytes) -> dict[str, Any]:
+        """``hl7gw convert --report`` on one pasted message, storing nothing: the Bundle (pretty JSON),
+        the segments and fields the maps left unused and the notes, or where it fails."""
+        try:
+            converter = self.converter()
+        except GatewayError as exc:
+            return {"converts": False, "stage": Stage.CONFIG, "error": f"the mappings do not load: {exc.safe_text()}"}
+        return workbench(converter, raw)
+
+
+def workbench(converter: Converter, raw: bytes) -> dict[str, Any]:
+    """Decode, parse, convert (with the report of what was unused) and validate ``raw``."""
+    stage = Stage.PARSE
+    try:
+        message = parse(decode_message(raw))
+        stage = Stage.CONVERT
+        conversion = converter.convert_with_report(message)
+        stage = Stage.VALIDATE
+        validate_bundle(conversion.bundle)
+    except Exception as exc:  # noqa: BLE001 - every failure is the answer, in words without values
+        answer: dict[str, Any] = {"converts": False, "stage": stage_of(exc, stage), "error": describe(exc)}
+        if isinstance(exc, MappingError):
+            answer["location"] = exc.location()
+        return answer
+    return {
+        "converts": True,
+        "bundle": fhirjson.dumps(conversion.bundle, option=orjson.OPT_INDENT_2).decode(),
+        "entries": len(conversion.bundle["entry"]),
+        "unused_segments": list(conversion.unused_segments),
+        "unused_fields": {segment: list(fields) for segment, fields in conversion.unused_fields.items()},
+        "notes": list(conversion.notes),
+    }
 
 
 def dry_run(converter: Converter, raw: bytes) -> dict[str, Any]:
