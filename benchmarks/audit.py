@@ -89,11 +89,11 @@ class Api:
             time.sleep(0.1)
 
     def audit(self, on: bool) -> None:
-        """Turn the trail on or off; after off, wait out the trail's last tick (0.25 s) and write."""
+        """Turn the trail on or off; after off, wait out the trail's last tick (1 s) and write."""
         if on != self.on:
             self.process.send_signal(signal.SIGUSR1)
             self.on = on
-        time.sleep(0.1 if on else 0.5)
+        time.sleep(0.1 if on else 1.3)
 
     def stop(self) -> None:
         """SIGTERM: the server drains its audit trail before it exits."""

@@ -72,14 +72,15 @@ class AuditRelay:
         capacity: int = 10_000,
         block_s: float = 2.0,
         drain_s: float = 8.0,
-        linger_s: float = 0.25,
+        linger_s: float = 1.0,
         log_level: str = "INFO",
         log_format: str = "text",
     ):
         self.database_url = database_url
         self.retention_days = retention_days
         self.capacity, self.block_s, self.drain_s = capacity, block_s, drain_s
-        #: How long the writer lets records gather before a write (its trail's ``linger_s``).
+        #: How long the writer lets records gather before a write (its trail's ``linger_s``): a second,
+        #: as each SQLite commit makes every reading connection drop its page cache (docs/observability.md).
         self.linger_s = linger_s
         self.log_level, self.log_format = log_level, log_format
         #: Records written (committed), and records refused or lost, over every writer process.
