@@ -20,10 +20,11 @@ import orjson
 from gateway import fhirjson
 from gateway.config.sections import ConversionSettings
 from gateway.convert.runtime.engine import Converter, default_mappings_dir
+from gateway.convert.runtime.run import Conversion
 from gateway.errors import GatewayError, MappingError, describe, stage_of
 from gateway.hl7.charset import decode_message
 from gateway.hl7.layout import layout_lines, raw_view
-from gateway.hl7.message import parse
+from gateway.hl7.message import Message, parse
 from gateway.journal.dead_letters import DeadLetter
 from gateway.stages import Stage
 from gateway.validate import validate_bundle
@@ -89,18 +90,10 @@ class CurrentMappings:
 
 def workbench(converter: Converter, raw: bytes) -> dict[str, Any]:
     """Decode, parse, convert (with the report of what was unused) and validate ``raw``."""
-    stage = Stage.PARSE
-    try:
-        message = parse(decode_message(raw))
-        stage = Stage.CONVERT
-        conversion = converter.convert_with_report(message)
-        stage = Stage.VALIDATE
-        validate_bundle(conversion.bundle)
-    except Exception as exc:  # noqa: BLE001 - every failure is the answer, in words without values
-        answer: dict[str, Any] = {"converts": False, "stage": stage_of(exc, stage), "error": describe(exc)}
-        if isinstance(exc, MappingError):
-            answer["location"] = exc.location()
-        return answer
+    conversion, failure = _attempt(converter.convert_with_report, raw)
+    if conversion is None:
+        failure.pop("error_type")
+        return failure
     return {
         "converts": True,
         "bundle": fhirjson.dumps(conversion.bundle, option=orjson.OPT_INDENT_2).decode(),
@@ -113,28 +106,37 @@ def workbench(converter: Converter, raw: bytes) -> dict[str, Any]:
 
 def dry_run(converter: Converter, raw: bytes) -> dict[str, Any]:
     """Decode, parse, convert and validate ``raw`` as a worker would, storing nothing."""
+    conversion, failure = _attempt(converter.convert_noted, raw)
+    if conversion is None:
+        return failure
+    types = Counter(
+        entry.get("resource", {}).get("resourceType") or entry["request"]["url"].split("/")[0]
+        for entry in conversion.bundle["entry"]
+    )
+    return {"converts": True, "resources": dict(sorted(types.items())), "notes": conversion.notes}
+
+
+def _attempt(convert: Callable[[Message], Conversion], raw: bytes) -> tuple[Conversion | None, dict[str, Any]]:
+    """``raw`` decoded, parsed, converted by ``convert`` and validated; or None and the failure, in words
+    without values (the stage it failed at, the error's type and text, a mapping's location)."""
     stage = Stage.PARSE
     try:
         message = parse(decode_message(raw))
         stage = Stage.CONVERT
-        conversion = converter.convert_noted(message)
+        conversion = convert(message)
         stage = Stage.VALIDATE
         validate_bundle(conversion.bundle)
     except Exception as exc:  # noqa: BLE001 - every failure is the answer, in words without values
-        answer: dict[str, Any] = {
+        failure: dict[str, Any] = {
             "converts": False,
             "stage": stage_of(exc, stage),
             "error_type": type(exc).__name__,
             "error": describe(exc),
         }
         if isinstance(exc, MappingError):
-            answer["location"] = exc.location()
-        return answer
-    types = Counter(
-        entry.get("resource", {}).get("resourceType") or entry["request"]["url"].split("/")[0]
-        for entry in conversion.bundle["entry"]
-    )
-    return {"converts": True, "resources": dict(sorted(types.items())), "notes": conversion.notes}
+            failure["location"] = exc.location()
+        return None, failure
+    return conversion, {}
 
 
 def detail(letter: DeadLetter, dry: DryRun | None, edited: bytes | None = None) -> dict[str, Any]:
