@@ -178,7 +178,7 @@ def test_type_picks_matches_and_included_alike(client: AsgiClient) -> None:
 
 
 def test_since_keeps_what_changed_at_or_after_it(app: FastAPI, client: AsgiClient) -> None:
-    before = {key: e for key, e in _by_key(ok(client.get(f"{URL}?_count=100", token=ADMIN))).items()}
+    before = _by_key(ok(client.get(f"{URL}?_count=100", token=ADMIN)))
     store: ResourceStore = app.state.store
     store.apply_bundle(transaction(put(observation("o03", "p1", status="amended")), put(observation("o99", "p1"))))
     changed = _by_key(ok(client.get(f"{URL}?_count=100", token=ADMIN)))
