@@ -5,8 +5,9 @@ those whose compartment parameters reference it, Patients linking to it through 
 among them), sorted by type and id; a page continues after the last (type, id) it showed, so a
 resource written meanwhile never shifts the pages still to come (``search_paging``). Each page
 includes, one hop out, what its matches reference that is in no Patient's compartment
-(Practitioner, PractitionerRole, Organization, Location, Device): a referenced resource of a
-compartment type is either in this compartment already (a match on some page) or another Patient's.
+(Practitioner, PractitionerRole, Organization, Location, Device, MessageHeader): a referenced
+resource of a compartment type is either in this compartment already (a match on some page) or
+another Patient's.
 
 Parameters: ``_count``, ``_since`` (only resources whose meta.lastUpdated is at or after it, included
 ones too), ``_type`` (comma-separated types, may repeat), ``_cursor`` (from a ``next`` link),
