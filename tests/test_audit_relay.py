@@ -64,6 +64,8 @@ def test_a_record_crosses_the_pipe_unchanged() -> None:
         access, interaction=Interaction.search_type, request="POST /fhir/Patient/_search", parameters="family=Doe"
     )
     assert decode(encode(posted)) == posted
+    everything = dataclasses.replace(access, interaction=Interaction.operation, operation="Patient-everything")
+    assert decode(encode(everything)) == everything
 
 
 def test_the_writer_process_writes_reads_and_refusals(engine: Engine) -> None:

@@ -7,9 +7,6 @@ set) PostgreSQL. Paging tests write resources between page fetches to show the l
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fhirclient import client as smart_client
 from fhirclient.models.bundle import Bundle as SmartBundle
 from fhirclient.models.observation import Observation as SmartObservation
@@ -31,37 +27,11 @@ from gateway.api.app import create_app
 from gateway.config import load_settings
 from gateway.store.resources import ResourceStore
 from tests.support.fhir_bundles import delete, observation, patient, put, transaction
+from tests.support.server_thread import ServerThread
 
 TOKEN = "client-test-token"
 MRN = "urn:oid:1.2.3.4"
 PATIENTS = [f"p{n:03d}" for n in range(12)]
-
-
-class ServerThread:
-    """uvicorn serving ``app`` on a free loopback port, in a background thread."""
-
-    def __init__(self, app: Any):
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind(("127.0.0.1", 0))
-        self.port = self._socket.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._socket.close()
 
 
 @dataclass

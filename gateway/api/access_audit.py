@@ -34,13 +34,15 @@ def record_access(
     *,
     parameters: str | None = None,
     answer: bytes | None = None,
+    operation: str | None = None,
 ) -> None:
     """Queue the audit record of ``response``, an answer that carried resources; raise 503 when it cannot be queued.
 
     ``parameters``: a search's parameters when they came in a body (POST [type]/_search), form-encoded;
     the request line then stays "POST /fhir/T/_search" and they become the query entity's content.
     ``answer``: what to find the Patients in when the response holds a subset (``_elements`` may have
-    left the subject out): the whole answer. A HEAD request carried nothing and is not recorded.
+    left the subject out): the whole answer. ``operation``: the OperationDefinition of an ``operation``
+    interaction (``Patient-everything``). A HEAD request carried nothing and is not recorded.
     """
     trail: AuditRelay | None = request.app.state.audit_trail
     if trail is None or not request.app.state.access_audit or is_head(request):
@@ -58,6 +60,7 @@ def record_access(
         what=what,
         request_id=request.headers.get("x-request-id"),
         parameters=None if parameters is None else _without_token(parameters),
+        operation=operation,
     )
     if not trail.submit(access):
         raise FHIRError(503, "the access audit trail cannot record this read now; try again later", "transient")

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from gateway.api import admin, admin_actions, bulk_export, fhir, health, hl7_batch, metrics, subscriptions
+from gateway.api import admin, admin_actions, bulk_export, everything, fhir, health, hl7_batch, metrics, subscriptions
 from gateway.api.access_audit import AuthFailureAudit
 from gateway.api.admin import DryRun
 from gateway.api.admin_actions import Desk
@@ -115,6 +115,7 @@ def create_app(
     app.include_router(metrics.router)
     app.include_router(subscriptions.router)  # before fhir's /{resource_type} routes
     app.include_router(bulk_export.router)  # before fhir: /fhir/$export is not a search
+    app.include_router(everything.router)  # before fhir: Patient/[id]/$everything is not a resource
     app.include_router(fhir.router)
     app.include_router(admin.router)
     app.include_router(admin_actions.router)

@@ -75,15 +75,23 @@ def parse_kick_off(request: Request, params: list[tuple[str, str]], level: str, 
     return kick_off
 
 
-def parameters_body(body: Any) -> list[tuple[str, str]]:
-    """(name, value) pairs of a POSTed Parameters resource (valueString, valueInstant, valueCode...)."""
+def parameters_body(body: Any, operation: str = "$export kick-off") -> list[tuple[str, str]]:
+    """(name, value) pairs of a POSTed Parameters resource (valueString, valueInstant, valueCode,
+    valueInteger...)."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise FHIRError(400, "a POSTed $export kick-off takes a Parameters resource")
+        raise FHIRError(400, f"a POSTed {operation} takes a Parameters resource")
+    parameters = body.get("parameter", [])
+    if not isinstance(parameters, list):
+        raise FHIRError(400, "Parameters.parameter is a list")
     pairs = []
-    for parameter in body.get("parameter", ()):
+    for parameter in parameters:
         if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
             raise FHIRError(400, "each Parameters.parameter needs a name")
-        values = [v for k, v in parameter.items() if k.startswith("value") and isinstance(v, str)]
+        values = [
+            str(v)
+            for k, v in parameter.items()
+            if k.startswith("value") and (isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)))
+        ]
         if not values:
             values = ["(a value that is not a string)"]
         pairs.append((parameter["name"], values[0]))

@@ -31,6 +31,13 @@ _EXPORT_DOCS = (
     "FHIR Bulk Data $export (async: Accept application/fhir+json, Prefer respond-async; _outputFormat "
     "application/fhir+ndjson, _since, _type); files need the token that asked."
 )
+#: The core specification's OperationDefinitions (Patient-everything).
+_CORE_OPERATIONS = "http://hl7.org/fhir/OperationDefinition/"
+_EVERYTHING = (
+    "GET or POST Patient/[id]/$everything: the Patient, its compartment (Patients linking to it too) and what "
+    "those reference outside any compartment (Practitioner, Organization, Location...), a searchset in pages "
+    "by type and id; _since, _type, _count, _summary, _elements. AuditEvent: the admin role only."
+)
 
 _COMMON_DOCS = {
     "_id": "Logical id of the resource (Resource.id); a comma-separated list matches any",
@@ -183,7 +190,10 @@ def _resource(resource_type: str) -> dict[str, Any]:
         resource["searchRevInclude"] = revincludes
     resource["searchParam"] = common + specific
     if resource_type == "Patient":
-        resource["operation"] = [_operation("patient-export", "The compartments of every Patient. " + _EXPORT_DOCS)]
+        resource["operation"] = [
+            _operation("patient-export", "The compartments of every Patient. " + _EXPORT_DOCS),
+            {"name": "everything", "definition": _CORE_OPERATIONS + "Patient-everything", "documentation": _EVERYTHING},
+        ]
     return resource
 
 

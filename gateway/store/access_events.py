@@ -1,9 +1,10 @@
 """The access audit trail's records: a read or search of patient data through the FHIR API, and a failed
 authentication, each as an R4 AuditEvent shaped as IHE Basic Audit Log Patterns (BALP) say.
 
-A read (``read``, ``vread``, ``history-instance``) follows BALP PatientRead (Read when it names
-several Patients), a search (``search-type``, ``history-type``, ``history-system``) BALP
-PatientQuery (or Query):
+A read (``read``, ``vread``, ``history-instance``; ``operation``: ``Patient/[id]/$everything``, a
+read of one Patient's record, its subtype naming the OperationDefinition too) follows BALP
+PatientRead (Read when it names several Patients), a search (``search-type``, ``history-type``,
+``history-system``) BALP PatientQuery (or Query):
 
 * ``type`` audit-event-type#rest; ``subtype`` the restful-interaction code; ``action`` R for a
   read, E for a search; ``recorded``; ``outcome`` 0 (only answers that carried data are recorded);
@@ -56,6 +57,8 @@ _BALP_ENTITY_TYPE = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEnti
 _BALP_PROFILE = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."
 #: The Bulk Data IG's $export OperationDefinition, naming the operation in a subtype.
 _BULK_EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+#: The core specification's OperationDefinitions (Patient-everything), naming an operation in a subtype.
+_CORE_OPERATION = "http://hl7.org/fhir/OperationDefinition"
 #: AuditEvent.agent.network.type (R4 network-type): 2 IP address, 5 URI.
 _IP_ADDRESS, _URI = "2", "5"
 _HOST = socket.gethostname() or "unknown"
@@ -74,6 +77,8 @@ class Interaction(enum.StrEnum):
     history_system = "history-system"
     search_type = "search-type"
     search_system = "search-system"
+    #: An operation on one Patient that returns its record (``Patient/[id]/$everything``): audited as a read.
+    operation = "operation"
 
     @property
     def is_query(self) -> bool:
@@ -125,6 +130,8 @@ class Access:
     #: A search's parameters when they came in the body (POST [type]/_search), form-encoded; the
     #: request line then has none of them (names and birth dates stay out of URLs).
     parameters: str | None = None
+    #: The operation's OperationDefinition (``Patient-everything``) when ``interaction`` is ``operation``.
+    operation: str | None = None
 
 
 def patients_in(resources: Iterable[dict[str, Any]]) -> list[str]:
@@ -212,7 +219,7 @@ def _access_event(access: Access, patients: list[str]) -> dict[str, Any]:
         "id": str(uuid.uuid4()),
         "meta": {"profile": [_BALP_PROFILE + profile]},
         "type": _coding(_EVENT_TYPE, "rest", "Restful Operation"),
-        "subtype": [_coding(_INTERACTION, access.interaction.value, access.interaction.value)],
+        "subtype": _subtypes(access),
         "action": "E" if query else "R",
         "recorded": format_instant(access.recorded),
         "outcome": "0",
@@ -220,6 +227,15 @@ def _access_event(access: Access, patients: list[str]) -> dict[str, Any]:
         "source": _source(),
         "entity": entities,
     }
+
+
+def _subtypes(access: Access) -> list[dict[str, str]]:
+    """The restful-interaction code; for an operation, its OperationDefinition too (as $export's events name theirs)."""
+    subtypes = [_coding(_INTERACTION, access.interaction.value, access.interaction.value)]
+    if access.operation:
+        name = access.operation.rpartition("-")[2]
+        subtypes.append(_coding(_CORE_OPERATION, access.operation, f"${name}"))
+    return subtypes
 
 
 def auth_failure_event(

@@ -53,6 +53,7 @@ def encode(record: Record) -> bytes:
         "what": record.what,
         "request_id": record.request_id,
         "parameters": record.parameters,
+        "operation": record.operation,
     }
     return b"".join((ACCESS, fhirjson.dumps(header), b"\n", record.answer))
 
@@ -76,6 +77,7 @@ def decode(message: bytes) -> Record:
         what=header["what"],
         request_id=header["request_id"],
         parameters=header.get("parameters"),
+        operation=header.get("operation"),
     )
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway import fhirjson
 from gateway.db.schema import fhir_resource, fhir_resource_history
 from gateway.errors import DeliveryError, GatewayError, as_unavailable, describe
+from gateway.store.everything import EverythingPage, build_everything, run_everything
 from gateway.store.feed import FeedPage
 from gateway.store.feed_query import FeedQuery, run_feed
 from gateway.store.history import build_history, run_history
@@ -152,6 +153,15 @@ class ResourceStore:
         query = build_system_search(types, _lists(params), lenient, hidden)
         with self.engine.connect() as conn:
             return run_search(conn, query)
+
+    def everything(
+        self, patient_id: str, params: dict[str, list[str]], lenient: bool = False, hidden: frozenset[str] = frozenset()
+    ) -> EverythingPage:
+        """A page of ``Patient/[id]/$everything`` (gateway/store/everything.py) without the types in ``hidden``
+        (naming one in ``_type`` raises search.ForbiddenType); raises SearchError."""
+        query = build_everything(patient_id, _lists(params), lenient, hidden)
+        with self.engine.connect() as conn:
+            return run_everything(conn, query)
 
     def history(
         self, resource_type: str, resource_id: str | None, params: dict[str, list[str]], lenient: bool = False
