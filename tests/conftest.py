@@ -67,6 +67,15 @@ def closing_audit_trails() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def audit_trails_closed() -> Iterator[None]:
+    """Close every access audit trail the test made, whatever database it wrote to: an app left
+    unclosed keeps its audit writer process waiting on its pipe until the whole run ends (a run
+    once gathered more than a thousand, and ran out of memory and time)."""
+    with closing_audit_trails():
+        yield
+
+
+@pytest.fixture(autouse=True)
 def served_fhir_is_valid() -> Iterator[None]:
     """Every FHIR payload an in-process API serves during the test must pass fhirkit and the R4B
     models (tests/support/fhir_validation.py); the test fails naming the payloads that do not."""
