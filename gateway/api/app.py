@@ -13,6 +13,8 @@ from gateway.api.access_audit import AuthFailureAudit
 from gateway.api.admin import DryRun
 from gateway.api.admin_actions import Desk
 from gateway.api.auth import TokenRegistry, ensure_admin_token
+from gateway.api.authorization_server import AuthorizationServer
+from gateway.api.bearer_jwt import JwtVerifier
 from gateway.api.capability import software_version
 from gateway.api.console import Workbench, install_console
 from gateway.api.cors import install_cors
@@ -51,6 +53,8 @@ def create_app(
         migrate(engine)
     ensure_admin_token(settings)
     tokens = TokenRegistry.from_settings(settings)
+    oidc = settings.oidc
+    authorization_server = AuthorizationServer(oidc) if oidc is not None else None
     readiness = ReadinessProbe(
         settings.storage.redis_url,
         settings.storage.redis_namespace,
@@ -76,6 +80,8 @@ def create_app(
         finally:
             trail.close()  # drain what is queued before the engine goes
             readiness.close()
+            if authorization_server is not None:
+                authorization_server.close()
             if owns_engine:
                 engine.dispose()
 
@@ -96,6 +102,9 @@ def create_app(
     #: Record reads and searches (HL7GW_ACCESS_AUDIT); benchmarks/audit.py flips it in a running server.
     app.state.access_audit = settings.audit.access
     app.state.tokens = tokens
+    #: HL7GW_OIDC_ISSUER's discovery document and keys, and the check of its JWTs; None when unset.
+    app.state.authorization_server = authorization_server
+    app.state.jwt_verifier = JwtVerifier(oidc, authorization_server) if oidc and authorization_server else None
     app.state.dry_run = dry_run
     #: GET /health/ready's checks (gateway/readiness.py).
     app.state.readiness = readiness

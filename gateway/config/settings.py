@@ -290,7 +290,7 @@ class Settings(BaseSettings):
     def _check_oidc_audience(self) -> Settings:
         if self.oidc_issuer and not (self.oidc_audience or self.public_base_url):
             raise ValueError(
-                "HL7GW_OIDC_ISSUER needs HL7GW_OIDC_AUDIENCE (the FHIR base URL its tokens name) or HL7GW_PUBLIC_BASE_URL"
+                "HL7GW_OIDC_ISSUER needs HL7GW_OIDC_AUDIENCE (the FHIR base URL in its tokens) or HL7GW_PUBLIC_BASE_URL"
             )
         if (self.oidc_jwks_url or self.oidc_audience) and not self.oidc_issuer:
             raise ValueError("HL7GW_OIDC_JWKS_URL and HL7GW_OIDC_AUDIENCE need HL7GW_OIDC_ISSUER")
