@@ -8,7 +8,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from gateway.api import admin, admin_actions, bulk_export, fhir, health, hl7_batch, metrics, subscriptions
+from gateway.api import (
+    admin,
+    admin_actions,
+    bulk_export,
+    fhir,
+    health,
+    hl7_batch,
+    metrics,
+    smart_configuration,
+    subscriptions,
+)
 from gateway.api.access_audit import AuthFailureAudit
 from gateway.api.admin import DryRun
 from gateway.api.admin_actions import Desk
@@ -124,6 +134,7 @@ def create_app(
     app.include_router(metrics.router)
     app.include_router(subscriptions.router)  # before fhir's /{resource_type} routes
     app.include_router(bulk_export.router)  # before fhir: /fhir/$export is not a search
+    app.include_router(smart_configuration.router)  # before fhir: /fhir/.well-known/... is not a read
     app.include_router(fhir.router)
     app.include_router(admin.router)
     app.include_router(admin_actions.router)

@@ -32,6 +32,7 @@ from gateway.api.capability import capability_statement
 from gateway.api.negotiation import FORMAT_PARAMETERS, is_lenient, negotiate, respond
 from gateway.api.outcome import FHIRError, FHIRResponse
 from gateway.api.read import resource_response
+from gateway.api.smart_configuration import security_extension
 from gateway.api.smart_scopes import Permission
 from gateway.api.subsetting import Subset, requested_subset
 from gateway.config import Role
@@ -57,7 +58,8 @@ _MAX_FORM_BYTES = 1 << 20
 @router.get("/metadata", response_class=FHIRResponse)
 def metadata(request: Request) -> Response:
     """The CapabilityStatement (http.html#capabilities); needs no token."""
-    return respond(request, capability_statement(bundles.base_url(request)))
+    smart = security_extension(request.app.state.authorization_server)
+    return respond(request, capability_statement(bundles.base_url(request), smart))
 
 
 @router.get("/_history", response_class=FHIRResponse)
