@@ -121,8 +121,10 @@ def test_alg_none_is_refused(idp: OidcServer, verifier: JwtVerifier) -> None:
 
 
 def test_hs256_keyed_with_the_public_key_is_refused(idp: OidcServer, verifier: JwtVerifier) -> None:
-    public = idp.published[0].private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    public = (
+        idp.published[0]
+        .private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     claims = {"iss": idp.issuer, "aud": AUDIENCE, "sub": "x", "iat": int(time.time()), "exp": int(time.time()) + 60}
     header = base64.urlsafe_b64encode(b'{"alg":"HS256","kid":"k1","typ":"JWT"}').rstrip(b"=")
@@ -209,7 +211,9 @@ def test_a_discovery_document_of_another_issuer_is_not_used(idp: OidcServer, clo
         ("patient/Observation.rs?category=laboratory", None, False),
     ],
 )
-def test_scopes_give_roles(idp: OidcServer, verifier: JwtVerifier, scope: str, role: Role | None, restricted: bool) -> None:
+def test_scopes_give_roles(
+    idp: OidcServer, verifier: JwtVerifier, scope: str, role: Role | None, restricted: bool
+) -> None:
     grant = verifier.grant(idp.token(scope=scope))
     assert grant.role is role
     assert (grant.access is not None and grant.access.grants_anything) is restricted
