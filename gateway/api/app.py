@@ -8,11 +8,24 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from gateway.api import admin, admin_actions, bulk_export, everything, fhir, health, hl7_batch, metrics, subscriptions
+from gateway.api import (
+    admin,
+    admin_actions,
+    bulk_export,
+    everything,
+    fhir,
+    health,
+    hl7_batch,
+    metrics,
+    smart_configuration,
+    subscriptions,
+)
 from gateway.api.access_audit import AuthFailureAudit
 from gateway.api.admin import DryRun
 from gateway.api.admin_actions import Desk
 from gateway.api.auth import TokenRegistry, ensure_admin_token
+from gateway.api.authorization_server import AuthorizationServer
+from gateway.api.bearer_jwt import JwtVerifier
 from gateway.api.capability import software_version
 from gateway.api.console import Workbench, install_console
 from gateway.api.cors import install_cors
@@ -51,6 +64,8 @@ def create_app(
         migrate(engine)
     ensure_admin_token(settings)
     tokens = TokenRegistry.from_settings(settings)
+    oidc = settings.oidc
+    authorization_server = AuthorizationServer(oidc) if oidc is not None else None
     readiness = ReadinessProbe(
         settings.storage.redis_url,
         settings.storage.redis_namespace,
@@ -76,6 +91,8 @@ def create_app(
         finally:
             trail.close()  # drain what is queued before the engine goes
             readiness.close()
+            if authorization_server is not None:
+                authorization_server.close()
             if owns_engine:
                 engine.dispose()
 
@@ -96,6 +113,9 @@ def create_app(
     #: Record reads and searches (HL7GW_ACCESS_AUDIT); benchmarks/audit.py flips it in a running server.
     app.state.access_audit = settings.audit.access
     app.state.tokens = tokens
+    #: HL7GW_OIDC_ISSUER's discovery document and keys, and the check of its JWTs; None when unset.
+    app.state.authorization_server = authorization_server
+    app.state.jwt_verifier = JwtVerifier(oidc, authorization_server) if oidc and authorization_server else None
     app.state.dry_run = dry_run
     #: GET /health/ready's checks (gateway/readiness.py).
     app.state.readiness = readiness
@@ -116,6 +136,7 @@ def create_app(
     app.include_router(subscriptions.router)  # before fhir's /{resource_type} routes
     app.include_router(bulk_export.router)  # before fhir: /fhir/$export is not a search
     app.include_router(everything.router)  # before fhir: Patient/[id]/$everything is not a resource
+    app.include_router(smart_configuration.router)  # before fhir: /fhir/.well-known/... is not a read
     app.include_router(fhir.router)
     app.include_router(admin.router)
     app.include_router(admin_actions.router)

@@ -1,5 +1,6 @@
 """Bearer-token authentication with roles reader < operator < admin, and ``metrics``, which may read
-/metrics only (RFC 6750)."""
+/metrics only (RFC 6750): static tokens (HL7GW_API_TOKENS, the admin token file), and, when
+HL7GW_OIDC_ISSUER is set, JWTs of that authorization server (``bearer_jwt``; docs/security.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from pathlib import Path
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from gateway.api.authorization_server import KeysUnavailable
+from gateway.api.bearer_jwt import InvalidToken, JwtVerifier, looks_like_jwt
 from gateway.api.outcome import FHIRError
+from gateway.api.smart_scopes import SmartAccess
 from gateway.config import ADMIN_TOKEN_FILE_NAME, METRICS_ROLES, ROLE_RANK, ApiToken, Role, Settings, parse_tokens
 from gateway.errors import ConfigError
 
@@ -23,7 +27,12 @@ log = logging.getLogger(__name__)
 #: FHIR types only an admin may read, search or see included: who did what to which message.
 ADMIN_ONLY_TYPES = frozenset({"AuditEvent"})
 
-_bearer = HTTPBearer(auto_error=False, description="A token from HL7GW_API_TOKENS or the admin token file")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A token from HL7GW_API_TOKENS or the admin token file, or a JWT of HL7GW_OIDC_ISSUER",
+)
+#: How long a client is asked to wait when the authorization server's keys cannot be fetched.
+_KEYS_RETRY_AFTER_S = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +40,11 @@ class Principal:
     """Who is calling: the role and the name of the token presented (never the token itself)."""
 
     role: Role
-    #: The token's name from HL7GW_API_TOKENS, a digest for a ``token:role`` entry, or
-    #: ``admin-token-file``: what audit records and logs call the caller.
+    #: The token's name from HL7GW_API_TOKENS, a digest for a ``token:role`` entry,
+    #: ``admin-token-file``, or ``oidc:`` and a JWT's ``sub``: what audit records and logs call the caller.
     name: str
+    #: What a JWT's SMART scopes allow (gateway/api/smart_scopes.py); None: all the role may do.
+    access: SmartAccess | None = None
 
 
 class TokenRegistry:
@@ -124,12 +135,39 @@ def _authenticated(request: Request, credentials: HTTPAuthorizationCredentials |
     if credentials is None:
         raise FHIRError(401, "a bearer token is required", "login", {"WWW-Authenticate": "Bearer"})
     registry: TokenRegistry = request.app.state.tokens
-    principal = registry.principal_of(credentials.credentials)
+    token = credentials.credentials
+    principal = registry.principal_of(token)
+    verifier: JwtVerifier | None = request.app.state.jwt_verifier
+    if principal is None and verifier is not None and looks_like_jwt(token):
+        principal = _jwt_principal(verifier, token)
     if principal is None:
         challenge = 'Bearer error="invalid_token"'
         raise FHIRError(401, "the bearer token is not valid", "login", {"WWW-Authenticate": challenge})
     request.state.principal = principal  # who a 403 refused, for the audit trail (api/access_audit.py)
     return principal
+
+
+def _jwt_principal(verifier: JwtVerifier, token: str) -> Principal | None:
+    """The principal of a valid JWT; None when it is not valid (the reason is logged, the token never).
+    503 when its signature cannot be checked now; 403 when it is valid but its scopes give nothing."""
+    try:
+        grant = verifier.grant(token)
+    except InvalidToken as exc:
+        log.info("bearer JWT refused: %s", exc)
+        return None
+    except KeysUnavailable:
+        raise FHIRError(
+            503,
+            "the authorization server's signing keys cannot be fetched now; try again later",
+            "transient",
+            {"Retry-After": str(_KEYS_RETRY_AFTER_S)},
+        ) from None
+    if grant.role is None:
+        challenge = 'Bearer error="insufficient_scope"'
+        raise FHIRError(
+            403, "the token's scopes give no access to this server", "forbidden", {"WWW-Authenticate": challenge}
+        )
+    return Principal(grant.role, grant.name, grant.access)
 
 
 def require_role(minimum: Role) -> Callable[..., Principal]:

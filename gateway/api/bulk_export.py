@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response
 
 from gateway import fhirjson
-from gateway.api import bundles
+from gateway.api import bundles, scoped_access
 from gateway.api.auth import ADMIN_ONLY_TYPES, Principal, require_role
 from gateway.api.bulk_request import KickOff, check_headers, parameters_body, parse_kick_off
 from gateway.api.outcome import FHIRError, FHIRResponse, operation_outcome
@@ -122,6 +122,7 @@ def export_file(job_id: str, name: str, request: Request, principal: Principal =
 
 def _kick_off(request: Request, principal: Principal, level: str, group_id: str, params: list[Any]) -> Response:
     check_headers(request)
+    scoped_access.require_unlimited(principal, "$export")
     kick_off = parse_kick_off(request, params, level, principal)
     engine = request.app.state.engine
     with engine.connect() as conn:

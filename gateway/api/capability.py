@@ -90,8 +90,9 @@ def software_version() -> str:
         return "0.1.0"
 
 
-def capability_statement(base_url: str) -> dict[str, Any]:
-    """Build the server's CapabilityStatement (capabilitystatement.html) for the API at ``base_url``."""
+def capability_statement(base_url: str, smart: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the server's CapabilityStatement (capabilitystatement.html) for the API at ``base_url``;
+    ``smart``: the SMART part of ``rest.security`` (service, oauth-uris) when an authorization server is set."""
     history = "; ".join(f"{name}: {_HISTORY_DOCS[name]}" for name in SYSTEM_PARAMETERS)
     return {
         "resourceType": "CapabilityStatement",
@@ -118,10 +119,12 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                     f"_elements subset reads and searches alike (meta.tag SUBSETTED). {_SEARCH_DOCS}"
                 ),
                 "security": {
+                    **(smart or {}),
                     "description": (
                         "Send 'Authorization: Bearer <token>'; /metadata needs no token. "
                         f"{', '.join(sorted(ADMIN_ONLY_TYPES))}: the admin role only."
-                    )
+                        + (" Bearer JWTs of the authorization server, SMART v2 read scopes." if smart else "")
+                    ),
                 },
                 "resource": [_resource(resource_type) for resource_type in supported_types()]
                 + [_subscription(), _group()],

@@ -21,12 +21,13 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway import fhirjson
-from gateway.api import bundles
+from gateway.api import bundles, scoped_access
 from gateway.api.access_audit import record_access
 from gateway.api.auth import ADMIN_ONLY_TYPES, Principal, check_role, require_role
 from gateway.api.bulk_request import parameters_body
 from gateway.api.negotiation import FORMAT_PARAMETERS, is_lenient, negotiate, respond
 from gateway.api.outcome import FHIRError, FHIRResponse
+from gateway.api.smart_scopes import Permission
 from gateway.api.subsetting import requested_subset
 from gateway.config import Role
 from gateway.store.access_events import Interaction
@@ -74,8 +75,11 @@ def _everything(request: Request, principal: Principal, patient_id: str, params:
         if name not in FORMAT_PARAMETERS:
             query.setdefault(name, []).append(value)
     subset = requested_subset("Patient", query)
+    # SMART scopes: 403 when they do not reach Patients; a patient/ token's own Patient only (another is
+    # unknown to it, as a read would say), and of its record only what the scopes let it read.
+    bound = scoped_access.reach(principal, "Patient", Permission.read)
     store: ResourceStore = request.app.state.store
-    stored = store.fetch("Patient", patient_id)
+    stored = store.fetch("Patient", patient_id) if bound in (None, patient_id) else None
     if stored is None:
         raise FHIRError(404, f"Patient/{patient_id} is not known")
     if stored.deleted:
@@ -91,11 +95,16 @@ def _everything(request: Request, principal: Principal, patient_id: str, params:
         raise
     except SearchError as exc:
         raise FHIRError(400, str(exc), exc.code) from None
+    resources, included, total = page.resources, page.included, page.total
+    if principal.access is not None and not principal.access.unlimited:
+        resources = [r for r in resources if scoped_access.visible(principal, r)]
+        included = [r for r in included if scoped_access.visible(principal, r)]
+        total = None  # the store counted what the scopes may hide
     whole = SearchResult(
-        page.resources,
-        page.total,
-        len(page.resources),
-        page.included,
+        resources,
+        total,
+        len(resources),
+        included,
         page.next_cursor,
         None,
         page.warnings,

@@ -8,7 +8,8 @@ Routes are thin: the store answers, ``read``/``bundles`` shape the answer, ``sub
 ``ADMIN_ONLY_TYPES`` (the audit trail) need admin, and are left out of what a search of another type,
 or the history of all types, holds for anyone else; a chain or ``_has`` through them needs admin too.
 Every answer that returns resources is handed to the access audit trail (``access_audit.record_access``)
-before it is sent. HEAD works on every GET route (``head``).
+before it is sent. HEAD works on every GET route (``head``). A JWT's SMART scopes narrow what a reader
+may read and search (``scoped_access``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway import fhirjson
-from gateway.api import bundles
+from gateway.api import bundles, scoped_access
 from gateway.api.access_audit import record_access
 from gateway.api.auth import ADMIN_ONLY_TYPES, Principal, check_role, require_role
 from gateway.api.capability import capability_statement
 from gateway.api.negotiation import FORMAT_PARAMETERS, is_lenient, negotiate, respond
 from gateway.api.outcome import FHIRError, FHIRResponse
 from gateway.api.read import resource_response
+from gateway.api.smart_configuration import security_extension
+from gateway.api.smart_scopes import Permission
 from gateway.api.subsetting import Subset, requested_subset
 from gateway.config import Role
 from gateway.store.access_events import Interaction
@@ -55,7 +58,8 @@ _MAX_FORM_BYTES = 1 << 20
 @router.get("/metadata", response_class=FHIRResponse)
 def metadata(request: Request) -> Response:
     """The CapabilityStatement (http.html#capabilities); needs no token."""
-    return respond(request, capability_statement(bundles.base_url(request)))
+    smart = security_extension(request.app.state.authorization_server)
+    return respond(request, capability_statement(bundles.base_url(request), smart))
 
 
 @router.get("/_history", response_class=FHIRResponse)
@@ -63,6 +67,7 @@ def system_history(request: Request, principal: Principal = _reader) -> Response
     """history-system: every version of every resource, newest first, or with ``_sort=_lastUpdated``
     the history feed: oldest first in commit order (gateway/store/feed_query.py). Other roles than
     admin never see the admin-only types: they are left out in the query, so pages stay full."""
+    scoped_access.require_unlimited(principal, "the history of all types")
     return _feed(request, principal, None)
 
 
@@ -72,11 +77,14 @@ def search_system(request: Request, principal: Principal = _reader) -> Response:
     query = _query(request)
     named = [name for value in query.pop("_type", []) for name in value.split(",") if name]
     types = sorted(set(named)) if named else None
+    if types is None:
+        scoped_access.require_unlimited(principal, "a search across all types")
     for resource_type in types or ():
         if resource_type not in SEARCH_PARAMETERS:
             raise FHIRError(400, f"_type: resource type {resource_type[:64]!r} is not supported", "not-supported")
         if resource_type in ADMIN_ONLY_TYPES:
             check_role(principal, Role.admin)
+        scoped_access.require_everywhere(principal, resource_type, Permission.search, "a search across types")
     result = _run(principal, lambda hidden: _store(request).find_across(types, query, is_lenient(request), hidden))
     response = respond(request, bundles.searchset(request, result))
     if result.resources or result.included:
@@ -89,6 +97,7 @@ def type_history(resource_type: str, request: Request, principal: Principal = _r
     """history-type: every version of every resource of a type, newest first; with
     ``_sort=_lastUpdated`` the type's part of the history feed, oldest first in commit order."""
     _check_type(resource_type, principal)
+    scoped_access.require_everywhere(principal, resource_type, Permission.read, "the history of a type")
     if asks_for_feed(_query(request)):
         return _feed(request, principal, resource_type)
     return _history(request, principal, resource_type, None)
@@ -100,10 +109,12 @@ def instance_history(
 ) -> Response:
     """history-instance: every version of one resource, deletions included, newest first."""
     _check_type(resource_type, principal)
+    patient = scoped_access.reach(principal, resource_type, Permission.read)
     _check_id(resource_id)
-    if _store(request).fetch(resource_type, resource_id) is None:
+    current = _store(request).fetch(resource_type, resource_id)
+    if current is None or not scoped_access.shows(current, patient):
         raise FHIRError(404, f"{resource_type}/{resource_id} is not known")
-    return _history(request, principal, resource_type, resource_id)
+    return _history(request, principal, resource_type, resource_id, patient)
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}", response_class=FHIRResponse)
@@ -111,6 +122,7 @@ def vread(
     resource_type: str, resource_id: str, version_id: str, request: Request, principal: Principal = _reader
 ) -> Response:
     _check_type(resource_type, principal)
+    patient = scoped_access.reach(principal, resource_type, Permission.read)
     _check_id(resource_id)
     if not version_id.isascii() or not version_id.isdigit():
         raise FHIRError(400, f"version id {version_id[:32]!r} is not a positive integer")
@@ -119,6 +131,8 @@ def vread(
         raise FHIRError(404, f"{resource_type}/{resource_id} version {version_id[:32]} is not known")
     subset = requested_subset(resource_type, _query(request))
     stored = _store(request).vread(resource_type, resource_id, version)
+    if not scoped_access.shows(stored, patient):
+        stored = None  # outside the token's compartment: as if unknown
     if stored is not None and stored.deleted:
         raise FHIRError(410, f"version {version_id} of {resource_type}/{resource_id} is a deletion")
     response = resource_response(request, stored, f"{resource_type}/{resource_id} version {version_id}", subset)
@@ -137,9 +151,12 @@ def vread(
 @router.get("/{resource_type}/{resource_id}", response_class=FHIRResponse)
 def read(resource_type: str, resource_id: str, request: Request, principal: Principal = _reader) -> Response:
     _check_type(resource_type, principal)
+    patient = scoped_access.reach(principal, resource_type, Permission.read)
     _check_id(resource_id)
     subset = requested_subset(resource_type, _query(request))
     stored = _store(request).fetch(resource_type, resource_id)
+    if not scoped_access.shows(stored, patient):
+        stored = None  # outside the token's compartment: as if unknown
     response = resource_response(request, stored, f"{resource_type}/{resource_id}", subset)
     _record_read(request, principal, Interaction.read, stored, response, f"{resource_type}/{resource_id}", subset)
     return response
@@ -149,7 +166,8 @@ def read(resource_type: str, resource_id: str, request: Request, principal: Prin
 def search(resource_type: str, request: Request, principal: Principal = _reader) -> Response:
     """search-type (search.html); errors are 400 OperationOutcomes, unknown parameters too unless lenient."""
     _check_type(resource_type, principal)
-    return _search(request, principal, resource_type, request.query_params.multi_items(), posted=False)
+    patient = scoped_access.reach(principal, resource_type, Permission.search)
+    return _search(request, principal, resource_type, request.query_params.multi_items(), False, patient)
 
 
 @router.post("/{resource_type}/_search", response_class=FHIRResponse)
@@ -157,6 +175,7 @@ async def search_by_post(resource_type: str, request: Request, principal: Princi
     """search-type by POST (http.html#search): the form body's parameters and the URL's together, the
     same answer as GET; names and birth dates stay out of URLs and server logs. Paging links are GET URLs."""
     _check_type(resource_type, principal)
+    patient = scoped_access.reach(principal, resource_type, Permission.search)
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != _FORM:
         raise FHIRError(415, f"POST {resource_type}/_search takes a {_FORM} body, not {media_type[:64]!r}")
@@ -170,12 +189,18 @@ async def search_by_post(resource_type: str, request: Request, principal: Princi
     except UnicodeDecodeError:
         raise FHIRError(400, "the search form is not UTF-8") from None
     params = [*request.query_params.multi_items(), *form]
-    return await run_in_threadpool(_search, request, principal, resource_type, params, True)
+    return await run_in_threadpool(_search, request, principal, resource_type, params, True, patient)
 
 
 def _search(
-    request: Request, principal: Principal, resource_type: str, params: list[tuple[str, str]], posted: bool
+    request: Request,
+    principal: Principal,
+    resource_type: str,
+    params: list[tuple[str, str]],
+    posted: bool,
+    patient: str | None,
 ) -> Response:
+    """A search of one type; with ``patient``, of that Patient's compartment only (SMART ``patient/`` scopes)."""
     query = _parameters(params)
     subset = requested_subset(resource_type, query)
     for name in ("_revinclude", "_include"):
@@ -183,7 +208,7 @@ def _search(
             check_role(principal, Role.admin)
     result = _run(
         principal,
-        lambda hidden: _store(request).find(resource_type, _store_query(query), is_lenient(request), hidden),
+        lambda hidden: _store(request).find(resource_type, _store_query(query), is_lenient(request), hidden, patient),
     )
     whole = result
     if not subset.whole:
@@ -222,11 +247,15 @@ def _feed(request: Request, principal: Principal, resource_type: str | None) -> 
 
 
 def _run(principal: Principal, find: Callable[[frozenset[str]], SearchResult]) -> SearchResult:
-    """Run a search with the admin-only types hidden from lower roles; its errors as OperationOutcomes."""
+    """Run a search with the admin-only types hidden from lower roles (and the types a token's scopes
+    do not allow reading); its errors as OperationOutcomes."""
     admin = principal.role is Role.admin
+    unreadable = scoped_access.unreadable_types(principal)
     try:
-        result = find(frozenset() if admin else frozenset(ADMIN_ONLY_TYPES))
+        result = find((frozenset() if admin else frozenset(ADMIN_ONLY_TYPES)) | unreadable)
     except ForbiddenType:
+        if unreadable:
+            raise scoped_access.refused_type() from None
         check_role(principal, Role.admin)
         raise
     except SearchError as exc:
@@ -235,10 +264,17 @@ def _run(principal: Principal, find: Callable[[frozenset[str]], SearchResult]) -
         # A reference parameter that may point anywhere (Provenance.target) could include an admin-only type.
         visible = [resource for resource in result.included if resource.get("resourceType") not in ADMIN_ONLY_TYPES]
         result = dataclasses.replace(result, included=visible)
+    if principal.access is not None:  # an include may reach types, or patients, the token's scopes do not
+        visible = [resource for resource in result.included if scoped_access.visible(principal, resource)]
+        result = dataclasses.replace(result, included=visible)
     return result
 
 
-def _history(request: Request, principal: Principal, resource_type: str, resource_id: str | None) -> Response:
+def _history(
+    request: Request, principal: Principal, resource_type: str, resource_id: str | None, patient: str | None = None
+) -> Response:
+    """History of a type or an instance; with ``patient``, the versions outside its compartment are left
+    out (a deletion, which holds no resource, stays)."""
     params = _query(request)
     if resource_id is None and params.get("_sort") == [NEWEST_FIRST]:
         del params["_sort"]  # the order type history has anyway
@@ -246,8 +282,9 @@ def _history(request: Request, principal: Principal, resource_type: str, resourc
         page = _store(request).history(resource_type, resource_id, params, lenient=is_lenient(request))
     except SearchError as exc:
         raise FHIRError(400, str(exc), exc.code) from None
-    response = respond(request, bundles.history(request, page.versions, page.next_cursor, page.ignored))
-    if not any(version.resource is not None for version in page.versions):
+    versions = [v for v in page.versions if v.resource is None or scoped_access.shows(v, patient)]
+    response = respond(request, bundles.history(request, versions, page.next_cursor, page.ignored))
+    if not any(version.resource is not None for version in versions):
         return response
     if resource_id is None:
         record_access(request, principal, Interaction.history_type, response)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.config.values import Role
 from gateway.sinkspec import SinkSpec
 
 
@@ -220,3 +221,27 @@ class ExportSettings:
     page_size: int
     #: A worker that stops saving progress for this long loses the export to another worker.
     lease_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class OidcSettings:
+    """An external OAuth 2.0 authorization server whose bearer JWTs the API accepts (docs/security.md)."""
+
+    #: The ``iss`` of its tokens; its discovery document is ``{issuer}/.well-known/openid-configuration``.
+    issuer: str
+    #: The JWKS to check signatures with; None: the discovery document's ``jwks_uri``.
+    jwks_url: str | None
+    #: The ``aud`` a token must name (the FHIR base URL by default).
+    audience: str
+    #: Signature algorithms accepted (asymmetric only: never ``none`` or HS*).
+    algorithms: tuple[str, ...]
+    #: Clock skew allowed for ``exp``, ``nbf`` and ``iat``.
+    leeway_s: float
+    #: How long fetched keys and the discovery document are used before they are fetched again.
+    cache_s: float
+    #: Least time between two fetches that a token with an unknown ``kid`` (or a failed fetch) may cause.
+    refetch_s: float
+    #: Time limit of each request to the authorization server.
+    timeout_s: float
+    #: Scope -> gateway role: a token holding the scope has the role as a static token would.
+    role_scopes: Mapping[str, Role]

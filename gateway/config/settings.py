@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.config.sections import (
@@ -23,6 +23,7 @@ from gateway.config.sections import (
     LoggingSettings,
     MetricsSettings,
     MllpSettings,
+    OidcSettings,
     SinkSettings,
     StorageSettings,
     SubscriptionSettings,
@@ -31,8 +32,11 @@ from gateway.config.sections import (
 from gateway.config.values import (
     UNPLACED_POLICIES,
     _zone,
+    check_authorization_url,
     host_zone,
+    parse_algorithms,
     parse_origins,
+    parse_role_scopes,
     parse_sender_policies,
     parse_sender_seconds,
     parse_sender_zones,
@@ -71,6 +75,22 @@ class Settings(BaseSettings):
     cors_origins: str | None = None
     # How long each check of GET /health/ready and ``hl7gw status`` may take before it counts as failed.
     health_check_timeout_s: float = Field(default=1.0, gt=0, le=60)
+
+    # Bearer JWTs of an external OAuth 2.0 / OpenID Connect authorization server (docs/security.md),
+    # accepted besides the static tokens: its issuer URL (discovery at {issuer}/.well-known/
+    # openid-configuration), a JWKS URL overriding the discovery's jwks_uri, the audience tokens
+    # must name (default: HL7GW_PUBLIC_BASE_URL + /fhir), the signature algorithms allowed, the clock
+    # skew allowed, how long keys are cached, the least time between two fetches an unknown key id or a
+    # failure may cause, the time limit per request to the server, and the scopes that give a role.
+    oidc_issuer: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_audience: str | None = None
+    oidc_algorithms: str = "RS256,ES256"
+    oidc_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    oidc_jwks_cache_s: float = Field(default=300.0, ge=0, le=86_400)
+    oidc_jwks_refetch_s: float = Field(default=30.0, ge=0, le=3_600)
+    oidc_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    oidc_role_scopes: str = "hl7gw/admin=admin,hl7gw/operator=operator,hl7gw/reader=reader,hl7gw/metrics=metrics"
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # text: one readable line per record; json: one JSON object per line, for a log pipeline
@@ -250,6 +270,32 @@ class Settings(BaseSettings):
             parse_origins(value)
         return value or None
 
+    @field_validator("oidc_issuer", "oidc_jwks_url")
+    @classmethod
+    def _check_oidc_url(cls, value: str | None) -> str | None:
+        return check_authorization_url(value.strip()) if value and value.strip() else None
+
+    @field_validator("oidc_algorithms")
+    @classmethod
+    def _check_algorithms(cls, value: str) -> str:
+        return ",".join(parse_algorithms(value))
+
+    @field_validator("oidc_role_scopes")
+    @classmethod
+    def _check_role_scopes(cls, value: str) -> str:
+        parse_role_scopes(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_oidc_audience(self) -> Settings:
+        if self.oidc_issuer and not (self.oidc_audience or self.public_base_url):
+            raise ValueError(
+                "HL7GW_OIDC_ISSUER needs HL7GW_OIDC_AUDIENCE (the FHIR base URL in its tokens) or HL7GW_PUBLIC_BASE_URL"
+            )
+        if (self.oidc_jwks_url or self.oidc_audience) and not self.oidc_issuer:
+            raise ValueError("HL7GW_OIDC_JWKS_URL and HL7GW_OIDC_AUDIENCE need HL7GW_OIDC_ISSUER")
+        return self
+
     @field_validator("fhir_sinks")
     @classmethod
     def _check_sinks(cls, value: str | None) -> str | None:
@@ -372,6 +418,23 @@ class Settings(BaseSettings):
         )
 
     @functools.cached_property
+    def oidc(self) -> OidcSettings | None:
+        """The authorization server whose JWTs are accepted; None when HL7GW_OIDC_ISSUER is unset."""
+        if not self.oidc_issuer:
+            return None
+        return OidcSettings(
+            issuer=self.oidc_issuer,
+            jwks_url=self.oidc_jwks_url,
+            audience=self.oidc_audience or f"{(self.public_base_url or '').rstrip('/')}/fhir",
+            algorithms=parse_algorithms(self.oidc_algorithms),
+            leeway_s=self.oidc_leeway_s,
+            cache_s=self.oidc_jwks_cache_s,
+            refetch_s=self.oidc_jwks_refetch_s,
+            timeout_s=self.oidc_timeout_s,
+            role_scopes=parse_role_scopes(self.oidc_role_scopes),
+        )
+
+    @functools.cached_property
     def prometheus(self) -> MetricsSettings:
         silence = parse_sender_seconds(self.sender_silence) if self.sender_silence else {}
         return MetricsSettings(self.metrics, self.metrics_port, self.sender_silence_s, silence)
@@ -424,5 +487,5 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             name = "HL7GW_" + "_".join(str(part) for part in err["loc"]).upper()
-            problems.append(f"{name}: {err['msg']}")
+            problems.append(f"{name}: {err['msg']}" if err["loc"] else err["msg"])  # a check across settings
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

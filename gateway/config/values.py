@@ -170,3 +170,39 @@ def parse_tokens(value: str) -> list[ApiToken]:
                 raise ValueError(f"entries {earlier} and {position} have the same token")
         tokens.append(ApiToken(name, token, role))
     return tokens
+
+
+#: Signature algorithms a bearer JWT may use (asymmetric: the gateway holds only public keys; never
+#: ``none``, never HS*, whose "key" would be the public key anyone can fetch).
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+#: Hosts an authorization server may be reached at over plain http (tests, a sidecar); others need https.
+_LOOPBACK = re.compile(r"http://(?:localhost|127\.\d+\.\d+\.\d+|\[::1\])(?::\d{1,5})?(?:/\S*)?")
+
+
+def check_authorization_url(value: str) -> str:
+    """An authorization server's URL: https, or http on this machine; raises ValueError."""
+    if not (value.startswith("https://") and len(value) > 8 and " " not in value) and not _LOOPBACK.fullmatch(value):
+        raise ValueError("must be an https:// URL (http:// only for localhost)")
+    return value
+
+
+def parse_algorithms(value: str) -> tuple[str, ...]:
+    """``HL7GW_OIDC_ALGORITHMS``: comma-separated names from JWT_ALGORITHMS; raises ValueError naming a bad one."""
+    names = tuple(dict.fromkeys(filter(None, (part.strip() for part in value.split(",")))))
+    for name in names:
+        if name not in JWT_ALGORITHMS:
+            raise ValueError(f"{name[:16]!r} is not one of {', '.join(JWT_ALGORITHMS)} (never none or HS*)")
+    if not names:
+        raise ValueError("names no algorithm")
+    return names
+
+
+def parse_role_scopes(value: str) -> dict[str, Role]:
+    """``HL7GW_OIDC_ROLE_SCOPES``: ``scope=role,...``; raises ValueError naming the bad entry."""
+    found: dict[str, Role] = {}
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        scope, sep, role = entry.rpartition("=")
+        if not sep or not scope.strip() or " " in scope.strip() or role.strip() not in Role.__members__:
+            raise ValueError(f"entry {entry[:80]!r} is not scope=reader|operator|admin|metrics")
+        found[scope.strip()] = Role(role.strip())
+    return found

@@ -135,10 +135,12 @@ class ResourceStore:
         params: dict[str, list[str]],
         lenient: bool = False,
         hidden: frozenset[str] = frozenset(),
+        compartment: str | None = None,
     ) -> SearchResult:
         """Like ``search``: one page with the total, included resources and cursors of the next/previous page.
-        A chain, ``_has`` or include through a type in ``hidden`` raises search.ForbiddenType."""
-        query = build_search(resource_type, _lists(params), lenient, hidden)
+        A chain, ``_has`` or include through a type in ``hidden`` raises search.ForbiddenType; with
+        ``compartment`` (a Patient's id) only resources in its compartment match (included ones are not checked)."""
+        query = build_search(resource_type, _lists(params), lenient, hidden, compartment)
         with self.engine.connect() as conn:
             return run_search(conn, query)
 

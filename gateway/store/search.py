@@ -9,6 +9,7 @@ Semantics follow FHIR R4 search.html: repeated parameters are ANDed, comma-separ
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from gateway import fhirjson
 from gateway.db.schema import fhir_resource
+from gateway.store.compartments import compartment_condition
 from gateway.store.search_conditions import MAX_VALUES, Condition, numbered_aliases, parse_condition
 from gateway.store.search_includes import Include, fetch_included, parse_include
 from gateway.store.search_paging import Cursor, SortKey, after, decode_cursor, encode_cursor, order_by, parse_sort
@@ -108,17 +110,25 @@ MAX_CONDITIONS = 100
 
 
 def build_search(
-    resource_type: str, params: dict[str, list[str]], lenient: bool = False, hidden: frozenset[str] = frozenset()
+    resource_type: str,
+    params: dict[str, list[str]],
+    lenient: bool = False,
+    hidden: frozenset[str] = frozenset(),
+    compartment: str | None = None,
 ) -> SearchQuery:
     """Parse ``params`` (name[:modifier] -> raw values) for ``resource_type``; raises SearchError.
 
     With ``lenient``, unknown parameters and unsupported modifiers are dropped (http.html#prefer).
-    A chain, ``_has`` or include through a type in ``hidden`` raises ForbiddenType.
+    A chain, ``_has`` or include through a type in ``hidden`` raises ForbiddenType. With ``compartment``
+    (a Patient's id), only resources in that Patient's compartment match (``compartments``).
     """
     if resource_type not in SEARCH_PARAMETERS:
         raise UnknownResourceType(resource_type)
     with numbered_aliases():
-        return _build((resource_type,), params, lenient, hidden, system=False)
+        query = _build((resource_type,), params, lenient, hidden, system=False)
+    if compartment is None:
+        return query
+    return dataclasses.replace(query, where=(*query.where, compartment_condition(resource_type, compartment)))
 
 
 def build_system_search(
