@@ -2,6 +2,7 @@
 
     python benchmarks/store_write.py [--messages 1500] [--threads 8] [--processes 1 2] [--database-url URL]
     python benchmarks/store_write.py --wal [--messages 400] [--threads 16]
+    python benchmarks/store_write.py --compare-known [--messages 600] [--rounds 3] [--database-url URL]
 
 The part of ``benchmarks/e2e.py`` that every worker process shares: the database. The messages
 (unique copies of the samples, as e2e.py makes them) are converted and validated before the clock
@@ -15,6 +16,12 @@ its page cache emptied by the other process's commits.
 ``--wal`` (SQLite) shows where a commit's bytes go instead: the write-ahead log frames per message,
 by the table or index whose page each frame holds. On SQLite every commit fsyncs its frames while
 holding the one write lock, so this is the volume that sets how long the lock is held.
+
+``--compare-known`` measures the writer's ``KnownRows`` hint (gateway/store/writer.py): rounds of two
+runs in one process, hint off and on alternating (off first in even rounds), each into a fresh
+database warmed with the first third of the messages (so most of a message's resources are stored),
+then the CPU per message of this process and, on PostgreSQL, of its server backends (read from
+/proc: the server must run on this machine), and the ratio on/off of the medians.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import collections
 import json
 import os
 import sqlite3
+import statistics
 import struct
 import subprocess
 import sys
@@ -142,6 +150,58 @@ def wal_by_btree(args: argparse.Namespace, directory: Path) -> None:
         print(f"  {frames / measured:6.1f} frames/message  {name}")
 
 
+def backend_cpu(pids: set[int]) -> float:
+    """CPU seconds the PostgreSQL backends ``pids`` used so far (utime + stime of /proc/<pid>/stat)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def compare_known(args: argparse.Namespace) -> None:
+    """CPU per message with the writer's KnownRows hint off and on, alternated in one process."""
+    total = args.messages * (2 * args.rounds + 1)
+    work = converted(0, total, f"ck{os.getpid()}-")
+    warm, at = work[: args.messages // 3], args.messages
+    figures: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+    for round_ in range(args.rounds):
+        for mode in ("off", "on") if round_ % 2 == 0 else ("on", "off"):
+            with tempfile.TemporaryDirectory() as tmp:
+                context = (
+                    postgres_schema(args.database_url) if args.database_url else nullcontext(f"sqlite:///{tmp}/s.db")
+                )
+                with context as url:
+                    engine = make_engine(url)
+                    pids: set[int] = set()
+                    if engine.dialect.name == "postgresql":
+                        event.listen(engine, "connect", lambda dbapi, _r, found=pids: found.add(dbapi.info.backend_pid))
+                    migrate(engine)
+                    sink = StoreSink(engine)
+                    if mode == "off":
+                        sink.store.known = None
+                    deliver_all(sink, warm, args.threads)
+                    measured, at = work[at : at + args.messages], at + args.messages
+                    cpu, server = time.process_time(), backend_cpu(pids)
+                    deliver_all(sink, measured, args.threads)
+                    cpu, server = time.process_time() - cpu, backend_cpu(pids) - server
+                    sink.close()
+                    engine.dispose()
+            figures[mode].append((cpu * 1000 / args.messages, server * 1000 / args.messages))
+            print(
+                f"round {round_} hint {mode:3s}: CPU {figures[mode][-1][0]:5.2f} ms/message here, "
+                f"{figures[mode][-1][1]:5.2f} in the server",
+                flush=True,
+            )
+    median = {mode: tuple(statistics.median(f[i] for f in rows) for i in (0, 1)) for mode, rows in figures.items()}
+    for mode in ("off", "on"):
+        print(
+            f"median hint {mode:3s}: CPU {median[mode][0]:5.2f} ms/message here, {median[mode][1]:5.2f} in the server"
+        )
+    ratio = [median["on"][i] / median["off"][i] if median["off"][i] else float("nan") for i in (0, 1)]
+    print(f"hint on/off: {ratio[0]:.2f} here, {ratio[1]:.2f} in the server (SQLite: none; it makes no claims)")
+
+
 def run(url: str, processes: int, args: argparse.Namespace, run_id: str, signals: Path) -> None:
     engine = make_engine(url)
     migrate(engine)
@@ -183,7 +243,12 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="PostgreSQL base URL (default: SQLite files)")
     parser.add_argument("--wal", action="store_true", help="SQLite: the WAL frames per message, by table and index")
     parser.add_argument("--top", type=int, default=15, help="with --wal: how many tables and indexes to list")
+    parser.add_argument("--compare-known", action="store_true", help="CPU/message with the KnownRows hint off and on")
+    parser.add_argument("--rounds", type=int, default=3, help="with --compare-known: rounds of off and on")
     args = parser.parse_args()
+    if args.compare_known:
+        compare_known(args)
+        return
     if args.wal:
         if args.database_url:
             parser.error("--wal measures SQLite's write-ahead log; leave out --database-url")

@@ -24,7 +24,7 @@ from gateway.store.ordering import Source, is_older, stored_key
 from gateway.store.resource_rows import drop_index_rows, insert_index_rows
 from gateway.store.search import SearchResult, build_search, build_system_search, run_search
 from gateway.store.transaction import AppliedEntry, ApplyResult, Outcome, content_hash, plan_changes
-from gateway.store.writer import Job, write_batch
+from gateway.store.writer import Job, KnownRows, write_batch
 
 __all__ = [
     "AppliedEntry",
@@ -64,6 +64,8 @@ class ResourceStore:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._sqlite = engine.dialect.name == "sqlite"
+        #: Keys this store's writes saw stored: a hint for PostgreSQL claims (gateway/store/writer.py).
+        self.known: KnownRows | None = KnownRows()
 
     def apply_bundle(self, bundle: dict[str, Any], source: Source | None = None) -> ApplyResult:
         """Apply a transaction Bundle of PUT/DELETE entries, all or nothing, in one database transaction.
@@ -86,7 +88,7 @@ class ResourceStore:
 
     def write(self, conn: Connection, jobs: list[Job]) -> list[ApplyResult]:
         """Apply ``jobs`` in ``conn``'s open write transaction (see ``transaction``); the caller commits."""
-        return write_batch(conn, jobs, _now())
+        return write_batch(conn, jobs, _now(), self.known)
 
     def superseding(self, keys: list[tuple[str, str]], source: Source) -> set[tuple[str, str]]:
         """The keys whose stored data comes from a message newer than ``source``."""

@@ -8,8 +8,13 @@ statements per batch rather than per entry:
    DO UPDATE ... WHERE false``: a missing row is inserted (provisionally, as its first change
    would make it), an existing one is locked (PostgreSQL locks rows the ON CONFLICT action
    skips). Taking all row locks of a batch in one global order keeps concurrent batches from
-   deadlocking. On SQLite the caller's BEGIN IMMEDIATE already serializes writers: nothing is
-   claimed, and missing rows are inserted in step 3;
+   deadlocking. A key the writer's ``KnownRows`` saw stored is claimed with a placeholder instead
+   of its content: the conflict discards the claimed values of an existing row, so making and
+   sending its JSON is wasted (most of a message's resources exist, unchanged). The hint decides
+   cost, never an answer: rows are locked and read as before, and a placeholder inserted after all
+   (the hint was wrong, e.g. its batch rolled back) is a provisional row that step 3 overwrites
+   with what the changes make, like any other. On SQLite the caller's BEGIN IMMEDIATE already
+   serializes writers: nothing is claimed, and missing rows are inserted in step 3;
 2. read the rows, then decide every change in memory: created, updated, deleted, unchanged
    (same content), or superseded (gateway/store/ordering.py);
 3. write the differences: changed rows, search index rows, provenance rows
@@ -37,6 +42,7 @@ from sqlalchemy.engine import Connection
 
 from gateway import fhirjson
 from gateway.journal import provenance
+from gateway.lru import LRU
 from gateway.store import merges as merge_rules
 from gateway.store import resource_rows
 from gateway.store.fhir_dates import format_instant
@@ -46,6 +52,20 @@ from gateway.store.resource_rows import StoredRow, drop_index_rows, insert_index
 from gateway.store.transaction import AppliedEntry, ApplyResult, Change, Outcome, canonical_json, stamp
 
 Key = tuple[str, str]
+
+#: How many keys a writer remembers as stored (``KnownRows``): the resources of some thousand messages.
+KNOWN_ROWS = 32768
+
+
+class KnownRows(LRU[Key, bool]):
+    """The keys one writer saw with a row in fhir_resource, as of its last batches: a hint that
+    decides what a claim carries (see the module docstring), never what a change does."""
+
+    def __init__(self, size: int = KNOWN_ROWS):
+        super().__init__(size)
+
+    def has(self, key: Key) -> bool:
+        return self.get(key)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +85,9 @@ class _Prepared:
     digest: str
 
 
-def write_batch(conn: Connection, jobs: list[Job], now: datetime) -> list[ApplyResult]:
-    """Apply ``jobs`` in order inside ``conn``'s open transaction; one result per job."""
+def write_batch(conn: Connection, jobs: list[Job], now: datetime, known: KnownRows | None = None) -> list[ApplyResult]:
+    """Apply ``jobs`` in order inside ``conn``'s open transaction; one result per job. ``known`` (the
+    writer's own, kept across batches) makes PostgreSQL claims of stored rows cheaper."""
     merges = merge_rules.MergeMap()
     candidates = {c.id for job in jobs for c in job.changes if c.type == "Patient"}
     for job in jobs:
@@ -79,9 +100,13 @@ def write_batch(conn: Connection, jobs: list[Job], now: datetime) -> list[ApplyR
     for job in jobs:
         for change in job.changes:
             first.setdefault(change.key, (change, job.source))
-    batch.lock(list(first), lambda key: batch.first_row(*first[key]))
+    batch.lock(list(first), lambda key: batch.first_row(*first[key]), known)
     results = [batch.apply(job) for job in jobs]
     batch.flush()
+    if known is not None and conn.dialect.name == "postgresql":
+        for key, row in batch.state.items():
+            if row is not None:
+                known.put(key, True)
 
     history = batch.history
     for index, (message_id, old_ids) in sorted(batch.moves.items()):
@@ -130,15 +155,17 @@ class _Batch:
         content = self.content(prepared.resource, 1)
         return StoredRow(1, self.now, False, prepared.digest, content, *_source_values(source))
 
-    def lock(self, keys: list[Key], first_row: Callable[[Key], StoredRow]) -> None:
+    def lock(self, keys: list[Key], first_row: Callable[[Key], StoredRow], known: KnownRows | None = None) -> None:
         """Read the rows of ``keys``, after claiming them on PostgreSQL (``first_row`` of a missing key
-        is what the claim inserts). Taking every row lock of a batch in (type, id) order keeps
-        concurrent batches from deadlocking; on SQLite the caller's BEGIN IMMEDIATE already
-        serializes writers, so missing rows are only inserted by ``flush``."""
+        is what the claim inserts; a placeholder for a key ``known`` says is stored). Taking every
+        row lock of a batch in (type, id) order keeps concurrent batches from deadlocking; on SQLite
+        the caller's BEGIN IMMEDIATE already serializes writers, so missing rows are only inserted
+        by ``flush``."""
         keys = sorted(keys)
         provisional: dict[Key, StoredRow] = {}
         if self.conn.dialect.name == "postgresql":
-            provisional = {key: first_row(key) for key in keys}
+            placeholder = StoredRow(0, self.now, True, "", None)
+            provisional = {key: placeholder if known and known.has(key) else first_row(key) for key in keys}
             inserted = resource_rows.claim(self.conn, list(provisional.items()))
             provisional = {key: provisional[key] for key in inserted}
         existing = resource_rows.read_rows(self.conn, [k for k in keys if k not in provisional])
