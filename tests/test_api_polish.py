@@ -153,6 +153,8 @@ def test_elements_that_leave_out(client: AsgiClient) -> None:
     assert "note" not in trimmed and "component" not in trimmed
     assert trimmed["code"] and trimmed["valueQuantity"]["value"] == 72  # code is mandatory; the rest stays
     assert tags(trimmed) == ["SUBSETTED"]
+    # fhirpy's .elements("note", "component", exclude=True) writes one '-' before the first name only.
+    assert client.get("/fhir/Observation/o1?_elements=-note,component").json() == trimmed
 
 
 def test_bad_summary_and_elements_are_400(client: AsgiClient) -> None:

@@ -258,7 +258,7 @@ def test_empty_values_are_ignored(store: ResourceStore) -> None:
         ("Observation", {"value-quantity": ["5|mg"]}, "is not [number]", "invalid"),
         ("Observation", {"code-value-quantity": ["8867-4"]}, "is not [code]$[value-quantity]", "invalid"),
         ("Observation", {"identifier:of-type": ["MR|1"]}, "is not [system]|[code]|[value]", "invalid"),
-        ("Patient", {"_sort": ["gender"]}, "cannot sort by 'gender'", "not-supported"),
+        ("Patient", {"_sort": ["organization"]}, "cannot sort by 'organization'", "not-supported"),
         ("Patient", {"_summary": ["true"]}, "_summary=true is not supported", "not-supported"),
         ("Patient", {"_total": ["maybe"]}, "_total must be one of", "invalid"),
         ("Patient", {"_include:deep": ["Patient:link"]}, "modifier :deep is not supported", "not-supported"),

@@ -172,6 +172,9 @@ def test_chains_and_has_through_a_hidden_type_are_forbidden(store: ResourceStore
         store.find("Provenance", {"target:AuditEvent._id": ["a1"]}, hidden=hidden)
     with pytest.raises(ForbiddenType):
         store.find("Patient", {"_revinclude": ["AuditEvent:entity"]}, hidden=hidden)
+    every = store.find("Patient", {"_id": ["p1"], "_revinclude": ["*"]}, hidden=hidden)  # leaves the hidden type out
+    assert every.included and not any(r["resourceType"] == "AuditEvent" for r in every.included)
+    assert any(r["resourceType"] == "AuditEvent" for r in store.find("Patient", {"_revinclude": ["*"]}).included)
 
 
 # modifiers

@@ -77,6 +77,23 @@ def test_missing_values_sort_last_both_ways(store: ResourceStore) -> None:
     assert store.search("Patient", {"_sort": ["-birthdate"]})[-1]["id"] == "p7"
 
 
+def test_tokens_sort_by_code_through_every_page(store: ResourceStore) -> None:
+    # fhirpy's README sorts by a token: .sort("active", "-birthdate"). p7 has neither: last both ways.
+    active = {f"p{n}": n % 3 != 0 for n in range(9) if n != 7}
+    store.apply_bundle(transaction(*(put({**r, "active": active[r["id"]]}) for r in people() if r["id"] in active)))
+    births = {r["id"]: r["birthDate"] for r in people() if r["id"] in active}
+    youngest_first = sorted(active, key=births.__getitem__, reverse=True)
+
+    pages = walk_pages(store, "Patient", {"_sort": ["active,-birthdate"], "_count": ["2"]})
+    # "false" < "true"; within each, the newest birth date first (a stable sort keeps that order).
+    assert [rid for page in pages for rid in page] == [*sorted(youngest_first, key=active.__getitem__), "p7"]
+    pages = walk_pages(store, "Patient", {"_sort": ["-active,-birthdate"], "_count": ["3"]})
+    assert [rid for page in pages for rid in page] == [
+        *sorted(youngest_first, key=active.__getitem__, reverse=True),
+        "p7",
+    ]
+
+
 def test_previous_cursors_walk_back_over_the_same_pages(store: ResourceStore) -> None:
     params = {"_sort": ["-family"], "_count": ["2"]}
     forward: list[SearchResult] = [store.find("Patient", params)]
@@ -210,6 +227,13 @@ def included(store: ResourceStore, resource_type: str, **params: list[str]) -> t
         ),
         ("Encounter", {"_revinclude": ["Observation:encounter"]}, ["e1"], ["Observation/o1", "Observation/o3"]),
         ("Observation", {"_id": ["o2"], "_revinclude": ["Provenance:target"]}, ["o2"], []),
+        (  # every type's every reference parameter (fhirpy's .revinclude("*"))
+            "Patient",
+            {"_id": ["p1"], "_revinclude": ["*"]},
+            ["p1"],
+            ["DiagnosticReport/r1", "Encounter/e1", "Observation/o1", "Observation/o2", "Provenance/prov1"],
+        ),
+        ("Observation", {"_id": ["o1"], "_revinclude": ["*"]}, ["o1"], ["DiagnosticReport/r1", "Provenance/prov1"]),
     ],
 )
 def test_include_and_revinclude(

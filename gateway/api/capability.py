@@ -62,13 +62,17 @@ _SEARCH_DOCS = (
 # Parameters of every search (search.html#return), listed once for all types.
 _RESULT_PARAMETERS = [
     ("_count", "number", "Page size (default 50, at most 1000; 0 gives the total only)"),
-    ("_sort", "string", "Sort keys, '-' for descending: _id, _lastUpdated, or a date or string parameter"),
+    (
+        "_sort",
+        "string",
+        "Sort keys, '-' for descending: _id, _lastUpdated, or a date, string or token (by code) parameter",
+    ),
     ("_include", "special", "[type]:[parameter](:[target]), [type]:* or *; :iterate follows included resources too"),
-    ("_revinclude", "special", "[type]:[parameter](:[target]) or [type]:*; :iterate follows included resources too"),
+    ("_revinclude", "special", "[type]:[parameter](:[target]), [type]:* or *; :iterate follows included resources too"),
     ("_total", "token", "none | estimate | accurate (estimate counts exactly); default accurate"),
     ("_totalMethod", "token", "Read as _total (what fhirpy's count() sends)"),
     ("_summary", "token", "true | text | data | count (the total, no entries) | false; on read and search"),
-    ("_elements", "string", "Top-level elements to keep ([Type.]name,...) or, each with '-', to leave out"),
+    ("_elements", "string", "Top-level elements to keep ([Type.]name,...) or, after a '-', to leave out"),
     ("_cursor", "string", "Opaque page position from the next/previous links; keyset paging, stable under writes"),
 ]
 _HISTORY_DOCS = {

@@ -10,8 +10,9 @@ for the whole resource.
   store's (a search's total without entries; on a read it is the whole resource).
 * ``_elements=a,b``: those top-level elements (``value`` for ``value[x]``; ``Type.a`` names an
   element of that type, e.g. of included resources) plus ``resourceType``, ``id``, ``meta`` and
-  the mandatory elements (so that what is served stays a valid resource). ``-a,-b`` (as fhirpy's
-  ``elements(..., exclude=True)`` sends, Aidbox's syntax) leaves those out and keeps the rest.
+  the mandatory elements (so that what is served stays a valid resource). ``-a,-b`` (Aidbox's
+  syntax), or ``-a,b`` (what fhirpy's ``elements(a, b, exclude=True)`` sends: a '-' before the
+  first name applies to every name of the value) leaves those out and keeps the rest.
   Unprefixed names apply to the resources of the type read or searched; included resources of
   another type are subsetted only by the names prefixed with their type.
 """
@@ -94,17 +95,19 @@ def requested_subset(resource_type: str, query: dict[str, list[str]]) -> Subset:
         raise FHIRError(400, f"_summary must be one of {', '.join(SUMMARY_MODES)}, got {summary[:32]!r}")
     by_type: dict[str, set[str]] = {}
     for raw in query.get("_elements", []):
+        # fhirpy's ``.elements(a, b, exclude=True)`` writes ``-a,b``: a '-' first leaves out every name of the value.
+        leaving_out = raw.strip().startswith("-")
         for item in (part.strip() for part in raw.split(",")):
             if not item:
                 continue
-            excluded = item.startswith("-")
+            excluded = leaving_out or item.startswith("-")
             prefix, _, name = item.removeprefix("-").rpartition(".")
             if not name.isalnum() or (prefix and (not prefix.isalnum() or _model(prefix) is None)):
                 raise FHIRError(400, f"_elements names top-level elements ([-][type.]name), got {item[:64]!r}")
             by_type.setdefault("" if prefix in ("", resource_type) else prefix, set()).add("-" * excluded + name)
     for names in by_type.values():
         if len({name.startswith("-") for name in names}) > 1:
-            raise FHIRError(400, "_elements either names the elements to keep or, each with '-', those to leave out")
+            raise FHIRError(400, "_elements either names the elements to keep or, after a '-', those to leave out")
     if by_type and summary not in (None, "false", "count"):
         raise FHIRError(400, "_summary and _elements cannot be combined (search.html#elements)")
     mode = summary if summary in ("true", "text", "data") else None

@@ -3,10 +3,10 @@
 search.html#include (R4): ``_include=[type]:[param](:[target type])`` adds what the matches point at
 through a reference parameter of the searched type; ``_revinclude=[type]:[param](:[target type])``
 adds resources of ``type`` whose ``param`` points at a match. ``[param]`` may be ``*``: every
-reference parameter of ``type`` (``_include=*`` alone: of the searched type). With ``:iterate``
-(``:recurse`` in STU3) an include applies to the resources included as well, round after round,
-until no new resource comes or ``MAX_INCLUDED`` are reached. Both are answered from the reference
-index, so only indexed reference parameters can be used.
+reference parameter of ``type`` (``_include=*`` alone: of the searched type; ``_revinclude=*`` alone:
+of every type). With ``:iterate`` (``:recurse`` in STU3) an include applies to the resources included
+as well, round after round, until no new resource comes or ``MAX_INCLUDED`` are reached. Both are
+answered from the reference index, so only indexed reference parameters can be used.
 """
 
 from __future__ import annotations
@@ -56,6 +56,13 @@ def parse_include(
     kind = "_revinclude" if reverse else "_include"
     if raw == "*" and not reverse and len(types) == 1:
         raw = f"{types[0]}:*"
+    if raw == "*" and reverse:  # every reference parameter of every type (that may see it)
+        return [
+            include
+            for source_type in SEARCH_PARAMETERS
+            if source_type not in hidden
+            for include in parse_include(types, True, f"{source_type}:*", iterate, hidden)
+        ]
     parts = raw.split(":")
     if len(parts) not in (2, 3) or not all(parts):
         raise SearchError(f"{kind} value {raw!r} is not [type]:[parameter] or [type]:[parameter]:[target type]")

@@ -24,6 +24,8 @@ from gateway.store.search_values import SearchError
 
 # Sorts after every indexed string (the highest code point; index columns compare byte-wise).
 _LAST_TEXT = "\U0010ffff"
+#: Kinds of search parameter a search may ``_sort`` by (besides ``_id`` and ``_lastUpdated``).
+_SORTABLE_KINDS = ("date", "string", "token")
 
 
 @dataclass(frozen=True)
@@ -69,19 +71,19 @@ def _sort_key(name: str, descending: bool, params: dict[str, SearchParam]) -> So
     if name == "_lastUpdated":
         return SortKey(name, descending, fhir_resource.c.last_updated, "datetime")
     param = params.get(name)
-    if param is None or param.kind not in ("date", "string"):
-        by_value = [p.name for p in params.values() if p.kind in ("date", "string")]
+    if param is None or param.kind not in _SORTABLE_KINDS:
+        by_value = [p.name for p in params.values() if p.kind in _SORTABLE_KINDS]
         sortable = sorted(["_id", "_lastUpdated", *by_value])
         raise SearchError(f"cannot sort by {name!r} (sortable: {', '.join(sortable)})", "not-supported")
     # A resource with several values sorts by its lowest going up and by its highest going down;
-    # one with none sorts last either way.
+    # one with none sorts last either way. Tokens sort by their code (the system is left aside).
     table = SEARCH_TABLES[param.kind]
     kind: Literal["text", "datetime"]
     if param.kind == "date":
         column, kind = table.c.high if descending else table.c.low, "datetime"
         fallback = literal(MIN_DATETIME if descending else MAX_DATETIME, DateTime())
     else:
-        column, kind = table.c.value, "text"
+        column, kind = table.c.code if param.kind == "token" else table.c.value, "text"
         fallback = literal("" if descending else _LAST_TEXT, String())
     extreme = func.max(column) if descending else func.min(column)
     same_resource = (table.c.type == fhir_resource.c.type, table.c.id == fhir_resource.c.id)
