@@ -387,6 +387,14 @@ def test_a_malformed_id_is_400_everywhere_an_id_is_taken(client: AsgiClient, bad
         assert client.get(url).status_code == 404
 
 
+def test_an_operation_this_server_lacks_is_400_not_supported(client: AsgiClient) -> None:
+    for url in ("/fhir/Patient/$everything", "/fhir/Observation/$lastn", "/fhir/Patient/$validate/_history"):
+        response = client.get(url)
+        assert response.status_code == 400, url
+        issue = response.json()["issue"][0]
+        assert issue["code"] == "not-supported" and "is not supported here" in issue["diagnostics"], url
+
+
 def test_served_payloads_are_checked(client: AsgiClient) -> None:
     """The autouse check (tests/support/fhir_validation.py) sees what the API renders, and refuses what is invalid."""
     from tests.support.fhir_validation import PayloadCheck, problems_in

@@ -340,6 +340,8 @@ def _check_type(resource_type: str, principal: Principal) -> None:
 
 
 def _check_id(resource_id: str) -> None:
+    if resource_id.startswith("$"):  # a type-level operation this server does not have (Patient/$everything)
+        raise FHIRError(400, f"the operation {resource_id[:64]} is not supported here", "not-supported")
     if not _ID.fullmatch(resource_id):
         raise FHIRError(400, "a resource id is 1-64 letters, digits, '-' and '.' (datatypes.html#id)")
 
