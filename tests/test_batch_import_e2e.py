@@ -83,7 +83,7 @@ def test_a_batch_of_samples_is_imported_every_patient_found_and_a_second_import_
 def test_an_import_killed_with_sigkill_beside_hl7gw_run_is_resumed_and_each_message_applied_once(
     tmp_path: Path,
 ) -> None:
-    count = 50_000
+    count = 5_000  # the import queues ~thousands a second: killed after 800, most of the file is still to come
     path = write_a04_batch(tmp_path / "big.hl7", count, prefix="KILL")
     gateway = GatewayProcess(tmp_path / "data")
     gateway.env["HL7GW_IMPORT_RATE"] = "100000"  # the import queue unpaced: nothing else runs
@@ -100,7 +100,7 @@ def test_an_import_killed_with_sigkill_beside_hl7gw_run_is_resumed_and_each_mess
         )
         log.close()
         deadline = time.monotonic() + 180
-        while int(client.hget(key, "count") or 0) < 5000 and time.monotonic() < deadline:  # type: ignore[arg-type]
+        while int(client.hget(key, "count") or 0) < 800 and time.monotonic() < deadline:  # type: ignore[arg-type]
             assert process.poll() is None, (tmp_path / "import.log").read_text()
             time.sleep(0.01)
         process.send_signal(signal.SIGKILL)
@@ -117,7 +117,7 @@ def test_an_import_killed_with_sigkill_beside_hl7gw_run_is_resumed_and_each_mess
                 engine, select(func.count()).select_from(fhir_resource).where(fhir_resource.c.type == "Patient")
             )
 
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + 600
         while patients() < count and time.monotonic() < deadline:
             time.sleep(1)
         time.sleep(2)
