@@ -90,22 +90,25 @@ def test_frames_around_a_batch_keep_their_order_and_get_their_answers_in_order(
     async def scenario() -> list[bytes]:
         async with listener(redis_url, redis_namespace) as port:
             client = await RawClient.connect(port)
-            # Everything pipelined in one write: single, batch, single, batch in a file, single.
+            # Everything pipelined in one write: single, batch, empty, single, batch in a file, single.
             await client.send(
                 encode_frame(adt("S-1"))
                 + encode_frame(batch(adt("B-1"), adt("B-2")))
+                + encode_frame(b"")  # waits behind the batch like any frame, then answered AR
                 + encode_frame(adt("S-2"))
                 + encode_frame(batch(adt("F-1"), count=5, fhs=True))
                 + encode_frame(adt("S-3"))
             )
-            answers = [await client.read_frame() for _ in range(5)]
+            answers = [await client.read_frame() for _ in range(6)]
             await client.close()
             return answers
 
     answers = asyncio.run(scenario())
-    assert [parse(answers[i].decode()).get("MSA-2") for i in (0, 2, 4)] == ["S-1", "S-2", "S-3"]
+    assert [parse(answers[i].decode()).get("MSA-2") for i in (0, 3, 5)] == ["S-1", "S-2", "S-3"]
     assert answers[1].startswith(b"BHS|") and b"BTS|0" in answers[1]  # all accepted: an empty batch
-    items, acks = read_ack(answers[3])
+    empty = parse(answers[2].decode())
+    assert (empty.get("MSA-1"), empty.get("MSA-2"), empty.get("ERR-3.1")) == ("AR", "", "100")
+    items, acks = read_ack(answers[4])
     assert acks == []
     (file_start,) = [item for item in items if isinstance(item, FileStart)]
     assert file_start.header.reference == "FILE-7"

@@ -302,15 +302,21 @@ def test_mllp_release_2_commit_acknowledgements(redis_url: str, redis_namespace:
     assert [e.control_id for e in queued(redis_url, redis_namespace)] == ["R2-1", "K-2"]
 
 
-def test_empty_frames_are_keepalives(redis_url: str, redis_namespace: str) -> None:
+def test_empty_frames_are_answered_ar_100_and_not_kept(redis_url: str, redis_namespace: str) -> None:
     async def scenario() -> None:
-        async with listening(redis_url, redis_namespace) as (server, port):
+        async with listening(redis_url, redis_namespace, commit_acks=True) as (server, port):
             client = await RawClient.connect(port)
             await client.send(b"\x0b\x1c\r\x0b\r\n\x1c\r")
             await client.send_message(adt("KA-1"))
-            assert (await client.read_ack()).get("MSA-2") == "KA-1"  # nothing came back for the empty ones
+            for _ in range(2):  # MLLP release 2: received (0x06), then the HL7 answer: no MSH, AR
+                assert await client.read_frame() == b"\x06"
+                ack = await client.read_ack()
+                assert (ack.get("MSA-1"), ack.get("MSA-2"), ack.get("ERR-3.1")) == ("AR", "", "100")
+                assert ack.get("MSH-9") == "ACK^^ACK" and ack.get("MSH-12") == "2.5.1"
+            assert await client.read_frame() == b"\x06"
+            assert (await client.read_ack()).get("MSA-2") == "KA-1"
             await client.close()
-            assert server.stats.empty_frames == 2
+            assert (server.stats.empty_frames, server.stats.rejected) == (2, 2)
 
     asyncio.run(scenario())
     assert [e.control_id for e in queued(redis_url, redis_namespace)] == ["KA-1"]

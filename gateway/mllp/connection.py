@@ -47,6 +47,8 @@ class Listener(Protocol):
 
     async def answer_batch(self, payload: bytes, peer: str) -> bytes: ...
 
+    def answer_blank(self, size: int, peer: str) -> bytes: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +74,9 @@ class _Slot:
         conn.server.ready(conn)
 
 
-class _BatchSlot:
-    """A frame holding a batch (gateway/mllp/batch_frames.py): answered by one batch ACK once every
-    message in it is committed."""
+class _ReplySlot:
+    """A frame whose answer is not one commit's: a batch (gateway/mllp/batch_frames.py), answered
+    by one batch ACK once every message in it is committed, or a blank frame, answered at once."""
 
     __slots__ = ("reply",)
 
@@ -91,7 +93,7 @@ class MllpConnection(asyncio.Protocol):
         self.lane = 0
         limits = server.limits
         self.decoder = FrameDecoder(limits.max_message_bytes, limits.require_trailing_cr)
-        self.slots: deque[_Slot | _BatchSlot] = deque()
+        self.slots: deque[_Slot | _ReplySlot] = deque()
         #: A batch frame is being committed: later frames wait in ``held`` (so that every frame of
         #: the connection is committed in arrival order), and reading pauses.
         self.batch_running = False
@@ -172,29 +174,36 @@ class MllpConnection(asyncio.Protocol):
             # MLLP release 2: the peer's commit acknowledgement of one of our ACKs.
             self.server.stats.commit_acks_received += 1
             return
-        if not frame or (frame[0] in _BLANK and not frame.strip()):
-            # An empty frame: some senders' keepalive, nothing to answer or keep.
-            self.server.stats.empty_frames += 1
-            return
-        if self.batch_running or self.held:
+        if self.batch_running or self.held or (self.slots and self._is_batch(frame)):
+            # Earlier frames are answered first: a sender's order is arrival order.
             self.held.append(frame)
             return
-        if self.server.takes_batches and looks_like_batch(frame):
-            if self.slots:  # earlier frames are committed first: a sender's order is arrival order
-                self.held.append(frame)
-            else:
-                self._start_batch(frame)
-            return
-        self._submit(frame, self.server.profiles.judge(frame))
+        self._answer(frame)
+
+    def _answer(self, frame: bytes) -> None:
+        """Give one frame its slot: a batch, a blank frame (answered at once), or a message."""
+        if self._is_batch(frame):
+            self._start_batch(frame)
+        elif not frame or (frame[0] in _BLANK and not frame.strip()):
+            # Nothing inside: no MSH to answer to, so AR with ERR 100 (docs/mllp.md); nothing to keep.
+            slot = _ReplySlot()
+            slot.reply = self.server.answer_blank(len(frame), self.peer)
+            self.slots.append(slot)
+            self.server.ready(self)
+        else:
+            self._submit(frame, self.server.profiles.judge(frame))
+
+    def _is_batch(self, frame: bytes) -> bool:
+        return self.server.takes_batches and looks_like_batch(frame)
 
     def _start_batch(self, frame: bytes) -> None:
-        slot = _BatchSlot()
+        slot = _ReplySlot()
         self.slots.append(slot)
         self.batch_running = True
         task = self.loop.create_task(self.server.answer_batch(frame, self.peer), name="hl7gw-mllp-batch")
         task.add_done_callback(lambda done: self._batch_answered(slot, done))
 
-    def _batch_answered(self, slot: _BatchSlot, task: asyncio.Task[bytes]) -> None:
+    def _batch_answered(self, slot: _ReplySlot, task: asyncio.Task[bytes]) -> None:
         if task.cancelled():
             slot.reply = b""
         else:
@@ -207,15 +216,9 @@ class MllpConnection(asyncio.Protocol):
         for the answers of the frames before it)."""
         held = self.held
         while held and not self.batch_running:
-            frame = held[0]
-            if self.server.takes_batches and looks_like_batch(frame):
-                if self.slots:
-                    return
-                held.popleft()
-                self._start_batch(frame)
-            else:
-                held.popleft()
-                self._submit(frame, self.server.profiles.judge(frame))
+            if self.slots and self._is_batch(held[0]):
+                return
+            self._answer(held.popleft())
 
     def _submit(self, raw: bytes, judgement: Judgement) -> None:
         if not self.slots:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 
 from gateway.envelope import Kind
-from gateway.hl7.ack import build_reject_for_unreadable
+from gateway.hl7.ack import AckError, build_reject_for_unreadable
 from gateway.metrics import recorder
 from gateway.mllp.connection import MllpConnection
 from gateway.mllp.framing import COMMIT_ACK, encode_frame
@@ -31,6 +31,8 @@ _ACK_KEPT, _REFUSED = {"outcome": "ack-kept"}, {"outcome": "not-accepted"}
 #: What answers a frame holding a batch (given by the process: gateway/services/batch_frames.py):
 #: (payload, peer) -> the batch acknowledgement, unframed, once every message in it is committed.
 BatchAnswer = Callable[[bytes, str], Awaitable[bytes]]
+#: The error answering a frame with nothing inside (HL7 table 0357: 100, segment sequence error).
+NO_MSH = AckError("100", "no MSH segment: the frame is empty or only whitespace", "MSH")
 
 
 class MllpServer:
@@ -154,6 +156,20 @@ class MllpServer:
         except Exception:  # noqa: BLE001 - the sender must get an answer, and the connection go on
             log.exception("could not answer a batch frame of %d bytes from %s", len(payload), peer)
             return encode_frame(build_reject_for_unreadable(payload, RuntimeError("internal error")).encode())
+
+    def answer_blank(self, size: int, peer: str) -> bytes:
+        """The framed answer to a frame with nothing but whitespace inside: AR, ERR 100, MSA-2 empty
+        (there is no MSH to read a control id from). Counted as a rejection; nothing is kept."""
+        stats, metrics = self.stats, self.metrics
+        stats.empty_frames += 1
+        stats.rejected += 1
+        metrics.rejected(NO_MSH.code)
+        if metrics.enabled:
+            metrics.ack_sent("AR")
+        log.info(
+            "rejected an empty frame (%d byte(s)) from %s: %s; nothing kept", size, peer, NO_MSH.text, extra=_REJECTED
+        )
+        return self.triage.kept(b"", NO_MSH).reply(stored=True, commit_acks=self.commit_acks)
 
     def forget(self, conn: MllpConnection) -> None:
         self.connections.discard(conn)
