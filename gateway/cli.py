@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import logs
 from gateway.config import Settings, load_settings, unknown_variables
 from gateway.errors import ConfigError
+from gateway.filemodes import restrict_umask
 from gateway.procutil import process_name, signal_ready, supervised
 
 if TYPE_CHECKING:
@@ -683,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    restrict_umask()  # before anything creates a file: patient data is never world-readable
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()

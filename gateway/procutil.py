@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
+import subprocess
 
 #: Set by ``hl7gw run`` for each child: the file descriptor to write to once the child is ready.
 READY_FD = "HL7GW_READY_FD"
@@ -16,6 +18,8 @@ _PR_SET_PDEATHSIG = 1
 #: beside live traffic, the listener and the workers get the CPU first while it reads and commits
 #: a big file (docs/batch.md, Order and fairness: without it, live ACK p99 rose by ~60 ms).
 IMPORT_NICENESS = 10
+#: The longest single wait for a child to exit (poll() takes an int of milliseconds).
+MAX_WAIT_S = 86_400.0
 
 
 def die_with_parent() -> None:
@@ -58,3 +62,29 @@ def yield_cpu(increment: int = IMPORT_NICENESS) -> None:
         os.nice(increment)
     except OSError:
         pass
+
+
+def wait_exit(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds (clamped to 0..MAX_WAIT_S) for ``process`` to exit, and reap
+    it; True if it exited. The wait is one poll() on a pidfd with a relative timeout, with no
+    deadline on any clock: a stepped clock (libfaketime, NTP) cannot make it fail or hang."""
+    if process.poll() is not None:  # before pidfd_open: once reaped, its pid may be another's
+        return True
+    seconds = min(max(0.0, timeout), MAX_WAIT_S) if timeout == timeout else 0.0  # NaN: do not wait
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # reaped already (ESRCH), or no pidfd (not Linux >= 5.3)
+        try:
+            process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        exited = bool(poller.poll(round(seconds * 1000)))
+    finally:
+        os.close(pidfd)
+    if exited:
+        process.wait()  # it is a zombie now: waitpid returns at once
+    return exited

@@ -22,6 +22,7 @@ LIBRARIES = frozenset(
     {"errors", "stages", "keys", "envelope", "config", "sinkspec", "logs", "procutil", "lru", "shapecheck", "fhirjson"}
     | {"backlog"}
     | {"logcontext"}
+    | {"filemodes"}
     | {"readiness"}
     | {"metrics"}
     | {"hl7"}

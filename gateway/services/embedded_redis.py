@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 
 from gateway.errors import ConfigError
-from gateway.procutil import die_with_parent
+from gateway.procutil import die_with_parent, wait_exit
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,7 @@ class EmbeddedRedis:
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()  # SIGTERM: redis flushes the AOF and exits
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if not wait_exit(proc, timeout):
             proc.kill()
             proc.wait()
 

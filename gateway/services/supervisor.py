@@ -24,8 +24,9 @@ from gateway.config import Settings
 from gateway.db.engine import make_engine
 from gateway.db.migrate import migrate
 from gateway.errors import ConfigError
+from gateway.filemodes import prepare_data_dir
 from gateway.metrics.exposition import MULTIPROC_DIR, child_died, fresh_multiproc_dir
-from gateway.procutil import PROCESS_NAME, READY_FD, die_with_parent
+from gateway.procutil import PROCESS_NAME, READY_FD, die_with_parent, wait_exit
 from gateway.queue.broker import forget_all_workers
 from gateway.services.embedded_redis import EmbeddedRedis, free_port
 from gateway.services.outages import until_available
@@ -65,7 +66,7 @@ class Supervisor:
     # -- start -----------------------------------------------------------------------------
     def prepare(self) -> None:
         s = self.settings
-        s.storage.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(s.storage.data_dir)
         self._lock = _lock_data_dir(s.storage.data_dir)
         if s.storage.embedded_redis:
             self.redis = EmbeddedRedis(s.storage.data_dir / "redis")
@@ -206,9 +207,7 @@ class Supervisor:
                     child.process.terminate()
             for child in group:
                 assert child.process is not None
-                try:
-                    child.process.wait(timeouts[role])
-                except subprocess.TimeoutExpired:
+                if not wait_exit(child.process, timeouts[role]):
                     log.error("%s did not stop in %.0fs; killing it", child.name, timeouts[role])
                     child.process.kill()
                     child.process.wait()

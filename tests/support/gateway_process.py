@@ -44,8 +44,9 @@ class GatewayProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout: float = 90.0) -> GatewayProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+    def start(self, timeout: float = 90.0, *, create_data_dir: bool = True) -> GatewayProcess:
+        """Start and wait until ready; ``create_data_dir=False`` lets the gateway create it."""
+        (self.data_dir if create_data_dir else self.data_dir.parent).mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
