@@ -17,13 +17,11 @@ three queries whatever its size: the matches, the references they hold, the refe
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import ColumnElement, Select, String, Subquery, and_, false, func, literal, or_, select, union
 from sqlalchemy.engine import Connection
 
@@ -32,7 +30,7 @@ from gateway.db.schema import fhir_resource, fhir_search_reference
 from gateway.store.compartments import compartment_parameters, compartment_types
 from gateway.store.history import parse_count, parse_since
 from gateway.store.search_includes import MAX_INCLUDED
-from gateway.store.search_paging import Cursor, SortKey, after, decode_cursor, encode_cursor, order_by
+from gateway.store.search_paging import Cursor, SortKey, after, encode_cursor, forward_cursor, order_by
 from gateway.store.search_registry import SEARCH_PARAMETERS, supported_types
 from gateway.store.search_values import ForbiddenType, SearchError, UnsupportedParameter
 
@@ -123,15 +121,8 @@ def build_everything(
         raise UnsupportedParameter(f"$everything does not support {ignored[0][:64]!r} (supported: {supported})")
     types = _types(params.get("_type", []), hidden)
     since = parse_since(params["_since"]) if "_since" in params else None
-    canonical = orjson.dumps(["$everything", patient_id, types, since.isoformat() if since else None])
-    fingerprint = hashlib.sha256(canonical).hexdigest()[:16]
-    cursor = None
-    if "_cursor" in params:
-        if len(params["_cursor"]) != 1:
-            raise SearchError("_cursor must be given once")
-        cursor = decode_cursor(params["_cursor"][0], fingerprint, _KEYS)
-        if not cursor.forward:
-            raise SearchError("_cursor of a $everything page only goes forward")
+    identity = ["$everything", patient_id, types, since.isoformat() if since else None]
+    fingerprint, cursor = forward_cursor(params, identity, _KEYS, "$everything")
     count = parse_count(params)
     return EverythingQuery(
         patient_id, types, since, count, cursor, fingerprint, params.get("_summary") == ["count"], ignored

@@ -8,18 +8,16 @@ above it and never shift the pages still to come.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.engine import Connection
 
 from gateway.db.schema import fhir_resource_history
 from gateway.store.fhir_dates import InvalidDate, date_range
-from gateway.store.search_paging import Cursor, SortKey, after, decode_cursor, encode_cursor, order_by
+from gateway.store.search_paging import Cursor, SortKey, after, encode_cursor, forward_cursor, order_by
 from gateway.store.search_values import SearchError
 
 DEFAULT_COUNT = 50
@@ -69,15 +67,8 @@ def build_history(
         )
     count = parse_count(params)
     since = parse_since(params["_since"]) if "_since" in params else None
-    canonical = orjson.dumps([resource_type, resource_id, since.isoformat() if since else None])
-    fingerprint = hashlib.sha256(canonical).hexdigest()[:16]
-    cursor = None
-    if "_cursor" in params:
-        if len(params["_cursor"]) != 1:
-            raise SearchError("_cursor must be given once")
-        cursor = decode_cursor(params["_cursor"][0], fingerprint, _KEYS)
-        if not cursor.forward:
-            raise SearchError("_cursor of a history page only goes forward")
+    identity = [resource_type, resource_id, since.isoformat() if since else None]
+    fingerprint, cursor = forward_cursor(params, identity, _KEYS, "history")
     return HistoryQuery(resource_type, resource_id, since, count, cursor, fingerprint, ignored)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -130,6 +131,22 @@ def decode_cursor(token: str, fingerprint: str, keys: tuple[SortKey, ...]) -> Cu
     if decoded.get("q") != fingerprint:
         raise SearchError("_cursor belongs to a different search: keep the other parameters of the link as they are")
     return Cursor(decoded["d"] == "next", typed)
+
+
+def forward_cursor(
+    params: dict[str, list[str]], identity: list[Any], keys: tuple[SortKey, ...], what: str
+) -> tuple[str, Cursor | None]:
+    """The fingerprint of a forward-only listing (history, $everything) named by ``identity``, and
+    the cursor of its ``_cursor`` parameter (None without one): given once, of this listing, forward."""
+    fingerprint = hashlib.sha256(orjson.dumps(identity)).hexdigest()[:16]
+    if "_cursor" not in params:
+        return fingerprint, None
+    if len(params["_cursor"]) != 1:
+        raise SearchError("_cursor must be given once")
+    cursor = decode_cursor(params["_cursor"][0], fingerprint, keys)
+    if not cursor.forward:
+        raise SearchError(f"_cursor of a {what} page only goes forward")
+    return fingerprint, cursor
 
 
 def _typed(value: Any, kind: str) -> Any:
