@@ -29,7 +29,7 @@ from gateway.config import load_settings
 from gateway.store.access_events import Interaction
 from gateway.store.resources import ResourceStore
 from tests.support.asgi_client import AsgiClient
-from tests.support.fhir_bundles import delete, observation, patient, put, transaction
+from tests.support.fhir_bundles import access_audit_event, delete, observation, patient, put, transaction
 from tests.support.server_thread import ServerThread
 
 READER, ADMIN = "reader-token", "admin-token"
@@ -92,15 +92,7 @@ def _records() -> list[dict[str, Any]]:
             "target": [reference("Patient", "p1")],
             "agent": [{"who": {"display": "hl7gw"}}],
         },
-        {
-            "resourceType": "AuditEvent",
-            "id": "a1",
-            "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110112"},
-            "recorded": "2024-01-01T00:00:00Z",
-            "agent": [{"requestor": True}],
-            "source": {"observer": {"display": "hl7gw"}},
-            "entity": [{"what": reference("Patient", "p1")}],
-        },
+        access_audit_event("a1", "p1"),
         patient("p-gone", "MRN9"),
     ]
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from gateway.api.app import create_app
 from gateway.config import load_settings
 from tests.support.asgi_client import AsgiClient
-from tests.support.fhir_bundles import observation, patient, put, transaction
+from tests.support.fhir_bundles import access_audit_event, observation, patient, put, transaction
 
 READER, ADMIN = "reader-token", "admin-token"
 UCUM = "http://unitsofmeasure.org"
@@ -35,15 +35,6 @@ def app(engine: Engine, tmp_path: Path) -> FastAPI:
     settings = load_settings(data_dir=tmp_path, api_tokens=f"{READER}:reader,{ADMIN}:admin")
     app = create_app(settings, engine)
     organization = {"resourceType": "Organization", "id": "org1", "name": "General Hospital"}
-    audit = {
-        "resourceType": "AuditEvent",
-        "id": "a1",
-        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110112"},
-        "recorded": "2024-01-01T00:00:00Z",
-        "agent": [{"requestor": True}],
-        "source": {"observer": {"display": "hl7gw"}},
-        "entity": [{"what": {"reference": "Patient/p1"}}],
-    }
     app.state.store.apply_bundle(
         transaction(
             put(organization),
@@ -51,7 +42,7 @@ def app(engine: Engine, tmp_path: Path) -> FastAPI:
             put(patient("p2", "MRN2", family="Roe", birthDate="1980-01-01")),
             put(heart_rate("o1", "p1", 72)),
             put(heart_rate("o2", "p2", 120)),
-            put(audit),
+            put(access_audit_event("a1", "p1")),
         )
     )
     return app

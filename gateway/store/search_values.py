@@ -165,7 +165,8 @@ def quantity_match(table: FromClause, value: str) -> ColumnElement[bool]:
 def number_match(column: ColumnElement[float], value: str) -> ColumnElement[bool]:
     """A stored number against ``[prefix]number``; ``eq``, ``ne``, ``sa``, ``eb`` and ``ap`` use the implicit
     range of the search value's precision (``5.4`` is [5.35, 5.45)), the others the value itself."""
-    prefix, number, low, high = number_value(value)
+    prefix, exact, exact_low, exact_high = number_value(value)
+    number, low, high = float(exact), float(exact_low), float(exact_high)
     if prefix == "eq":
         return and_(column >= low, column < high)
     if prefix == "ne":
@@ -182,11 +183,11 @@ def number_match(column: ColumnElement[float], value: str) -> ColumnElement[bool
         return column >= high
     if prefix == "eb":
         return column < low
-    margin = max(abs(Decimal(number)) / 10, (Decimal(high) - Decimal(low)) / 2)  # ap
-    return and_(column >= float(Decimal(number) - margin), column <= float(Decimal(number) + margin))
+    margin = max(abs(exact) / 10, (exact_high - exact_low) / 2)  # ap, in decimals: 0.1 - 0.05 is 0.05
+    return and_(column >= float(exact - margin), column <= float(exact + margin))
 
 
-def number_value(value: str) -> tuple[str, float, float, float]:
+def number_value(value: str) -> tuple[str, Decimal, Decimal, Decimal]:
     """The prefix (``eq`` when none), the number, and its implicit range [low, high)."""
     prefix = value[:2] if value[:2] in NUMBER_PREFIXES else ""
     text = value[len(prefix) :].strip()
@@ -195,7 +196,7 @@ def number_value(value: str) -> tuple[str, float, float, float]:
     number = Decimal(text)
     exponent = number.as_tuple().exponent
     half = Decimal(5).scaleb(int(exponent) - 1)
-    return prefix or "eq", float(number), float(number - half), float(number + half)
+    return prefix or "eq", number, number - half, number + half
 
 
 def split(value: str, separator: str = ",", limit: int = -1) -> list[str]:

@@ -38,3 +38,16 @@ def observation(resource_id: str, patient_id: str, code: str = "8867-4", **field
         "subject": {"reference": f"Patient/{patient_id}"},
         **fields,
     }
+
+
+def access_audit_event(resource_id: str, patient_id: str) -> dict[str, Any]:
+    """An AuditEvent of a read of Patient ``patient_id``, like the access audit trail writes (admins only)."""
+    return {
+        "resourceType": "AuditEvent",
+        "id": resource_id,
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110112"},
+        "recorded": "2024-01-01T00:00:00Z",
+        "agent": [{"requestor": True}],
+        "source": {"observer": {"display": "hl7gw"}},
+        "entity": [{"what": {"reference": f"Patient/{patient_id}"}}],
+    }
