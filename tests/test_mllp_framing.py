@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.mllp.framing import (
-    OVERSIZED_HEAD_BYTES,
     CARRIAGE_RETURN,
     END_BLOCK,
+    OVERSIZED_HEAD_BYTES,
     START_BLOCK,
     FrameDecoder,
     FrameTooLarge,
