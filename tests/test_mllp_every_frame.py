@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -143,3 +144,46 @@ def test_blank_frames_count_as_intake_rejections_and_nothing_is_kept(
     assert (server.stats.empty_frames, server.stats.rejected, server.stats.accepted) == (2, 2, 2)
     assert rejections() == before + 2
     assert [e.control_id for e in queued(redis_url, redis_namespace)] == ["B-1", "B-2"]  # nothing kept of them
+
+
+def cut_off_letters(redis_url: str, namespace: str) -> list[bytes]:
+    """The raw bytes of the fragments kept as intake dead letters so far, in arrival order."""
+    return [e.raw for e in queued(redis_url, namespace) if e.meta.get("reason", "").endswith(CUT_OFF_REASON)]
+
+
+CUT_OFF_REASON = "frame cut off by a new start block"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fragments=st.lists(payloads, min_size=1, max_size=3), together=st.booleans())
+@example(fragments=[b"MSH|^~\\&|SND|FAC|GW|GWF|2024||ADT^A01|HALF-1|P|2.5.1\rPID|1"], together=False)
+@example(fragments=[b"", b" \r\n"], together=True)
+def test_every_fragment_cut_off_by_a_start_block_is_kept_or_counted_and_the_next_frame_answered(
+    gateway: tuple[MllpServer, int], redis_url: str, redis_namespace: str, fragments: list[bytes], together: bool
+) -> None:
+    def cut_off() -> float:
+        return REGISTRY.get_sample_value("hl7gw_mllp_unfinished_frames_total", {"reason": "cut-off"}) or 0.0
+
+    server, port = gateway
+    counted, kept = cut_off(), len(cut_off_letters(redis_url, redis_namespace))
+    control_id = f"AFTER-{uuid.uuid4().hex[:12]}"
+    peer = Peer(port)
+    try:
+        cut = b"".join(START_BLOCK + fragment for fragment in fragments)
+        good = encode_frame(adt(control_id))
+        if together:
+            peer.sock.sendall(cut + good)
+        else:
+            peer.sock.sendall(cut)
+            peer.sock.sendall(good)
+        assert msa(peer.read_frame()) == ("AA", control_id)  # the cut-off fragments get no answer
+    finally:
+        peer.close()
+    assert cut_off() == counted + len(fragments)
+    expected = [fragment for fragment in fragments if fragment.strip()]  # whitespace: counted, not kept
+    for _ in range(100):  # the letters go to Redis with the next frame, maybe in another commit
+        letters = cut_off_letters(redis_url, redis_namespace)
+        if len(letters) >= kept + len(expected):
+            break
+        time.sleep(0.02)
+    assert letters[kept:] == expected

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from gateway.mllp.framing import (
     CARRIAGE_RETURN,
     END_BLOCK,
+    OVERSIZED_HEAD_BYTES,
     START_BLOCK,
     FrameDecoder,
     FrameTooLarge,
@@ -227,3 +228,49 @@ def test_unfinished_is_what_arrived_of_the_open_frame(payload, cut):
     assert decoder.unfinished() == part and decoder.in_frame
     decoder.feed(payload[len(part) :] + b"\x1c\r")
     assert decoder.unfinished() == b"" and not decoder.in_frame
+
+
+def feed_in_order(decoder: FrameDecoder, chunks: list[bytes]) -> list[tuple[str, bytes]]:
+    """What ``chunks`` gave, in stream order: ("frame", payload) and ("cut", fragment)."""
+    seen: list[tuple[str, bytes]] = []
+    for chunk in chunks:
+        frames = decoder.feed(chunk)
+        cut = decoder.take_cut_off()
+        for position, frame in enumerate([*frames, None]):
+            seen += [("cut", fragment) for at, fragment in cut if at == position]
+            if frame is not None:
+                seen.append(("frame", frame))
+    return seen
+
+
+@PROPERTY
+@given(
+    st.lists(st.tuples(st.sampled_from(["frame", "cut"]), payloads), max_size=8),
+    payloads,
+    st.lists(st.integers(min_value=0), max_size=30),
+)
+def test_every_fragment_cut_off_by_a_start_block_is_handed_over_in_order(items, last, cuts):
+    # A fragment is a start block and a payload with no end block: the next start block cuts it off.
+    stream = b"".join(encode_frame(p) if kind == "frame" else START_BLOCK + p for kind, p in items)
+    stream += encode_frame(last)
+    decoder = FrameDecoder(keep_cut_off=True)
+    assert feed_in_order(decoder, split_at(stream, cuts)) == [*items, ("frame", last)]
+    assert (decoder.discarded_bytes, decoder.dropped_frames) == (0, 0)  # handed over, not dropped
+    assert decoder.cut_off == [] and not decoder.in_frame
+
+
+def test_a_cut_off_fragment_over_the_size_limit_is_handed_over_as_its_head():
+    limit = OVERSIZED_HEAD_BYTES + 10
+    big = b"H" * (OVERSIZED_HEAD_BYTES + 5)
+    decoder = FrameDecoder(max_frame_bytes=limit, keep_cut_off=True)
+    assert decoder.feed(START_BLOCK + big) == []
+    assert decoder.feed(b"x" * 4 + START_BLOCK + b"ok" + END_BLOCK + CARRIAGE_RETURN) == [b"ok"]
+    assert decoder.take_cut_off() == [(0, big + b"x" * 4)]  # within the limit: whole
+    assert decoder.feed(START_BLOCK + big) == []
+    assert decoder.feed(b"x" * 10 + START_BLOCK + b"ok" + END_BLOCK + CARRIAGE_RETURN) == [b"ok"]
+    assert decoder.take_cut_off() == [(0, big[:OVERSIZED_HEAD_BYTES])]  # beyond it: its head
+    # A frame found too large before it was cut off is reported once, as too large.
+    with pytest.raises(FrameTooLarge) as caught:
+        decoder.feed(START_BLOCK + big + b"x" * 10)
+    assert decoder.feed(START_BLOCK + b"ok" + END_BLOCK + CARRIAGE_RETURN) == [b"ok"]
+    assert decoder.take_cut_off() == [] and len(caught.value.dropped) == OVERSIZED_HEAD_BYTES

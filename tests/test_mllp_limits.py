@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import REGISTRY
+
 from gateway.mllp.framing import OVERSIZED_HEAD_BYTES
 from gateway.mllp.limits import Limits
 from tests.support.mllp import RawClient, adt, listening
@@ -109,3 +111,35 @@ def test_stop_answers_every_frame_already_read(redis_url: str, redis_namespace: 
             await client.close()
 
     asyncio.run(scenario())
+
+
+def test_a_frame_cut_short_by_the_connection_closing_is_kept_and_counted(redis_url: str, redis_namespace: str) -> None:
+    def closed() -> float:
+        return REGISTRY.get_sample_value("hl7gw_mllp_unfinished_frames_total", {"reason": "closed"}) or 0.0
+
+    before = closed()
+
+    async def scenario() -> None:
+        async with listening(redis_url, redis_namespace) as (server, port):
+            for n, partial in enumerate((b"\x0b" + adt("HALF-1")[:50], b"\x0b \r\n")):  # 2nd: whitespace only
+                client = await RawClient.connect(port)
+                await client.send_message(adt(f"WHOLE-{n}"))
+                assert (await client.read_ack()).get("MSA-1") == "AA"
+                await client.send(partial)
+                await asyncio.sleep(0.05)
+                await client.close()
+            for _ in range(100):
+                if server.stats.unfinished_frames == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert server.stats.unfinished_frames == 2
+
+    asyncio.run(scenario())
+    assert closed() == before + 2
+    entries = queued(redis_url, redis_namespace)
+    assert [(e.kind, e.control_id) for e in entries] == [
+        ("message", "WHOLE-0"),
+        ("rejected", ""),  # cut before its MSH-10
+        ("message", "WHOLE-1"),
+    ]
+    assert entries[1].raw == adt("HALF-1")[:50] and entries[1].meta["reason"].endswith("in the middle of a frame")

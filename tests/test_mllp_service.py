@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,8 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "HL7GW_MLLP_FRAME_TIMEOUT_S": "5",
         "HL7GW_MLLP_IDLE_TIMEOUT_S": "0",
         "HL7GW_MLLP_MAX_CONNECTIONS": "7",
+        "HL7GW_MLLP_MAX_CONNECTIONS_PER_PEER": "3",
+        "HL7GW_MLLP_ALLOWED_PEERS": " 10.1.0.0/16, 192.0.2.7,2001:db8::/32 ,10.1.0.0/16",
         "HL7GW_MLLP_REQUIRE_TRAILING_CR": "true",
         "HL7GW_ACCEPTED_PROCESSING_IDS": "p",
         "HL7GW_ACCEPTED_VERSIONS": " 2.5.1 , 2.9",
@@ -35,7 +38,10 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     }.items():
         monkeypatch.setenv(name, value)
     settings = load_settings()
-    assert service.limits_from(settings) == Limits(2048, 5.0, 0.0, 7, True)
+    networks = tuple(ipaddress.ip_network(n) for n in ("10.1.0.0/16", "192.0.2.7/32", "2001:db8::/32"))
+    assert service.limits_from(settings) == Limits(
+        2048, 5.0, 0.0, 7, True, max_connections_per_peer=3, allowed_peers=networks
+    )
     rules = service.rules_from(settings, lambda c, t: False)
     assert rules.processing_ids == {"P"} and rules.versions == {"2.5.1", "2.9"} and not rules.reject_unsupported
 
@@ -46,6 +52,11 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ("HL7GW_MLLP_MAX_MESSAGE_BYTES", "10"),
         ("HL7GW_MLLP_FRAME_TIMEOUT_S", "0"),
         ("HL7GW_MLLP_MAX_CONNECTIONS", "0"),
+        ("HL7GW_MLLP_MAX_CONNECTIONS_PER_PEER", "0"),
+        ("HL7GW_MLLP_ALLOWED_PEERS", "10.0.0.0/33"),
+        ("HL7GW_MLLP_ALLOWED_PEERS", "hospital.example.org"),
+        ("HL7GW_MLLP_ALLOWED_PEERS", "10.1.2.3/24"),
+        ("HL7GW_MLLP_ALLOWED_PEERS", " , "),
         ("HL7GW_DEDUP_WINDOW_S", "-1"),
         ("HL7GW_ACCEPTED_VERSIONS", "2.5,two"),
         ("HL7GW_ACCEPTED_PROCESSING_IDS", "P;T"),

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.config.values import Role
+from gateway.config.values import Network, Role
 from gateway.sinkspec import SinkSpec
 
 
@@ -43,6 +43,10 @@ class MllpSettings:
     #: 0: never close an idle connection.
     idle_timeout_s: float
     max_connections: int
+    #: Connections one source address may hold open at once.
+    max_connections_per_peer: int
+    #: Source addresses that may connect; empty: every address.
+    allowed_peers: tuple[Network, ...]
     require_trailing_cr: bool
     #: MLLP release 2 commit acknowledgements.
     commit_acks: bool

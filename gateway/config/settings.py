@@ -35,6 +35,7 @@ from gateway.config.values import (
     check_authorization_url,
     host_zone,
     parse_algorithms,
+    parse_networks,
     parse_origins,
     parse_role_scopes,
     parse_sender_policies,
@@ -160,6 +161,10 @@ class Settings(BaseSettings):
     mllp_frame_timeout_s: float = Field(default=30.0, gt=0)
     mllp_idle_timeout_s: float = Field(default=3600.0, ge=0)  # 0: never close an idle connection
     mllp_max_connections: int = Field(default=500, ge=1)
+    # One source address may hold this many at once (an interface engine opens one per route).
+    mllp_max_connections_per_peer: int = Field(default=50, ge=1)
+    # CIDRs (IPv4, IPv6) that may connect, comma-separated; unset: every address.
+    mllp_allowed_peers: str | None = None
     mllp_require_trailing_cr: bool = False
     mllp_commit_acks: bool = False  # MLLP release 2 commit acknowledgements
     mllp_tls_cert: Path | None = None
@@ -315,6 +320,13 @@ class Settings(BaseSettings):
     def _strip_list(cls, value: object) -> object:
         return ",".join(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
 
+    @field_validator("mllp_allowed_peers")
+    @classmethod
+    def _check_allowed_peers(cls, value: str | None) -> str | None:
+        if value and not parse_networks(value):
+            raise ValueError("names no address; leave it unset to let every address connect")
+        return value or None
+
     @field_validator("mllp_tls_key", "mllp_tls_client_ca")
     @classmethod
     def _check_tls(cls, value: Path | None, info: ValidationInfo) -> Path | None:
@@ -337,6 +349,8 @@ class Settings(BaseSettings):
             frame_timeout_s=self.mllp_frame_timeout_s,
             idle_timeout_s=self.mllp_idle_timeout_s,
             max_connections=self.mllp_max_connections,
+            max_connections_per_peer=self.mllp_max_connections_per_peer,
+            allowed_peers=parse_networks(self.mllp_allowed_peers or ""),
             require_trailing_cr=self.mllp_require_trailing_cr,
             commit_acks=self.mllp_commit_acks,
             tls_cert=self.mllp_tls_cert,

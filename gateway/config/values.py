@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import time
@@ -98,6 +99,26 @@ def parse_sender_policies(value: str, allowed: tuple[str, ...]) -> dict[str, str
             raise ValueError(f"entry {entry!r} is not APPLICATION|FACILITY={'|'.join(allowed)}")
         policies[sender.strip()] = policy.strip()
     return policies
+
+
+#: An address range of ``HL7GW_MLLP_ALLOWED_PEERS``.
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: str) -> tuple[Network, ...]:
+    """``HL7GW_MLLP_ALLOWED_PEERS``: CIDRs or single addresses, IPv4 or IPv6, comma-separated;
+    raises ValueError naming the bad entry (a range with host bits set too: the mask was mistyped)."""
+    networks: list[Network] = []
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(entry))
+        except ValueError:
+            try:
+                meant = ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry[:80]!r} is not an IPv4 or IPv6 address or CIDR range") from None
+            raise ValueError(f"{entry!r} has host bits set; did you mean {meant}?") from None
+    return tuple(dict.fromkeys(networks))
 
 
 #: A token's name: what audit records and logs call the caller (never the token itself).

@@ -31,6 +31,16 @@ INTAKE_REJECTIONS = Counter(
     ["err_code"],
 )
 MLLP_CONNECTIONS_OPEN = Gauge("hl7gw_mllp_connections_open", "MLLP connections open now", multiprocess_mode="livesum")
+MLLP_CONNECTIONS_REFUSED = Counter(
+    "hl7gw_mllp_connections_refused",
+    "MLLP connections closed at once, by reason: max-connections, stopping, peer-limit, not-allowed",
+    ["reason"],
+)
+MLLP_UNFINISHED_FRAMES = Counter(
+    "hl7gw_mllp_unfinished_frames",
+    "MLLP frames that never ended, by reason: cut-off (a new start block), closed (the connection), timeout",
+    ["reason"],
+)
 
 # -- batch file imports (hl7gw import) -------------------------------------------------------------
 IMPORT_MESSAGES = Counter(

@@ -24,6 +24,8 @@ SINK_OUTCOMES = frozenset({"delivered", "retried", "refused", "expired"})
 IMPORT_OUTCOMES = frozenset({"accepted", "duplicate", "rejected", "ack-kept", "not-stored"})
 INBOX_OUTCOMES = frozenset({"imported", "already-imported", "failed"})
 SUBSCRIPTION_OUTCOMES = frozenset({"sent", "retried", "refused"})
+MLLP_REFUSALS = frozenset({"max-connections", "stopping", "peer-limit", "not-allowed"})
+UNFINISHED_FRAME_REASONS = frozenset({"cut-off", "closed", "timeout"})
 
 _MESSAGE_TYPE = re.compile(r"[A-Z0-9]{2,3}\^[A-Z0-9]{2,3}")
 _ERR_CODE = re.compile(r"\d{1,3}")

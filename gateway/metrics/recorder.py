@@ -14,9 +14,11 @@ from typing import Any, Generic, TypeVar
 from gateway.metrics.labels import (
     IMPORT_OUTCOMES,
     INBOX_OUTCOMES,
+    MLLP_REFUSALS,
     REPLAY_KINDS,
     SINK_OUTCOMES,
     SUBSCRIPTION_OUTCOMES,
+    UNFINISHED_FRAME_REASONS,
     ErrorTypeLabels,
     MessageTypeLabels,
     SenderLabels,
@@ -66,6 +68,10 @@ class NullRecorder:
     def rejected(self, code: str) -> None: ...
 
     def connections_open(self, count: int) -> None: ...
+
+    def connection_refused(self, reason: str) -> None: ...
+
+    def unfinished_frame(self, reason: str) -> None: ...
 
     def stage(self, stage: str, seconds: float) -> None: ...
 
@@ -136,6 +142,12 @@ class Recorder(NullRecorder):
         )
         self._inbox: _Children[str] = _Children(c.INBOX_FILES, lambda outcome: (one_of(outcome, INBOX_OUTCOMES),))
         self._connections = c.MLLP_CONNECTIONS_OPEN
+        self._refused: _Children[str] = _Children(
+            c.MLLP_CONNECTIONS_REFUSED, lambda reason: (one_of(reason, MLLP_REFUSALS),)
+        )
+        self._unfinished: _Children[str] = _Children(
+            c.MLLP_UNFINISHED_FRAMES, lambda reason: (one_of(reason, UNFINISHED_FRAME_REASONS),)
+        )
 
     def use_mappings(self, supports: Callable[[str, str], bool] | None) -> None:
         """Message types are named when ``supports(code, trigger)``, else "other"."""
@@ -160,6 +172,12 @@ class Recorder(NullRecorder):
 
     def connections_open(self, count: int) -> None:
         self._connections.set(count)
+
+    def connection_refused(self, reason: str) -> None:
+        self._refused(reason).inc()
+
+    def unfinished_frame(self, reason: str) -> None:
+        self._unfinished(reason).inc()
 
     def stage(self, stage: str, seconds: float) -> None:
         self._stages(stage).observe(seconds)

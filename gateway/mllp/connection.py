@@ -19,6 +19,7 @@ from gateway.hl7.ack import AckError
 from gateway.hl7.batch import looks_like_batch
 from gateway.mllp.framing import COMMIT_ACK, COMMIT_NAK, FrameDecoder, FrameTooLarge, FramingError
 from gateway.mllp.limits import Limits, ListenerStats
+from gateway.mllp.peers import Address, peer_address
 from gateway.mllp.profiles import Profiles
 from gateway.mllp.triage import Judgement, Triage
 from gateway.queue.entry import new_envelope_id
@@ -48,6 +49,8 @@ class Listener(Protocol):
     async def answer_batch(self, payload: bytes, peer: str) -> bytes: ...
 
     def answer_blank(self, size: int, peer: str) -> bytes: ...
+
+    def frame_unfinished(self, reason: str) -> None: ...
 
 
 log = logging.getLogger(__name__)
@@ -92,7 +95,7 @@ class MllpConnection(asyncio.Protocol):
         #: again only when every earlier frame is answered.
         self.lane = 0
         limits = server.limits
-        self.decoder = FrameDecoder(limits.max_message_bytes, limits.require_trailing_cr)
+        self.decoder = FrameDecoder(limits.max_message_bytes, limits.require_trailing_cr, keep_cut_off=True)
         self.slots: deque[_Slot | _ReplySlot] = deque()
         #: A batch frame is being committed: later frames wait in ``held`` (so that every frame of
         #: the connection is committed in arrival order), and reading pauses.
@@ -100,6 +103,9 @@ class MllpConnection(asyncio.Protocol):
         self.held: deque[bytes] = deque()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        #: The peer's source address (None: not an IP), for the allow-list and the per-peer limit.
+        self.address: Address | None = None
+        #: When a frame last started or ended, for the idle timeout (bytes outside frames do not count).
         self.last_activity = time.monotonic()
         #: When the unfinished frame started (None: between frames), for the frame timeout.
         self.frame_started: float | None = None
@@ -114,6 +120,7 @@ class MllpConnection(asyncio.Protocol):
         self.transport = writable = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        self.address = peer_address(str(peer[0])) if isinstance(peer, tuple) else None
         if not self.server.admit(self):
             self.lost = True
             writable.abort()  # type: ignore[attr-defined]
@@ -124,26 +131,42 @@ class MllpConnection(asyncio.Protocol):
         if self.closing:
             return
         now = time.monotonic()
-        self.last_activity = now
-        was_in_frame = self.decoder.in_frame
-        discarded = self.decoder.discarded_bytes
+        decoder = self.decoder
+        was_in_frame = decoder.in_frame
+        discarded = decoder.discarded_bytes
         problem: FramingError | None = None
         try:
-            frames = self.decoder.feed(data)
+            frames = decoder.feed(data)
         except FramingError as exc:
             frames, problem = exc.frames, exc
-        self.server.stats.discarded_bytes += self.decoder.discarded_bytes - discarded
-        for frame in frames:
-            self._receive(frame)
+        self.server.stats.discarded_bytes += decoder.discarded_bytes - discarded
+        if frames or was_in_frame or decoder.in_frame:
+            self.last_activity = now  # a frame went on; bytes outside frames alone keep nothing open
+        if decoder.cut_off:
+            self._receive_with_cut_off(frames, decoder.take_cut_off())
+        else:
+            for frame in frames:
+                self._receive(frame)
         if problem is not None:
             self._framing_problem(problem)
             return
-        if self.decoder.in_frame:
+        if decoder.in_frame:
             if frames or not was_in_frame:
                 self.frame_started = now
         else:
             self.frame_started = None
         self._update_reading()
+
+    def _receive_with_cut_off(self, frames: list[bytes], cut_off: list[tuple[int, bytes]]) -> None:
+        """Receive ``frames`` and keep the fragments cut off among them, in the order they came."""
+        pending = iter(cut_off)
+        fragment = next(pending, None)
+        for position, frame in enumerate([*frames, None]):
+            while fragment is not None and fragment[0] <= position:
+                self._unfinished(fragment[1], CUT_OFF, "frame cut off by a new start block")
+                fragment = next(pending, None)
+            if frame is not None:
+                self._receive(frame)
 
     def eof_received(self) -> bool:
         # The peer sent everything it will send: answer what was read, then close. (TLS cannot
@@ -154,9 +177,8 @@ class MllpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.closing = True
-        unfinished = self.decoder.unfinished()
-        if unfinished:
-            self._keep(unfinished, "connection closed in the middle of a frame")
+        if self.decoder.has_unfinished:
+            self._unfinished(self.decoder.unfinished(), CLOSED, "connection closed in the middle of a frame")
         self.server.forget(self)
 
     def pause_writing(self) -> None:
@@ -229,6 +251,15 @@ class MllpConnection(asyncio.Protocol):
         with logcontext.message_context(envelope_id, judgement.sender, judgement.control_id):
             self.server.intake.receive(judgement.received(raw, self.peer), slot, self.lane, envelope_id)
 
+    def _unfinished(self, raw: bytes, reason: str, why: str) -> None:
+        """A frame that will never end: counted, and kept where operators see it unless it holds
+        only whitespace (like a blank frame, nothing to look at or replay)."""
+        self.server.frame_unfinished(reason)
+        if raw.strip():
+            self._keep(raw, why)
+        else:
+            log.warning("%s: %s; %d byte(s) of whitespace, nothing kept", self.address or self.peer, why, len(raw))
+
     def _keep(self, raw: bytes, why: str) -> None:
         """Keep bytes that cannot be answered (an unfinished frame) where operators see them."""
         verdict = self.server.triage.kept(raw, AckError("100", why))
@@ -295,8 +326,7 @@ class MllpConnection(asyncio.Protocol):
             unfinished = self.decoder.unfinished()
             self.decoder.reset()
             self.frame_started = None
-            if unfinished:
-                self._keep(unfinished, f"frame not finished within {limits.frame_timeout_s:g} s")
+            self._unfinished(unfinished, TIMED_OUT, f"frame not finished within {limits.frame_timeout_s:g} s")
             log.warning("closing %s: frame not finished within %g s", self.peer, limits.frame_timeout_s)
             self.begin_close()
         elif limits.idle_timeout_s and not self.slots and now - self.last_activity > limits.idle_timeout_s:
@@ -324,6 +354,8 @@ class MllpConnection(asyncio.Protocol):
 
 #: What ``bytes.strip`` removes: a frame starting with anything else is not blank.
 _BLANK = b" \t\n\r\x0b\x0c"
+#: Why a frame was left unfinished (the ``reason`` of hl7gw_mllp_unfinished_frames_total).
+CUT_OFF, CLOSED, TIMED_OUT = "cut-off", "closed", "timeout"
 
 
 def _log_failure(receipt: Receipt | None, error: BaseException | None) -> None:

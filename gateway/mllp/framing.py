@@ -49,7 +49,8 @@ class FrameDecoder:
     ``dropped_frames``):
 
     - bytes outside a frame (before a start block) are dropped;
-    - a start block inside a frame abandons the unfinished frame: the sender started over;
+    - a start block inside a frame abandons the unfinished frame: the sender started over (with
+      ``keep_cut_off``, the abandoned payload is handed over in ``cut_off`` instead of dropped);
     - a frame longer than ``max_frame_bytes`` is dropped up to its end block and ``feed`` raises
       FrameTooLarge; the decoder carries on with the next frame;
     - a CR after the end block is optional, unless ``require_trailing_cr``: then a frame whose end
@@ -61,11 +62,19 @@ class FrameDecoder:
     ``dropped`` the start of the dropped payload.
     """
 
-    def __init__(self, max_frame_bytes: int = 10 * 1024 * 1024, require_trailing_cr: bool = False):
+    def __init__(
+        self, max_frame_bytes: int = 10 * 1024 * 1024, require_trailing_cr: bool = False, *, keep_cut_off: bool = False
+    ):
         if max_frame_bytes < 1:
             raise ValueError("max_frame_bytes must be positive")
         self.max_frame_bytes = max_frame_bytes
         self.require_trailing_cr = require_trailing_cr
+        self.keep_cut_off = keep_cut_off
+        #: With ``keep_cut_off``: the payloads cut off by a new start block, not yet taken
+        #: (``take_cut_off``), each with the number of payloads the same ``feed`` call completed
+        #: before it (the frame's own start block is not included; one over the size limit is cut
+        #: to its first OVERSIZED_HEAD_BYTES).
+        self.cut_off: list[tuple[int, bytes]] = []
         self.discarded_bytes = 0
         self.dropped_frames = 0
         self._buffer = bytearray()
@@ -78,6 +87,11 @@ class FrameDecoder:
     def in_frame(self) -> bool:
         """A frame has started and is not finished (for the listener's frame timeout)."""
         return self._in_frame or self._held is not None
+
+    @property
+    def has_unfinished(self) -> bool:
+        """A frame has started, is not finished, and is not being dropped for its size."""
+        return self._held is not None or (self._in_frame and not self._oversized)
 
     @property
     def pending_bytes(self) -> int:
@@ -149,7 +163,7 @@ class FrameDecoder:
             stop = size if end < 0 else end
             restart = data.find(START_BLOCK, pos, stop)
             if restart >= 0:
-                self._abandon(restart - pos)
+                self._abandon(data, pos, restart, len(frames))
                 pos = restart + 1
                 continue
             head = self._take(data, pos, stop)
@@ -182,14 +196,26 @@ class FrameDecoder:
             self._buffer += memoryview(data)[pos:stop]
         return None
 
-    def _abandon(self, unfinished_bytes: int) -> None:
-        """A start block arrived inside a frame: drop the unfinished frame and start a new one."""
-        if not self._oversized:  # an oversized frame was already counted as dropped
-            self.discarded_bytes += 1 + len(self._buffer)
-            self.dropped_frames += 1
-        self.discarded_bytes += unfinished_bytes
+    def _abandon(self, data: bytes | bytearray, pos: int, restart: int, completed: int) -> None:
+        """A start block arrived inside a frame (at ``data[restart]``): hand over or drop the
+        unfinished frame, whose last bytes are ``data[pos:restart]``, and start a new one."""
+        if self.keep_cut_off and not self._oversized:  # an oversized frame was already reported
+            size = len(self._buffer) + restart - pos
+            head = OVERSIZED_HEAD_BYTES if size > self.max_frame_bytes else size
+            self._buffer += memoryview(data)[pos : min(restart, pos + max(0, head - len(self._buffer)))]
+            self.cut_off.append((completed, bytes(self._buffer[:head])))
+        else:
+            if not self._oversized:
+                self.discarded_bytes += 1 + len(self._buffer)
+                self.dropped_frames += 1
+            self.discarded_bytes += restart - pos
         self._buffer.clear()
         self._oversized = False
+
+    def take_cut_off(self) -> list[tuple[int, bytes]]:
+        """The payloads cut off since the last call (see ``cut_off``), and forget them."""
+        taken, self.cut_off = self.cut_off, []
+        return taken
 
     def _finish_frame(self, frames: list[bytes]) -> None:
         self._in_frame = False

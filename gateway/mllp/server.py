@@ -20,6 +20,7 @@ from gateway.metrics import recorder
 from gateway.mllp.connection import MllpConnection
 from gateway.mllp.framing import COMMIT_ACK, encode_frame
 from gateway.mllp.limits import Limits, ListenerStats
+from gateway.mllp.peers import FULL, NOT_ALLOWED, PEER_LIMIT, STOPPING, PeerGate
 from gateway.mllp.profiles import Profiled, Profiles
 from gateway.mllp.triage import STORAGE_FAILED, Judgement, Triage, Verdict
 from gateway.queue.intake import Intake, Receipt
@@ -31,6 +32,8 @@ _ACK_KEPT, _REFUSED = {"outcome": "ack-kept"}, {"outcome": "not-accepted"}
 #: What answers a frame holding a batch (given by the process: gateway/services/batch_frames.py):
 #: (payload, peer) -> the batch acknowledgement, unframed, once every message in it is committed.
 BatchAnswer = Callable[[bytes, str], Awaitable[bytes]]
+#: Refusals of one reason logged at most this often.
+_REFUSAL_LOG_EVERY_S = 10.0
 #: The error answering a frame with nothing inside (HL7 table 0357: 100, segment sequence error).
 NO_MSH = AckError("100", "no MSH segment: the frame is empty or only whitespace", "MSH")
 
@@ -62,7 +65,9 @@ class MllpServer:
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
-        self._last_refusal_log = 0.0
+        self.peers = PeerGate(self.limits.allowed_peers, self.limits.max_connections_per_peer)
+        self._last_refusal_log: dict[str, float] = {}
+        self._refusals_unlogged: dict[str, int] = {}
         self._ready: set[MllpConnection] = set()
         self._flush_scheduled = False
         intake.after_batch.append(self.flush)
@@ -107,25 +112,44 @@ class MllpServer:
 
     # -- called by connections --------------------------------------------------------------
     def admit(self, conn: MllpConnection) -> bool:
-        """Register a new connection, or refuse it when the listener is full or stopping."""
+        """Register a new connection, or refuse it: the listener full or stopping, its address not
+        allowed (HL7GW_MLLP_ALLOWED_PEERS) or holding its share (HL7GW_MLLP_MAX_CONNECTIONS_PER_PEER)."""
         stats = self.stats
-        if len(self.connections) >= self.limits.max_connections or (self._server and not self._server.is_serving()):
+        if self._server and not self._server.is_serving():
+            reason: str | None = STOPPING
+        elif len(self.connections) >= self.limits.max_connections:
+            reason = FULL
+        else:
+            reason = self.peers.refusal(conn.address)
+        if reason is not None:
             stats.refused_connections += 1
-            now = time.monotonic()
-            if now - self._last_refusal_log > 10:
-                self._last_refusal_log = now
-                log.warning(
-                    "refused connection from %s: %d connections open (HL7GW_MLLP_MAX_CONNECTIONS); %d refused so far",
-                    conn.peer,
-                    len(self.connections),
-                    stats.refused_connections,
-                )
+            self.metrics.connection_refused(reason)
+            self._log_refusal(conn, reason)
             return False
         self.connections.add(conn)
+        self.peers.opened(conn.address)
         stats.connections += 1
         stats.open_connections = len(self.connections)
         self.metrics.connections_open(stats.open_connections)
         return True
+
+    def _log_refusal(self, conn: MllpConnection, reason: str) -> None:
+        """One line per refusal, at most one every 10 s per reason (a flood must not flood the log)."""
+        now = time.monotonic()
+        if now - self._last_refusal_log.get(reason, -_REFUSAL_LOG_EVERY_S) < _REFUSAL_LOG_EVERY_S:
+            self._refusals_unlogged[reason] = self._refusals_unlogged.get(reason, 0) + 1
+            return
+        self._last_refusal_log[reason] = now
+        unlogged = self._refusals_unlogged.pop(reason, 0)
+        why = {
+            FULL: f"{len(self.connections)} connections open (HL7GW_MLLP_MAX_CONNECTIONS)",
+            STOPPING: "the listener is stopping",
+            PEER_LIMIT: f"{self.limits.max_connections_per_peer} connections open from that address "
+            "(HL7GW_MLLP_MAX_CONNECTIONS_PER_PEER)",
+            NOT_ALLOWED: "address not in HL7GW_MLLP_ALLOWED_PEERS",
+        }[reason]
+        more = f"; {unlogged} more refused for this reason in the last {_REFUSAL_LOG_EVERY_S:g} s" if unlogged else ""
+        log.warning("refused connection from %s: %s%s", conn.address or conn.peer, why, more)
 
     def ready(self, conn: MllpConnection) -> None:
         """``conn`` has an answer ready: written at the end of the intake batch (``flush``), or on
@@ -171,8 +195,15 @@ class MllpServer:
         )
         return self.triage.kept(b"", NO_MSH).reply(stored=True, commit_acks=self.commit_acks)
 
+    def frame_unfinished(self, reason: str) -> None:
+        """Count a frame that will never end (cut off, connection closed, timed out)."""
+        self.stats.unfinished_frames += 1
+        self.metrics.unfinished_frame(reason)
+
     def forget(self, conn: MllpConnection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.peers.closed(conn.address)
         self.stats.open_connections = len(self.connections)
         self.metrics.connections_open(self.stats.open_connections)
         self._closed.set()

@@ -29,6 +29,8 @@ def limits_from(settings: Settings) -> Limits:
         frame_timeout_s=settings.mllp.frame_timeout_s,
         idle_timeout_s=settings.mllp.idle_timeout_s,
         max_connections=settings.mllp.max_connections,
+        max_connections_per_peer=settings.mllp.max_connections_per_peer,
+        allowed_peers=settings.mllp.allowed_peers,
         require_trailing_cr=settings.mllp.require_trailing_cr,
     )
 

@@ -60,8 +60,12 @@ class RawClient:
         self.frames: list[bytes] = []
 
     @classmethod
-    async def connect(cls, port: int, ssl_context: ssl.SSLContext | None = None) -> RawClient:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl_context)
+    async def connect(
+        cls, port: int, ssl_context: ssl.SSLContext | None = None, source: str | None = None
+    ) -> RawClient:
+        """Connect to the listener on 127.0.0.1; ``source``: from that address (any of 127/8 on Linux)."""
+        local = (source, 0) if source else None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl_context, local_addr=local)
         return cls(reader, writer)
 
     async def send(self, data: bytes) -> None:
