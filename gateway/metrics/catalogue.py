@@ -31,6 +31,12 @@ INTAKE_REJECTIONS = Counter(
     ["err_code"],
 )
 MLLP_CONNECTIONS_OPEN = Gauge("hl7gw_mllp_connections_open", "MLLP connections open now", multiprocess_mode="livesum")
+QUEUE_VOLATILE = Gauge(
+    "hl7gw_queue_volatile",
+    "1 while the queue's Redis can lose acknowledged messages in a crash (appendonly no, or appendfsync not "
+    "always): intake refuses every message then, unless HL7GW_ALLOW_VOLATILE_REDIS=true; else 0",
+    multiprocess_mode="livemax",
+)
 
 # -- batch file imports (hl7gw import) -------------------------------------------------------------
 IMPORT_MESSAGES = Counter(

@@ -67,6 +67,8 @@ class NullRecorder:
 
     def connections_open(self, count: int) -> None: ...
 
+    def queue_volatile(self, volatile: bool) -> None: ...
+
     def stage(self, stage: str, seconds: float) -> None: ...
 
     def converted(self, message_type: str) -> None: ...
@@ -160,6 +162,9 @@ class Recorder(NullRecorder):
 
     def connections_open(self, count: int) -> None:
         self._connections.set(count)
+
+    def queue_volatile(self, volatile: bool) -> None:
+        self._c.QUEUE_VOLATILE.set(1 if volatile else 0)
 
     def stage(self, stage: str, seconds: float) -> None:
         self._stages(stage).observe(seconds)
