@@ -124,9 +124,10 @@ async def _until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-un
         await asyncio.sleep(0.02)
 
 
-def test_hl7gw_mllp_does_not_start_on_a_volatile_redis(tmp_path: Path) -> None:
-    """The acceptance test: a Redis started without persistence; ``hl7gw mllp`` exits with an
-    error naming the setting, so nothing is acknowledged."""
+@pytest.mark.parametrize("command", ["mllp", "run"])
+def test_the_listener_does_not_start_on_a_volatile_redis(tmp_path: Path, command: str) -> None:
+    """The acceptance test: a Redis started without persistence; ``hl7gw mllp`` and ``hl7gw run``
+    exit with an error naming the setting, so nothing is acknowledged."""
     with redis_server(tmp_path / "redis", "appendonly no") as url:
         env = clean_env(
             HL7GW_REDIS_URL=url,
@@ -135,7 +136,7 @@ def test_hl7gw_mllp_does_not_start_on_a_volatile_redis(tmp_path: Path) -> None:
             HL7GW_DATA_DIR=str(tmp_path / "data"),
         )
         done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "mllp"], env=env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "gateway.cli", command], env=env, capture_output=True, text=True, timeout=60
         )
     assert done.returncode == 2
     assert "refusing to accept messages" in done.stderr and "appendonly is no" in done.stderr
