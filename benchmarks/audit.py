@@ -64,7 +64,7 @@ class Api:
     def __init__(self, database_url: str, data_dir: Path):
         self.port = free_port()
         self.on = True
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_") or k == "HL7GW_ALLOW_VOLATILE_REDIS"}
         env.update(
             HL7GW_DATA_DIR=str(data_dir),
             HL7GW_DATABASE_URL=database_url,

@@ -99,7 +99,9 @@ def main() -> None:
         redis_dir.mkdir()
         server, url = start_redis(redis_dir, args.fsync)
         try:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_")}
+            env = {
+                k: v for k, v in os.environ.items() if not k.startswith("HL7GW_") or k == "HL7GW_ALLOW_VOLATILE_REDIS"
+            }
             env.update(HL7GW_REDIS_URL=url, HL7GW_DATA_DIR=str(work / "data"), HL7GW_LOG_LEVEL="WARNING")
             env["PYTHONPATH"] = str(ROOT)
             env.update(item.split("=", 1) for item in args.env)

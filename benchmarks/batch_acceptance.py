@@ -45,7 +45,7 @@ OPERATOR, READER = "ops-token", "read-token"
 
 def start(data: Path, rate: float) -> tuple[subprocess.Popen[bytes], int]:
     http_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_") or k == "HL7GW_ALLOW_VOLATILE_REDIS"}
     env.update(
         HL7GW_DATA_DIR=str(data),
         HL7GW_MLLP_PORT=str(free_port()),

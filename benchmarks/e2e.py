@@ -257,7 +257,7 @@ def start_gateway(
     data: Path, args: argparse.Namespace, database_url: str | None, metrics: str | None = None
 ) -> tuple[subprocess.Popen[bytes], int, int]:
     mllp_port, http_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_") or k == "HL7GW_ALLOW_VOLATILE_REDIS"}
     env.update(
         HL7GW_DATA_DIR=str(data),
         HL7GW_MLLP_PORT=str(mllp_port),

@@ -109,7 +109,7 @@ def benchmark(name: str, database_url: str, redis_url: str, args: argparse.Names
 
     with tempfile.TemporaryDirectory() as directory:
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_") or k == "HL7GW_ALLOW_VOLATILE_REDIS"}
         env.update(
             HL7GW_DATA_DIR=directory,
             HL7GW_DATABASE_URL=database_url,

@@ -163,7 +163,7 @@ def main() -> None:
         data = Path(tmp) / "data"
         data.mkdir()
         mllp_port, http_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_") or k == "HL7GW_ALLOW_VOLATILE_REDIS"}
         env.update(
             HL7GW_DATA_DIR=str(data),
             HL7GW_MLLP_PORT=str(mllp_port),

@@ -201,7 +201,7 @@ def main() -> None:
         redis_server = EmbeddedRedis(Path(tmp) / "redis")  # appendonly yes, appendfsync always
         redis_url = redis_server.start()
         gw_port, echo_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_") or k == "HL7GW_ALLOW_VOLATILE_REDIS"}
         env.update(
             HL7GW_REDIS_URL=redis_url,
             HL7GW_MLLP_PORT=str(gw_port),

@@ -111,7 +111,7 @@ def main() -> None:
             envelope = Envelope(str(uuid.uuid4()), raw, 1_700_000_000_000 + n, "REPLAY|FAC", f"R{n}", "bench", n + 1)
             letters.park(Letter(envelope, "convert", "mapping fixed since", created_at=1_700_000_000_000 + n))
         mllp_port, http_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_") or k == "HL7GW_ALLOW_VOLATILE_REDIS"}
         env.update(
             HL7GW_DATA_DIR=str(data),
             HL7GW_MLLP_PORT=str(mllp_port),

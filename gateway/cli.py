@@ -60,10 +60,21 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_volatile_redis(settings: Settings, redis_url: str) -> None:
+    """A process run alone that acknowledges messages does not start on a Redis that can lose them
+    (unless allowed). Under ``hl7gw run`` the supervisor checked already, and a Redis that changes
+    later is refused by the intake, without a restart loop."""
+    if not supervised():
+        from gateway.queue.durability import require_durable
+
+        require_durable(redis_url, settings.storage.allow_volatile_redis)
+
+
 def cmd_mllp(settings: Settings, _args: argparse.Namespace) -> int:
     from gateway.services import listener as service
 
     redis_url = _require_redis(settings, "mllp")
+    _refuse_volatile_redis(settings, redis_url)
     _start_metrics(settings, serve=True)
     service.run(settings, redis_url, service.configured_rules(settings))
     return 0
@@ -73,6 +84,7 @@ def cmd_inbox(settings: Settings, _args: argparse.Namespace) -> int:
     from gateway.services import inbox
 
     redis_url = _require_redis(settings, "inbox")
+    _refuse_volatile_redis(settings, redis_url)
     _start_metrics(settings, serve=True)
     inbox.run(settings, redis_url)
     return 0
@@ -82,6 +94,12 @@ def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
     from gateway.services.worker import run_worker
 
     redis_url = _require_redis(settings, "worker")
+    if not supervised():  # a worker drains the queue into the database even so: that only helps
+        from gateway.queue.durability import judge_at_start
+
+        verdict = judge_at_start(redis_url, settings.storage.allow_volatile_redis)
+        if verdict is not None and verdict.refusal:
+            logging.getLogger("gateway.worker").error("the listener refuses messages: %s", verdict.refusal)
     _start_metrics(settings, serve=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -52,6 +52,11 @@ class ConfigError(GatewayError):
     stage: str = Stage.CONFIG
 
 
+class VolatileQueue(ConfigError):
+    """The queue's Redis can lose acknowledged messages in a crash, and HL7GW_ALLOW_VOLATILE_REDIS
+    does not accept that (gateway/queue/durability.py); the text names the setting."""
+
+
 class ParseError(GatewayError):
     """The bytes are not a readable HL7 v2 message."""
 

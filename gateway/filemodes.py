@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -36,3 +37,25 @@ def prepare_data_dir(path: Path) -> None:
             path.resolve(),
             mode,
         )
+
+
+def create_secret_file(path: Path, content: str) -> None:
+    """Write ``content`` to a new file ``path`` (mode 0600) unless one is there: a private temporary
+    file linked into place, so it appears complete or not at all, and when two processes race, the
+    first link wins and both then read the winner's content."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(content + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+    finally:
+        temporary.unlink(missing_ok=True)

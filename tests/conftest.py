@@ -16,6 +16,15 @@ from sqlalchemy.engine import Engine
 from gateway.db.engine import make_engine
 from gateway.db.migrate import migrate
 
+# The test Redis is volatile on purpose: the machine's own (HL7GW_REDIS_URL, no persistence) or the
+# redis_url fixture's (appendonly no, for speed); tests that need durability start a durable one of
+# their own. The gateway refuses to acknowledge messages on a volatile Redis unless
+# HL7GW_ALLOW_VOLATILE_REDIS=true (gateway/queue/durability.py), so the suite allows it here, once,
+# for everything it runs: Settings made in this process read it, and the processes tests start
+# inherit it (tests/support/gateway_process.py clean_env keeps it). Tests of the refusal itself
+# set it to false in the environment they give the gateway.
+os.environ.setdefault("HL7GW_ALLOW_VOLATILE_REDIS", "true")
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from gateway.api.outcome import FHIRError
 from gateway.api.smart_scopes import SmartAccess
 from gateway.config import ADMIN_TOKEN_FILE_NAME, METRICS_ROLES, ROLE_RANK, ApiToken, Role, Settings, parse_tokens
 from gateway.errors import ConfigError
+from gateway.filemodes import create_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -107,28 +107,6 @@ def ensure_admin_token(settings: Settings) -> Path | None:
     create_secret_file(path, secrets.token_urlsafe(32))
     log.info("created admin API token in %s", path)
     return path
-
-
-def create_secret_file(path: Path, content: str) -> None:
-    """Write ``content`` to a new file ``path`` (mode 0600) unless one is there: a private temporary
-    file linked into place, so it appears complete or not at all, and when two processes race, the
-    first link wins and both then read the winner's content."""
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(content + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _authenticated(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:

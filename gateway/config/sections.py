@@ -22,6 +22,8 @@ class StorageSettings:
     redis_namespace: str
     #: The configured database, or the SQLite file in the data dir.
     database_url: str
+    #: Accept messages on a Redis that may lose acknowledged ones (gateway/queue/durability.py).
+    allow_volatile_redis: bool = False
 
     @property
     def embedded_redis(self) -> bool:

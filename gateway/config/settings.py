@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     #: Prefix of every Redis key, so that several gateways (or test runs) can share one Redis.
     redis_namespace: str = Field(default="hl7gw", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Accept messages on a Redis that can lose acknowledged ones in a crash (appendonly no, or
+    # appendfsync not always; gateway/queue/durability.py): the operator knows, and is warned.
+    allow_volatile_redis: bool = False
 
     mllp_host: str = "127.0.0.1"
     mllp_port: int = Field(default=2575, ge=0, le=65535)
@@ -338,7 +341,7 @@ class Settings(BaseSettings):
     @functools.cached_property
     def storage(self) -> StorageSettings:
         database = self.database_url or f"sqlite:///{(self.data_dir / 'hl7gw.sqlite3').resolve()}"
-        return StorageSettings(self.data_dir, self.redis_url, self.redis_namespace, database)
+        return StorageSettings(self.data_dir, self.redis_url, self.redis_namespace, database, self.allow_volatile_redis)
 
     @functools.cached_property
     def mllp(self) -> MllpSettings:

@@ -41,6 +41,12 @@ MLLP_UNFINISHED_FRAMES = Counter(
     "MLLP frames that never ended, by reason: cut-off (a new start block), closed (the connection), timeout",
     ["reason"],
 )
+QUEUE_VOLATILE = Gauge(
+    "hl7gw_queue_volatile",
+    "1 while the queue's Redis can lose acknowledged messages in a crash (appendonly no, or appendfsync not "
+    "always): intake refuses every message then, unless HL7GW_ALLOW_VOLATILE_REDIS=true; else 0",
+    multiprocess_mode="livemax",
+)
 
 # -- batch file imports (hl7gw import) -------------------------------------------------------------
 IMPORT_MESSAGES = Counter(

@@ -73,6 +73,8 @@ class NullRecorder:
 
     def unfinished_frame(self, reason: str) -> None: ...
 
+    def queue_volatile(self, volatile: bool) -> None: ...
+
     def stage(self, stage: str, seconds: float) -> None: ...
 
     def converted(self, message_type: str) -> None: ...
@@ -178,6 +180,9 @@ class Recorder(NullRecorder):
 
     def unfinished_frame(self, reason: str) -> None:
         self._unfinished(reason).inc()
+
+    def queue_volatile(self, volatile: bool) -> None:
+        self._c.QUEUE_VOLATILE.set(1 if volatile else 0)
 
     def stage(self, stage: str, seconds: float) -> None:
         self._stages(stage).observe(seconds)

@@ -31,9 +31,10 @@ from redis.exceptions import RedisError
 from gateway.envelope import Envelope
 from gateway.errors import IntakeUnavailable, describe
 from gateway.keys import QUEUE, Keys
+from gateway.queue.durability import DurabilityGuard
 from gateway.queue.entry import ARGS_PER_MESSAGE, EntryEncoder, Received, new_envelope_id
 from gateway.queue.lane import CommitLane, Done, OutageLog, Receipt, report
-from gateway.queue.resp import bulk
+from gateway.queue.resp import PipelinedRedis, bulk
 
 __all__ = ["Done", "Intake", "Receipt", "Received"]
 
@@ -141,8 +142,11 @@ class Intake:
         max_in_flight: int = 8,
         lanes: int = 4,
         queue: str = QUEUE,
+        durability: DurabilityGuard | None = None,
     ):
         self.keys = Keys(namespace)
+        self.durability = durability
+        self._rechecking: asyncio.Task[None] | None = None
         self.timeout = timeout
         self.dedup_window_s = dedup_window_s
         self.queue = queue
@@ -178,6 +182,7 @@ class Intake:
                 timeout=timeout,
                 on_batch=self._batch_done,
                 outages=outages,
+                verify=self._verify if durability is not None else None,
             )
             for _ in range(max(1, lanes))
         ]
@@ -204,8 +209,35 @@ class Intake:
         for lane in self._lanes:
             lane.start()
         self._running = True
+        if self.durability is not None:
+            self._rechecking = asyncio.create_task(self._recheck(self.durability), name="hl7gw-intake-durability")
+
+    async def _verify(self, connection: PipelinedRedis) -> None:
+        """On each new connection: nothing is committed on a Redis that is not durable (unless allowed)."""
+        assert self.durability is not None
+        refusal = await self.durability.check(connection.send)
+        if refusal:
+            raise IntakeUnavailable(f"the queue's Redis is not durable: {refusal}")
+
+    async def _recheck(self, guard: DurabilityGuard) -> None:
+        """Judge the Redis again every ``recheck_s``, on the first lane's connection (connected by
+        then if it is not: connecting judges it too). A Redis that does not answer is an outage,
+        answered as such by the lanes: the verdict stands until it answers."""
+        lane = self._lanes[0]
+        while self._running:
+            try:
+                if lane.redis.connected:
+                    await asyncio.wait_for(guard.check(lane.redis.send), self.timeout)
+                else:
+                    await asyncio.wait_for(lane.connect(), self.timeout)
+            except (TimeoutError, RedisError, OSError, IntakeUnavailable) as exc:
+                log.debug("durability check not done: %s", describe(exc))
+            await asyncio.sleep(guard.recheck_s)
 
     async def close(self) -> None:
+        if self._rechecking is not None:
+            self._rechecking.cancel()
+            self._rechecking = None
         if self._running:
             # Let waiting messages be committed (or failed) before stopping: each batch ends in a
             # reply, a failed connection or the reply timeout.
@@ -219,7 +251,7 @@ class Intake:
         try:
             await self._lanes[0].connect()
             return bool(await asyncio.wait_for(self._lanes[0].redis.send("PING"), self.timeout))
-        except (TimeoutError, RedisError, OSError):
+        except (TimeoutError, RedisError, OSError, IntakeUnavailable):
             return False
 
     @property
@@ -245,6 +277,9 @@ class Intake:
         """Encode one message and queue it on ``lane``; ``done`` hears at once when that cannot be done."""
         if not self._running:
             done(None, IntakeUnavailable("intake is not running"))
+            return
+        if self.durability is not None and self.durability.refusal:
+            done(None, IntakeUnavailable(f"the queue's Redis is not durable: {self.durability.refusal}"))
             return
         try:
             entry = self._encoder.encode(id, received_at, message)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 from redis.exceptions import RedisError
 
 from gateway.errors import IntakeUnavailable, describe
-from gateway.queue.resp import PipelinedRedis
+from gateway.queue.resp import PipelinedRedis, Verify
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class CommitLane:
         timeout: float,
         on_batch: Callable[[int, int], None],
         outages: OutageLog | None = None,
+        verify: Verify | None = None,
     ):
         self.redis = PipelinedRedis(redis_url, timeout=timeout)
         self.outages = outages or OutageLog()
@@ -82,6 +83,7 @@ class CommitLane:
         self._command, self._command_args = command, command_args
         self._args_per_message = args_per_message
         self._setup = setup
+        self._verify = verify
         self.batch_max = batch_max
         self.max_in_flight = max_in_flight
         #: Told (committed, duplicates) after each batch's waiters were told, (0, 0) for a failed one.
@@ -103,7 +105,7 @@ class CommitLane:
         return bool(self.pending or self.in_flight)
 
     async def connect(self) -> None:
-        await self.redis.connect(setup=self._setup)
+        await self.redis.connect(setup=self._setup, verify=self._verify)
 
     async def close(self) -> None:
         self.running = False
@@ -131,7 +133,7 @@ class CommitLane:
     async def _reconnect(self) -> None:
         try:
             await self.connect()
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, IntakeUnavailable) as exc:
             batch = self._take(len(self.pending))
             self.load -= sum(len(entry) for entry, _ in batch)
             self._fail(batch, exc)
@@ -191,7 +193,11 @@ class CommitLane:
         if not batch:
             return
         self.outages.failed(len(batch), exc)
-        error = IntakeUnavailable(f"durable queue unavailable: {describe(exc)}")
+        error = (
+            exc
+            if isinstance(exc, IntakeUnavailable)
+            else IntakeUnavailable(f"durable queue unavailable: {describe(exc)}")
+        )
         for _, done in batch:
             report(done, None, error)
 

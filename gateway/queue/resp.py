@@ -19,7 +19,7 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
@@ -32,6 +32,8 @@ Reply = Any
 #: ConnectionError when the connection broke or the reply took longer than the timeout.
 Callback = Callable[[Reply, BaseException | None], None]
 _INCOMPLETE = object()
+#: Run on each new connection after its setup commands; raises to refuse the connection.
+Verify = Callable[["PipelinedRedis"], Awaitable[None]]
 
 
 def bulk(arg: str | bytes | int) -> bytes:
@@ -79,13 +81,15 @@ class PipelinedRedis:
     def connected(self) -> bool:
         return self._transport is not None
 
-    async def connect(self, setup: tuple[tuple[str | bytes | int, ...], ...] = ()) -> None:
-        """Connect unless connected; ``setup`` commands run first on each new connection.
-        Concurrent callers share one attempt."""
+    async def connect(
+        self, setup: tuple[tuple[str | bytes | int, ...], ...] = (), verify: Verify | None = None
+    ) -> None:
+        """Connect unless connected; ``setup`` commands run first on each new connection, then
+        ``verify`` (whose exception drops the connection). Concurrent callers share one attempt."""
         if self._transport is not None:
             return
         if self._connecting is None or self._connecting.done():
-            self._connecting = asyncio.ensure_future(self._open(setup))
+            self._connecting = asyncio.ensure_future(self._open(setup, verify))
         await asyncio.shield(self._connecting)
 
     def send(self, *args: str | bytes | int) -> asyncio.Future[Reply]:
@@ -116,7 +120,7 @@ class PipelinedRedis:
     async def close(self) -> None:
         self._drop(RedisConnectionError("connection closed"), self._protocol)
 
-    async def _open(self, setup: tuple[tuple[str | bytes | int, ...], ...]) -> None:
+    async def _open(self, setup: tuple[tuple[str | bytes | int, ...], ...], verify: Verify | None) -> None:
         opts = self.options
         loop = asyncio.get_running_loop()
         protocol = _Protocol(self)
@@ -140,6 +144,8 @@ class PipelinedRedis:
         commands += setup
         try:
             await asyncio.gather(*(self.send(*c) for c in commands))
+            if verify is not None:
+                await verify(self)
         except Exception:
             self._drop(RedisConnectionError("connection setup failed"), protocol)
             raise

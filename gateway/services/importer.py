@@ -26,6 +26,7 @@ from gateway.journal.jobs import JobStore
 from gateway.keys import IMPORT_QUEUE, Keys
 from gateway.mllp.profiles import Profiles
 from gateway.mllp.triage import Triage
+from gateway.queue.durability import DurabilityGuard
 from gateway.queue.intake import Intake
 from gateway.services.batch_feed import BatchFeeder, Committed
 from gateway.services.import_progress import DONE, RUNNING, ProgressRecord
@@ -109,6 +110,7 @@ class Importer:
             timeout=settings.intake.commit_timeout_s,
             dedup_window_s=settings.intake.dedup_window_s,
             queue=IMPORT_QUEUE,  # worked through at HL7GW_IMPORT_RATE, live traffic first
+            durability=DurabilityGuard(settings.storage.allow_volatile_redis),
         )
         self.profiles = Profiles(Triage(configured_rules(settings)))
 

@@ -14,6 +14,7 @@ from gateway.mllp.server import MllpServer
 from gateway.mllp.tls import server_context
 from gateway.mllp.triage import IntakeRules, Triage
 from gateway.procutil import signal_ready
+from gateway.queue.durability import DurabilityGuard
 from gateway.queue.intake import Intake
 from gateway.services.batch_frames import BatchFrames
 
@@ -75,6 +76,7 @@ def build(settings: Settings, redis_url: str, rules: IntakeRules) -> tuple[Intak
         batch_max=settings.intake.batch_max,
         timeout=settings.intake.commit_timeout_s,
         dedup_window_s=settings.intake.dedup_window_s,
+        durability=DurabilityGuard(settings.storage.allow_volatile_redis),
     )
     tls = None
     if settings.mllp.tls_cert is not None:

@@ -28,6 +28,7 @@ from gateway.filemodes import prepare_data_dir
 from gateway.metrics.exposition import MULTIPROC_DIR, child_died, fresh_multiproc_dir
 from gateway.procutil import PROCESS_NAME, READY_FD, die_with_parent, wait_exit
 from gateway.queue.broker import forget_all_workers
+from gateway.queue.durability import require_durable
 from gateway.services.embedded_redis import EmbeddedRedis, free_port
 from gateway.services.outages import until_available
 
@@ -77,6 +78,9 @@ class Supervisor:
         else:
             assert s.storage.redis_url is not None
             redis_url = s.storage.redis_url
+        # Nothing is acknowledged on a Redis that can lose it (unless allowed): a plain start-up
+        # failure here; a Redis that changes later is refused by the listener's intake.
+        require_durable(redis_url, s.storage.allow_volatile_redis)
         engine = make_engine(s.storage.database_url)
         try:
             until_available("database", lambda: migrate(engine), max_backoff_s=s.worker.outage_max_backoff_s)

@@ -13,10 +13,14 @@ import httpx
 
 from gateway.services.embedded_redis import free_port
 
+#: HL7GW_* settings the test process's environment passes on: the suite's test Redis is volatile
+#: (tests/conftest.py says why it allows that).
+KEPT_SETTINGS = frozenset({"HL7GW_ALLOW_VOLATILE_REDIS"})
+
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without HL7GW_* settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_")}
+    """The test process's environment without HL7GW_* settings (but KEPT_SETTINGS), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HL7GW_") or k in KEPT_SETTINGS}
     env.update(extra)
     return env
 

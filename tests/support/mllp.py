@@ -16,6 +16,7 @@ from gateway.mllp.framing import FrameDecoder, encode_frame
 from gateway.mllp.limits import Limits
 from gateway.mllp.server import MllpServer
 from gateway.mllp.triage import Triage
+from gateway.queue.durability import DurabilityGuard
 from gateway.queue.intake import Intake
 
 
@@ -39,8 +40,9 @@ async def listening(
     ssl_context: ssl.SSLContext | None = None,
     commit_acks: bool = False,
     dedup_window_s: int = 7 * 86_400,
+    durability: DurabilityGuard | None = None,
 ) -> AsyncIterator[tuple[MllpServer, int]]:
-    intake = Intake(redis_url, namespace=namespace, timeout=2.0, dedup_window_s=dedup_window_s)
+    intake = Intake(redis_url, namespace=namespace, timeout=2.0, dedup_window_s=dedup_window_s, durability=durability)
     await intake.start()
     server = MllpServer(intake, triage=triage, limits=limits, ssl_context=ssl_context, commit_acks=commit_acks)
     port = await server.start("127.0.0.1", 0)

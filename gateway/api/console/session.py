@@ -22,8 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.api.auth import Principal, TokenRegistry, create_secret_file
+from gateway.api.auth import Principal, TokenRegistry
 from gateway.config import ROLE_RANK, Role
+from gateway.filemodes import create_secret_file
 
 #: The session cookie; its path is the console's, so it never travels to /fhir or /admin.
 COOKIE = "hl7gw_console"
