@@ -20,7 +20,7 @@ from gateway import logs
 from gateway.config import Settings, load_settings, unknown_variables
 from gateway.errors import ConfigError
 from gateway.filemodes import restrict_umask
-from gateway.procutil import process_name, signal_ready, supervised
+from gateway.procutil import exit_with_supervisor, process_name, signal_ready, supervised
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -707,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         logs.setup(settings.logging.level, settings.logging.format, process_name(args.command))
+        exit_with_supervisor()  # a child of hl7gw run does not outlive it
         if not supervised():  # the supervisor warned already; its children would repeat it
             for name, suggestion in unknown_variables(os.environ):
                 hint = f" (did you mean {suggestion}?)" if suggestion else ""

@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import select
 import signal
 import subprocess
+import threading
+import time
 
 #: Set by ``hl7gw run`` for each child: the file descriptor to write to once the child is ready.
 READY_FD = "HL7GW_READY_FD"
 #: Set by ``hl7gw run`` for each child: its name in the logs (mllp, worker-0, api).
 PROCESS_NAME = "HL7GW_PROCESS_NAME"
+#: Set by ``hl7gw run`` for each child: the read end of a pipe whose write end only the supervisor
+#: holds; it reads end-of-file the moment the supervisor is gone, however it died.
+SUPERVISOR_FD = "HL7GW_SUPERVISOR_FD"
+#: Set by ``hl7gw run`` for each worker: the start of its queue consumer identities (gateway/queue/broker.py),
+#: new for every start, so that the supervisor can give back what a dead worker held.
+CONSUMER_PREFIX = "HL7GW_CONSUMER_PREFIX"
+#: How long a child whose supervisor died may take to stop in order before it exits anyway: what
+#: it does not finish is what a crash leaves (acknowledged messages are on disk, in-flight ones go
+#: back on the queue), and nothing of the gateway is left running without its supervisor.
+ORPHAN_GRACE_S = 1.0
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 #: How much lower an importer runs than the gateway's own processes (an ``os.nice`` increment):
@@ -29,6 +44,41 @@ def die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:  # not Linux: children are still stopped by the normal shutdown path
         pass
+
+
+def exit_with_supervisor(grace_s: float = ORPHAN_GRACE_S) -> None:
+    """In a child of ``hl7gw run``: when the supervisor is gone (its pipe reads end-of-file), stop
+    as on SIGTERM, and exit at once if that took more than ``grace_s``. PR_SET_PDEATHSIG sends the
+    SIGTERM already on Linux; the pipe also sees a supervisor that died before the child set it,
+    and bounds the orderly stop (a worker's drain may take a minute)."""
+    fd = os.environ.pop(SUPERVISOR_FD, None)
+    if fd is None or not fd.isdigit():
+        return
+    os.set_inheritable(int(fd), False)  # not passed on to processes this child starts
+    threading.Thread(
+        target=_watch_supervisor, args=(int(fd), grace_s), name="hl7gw-supervisor-watch", daemon=True
+    ).start()
+
+
+def _watch_supervisor(fd: int, grace_s: float) -> None:
+    while True:
+        try:
+            if not os.read(fd, 64):  # end-of-file: nothing writes; the supervisor never does
+                break
+        except InterruptedError:
+            continue
+        except OSError:
+            return  # not a pipe we can read: nothing to watch
+    log.error("hl7gw run (the supervisor) is gone: stopping within %.0f s", grace_s)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace_s)
+    log.error("stopping took longer than %.0f s without a supervisor: exiting now", grace_s)
+    os._exit(1)
+
+
+def consumer_prefix() -> str | None:
+    """The start of this worker's queue consumer identities when ``hl7gw run`` gave one."""
+    return os.environ.get(CONSUMER_PREFIX) or None
 
 
 def supervised() -> bool:

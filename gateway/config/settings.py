@@ -486,7 +486,9 @@ def _client_host(host: str) -> str:
 
 #: HL7GW_* variables that are not settings but are read elsewhere: the test suite's database, and
 #: what ``hl7gw run`` hands its children.
-OTHER_VARIABLES = frozenset({"HL7GW_TEST_DATABASE_URL", "HL7GW_READY_FD", "HL7GW_PROCESS_NAME"})
+OTHER_VARIABLES = frozenset(
+    {"HL7GW_TEST_DATABASE_URL", "HL7GW_READY_FD", "HL7GW_PROCESS_NAME", "HL7GW_SUPERVISOR_FD", "HL7GW_CONSUMER_PREFIX"}
+)
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import dramatiq
@@ -37,10 +37,13 @@ def make_broker(
     namespace: str = "hl7gw",
     heartbeat_timeout_ms: int = 15_000,
     middleware: list[dramatiq.Middleware] | None = None,
+    consumer_prefix: str | None = None,
 ) -> GatewayBroker:
     """A Redis broker with only ``middleware``: failures are handled by gateway/services/failures.py,
     not by dramatiq's Retries (whose exhausted messages end in ``.XQ``), and there is no TimeLimit
-    (it raises into a thread that may be waiting out an outage, or holding a database connection)."""
+    (it raises into a thread that may be waiting out an outage, or holding a database connection).
+    With ``consumer_prefix`` its consumer identities are ``<prefix>-0``, ``<prefix>-1``, ... (see
+    ``give_back``); without, random as dramatiq makes them."""
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10)
     broker = GatewayBroker(
         client=client,
@@ -51,6 +54,9 @@ def make_broker(
         # Maintenance runs on our schedule (QueueMaintenance), not by chance on every command.
         maintenance_chance=0,
     )
+    if consumer_prefix is not None:
+        broker.consumer_prefix = consumer_prefix
+        broker.broker_id = broker.next_identity()
     broker.declare_queue(QUEUE)
     dramatiq.set_encoder(FhirJsonEncoder())
     return broker
@@ -76,6 +82,17 @@ class GatewayBroker(RedisBroker):
 
     #: Set when a consumer met a connection error; QueueMaintenance then starts a new identity.
     identity_lost = False
+    #: Where this process's consumer identities start (``hl7gw run`` gives each worker its own).
+    consumer_prefix: str | None = None
+    _identities = 0
+
+    def next_identity(self) -> str:
+        """A consumer identity never used before: ``<prefix>-<n>``, or a random one without a prefix."""
+        if self.consumer_prefix is None:
+            return str(uuid.uuid4())
+        identity = f"{self.consumer_prefix}-{self._identities}"
+        self._identities += 1
+        return identity
 
     @property
     def consumer_class(self) -> type:
@@ -175,6 +192,34 @@ def forget_all_workers(redis_url: str, namespace: str) -> int:
     return moved
 
 
+def give_back(broker: RedisBroker, consumer_prefix: str, queues: Iterable[str]) -> int:
+    """Put back on their queues now what the consumers ``<consumer_prefix>-<n>`` held in ``queues``
+    (and their delay queues): those of a worker process known to be dead, reaped by ``hl7gw run``.
+    Only for a process that is gone: nothing else may hold those identities. Each one's heartbeat is
+    set to 0, so that the queue's own maintenance (dispatch.lua, as ``requeue_orphans`` runs it)
+    takes it for dead at once instead of after the heartbeat timeout, and that maintenance then
+    runs on every queue it held messages of. Returns how many messages were given back."""
+    keys = Keys(broker.namespace)
+    client, heartbeats = broker.client, keys.heartbeats()
+    identities = [_text(member) for member, _ in client.zscan_iter(heartbeats, match=f"{consumer_prefix}-*")]
+    names = [name for queue in queues for name in (queue, f"{queue}.DQ")]
+    held: dict[str, int] = {}
+    for identity in identities:
+        client.zadd(heartbeats, {identity: 0}, xx=True)
+        for name in names:
+            count = int(client.scard(f"{keys.acks_prefix()}{identity}.{name}"))
+            if count:
+                held[name] = held.get(name, 0) + count
+    for name in held:
+        _maintain(broker, name)
+    client.zrem(heartbeats, broker.broker_id)  # the maintenance's own heartbeat: no consumer's
+    return sum(held.values())
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RedisHealth(Protocol):
     """Told of Redis failures, and says whether Redis is taken to be up (gateway/services/outages.py Gate)."""
 
@@ -252,5 +297,6 @@ def new_consumer_identity(broker: RedisBroker) -> None:
     heartbeat stops, and after the heartbeat timeout every in-flight message of it goes back on
     its queue. Messages this process still holds are processed, and some again later: the
     pipeline and the sinks are idempotent, so that costs time, not correctness."""
-    old, broker.broker_id = broker.broker_id, str(uuid.uuid4())
+    fresh = broker.next_identity() if isinstance(broker, GatewayBroker) else str(uuid.uuid4())
+    old, broker.broker_id = broker.broker_id, fresh
     log.warning("reconnected to Redis as consumer %s; messages held as %s will be given back", broker.broker_id, old)

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +24,12 @@ from gateway.api.auth import ensure_admin_token
 from gateway.config import Settings
 from gateway.db.engine import make_engine
 from gateway.db.migrate import migrate
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, describe
 from gateway.filemodes import prepare_data_dir
+from gateway.keys import IMPORT_QUEUE, QUEUE, REPLAY_QUEUE
 from gateway.metrics.exposition import MULTIPROC_DIR, child_died, fresh_multiproc_dir
-from gateway.procutil import PROCESS_NAME, READY_FD, die_with_parent, wait_exit
-from gateway.queue.broker import forget_all_workers
+from gateway.procutil import CONSUMER_PREFIX, PROCESS_NAME, READY_FD, SUPERVISOR_FD, die_with_parent, wait_exit
+from gateway.queue.broker import GatewayBroker, forget_all_workers, give_back, make_broker
 from gateway.queue.durability import require_durable
 from gateway.services.embedded_redis import EmbeddedRedis, free_port
 from gateway.services.outages import until_available
@@ -50,6 +52,8 @@ class Child:
     #: Read end of the pipe the child writes to once it serves (gateway/procutil.py).
     ready_fd: int | None = None
     ready: bool = False
+    #: A worker's consumer identities start with this (new at every start; gateway/queue/broker.py).
+    consumer_prefix: str = ""
 
     @property
     def name(self) -> str:
@@ -63,6 +67,10 @@ class Supervisor:
         self.children: list[Child] = []
         self.env: dict[str, str] = {}
         self._stop_requested = False
+        # Children read end-of-file from this pipe when we are gone, however we died; only we
+        # hold the write end (gateway/procutil.py exit_with_supervisor).
+        self._alive_read, self._alive_write = os.pipe()
+        self._broker: GatewayBroker | None = None
 
     # -- start -----------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -112,12 +120,16 @@ class Supervisor:
             os.close(child.ready_fd)
         child.ready_fd, write_end = os.pipe()
         child.ready = False
+        env = {**self.env, READY_FD: str(write_end), PROCESS_NAME: child.name, SUPERVISOR_FD: str(self._alive_read)}
+        if child.role == "worker":
+            child.consumer_prefix = f"{child.name}-{uuid.uuid4().hex[:16]}"
+            env[CONSUMER_PREFIX] = child.consumer_prefix
         try:
             child.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", child.role],
-                env={**self.env, READY_FD: str(write_end), PROCESS_NAME: child.name},
+                env=env,
                 stdin=subprocess.DEVNULL,
-                pass_fds=(write_end,),
+                pass_fds=(write_end, self._alive_read),
                 # Own session: a terminal's Ctrl-C reaches only us, and we stop children in order.
                 start_new_session=True,
                 preexec_fn=die_with_parent,
@@ -181,10 +193,31 @@ class Supervisor:
                 continue
             log.error("%s exited with code %s; restarting", child.name, proc.returncode)
             child_died(proc.pid, self.metrics_dir)
+            if child.role == "worker":
+                self._give_back(child, proc.pid)
             if time.monotonic() - child.last_start < RESTART_BACKOFF_S:
                 time.sleep(RESTART_BACKOFF_S)
             child.restarts += 1
             self._spawn(child)
+
+    def _give_back(self, child: Child, pid: int) -> None:
+        """Put the messages a dead worker held back on their queues now, not after the heartbeat
+        timeout: it is reaped, so nothing can still be working on them (gateway/queue/broker.py)."""
+        s = self.settings
+        try:
+            if self._broker is None:
+                self._broker = make_broker(self.env["HL7GW_REDIS_URL"], namespace=s.storage.redis_namespace)
+            moved = give_back(self._broker, child.consumer_prefix, worker_queues(s))
+        except Exception as exc:  # noqa: BLE001 - a supervisor that crashed would take every child with it
+            log.warning(
+                "could not give back what %s (pid %d) held (%s): it goes back after the heartbeat timeout",
+                child.name,
+                pid,
+                describe(exc),
+            )
+            return
+        if moved:
+            log.warning("gave back %d message(s) %s (pid %d) held", moved, child.name, pid)
 
     def run_forever(self) -> None:
         def request_stop(signum: int, _frame: object) -> None:
@@ -216,9 +249,17 @@ class Supervisor:
                     child.process.kill()
                     child.process.wait()
             log.info("stopped %s", role)
+        if self._broker is not None:
+            self._broker.close()
         if self.redis is not None:
             self.redis.stop()
             log.info("stopped embedded redis")
+
+
+def worker_queues(settings: Settings) -> list[str]:
+    """The queues a worker consumes (gateway/services/worker.py): the pipeline's, the operator jobs',
+    the imports', and one per remote sink."""
+    return [QUEUE, REPLAY_QUEUE, IMPORT_QUEUE, *(spec.queue for spec in settings.sinks.specs)]
 
 
 def _lock_data_dir(data_dir: Path) -> int:

@@ -34,6 +34,7 @@ from gateway.journal.deliveries import DeliveryStates
 from gateway.journal.messages import MessageArchive
 from gateway.keys import ACTOR, IMPORT_ACTOR, IMPORT_QUEUE, QUEUE, REPLAY_ACTOR, REPLAY_QUEUE, Keys
 from gateway.mllp.triage import Triage
+from gateway.procutil import consumer_prefix
 from gateway.queue.broker import GatewayBroker, QueueMaintenance, make_broker
 from gateway.queue.pacing import ImportPace
 from gateway.readiness import WorkerRecord
@@ -73,10 +74,11 @@ def build_broker(
     engine: Engine,
     sink_workers: dict[str, SinkWorker] | None = None,
     pace: ImportPace | None = None,
+    consumer_prefix: str | None = None,
 ) -> tuple[GatewayBroker, Outages, LetterBox]:
     """A broker with the failure policy, the pipeline actors (live, replay, import: ``pace``, by
     default one on this broker's Redis), and one actor per remote sink; the outage gates and the
-    letter box the policy uses."""
+    letter box the policy uses. ``consumer_prefix``: see gateway/queue/broker.py ``make_broker``."""
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
     keys = Keys(settings.storage.redis_namespace)
     letters = LetterBox(DeadLetterStore(engine), client, keys)
@@ -98,6 +100,7 @@ def build_broker(
         namespace=settings.storage.redis_namespace,
         heartbeat_timeout_ms=settings.worker.heartbeat_timeout_ms,
         middleware=[policy],
+        consumer_prefix=consumer_prefix,
     )
     outages.gates["redis"].on_recovery.append(lambda: setattr(broker, "identity_lost", True))
 
@@ -224,7 +227,9 @@ def run_worker(
     sink_workers: dict[str, SinkWorker] = {}
     pace_client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
     pace = ImportPace(pace_client, Keys(settings.storage.redis_namespace), settings.worker.import_rate)
-    broker, outages, letters = build_broker(settings, redis_url, pipeline, engine, sink_workers, pace)
+    # Under hl7gw run, identities it knows: it gives back at once what this process held if it dies.
+    prefix = consumer_prefix()
+    broker, outages, letters = build_broker(settings, redis_url, pipeline, engine, sink_workers, pace, prefix)
     if settings.sinks.specs:
         pipeline.fanout = fanout = SinkFanout(broker, settings.sinks.specs)
         sink_workers.update(sink_workers_for(settings, engine, broker, fanout, letters))
