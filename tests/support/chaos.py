@@ -39,7 +39,7 @@ from gateway.db.engine import make_engine
 from gateway.db.schema import dead_letter, fhir_resource, message_archive
 from gateway.keys import Keys
 from gateway.mllp.framing import FrameDecoder, encode_frame
-from gateway.services.embedded_redis import free_port
+from gateway.services.embedded_redis import PASSWORD_FILE, free_port
 from tests.support.gateway_process import GatewayProcess
 
 SENDER = "CHAOS|HOSP"
@@ -489,10 +489,13 @@ class Chaos:
 
     @contextmanager
     def _redis(self) -> Iterator[tuple[redis.Redis, Keys]]:
-        """A client of the embedded Redis (its port is in the redis.conf hl7gw run wrote)."""
-        conf = (self.workdir / "data" / "redis" / "redis.conf").read_text()
+        """A client of the embedded Redis (its port is in the redis.conf hl7gw run wrote, its password
+        in redis.password beside it)."""
+        directory = self.workdir / "data" / "redis"
+        conf = (directory / "redis.conf").read_text()
         port = next(line.split()[1] for line in conf.splitlines() if line.startswith("port "))
-        client = redis.Redis(host="127.0.0.1", port=int(port), socket_timeout=10)
+        password = (directory / PASSWORD_FILE).read_text().strip()
+        client = redis.Redis(host="127.0.0.1", port=int(port), password=password, socket_timeout=10)
         try:
             yield client, Keys(self.gateway.env.get("HL7GW_REDIS_NAMESPACE", "hl7gw"))
         finally:
