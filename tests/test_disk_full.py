@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import logging
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,9 +20,11 @@ import pytest
 
 from gateway.config import Settings
 from gateway.diskspace import MIN_FREE_BYTES, data_dir_space
+from gateway.metrics.exposition import MULTIPROC_DIR, VALUE_FILE_KINDS
 from gateway.services.disk_watch import DiskWatch
 from gateway.services.status import gather, print_status
 from tests.support.chaos import Chaos
+from tests.support.gateway_process import clean_env
 from tests.support.queue import wait_until
 from tests.support.tmpfs import fill, mounted_tmpfs
 
@@ -56,11 +60,56 @@ def test_readiness_status_and_log_name_a_full_data_dir(tmp_path: Path, caplog: p
         assert disk.ok and disk.reason.startswith(f"{data_dir.resolve()} has ")
 
 
+#: A process of ``hl7gw run`` (metrics in value files): its catalogue's files are made, then the disk
+#: fills, then it records label values it never had (new pages of the files).
+RECORD_WHILE_FULL = """
+import sys
+from pathlib import Path
+from gateway.metrics import catalogue
+from tests.support.tmpfs import fill
+fill(Path(sys.argv[1]))
+for n in range(200):  # within the files' first 1 MiB (VALUE_FILE_BYTES)
+    catalogue.DUPLICATES.labels(f"SENDER{n}|HOSP").inc()
+    catalogue.STAGE_DURATION.labels(f"stage{n}").observe(0.01)
+print("recorded")
+"""
+
+
+def test_metrics_value_files_take_no_new_blocks_so_a_full_disk_cannot_kill_with_sigbus(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "data", size_mb=8) as data_dir:
+        metrics_dir = data_dir / "metrics"
+        metrics_dir.mkdir()
+        env = clean_env(**{MULTIPROC_DIR: str(metrics_dir)})
+        done = subprocess.run(
+            [sys.executable, "-c", RECORD_WHILE_FULL, str(data_dir)], env=env, capture_output=True, timeout=60
+        )
+        # Sparse files written through mmap on a full disk: SIGBUS (-7) at the first new page.
+        assert (done.returncode, done.stdout.strip()) == (0, b"recorded"), done.stderr.decode()[-2000:]
+        files = sorted(path.name.split("_", 1)[0] for path in metrics_dir.iterdir())
+        assert files == ["counter", "gauge", "histogram"]
+
+
+def test_every_kind_of_value_file_the_catalogue_writes_is_reserved() -> None:
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from gateway.metrics import catalogue
+
+    kinds = set()
+    for metric in vars(catalogue).values():
+        if isinstance(metric, Gauge):
+            kinds.add(f"gauge_{metric._multiprocess_mode}")
+        elif isinstance(metric, Counter):
+            kinds.add("counter")
+        elif isinstance(metric, Histogram):
+            kinds.add("histogram")
+    assert kinds and kinds <= set(VALUE_FILE_KINDS)
+
+
 @pytest.mark.slow
 def test_gateway_resumes_by_itself_after_its_disk_was_full(tmp_path: Path) -> None:
     with mounted_tmpfs(tmp_path / "data", size_mb=48) as data_dir:
         chaos = Chaos(tmp_path, rate=60.0, log=lambda line: None)
-        chaos.gateway.env["HL7GW_OUTAGE_MAX_BACKOFF_S"] = "1"
+        chaos.gateway.env.update(HL7GW_OUTAGE_MAX_BACKOFF_S="1", HL7GW_WORKER_PROCESSES="1")
         try:
             chaos.start(warmup_s=1.0)
             refused_before = chaos.sender.answers["AR"]
@@ -88,3 +137,4 @@ def test_gateway_resumes_by_itself_after_its_disk_was_full(tmp_path: Path) -> No
     assert report.processed_once == report.acknowledged > 50
     assert report.answers.get("AR", 0) > 5, report.answers  # the disk really was full under traffic
     assert "data dir disk full: " in log and "data dir disk has room again" in log, log
+    assert "embedded redis-server restarted" in log, log  # it exited at an AOF write error, and came back
