@@ -20,7 +20,7 @@ import pytest
 
 from gateway.config import Settings
 from gateway.diskspace import MIN_FREE_BYTES, data_dir_space
-from gateway.metrics.exposition import MULTIPROC_DIR, VALUE_FILE_KINDS
+from gateway.metrics.value_files import MULTIPROC_DIR, VALUE_FILE_KINDS
 from gateway.services.disk_watch import DiskWatch
 from gateway.services.status import gather, print_status
 from tests.support.chaos import Chaos

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
-from gateway.metrics.exposition import reserve_value_files
+from gateway.metrics.value_files import reserve_value_files
 
 # Before the first metric below makes its value file.
 reserve_value_files()
