@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -21,8 +22,11 @@ import pytest
 from gateway.config import Settings
 from gateway.diskspace import MIN_FREE_BYTES, data_dir_space
 from gateway.metrics.value_files import MULTIPROC_DIR, VALUE_FILE_KINDS
+from gateway.services import supervisor
 from gateway.services.disk_watch import DiskWatch
+from gateway.services.embedded_redis import EmbeddedRedis
 from gateway.services.status import gather, print_status
+from gateway.services.supervisor import Supervisor
 from tests.support.chaos import Chaos
 from tests.support.gateway_process import clean_env
 from tests.support.queue import wait_until
@@ -138,3 +142,42 @@ def test_gateway_resumes_by_itself_after_its_disk_was_full(tmp_path: Path) -> No
     assert report.answers.get("AR", 0) > 5, report.answers  # the disk really was full under traffic
     assert "data dir disk full: " in log and "data dir disk has room again" in log, log
     assert "embedded redis-server restarted" in log, log  # it exited at an AOF write error, and came back
+
+
+def test_the_supervisor_waits_for_room_and_retries_a_failed_redis_start_instead_of_exiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(supervisor, "RESTART_BACKOFF_S", 0.0)
+    with mounted_tmpfs(tmp_path / "data", size_mb=8) as data_dir:
+        keeper = Supervisor(Settings(data_dir=data_dir))
+        keeper.redis = EmbeddedRedis(data_dir / "redis", persistent=True)
+        keeper.redis.start()
+        try:
+            with caplog.at_level(logging.INFO, logger="gateway.services"):
+                filler = fill(data_dir)
+                keeper.redis.kill()  # as at an AOF write error
+                keeper.redis.process = subprocess.Popen(["false"])
+                keeper.redis.process.wait()
+                for _ in range(3):
+                    keeper._keep_redis_up()  # exited; the disk is full: not started again
+                assert keeper.redis.process is None
+
+                filler.unlink()
+                with socket.socket() as taken:  # its port held by someone else: it cannot start
+                    taken.bind(("127.0.0.1", keeper.redis.port))
+                    keeper.disk.poll(now=True)
+                    keeper._keep_redis_up()
+                    assert keeper.redis.process is None
+                    keeper._redis_retry_at = 0.0  # instead of the backoff
+                    keeper._keep_redis_up()
+                    assert keeper.redis.process is None
+                keeper._redis_retry_at = 0.0
+                keeper._keep_redis_up()
+                assert keeper.redis.process is not None and keeper.redis.process.poll() is None
+            said = [r.getMessage() for r in caplog.records]
+            assert any(FULL.match(line) for line in said), said
+            assert any("exited with code 1; restarting it once the data dir's disk has room" in line for line in said)
+            assert sum("embedded redis-server did not start" in line for line in said) == 2, said
+            assert "data dir disk has room again" in " ".join(said) and said[-1] == "embedded redis-server restarted"
+        finally:
+            keeper.redis.stop()

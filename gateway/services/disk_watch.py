@@ -46,9 +46,10 @@ class DiskWatch:
     def _note(self, space: DiskSpace) -> None:
         if space.full and not self.full:
             log.error(
-                "%s: the embedded Redis and SQLite cannot write; the MLLP listener answers AR/CR 207 "
-                "(nothing is acknowledged that is not stored) and workers wait; everything resumes by "
-                "itself once space is freed",
+                "%s: what is kept there (the embedded Redis's append-only file, a SQLite database) cannot "
+                "be written; the MLLP listener answers AR/CR 207 while the queue cannot store (nothing is "
+                "acknowledged that is not stored) and workers wait; everything resumes by itself once "
+                "space is freed",
                 space.describe(),
             )
         elif self.full and not space.full:

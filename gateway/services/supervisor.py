@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from gateway.api.auth import ensure_admin_token
 from gateway.config import Settings
 from gateway.db.engine import make_engine
@@ -198,7 +200,7 @@ class Supervisor:
             return
         try:
             self.redis.start()
-        except (ConfigError, OSError) as exc:
+        except (ConfigError, OSError, redis.RedisError) as exc:
             self._redis_failures += 1
             delay = min(RESTART_BACKOFF_S * 2**self._redis_failures, MAX_RESTART_BACKOFF_S)
             self._redis_retry_at = time.monotonic() + delay
