@@ -1,5 +1,6 @@
 """Is the gateway ready to take and process messages? Redis answers, the database answers, a worker
-heartbeats, and a live worker compiled its mappings. For ``GET /health/ready`` and ``hl7gw status``.
+heartbeats, a live worker compiled its mappings, and the data dir's disk is not full. For
+``GET /health/ready`` and ``hl7gw status``.
 
 Every check runs in a thread of its own and is waited for at most ``timeout_s``: a Redis or a
 database that hangs makes the probe say so in time, instead of making it hang too.
@@ -18,6 +19,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -25,12 +27,14 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 from gateway.backlog import live_workers
+from gateway.diskspace import data_dir_space
 from gateway.errors import describe
 from gateway.keys import Keys
 
 #: How long one check may take before it counts as failed (HL7GW_HEALTH_CHECK_TIMEOUT_S).
 DEFAULT_TIMEOUT_S = 1.0
-CHECKS = ("redis", "database", "workers", "mappings")
+#: "disk" only when the probe knows a data dir.
+CHECKS = ("redis", "database", "workers", "mappings", "disk")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +87,8 @@ class Readiness:
 
 
 class ReadinessProbe:
-    """The checks against one Redis (None: none configured) and one database engine."""
+    """The checks against one Redis (None: none configured), one database engine and, when given,
+    the data dir's disk."""
 
     def __init__(
         self,
@@ -92,7 +97,9 @@ class ReadinessProbe:
         engine: Engine,
         heartbeat_timeout_ms: int,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        data_dir: Path | None = None,
     ):
+        self.data_dir = data_dir
         self.keys = Keys(namespace)
         self.engine = engine
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
@@ -105,16 +112,20 @@ class ReadinessProbe:
         # One small pool per dependency: a database that hangs never delays the Redis checks.
         self._redis_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="hl7gw-ready-redis")
         self._database_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="hl7gw-ready-db")
+        self._disk_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hl7gw-ready-disk")
 
     def check(self) -> Readiness:
         redis_future = self._redis_pool.submit(self._redis_checks)
         database_future = self._database_pool.submit(self._database_check)
+        disk_future = self._disk_pool.submit(self._disk_check) if self.data_dir is not None else None
         deadline = time.monotonic() + self.timeout_s
         late = Check(False, f"no answer within {self.timeout_s:g} s")
         redis_checks = _within(redis_future, deadline, (late, _unknown(), _unknown(), []))
         database = _within(database_future, deadline, late)
         redis_check, workers, mappings, records = redis_checks
         checks = {"redis": redis_check, "database": database, "workers": workers, "mappings": mappings}
+        if disk_future is not None:
+            checks["disk"] = _within(disk_future, deadline, late)
         return Readiness(checks, records)
 
     def _redis_checks(self) -> tuple[Check, Check, Check, list[WorkerRecord]]:
@@ -141,9 +152,18 @@ class ReadinessProbe:
             return Check(False, describe(exc))
         return Check(True, self.engine.dialect.name)
 
+    def _disk_check(self) -> Check:
+        assert self.data_dir is not None
+        try:
+            space = data_dir_space(self.data_dir)
+        except OSError as exc:
+            return Check(False, f"data dir {self.data_dir} cannot be examined: {describe(exc)}")
+        return Check(not space.full, space.describe())
+
     def close(self) -> None:
         self._redis_pool.shutdown(wait=False, cancel_futures=True)
         self._database_pool.shutdown(wait=False, cancel_futures=True)
+        self._disk_pool.shutdown(wait=False, cancel_futures=True)
         if self.client is not None:
             self.client.close()
 

@@ -23,6 +23,7 @@ LIBRARIES = frozenset(
     | {"backlog"}
     | {"logcontext"}
     | {"filemodes"}
+    | {"diskspace"}
     | {"readiness"}
     | {"metrics"}
     | {"hl7"}

@@ -96,8 +96,10 @@ def test_ready_follows_the_workers_and_redis(tmp_path: Path, own_redis: Embedded
                 "database": {"ok": True, "detail": "sqlite"},
                 "workers": {"ok": True, "detail": "1 live"},
                 "mappings": {"ok": True, "detail": body["checks"]["mappings"]["detail"]},
+                "disk": {"ok": True, "detail": body["checks"]["disk"]["detail"]},
             },
         }
+        assert body["checks"]["disk"]["detail"].startswith(f"{settings.storage.data_dir.resolve()} has ")
         assert int(body["checks"]["mappings"]["detail"].split()[0]) > 10  # message types compiled
 
         own_redis.stop()

@@ -72,6 +72,7 @@ def create_app(
         engine,
         settings.worker.heartbeat_timeout_ms,
         settings.api.health_check_timeout_s,
+        data_dir=settings.storage.data_dir,
     )
 
     store = ResourceStore(engine)

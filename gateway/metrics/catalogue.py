@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
+from gateway.metrics.value_files import reserve_value_files
+
+# Before the first metric below makes its value file.
+reserve_value_files()
+
 # The ``_created`` series say when a label set was first seen in one process: noise, and in
 # multiprocess mode not exported anyway.
 disable_created_metrics()  # type: ignore[no-untyped-call]

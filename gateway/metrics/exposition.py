@@ -11,20 +11,14 @@ on HL7GW_METRICS_PORT.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from gateway.metrics.value_files import MULTIPROC_DIR as MULTIPROC_DIR
+from gateway.metrics.value_files import multiproc_dir as multiproc_dir
+
 log = logging.getLogger(__name__)
-
-#: prometheus_client's variable naming the directory of the processes' value files.
-MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def multiproc_dir() -> Path | None:
-    value = os.environ.get(MULTIPROC_DIR)
-    return Path(value) if value else None
 
 
 def fresh_multiproc_dir(data_dir: Path) -> Path:

@@ -59,6 +59,7 @@ def gather(settings: Settings, redis_url: str | None, found_as: str = "") -> Sta
         engine,
         settings.worker.heartbeat_timeout_ms,
         settings.api.health_check_timeout_s,
+        data_dir=settings.storage.data_dir,
     )
     try:
         status = Status(probe.check(), _without_password(redis_url) + found_as if redis_url else "none")

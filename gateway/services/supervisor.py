@@ -20,6 +20,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from gateway.api.auth import ensure_admin_token
 from gateway.config import Settings
 from gateway.db.engine import make_engine
@@ -31,6 +33,7 @@ from gateway.metrics.exposition import MULTIPROC_DIR, child_died, fresh_multipro
 from gateway.procutil import CONSUMER_PREFIX, PROCESS_NAME, READY_FD, SUPERVISOR_FD, die_with_parent, wait_exit
 from gateway.queue.broker import GatewayBroker, forget_all_workers, give_back, make_broker
 from gateway.queue.durability import require_durable
+from gateway.services.disk_watch import DiskWatch
 from gateway.services.embedded_redis import EmbeddedRedis, free_port
 from gateway.services.outages import until_available
 
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 #: Order in which children are stopped; started in reverse.
 STOP_ORDER = ("inbox", "mllp", "worker", "api")
 RESTART_BACKOFF_S = 2.0
+MAX_RESTART_BACKOFF_S = 30.0
 
 
 @dataclass
@@ -71,6 +75,9 @@ class Supervisor:
         # hold the write end (gateway/procutil.py exit_with_supervisor).
         self._alive_read, self._alive_write = os.pipe()
         self._broker: GatewayBroker | None = None
+        self.disk = DiskWatch(settings.storage.data_dir)
+        self._redis_retry_at = 0.0
+        self._redis_failures = 0
 
     # -- start -----------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -176,17 +183,8 @@ class Supervisor:
     # -- run -------------------------------------------------------------------------------
     def _reap(self) -> None:
         """Restart any child that exited while we were not stopping it, the embedded Redis first."""
-        redis_proc = self.redis.process if self.redis is not None else None
-        if (
-            self.redis is not None
-            and (redis_proc is None or redis_proc.poll() is not None)
-            and not self._stop_requested
-        ):
-            # Same port and files: the AOF replays every committed message, and the listener and
-            # workers reconnect by themselves (until then intake answers AR 207).
-            log.error("embedded redis-server exited; restarting it")
-            time.sleep(RESTART_BACKOFF_S)
-            self.redis.start()
+        self.disk.poll()
+        self._keep_redis_up()
         for child in self.children:
             proc = child.process
             if proc is None or child.stopping or proc.poll() is None:
@@ -218,6 +216,36 @@ class Supervisor:
             return
         if moved:
             log.warning("gave back %d message(s) %s (pid %d) held", moved, child.name, pid)
+
+    def _keep_redis_up(self) -> None:
+        """Start the embedded Redis again when it exited: same port and files, so the AOF replays every
+        committed message and the listener and workers reconnect by themselves (until then intake
+        answers AR/CR 207). Not while the data dir's disk is full (it would exit at its first write,
+        ``appendfsync always``), and a failed start is tried again later: never the end of the run."""
+        if self.redis is None or self._stop_requested:
+            return
+        proc = self.redis.process
+        if proc is not None and proc.poll() is None:
+            self._redis_failures = 0
+            return
+        if proc is not None:
+            self.redis.process = None
+            when = "once the data dir's disk has room" if self.disk.poll(now=True) else f"in {RESTART_BACKOFF_S:g} s"
+            log.error("embedded redis-server exited with code %s; restarting it %s", proc.returncode, when)
+            self._redis_retry_at = time.monotonic() + RESTART_BACKOFF_S
+        if time.monotonic() < self._redis_retry_at or self.disk.poll(now=True):
+            return
+        try:
+            self.redis.start()
+        except (ConfigError, OSError, redis.RedisError) as exc:
+            self._redis_failures += 1
+            delay = min(RESTART_BACKOFF_S * 2**self._redis_failures, MAX_RESTART_BACKOFF_S)
+            self._redis_retry_at = time.monotonic() + delay
+            # The first failure with redis-server's own words (its log tail); then one line each.
+            text = str(exc) if self._redis_failures == 1 else str(exc).splitlines()[0]
+            log.error("embedded redis-server did not start (%s); trying again in %.0f s", text, delay)
+        else:
+            log.warning("embedded redis-server restarted")
 
     def run_forever(self) -> None:
         def request_stop(signum: int, _frame: object) -> None:
