@@ -23,7 +23,7 @@ def multiproc_dir() -> Path | None:
 
 #: The value files prometheus_client writes for the catalogue's metrics in multiprocess mode, by
 #: kind (a gauge's is named after its multiprocess mode), and its first size of one.
-VALUE_FILE_KINDS = ("counter", "histogram", "gauge_livesum")
+VALUE_FILE_KINDS = ("counter", "histogram", "gauge_livesum", "gauge_livemax")
 VALUE_FILE_BYTES = 1 << 20
 
 
