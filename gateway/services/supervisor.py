@@ -276,7 +276,8 @@ class Supervisor:
                     log.error("%s did not stop in %.0fs; killing it", child.name, timeouts[role])
                     child.process.kill()
                     child.process.wait()
-            log.info("stopped %s", role)
+            if group:
+                log.info("stopped %s", role)
         if self._broker is not None:
             self._broker.close()
         if self.redis is not None:
