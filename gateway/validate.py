@@ -33,6 +33,8 @@ CACHE_SIZE = 8192
 CACHE_BYTES = 32 * 1024 * 1024
 #: Longest canonical JSON of a resource whose outcome is cached.
 MAX_CACHED_RESOURCE = 16 * 1024
+#: What a cache entry costs besides its key's bytes (its outcome, the LRU's links), about.
+_ENTRY_OVERHEAD = 200
 
 _RELATIVE_REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
 _ABSOLUTE_REFERENCE = re.compile(r"^https?://\S+$")
@@ -186,7 +188,8 @@ def check_resource(resource: dict[str, Any]) -> _Outcome:
     shape = walk.shape(resource)
     outcome = _Outcome(_shape_problem(resource, walk, shape), tuple(walk.references))
     if len(digest) <= MAX_CACHED_RESOURCE:
-        _cache.put(digest, outcome, len(digest))
+        kept = bytes(memoryview(digest))  # its own size: orjson's output of a small value holds 4 KB
+        _cache.put(kept, outcome, len(kept) + _ENTRY_OVERHEAD)
     return outcome
 
 

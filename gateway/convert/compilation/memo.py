@@ -35,8 +35,8 @@ from gateway.hl7.message import Segment
 MEMO_BYTES = 64 * 1024 * 1024
 #: Longest text (a value, a segment with the segments its map includes) whose result is memoized.
 MAX_MEMO_TEXT = 4096
-#: What a memo entry costs besides its texts (dict slot, key tuple, Entry), about.
-_ENTRY_OVERHEAD = 300
+#: What a memo entry costs besides its texts (dict slot, key tuple and strings, Entry, bytes), about.
+_ENTRY_OVERHEAD = 400
 
 Build = Callable[[Any, Context, "Table | None"], Any]
 _SCALARS = (str, int, float, Decimal, bool, type(None))
@@ -58,7 +58,7 @@ class Entry:
             self.payload: bytes | None = None
             self.scalar = value
         else:
-            self.payload = fhirjson.dumps((value, made))
+            self.payload = fhirjson.dumps_kept((value, made))
 
     @property
     def size(self) -> int:
