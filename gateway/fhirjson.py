@@ -43,6 +43,14 @@ def dumps(value: Any, option: int = 0) -> bytes:
     return orjson.dumps(value, default=_default, option=option)
 
 
+def dumps_kept(value: Any, option: int = 0) -> bytes:
+    """``dumps`` for output a cache keeps: copied to its own size. orjson's output of a small value
+    holds a 4 KB buffer (a 300-byte value costs 4 KB resident), which a cache of many pays for each
+    (benchmarks/bad_input_memory.py)."""
+    data = dumps(value, option)
+    return bytes(memoryview(data)) if len(data) < 4096 else data
+
+
 def dumps_served(value: Any, option: int = 0) -> bytes:
     """``dumps`` for what the API serves: empty arrays and objects, and null properties, left out.
 

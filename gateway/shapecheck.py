@@ -29,6 +29,8 @@ Checker = Callable[[Any], bool]
 _MARKERS: dict[type, str] = {str: "s", bool: "b", int: "i", float: "f", Decimal: "d"}
 MAX_SHAPES = 20_000
 MAX_REMEMBERED_VALUES = 4_096
+#: Longest text a checker remembers as passed (longer ones are checked each time: they hardly repeat).
+MAX_REMEMBERED_TEXT = 256
 
 
 class Walk:
@@ -116,6 +118,8 @@ def primitive_checker(annotation: Any) -> Checker:
             adapter.validate_python(value)
         except (pydantic.ValidationError, TypeError, ValueError):
             return False
+        if isinstance(value, str) and len(value) > MAX_REMEMBERED_TEXT:
+            return True
         if len(passed) >= MAX_REMEMBERED_VALUES:
             passed.clear()
         passed.add(value)

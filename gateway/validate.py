@@ -6,7 +6,9 @@ bindings, the invariants of a few resources (Appointment app-1 to app-4), unique
 references that resolve inside the bundle or name a FHIR resource type. Model validation is slow:
 a resource whose shape the model accepted before only has its primitive values checked, each with
 the model's own schema for its element (gateway/shapecheck.py), and every outcome is cached per
-resource content (canonical JSON) in a bounded LRU.
+resource content (canonical JSON) in an LRU bounded in entries and bytes; a resource whose canonical
+JSON is longer than ``MAX_CACHED_RESOURCE`` (a report's text, an attachment) is checked every time,
+not kept.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from gateway.lru import LRU
 from gateway.shapecheck import Shape, ShapeRegistry, Walk
 
 CACHE_SIZE = 8192
+#: Bytes of canonical JSON the validation cache keeps at most (its keys are most of its size).
+CACHE_BYTES = 32 * 1024 * 1024
+#: Longest canonical JSON of a resource whose outcome is cached.
+MAX_CACHED_RESOURCE = 16 * 1024
+#: What a cache entry costs besides its key's bytes (its outcome, the LRU's links), about.
+_ENTRY_OVERHEAD = 200
 
 _RELATIVE_REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
 _ABSOLUTE_REFERENCE = re.compile(r"^https?://\S+$")
@@ -52,7 +60,7 @@ _REQUIRED_CODES: dict[tuple[str, ...], frozenset[str]] = {
 }
 
 
-_cache: LRU[bytes, _Outcome] = LRU(CACHE_SIZE)
+_cache: LRU[bytes, _Outcome] = LRU(CACHE_SIZE, max_bytes=CACHE_BYTES)
 _shapes = ShapeRegistry()
 
 
@@ -179,7 +187,9 @@ def check_resource(resource: dict[str, Any]) -> _Outcome:
     walk = Walk()
     shape = walk.shape(resource)
     outcome = _Outcome(_shape_problem(resource, walk, shape), tuple(walk.references))
-    _cache.put(digest, outcome)
+    if len(digest) <= MAX_CACHED_RESOURCE:
+        kept = bytes(memoryview(digest))  # its own size: orjson's output of a small value holds 4 KB
+        _cache.put(kept, outcome, len(kept) + _ENTRY_OVERHEAD)
     return outcome
 
 

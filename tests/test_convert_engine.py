@@ -303,3 +303,26 @@ def test_structure_from_msh_9_3_else_from_the_trigger() -> None:
         assert conversion.unused_segments == [], msh_9
         assert only(conversion.bundle, "Encounter")["status"] == "planned"  # A04 (IG Event[EncounterStatus])
         assert only(conversion.bundle, "AllergyIntolerance")["code"]["coding"][0]["code"] == "1605"
+
+
+def test_memo_is_bounded_in_bytes_and_skips_long_texts() -> None:
+    """The memo stores of a mapping set share a byte budget, and a long value (a report's text, an
+    attachment) is converted without being kept: neither a feed of distinct values nor one large
+    message grows the converter's memory."""
+    from gateway.convert.compilation.memo import MAX_MEMO_TEXT, MemoBudget
+
+    loaded = Converter.load()
+    memos = loaded.base.mappings.memos
+    assert isinstance(memos, MemoBudget) and memos.limit > 0
+    long_value = "R" * (MAX_MEMO_TEXT + 1)
+    obx = f"OBX|1|TX|8302-2^Height^LN||{long_value}||||||F"
+    bundle = loaded.convert(message(MSH_ADT, PID, PV1, obx))
+    assert long_value in str(bundle)
+    kept = [key for store in memos.stores for key in store]
+    assert kept and not any(isinstance(part, str) and long_value in part for key in kept for part in key)
+    # A small budget: distinct values fill it, then everything starts over.
+    memos.limit = 20_000
+    for n in range(40):
+        loaded.convert(message(MSH_ADT, f"PID|1||{n}^^^HOSP^MR||Doe{n}^Jane", PV1))
+        assert memos.used <= memos.limit
+    assert sum(len(store) for store in memos.stores) < 40

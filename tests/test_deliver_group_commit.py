@@ -97,3 +97,24 @@ def test_close_finishes_queued_items_and_a_later_submit_restarts_the_writer() ->
     commit.close()
     assert commit.submit(5) == 5
     commit.close()
+
+
+def test_the_writer_keeps_no_item_of_a_finished_batch() -> None:
+    """While it waits for the next batch, the writer thread holds nothing of the last one (a large
+    message's bundle would otherwise stay in memory until the next message comes)."""
+    import gc
+    import weakref
+
+    class Item:
+        pass
+
+    commit: GroupCommit[Item, int] = GroupCommit(lambda items: [1] * len(items), name="test-keeps-nothing")
+    try:
+        item = Item()
+        gone = weakref.ref(item)
+        assert commit.submit(item) == 1
+        del item
+        gc.collect()
+        assert gone() is None
+    finally:
+        commit.close()

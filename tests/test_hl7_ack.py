@@ -246,3 +246,50 @@ def test_enhanced_mode_accept_ack_follows_msh15(msh15, sent_for):
 
 def test_msh16_alone_or_msh15_alone_is_enhanced():
     assert mode_of("", "AL").enhanced and mode_of("NE", "").enhanced
+
+
+# -- bounded size: an ACK never grows with the message -------------------------------------------
+
+from gateway.hl7.ack import MAX_ERROR_TEXT, MAX_QUOTED, header_from_fields, render_ack  # noqa: E402
+
+_HUGE = 1 << 20
+
+
+def test_the_ack_for_a_message_with_a_1_mb_msh_field_is_small_and_valid():
+    """A 1 MB MSH-11 (and MSH-10, MSH-3) is quoted cut to MAX_QUOTED with a marker; the error
+    naming it is cut too: the ACK is a few hundred bytes and parses."""
+    raw = f"MSH|^~\\&|{'A' * _HUGE}|F|R|RF|20240101||ADT^A01^ADT_A01|{'C' * _HUGE}|{'P' * _HUGE}|2.5.1\rPID|1\r"
+    message = parse(raw)
+    error = AckError("202", f"processing id {message.msh.field_raw(11)!r} is not accepted", "MSH", 11)
+    text = build_ack(message, "AR", errors=[error], now=FIXED_NOW)
+    assert len(text) < 2_000
+    ack = parse(text)
+    assert ack.get("MSA-1") == "AR" and ack.get("MSA-2") == "C" * (MAX_QUOTED - 3) + "..."
+    assert ack.msh.field_raw(11) == "P" * (MAX_QUOTED - 3) + "..." and ack.msh.field_raw(5) == "A" * 197 + "..."
+    assert len(ack.get("ERR-8")) == MAX_ERROR_TEXT and ack.get("ERR-8").endswith("...")
+    check_with_hl7apy(text)
+    # The same message unreadable (its PID broken): the salvaged header is cut the same way.
+    reject = build_reject_for_unreadable(raw.replace("PID|1", "PID^1"), ParseError("bad segment"))
+    assert len(reject) < 2_000 and parse(reject).msh.field_raw(5) == "A" * (MAX_QUOTED - 3) + "..."
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    value=st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=0, max_size=3 * MAX_QUOTED),
+    field=st.sampled_from([3, 4, 5, 6, 10, 11, 12]),
+    version=st.sampled_from(["2.3", "2.4", "2.5.1", "2.7"]),
+    text_length=st.integers(0, 3 * MAX_ERROR_TEXT),
+)
+def test_every_echoed_value_is_bounded_and_the_ack_parses(value, field, version, text_length):
+    """Whatever a header field holds (escape sequences cut included), the ACK quotes at most
+    MAX_QUOTED characters of it and stays a message three parsers read."""
+    fields = ["", "|", "^~\\&", "App", "Fac", "Rcv", "RFac", "20240101", "", "ADT^A01", "C1", "P", version]
+    fields[field] = "".join(c for c in value if c not in "|\r\n")
+    header = header_from_fields(fields, parse("MSH|^~\\&|A\r").separators)
+    errors = [AckError("207", "x" * text_length, "MSH", field)]
+    text = render_ack(header, "AE", errors=errors, now=FIXED_NOW)
+    assert len(text) < 8 * MAX_ERROR_TEXT + 12 * MAX_QUOTED
+    ack = parse(text)
+    assert is_ack(ack) and ack.get("MSA-1") == "AE"
+    assert all(len(ack.msh.field_raw(n)) <= MAX_QUOTED for n in range(3, 13))
+    assert str(hl7.parse(text).segment("MSA")[1]) == "AE"

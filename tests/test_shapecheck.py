@@ -154,3 +154,14 @@ def test_registry_forgets_when_full() -> None:
         registry.accept(repr(resource), resource)
     assert len(registry) <= 2
     assert registry.checkers(repr(resources[2])) is not None
+
+
+def test_long_texts_are_checked_but_not_remembered() -> None:
+    """A checker remembers short values that passed, never a long text (a report, an attachment)."""
+    from gateway.shapecheck import MAX_REMEMBERED_TEXT, primitive_checker
+
+    check = primitive_checker(str)
+    long_text = "y" * (MAX_REMEMBERED_TEXT + 1)
+    assert check(long_text) and check("short")
+    remembered = check.__closure__[1].cell_contents  # type: ignore[attr-defined]
+    assert "short" in remembered and long_text not in remembered

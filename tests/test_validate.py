@@ -311,3 +311,27 @@ def test_a_pydantic_error_that_escapes_is_described_by_type_and_place() -> None:
         _Quoting.model_validate({"given": "Quixbartley 1931", "count": "Zenobiah"})
     for text in (describe(caught.value), describe(StageCrash("convert", caught.value))):
         assert text.startswith("ValidationError at ") and "Quixbartley" not in text and "Zenobiah" not in text
+
+
+def test_cache_is_bounded_in_bytes() -> None:
+    lru: LRU[bytes, None] = LRU(100, max_bytes=10)
+    for n in range(5):
+        lru.put(bytes([n]) * 4, None, 4)
+    assert lru.bytes <= 10 and len(lru.data) == 2  # the two newest of 4 bytes each
+    lru.put(b"too heavy", None, 11)  # heavier than the whole budget: not kept
+    assert lru.get(b"too heavy") == (False, None) and lru.bytes == 8
+    lru.put(bytes([4]) * 4, None, 4)  # the same key again is not counted twice
+    assert lru.bytes == 8
+    lru.clear()
+    assert lru.bytes == 0
+
+
+def test_a_large_resource_is_validated_but_not_cached(bundle: dict) -> None:
+    """A resource longer than MAX_CACHED_RESOURCE (an attachment) is not kept in the cache; small ones are."""
+    validate.clear_cache()
+    patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    patient["name"][0]["text"] = "x" * (validate.MAX_CACHED_RESOURCE + 1)
+    validate_bundle(bundle)
+    kept = list(validate._cache.data)
+    assert kept and all(len(key) <= validate.MAX_CACHED_RESOURCE for key in kept)
+    assert validate._cache.max_bytes == validate.CACHE_BYTES

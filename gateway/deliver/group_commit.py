@@ -60,23 +60,30 @@ class GroupCommit(Generic[Item, Result]):
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._commit(batch)  # type: ignore[arg-type]
+            batch, stop = self._take_batch()
+            if batch:
+                self._commit(batch)
+            # Nothing of this batch (whole messages, their bundles) stays referenced from this
+            # thread's frame while it waits for the next one.
+            del batch
             if stop:
                 return
+
+    def _take_batch(self) -> tuple[list[tuple[Item, Future[Result]]], bool]:
+        """The next batch (waiting for its first item), and whether close() was called."""
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is _STOP:
+                return batch, True  # type: ignore[return-value]
+            batch.append(nxt)
+        return batch, False  # type: ignore[return-value]
 
     def _commit(self, batch: list[tuple[Item, Future[Result]]]) -> None:
         try:

@@ -3,6 +3,10 @@
 The ACK speaks the sender's dialect: its separators, version (MSH-12) and character set (MSH-18),
 with sender and receiver swapped (chapter 2.9.2). Error reporting follows the version: ERR-1
 (ELD) before v2.5, ERR-2..8 from v2.5 on (chapter 2.15.5); MSA-3 exists only before v2.7.
+
+An ACK never grows with the message: each value it echoes of the message is cut to ``MAX_QUOTED``
+characters and each error text to ``MAX_ERROR_TEXT``, a cut one ending in ``...`` (a 1 MB MSH-11
+gets an ACK of a few hundred bytes, not of 2 MB).
 """
 
 from __future__ import annotations
@@ -48,7 +52,12 @@ DEFAULT_VERSION = "2.5.1"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LINE_END = re.compile(r"[\r\n]")
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
-_MAX_SALVAGED = 199  # MSH-10 length in v2.7+; also enough for any HD in MSH-3..6
+#: Longest value of the message an ACK echoes (MSH-10 is at most 199 long in v2.7+; an HD in MSH-3..6
+#: fits too), the cut marker included.
+MAX_QUOTED = 200
+#: Longest error text (ERR-8, ERR-1's text) an ACK carries, before escaping, the cut marker included.
+MAX_ERROR_TEXT = 400
+CUT_MARKER = "..."
 _MSA3_LENGTH = 80  # ST length of MSA-3 in v2.3-2.6
 
 
@@ -123,11 +132,11 @@ def header_from_fields(fields: Sequence[str], seps: Separators) -> AckHeader:
     """What an ACK echoes of an MSH split into raw fields, ``fields[n]`` being MSH-n."""
 
     def at(n: int) -> str:
-        return _clean(fields[n]) if n < len(fields) else ""
+        return quoted(_clean(fields[n]), seps) if n < len(fields) else ""
 
     return AckHeader(
         seps=seps,
-        encoding_characters=fields[2] if len(fields) > 2 else seps.encoding_characters,
+        encoding_characters=fields[2][:MAX_QUOTED] if len(fields) > 2 else seps.encoding_characters,
         sending_application=at(3),
         sending_facility=at(4),
         receiving_application=at(5),
@@ -263,21 +272,26 @@ def _err_segment(error: AckError, seps: Separators) -> list[str]:
     c = seps.component
     location = ""
     if error.segment:
-        location = f"{escape(error.segment, seps)}{c}1"
+        location = f"{escape(error.segment[:MAX_QUOTED], seps)}{c}1"
         if error.field is not None:
             location += f"{c}{error.field}"
-    code = escape(error.code, seps)
+    code = escape(error.code[:MAX_QUOTED], seps)
     condition = f"{code}{c}{ERROR_CONDITIONS.get(error.code, '')}{c}HL70357"
-    return ["ERR", "", location, condition, error.severity, "", "", "", escape(error.text, seps)]
+    return ["ERR", "", location, condition, error.severity, "", "", "", escape(_error_text(error.text), seps)]
 
 
 def _error_location_and_code(error: AckError, seps: Separators) -> str:
     """ERR-1 (ELD) for v2.3/2.4: segment^sequence^field^code&text&HL70357."""
     c, s = seps.component, seps.subcomponent
     position = "" if error.field is None else str(error.field)
-    code = escape(error.code, seps)
+    code = escape(error.code[:MAX_QUOTED], seps)
     return c.join(
-        [escape(error.segment, seps), "", position, f"{code}{s}{ERROR_CONDITIONS.get(error.code, '')}{s}HL70357"]
+        [
+            escape(error.segment[:MAX_QUOTED], seps),
+            "",
+            position,
+            f"{code}{s}{ERROR_CONDITIONS.get(error.code, '')}{s}HL70357",
+        ]
     )
 
 
@@ -308,7 +322,7 @@ def _salvage_header(raw: bytes | str) -> AckHeader:
     fields[1] = seps.field
 
     def at(n: int) -> str:
-        return _clean(fields[n])[:_MAX_SALVAGED] if n < len(fields) else ""
+        return quoted(_clean(fields[n]), seps) if n < len(fields) else ""
 
     trigger_parts = at(9).split(seps.component)
     charset = at(18).split(seps.repetition)[0]
@@ -329,6 +343,23 @@ def _salvage_header(raw: bytes | str) -> AckHeader:
         version=at(12),
         charset=charset,
     )
+
+
+def quoted(raw: str, seps: Separators, limit: int = MAX_QUOTED) -> str:
+    """``raw`` (an escaped field value) cut to ``limit`` characters with ``CUT_MARKER``, never in the
+    middle of an escape sequence; the marker is left out when "." is one of the sender's delimiters."""
+    if len(raw) <= limit:
+        return raw
+    marker = "" if "." in seps.specials else CUT_MARKER
+    cut = raw[: limit - len(marker)]
+    if seps.escape and cut.count(seps.escape) % 2:
+        cut = cut[: cut.rindex(seps.escape)]
+    return cut + marker
+
+
+def _error_text(text: str) -> str:
+    """An error's text (not escaped yet) cut to ``MAX_ERROR_TEXT`` characters."""
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - len(CUT_MARKER)] + CUT_MARKER
 
 
 def _clean(value: str) -> str:

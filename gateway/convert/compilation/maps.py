@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.convert import functions
 from gateway.convert.compilation.compiler import PathUse, Resolver, RuleCompiler, TargetUse, post_processor
-from gateway.convert.compilation.memo import memoized, memoized_segment
+from gateway.convert.compilation.memo import MemoBudget, memoized, memoized_segment
 from gateway.convert.compilation.producers import DatatypeMap
 from gateway.convert.functions.ids import MADE_KEYS, resource_id
 from gateway.convert.model import fhirmodel
@@ -70,8 +70,8 @@ class Mappings:
     structures: dict[str, Slot] = field(default_factory=dict)
     datatype_maps: dict[str, DatatypeMap] = field(default_factory=dict)
     segment_maps: dict[str, SegmentMap] = field(default_factory=dict)
-    #: The memo stores of the compiled maps (see gateway.convert.compilation.memo), for clear_caches().
-    memo_stores: list[dict[tuple[Any, ...], Any]] = field(default_factory=list)
+    #: The memo stores of the compiled maps and the bytes they share (gateway.convert.compilation.memo).
+    memos: MemoBudget = field(default_factory=MemoBudget)
     #: What the maps read and write, for the load-time checks (gateway.convert.loading.checks).
     path_uses: list[PathUse] = field(default_factory=list)
     target_uses: list[TargetUse] = field(default_factory=list)
@@ -119,7 +119,7 @@ class Mappings:
             if fn is None:
                 raise MappingSpecError(at, f"unknown function {spec['function']!r} (not in gateway/convert/functions/)")
             pure = functions.BUILDER_READS[str(spec["function"])] == "element"
-            function_map = memoized(fn, self.memo_stores) if pure else fn
+            function_map = memoized(fn, self.memos) if pure else fn
             return DatatypeMap(name, datatype, fhir_type, function_map, accepts_table=True, choice=choice, pure=pure)
         if choice:
             raise MappingSpecError(at, "only a function map can choose among FHIR types")
@@ -161,7 +161,7 @@ class Mappings:
             return ctx.make(resource)
 
         pure = compiler.reads == "element"
-        built = memoized(build, self.memo_stores) if pure else build
+        built = memoized(build, self.memos) if pure else build
         return DatatypeMap(name, datatype, fhir_type, built, accepts_table=False, pure=pure, makes_resource=makes)
 
     def _compile_variant(self, name: str, datatype: str, fhir_type: str, spec: LineDict) -> DatatypeMap:
@@ -250,11 +250,7 @@ class Mappings:
             return part
 
         # Memoized unless a rule reads the wider message (then the segments are not the whole input).
-        build = (
-            run
-            if compiler.reads == "message"
-            else memoized_segment(run, tuple(compiler.other_fields), self.memo_stores)
-        )
+        build = run if compiler.reads == "message" else memoized_segment(run, tuple(compiler.other_fields), self.memos)
 
         def apply(seg: Segment, ctx: Context, resource_out: dict[str, Any]) -> None:
             if checks and not all(check(seg, None, ctx) for check in checks):

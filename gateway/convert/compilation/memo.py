@@ -10,10 +10,17 @@ segments (``@builder(reads=...)``), is not memoized.
 
 An entry keeps its value serialized (orjson), so that a hit costs one C-level parse, which is also
 the copy that keeps callers from changing what the memo holds.
+
+Memory is bounded in bytes, not entries: the stores of one compiled mapping set (thousands of maps)
+share a ``MemoBudget``; when what they hold passes it, they all start over (hot values come straight
+back). A value whose text is longer than ``MAX_MEMO_TEXT`` (a report's text, a base64 attachment)
+is not memoized at all: it hardly repeats, and keeping it would cost its size several times over
+(key, serialized value) for as long as the worker runs.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -24,8 +31,12 @@ from gateway.convert.model.elements import CachedElement
 from gateway.convert.model.tables import Table
 from gateway.hl7.message import Segment
 
-#: Entries per map; when full the map starts over (cheap, and hot values come straight back).
-MEMO_SIZE = 20_000
+#: Bytes (key texts and serialized values, about) the memo stores of one mapping set hold at most.
+MEMO_BYTES = 64 * 1024 * 1024
+#: Longest text (a value, a segment with the segments its map includes) whose result is memoized.
+MAX_MEMO_TEXT = 4096
+#: What a memo entry costs besides its texts (dict slot, key tuple and strings, Entry, bytes), about.
+_ENTRY_OVERHEAD = 400
 
 Build = Callable[[Any, Context, "Table | None"], Any]
 _SCALARS = (str, int, float, Decimal, bool, type(None))
@@ -47,7 +58,14 @@ class Entry:
             self.payload: bytes | None = None
             self.scalar = value
         else:
-            self.payload = fhirjson.dumps((value, made))
+            self.payload = fhirjson.dumps_kept((value, made))
+
+    @property
+    def size(self) -> int:
+        """Bytes of the value, about."""
+        if self.payload is not None:
+            return len(self.payload)
+        return len(self.scalar) if isinstance(self.scalar, str) else 8
 
     def replay(self, ctx: Context) -> Any:
         if self.notes:
@@ -61,13 +79,46 @@ class Entry:
         return value if self.choice is None else (self.choice, value)
 
 
-def memoized(build: Build, stores: list[dict[tuple[Any, ...], Any]], size: int = MEMO_SIZE) -> Build:
-    """``build`` memoized; its store is added to ``stores`` so that an owner can clear it."""
-    store: dict[tuple[Any, ...], Entry] = {}
-    stores.append(store)
+class MemoBudget:
+    """The memo stores of one compiled mapping set and the bytes they hold; past ``limit`` bytes
+    they are all cleared. Thread-safe: worker threads share the compiled maps."""
+
+    def __init__(self, limit: int = MEMO_BYTES):
+        self.limit = limit
+        self.used = 0
+        self.stores: list[dict[tuple[Any, ...], Entry]] = []
+        self._lock = threading.Lock()
+
+    def new_store(self) -> dict[tuple[Any, ...], Entry]:
+        store: dict[tuple[Any, ...], Entry] = {}
+        self.stores.append(store)
+        return store
+
+    def put(self, store: dict[tuple[Any, ...], Entry], key: tuple[Any, ...], entry: Entry, text_size: int) -> None:
+        """Keep ``entry`` under ``key``; ``text_size``: the length of the key's texts."""
+        size = text_size + entry.size + _ENTRY_OVERHEAD
+        with self._lock:
+            if self.used + size > self.limit:
+                self._clear()
+            self.used += size
+            store[key] = entry
+
+    def clear(self) -> None:
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        for store in self.stores:
+            store.clear()
+        self.used = 0
+
+
+def memoized(build: Build, budget: MemoBudget) -> Build:
+    """``build`` memoized in a store of ``budget``."""
+    store = budget.new_store()
 
     def build_memoized(element: Any, ctx: Context, table: Table | None) -> Any:
-        if not isinstance(element, CachedElement):
+        if not isinstance(element, CachedElement) or len(element.raw) > MAX_MEMO_TEXT:
             return build(element, ctx, table)
         key = (element.raw, element._depth, ctx.memo_key, id(table))
         hit = store.get(key)
@@ -75,9 +126,7 @@ def memoized(build: Build, stores: list[dict[tuple[Any, ...], Any]], size: int =
             return hit.replay(ctx)
         notes_mark, made_mark = len(ctx.notes), len(ctx.made)
         value = build(element, ctx, table)
-        if len(store) >= size:
-            store.clear()
-        store[key] = Entry(ctx, value, notes_mark, made_mark)
+        budget.put(store, key, Entry(ctx, value, notes_mark, made_mark), len(element.raw))
         return value
 
     return build_memoized
@@ -92,29 +141,33 @@ def other_fields_key(ctx: Context, others: tuple[tuple[str, int], ...]) -> tuple
     return key
 
 
+def text_size(key: tuple[Any, ...]) -> int:
+    """The length of the texts in a memo key."""
+    return sum(len(part) for part in key if isinstance(part, str))
+
+
 def memoized_segment(
     run: Callable[[Segment, Context], dict[str, Any]],
     others: tuple[tuple[str, int], ...],
-    stores: list[dict[tuple[Any, ...], Any]],
-    size: int = MEMO_SIZE,
+    budget: MemoBudget,
 ) -> Callable[[Segment, Context], dict[str, Any]]:
     """A segment map's elements, memoized on the segment's text, the separators and time zone, and
     the fields of other segments the map reads (``others``)."""
-    store: dict[tuple[Any, ...], Entry] = {}
-    stores.append(store)
+    store = budget.new_store()
 
     def run_memoized(seg: Segment, ctx: Context) -> dict[str, Any]:
         key: tuple[Any, ...] = (seg.raw, ctx.memo_key)
         if others:
             key += other_fields_key(ctx, others)
+        size = text_size(key)
+        if size > MAX_MEMO_TEXT:
+            return run(seg, ctx)
         hit = store.get(key)
         if hit is not None:
             return hit.replay(ctx)  # type: ignore[no-any-return]
         notes_mark, made_mark = len(ctx.notes), len(ctx.made)
         value = run(seg, ctx)
-        if len(store) >= size:
-            store.clear()
-        store[key] = Entry(ctx, value, notes_mark, made_mark)
+        budget.put(store, key, Entry(ctx, value, notes_mark, made_mark), size)
         return value
 
     return run_memoized

@@ -419,8 +419,7 @@ def _resource(mappings: Mappings, name: str, spec: Any, at: str) -> ResourcePlan
     mappings.path_uses.extend(compiler.path_uses)
     memo: dict[tuple[Any, ...], Any] | None = None
     if seg_map.pure and all(inc.map.pure for inc in includes):
-        memo = {}
-        mappings.memo_stores.append(memo)
+        memo = mappings.memos.new_store()
     return ResourcePlan(
         name=name,
         resource_type=seg_map.resource,

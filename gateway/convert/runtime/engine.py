@@ -138,8 +138,7 @@ class Converter:
     def clear_caches(self) -> None:
         """Forget memoized map results (for benchmarks and tests; conversion is the same without)."""
         for profile in (self.base, *self.senders.values()):
-            for store in profile.mappings.memo_stores:
-                store.clear()
+            profile.mappings.memos.clear()
 
     def supports(self, code: str, trigger: str, sender: str | None = None) -> bool:
         """Whether messages of this type (from this sender, when given) can be converted."""

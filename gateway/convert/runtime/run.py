@@ -15,7 +15,7 @@ from datetime import tzinfo
 from typing import Any
 
 from gateway.convert.compilation.maps import Mappings, SegmentMap
-from gateway.convert.compilation.memo import MEMO_SIZE, Entry, other_fields_key
+from gateway.convert.compilation.memo import MAX_MEMO_TEXT, Entry, other_fields_key, text_size
 from gateway.convert.functions.ids import resource_id
 from gateway.convert.loading.messages import Include, MessagePlan, Reference, ResourcePlan
 from gateway.convert.model.context import Context, segment_beside
@@ -325,10 +325,13 @@ class Run:
                     ctx.segment = item
                     key += (item.raw,) + other_fields_key(ctx, include.map.other_fields)
                 key += (None,)
-            hit = store.get(key)
-            if hit is not None:
-                return hit.replay(ctx)  # type: ignore[no-any-return]
             ctx.segment = inst.segment
+            if text_size(key) > MAX_MEMO_TEXT:  # too long to keep (see gateway.convert.compilation.memo)
+                store = None
+            else:
+                hit = store.get(key)
+                if hit is not None:
+                    return hit.replay(ctx)  # type: ignore[no-any-return]
         notes_mark, made_mark = len(self.notes), len(self.made)
         content = plan.map.fill(inst.segment, ctx)
         for include, items in included:
@@ -338,9 +341,7 @@ class Run:
         if plan.defaults is not None:
             plan.defaults.fill(content)
         if store is not None:
-            if len(store) >= MEMO_SIZE:
-                store.clear()
-            store[key] = Entry(ctx, content, notes_mark, made_mark)
+            self.mappings.memos.put(store, key, Entry(ctx, content, notes_mark, made_mark), text_size(key))
         return content
 
     def targets(self, inst: _Instance, name: str, scope: str) -> Iterator[tuple[str, _Instance | None]]:
