@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway import fhirjson
 from gateway.convert.functions import to_decimal
 from gateway.convert.functions.builders import structured_numeric
 from gateway.convert.functions.builders_values import composite_quantity, encapsulated_attachment, tm_to_time
@@ -295,6 +296,20 @@ def test_decimal_text() -> None:
     assert str(to_decimal("0.90")) == "0.90" and str(to_decimal("+1.500")) == "1.500"
     for bad in ("", "1e5", "nan", "1,5", "--1", "1.2.3"):
         assert to_decimal(bad) is None
+
+
+def test_an_integer_beyond_64_bits_converts_validates_and_serializes_with_its_digits() -> None:
+    """orjson writes 64-bit ints only and int() reads 4,300 digits at most: a longer NM was a
+    TypeError in serialization (a convert dead letter whose reason read like a bug)."""
+    for digits in ("9" * 19, "1" + "0" * 399, "7" * 5000):
+        value = to_decimal(digits)
+        assert isinstance(value, Decimal) and format(value, "f") == digits
+        oru = "MSH|^~\\&|Lab|LabFac|A|B|20240101120000+0100||ORU^R01^ORU_R01|9|P|2.5.1"
+        bundle = converter().convert(message(oru, "PID|1||1^^^H^MR", "OBR|1|2|3|X^x", f"OBX|1|NM|Y^y||{digits}"))
+        validate_bundle(bundle)
+        observation = only(bundle, "Observation")
+        assert f'"value":{digits}'.encode() in fhirjson.dumps(observation)
+    assert isinstance(to_decimal("9" * 18), int)
 
 
 # --- target paths and grouping ----------------------------------------------------------------------

@@ -33,6 +33,8 @@ READS.update({"dtm_to_date": "a date", "dtm_to_datetime": "a date/time"})
 READS.update({"to_decimal": "a number", "to_integer": "an integer", "to_positive_int": "a positive integer"})
 
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)$")
+#: Integers of up to this many digits are ints (any fits in 64 bits); longer ones Decimals.
+_INT_DIGITS = 18
 
 
 @transform
@@ -42,9 +44,9 @@ def to_decimal(text: str) -> int | Decimal | None:
     text = text.strip()
     if not _NUMBER.match(text):
         return None
-    if "." not in text:
+    if "." not in text and len(text.lstrip("+-")) <= _INT_DIGITS:
         return int(text)
-    return Decimal(text)
+    return Decimal(text)  # a longer integer too: orjson writes 64-bit ints only, int() takes 4,300 digits
 
 
 @transform
