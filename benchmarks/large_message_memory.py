@@ -1,6 +1,6 @@
 """Memory of one large message through the worker's stages, in one process.
 
-    python benchmarks/large_message_memory.py [--mb 15] [--messages 3] [--database-url URL]
+    python benchmarks/large_message_memory.py [--mb 15] [--messages 3] [--at-once N] [--database-url URL]
 
 The message is an ORU^R01 whose OBX-5 is an ED with a base64 attachment of ``--mb`` megabytes (a
 scanned report, as MDM and ORU feeds send them). It goes through the worker's own calls, stage by
@@ -10,8 +10,11 @@ memory (VmHWM, reset before each stage through /proc/self/clear_refs) above the 
 before the message (what the stage holds at once, with what the stages before it left), then,
 after the message is done, its objects dropped and freed memory handed back (malloc_trim), what
 stays resident (caches keyed by content). Then ``--messages`` more distinct large messages: what
-stays after each. Linux only (reads /proc). tracemalloc is not used: it counts orjson's output
-buffers at their reserved, never touched, size (8x the string), far above what they cost.
+stays after each. With ``--at-once N``: N more large messages handed to N threads together, first
+through the worker's budget of large messages (HL7GW_WORKER_LARGE_MESSAGES_MB, its default unless
+``--budget-mb``), then without one, and the peak of each. Linux only (reads /proc). tracemalloc
+is not used: it counts orjson's output buffers at their reserved, never touched, size (8x the
+string), far above what they cost.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -40,6 +44,7 @@ from gateway.deliver.store_sink import StoreSink  # noqa: E402
 from gateway.envelope import Envelope  # noqa: E402
 from gateway.hl7.charset import decode_message  # noqa: E402
 from gateway.hl7.message import parse  # noqa: E402
+from gateway.services.large_messages import LargeMessages  # noqa: E402
 from gateway.validate import validate_bundle  # noqa: E402
 
 MB = 1 << 20
@@ -79,10 +84,10 @@ def large_message(n: int, megabytes: float) -> bytes:
     )
 
 
-def run_message(raw: bytes, converter: Converter, sink: StoreSink, report: bool) -> None:
+def run_message(raw: bytes, converter: Converter, sink: StoreSink, report: bool, settled: bool = True) -> None:
     """The pipeline's stages (gateway/services/pipeline.py) one by one, each stage's peak printed."""
     envelope = Envelope(str(uuid.uuid4()), raw, int(time.time() * 1000), "LAB|HOSP", "BIG", seq=1)
-    base = settle()
+    base = settle() if settled else 0
 
     def stage(name: str, fn, *args):  # type: ignore[no-untyped-def]
         reset_peak()
@@ -101,10 +106,41 @@ def run_message(raw: bytes, converter: Converter, sink: StoreSink, report: bool)
     stage("store", sink.deliver, conversion.bundle, source, envelope, f"{code}^{trigger}^{structure}", (), ())
 
 
+def at_once(count: int, megabytes: float, budget_mb: int, converter: Converter, sink: StoreSink) -> None:
+    """``count`` large messages on ``count`` threads together: peak with the budget, then without."""
+    start = settle()
+    for label, budget in ((f"budget {budget_mb} MB", budget_mb * MB), ("no budget", 1 << 62)):
+        large = LargeMessages(budget)
+        messages = [large_message(n, megabytes) for n in range(1000, 1000 + count)]
+        base = settle()
+        reset_peak()
+
+        def work(raw: bytes, large: LargeMessages = large) -> None:
+            with large.hold(len(raw)):
+                run_message(raw, converter, sink, report=False, settled=False)
+
+        threads = [threading.Thread(target=work, args=(raw,)) for raw in messages]
+        began = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        took = time.monotonic() - began
+        peak = rss()[1]
+        messages.clear()
+        print(
+            f"  {count} x {megabytes:g} MB at once, {label:<14}: peak {(peak - base) / MB:7.1f} MB above the "
+            f"{start / MB:.0f} MB at rest, {took:5.1f} s for all"
+        )
+        settle()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=float, default=15.0)
     parser.add_argument("--messages", type=int, default=3)
+    parser.add_argument("--at-once", type=int, default=0, help="then N large messages on N threads together")
+    parser.add_argument("--budget-mb", type=int, default=load_settings().worker.large_messages_bytes // MB)
     parser.add_argument("--database-url", default="")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,6 +166,8 @@ def main() -> None:
                 f"  after {n + 1} large messages: {(settle() - start + (n + 1) * size * MB) / MB:.1f} MB stay resident "
                 f"(peak during the last {(peak - start) / MB:.1f} MB)"
             )
+        if args.at_once:
+            at_once(args.at_once, args.mb, args.budget_mb, converter, sink)
         sink.close()
         engine.dispose()
 

@@ -115,6 +115,8 @@ class WorkerSettings:
     import_rate: float = 100.0
     #: Threads of the import queue per worker process.
     import_threads: int = 8
+    #: Bytes of large messages (1 MB or more) a worker process works on at once (gateway/services/large_messages.py).
+    large_messages_bytes: int = 32 << 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     # Each waits for the store's group commit like a live one, so they bound the drain rate too:
     # on 2 cores, 2 processes x 4 threads stored ~90 msg/s whatever the rate, x 8 reached 100/s.
     import_threads: int = Field(default=8, ge=1, le=64)
+    # Megabytes of large messages (1 MB or more: scanned reports, images) a worker process works on
+    # at once; more wait for room, one larger than this runs alone. A message costs about ten times
+    # its size while it is worked on (docs/operations.md, Memory: sizing a worker): 32 MB lets two
+    # 15 MB messages run together, ~300 MB above the worker's ~175 MB at rest.
+    worker_large_messages_mb: int = Field(default=32, ge=1, le=65536)
 
     # The watched inbox (docs/batch.md, The watched inbox): batch files put in this directory are
     # imported by a process of ``hl7gw run``, then moved to done/ or failed/ with a report beside
@@ -397,6 +402,7 @@ class Settings(BaseSettings):
             replay_rate=self.replay_rate,
             import_rate=self.import_rate,
             import_threads=self.import_threads,
+            large_messages_bytes=self.worker_large_messages_mb << 20,
         )
 
     @functools.cached_property

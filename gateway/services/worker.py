@@ -41,6 +41,7 @@ from gateway.readiness import WorkerRecord
 from gateway.services.exporter import ExportRunner
 from gateway.services.failures import FailurePolicy, LetterFor, envelope_letter, reason_of
 from gateway.services.jobs import JobRunner
+from gateway.services.large_messages import LargeMessages
 from gateway.services.letters import LetterBox
 from gateway.services.listener import rules_for
 from gateway.services.outages import Gate, Outages, until_available
@@ -104,8 +105,12 @@ def build_broker(
     )
     outages.gates["redis"].on_recovery.append(lambda: setattr(broker, "identity_lost", True))
 
+    large = LargeMessages(settings.worker.large_messages_bytes)
+
     def process_message(envelope: dict[str, Any]) -> None:
-        pipeline.process(Envelope.from_json(envelope))
+        message = Envelope.from_json(envelope)
+        with large.hold(len(message.raw)):
+            pipeline.process(message)
 
     dramatiq.actor(actor_name=ACTOR, queue_name=QUEUE, broker=broker, throws=(Exception,))(process_message)
     # Replayed and reprocessed messages: the same pipeline, from the operator jobs' own queue.
@@ -118,7 +123,9 @@ def build_broker(
 
     def process_imported(envelope: dict[str, Any]) -> None:
         pace.wait()
-        pipeline.process(Envelope.from_json(envelope), live=False)
+        message = Envelope.from_json(envelope)
+        with large.hold(len(message.raw)):
+            pipeline.process(message, live=False)
 
     dramatiq.actor(actor_name=IMPORT_ACTOR, queue_name=IMPORT_QUEUE, broker=broker, throws=(Exception,))(
         process_imported
