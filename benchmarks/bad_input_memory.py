@@ -9,8 +9,9 @@ message is distinct (ids, names, a ``--text-kb`` free-text NTE and OBX) and fail
 
 * parse: MSH-18 says UTF-8, the bytes are not;
 * convert, early: an ADT^A01 without PID, with an NTE where ADT_A01 has none;
-* convert, late: an ORU^R01 whose last OBX holds a number the converter cannot carry (after
-  the PID, PV1, OBR, NTE and other OBX were mapped, so every map on the way ran);
+* convert, late: an ORU^R01 ending in a second MSH without a message type (two messages run
+  together), which fails when it is mapped, after the PID, PV1, OBR, NTE and OBX were, so every map
+  on the way ran;
 * intake-rejected: an envelope the listener answered AR (a dead letter as it is).
 
 Messages go in rounds of 1,000 through the listener's own intake; after each round (all dead
@@ -81,7 +82,7 @@ def bad_message(n: int, text_kb: int) -> tuple[bytes, str]:
                     f"NTE|1||{text}",
                     f"OBX|1|TX|5678^Text^LN||{text}||||||F",
                     f"OBX|2|NM|5679^Num^LN||{n}|mg|||||F",
-                    "OBX|3|NM|5680^Huge^LN||1" + "0" * 400 + "||||||F",
+                    f"MSH|^~\\&|LAB{n % 7}|HOSP",
                 ]
             ).encode()
             + b"\r"
