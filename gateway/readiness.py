@@ -1,5 +1,6 @@
-"""Is the gateway ready to take and process messages? Redis answers, the database answers, a worker
-heartbeats, a live worker compiled its mappings, and the data dir's disk is not full. For
+"""Is the gateway ready to take and process messages? Redis answers and keeps what it acknowledges
+(gateway/redis_persistence.py: else the listener refuses every message), the database answers, a
+worker heartbeats, a live worker compiled its mappings, and the data dir's disk is not full. For
 ``GET /health/ready`` and ``hl7gw status``.
 
 Every check runs in a thread of its own and is waited for at most ``timeout_s``: a Redis or a
@@ -30,11 +31,14 @@ from gateway.backlog import live_workers
 from gateway.diskspace import data_dir_space
 from gateway.errors import describe
 from gateway.keys import Keys
+from gateway.redis_persistence import Verdict, read_persistence
 
 #: How long one check may take before it counts as failed (HL7GW_HEALTH_CHECK_TIMEOUT_S).
 DEFAULT_TIMEOUT_S = 1.0
 #: "disk" only when the probe knows a data dir.
 CHECKS = ("redis", "database", "workers", "mappings", "disk")
+#: How the "redis" check's reason starts when Redis answers but may lose what it acknowledges.
+REFUSED = "messages are refused: "
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +102,10 @@ class ReadinessProbe:
         heartbeat_timeout_ms: int,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         data_dir: Path | None = None,
+        allow_volatile_redis: bool = False,
     ):
         self.data_dir = data_dir
+        self.allow_volatile_redis = allow_volatile_redis
         self.keys = Keys(namespace)
         self.engine = engine
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
@@ -133,13 +139,15 @@ class ReadinessProbe:
             return Check(False, "no Redis to ask: HL7GW_REDIS_URL is not set"), _unknown(), _unknown(), []
         try:
             self.client.ping()
+            refusal = Verdict(read_persistence(self.client), self.allow_volatile_redis).refusal
             live = live_workers(self.client, self.keys, self.heartbeat_timeout_ms)
             found = self.client.mget([self.keys.worker_record(worker) for worker in live]) if live else []
         except redis.RedisError as exc:
             return Check(False, describe(exc)), _unknown(), _unknown(), []
         records = [record for data in found if data and (record := WorkerRecord.decode(data)) is not None]
         workers = _workers_check(records, len(live), self.heartbeat_timeout_ms)
-        return Check(True), workers, _mappings_check(records), records
+        redis_check = Check(False, f"{REFUSED}{refusal}") if refusal else Check(True)
+        return redis_check, workers, _mappings_check(records), records
 
     def _database_check(self) -> Check:
         missing = _missing_sqlite_file(self.engine)

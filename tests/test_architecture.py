@@ -25,6 +25,7 @@ LIBRARIES = frozenset(
     | {"filemodes"}
     | {"diskspace"}
     | {"readiness"}
+    | {"redis_persistence"}
     | {"metrics"}
     | {"hl7"}
     | {"db", "store", "journal"}

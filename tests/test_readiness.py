@@ -22,9 +22,11 @@ from gateway.db.engine import make_engine
 from gateway.db.migrate import migrate
 from gateway.keys import Keys
 from gateway.services.embedded_redis import EmbeddedRedis
+from gateway.services.status import gather
 from tests.support.asgi_client import AsgiClient
 from tests.support.faults import CuttableProxy
 from tests.support.queue import RunningWorker, wait_until
+from tests.support.redis_server import redis_server
 
 #: Short, so that a stopped worker is noticed quickly (its maintenance heartbeats every 2 s).
 HEARTBEAT_TIMEOUT_MS = 5_000
@@ -149,6 +151,27 @@ def test_no_redis_configured_is_not_ready(tmp_path: Path) -> None:
     assert status == 503
     assert body["checks"]["redis"] == {"ok": False, "reason": "no Redis to ask: HL7GW_REDIS_URL is not set"}
     assert_live(client)
+
+
+def test_a_redis_that_can_lose_what_it_acknowledges_is_not_ready_unless_allowed(tmp_path: Path) -> None:
+    """The listener refuses every message on such a Redis (gateway/queue/durability.py); readiness
+    and ``hl7gw status`` say so, naming the setting, and still read the queues."""
+    with redis_server(tmp_path / "volatile", "appendonly no") as url:
+        settings = settings_for(tmp_path, url, allow_volatile_redis=False)
+        client = AsgiClient(create_app(settings))
+        status, body = ready(client)
+        assert status == 503
+        reason = body["checks"]["redis"]["reason"]
+        assert reason.startswith("messages are refused: ") and "appendonly is no" in reason
+        assert "HL7GW_ALLOW_VOLATILE_REDIS" in reason
+        shown = gather(settings, url)
+        assert shown.readiness.checks["redis"].reason == reason and shown.queues is not None
+        assert gather(settings_for(tmp_path, url, allow_volatile_redis=True), url).readiness.checks["redis"].ok
+        server = redis.Redis.from_url(url)
+        server.config_set("appendonly", "yes")
+        server.config_set("appendfsync", "always")
+        server.close()
+        assert ready(client)[1]["checks"]["redis"] == {"ok": True}
 
 
 def test_a_sqlite_file_moved_away_is_not_ready_until_it_is_back(tmp_path: Path, own_redis: EmbeddedRedis) -> None:

@@ -73,6 +73,7 @@ def create_app(
         settings.worker.heartbeat_timeout_ms,
         settings.api.health_check_timeout_s,
         data_dir=settings.storage.data_dir,
+        allow_volatile_redis=settings.storage.allow_volatile_redis,
     )
 
     store = ResourceStore(engine)

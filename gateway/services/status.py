@@ -18,7 +18,7 @@ from gateway.config import Settings
 from gateway.db.engine import make_engine
 from gateway.errors import describe
 from gateway.journal.dead_letters import DeadLetterStore
-from gateway.readiness import Readiness, ReadinessProbe
+from gateway.readiness import REFUSED, Readiness, ReadinessProbe
 
 
 @dataclass
@@ -60,10 +60,12 @@ def gather(settings: Settings, redis_url: str | None, found_as: str = "") -> Sta
         settings.worker.heartbeat_timeout_ms,
         settings.api.health_check_timeout_s,
         data_dir=settings.storage.data_dir,
+        allow_volatile_redis=settings.storage.allow_volatile_redis,
     )
     try:
         status = Status(probe.check(), _without_password(redis_url) + found_as if redis_url else "none")
-        if probe.client is not None and status.readiness.checks["redis"].ok:
+        redis_check = status.readiness.checks["redis"]
+        if probe.client is not None and (redis_check.ok or redis_check.reason.startswith(REFUSED)):
             _read_queues(status, probe, settings)
         if status.readiness.checks["database"].ok:
             try:
