@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import trustme
 
 from gateway.errors import ConfigError
 from gateway.mllp.client import send_messages
+from gateway.mllp.limits import Limits
 from gateway.mllp.tls import client_context, server_context
 from tests.support.mllp import RawClient, adt, listening
 from tests.support.queue import queued
@@ -90,6 +92,38 @@ def test_mutual_tls_refuses_clients_without_a_trusted_certificate(
 
     asyncio.run(scenario())
     assert [e.control_id for e in queued(redis_url, redis_namespace)] == ["MTLS-1", "MTLS-2"]
+
+
+def test_addresses_are_judged_before_the_handshake_and_a_handshake_counts(
+    pki: dict[str, Path], redis_url: str, redis_namespace: str
+) -> None:
+    """A refused address is closed without a handshake (it costs the listener no TLS work), and a
+    connection still in its handshake holds its place against the per-peer limit (a flood of
+    silent sockets cannot get round it)."""
+    server_tls = server_context(pki["server_cert"], pki["server_key"])
+    allowed = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("127.0.0.3/32"))
+    limits = Limits(allowed_peers=allowed, max_connections_per_peer=1, frame_timeout_s=30)
+
+    async def scenario() -> None:
+        async with listening(redis_url, redis_namespace, ssl_context=server_tls, limits=limits) as (server, port):
+            stranger = await RawClient.connect(port, source="127.0.0.2")  # plain TCP: no ClientHello sent
+            assert await stranger.closed_by_peer(timeout=2)  # before: waited for a handshake (30 s)
+            await stranger.close()
+            silent = await RawClient.connect(port)  # 127.0.0.1, starts no handshake: holds its place
+            await asyncio.sleep(0.1)
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                second = await RawClient.connect(port, client_context(pki["ca"]))
+                await second.send_message(adt("SECOND"))
+                await second.read_ack(timeout=2)
+            friend = await RawClient.connect(port, client_context(pki["ca"]), source="127.0.0.3")
+            await friend.send_message(adt("FRIEND-1"))
+            assert (await friend.read_ack()).get("MSA-1") == "AA"
+            await friend.close()
+            await silent.close()
+            assert server.stats.refused_connections == 2
+
+    asyncio.run(scenario())
+    assert [e.control_id for e in queued(redis_url, redis_namespace)] == ["FRIEND-1"]
 
 
 def test_bad_tls_files_are_configuration_errors(pki: dict[str, Path], tmp_path: Path) -> None:

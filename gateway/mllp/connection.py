@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections import deque
 from typing import Protocol
@@ -47,6 +48,9 @@ class Listener(Protocol):
     def takes_batches(self) -> bool: ...
 
     async def answer_batch(self, payload: bytes, peer: str) -> bytes: ...
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None: ...
 
     def answer_blank(self, size: int, peer: str) -> bytes: ...
 
@@ -114,6 +118,7 @@ class MllpConnection(asyncio.Protocol):
         self.lost = False
         self._reading_paused = False
         self._writing_paused = False
+        self._handshake: asyncio.Task[None] | None = None
 
     # -- asyncio callbacks ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -126,6 +131,29 @@ class MllpConnection(asyncio.Protocol):
             writable.abort()  # type: ignore[attr-defined]
             return
         _keepalive(transport.get_extra_info("socket"))
+        context = self.server.ssl_context
+        if context is not None:
+            # TLS only once the address is admitted, so a refused peer costs no handshake and one
+            # in its handshake counts against the limits. Nothing is read before start_tls.
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self._handshake = self.loop.create_task(self._start_tls(self.transport, context), name="hl7gw-mllp-tls")
+
+    async def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        """Make ``raw`` a TLS connection (bounded by the frame timeout); a failed handshake closes it."""
+        try:
+            tls = await self.loop.start_tls(
+                raw, self, context, server_side=True, ssl_handshake_timeout=self.server.limits.frame_timeout_s
+            )
+        except OSError as exc:  # ssl.SSLError, a reset, the handshake timeout
+            log.info("MLLP TLS handshake with %s failed: %s", self.peer, type(exc).__name__)
+            raw.abort()
+            if not self.lost:
+                self.connection_lost(None)
+            return
+        if tls is None or self.lost:
+            return
+        self.transport = tls
 
     def data_received(self, data: bytes) -> None:
         if self.closing:

@@ -79,8 +79,6 @@ class MllpServer:
             lambda: MllpConnection(self),
             host,
             port,
-            ssl=self.ssl_context,
-            ssl_handshake_timeout=self.limits.frame_timeout_s if self.ssl_context else None,
             backlog=min(1024, self.limits.max_connections * 2),
         )
         self._sweeper = asyncio.create_task(self._sweep(), name="hl7gw-mllp-timeouts")

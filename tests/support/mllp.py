@@ -103,10 +103,10 @@ class RawClient:
                 if not data:
                     return True
                 self.frames += self.decoder.feed(data)
-        except (ConnectionError, OSError):
-            return True
-        except TimeoutError:
+        except TimeoutError:  # before OSError: TimeoutError is one, and it means still open
             return False
+        except OSError:  # a reset: closed too
+            return True
 
     async def close(self) -> None:
         self.writer.close()
