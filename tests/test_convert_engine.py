@@ -326,3 +326,17 @@ def test_memo_is_bounded_in_bytes_and_skips_long_texts() -> None:
         loaded.convert(message(MSH_ADT, f"PID|1||{n}^^^HOSP^MR||Doe{n}^Jane", PV1))
         assert memos.used <= memos.limit
     assert sum(len(store) for store in memos.stores) < 40
+
+
+def test_resource_ids_of_long_keys_are_made_but_not_cached() -> None:
+    """Ids are cached by key (feeds name the same patients again), but a junk identifier of any length
+    in a bad message must not be kept: the cache holds 65,536 keys, which could be megabytes each."""
+    from gateway.convert.functions.ids import _cached_id
+
+    before = _cached_id.cache_info().currsize
+    long_key = "M" * 100_000
+    assert resource_id("Patient", long_key) == resource_id("Patient", long_key)  # the same id, from the key
+    assert resource_id("Patient", long_key) != resource_id("Patient", long_key[:-1])
+    assert _cached_id.cache_info().currsize == before
+    resource_id("Patient", f"short-{before}")
+    assert _cached_id.cache_info().currsize == before + 1

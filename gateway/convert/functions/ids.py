@@ -26,10 +26,22 @@ from gateway.hl7.message import Element, Message, Segment
 NAMESPACE = uuid.UUID("e2358645-5bb8-4d1d-8236-b3839736ea11")
 
 
-@functools.lru_cache(maxsize=65536)
+#: Keys up to this long are cached; a longer one (a junk identifier of a bad message) is not kept.
+_CACHED_KEY_CHARS = 256
+
+
 def resource_id(resource_type: str, key: str) -> str:
     """The UUIDv5 of ``"<type>/<key>"`` (cached: feeds name the same patients and providers again)."""
+    if len(key) > _CACHED_KEY_CHARS:
+        return _uuid5(resource_type, key)
+    return _cached_id(resource_type, key)
+
+
+def _uuid5(resource_type: str, key: str) -> str:
     return str(uuid.uuid5(NAMESPACE, f"{resource_type}/{key}"))
+
+
+_cached_id = functools.lru_cache(maxsize=65536)(_uuid5)
 
 
 class IdScope(Protocol):
