@@ -129,7 +129,10 @@ def test_a_restarted_consumer_gets_every_change_once_in_commit_order(
                 ack = mllp.send_message(feed_message(n).decode())
                 assert b"MSA|AA" in ack, ack
                 if n == MESSAGES // 2:
-                    consumer.stop()  # halfway: stopped between pages, its next link on disk
+                    # Halfway, once it has read something (the workers may still be behind the
+                    # listener): stopped between pages, its next link on disk.
+                    wait_until(lambda: len(seen) > 0, 60, "the consumer to read a first change")
+                    consumer.stop()
                     resumed_from = len(seen)
                     consumer = Consumer(gateway.base_url, cursor_file, seen).start()
         wait_until(lambda: settled(engine) >= MESSAGES, 180, "every message to be stored")
